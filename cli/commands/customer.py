@@ -1,0 +1,117 @@
+"""`customer show`, `customer trail`, `customer erase`: what support staff answer with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli import logs
+from cli.output import emit_json, json_option, table
+from cli.params import MOMENT, pass_ledger
+from ledger import views
+from ledger.feed import iso
+
+
+@click.group("customer")
+def customer() -> None:
+    """A customer's details, disclosure trail and erasure."""
+
+
+def customer_document(ledger: Any, ref: str) -> dict[str, Any]:
+    aggregate = ledger.customer(ref)
+    events = ledger.customer_events(ref)
+    details = ledger.personal_data(aggregate, events)
+    return {
+        "customer": ref,
+        "erased": aggregate.erased,
+        "registered_at": iso(aggregate.registered_at),
+        "details": details,
+        "consents": views.consent_rows(events),
+        "orders": [
+            {k: v for k, v in row.items() if k != "facts"}
+            for row in views.order_rows(aggregate, events)
+        ],
+    }
+
+
+@customer.command("show")
+@click.argument("ref")
+@json_option
+@pass_ledger
+def show(ledger: Any, ref: str, as_json: bool) -> None:
+    """Current details (or that they are erased), consents and orders of customer REF."""
+    document = customer_document(ledger, ref)
+    logs.log.info("customer.show", customer=logs.hashed(ref))
+    if as_json:
+        emit_json(document)
+        return
+    click.echo(f"Customer {ref} (registered {document['registered_at']})")
+    details = document["details"]
+    if details is None:
+        click.echo("  personal data: ERASED")
+    else:
+        address = details.get("address") or {}
+        click.echo(f"  name:    {details.get('name', '-')}")
+        click.echo(f"  email:   {details.get('email', '-')}")
+        click.echo(f"  phone:   {details.get('phone', '-')}")
+        parts = (address.get(k, "") for k in ("line1", "city", "postcode", "country"))
+        click.echo(f"  address: {', '.join(parts)}")
+    click.echo("Consents")
+    click.echo(table(document["consents"], ["purpose", "channel", "status", "since"]))
+    click.echo("Orders")
+    click.echo(table(document["orders"], ["order", "placed_at", "total", "currency", "status"]))
+
+
+@customer.command("trail")
+@click.argument("ref")
+@json_option
+@pass_ledger
+def trail(ledger: Any, ref: str, as_json: bool) -> None:
+    """Who has received customer REF's data, when, what and why (by business time)."""
+    rows = views.trail_rows(ledger.customer_events(ref))
+    logs.log.info("customer.trail", customer=logs.hashed(ref), disclosures=len(rows))
+    if as_json:
+        emit_json({"customer": ref, "disclosures": rows})
+        return
+    click.echo(f"Disclosures of customer {ref}'s personal data")
+    click.echo(
+        table(
+            rows,
+            [
+                "at",
+                "recipient",
+                "recipient_kind",
+                "purpose",
+                "basis",
+                "categories",
+                "order",
+                "fact_id",
+            ],
+            empty="(no disclosures)",
+        )
+    )
+
+
+@customer.command("erase")
+@click.argument("ref")
+@click.option("--at", "at", type=MOMENT, help="Business time of the erasure (default: now).")
+@click.option("--id", "fact_id", help="Fact id (default: a new one).")
+@json_option
+@pass_ledger
+def erase(ledger: Any, ref: str, at: Any, fact_id: str | None, as_json: bool) -> None:
+    """Erase customer REF's personal data (destroys their key); history stays provable."""
+    fact: dict[str, Any] = {"type": "subject.erased", "customer": ref}
+    if at is not None:
+        fact["at"] = at.isoformat()
+    if fact_id is not None:
+        fact["id"] = fact_id
+    recorded, fresh = ledger.record_fact(fact)
+    logs.log.info("customer.erase", customer=logs.hashed(ref), fact_id=recorded.id)
+    if as_json:
+        emit_json({"customer": ref, "erased": True, "fact_id": recorded.id, "recorded": fresh})
+    else:
+        click.echo(f"customer {ref} erased ({recorded.id}); their personal data is gone")
+
+
+commands = [customer]

@@ -1,0 +1,120 @@
+"""`demo`: build a realistic sample ledger in a fresh SQLite file and tour what it answers."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli import logs
+from cli.output import emit_json, json_option, progress_enabled, table
+from ledger import views
+from ledger.feed import iso
+
+
+@click.command("demo")
+@click.option(
+    "--path",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("consent-ledger-demo.db"),
+    show_default=True,
+    help="The SQLite file to build (replaced if it exists).",
+)
+@click.option("--customers", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@json_option
+def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
+    """Build a sample ledger (customers, orders, consents, disclosures, rule breaks, late
+    facts, an erasure, a merger) and show what an auditor and a support agent can ask."""
+    from ledger.config import open_ledger
+    from ledger.samplefeed import generate_lines
+
+    for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(f"{path}.keys", ignore_errors=True)
+    ledger = open_ledger(f"sqlite:///{path}")
+    started = time.perf_counter()
+    lines = generate_lines(customers, seed=seed)
+    if progress_enabled():
+        with click.progressbar(
+            lines,
+            length=customers * 15,
+            label="building the demo ledger",
+            file=sys.stderr,
+        ) as bar:
+            summary = ledger.import_lines(bar)
+    else:
+        summary = ledger.import_lines(lines)
+    seconds = time.perf_counter() - started
+    violations = ledger.audit()
+    by_rule = Counter(v.rule for v in violations)
+    ref = _busiest_customer(ledger)
+    events = ledger.customer_events(ref)
+    trail = views.trail_rows(events)
+    first_consent = min((e.at for e in events if e.FACT_TYPE.startswith("consent.")), default=None)
+    as_of = (first_consent + timedelta(days=30)) if first_consent else None
+    consents_then = views.consent_rows(events, as_of) if as_of else []
+    document: dict[str, Any] = {
+        "database": f"sqlite:///{path}",
+        "facts": summary.accepted,
+        "customers": customers,
+        "seconds": round(seconds, 2),
+        "violations": dict(sorted(by_rule.items())),
+        "customer": ref,
+        "trail": trail,
+        "as_of": iso(as_of) if as_of else None,
+        "consents_as_of": consents_then,
+    }
+    logs.log.info("demo.done", facts=summary.accepted, violations=len(violations))
+    if as_json:
+        emit_json(document)
+        return
+    db = f"--db sqlite:///{path}"
+    click.echo(
+        f"Built {path}: {summary.accepted} facts about {customers} customers in {seconds:.1f} s.\n"
+    )
+    click.echo(f"Support: who has customer {ref}'s data, and why?  (customer trail {ref})")
+    click.echo(table(trail, ["at", "recipient", "recipient_kind", "purpose", "basis", "order"]))
+    if as_of is not None:
+        click.echo(
+            f"\nAuditor: what was {ref}'s consent on {iso(as_of)}?  "
+            f"(consent show {ref} --as-of {iso(as_of)})"
+        )
+        click.echo(table(consents_then, ["purpose", "channel", "status", "since"]))
+    click.echo(f"\nAuditor: which facts broke the rules?  (audit check): {len(violations)}")
+    click.echo(
+        table(
+            [{"rule": r, "violations": n} for r, n in sorted(by_rule.items())],
+            ["rule", "violations"],
+        )
+    )
+    click.echo("\nTry next:")
+    for command in (
+        f"customer show {ref}",
+        f"customer trail {ref} --json",
+        "audit check",
+        f"consent show {ref} --as-of 2024-06-01",
+    ):
+        click.echo(f"  consent-ledger {db} {command}")
+
+
+def _busiest_customer(ledger: Any) -> str:
+    """A customer with the longest disclosure trail among the first hundred: a good tour."""
+    best, best_count = "", -1
+    for index, ref in enumerate(ledger.customer_refs()):
+        if index >= 100:
+            break
+        count = len(views.trail_rows(ledger.customer_events(ref)))
+        if count > best_count:
+            best, best_count = ref, count
+    return best
+
+
+commands = [demo]

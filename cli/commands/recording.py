@@ -1,0 +1,199 @@
+"""Commands that record facts: `import`, `record`, `disclose`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from cli import logs
+from cli.output import emit_json, json_option, progress_enabled
+from cli.params import MOMENT, pass_ledger
+from ledger.errors import InputError, InvalidFeedError
+from ledger.vocabulary import DATA_CATEGORIES
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and count; record nothing.")
+@json_option
+@pass_ledger
+def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
+    """Record a feed file (JSON Lines): all of it, or nothing if any line is invalid.
+
+    Lines whose id is already recorded are skipped and counted as duplicates.
+    """
+    size = os.path.getsize(file)
+    with open(file, "rb") as handle:
+        if progress_enabled() and size > 0:
+            with click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
+                summary_or_error = _import(ledger, handle, dry_run, bar.update)
+        else:
+            summary_or_error = _import(ledger, handle, dry_run, None)
+    if isinstance(summary_or_error, InvalidFeedError):
+        error = summary_or_error
+        document = {
+            "accepted": 0,
+            "duplicates": error.duplicates,
+            "rejected": len(error.errors),
+            "errors": [{"line": e.line, "error": e.reason} for e in error.errors],
+        }
+        logs.log.warning("import.refused", rejected=len(error.errors), dry_run=dry_run)
+        if as_json:
+            emit_json(document)
+        else:
+            for e in error.errors[:50]:
+                click.echo(f"line {e.line}: {e.reason}", err=True)
+            if len(error.errors) > 50:
+                click.echo(f"... and {len(error.errors) - 50} more", err=True)
+        raise error
+    summary = summary_or_error
+    logs.log.info(
+        "import.done",
+        accepted=summary.accepted,
+        duplicates=summary.duplicates,
+        dry_run=dry_run,
+    )
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        verb = "would record" if dry_run else "recorded"
+        click.echo(
+            f"{verb} {summary.accepted} facts, skipped {summary.duplicates} duplicates, "
+            f"rejected {summary.rejected}"
+        )
+
+
+def _import(ledger: Any, handle: Any, dry_run: bool, progress: Any) -> Any:
+    try:
+        return ledger.import_lines(handle, dry_run=dry_run, progress=progress)
+    except InvalidFeedError as error:
+        return error
+
+
+def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
+    recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run)
+    logs.log.info("record.done", fact_id=recorded_fact.id, type=recorded_fact.type, new=fresh)
+    document = {
+        "recorded": fresh and not dry_run,
+        "duplicate": not fresh,
+        "fact_id": recorded_fact.id,
+        "type": recorded_fact.type,
+        "at": recorded_fact.to_json()["at"],
+    }
+    if as_json:
+        emit_json(document)
+    elif not fresh:
+        click.echo(f"{recorded_fact.id} was already recorded; nothing changed")
+    else:
+        click.echo(
+            f"{'checked' if dry_run else 'recorded'} {recorded_fact.type} {recorded_fact.id}"
+        )
+
+
+@click.command("record")
+@click.argument("fact")
+@click.option("--dry-run", is_flag=True, help="Check the fact and the rules; record nothing.")
+@json_option
+@pass_ledger
+def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
+    """Record one fact, given as a feed line's JSON (or - to read it from stdin).
+
+    `id` and `at` default to a new id and now. A fact that would break a rule is refused
+    (exit 3) and nothing is recorded.
+    """
+    text = sys.stdin.read() if fact == "-" else fact
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise InputError("FACT is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise InputError("FACT must be a JSON object")
+    _record(ledger, obj, as_json, dry_run)
+
+
+_DISCLOSURE_TYPES = {
+    "affiliate": "affiliate.disclosure",
+    "acquirer": "transfer.disclosure",
+    "carrier": "order.dispatched",
+    "card_issuer": "payment.authorisation",
+    "identity_verification": "identity.check",
+    "credit_reference_agency": "cra.disclosure",
+}
+_RECIPIENT_FIELD = {
+    "affiliate.disclosure": "affiliate",
+    "transfer.disclosure": "acquirer",
+    "order.dispatched": "carrier",
+    "payment.authorisation": "issuer",
+    "identity.check": "provider",
+    "cra.disclosure": "agency",
+}
+
+
+@click.command("disclose")
+@click.argument("kind", type=click.Choice(sorted(_DISCLOSURE_TYPES)))
+@click.argument("recipient")
+@click.option("--customer", help="Customer reference (affiliate, acquirer).")
+@click.option(
+    "--order",
+    help="Order reference (carrier, card_issuer, identity_verification, credit_reference_agency).",
+)
+@click.option(
+    "--categories",
+    help=f"Comma-separated, of: {', '.join(sorted(DATA_CATEGORIES))} (affiliate, acquirer).",
+)
+@click.option("--tracking", help="Carrier tracking number.")
+@click.option("--result", help="authorised/refused (card_issuer); pass/fail/refer (identity).")
+@click.option(
+    "--source",
+    type=click.Choice(["electoral_roll", "credit_reference"]),
+    help="Identity check source.",
+)
+@click.option("--at", "at", type=MOMENT, help="Business time (default: now).")
+@click.option("--id", "fact_id", help="Fact id (default: a new one).")
+@json_option
+@pass_ledger
+def disclose(
+    ledger: Any,
+    kind: str,
+    recipient: str,
+    customer: str | None,
+    order: str | None,
+    categories: str | None,
+    tracking: str | None,
+    result: str | None,
+    source: str | None,
+    at: Any,
+    fact_id: str | None,
+    as_json: bool,
+) -> None:
+    """Record a disclosure of personal data to RECIPIENT, a third party of KIND.
+
+    \b
+    consent-ledger disclose affiliate Offspring --customer C100 --categories name,postal_address
+    consent-ledger disclose carrier DPD --order O500 --tracking DPD123
+    The rules are applied first: a disclosure that would break one is refused (exit 3).
+    """
+    fact_type = _DISCLOSURE_TYPES[kind]
+    fact: dict[str, Any] = {"type": fact_type, _RECIPIENT_FIELD[fact_type]: recipient}
+    optional = {
+        "customer": customer,
+        "order": order,
+        "tracking": tracking,
+        "result": result,
+        "source": source,
+        "categories": categories.split(",") if categories else None,
+    }
+    fact.update({k: v for k, v in optional.items() if v is not None})
+    if at is not None:
+        fact["at"] = at.isoformat()
+    if fact_id is not None:
+        fact["id"] = fact_id
+    _record(ledger, fact, as_json)
+
+
+commands = [import_feed, record, disclose]

@@ -1,0 +1,111 @@
+"""The `consent-ledger` command: global options, the ledger for each command, exit codes.
+
+Exit codes (SPEC §5): 0 success, 1 error in use or input, 2 usage (click's own),
+3 refused by a rule, 4 integrity failure. The mapping lives in `exit_code_for`, nowhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from cli import logs
+from cli.commands import register
+from ledger.errors import IntegrityFailure, LedgerError, RuleViolationError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_INTEGRITY = 0, 1, 2, 3, 4
+
+
+def exit_code_for(error: LedgerError) -> int:
+    if isinstance(error, RuleViolationError):
+        return EXIT_REFUSED
+    if isinstance(error, IntegrityFailure):
+        return EXIT_INTEGRITY
+    return EXIT_ERROR
+
+
+class LedgerContext:
+    """What every command gets: the database URL and, built on first use, the ledger."""
+
+    def __init__(self, db: str | None) -> None:
+        from ledger.config import database_url
+
+        self.url = database_url(db)
+        self._ledger: Any = None
+
+    @property
+    def ledger(self) -> Any:
+        if self._ledger is None:
+            from ledger.config import open_ledger
+
+            self._ledger = open_ledger(self.url)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.database.dispose()
+
+
+class LedgerGroup(click.Group):
+    """Runs a command and turns the ledger's errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        started = time.perf_counter()
+        command = " ".join(ctx.protected_args[:2]) if ctx.protected_args else ""
+        try:
+            result = super().invoke(ctx)
+        except LedgerError as error:
+            code = exit_code_for(error)
+            logs.log.warning(
+                "command.failed", command=command, exit=code, error_type=type(error).__name__
+            )
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(code)
+        logs.log.info(
+            "command.done", command=command, seconds=round(time.perf_counter() - started, 3)
+        )
+        return result
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    metavar="URL",
+    help="Database URL (SQLAlchemy), e.g. sqlite:///ledger.db or "
+    "postgresql://user@host/db. Default: $CONSENT_LEDGER_DB or sqlite:///consent-ledger.db.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(logs.LEVELS),
+    default="info",
+    envvar="CONSENT_LEDGER_LOG_LEVEL",
+    show_default=True,
+    help="Logs go to stderr; stdout carries results only.",
+)
+@click.version_option(package_name="consent-ledger")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, log_level: str) -> None:
+    """consent-ledger: an immutable, verifiable record of consent and disclosure.
+
+    Every consent change, verification result and disclosure of personal data is recorded
+    as an immutable event; queries answer in business time; `verify` proves nothing was
+    altered.
+    """
+    logs.configure(log_level)
+    context = LedgerContext(db)
+    ctx.obj = context
+    ctx.call_on_close(context.close)
+
+
+register(cli)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="consent-ledger", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted; nothing from the unfinished command was recorded", err=True)
+        sys.exit(EXIT_ERROR)

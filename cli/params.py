@@ -1,0 +1,48 @@
+"""Shared parameters: the ledger passed to commands, and times on the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, time
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def pass_ledger(func: F) -> F:
+    """Give the command the opened ledger as its first argument."""
+
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        return ctx.invoke(func, ctx.obj.ledger, *args, **kwargs)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+class Moment(click.ParamType):  # type: ignore[type-arg]
+    """ISO 8601 with a UTC offset, or a date (meaning the end of that day, UTC)."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        try:
+            if len(text) == 10:
+                day = datetime.fromisoformat(text).date()
+                end = datetime.combine(day, time.max, tzinfo=UTC)
+                return end
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is not an ISO 8601 time or date", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{text!r} has no UTC offset (add Z or +00:00)", param, ctx)
+        return moment.astimezone(UTC)
+
+
+MOMENT = Moment()

@@ -1,0 +1,524 @@
+"""The application service: record facts, answer questions.
+
+`ConsentLedger` is an eventsourcing `Application` whose recorder writes into the ambient
+transaction of `Database`. Recording goes through `Recording`, one atomic write in which
+facts are validated against the ledger and the file so far, turned into events by the
+aggregates, and saved in batches; if any fact is invalid, or on a dry run, the whole
+transaction is rolled back, so a file is recorded entirely or not at all.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import sqlalchemy as sa
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError
+
+from ledger.crypto import DataKey, SealError
+from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id, customer_id
+from ledger.errors import (
+    ConcurrencyError,
+    CustomerNotFoundError,
+    InvalidFactError,
+    InvalidFeedError,
+    LedgerError,
+    MasterKeyError,
+    OrderNotFoundError,
+    RuleViolationError,
+)
+from ledger.feed import Fact, iso, parse_line, validate
+from ledger.persistence import tables
+from ledger.persistence.database import Database, WriteTransaction
+from ledger.persistence.keys import KeyStore
+from ledger.persistence.recorder import LedgerInfrastructure, LedgerRecorder
+from ledger.rules import JUDGED_TYPES, Judged, Violation, audit_customer, broken_rules
+from ledger.vocabulary import PERSONAL_FIELDS
+
+CHUNK = 2000
+
+
+@dataclass
+class ImportSummary:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: list[InvalidFactError] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "errors": [{"line": e.line, "error": e.reason} for e in self.errors],
+        }
+
+
+class ConsentLedger(Application[UUID]):
+    name = "ConsentLedger"
+
+    def __init__(self, database: Database, keys: KeyStore) -> None:
+        self.database = database
+        self.keys = keys
+        super().__init__(env={})
+
+    def construct_factory(self, env: Any) -> InfrastructureFactory[Any]:
+        return LedgerInfrastructure(env, self.database)
+
+    @property
+    def ledger_recorder(self) -> LedgerRecorder:
+        assert isinstance(self.recorder, LedgerRecorder)
+        return self.recorder
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def import_lines(
+        self,
+        lines: Iterable[bytes | str],
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportSummary:
+        """Record a feed: all its facts or none. Raises `InvalidFeedError` if any line is bad."""
+        summary = ImportSummary(dry_run=dry_run)
+
+        def parsed() -> Iterator[tuple[int, Fact | InvalidFactError]]:
+            for number, raw in enumerate(lines, start=1):
+                if progress is not None:
+                    progress(len(raw))
+                if not raw.strip():
+                    continue
+                try:
+                    yield number, parse_line(raw, number)
+                except InvalidFactError as error:
+                    yield number, error
+
+        self._record_items(parsed(), summary, preventive=False, dry_run=dry_run)
+        if summary.errors:
+            raise InvalidFeedError(summary.errors, summary.accepted, summary.duplicates)
+        return summary
+
+    def record_fact(self, obj: dict[str, Any], *, dry_run: bool = False) -> tuple[Fact, bool]:
+        """Record one fact, applying the preventive rules. Returns (fact, newly recorded)."""
+        obj = dict(obj)
+        obj.setdefault("id", f"cmd-{uuid4()}")
+        obj.setdefault("at", iso(datetime.now(UTC)))
+        fact = validate(obj)
+        summary = ImportSummary(dry_run=dry_run)
+        self._record_items(iter([(1, fact)]), summary, preventive=True, dry_run=dry_run)
+        if summary.errors:
+            raise InvalidFactError(summary.errors[0].reason)
+        return fact, summary.accepted == 1
+
+    def _record_items(
+        self,
+        items: Iterator[tuple[int, Fact | InvalidFactError]],
+        summary: ImportSummary,
+        *,
+        preventive: bool,
+        dry_run: bool,
+    ) -> None:
+        try:
+            for _attempt in range(3):
+                try:
+                    with self.database.writing() as tx:
+                        Recording(self, tx, summary, preventive=preventive).run(items)
+                        tx.discard = dry_run or bool(summary.errors)
+                    return
+                except IntegrityError as error:
+                    # Only a writer outside our lock could cause this; never retry a stream
+                    # we have already consumed.
+                    raise ConcurrencyError(
+                        "another writer recorded the same facts at the same time; "
+                        "run the command again (duplicates will be skipped)"
+                    ) from error
+        finally:
+            if dry_run or summary.errors:
+                self.keys.forget_cache()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def customer(self, ref: str) -> Customer:
+        return self.customer_with_events(ref)[0]
+
+    def customer_events(self, ref: str) -> list[FactEvent]:
+        return self.customer_with_events(ref)[1]
+
+    def customer_with_events(
+        self, ref: str, known_at: datetime | None = None
+    ) -> tuple[Customer, list[FactEvent]]:
+        """The customer's aggregate and its events, read once (optionally only the events
+        recorded by `known_at`: the ledger as it stood then)."""
+        events: list[Any] = list(self.events.get(customer_id(ref)))
+        if known_at is not None:
+            events = [e for e in events if e.timestamp <= known_at]
+        if not events:
+            raise CustomerNotFoundError(ref)
+        aggregate: Any = None
+        for event in events:
+            aggregate = event.mutate(aggregate)
+        assert isinstance(aggregate, Customer)
+        return aggregate, [e for e in events if isinstance(e, FactEvent)]
+
+    def customer_of_order(self, order_ref: str) -> str:
+        with self.database.reading() as conn:
+            row = conn.execute(
+                sa.select(tables.customers.c.customer_ref)
+                .select_from(
+                    tables.orders.join(
+                        tables.customers,
+                        tables.orders.c.customer_id == tables.customers.c.customer_id,
+                    )
+                )
+                .where(tables.orders.c.order_ref == order_ref)
+            ).first()
+        if row is None:
+            raise OrderNotFoundError(order_ref)
+        return str(row.customer_ref)
+
+    def customer_refs(self) -> Iterator[str]:
+        """Every customer reference, in registration order (streamed)."""
+        with self.database.reading() as conn:
+            query = sa.select(tables.customers.c.customer_ref).order_by(
+                tables.customers.c.notification_id
+            )
+            for row in conn.execution_options(yield_per=5000).execute(query):
+                yield str(row.customer_ref)
+
+    def personal_data(self, customer: Customer, events: list[FactEvent]) -> dict[str, Any] | None:
+        """The customer's current details, or None once erased (their key destroyed)."""
+        key = self.keys.get(customer.id)
+        if key is None:
+            return None
+        details: dict[str, Any] = {}
+        ordered = sorted(
+            (e for e in events if isinstance(e, (Customer.Registered, Customer.DetailsUpdated))),
+            key=lambda e: (e.at, e.originator_version),
+        )
+        for event in ordered:
+            if event.sealed:
+                opened = _open(key, event.sealed)
+                details.update({k: v for k, v in opened.items() if k in PERSONAL_FIELDS})
+        return details
+
+    def extra_fields(self, customer: Customer, event: FactEvent) -> dict[str, Any] | None:
+        """A fact's unknown feed fields (kept sealed with the customer's data)."""
+        if not event.sealed:
+            return {}
+        key = self.keys.get(customer.id)
+        if key is None:
+            return None
+        extra = _open(key, event.sealed).get("extra", {})
+        return extra if isinstance(extra, dict) else {}
+
+    def transfers_initiated(self) -> dict[str, list[datetime]]:
+        """Acquirer name -> business times of its transfer initiations."""
+        topic = "ledger.domainmodel:Acquirer.Named"
+        found: dict[str, list[datetime]] = {}
+        with self.database.reading() as conn:
+            ids = [
+                row.originator_id
+                for row in conn.execute(
+                    sa.select(tables.events.c.originator_id).where(tables.events.c.topic == topic)
+                )
+            ]
+        for aggregate_id in ids:
+            acquirer: Any = self.repository.get(aggregate_id)
+            assert isinstance(acquirer, Acquirer)
+            found[acquirer.name] = sorted(acquirer.initiations)
+        return found
+
+    def audit(self, as_of: datetime | None = None) -> list[Violation]:
+        """Every violation of SPEC §3 among facts at or before `as_of` (all if None)."""
+        initiations = self.transfers_initiated()
+
+        def initiated(acquirer: str, moment: datetime) -> bool:
+            return any(at <= moment for at in initiations.get(acquirer, ()))
+
+        found: list[Violation] = []
+        for ref in self.customer_refs():
+            customer, events = self.customer_with_events(ref)
+            judged = events if as_of is None else [e for e in events if e.at <= as_of]
+            found.extend(audit_customer(customer, judged, initiated))
+        found.sort(key=lambda v: (v.at, v.customer, v.fact_id, v.rule))
+        return found
+
+
+def _open(key: DataKey, sealed: str) -> dict[str, Any]:
+    try:
+        return key.open(sealed)
+    except SealError:
+        raise MasterKeyError("a customer's sealed data does not open with its data key") from None
+
+
+class Recording:
+    """One atomic recording of facts (a file or a command) inside a write transaction."""
+
+    def __init__(
+        self,
+        app: ConsentLedger,
+        tx: WriteTransaction,
+        summary: ImportSummary,
+        *,
+        preventive: bool,
+    ) -> None:
+        self.app = app
+        self.tx = tx
+        self.summary = summary
+        self.preventive = preventive
+        self.customers: OrderedDict[UUID, Customer] = OrderedDict()
+        self.acquirers: dict[UUID, Acquirer] = {}
+        self.dirty: dict[UUID, Customer | Acquirer] = {}
+        self.chunk_ids: set[str] = set()
+        self.new_orders: dict[str, UUID] = {}
+        self.new_customers: dict[UUID, str] = {}
+        self.recorded: dict[str, str] = {}
+        self.known_customers: set[UUID] = set()
+        self.order_owners: dict[str, UUID] = {}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, items: Iterator[tuple[int, Fact | InvalidFactError]]) -> None:
+        chunk: list[tuple[int, Fact | InvalidFactError]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= CHUNK:
+                self._chunk(chunk)
+                chunk = []
+        if chunk:
+            self._chunk(chunk)
+
+    def _chunk(self, chunk: list[tuple[int, Fact | InvalidFactError]]) -> None:
+        facts = [item for _, item in chunk if isinstance(item, Fact)]
+        known = self._prefetch(facts)
+        self.chunk_ids = set()
+        for number, item in chunk:
+            if isinstance(item, InvalidFactError):
+                self._reject(item, number)
+                continue
+            if item.id in known or item.id in self.chunk_ids:
+                self.summary.duplicates += 1
+                continue
+            try:
+                self._apply(item)
+            except InvalidFactError as error:
+                self._reject(error, number)
+            except LedgerError as error:
+                if self.preventive:
+                    raise
+                self._reject(InvalidFactError(str(error)), number)
+            else:
+                self.chunk_ids.add(item.id)
+                self.summary.accepted += 1
+        self._flush()
+
+    def _reject(self, error: InvalidFactError, number: int) -> None:
+        self.summary.rejected += 1
+        self.summary.errors.append(InvalidFactError(error.reason, number))
+
+    def _prefetch(self, facts: list[Fact]) -> set[str]:
+        """One query per kind for the chunk: recorded fact ids, known customers and orders."""
+        conn = self.tx.connection
+        known = (
+            {row[0] for row in conn.execute(_SELECT_FACT_IDS, {"ids": [f.id for f in facts]})}
+            if facts
+            else set()
+        )
+        refs = {f.customer for f in facts if f.customer is not None}
+        self.known_customers = (
+            {row[0] for row in conn.execute(_SELECT_CUSTOMERS, {"refs": list(refs)})}
+            if refs
+            else set()
+        )
+        orders = {f.order for f in facts if f.order is not None}
+        self.order_owners = (
+            {row[0]: row[1] for row in conn.execute(_SELECT_ORDERS, {"refs": list(orders)})}
+            if orders
+            else {}
+        )
+        return known
+
+    # -- one fact ----------------------------------------------------------------------------
+
+    def _apply(self, fact: Fact) -> None:
+        kind = fact.type
+        if kind == "customer.registered":
+            self._register(fact)
+        elif kind == "transfer.initiated":
+            acquirer = self._acquirer(fact.data["acquirer"])
+            acquirer.initiate_transfer(fact)
+            self.dirty[acquirer.id] = acquirer
+        else:
+            customer = self._customer_for(fact)
+            if kind == "order.placed":
+                order = fact.data["order"]
+                if self._order_owner(order) is not None:
+                    raise InvalidFactError(f"order {order!r} is already placed")
+            if self.preventive and kind in JUDGED_TYPES:
+                self._prevent(customer, fact)
+            key = self.app.keys.get(customer.id)
+            customer.record(fact, self._seal(key, fact))
+            if kind == "order.placed":
+                self.new_orders[fact.data["order"]] = customer.id
+            elif kind == "subject.erased":
+                self.app.keys.destroy(customer.id)
+            self.dirty[customer.id] = customer
+        self.recorded[fact.id] = kind
+
+    def _register(self, fact: Fact) -> None:
+        ref = fact.customer
+        assert ref is not None
+        ident = customer_id(ref)
+        if ident in self.new_customers or self._load_customer(ident) is not None:
+            raise InvalidFactError(f"customer {ref!r} is already registered")
+        key = self.app.keys.create(ident)
+        personal: dict[str, Any] = {
+            name: fact.data[name] for name in PERSONAL_FIELDS if name in fact.data
+        }
+        sealed = key.seal({**personal, "extra": fact.extra})
+        customer = Customer.register(fact, sealed)
+        self._remember(customer)
+        self.new_customers[ident] = ref
+        self.dirty[ident] = customer
+
+    def _seal(self, key: DataKey | None, fact: Fact) -> str | None:
+        if fact.type == "customer.updated":
+            if key is None:  # erased customers are refused earlier; this is belt and braces
+                raise InvalidFactError("customer's personal data has been erased")
+            personal: dict[str, Any] = {
+                name: fact.data[name] for name in PERSONAL_FIELDS if name in fact.data
+            }
+            return key.seal({**personal, "extra": fact.extra})
+        return _seal_extra(key, fact)
+
+    def _prevent(self, customer: Customer, fact: Fact) -> None:
+        initiations = self.app.transfers_initiated()
+        for acquirer in self.acquirers.values():
+            initiations.setdefault(acquirer.name, []).extend(acquirer.initiations)
+
+        def initiated(name: str, moment: datetime) -> bool:
+            return any(at <= moment for at in initiations.get(name, ()))
+
+        item = Judged(fact.type, fact.id, fact.at, customer.version + 1, fact.data)
+        rules = broken_rules(customer, item, initiated)
+        if rules:
+            raise RuleViolationError(rules, fact.id, f"{fact.type} for customer {customer.ref!r}")
+
+    # -- aggregates ----------------------------------------------------------------------------
+
+    def _customer_for(self, fact: Fact) -> Customer:
+        ref = fact.customer
+        if ref is not None:
+            customer = self._load_customer(customer_id(ref))
+            if customer is None:
+                raise InvalidFactError(f"unknown customer {ref!r}")
+            return customer
+        order = fact.order
+        assert order is not None
+        owner = self._order_owner(order)
+        if owner is None:
+            raise InvalidFactError(f"unknown order {order!r}")
+        customer = self._load_customer(owner)
+        if customer is None:  # an order row without its customer: the index is damaged
+            raise InvalidFactError(f"order {order!r} has no customer in the ledger")
+        return customer
+
+    def _order_owner(self, order: str) -> UUID | None:
+        return self.new_orders.get(order) or self.order_owners.get(order)
+
+    def _load_customer(self, ident: UUID) -> Customer | None:
+        cached = self.customers.get(ident)
+        if cached is not None:
+            self.customers.move_to_end(ident)
+            return cached
+        if ident not in self.known_customers:
+            return None
+        try:
+            aggregate: Any = self.app.repository.get(ident)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(aggregate, Customer)
+        self._remember(aggregate)
+        return aggregate
+
+    def _remember(self, customer: Customer) -> None:
+        self.customers[customer.id] = customer
+        if len(self.customers) > _CUSTOMER_CACHE:
+            # Only evict what has been saved: a dirty aggregate holds unsaved events.
+            for ident in list(self.customers)[: len(self.customers) // 4]:
+                if ident not in self.dirty:
+                    del self.customers[ident]
+
+    def _acquirer(self, name: str) -> Acquirer:
+        ident = acquirer_id(name)
+        acquirer = self.acquirers.get(ident)
+        if acquirer is None:
+            try:
+                loaded: Any = self.app.repository.get(ident)
+                assert isinstance(loaded, Acquirer)
+                acquirer = loaded
+            except AggregateNotFoundError:
+                acquirer = Acquirer.create(name)
+            self.acquirers[ident] = acquirer
+        return acquirer
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self.summary.errors:
+            # The transaction will be rolled back; keep validating, stop writing.
+            self.dirty.clear()
+            self.recorded.clear()
+            return
+        if not self.dirty:
+            return
+        recordings = self.app.save(*self.dirty.values())
+        fact_rows = []
+        customer_rows = []
+        for recording in recordings:
+            event = recording.domain_event
+            position = recording.notification.id
+            if isinstance(event, Customer.Registered):
+                customer_rows.append((event.originator_id, event.ref, position))
+            if isinstance(event, FactEvent) and event.fact_id in self.recorded:
+                kind = self.recorded.pop(event.fact_id)
+                fact_rows.append((event.fact_id, position, kind, event.originator_id))
+        tx = self.tx
+        tx.insert_many(tables.facts, _FACT_COLUMNS, fact_rows)
+        tx.insert_many(tables.customers, _CUSTOMER_COLUMNS, customer_rows)
+        tx.insert_many(tables.orders, _ORDER_COLUMNS, list(self.new_orders.items()))
+        tx.flush_deferred()
+        self.new_orders.clear()
+        self.new_customers.clear()
+        self.dirty.clear()
+
+
+_CUSTOMER_CACHE = 20_000
+_FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
+_CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
+_ORDER_COLUMNS = ("order_ref", "customer_id")
+_SELECT_FACT_IDS = sa.select(tables.facts.c.fact_id).where(
+    tables.facts.c.fact_id.in_(sa.bindparam("ids", expanding=True))
+)
+_SELECT_CUSTOMERS = sa.select(tables.customers.c.customer_id).where(
+    tables.customers.c.customer_ref.in_(sa.bindparam("refs", expanding=True))
+)
+_SELECT_ORDERS = sa.select(tables.orders.c.order_ref, tables.orders.c.customer_id).where(
+    tables.orders.c.order_ref.in_(sa.bindparam("refs", expanding=True))
+)
+
+
+def _seal_extra(key: DataKey | None, fact: Fact) -> str | None:
+    """Unknown fields may be personal: kept sealed under the customer's key.
+
+    An erased customer's facts drop them, as there is no key left to seal them with.
+    """
+    if not fact.extra or key is None:
+        return None
+    return key.seal({"extra": fact.extra})

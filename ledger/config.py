@@ -1,0 +1,43 @@
+"""The one place that builds the ledger from configuration. Nothing connects at import."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ledger.application import ConsentLedger
+from ledger.persistence.database import Database
+from ledger.persistence.keys import KeyStore
+
+DEFAULT_DB = "sqlite:///consent-ledger.db"
+DB_ENV = "CONSENT_LEDGER_DB"
+
+
+def database_url(option: str | None = None) -> str:
+    return option or os.environ.get(DB_ENV) or DEFAULT_DB
+
+
+@dataclass
+class UpgradeResult:
+    before: str | None
+    after: str
+    key_source: str
+
+
+def upgrade(database: Database) -> UpgradeResult:
+    """Create or migrate the schema and the keys a new ledger needs."""
+    before, after = database.upgrade()
+    keys = KeyStore(database, create=True)
+    keys.record_master_key()
+    return UpgradeResult(before, after, keys.source)
+
+
+def open_ledger(url: str, *, auto_upgrade: bool = True) -> ConsentLedger:
+    """The ledger at `url`. A brand-new SQLite file is created on first use; any other
+    database must be at the current schema (else: run `consent-ledger db upgrade`)."""
+    database = Database(url)
+    if auto_upgrade and database.is_sqlite and database.is_fresh():
+        upgrade(database)
+    else:
+        database.require_current_schema()
+    return ConsentLedger(database, KeyStore(database))

@@ -1,0 +1,81 @@
+"""Envelope encryption of personal data: a data key per customer, wrapped by a master key.
+
+Pure functions over bytes (AES-256-GCM from `cryptography`); where keys live is the
+persistence layer's business. Every ciphertext is bound to its customer by associated data,
+so a sealed value copied onto another customer's event does not open.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from typing import Any, Final
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES: Final = 32
+NONCE_BYTES: Final = 12
+
+
+class SealError(Exception):
+    """A sealed value does not open with the key given (wrong key or altered bytes)."""
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+
+
+def _seal_bytes(key: bytes, plaintext: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, context)
+
+
+def _open_bytes(key: bytes, sealed: bytes, context: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context)
+    except (InvalidTag, ValueError):
+        raise SealError("sealed value does not open with this key") from None
+
+
+class DataKey:
+    """A customer's data key: seals and opens that customer's personal data."""
+
+    __slots__ = ("_aead", "_context")
+
+    def __init__(self, key: bytes, context: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._context = context
+
+    def seal(self, payload: dict[str, Any]) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        blob = nonce + self._aead.encrypt(nonce, orjson.dumps(payload), self._context)
+        return base64.b64encode(blob).decode("ascii")
+
+    def open(self, sealed: str) -> dict[str, Any]:
+        blob = base64.b64decode(sealed)
+        try:
+            plain = self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], self._context)
+        except (InvalidTag, ValueError):
+            raise SealError("sealed value does not open with this key") from None
+        value = orjson.loads(plain)
+        if not isinstance(value, dict):
+            raise SealError("sealed value is not an object")
+        return value
+
+
+def wrap_key(master: bytes, data_key: bytes, context: bytes) -> bytes:
+    """Encrypt a data key under the master key (bound to its customer)."""
+    return _seal_bytes(master, data_key, b"data-key:" + context)
+
+
+def unwrap_key(master: bytes, wrapped: bytes, context: bytes) -> bytes:
+    return _open_bytes(master, wrapped, b"data-key:" + context)
+
+
+def key_check(master: bytes) -> str:
+    """A public fingerprint of the master key, stored to tell a wrong key from a right one."""
+    return hmac.new(master, b"consent-ledger master key check", hashlib.sha256).hexdigest()

@@ -1,0 +1,381 @@
+"""Aggregates and their events.
+
+`Customer` is the consistency boundary: a customer's personal data (sealed), consents,
+orders with their verification results, contacts and disclosures all live in one stream, so
+the rules that relate them (consent before contact, payment before dispatch, nothing after
+erasure) are judged on one aggregate. `Acquirer` records business-transfer initiations.
+
+Every event carries the fact id it came from, its business time `at` (UTC) and, through the
+library's `timestamp`, the time it was recorded. Personal data and a feed line's unknown
+fields travel in `sealed`, ciphertext made by the application under the customer's data key:
+the domain never sees plaintext personal data and needs no keys.
+
+Commands (public methods) check and raise; event `apply` methods only change state, so a
+replay never re-judges history. Events are explicit classes: `trigger_event` on a class is
+several times cheaper than the `@event` method decorator, which matters at a million facts.
+Once recorded, an event class is never reshaped without `class_version` and an upcaster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, ClassVar
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from ledger.errors import CustomerErasedError, InvalidFactError
+from ledger.feed import Fact
+from ledger.vocabulary import DISCLOSURES
+
+_NAMESPACE = uuid5(NAMESPACE_URL, "https://consent-ledger.invalid/ids")
+
+
+@lru_cache(maxsize=65536)
+def customer_id(ref: str) -> UUID:
+    return uuid5(_NAMESPACE, "customer/" + ref)
+
+
+def acquirer_id(name: str) -> UUID:
+    return uuid5(_NAMESPACE, "acquirer/" + name)
+
+
+class FactEvent(Aggregate.Event):
+    """An event that records (part of) a feed fact."""
+
+    fact_id: str
+    at: datetime
+    sealed: str | None
+
+    FACT_TYPE: ClassVar[str] = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The fact's own public fields (SPEC §2), without envelope or sealed data."""
+        skip = _ENVELOPE_FIELDS
+        if isinstance(self, DisclosureEvent):
+            skip = skip | _DISCLOSURE_FIELDS
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+_ENVELOPE_FIELDS = frozenset(
+    {"originator_id", "originator_version", "timestamp", "originator_topic"}
+    | {"fact_id", "at", "sealed"}
+)
+_DISCLOSURE_FIELDS = frozenset({"recipient", "recipient_kind", "categories", "purpose", "basis"})
+
+
+class DisclosureEvent(FactEvent):
+    """A fact that discloses personal data to a third party."""
+
+    recipient: str
+    recipient_kind: str
+    categories: list[str]
+    purpose: str
+    basis: str
+
+
+@dataclass
+class OrderState:
+    ref: str
+    placed_at: datetime
+    total: Decimal
+    currency: str
+    status: str = "placed"
+    payments: list[tuple[datetime, int, str]] = field(default_factory=list)
+    identity_checks: list[tuple[datetime, int, str]] = field(default_factory=list)
+
+
+class Customer(Aggregate):
+    """A customer of the retailer, as far as the ledger is concerned."""
+
+    class Registered(Aggregate.Created, FactEvent):
+        FACT_TYPE = "customer.registered"
+        ref: str
+
+    class DetailsUpdated(FactEvent):
+        FACT_TYPE = "customer.updated"
+        fields_updated: list[str]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class ConsentGiven(FactEvent):
+        FACT_TYPE = "consent.given"
+        purpose: str
+        channel: str
+        method: str
+        policy_version: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            aggregate._consent(self, given=True)
+
+    class ConsentWithdrawn(FactEvent):
+        FACT_TYPE = "consent.withdrawn"
+        purpose: str
+        channel: str
+        method: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            aggregate._consent(self, given=False)
+
+    class OrderPlaced(FactEvent):
+        FACT_TYPE = "order.placed"
+        order: str
+        total: Decimal
+        currency: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            aggregate.orders[self.order] = OrderState(
+                self.order, self.at, self.total, self.currency
+            )
+
+    class ConfirmationSent(FactEvent):
+        FACT_TYPE = "order.confirmation_sent"
+        order: str
+        channel: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class VerificationContacted(FactEvent):
+        FACT_TYPE = "order.verification_contact"
+        order: str
+        channel: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class PaymentAuthorisationRecorded(DisclosureEvent):
+        FACT_TYPE = "payment.authorisation"
+        order: str
+        issuer: str
+        result: str
+        reason: str | None
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            order = aggregate.orders[self.order]
+            order.payments.append((self.at, self.originator_version, self.result))
+
+    class IdentityChecked(DisclosureEvent):
+        FACT_TYPE = "identity.check"
+        order: str
+        provider: str
+        source: str
+        result: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            order = aggregate.orders[self.order]
+            order.identity_checks.append((self.at, self.originator_version, self.result))
+
+    class CreditReferenceDisclosed(DisclosureEvent):
+        FACT_TYPE = "cra.disclosure"
+        order: str
+        agency: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class OrderDispatched(DisclosureEvent):
+        FACT_TYPE = "order.dispatched"
+        order: str
+        carrier: str
+        tracking: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            aggregate.orders[self.order].status = "dispatched"
+
+    class OrderDelivered(FactEvent):
+        FACT_TYPE = "order.delivered"
+        order: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            aggregate.orders[self.order].status = "delivered"
+
+    class OrderCancelled(FactEvent):
+        FACT_TYPE = "order.cancelled"
+        order: str
+        reason: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            aggregate.orders[self.order].status = "cancelled"
+
+    class AffiliateDisclosed(DisclosureEvent):
+        FACT_TYPE = "affiliate.disclosure"
+        affiliate: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class MarketingContacted(FactEvent):
+        FACT_TYPE = "marketing.contact"
+        channel: str
+        campaign: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class ResearchContacted(FactEvent):
+        FACT_TYPE = "research.contact"
+        channel: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class TransferDisclosed(DisclosureEvent):
+        FACT_TYPE = "transfer.disclosure"
+        acquirer: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class AccessRequested(FactEvent):
+        FACT_TYPE = "subject.access_requested"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
+    class Erased(FactEvent):
+        FACT_TYPE = "subject.erased"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Customer)
+            if aggregate.erased_at is None or self.at < aggregate.erased_at:
+                aggregate.erased_at = self.at
+            aggregate.erased = True
+
+    def __init__(self, ref: str, fact_id: str, at: datetime, sealed: str | None) -> None:
+        self.ref = ref
+        self.registered_at = at
+        self.erased = False
+        self.erased_at: datetime | None = None
+        self.orders: dict[str, OrderState] = {}
+        # (purpose, channel) -> [(at, version, given)] in recording order
+        self.consents: dict[tuple[str, str], list[tuple[datetime, int, bool]]] = {}
+
+    def _consent(self, event: FactEvent, *, given: bool) -> None:
+        key = (event.__dict__["purpose"], event.__dict__["channel"])
+        self.consents.setdefault(key, []).append((event.at, event.originator_version, given))
+
+    # -- queries over decision state -------------------------------------------------------
+
+    def consent_given_at(self, purpose: str, channel: str, moment: datetime) -> bool:
+        """SPEC §3: the latest consent fact for purpose and channel at or before `moment`."""
+        latest: tuple[datetime, int, bool] | None = None
+        for entry in self.consents.get((purpose, channel), ()):
+            if entry[0] <= moment and (latest is None or entry[:2] >= latest[:2]):
+                latest = entry
+        return latest is not None and latest[2]
+
+    # -- commands ----------------------------------------------------------------------------
+
+    @classmethod
+    def register(cls, fact: Fact, sealed: str | None) -> Customer:
+        ref = fact.customer
+        assert ref is not None
+        return cls._create(
+            cls.Registered,
+            id=customer_id(ref),
+            ref=ref,
+            fact_id=fact.id,
+            at=fact.at,
+            sealed=sealed,
+        )
+
+    def record(self, fact: Fact, sealed: str | None) -> None:
+        """Record one fact about this customer (any type but `customer.registered`)."""
+        if fact.type == "customer.registered":
+            raise InvalidFactError(f"customer {self.ref!r} is already registered")
+        if self.erased and fact.type in ("customer.updated", "consent.given"):
+            what = "a details update" if fact.type == "customer.updated" else "a new consent"
+            raise CustomerErasedError(self.ref, what)
+        order_ref = fact.order
+        if order_ref is not None and fact.type != "order.placed" and order_ref not in self.orders:
+            raise InvalidFactError(f"order {order_ref!r} does not belong to customer {self.ref!r}")
+        if fact.type == "order.placed" and order_ref in self.orders:
+            raise InvalidFactError(f"order {order_ref!r} is already placed")
+        event_class = EVENT_FOR_FACT[fact.type]
+        data = fact.data
+        kwargs: dict[str, Any] = {
+            name: data.get(name) for name in _FIELDS_CACHE[event_class] if name not in _OMIT
+        }
+        if fact.type == "customer.updated":
+            kwargs["fields_updated"] = sorted(k for k in data if k != "customer")
+        elif fact.type == "order.placed":
+            kwargs["total"] = Decimal(data["total"])
+        rule = DISCLOSURES.get(fact.type)
+        if rule is not None:
+            categories = rule.categories
+            kwargs.update(
+                recipient=data[rule.recipient_field],
+                recipient_kind=rule.recipient_kind,
+                categories=list(categories) if categories is not None else data["categories"],
+                purpose=rule.purpose,
+                basis=rule.basis,
+            )
+        self.trigger_event(event_class, fact_id=fact.id, at=fact.at, sealed=sealed, **kwargs)
+
+
+class Acquirer(Aggregate):
+    """A prospective buyer of the business; transfers to it need an initiation first."""
+
+    class Named(Aggregate.Created):
+        name: str
+
+    class TransferInitiated(FactEvent):
+        FACT_TYPE = "transfer.initiated"
+        scope: str
+        extra: dict[str, Any]  # no customer, so no key to seal a line's unknown fields under
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Acquirer)
+            aggregate.initiations.append(self.at)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.initiations: list[datetime] = []
+
+    @classmethod
+    def create(cls, name: str) -> Acquirer:
+        return cls._create(cls.Named, id=acquirer_id(name), name=name)
+
+    def initiate_transfer(self, fact: Fact) -> None:
+        self.trigger_event(
+            self.TransferInitiated,
+            fact_id=fact.id,
+            at=fact.at,
+            sealed=None,
+            scope=fact.data["scope"],
+            extra=fact.extra,
+        )
+
+    def initiated_by(self, moment: datetime) -> bool:
+        return any(at <= moment for at in self.initiations)
+
+
+def _event_fields(event_class: type[FactEvent]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(event_class))
+
+
+_OMIT = _ENVELOPE_FIELDS
+
+EVENT_FOR_FACT: dict[str, type[FactEvent]] = {
+    klass.FACT_TYPE: klass
+    for klass in vars(Customer).values()
+    if isinstance(klass, type) and issubclass(klass, FactEvent) and klass.FACT_TYPE
+}
+EVENT_FOR_FACT[Acquirer.TransferInitiated.FACT_TYPE] = Acquirer.TransferInitiated
+
+# Precomputed per class: trigger_event needs exactly the class's fields.
+_FIELDS_CACHE = {klass: _event_fields(klass) for klass in EVENT_FOR_FACT.values()}

@@ -1,0 +1,102 @@
+"""One hierarchy of errors. The CLI maps each branch to an exit code in one place.
+
+Messages never contain personal data: they name fields, references and fact ids, not values.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+
+class InputError(LedgerError):
+    """Bad input: the user can fix the request or the feed (exit 1)."""
+
+
+class InvalidFactError(InputError):
+    """A fact (a feed line or a command's fact) does not satisfy SPEC §2."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        self.reason = reason
+        self.line = line
+        super().__init__(f"line {line}: {reason}" if line is not None else reason)
+
+
+class InvalidFeedError(InputError):
+    """A feed file had invalid lines; nothing from it was recorded."""
+
+    def __init__(self, errors: list[InvalidFactError], accepted: int, duplicates: int) -> None:
+        self.errors = errors
+        self.accepted = accepted
+        self.duplicates = duplicates
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more invalid lines)" if len(errors) > 1 else ""
+        super().__init__(f"{first}{more}; nothing from the file was recorded")
+
+
+class CustomerNotFoundError(InputError):
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"customer {ref!r} is not in the ledger")
+
+
+class OrderNotFoundError(InputError):
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"order {ref!r} is not in the ledger")
+
+
+class FactNotFoundError(InputError):
+    def __init__(self, fact_id: str) -> None:
+        self.fact_id = fact_id
+        super().__init__(f"fact {fact_id!r} is not in the ledger")
+
+
+class DuplicateFactError(InputError):
+    def __init__(self, fact_id: str) -> None:
+        self.fact_id = fact_id
+        super().__init__(f"fact {fact_id!r} is already recorded")
+
+
+class CustomerErasedError(InputError):
+    def __init__(self, ref: str, what: str) -> None:
+        self.ref = ref
+        super().__init__(f"customer {ref!r} has been erased: {what} is not accepted")
+
+
+class RuleViolationError(LedgerError):
+    """A fact would break a rule of SPEC §3 now; nothing was recorded (exit 3)."""
+
+    def __init__(self, rules: list[str], fact_id: str, detail: str) -> None:
+        self.rules = rules
+        self.fact_id = fact_id
+        super().__init__(f"refused by rule {', '.join(rules)}: {detail}; nothing was recorded")
+
+
+class ConfigurationError(LedgerError):
+    """The ledger cannot start: database, schema or keys (exit 1)."""
+
+
+class SchemaOutOfDateError(ConfigurationError):
+    def __init__(self, current: str | None, head: str) -> None:
+        where = "has no ledger schema" if current is None else f"is at schema {current}"
+        super().__init__(
+            f"the database {where}, this version needs {head}: run 'consent-ledger db upgrade'"
+        )
+
+
+class DatabaseUnavailableError(ConfigurationError):
+    pass
+
+
+class MasterKeyError(ConfigurationError):
+    """The master key is missing, unreadable or does not open this ledger's data keys."""
+
+
+class IntegrityFailure(LedgerError):
+    """The ledger or an export failed verification (exit 4)."""
+
+
+class ConcurrencyError(LedgerError):
+    """Another writer recorded the same facts at the same moment; retry (exit 1)."""

@@ -1,0 +1,296 @@
+"""The feed (SPEC §2): one JSON object per line, parsed and validated into a `Fact`.
+
+Validation here is everything that can be judged from the line alone: JSON, type, required
+fields, enums, times. Whether the customer or order it names exists is judged by the
+application, which knows the ledger. Error messages name fields, never their values, so a
+feed line's personal data cannot leak into an error report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import orjson
+
+from ledger.errors import InvalidFactError
+from ledger.vocabulary import (
+    ADDRESS_FIELDS,
+    CONSENT_CHANNELS,
+    DATA_CATEGORIES,
+    PURPOSE_CHANNELS,
+    PURPOSES,
+)
+
+MAX_LINE_BYTES: Final = 64 * 1024
+MAX_TEXT: Final = 500
+_SAFE_ECHO = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One validated fact: the feed line's id, type, business time (UTC) and fields."""
+
+    id: str
+    type: str
+    at: datetime
+    data: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def customer(self) -> str | None:
+        value = self.data.get("customer")
+        return value if isinstance(value, str) else None
+
+    @property
+    def order(self) -> str | None:
+        value = self.data.get("order")
+        return value if isinstance(value, str) else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The fact as a feed line again (`at` in UTC)."""
+        return {"id": self.id, "type": self.type, "at": iso(self.at), **self.data, **self.extra}
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, the one format the ledger prints."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _echo(value: object) -> str:
+    """A value safe to repeat in an error: short identifiers only, never free text."""
+    if isinstance(value, str) and _SAFE_ECHO.match(value):
+        return repr(value)
+    return f"a {type(value).__name__}" if not isinstance(value, str) else "the given value"
+
+
+Validator = Callable[[str, Any], Any]
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidFactError(f"field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidFactError(f"field {name!r} must not be empty")
+    if len(value) > MAX_TEXT:
+        raise InvalidFactError(f"field {name!r} is longer than {MAX_TEXT} characters")
+    if _CONTROL.search(value):
+        raise InvalidFactError(f"field {name!r} contains control characters")
+    return value
+
+
+def _email(name: str, value: Any) -> str:
+    text = _text(name, value)
+    local, at, domain = text.partition("@")
+    if not at or not local or "." not in domain:
+        raise InvalidFactError(f"field {name!r} is not an email address")
+    return text
+
+
+def _one_of(*choices: str) -> Validator:
+    allowed = frozenset(choices)
+
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise InvalidFactError(
+                f"unknown {name} {_echo(value)} (expected one of {', '.join(sorted(allowed))})"
+            )
+        return str(value)
+
+    return check
+
+
+def _enum(allowed: frozenset[str]) -> Validator:
+    return _one_of(*allowed)
+
+
+def _decimal(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidFactError(f'field {name!r} must be a decimal string such as "12.50"')
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise InvalidFactError(f"field {name!r} is not a decimal number") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidFactError(f"field {name!r} must be a finite amount of zero or more")
+    return value
+
+
+def _currency(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _CURRENCY.match(value):
+        raise InvalidFactError(f"field {name!r} must be a three-letter currency code")
+    return value
+
+
+def _categories(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise InvalidFactError(f"field {name!r} must be a non-empty list of data categories")
+    for item in value:
+        if item not in DATA_CATEGORIES:
+            raise InvalidFactError(
+                f"unknown data category {_echo(item)} "
+                f"(expected one of {', '.join(sorted(DATA_CATEGORIES))})"
+            )
+    return sorted(set(value))
+
+
+def _address(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidFactError(f"field {name!r} must be an object with {', '.join(ADDRESS_FIELDS)}")
+    missing = [part for part in ADDRESS_FIELDS if part not in value]
+    if missing:
+        raise InvalidFactError(f"field {name!r} lacks {', '.join(missing)}")
+    unknown = sorted(set(value) - set(ADDRESS_FIELDS))
+    if unknown:
+        raise InvalidFactError(f"field {name!r} has unknown parts {', '.join(map(_echo, unknown))}")
+    return {part: _text(f"{name}.{part}", value[part]) for part in ADDRESS_FIELDS}
+
+
+_REF = _text
+_CHANNEL = _enum(CONSENT_CHANNELS)
+
+# type -> (required fields, optional fields)
+SCHEMAS: Final[dict[str, tuple[dict[str, Validator], dict[str, Validator]]]] = {
+    "customer.registered": (
+        {"customer": _REF, "name": _text, "email": _email, "address": _address},
+        {"phone": _text},
+    ),
+    "customer.updated": (
+        {"customer": _REF},
+        {"name": _text, "email": _email, "phone": _text, "address": _address},
+    ),
+    "consent.given": (
+        {
+            "customer": _REF,
+            "purpose": _enum(PURPOSES),
+            "channel": _CHANNEL,
+            "method": _text,
+            "policy_version": _text,
+        },
+        {},
+    ),
+    "consent.withdrawn": (
+        {"customer": _REF, "purpose": _enum(PURPOSES), "channel": _CHANNEL, "method": _text},
+        {},
+    ),
+    "order.placed": (
+        {"order": _REF, "customer": _REF, "total": _decimal, "currency": _currency},
+        {},
+    ),
+    "order.confirmation_sent": ({"order": _REF, "channel": _one_of("email")}, {}),
+    "order.verification_contact": ({"order": _REF, "channel": _one_of("phone", "email")}, {}),
+    "payment.authorisation": (
+        {"order": _REF, "issuer": _text, "result": _one_of("authorised", "refused")},
+        {"reason": _text},
+    ),
+    "identity.check": (
+        {
+            "order": _REF,
+            "provider": _text,
+            "source": _one_of("electoral_roll", "credit_reference"),
+            "result": _one_of("pass", "fail", "refer"),
+        },
+        {},
+    ),
+    "cra.disclosure": ({"order": _REF, "agency": _text}, {}),
+    "order.dispatched": ({"order": _REF, "carrier": _text, "tracking": _text}, {}),
+    "order.delivered": ({"order": _REF}, {}),
+    "order.cancelled": ({"order": _REF, "reason": _text}, {}),
+    "affiliate.disclosure": (
+        {"customer": _REF, "affiliate": _text, "categories": _categories},
+        {},
+    ),
+    "marketing.contact": (
+        {"customer": _REF, "channel": _enum(PURPOSE_CHANNELS["marketing"]), "campaign": _text},
+        {},
+    ),
+    "research.contact": (
+        {"customer": _REF, "channel": _enum(PURPOSE_CHANNELS["market_research"])},
+        {},
+    ),
+    "transfer.initiated": ({"acquirer": _text, "scope": _text}, {}),
+    "transfer.disclosure": (
+        {"customer": _REF, "acquirer": _text, "categories": _categories},
+        {},
+    ),
+    "subject.access_requested": ({"customer": _REF}, {}),
+    "subject.erased": ({"customer": _REF}, {}),
+}
+FACT_TYPES: Final = frozenset(SCHEMAS)
+_ENVELOPE: Final = frozenset({"id", "type", "at"})
+
+
+def parse_time(value: Any, name: str = "at") -> datetime:
+    """An ISO 8601 time that carries a UTC offset, normalised to UTC."""
+    if not isinstance(value, str):
+        raise InvalidFactError(f"field {name!r} must be an ISO 8601 time string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidFactError(f"field {name!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidFactError(f"field {name!r} has no UTC offset (add Z or +00:00)")
+    return moment.astimezone(UTC)
+
+
+def validate(obj: Mapping[str, Any]) -> Fact:
+    """Check one decoded feed object against SPEC §2 and return it as a `Fact`."""
+    fact_id = obj.get("id")
+    if "id" not in obj:
+        raise InvalidFactError("missing required field 'id'")
+    fact_id = _text("id", fact_id)
+    if "type" not in obj:
+        raise InvalidFactError("missing required field 'type'")
+    fact_type = obj["type"]
+    if fact_type not in SCHEMAS:
+        raise InvalidFactError(f"unknown type {_echo(fact_type)}")
+    if "at" not in obj:
+        raise InvalidFactError("missing required field 'at'")
+    at = parse_time(obj["at"])
+    required, optional = SCHEMAS[fact_type]
+    missing = [name for name in required if name not in obj]
+    if missing:
+        raise InvalidFactError(f"{fact_type} lacks required field {', '.join(map(repr, missing))}")
+    data: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in obj.items():
+        if name in _ENVELOPE:
+            continue
+        check = required.get(name) or optional.get(name)
+        if check is None:
+            extra[name] = value
+        elif value is None and name in optional:
+            continue
+        else:
+            data[name] = check(name, value)
+    if fact_type == "customer.updated" and len(data) == 1:
+        raise InvalidFactError("customer.updated names none of name, email, phone, address")
+    if fact_type.startswith("consent."):
+        purpose, channel = data["purpose"], data["channel"]
+        if channel not in PURPOSE_CHANNELS[purpose]:
+            raise InvalidFactError(f"purpose {purpose!r} has no channel {channel!r}")
+    return Fact(id=fact_id, type=str(fact_type), at=at, data=data, extra=extra)
+
+
+def parse_line(raw: str | bytes, line: int | None = None) -> Fact:
+    """Parse one feed line; errors carry the line number."""
+    try:
+        if len(raw) > MAX_LINE_BYTES:
+            raise InvalidFactError(f"line is longer than {MAX_LINE_BYTES} bytes")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise InvalidFactError("not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise InvalidFactError("a feed line must be a JSON object")
+        return validate(obj)
+    except InvalidFactError as error:
+        if line is None:
+            raise
+        raise InvalidFactError(error.reason, line) from None

@@ -1,0 +1,302 @@
+"""The database: one SQLAlchemy engine, write transactions under the writer's lock, snapshots.
+
+Writes are serialised: SQLite takes its write lock at `BEGIN IMMEDIATE`, PostgreSQL takes an
+EXCLUSIVE lock on the event table. Under that lock the next notification id is read once and
+ids are assigned without gaps, so recording order is total and committed in order, which
+the integrity tree and the read models' tracking rely on. Readers are never blocked: SQLite in
+WAL mode and PostgreSQL both give a reader a consistent snapshot of committed transactions.
+
+A write transaction is ambient (a context variable): everything that writes or reads inside
+`Database.writing()` (the event recorder, the key store, the indexes) joins the same
+connection, so one import is one atomic transaction and sees its own uncommitted events.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from eventsourcing.persistence import IntegrityError
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
+from ledger.persistence import tables
+
+# The Alembic revision this code needs; a test checks it equals the migrations' head.
+SCHEMA_HEAD = "0005"
+
+_ambient: contextvars.ContextVar[WriteTransaction | None] = contextvars.ContextVar(
+    "consent_ledger_write_transaction", default=None
+)
+
+
+def normalise_url(raw: str) -> URL:
+    url = make_url(raw)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except sa.exc.ArgumentError:
+            return "<unparseable database URL>"
+    return url.render_as_string(hide_password=True)
+
+
+@dataclass
+class WriteTransaction:
+    """One atomic write: a connection holding the writer's lock and the next recording id."""
+
+    database: Database
+    connection: Connection
+    next_notification_id: int
+    discard: bool = False
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    deferred: dict[tuple[sa.Table, tuple[str, ...]], list[tuple[Any, ...]]] = field(
+        default_factory=dict
+    )
+
+    def defer(self, table: sa.Table, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
+        """Queue a row to insert with others of its table (before commit at the latest)."""
+        self.deferred.setdefault((table, columns), []).append(row)
+
+    def flush_deferred(self) -> None:
+        for (table, columns), rows in self.deferred.items():
+            self.insert_many(table, columns, rows)
+        self.deferred.clear()
+
+    def insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.connection.execute(table.insert(), rows)
+
+    def insert_many(
+        self, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Bulk insert on the driver's own executemany: the hot path of an import.
+
+        SQLAlchemy's per-row type processing costs more than SQLite's insert itself here;
+        the only conversion our hot columns need is a UUID's storage form, done below.
+        """
+        if not rows:
+            return
+        if self.database.is_sqlite:
+            marks = ", ".join("?" for _ in columns)
+            uuids = [i for i, value in enumerate(rows[0]) if isinstance(value, UUID)]
+            if uuids:
+                converted = [list(row) for row in rows]
+                for values in converted:
+                    for i in uuids:
+                        values[i] = values[i].hex
+                rows = converted  # type: ignore[assignment]
+        else:
+            marks = ", ".join("%s" for _ in columns)
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+        dbapi = self.connection.dialect.loaded_dbapi
+        cursor = self.connection.connection.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        except dbapi.IntegrityError as error:
+            raise IntegrityError(f"{table.name}: {_first_line(error)}") from None
+        finally:
+            cursor.close()
+
+
+class Database:
+    """An engine plus the ledger's transaction discipline."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.backend = self.url.get_backend_name()
+        if self.backend not in ("sqlite", "postgresql"):
+            raise DatabaseUnavailableError(
+                f"unsupported database {safe_url(self.url)}: use sqlite:/// or postgresql://"
+            )
+        self.engine = self._create_engine()
+
+    # -- engine ------------------------------------------------------------------------------
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        database = self.url.database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return None
+        return Path(database)
+
+    def _create_engine(self) -> Engine:
+        if self.is_sqlite:
+            path = self.sqlite_path
+            if path is not None and not path.parent.exists():
+                raise DatabaseUnavailableError(
+                    f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
+                )
+            engine = sa.create_engine(self.url, connect_args={"timeout": 120})
+
+            @sa_event.listens_for(engine, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                # Let SQLAlchemy, not pysqlite, decide where transactions begin.
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                for pragma in (
+                    "journal_mode=WAL",
+                    "synchronous=NORMAL",
+                    "busy_timeout=120000",
+                    "secure_delete=ON",
+                    "foreign_keys=ON",
+                ):
+                    cursor.execute(f"PRAGMA {pragma}")
+                cursor.close()
+
+            @sa_event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+                conn.exec_driver_sql(f"BEGIN {mode}")
+
+            return engine
+        return sa.create_engine(
+            self.url,
+            pool_pre_ping=False,
+            connect_args={"connect_timeout": 10, "application_name": "consent-ledger"},
+        )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        try:
+            conn = self.engine.connect()
+        except (OperationalError, DBAPIError) as error:
+            raise DatabaseUnavailableError(
+                f"cannot connect to {safe_url(self.url)}: {_first_line(error.orig)}"
+            ) from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @property
+    def current(self) -> WriteTransaction | None:
+        tx = _ambient.get()
+        return tx if tx is not None and tx.database is self else None
+
+    @contextmanager
+    def writing(self) -> Iterator[WriteTransaction]:
+        """Join the ambient write transaction, or begin one holding the writer's lock."""
+        existing = self.current
+        if existing is not None:
+            yield existing
+            return
+        with self.connect() as base:
+            conn = base.execution_options(sqlite_begin="IMMEDIATE")
+            trans = conn.begin()
+            try:
+                if not self.is_sqlite:
+                    conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+                head = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id)))
+                tx = WriteTransaction(self, conn, (head.scalar() or 0) + 1)
+                token = _ambient.set(tx)
+                try:
+                    yield tx
+                finally:
+                    _ambient.reset(token)
+            except BaseException:
+                trans.rollback()
+                raise
+            if tx.discard:
+                trans.rollback()
+                return
+            try:
+                tx.flush_deferred()
+            except BaseException:
+                trans.rollback()
+                raise
+            trans.commit()
+        for callback in tx.after_commit:
+            callback()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection that sees one consistent snapshot (or the ambient write)."""
+        existing = self.current
+        if existing is not None:
+            yield existing.connection
+            return
+        with self.connect() as conn:
+            if self.is_sqlite:
+                with conn.begin():
+                    yield conn
+            else:
+                with conn.execution_options(isolation_level="REPEATABLE READ").begin():
+                    yield conn
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def schema_revision(self) -> str | None:
+        with self.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+    def is_fresh(self) -> bool:
+        """A new, empty database: safe to create the schema in without asking."""
+        if self.is_sqlite:
+            path = self.sqlite_path
+            if path is None or not path.exists() or path.stat().st_size == 0:
+                return True
+        with self.connect() as conn:
+            return not sa.inspect(conn).get_table_names()
+
+    def require_current_schema(self) -> None:
+        revision = self.schema_revision()
+        if revision != SCHEMA_HEAD:
+            raise SchemaOutOfDateError(revision, SCHEMA_HEAD)
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Create or migrate every table (Alembic, sharing our connection)."""
+        from migrations import upgrade_connection
+
+        before = self.schema_revision()
+        with self.connect() as conn, conn.begin():
+            upgrade_connection(conn)
+        return before, SCHEMA_HEAD
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "unknown error").strip().splitlines()
+    return text[0] if text else "unknown error"
+
+
+def default_key_dir(database: Database) -> Path:
+    """Where key files live unless configured: beside an SQLite file, else per server."""
+    configured = os.environ.get("CONSENT_LEDGER_KEY_DIR")
+    if configured:
+        return Path(configured)
+    path = database.sqlite_path
+    if path is not None:
+        return path.with_name(path.name + ".keys")
+    import hashlib
+
+    ident = hashlib.sha256(safe_url(database.url).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "consent-ledger" / "keys" / ident

@@ -1,0 +1,194 @@
+"""eventsourcing's persistence interface over our SQLAlchemy database.
+
+`LedgerRecorder` is an `ApplicationRecorder` (events by stream, notifications in recording
+order) that writes inside the ambient write transaction of `Database`, so an application's
+`save()` joins whatever import or command is in progress. `LedgerTranscoder` is an orjson
+transcoder that knows the ledger's few typed fields; it is several times faster than the
+library's JSON transcoder, and `tests/unit/test_transcoder.py` checks that every event field
+round-trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import orjson
+import sqlalchemy as sa
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    TrackingRecorder,
+    Transcoder,
+)
+
+from ledger.persistence import tables
+from ledger.persistence.database import Database
+
+DATETIME_FIELDS = frozenset({"timestamp", "at"})
+DECIMAL_FIELDS = frozenset({"total"})
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return str(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+class LedgerTranscoder(Transcoder):
+    def encode(self, obj: Any) -> bytes:
+        return orjson.dumps(obj, default=_default)
+
+    def decode(self, data: bytes) -> Any:
+        state = orjson.loads(data)
+        for name in DATETIME_FIELDS.intersection(state):
+            state[name] = datetime.fromisoformat(state[name])
+        for name in DECIMAL_FIELDS.intersection(state):
+            state[name] = Decimal(state[name])
+        return state
+
+
+_E = tables.events
+
+
+_EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")
+_SELECT_STREAM = (
+    sa.select(_E.c.originator_id, _E.c.originator_version, _E.c.topic, _E.c.state)
+    .where(_E.c.originator_id == sa.bindparam("originator_id"))
+    .order_by(_E.c.originator_version)
+)
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(row.originator_id, row.originator_version, row.topic, row.state)
+
+
+class LedgerRecorder(ApplicationRecorder):
+    """Events and notifications in `ledger_events`, written under the writer's lock."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        with self.database.writing() as tx:
+            first = tx.next_notification_id
+            rows = [
+                (first + offset, e.originator_id, e.originator_version, e.topic, e.state)
+                for offset, e in enumerate(stored_events)
+            ]
+            tx.insert_many(_E, _EVENT_COLUMNS, rows)
+            tx.next_notification_id = first + len(rows)
+            return list(range(first, first + len(rows)))
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        if gt is None and lte is None and not desc and limit is None:
+            with self.database.reading() as conn:
+                rows = conn.execute(_SELECT_STREAM, {"originator_id": originator_id})
+                return [_stored(row) for row in rows]
+        query = sa.select(_E.c.originator_id, _E.c.originator_version, _E.c.topic, _E.c.state)
+        query = query.where(_E.c.originator_id == originator_id)
+        if gt is not None:
+            query = query.where(_E.c.originator_version > gt)
+        if lte is not None:
+            query = query.where(_E.c.originator_version <= lte)
+        version = _E.c.originator_version
+        query = query.order_by(version.desc() if desc else version.asc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self.database.reading() as conn:
+            return [_stored(row) for row in conn.execute(query)]
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        query = sa.select(_E)
+        if start is not None:
+            column = _E.c.notification_id
+            query = query.where(column >= start if inclusive_of_start else column > start)
+        if stop is not None:
+            query = query.where(_E.c.notification_id <= stop)
+        if topics:
+            query = query.where(_E.c.topic.in_(list(topics)))
+        query = query.order_by(_E.c.notification_id).limit(limit)
+        with self.database.reading() as conn:
+            return [
+                Notification(
+                    id=row.notification_id,
+                    originator_id=row.originator_id,
+                    originator_version=row.originator_version,
+                    topic=row.topic,
+                    state=row.state,
+                )
+                for row in conn.execute(query)
+            ]
+
+    def max_notification_id(self) -> int | None:
+        with self.database.reading() as conn:
+            value = conn.execute(sa.select(sa.func.max(_E.c.notification_id))).scalar()
+        return int(value) if value is not None else None
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        raise NotImplementedError("use projections.runner, which polls or listens")
+
+    def iter_notifications(
+        self, start: int = 1, stop: int | None = None, batch: int = 5000
+    ) -> Iterator[Notification]:
+        """Every notification from `start` (inclusive) in recording order, in batches."""
+        position = start
+        while True:
+            page = self.select_notifications(position, batch, stop)
+            yield from page
+            if len(page) < batch:
+                return
+            position = page[-1].id + 1
+
+
+class LedgerInfrastructure(InfrastructureFactory[TrackingRecorder]):
+    """eventsourcing's factory, bound to one `Database` instead of environment strings."""
+
+    def __init__(self, env: Any, database: Database) -> None:
+        super().__init__(env)
+        self.database = database
+
+    def transcoder(self) -> Transcoder:
+        return LedgerTranscoder()
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        return self.application_recorder()
+
+    def application_recorder(self) -> ApplicationRecorder:
+        return LedgerRecorder(self.database)
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[TrackingRecorder] | None = None
+    ) -> TrackingRecorder:
+        raise NotImplementedError("read models track their position in projections/")
+
+    def process_recorder(self) -> ProcessRecorder:
+        raise NotImplementedError("the ledger has no process applications")

@@ -1,0 +1,85 @@
+"""The ledger's own tables. Alembic (in `migrations/`) creates them from these definitions.
+
+`ledger_events` is the event store: one row per domain event, `notification_id` the gapless
+recording order (assigned under the writer's lock, so leaf N of the integrity tree is row N).
+`ledger_facts` makes a fact id recordable once for all time (its primary key is the
+idempotency guarantee, whatever races in memory). `ledger_orders` routes an order's facts
+to its customer's stream; `ledger_customers` lists customers; `ledger_data_keys` holds
+wrapped per-customer keys apart from the events, so a key can be destroyed (erasure) while
+the events stay untouched.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+
+metadata = MetaData()
+
+events = Table(
+    "ledger_events",
+    metadata,
+    Column(
+        "notification_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("originator_id", Uuid(), nullable=False),
+    Column("originator_version", Integer, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    UniqueConstraint("originator_id", "originator_version", name="uq_ledger_events_stream"),
+)
+
+facts = Table(
+    "ledger_facts",
+    metadata,
+    Column("fact_id", String(500), primary_key=True),
+    Column("notification_id", BigInteger, nullable=False, index=True),
+    Column("fact_type", String(40), nullable=False),
+    Column("originator_id", Uuid(), nullable=False),
+)
+
+orders = Table(
+    "ledger_orders",
+    metadata,
+    Column("order_ref", String(500), primary_key=True),
+    Column("customer_id", Uuid(), nullable=False, index=True),
+)
+
+customers = Table(
+    "ledger_customers",
+    metadata,
+    Column("customer_id", Uuid(), primary_key=True),
+    Column("customer_ref", String(500), nullable=False, unique=True),
+    Column("notification_id", BigInteger, nullable=False),
+)
+
+data_keys = Table(
+    "ledger_data_keys",
+    metadata,
+    Column("customer_id", Uuid(), primary_key=True),
+    # NULL once destroyed: the customer's sealed data can no longer be opened.
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("destroyed_at", DateTime(timezone=True), nullable=True),
+)
+
+meta = Table(
+    "ledger_meta",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,111 @@
+"""The rules of SPEC §3, judged in business time against a customer's whole state.
+
+One implementation serves both sides: `audit` judges every recorded contact and disclosure of
+a customer against everything the ledger knows now (so a late withdrawal dated earlier turns an
+earlier contact into a violation), and the preventive check judges a candidate fact against the
+state it would join. Ties at the same `at` are broken by recording order (the version in the
+customer's stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ledger.domainmodel import Customer, FactEvent
+
+# (acquirer name, business time, recorded time or None for "now") -> was a transfer initiated?
+InitiationCheck = Callable[[str, datetime], bool]
+
+CONTACT_TYPES = frozenset(
+    {
+        "marketing.contact",
+        "research.contact",
+        "order.confirmation_sent",
+        "order.verification_contact",
+    }
+)
+DISCLOSURE_TYPES = frozenset(
+    {
+        "payment.authorisation",
+        "identity.check",
+        "cra.disclosure",
+        "order.dispatched",
+        "affiliate.disclosure",
+        "transfer.disclosure",
+    }
+)
+JUDGED_TYPES = CONTACT_TYPES | DISCLOSURE_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule: str
+    customer: str
+    fact_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A contact or disclosure to judge: its type, time, position and fields."""
+
+    fact_type: str
+    fact_id: str
+    at: datetime
+    seq: int
+    data: dict[str, Any]
+
+
+def judged_from_event(event: FactEvent) -> Judged:
+    return Judged(
+        event.FACT_TYPE, event.fact_id, event.at, event.originator_version, event.fields()
+    )
+
+
+def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -> list[str]:
+    """The rules `item` breaks, judged against `customer`'s state."""
+    rules: list[str] = []
+    kind, at = item.fact_type, item.at
+    if kind == "affiliate.disclosure":
+        if not any(customer.consent_given_at("affiliate_sharing", ch, at) for ch in _POST_EMAIL):
+            rules.append("affiliate_without_consent")
+    elif kind == "marketing.contact":
+        if not customer.consent_given_at("marketing", item.data["channel"], at):
+            rules.append("marketing_without_consent")
+    elif kind == "research.contact":
+        if not customer.consent_given_at("market_research", item.data["channel"], at):
+            rules.append("research_without_consent")
+    elif kind == "order.dispatched":
+        order = customer.orders.get(item.data["order"])
+        key = (at, item.seq)
+        payments = order.payments if order else []
+        if not any(result == "authorised" and (p_at, v) < key for p_at, v, result in payments):
+            rules.append("dispatch_without_payment")
+        checks = [c for c in (order.identity_checks if order else []) if (c[0], c[1]) < key]
+        if checks and max(checks, key=lambda c: (c[0], c[1]))[2] == "fail":
+            rules.append("dispatch_after_failed_verification")
+    elif kind == "transfer.disclosure" and not initiated(item.data["acquirer"], at):
+        rules.append("transfer_without_initiation")
+    if customer.erased_at is not None and at >= customer.erased_at and kind in JUDGED_TYPES:
+        rules.append("after_erasure")
+    return rules
+
+
+def audit_customer(
+    customer: Customer, events: Iterable[FactEvent], initiated: InitiationCheck
+) -> list[Violation]:
+    """Every violation among a customer's recorded contacts and disclosures."""
+    found: list[Violation] = []
+    for event in events:
+        if event.FACT_TYPE not in JUDGED_TYPES:
+            continue
+        item = judged_from_event(event)
+        for rule in broken_rules(customer, item, initiated):
+            found.append(Violation(rule, customer.ref, item.fact_id, item.at))
+    return found
+
+
+_POST_EMAIL = ("email", "post")
