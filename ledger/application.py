@@ -342,6 +342,8 @@ class Recording:
             if orders
             else {}
         )
+        # A fact may name only an order: its owner is a known customer too.
+        self.known_customers.update(self.order_owners.values())
         return known
 
     # -- one fact ----------------------------------------------------------------------------
