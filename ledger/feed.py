@@ -22,6 +22,7 @@ from ledger.vocabulary import (
     ADDRESS_FIELDS,
     CONSENT_CHANNELS,
     DATA_CATEGORIES,
+    PERSONAL_FIELDS,
     PURPOSE_CHANNELS,
     PURPOSES,
 )
@@ -241,6 +242,37 @@ def parse_time(value: Any, name: str = "at") -> datetime:
 
 def validate(obj: Mapping[str, Any]) -> Fact:
     """Check one decoded feed object against SPEC §2 and return it as a `Fact`."""
+    try:
+        return _validate(obj)
+    except InvalidFactError as error:
+        scrubbed = _scrub(error.reason, obj)
+        if scrubbed == error.reason:
+            raise
+        raise InvalidFactError(scrubbed, error.line) from None
+
+
+def _scrub(reason: str, obj: Mapping[str, Any]) -> str:
+    """Errors echo short identifiers to help fix a typo; never one that is the line's
+    personal data (a shifted column can put a name where a channel belongs)."""
+    for value in _personal_words(obj):
+        reason = reason.replace(repr(value), "the given value")
+    return reason
+
+
+def _personal_words(obj: Mapping[str, Any]) -> set[str]:
+    values: list[Any] = [obj.get(name) for name in PERSONAL_FIELDS]
+    address = obj.get("address")
+    if isinstance(address, Mapping):
+        values.extend(address.values())
+    words: set[str] = set()
+    for value in values:
+        if isinstance(value, str):
+            words.add(value)
+            words.update(value.split())
+    return words
+
+
+def _validate(obj: Mapping[str, Any]) -> Fact:
     fact_id = obj.get("id")
     if "id" not in obj:
         raise InvalidFactError("missing required field 'id'")

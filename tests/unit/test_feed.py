@@ -1,0 +1,219 @@
+"""SPEC §2 line by line: every fact type, valid and each way of being invalid."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from ledger.errors import InvalidFactError
+from ledger.feed import FACT_TYPES, SCHEMAS, iso, parse_line, parse_time, validate
+from tests.examples import ENUM_FIELDS, EXAMPLES, NAME, PERSONAL_VALUES, line
+
+ALL_TYPES = sorted(EXAMPLES)
+REQUIRED = [(t, name) for t in ALL_TYPES for name in SCHEMAS[t][0]]
+ENUMS = [(t, name) for t, names in ENUM_FIELDS.items() for name in names]
+
+
+def _invalid(obj: dict[str, Any]) -> str:
+    with pytest.raises(InvalidFactError) as caught:
+        validate(obj)
+    message = str(caught.value)
+    for value in PERSONAL_VALUES:
+        assert value not in message
+    return message
+
+
+def test_the_examples_cover_every_fact_type_of_the_spec() -> None:
+    assert set(EXAMPLES) == FACT_TYPES
+    assert len(FACT_TYPES) == 20
+
+
+@pytest.mark.parametrize("fact_type", ALL_TYPES)
+def test_valid_example_is_parsed_with_its_fields(fact_type: str) -> None:
+    raw = orjson.dumps(line(fact_type, "f-1", minutes=5))
+    fact = parse_line(raw, 3)
+    assert (fact.id, fact.type) == ("f-1", fact_type)
+    assert fact.at == datetime(2025, 1, 10, 9, 5, tzinfo=UTC)
+    expected = dict(EXAMPLES[fact_type])
+    if "categories" in expected:
+        expected["categories"] = sorted(expected["categories"])
+    assert fact.data == expected
+    assert fact.extra == {}
+
+
+@pytest.mark.parametrize(("fact_type", "field"), REQUIRED)
+def test_missing_required_field_is_invalid_and_named(fact_type: str, field: str) -> None:
+    obj = line(fact_type, "f-1")
+    del obj[field]
+    assert repr(field) in _invalid(obj)
+
+
+@pytest.mark.parametrize("field", ["id", "type", "at"])
+def test_missing_envelope_field_is_invalid(field: str) -> None:
+    obj = line("order.delivered", "f-1")
+    del obj[field]
+    assert f"missing required field {field!r}" == _invalid(obj)
+
+
+@pytest.mark.parametrize(("fact_type", "field"), ENUMS)
+def test_unknown_enum_value_is_invalid(fact_type: str, field: str) -> None:
+    obj = line(fact_type, "f-1")
+    obj[field] = ["telepathy"] if field == "categories" else "telepathy"
+    message = _invalid(obj)
+    assert "unknown" in message and "'telepathy'" in message
+
+
+@pytest.mark.parametrize(
+    ("fact_type", "field"),
+    [(t, f) for t, f in REQUIRED if not (f == "categories" or (t, f) in set(ENUMS))],
+)
+def test_wrong_type_of_required_field_is_invalid(fact_type: str, field: str) -> None:
+    obj = line(fact_type, "f-1")
+    obj[field] = 42
+    assert repr(field) in _invalid(obj)
+
+
+def test_unknown_type_is_invalid() -> None:
+    assert _invalid(line("order.delivered", "f-1", type="order.teleported")) == (
+        "unknown type 'order.teleported'"
+    )
+
+
+@pytest.mark.parametrize("fact_type", ALL_TYPES)
+def test_at_without_offset_is_invalid(fact_type: str) -> None:
+    obj = line(fact_type, "f-1", at="2025-01-10T09:00:00")
+    assert "no UTC offset" in _invalid(obj)
+
+
+@pytest.mark.parametrize("fact_type", ALL_TYPES)
+def test_unknown_extra_fields_are_kept(fact_type: str) -> None:
+    extra = {"loyalty_tier": "gold", "notes": {"source": "pos", "n": 3}}
+    fact = validate(line(fact_type, "f-1", **extra))
+    assert fact.extra == extra
+    assert "loyalty_tier" not in fact.data
+    assert fact.to_json()["loyalty_tier"] == "gold"
+
+
+def test_at_is_normalised_to_utc() -> None:
+    fact = validate(line("order.delivered", "f-1", at="2025-02-05T16:20:00+01:00"))
+    assert fact.at == datetime(2025, 2, 5, 15, 20, tzinfo=UTC)
+    assert iso(fact.at) == "2025-02-05T15:20:00Z"
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2025-13-01T00:00:00Z", "", 1736499600])
+def test_at_that_is_not_a_time_is_invalid(text: Any) -> None:
+    with pytest.raises(InvalidFactError):
+        parse_time(text)
+
+
+def test_channel_must_belong_to_the_purpose() -> None:
+    obj = line("consent.given", "f-1", purpose="personalisation", channel="email")
+    assert _invalid(obj) == "purpose 'personalisation' has no channel 'email'"
+
+
+def test_marketing_contact_channel_must_be_email_or_post() -> None:
+    assert "unknown channel 'web'" in _invalid(line("marketing.contact", "f-1", channel="web"))
+
+
+@pytest.mark.parametrize("total", ["-1.00", "NaN", "12,50", 12.5, "Infinity"])
+def test_order_total_must_be_a_finite_non_negative_decimal_string(total: Any) -> None:
+    assert "'total'" in _invalid(line("order.placed", "f-1", total=total))
+
+
+@pytest.mark.parametrize("currency", ["gbp", "POUNDS", 826])
+def test_order_currency_must_be_a_three_letter_code(currency: Any) -> None:
+    assert "'currency'" in _invalid(line("order.placed", "f-1", currency=currency))
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("7 Wobble Lane", "must be an object"),
+        ({"line1": "7 Wobble Lane", "city": "Tumbleton", "country": "GB"}, "lacks postcode"),
+        ({**EXAMPLES["customer.registered"]["address"], "floor": "2"}, "unknown parts 'floor'"),
+    ],
+)
+def test_address_must_have_exactly_its_parts(address: Any, words: str) -> None:
+    assert words in _invalid(line("customer.registered", "f-1", address=address))
+
+
+def test_email_must_look_like_an_email() -> None:
+    message = _invalid(line("customer.registered", "f-1", email="zebedee at example"))
+    assert message == "field 'email' is not an email address"
+
+
+def test_phone_is_optional_on_registration() -> None:
+    obj = line("customer.registered", "f-1")
+    del obj["phone"]
+    assert "phone" not in validate(obj).data
+
+
+def test_customer_updated_must_change_something() -> None:
+    obj = line("customer.updated", "f-1")
+    del obj["email"]
+    assert "names none of" in _invalid(obj)
+
+
+def test_payment_reason_is_optional() -> None:
+    fact = validate(line("payment.authorisation", "f-1", result="refused", reason="do_not_honour"))
+    assert fact.data["reason"] == "do_not_honour"
+
+
+@pytest.mark.parametrize("categories", [[], "name", ["name", "shoe_size"]])
+def test_categories_must_be_a_non_empty_list_of_known_categories(categories: Any) -> None:
+    _invalid(line("affiliate.disclosure", "f-1", categories=categories))
+
+
+def test_empty_and_control_characters_in_text_are_invalid() -> None:
+    assert "must not be empty" in _invalid(line("order.cancelled", "f-1", reason="  "))
+    assert "control characters" in _invalid(line("order.cancelled", "f-1", reason="a\x00b"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"id": "f-1", "type": ', "not valid JSON"),
+        (b"[1, 2]", "a feed line must be a JSON object"),
+        (b'"just a string"', "a feed line must be a JSON object"),
+    ],
+)
+def test_line_that_is_not_a_json_object_is_invalid_with_its_number(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidFactError) as caught:
+        parse_line(raw, 7)
+    assert (caught.value.line, caught.value.reason) == (7, reason)
+    assert str(caught.value) == f"line 7: {reason}"
+
+
+def test_an_overlong_line_is_invalid() -> None:
+    raw = orjson.dumps(line("order.cancelled", "f-1", notes="x" * 70_000))
+    with pytest.raises(InvalidFactError, match="longer than"):
+        parse_line(raw, 1)
+
+
+def test_errors_never_repeat_personal_data_from_the_line() -> None:
+    # A shifted column puts a name where an identifier belongs: the error must not echo it.
+    first_name = NAME.split()[0]
+    cases = [
+        line("customer.registered", "f-1", email=NAME),
+        line("consent.given", "f-1", channel=NAME),
+        line("consent.given", "f-1", purpose=first_name),
+        line(
+            "customer.registered",
+            "f-1",
+            address={**EXAMPLES["customer.registered"]["address"], first_name: "x"},
+        ),
+        line("order.placed", "f-1", currency=NAME),
+        line("customer.updated", "f-1", name=42),
+    ]
+    for obj in cases:
+        obj.setdefault("name", NAME)
+        assert first_name not in _invalid(obj)
+
+
+def test_short_identifiers_are_repeated_to_help_fix_a_typo() -> None:
+    assert "unknown purpose 'marketting'" in _invalid(
+        line("consent.given", "f-1", purpose="marketting")
+    )
