@@ -270,11 +270,21 @@ class Customer(Aggregate):
 
     # -- queries over decision state -------------------------------------------------------
 
-    def consent_given_at(self, purpose: str, channel: str, moment: datetime) -> bool:
-        """SPEC §3: the latest consent fact for purpose and channel at or before `moment`."""
+    def consent_given_at(
+        self, purpose: str, channel: str, moment: datetime, before: int | None = None
+    ) -> bool:
+        """SPEC §3: the latest consent fact for purpose and channel at or before `moment`.
+
+        `before` is the recording position (stream version) of the fact being judged: a
+        consent fact at the same `at` counts only if it was recorded before that fact.
+        """
         latest: tuple[datetime, int, bool] | None = None
         for entry in self.consents.get((purpose, channel), ()):
-            if entry[0] <= moment and (latest is None or entry[:2] >= latest[:2]):
+            if entry[0] > moment or (
+                before is not None and entry[0] == moment and entry[1] >= before
+            ):
+                continue
+            if latest is None or entry[:2] >= latest[:2]:
                 latest = entry
         return latest is not None and latest[2]
 

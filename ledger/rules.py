@@ -68,15 +68,17 @@ def judged_from_event(event: FactEvent) -> Judged:
 def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -> list[str]:
     """The rules `item` breaks, judged against `customer`'s state."""
     rules: list[str] = []
-    kind, at = item.fact_type, item.at
+    kind, at, seq = item.fact_type, item.at, item.seq
     if kind == "affiliate.disclosure":
-        if not any(customer.consent_given_at("affiliate_sharing", ch, at) for ch in _POST_EMAIL):
+        if not any(
+            customer.consent_given_at("affiliate_sharing", ch, at, seq) for ch in _POST_EMAIL
+        ):
             rules.append("affiliate_without_consent")
     elif kind == "marketing.contact":
-        if not customer.consent_given_at("marketing", item.data["channel"], at):
+        if not customer.consent_given_at("marketing", item.data["channel"], at, seq):
             rules.append("marketing_without_consent")
     elif kind == "research.contact":
-        if not customer.consent_given_at("market_research", item.data["channel"], at):
+        if not customer.consent_given_at("market_research", item.data["channel"], at, seq):
             rules.append("research_without_consent")
     elif kind == "order.dispatched":
         order = customer.orders.get(item.data["order"])
