@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ledger.application import ConsentLedger
 from ledger.persistence.database import Database
 from ledger.persistence.keys import KeyStore
+from ledger.persistence.seals import create_signing_key, seal_pending
 
 DEFAULT_DB = "sqlite:///consent-ledger.db"
 DB_ENV = "CONSENT_LEDGER_DB"
@@ -29,6 +30,8 @@ def upgrade(database: Database) -> UpgradeResult:
     before, after = database.upgrade()
     keys = KeyStore(database, create=True)
     keys.record_master_key()
+    create_signing_key(database)
+    seal_pending(database)
     return UpgradeResult(before, after, keys.source)
 
 

@@ -66,6 +66,10 @@ class WriteTransaction:
     next_notification_id: int
     discard: bool = False
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Run inside the transaction just before it commits (the integrity seal signs here).
+    before_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Per-transaction state of the write path's helpers (e.g. the integrity sealer).
+    attachments: dict[str, Any] = field(default_factory=dict)
     deferred: dict[tuple[sa.Table, tuple[str, ...]], list[tuple[Any, ...]]] = field(
         default_factory=dict
     )
@@ -227,6 +231,8 @@ class Database:
                 return
             try:
                 tx.flush_deferred()
+                for callback in tx.before_commit:
+                    callback()
             except BaseException:
                 trans.rollback()
                 raise

@@ -32,6 +32,7 @@ from eventsourcing.persistence import (
 
 from ledger.persistence import tables
 from ledger.persistence.database import Database
+from ledger.persistence.seals import seal_inserted
 
 DATETIME_FIELDS = frozenset({"timestamp", "at"})
 DECIMAL_FIELDS = frozenset({"total"})
@@ -87,6 +88,7 @@ class LedgerRecorder(ApplicationRecorder):
                 for offset, e in enumerate(stored_events)
             ]
             tx.insert_many(_E, _EVENT_COLUMNS, rows)
+            seal_inserted(tx, rows)
             tx.next_notification_id = first + len(rows)
             return list(range(first, first + len(rows)))
 

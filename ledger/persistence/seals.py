@@ -1,0 +1,596 @@
+"""Sealing the event log: Merkle nodes and signed checkpoints in the database, keys outside it.
+
+Every write transaction that records events extends the tree (`Sealer`, attached to the
+transaction by the recorder) and, just before it commits, signs a checkpoint of the new tree
+size and root, in the same transaction: a committed event is always covered by a checkpoint.
+The sealer starts from the stored frontier (the complete subtrees of the current size), so
+sealing costs a hash or two per event whatever the size of the ledger.
+
+`ledger_tree_nodes` holds every complete subtree hash (level 0 = leaf hashes), so a proof
+needs O(log n) rows. It is an index for proofs and for naming the altered event: `verify`
+never trusts it, it recomputes the tree from the events and holds it against the signed
+checkpoints. Both tables, like the events, refuse UPDATE and DELETE (migration 0003).
+
+The Ed25519 signing key lives in the key folder (`signing.key`, mode 0600) beside its public
+half (`signing.pub`), created by `db upgrade`; `verify` needs only the public key.
+
+The API other parts of the ledger use: `latest_checkpoint(app)`, `verify_ledger(app)` and,
+pure, `ledger.integrity.verify_checkpoint(checkpoint, public_key)`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from sqlalchemy.engine import Connection
+
+from ledger import integrity
+from ledger.errors import ConfigurationError, FactNotFoundError, InputError, IntegrityFailure
+from ledger.integrity import Checkpoint, Frontier, LogAuditor, Problem
+from ledger.persistence import tables
+from ledger.persistence.database import Database, WriteTransaction, default_key_dir
+from ledger.persistence.keys import write_key_file
+
+SIGNING_KEY_FILE = "signing.key"
+PUBLIC_KEY_FILE = "signing.pub"
+_BATCH = 20_000
+_LISTED = 50  # altered events named one by one; beyond this, counted
+
+tree_nodes = sa.Table(
+    "ledger_tree_nodes",
+    tables.metadata,
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+)
+
+checkpoints = sa.Table(
+    "ledger_checkpoints",
+    tables.metadata,
+    sa.Column("tree_size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root_hash", sa.LargeBinary, nullable=False),
+    # The time exactly as signed (text), so the signature never depends on a type round trip.
+    sa.Column("signed_at", sa.String(40), nullable=False),
+    sa.Column("key_id", sa.String(16), nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+)
+
+_N = tree_nodes
+_C = checkpoints
+_NODE_COLUMNS = ("level", "idx", "hash")
+_CHECKPOINT_COLUMNS = ("tree_size", "root_hash", "signed_at", "key_id", "signature")
+_ATTACHMENT = "integrity.sealer"
+
+
+class HasDatabase(Protocol):
+    """What the functions below need of the application: its database."""
+
+    @property
+    def database(self) -> Database: ...
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def signing_key_path(database: Database) -> Path:
+    return default_key_dir(database) / SIGNING_KEY_FILE
+
+
+def public_key_path(database: Database) -> Path:
+    return default_key_dir(database) / PUBLIC_KEY_FILE
+
+
+def create_signing_key(database: Database) -> bool:
+    """Create the key pair in the key folder unless it exists (`db upgrade`). True if new."""
+    private_path, public_path = signing_key_path(database), public_key_path(database)
+    if private_path.exists():
+        if not public_path.exists():
+            public = load_signing_key(database).public_key()
+            public_path.write_text(integrity.public_key_pem(public))
+        return False
+    key = Ed25519PrivateKey.generate()
+    write_key_file(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    public_path.write_text(integrity.public_key_pem(key.public_key()))
+    return True
+
+
+def load_signing_key(database: Database) -> Ed25519PrivateKey:
+    path = signing_key_path(database)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"no signing key at {path}: recording needs it "
+            "(run 'consent-ledger db upgrade' to create one for a new ledger)"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"cannot read the signing key {path}: {error}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"the signing key {path} is not an Ed25519 key")
+    return key
+
+
+def load_public_key(database: Database, path: Path | None = None) -> Ed25519PublicKey:
+    """The public key from `path`, else the key folder's `signing.pub`."""
+    path = path or public_key_path(database)
+    try:
+        return integrity.load_public_key(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"no public key at {path}: give the ledger's signing.pub with --public-key"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"cannot read the public key {path}: {error}") from None
+
+
+# -- sealing the write path ------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _uuid_bytes(value: Any) -> bytes:
+    if isinstance(value, UUID):
+        return value.bytes
+    if isinstance(value, bytes):
+        return value
+    return UUID(str(value)).bytes
+
+
+def _text_bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+class Sealer:
+    """The tree of one write transaction: extended as events are inserted, signed before
+    the transaction commits."""
+
+    def __init__(self, tx: WriteTransaction) -> None:
+        self.tx = tx
+        self.key = _signing_key(tx.database)
+        conn = tx.connection
+        size = _stored_size(conn)
+        self.frontier = Frontier.load(size, _node_reader(conn))
+        self.first = size
+        recorded = tx.next_notification_id - 1
+        if size > recorded:
+            raise IntegrityFailure(
+                f"the event log has {recorded} events but its seals cover {size}: "
+                "events were removed; run 'consent-ledger verify'"
+            )
+        if size < recorded:  # events recorded before sealing existed: seal them now
+            self.add(_event_rows(conn, tx.database, size + 1, recorded))
+
+    def add(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Event rows (notification id, originator id, version, topic, state) just inserted."""
+        frontier = self.frontier
+        nodes: list[tuple[int, int, bytes]] = []
+        for notification_id, originator, version, topic, state in rows:
+            if notification_id != frontier.size + 1:
+                raise IntegrityFailure(
+                    f"event {notification_id} does not follow the sealed log of "
+                    f"{frontier.size} events"
+                )
+            leaf = integrity.event_leaf_hash(
+                notification_id, _uuid_bytes(originator), version, _text_bytes(topic), state
+            )
+            nodes.extend(frontier.append(leaf))
+        self.tx.insert_many(_N, _NODE_COLUMNS, nodes)
+
+    def sign(self) -> None:
+        if self.frontier.size == self.first:
+            return
+        checkpoint = integrity.sign_checkpoint(
+            self.key, self.frontier.size, self.frontier.root(), _now()
+        )
+        self.tx.insert_many(_C, _CHECKPOINT_COLUMNS, [_checkpoint_row(checkpoint)])
+
+
+_KEYS: dict[Path, Ed25519PrivateKey] = {}
+
+
+def _signing_key(database: Database) -> Ed25519PrivateKey:
+    path = signing_key_path(database)
+    key = _KEYS.get(path)
+    if key is None:
+        key = _KEYS[path] = load_signing_key(database)
+    return key
+
+
+def seal_inserted(tx: WriteTransaction, rows: Sequence[Sequence[Any]]) -> None:
+    """Extend the tree with events just inserted in `tx`; sign when `tx` is about to commit.
+    Called by the recorder for every batch of events it inserts."""
+    sealer = tx.attachments.get(_ATTACHMENT)
+    if sealer is None:
+        sealer = tx.attachments[_ATTACHMENT] = Sealer(tx)
+        tx.before_commit.append(sealer.sign)
+    sealer.add(rows)
+
+
+def seal_pending(database: Database) -> int:
+    """Seal any events recorded before sealing existed (`db upgrade`). Returns how many."""
+    with database.writing() as tx:
+        size = _stored_size(tx.connection)
+        if tx.next_notification_id - 1 <= size:
+            return 0
+        sealer = Sealer(tx)
+        sealer.sign()
+        return sealer.frontier.size - size
+
+
+def _checkpoint_row(checkpoint: Checkpoint) -> tuple[Any, ...]:
+    return (
+        checkpoint.tree_size,
+        checkpoint.root_hash,
+        checkpoint.time,
+        checkpoint.key_id,
+        checkpoint.signature,
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _stored_size(conn: Connection) -> int:
+    last = conn.execute(sa.select(sa.func.max(_N.c.idx)).where(_N.c.level == 0)).scalar()
+    return 0 if last is None else int(last) + 1
+
+
+def _node_reader(conn: Connection) -> integrity.NodeSource:
+    def node(level: int, index: int) -> bytes:
+        value = conn.execute(
+            sa.select(_N.c.hash).where(_N.c.level == level, _N.c.idx == index)
+        ).scalar()
+        if value is None:
+            raise IntegrityFailure(f"the seal node ({level}, {index}) is missing")
+        return bytes(value)
+
+    return node
+
+
+def _fetch_nodes(conn: Connection, wanted: set[tuple[int, int]]) -> integrity.NodeSource:
+    """The nodes a proof needs, in one query."""
+    found: dict[tuple[int, int], bytes] = {}
+    if wanted:
+        rows = conn.execute(
+            sa.select(_N.c.level, _N.c.idx, _N.c.hash).where(
+                sa.tuple_(_N.c.level, _N.c.idx).in_(sorted(wanted))
+            )
+        )
+        found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
+
+    def node(level: int, index: int) -> bytes:
+        try:
+            return found[level, index]
+        except KeyError:
+            raise IntegrityFailure(f"the seal node ({level}, {index}) is missing") from None
+
+    return node
+
+
+def _checkpoint_of(row: Any) -> Checkpoint:
+    return Checkpoint(
+        int(row.tree_size), bytes(row.root_hash), row.signed_at, row.key_id, bytes(row.signature)
+    )
+
+
+def _all_checkpoints(conn: Connection, min_size: int = 0) -> list[Checkpoint]:
+    rows = conn.execute(sa.select(_C).where(_C.c.tree_size >= min_size).order_by(_C.c.tree_size))
+    return [_checkpoint_of(row) for row in rows]
+
+
+def _checkpoint_at(conn: Connection, size: int | None) -> Checkpoint | None:
+    query = sa.select(_C)
+    query = (
+        query.order_by(_C.c.tree_size.desc()).limit(1)
+        if size is None
+        else query.where(_C.c.tree_size == size)
+    )
+    row = conn.execute(query).first()
+    return None if row is None else _checkpoint_of(row)
+
+
+_EVENT_SQL = (
+    "SELECT notification_id, originator_id, originator_version, topic, state "
+    "FROM ledger_events WHERE notification_id >= {mark} AND notification_id <= {mark} "
+    "ORDER BY notification_id"
+)
+
+
+def _event_rows(
+    conn: Connection, database: Database, first: int, last: int | None = None
+) -> Iterator[tuple[int, bytes, int, bytes, bytes]]:
+    """Event rows from `first` on, straight off the driver's cursor (the verifier's hot path),
+    with the originator id as 16 bytes and the topic as UTF-8 bytes."""
+    mark = "?" if database.is_sqlite else "%s"
+    sql = _EVENT_SQL.format(mark=mark)
+    params = (first, last if last is not None else 2**62)
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    if database.is_sqlite:
+        cursor = raw.cursor()
+        fromhex = bytes.fromhex
+        try:
+            cursor.execute(sql, params)
+            while batch := cursor.fetchmany(_BATCH):
+                for nid, originator, version, topic, state in batch:
+                    yield nid, fromhex(originator), version, topic.encode(), state
+        finally:
+            cursor.close()
+        return
+    cursor = raw.cursor(name="consent_ledger_verify")  # server side: a million rows stream
+    try:
+        cursor.execute(sql, params)
+        while batch := cursor.fetchmany(_BATCH):
+            for nid, originator, version, topic, state in batch:
+                yield nid, originator.bytes, version, topic.encode(), bytes(state)
+    finally:
+        cursor.close()
+
+
+# -- the API: checkpoints, verification, proofs ----------------------------------------------
+
+
+def latest_checkpoint(app: HasDatabase) -> dict[str, Any]:
+    """The latest signed checkpoint, as JSON, with the ledger's public key (PEM) in
+    `public_key`. Raises `InputError` when nothing has been recorded yet."""
+    database = app.database
+    with database.reading() as conn:
+        checkpoint = _checkpoint_at(conn, None)
+    if checkpoint is None:
+        raise InputError("the ledger has no checkpoint yet: nothing has been recorded")
+    return checkpoint.to_json(load_public_key(database))
+
+
+@dataclass
+class VerifyResult:
+    """What `verify` found. `ok` iff `problems` is empty; `head` is the recomputed root."""
+
+    facts: int
+    head: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "facts": self.facts, "head": self.head, "problems": self.problems}
+
+
+def verify_ledger(
+    app: HasDatabase,
+    *,
+    since: dict[str, Any] | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> VerifyResult:
+    """Recompute the tree from the events and hold it against every signed checkpoint.
+
+    With `since` (a checkpoint an auditor kept) only the growth after it is recomputed, from
+    the stored frontier of that size, which must hash to the kept root. Never raises for
+    what it finds: every problem is in the result.
+    """
+    database = app.database
+    key = public_key or load_public_key(database)
+    with database.reading() as conn:
+        problems: list[Problem] = []
+        start: Frontier | None = None
+        if since is not None:
+            start, problems = _trusted_start(conn, since, key)
+            if start is None:
+                facts, _ = _fact_index(conn)
+                return VerifyResult(facts, "", [p.to_json() for p in problems])
+        first = start.size if start is not None else 0
+        auditor = LogAuditor(_all_checkpoints(conn, first), key, start)
+        auditor.add_events(_event_rows(conn, database, first + 1))
+        audit = auditor.finish()
+        problems.extend(audit.problems)
+        if audit.problems:
+            problems.extend(_locate(conn, database, first))
+        elif not _stored_frontier_matches(conn, audit.size, auditor.frontier):
+            problems.append(
+                Problem(
+                    "seal_altered",
+                    "the stored tree nodes disagree with the events: proofs from them fail",
+                )
+            )
+        facts, highest = _fact_index(conn)
+        if highest > audit.size:
+            problems.append(
+                Problem(
+                    "log_truncated",
+                    f"a recorded fact points at event {highest} but the log ends at "
+                    f"{audit.size}: events were removed from its end",
+                    highest,
+                )
+            )
+    return VerifyResult(facts, audit.head.hex(), [p.to_json() for p in problems], audit.size)
+
+
+def _fact_index(conn: Connection) -> tuple[int, int]:
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.max(tables.facts.c.notification_id))
+    ).one()
+    return int(row[0]), int(row[1] or 0)
+
+
+def _trusted_start(
+    conn: Connection, since: dict[str, Any], key: Ed25519PublicKey
+) -> tuple[Frontier | None, list[Problem]]:
+    try:
+        kept = Checkpoint.from_json(since)
+    except integrity.CheckpointFormatError as error:
+        raise InputError(f"the checkpoint given to --since is malformed: {error}") from None
+    if not integrity.checkpoint_signed(kept, key):
+        return None, [
+            Problem(
+                "checkpoint_signature",
+                f"the kept checkpoint of tree size {kept.tree_size} is not signed by this "
+                "ledger's key",
+            )
+        ]
+    size = _stored_size(conn)
+    if size < kept.tree_size:
+        return None, [
+            Problem(
+                "log_truncated",
+                f"the kept checkpoint covers {kept.tree_size} events but the log's seals "
+                f"cover only {size}: the log was cut back",
+                size + 1,
+            )
+        ]
+    try:
+        start = Frontier.load(kept.tree_size, _node_reader(conn))
+    except IntegrityFailure as error:
+        return None, [Problem("seal_altered", str(error))]
+    if not hmac.compare_digest(start.root(), kept.root_hash):
+        return None, [
+            Problem(
+                "checkpoint_mismatch",
+                f"the ledger is not an extension of the kept checkpoint of tree size "
+                f"{kept.tree_size}: its first {kept.tree_size} events were rewritten",
+                kept.tree_size,
+            )
+        ]
+    return start, []
+
+
+def _stored_frontier_matches(conn: Connection, size: int, frontier: Frontier) -> bool:
+    wanted = integrity.frontier_nodes(size)
+    try:
+        node = _fetch_nodes(conn, set(wanted))
+        return [node(level, index) for level, index in wanted] == frontier.hashes
+    except IntegrityFailure:
+        return False
+
+
+def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
+    """Name the events whose recomputed leaf differs from the leaf sealed when recorded, and
+    recognise two events that traded places."""
+    stored = conn.execute(sa.select(_N.c.idx, _N.c.hash).where(_N.c.level == 0, _N.c.idx >= first))
+    sealed = {int(r.idx) + 1: bytes(r.hash) for r in stored}
+    altered: dict[int, tuple[bytes, int, bytes, bytes]] = {}
+    for nid, originator, version, topic, state in _event_rows(conn, database, first + 1):
+        leaf = integrity.event_leaf_hash(nid, originator, version, topic, state)
+        expected = sealed.get(nid)
+        if expected is not None and expected != leaf:
+            altered[nid] = (originator, version, topic, state)
+    problems: list[Problem] = []
+    moved: set[int] = set()
+    candidates = list(altered)[: _LISTED * 2]
+
+    def sealed_as(content_of: int, position: int) -> bool:
+        return integrity.event_leaf_hash(position, *altered[content_of]) == sealed[position]
+
+    for here in candidates:
+        for there in candidates:
+            if here < there and sealed_as(here, there) and sealed_as(there, here):
+                moved.update((here, there))
+                problems.append(
+                    Problem("events_reordered", f"events {here} and {there} traded places", here)
+                )
+    for here in candidates:
+        for there in candidates:
+            if here != there and here not in moved and sealed_as(here, there):
+                moved.add(here)
+                problems.append(
+                    Problem(
+                        "events_reordered",
+                        f"the event recorded as {there} now sits at position {here}",
+                        here,
+                    )
+                )
+    changed = [nid for nid in altered if nid not in moved]
+    for nid in changed[:_LISTED]:
+        problems.append(Problem("event_altered", f"event {nid}'s stored bytes were changed", nid))
+    if len(changed) > _LISTED:
+        problems.append(
+            Problem(
+                "event_altered",
+                f"{len(changed) - _LISTED} more events' stored bytes were changed",
+            )
+        )
+    return problems
+
+
+def prove_fact(app: HasDatabase, fact_id: str) -> dict[str, Any]:
+    """An inclusion proof of the event recording `fact_id` against the latest checkpoint:
+    the leaf bytes, its index, the RFC 9162 path and the signed checkpoint."""
+    database = app.database
+    with database.reading() as conn:
+        position = conn.execute(
+            sa.select(tables.facts.c.notification_id).where(tables.facts.c.fact_id == fact_id)
+        ).scalar()
+        if position is None:
+            raise FactNotFoundError(fact_id)
+        checkpoint = _checkpoint_at(conn, None)
+        if checkpoint is None or checkpoint.tree_size < position:
+            raise IntegrityFailure(f"fact {fact_id!r} is not covered by a signed checkpoint")
+        index = int(position) - 1
+        ranges = integrity.inclusion_ranges(index, checkpoint.tree_size)
+        node = _fetch_nodes(conn, integrity.proof_nodes(ranges))
+        path = [integrity.range_hash(start, end, node) for start, end in ranges]
+        rows = list(_event_rows(conn, database, int(position), int(position)))
+    if not rows:
+        raise IntegrityFailure(f"the event of fact {fact_id!r} is missing from the log")
+    leaf = integrity.leaf_bytes(*rows[0])
+    document = integrity.inclusion_document(leaf, index, path, checkpoint)
+    document["checkpoint"]["public_key"] = integrity.public_key_pem(load_public_key(database))
+    return {"fact_id": fact_id, **document}
+
+
+def checkpoint_by_size(app: HasDatabase, size: int) -> dict[str, Any]:
+    with app.database.reading() as conn:
+        checkpoint = _checkpoint_at(conn, size)
+    if checkpoint is None:
+        raise InputError(f"the ledger has no checkpoint of tree size {size}")
+    return checkpoint.to_json()
+
+
+def prove_consistency(
+    app: HasDatabase, old: dict[str, Any], new: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A consistency proof that checkpoint `new` (default: the latest) extends `old`."""
+    database = app.database
+    try:
+        first = Checkpoint.from_json(old)
+        second = Checkpoint.from_json(new) if new is not None else None
+    except integrity.CheckpointFormatError as error:
+        raise InputError(f"malformed checkpoint: {error}") from None
+    with database.reading() as conn:
+        if second is None:
+            second = _checkpoint_at(conn, None)
+            if second is None:
+                raise InputError("the ledger has no checkpoint yet: nothing has been recorded")
+        if first.tree_size > second.tree_size:
+            raise InputError(
+                f"the old checkpoint (size {first.tree_size}) is newer than the new one "
+                f"(size {second.tree_size})"
+            )
+        ranges = integrity.consistency_ranges(first.tree_size, second.tree_size)
+        node = _fetch_nodes(conn, integrity.proof_nodes(ranges))
+        path = [integrity.range_hash(start, end, node) for start, end in ranges]
+    document = integrity.consistency_document(first, second, path)
+    document["public_key"] = integrity.public_key_pem(load_public_key(database))
+    return document
