@@ -1,0 +1,193 @@
+"""The aggregates, given-when-then, with no database: what each fact does to a customer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from ledger.domainmodel import (
+    EVENT_FOR_FACT,
+    Acquirer,
+    Customer,
+    DisclosureEvent,
+    FactEvent,
+    acquirer_id,
+    customer_id,
+)
+from ledger.errors import CustomerErasedError, InvalidFactError
+from ledger.feed import FACT_TYPES, validate
+from ledger.vocabulary import DISCLOSURES
+from tests.examples import EXAMPLES, line
+
+
+def registered_customer(**changes: Any) -> Customer:
+    fact = validate(line("customer.registered", "reg", 0, **changes))
+    customer = Customer.register(fact, "sealed-registration")
+    return customer
+
+
+def record(customer: Customer, fact_type: str, fact_id: str, minutes: float = 1, **kw: Any) -> Any:
+    customer.record(validate(line(fact_type, fact_id, minutes, **kw)), None)
+    return customer.pending_events[-1]
+
+
+def with_order(customer: Customer) -> Customer:
+    record(customer, "order.placed", "o", 1)
+    return customer
+
+
+def test_every_fact_type_has_its_event_class() -> None:
+    assert set(EVENT_FOR_FACT) == FACT_TYPES
+    for fact_type, event_class in EVENT_FOR_FACT.items():
+        assert fact_type == event_class.FACT_TYPE
+        assert issubclass(event_class, DisclosureEvent) == (fact_type in DISCLOSURES)
+
+
+def test_registration_creates_the_customer_with_a_stable_id() -> None:
+    customer = registered_customer()
+    assert customer.id == customer_id("C1")
+    assert (customer.ref, customer.erased, customer.erased_at) == ("C1", False, None)
+    assert customer.registered_at == datetime(2025, 1, 10, 9, 0, tzinfo=UTC)
+    (event,) = customer.pending_events
+    assert isinstance(event, Customer.Registered)
+    assert (event.fact_id, event.sealed) == ("reg", "sealed-registration")
+
+
+def test_personal_data_never_travels_in_clear_in_an_event() -> None:
+    customer = registered_customer()
+    record(customer, "customer.updated", "u", 1, name="New Name", phone="+44 1")
+    for event in customer.pending_events:
+        for value in event.__dict__.values():
+            assert "Zebedee" not in str(value) and "New Name" not in str(value)
+    updated = customer.pending_events[-1]
+    assert isinstance(updated, Customer.DetailsUpdated)
+    assert updated.fields_updated == ["email", "name", "phone"]
+
+
+@pytest.mark.parametrize(
+    "fact_type",
+    sorted(t for t in EXAMPLES if t not in ("customer.registered", "transfer.initiated")),
+)
+def test_every_customer_fact_becomes_one_event_with_its_fact_id_and_time(fact_type: str) -> None:
+    customer = with_order(registered_customer())
+    changes = {"order": "O9"} if fact_type == "order.placed" else {}
+    event = record(customer, fact_type, "f-9", 5, **changes)
+    assert type(event) is EVENT_FOR_FACT[fact_type]
+    assert (event.fact_id, event.at) == ("f-9", datetime(2025, 1, 10, 9, 5, tzinfo=UTC))
+    assert event.originator_version == customer.version
+    assert event.sealed is None
+    public = event.fields()
+    for name, value in EXAMPLES[fact_type].items():
+        if name in ("customer", "categories") or fact_type == "customer.updated":
+            continue
+        expected = Decimal(value) if name == "total" else changes.get(name, value)
+        assert public.get(name, getattr(event, name, None)) == expected, name
+
+
+@pytest.mark.parametrize("fact_type", sorted(DISCLOSURES))
+def test_disclosure_events_carry_what_the_fact_implies(fact_type: str) -> None:
+    customer = with_order(registered_customer())
+    event = record(customer, fact_type, "d", 5)
+    rule = DISCLOSURES[fact_type]
+    assert event.recipient == EXAMPLES[fact_type][rule.recipient_field]
+    assert (event.recipient_kind, event.purpose, event.basis) == (
+        rule.recipient_kind,
+        rule.purpose,
+        rule.basis,
+    )
+    expected = rule.categories or sorted(EXAMPLES[fact_type]["categories"])
+    assert sorted(event.categories) == sorted(expected)
+
+
+def test_consents_are_kept_per_purpose_and_channel_in_recording_order() -> None:
+    customer = registered_customer()
+    record(customer, "consent.given", "g", 5)
+    record(customer, "consent.withdrawn", "w", 3)  # late, dated earlier
+    assert customer.consents[("marketing", "email")] == [
+        (datetime(2025, 1, 10, 9, 5, tzinfo=UTC), 2, True),
+        (datetime(2025, 1, 10, 9, 3, tzinfo=UTC), 3, False),
+    ]
+    assert customer.consent_given_at("marketing", "email", datetime(2025, 1, 10, 9, 6, tzinfo=UTC))
+    assert not customer.consent_given_at(
+        "marketing", "email", datetime(2025, 1, 10, 9, 4, tzinfo=UTC)
+    )
+    assert not customer.consent_given_at(
+        "marketing", "email", datetime(2025, 1, 10, 9, 2, tzinfo=UTC)
+    )
+    assert not customer.consent_given_at("marketing", "post", datetime(2025, 1, 11, tzinfo=UTC))
+
+
+def test_order_status_follows_its_facts() -> None:
+    customer = with_order(registered_customer())
+    order = customer.orders["O1"]
+    assert (order.status, order.total, order.currency) == ("placed", Decimal("89.99"), "GBP")
+    record(customer, "payment.authorisation", "p", 2)
+    record(customer, "identity.check", "i", 3, result="fail")
+    assert order.payments == [(datetime(2025, 1, 10, 9, 2, tzinfo=UTC), 3, "authorised")]
+    assert order.identity_checks == [(datetime(2025, 1, 10, 9, 3, tzinfo=UTC), 4, "fail")]
+    record(customer, "order.dispatched", "d", 4)
+    assert order.status == "dispatched"
+    record(customer, "order.delivered", "dl", 5)
+    assert order.status == "delivered"
+    record(customer, "order.placed", "o2", 6, order="O2")
+    record(customer, "order.cancelled", "c", 7, order="O2")
+    assert customer.orders["O2"].status == "cancelled"
+
+
+def test_an_order_of_another_customer_is_refused() -> None:
+    customer = registered_customer()
+    with pytest.raises(InvalidFactError, match="does not belong to customer 'C1'"):
+        record(customer, "order.dispatched", "d", 4, order="O-other")
+    assert len(customer.pending_events) == 1
+
+
+def test_an_order_placed_twice_is_refused() -> None:
+    customer = with_order(registered_customer())
+    with pytest.raises(InvalidFactError, match="already placed"):
+        record(customer, "order.placed", "o-again", 2)
+
+
+def test_registering_a_registered_customer_is_refused() -> None:
+    customer = registered_customer()
+    with pytest.raises(InvalidFactError, match="already registered"):
+        record(customer, "customer.registered", "reg-2", 2)
+
+
+def test_erasure_marks_the_customer_and_keeps_the_earliest_time() -> None:
+    customer = registered_customer()
+    record(customer, "subject.erased", "x1", 30)
+    record(customer, "subject.erased", "x2", 20)
+    assert customer.erased
+    assert customer.erased_at == datetime(2025, 1, 10, 9, 20, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("fact_type", "what"),
+    [("customer.updated", "a details update"), ("consent.given", "a new consent")],
+)
+def test_after_erasure_details_and_new_consents_are_refused(fact_type: str, what: str) -> None:
+    customer = registered_customer()
+    record(customer, "subject.erased", "x", 10)
+    with pytest.raises(CustomerErasedError, match=what):
+        record(customer, fact_type, "late", 11)
+
+
+def test_after_erasure_withdrawals_and_history_are_still_recorded() -> None:
+    customer = registered_customer()
+    record(customer, "subject.erased", "x", 10)
+    event = record(customer, "consent.withdrawn", "w", 11)
+    assert isinstance(event, Customer.ConsentWithdrawn)
+
+
+def test_acquirer_records_its_transfer_initiations() -> None:
+    acquirer = Acquirer.create("Northwind")
+    assert acquirer.id == acquirer_id("Northwind")
+    acquirer.initiate_transfer(validate(line("transfer.initiated", "t", 10, secret_room="7")))
+    event = acquirer.pending_events[-1]
+    assert isinstance(event, Acquirer.TransferInitiated) and isinstance(event, FactEvent)
+    assert (event.scope, event.extra) == ("all customers", {"secret_room": "7"})
+    assert not acquirer.initiated_by(datetime(2025, 1, 10, 9, 9, tzinfo=UTC))
+    assert acquirer.initiated_by(datetime(2025, 1, 10, 9, 10, tzinfo=UTC))
