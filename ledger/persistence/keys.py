@@ -164,6 +164,9 @@ class KeyStore:
     def destroy(self, customer_id: UUID) -> bool:
         """Crypto-shred: overwrite the wrapped key. True if there was a key to destroy."""
         with self.database.writing() as tx:
+            # A key created in this transaction may still be queued: insert it first, or
+            # the update finds nothing and the queued key is inserted alive after it.
+            tx.flush_deferred()
             result = tx.connection.execute(
                 _K.update()
                 .where(_K.c.customer_id == customer_id, _K.c.wrapped_key.is_not(None))
