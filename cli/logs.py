@@ -6,9 +6,13 @@ Log events carry ids and counts, never personal data: customer references are ha
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
 
 import structlog
 
@@ -24,6 +28,7 @@ def configure(level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _fold_into_summary,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
@@ -34,6 +39,43 @@ def configure(level: str = "info") -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+_summary: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "consent_ledger_command_summary", default=None
+)
+
+
+@contextmanager
+def summary() -> Iterator[dict[str, Any]]:
+    """Collect what the running command reports; the CLI logs it as one line at the end."""
+    fields: dict[str, Any] = {}
+    token = _summary.set(fields)
+    try:
+        yield fields
+    finally:
+        _summary.reset(token)
+
+
+def _fold_into_summary(
+    _logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Inside a command, an info line becomes part of the command's summary line, so a
+    command logs one line however its steps report; warnings and errors still print."""
+    current = _summary.get()
+    if current is None or method not in ("debug", "info"):
+        return event
+    current.update({k: v for k, v in event.items() if k != "event"})
+    raise structlog.DropEvent
+
+
+def summarise(**fields: Any) -> None:
+    """Add ids and counts (never personal data) to the command's one summary line."""
+    current = _summary.get()
+    if current is None:  # outside the CLI (a library caller): log it on its own
+        log.info("summary", **fields)
+    else:
+        current.update(fields)
 
 
 def hashed(ref: str) -> str:

@@ -50,24 +50,36 @@ class LedgerContext:
 
 
 class LedgerGroup(click.Group):
-    """Runs a command and turns the ledger's errors into one line and an exit code."""
+    """Runs a command, logs its one summary line and turns the ledger's errors into one
+    `Error: …` line on stderr and an exit code."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        path = [name or ""]
+        if isinstance(command, click.Group):
+            path.extend(token for token in rest[:1] if token in command.commands)
+        ctx.meta["consent_ledger.command"] = " ".join(path)
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         started = time.perf_counter()
-        command = " ".join(ctx.protected_args[:2]) if ctx.protected_args else ""
-        try:
-            result = super().invoke(ctx)
-        except LedgerError as error:
-            code = exit_code_for(error)
-            logs.log.warning(
-                "command.failed", command=command, exit=code, error_type=type(error).__name__
-            )
-            click.echo(f"Error: {error}", err=True)
-            ctx.exit(code)
-        logs.log.info(
-            "command.done", command=command, seconds=round(time.perf_counter() - started, 3)
-        )
-        return result
+        failure: LedgerError | None = None
+        with logs.summary() as fields:
+            try:
+                result = super().invoke(ctx)
+            except LedgerError as error:
+                failure = error
+        fields["command"] = ctx.meta.get("consent_ledger.command", "")
+        fields["seconds"] = round(time.perf_counter() - started, 3)
+        if failure is None:
+            logs.log.info("command.done", **fields)
+            return result
+        code = exit_code_for(failure)
+        logs.log.warning("command.failed", exit=code, error_type=type(failure).__name__, **fields)
+        click.echo(f"Error: {failure}", err=True)
+        ctx.exit(code)
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,7 +27,7 @@ def audit() -> None:
 def check(ledger: Any, as_of: Any, as_json: bool) -> None:
     """Every recorded fact that broke a rule of the policy (SPEC §3)."""
     violations = ledger.audit(as_of)
-    logs.log.info("audit.check", violations=len(violations))
+    logs.summarise(violations=len(violations))
     rows = [
         {"rule": v.rule, "customer": v.customer, "fact_id": v.fact_id, "at": iso(v.at)}
         for v in violations

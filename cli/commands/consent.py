@@ -33,7 +33,7 @@ def consent() -> None:
 def show(ledger: Any, ref: str, as_of: Any, as_json: bool) -> None:
     """Consent of customer REF per purpose and channel, now or as of a past time."""
     rows = views.consent_rows(ledger.customer_events(ref), as_of)
-    logs.log.info("consent.show", customer=logs.hashed(ref), rows=len(rows))
+    logs.summarise(customer=logs.hashed(ref), rows=len(rows))
     document = {
         "customer": ref,
         "as_of": iso(as_of) if as_of is not None else None,

@@ -42,7 +42,7 @@ def customer_document(ledger: Any, ref: str) -> dict[str, Any]:
 def show(ledger: Any, ref: str, as_json: bool) -> None:
     """Current details (or that they are erased), consents and orders of customer REF."""
     document = customer_document(ledger, ref)
-    logs.log.info("customer.show", customer=logs.hashed(ref))
+    logs.summarise(customer=logs.hashed(ref))
     if as_json:
         emit_json(document)
         return
@@ -70,7 +70,7 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
 def trail(ledger: Any, ref: str, as_json: bool) -> None:
     """Who has received customer REF's data, when, what and why (by business time)."""
     rows = views.trail_rows(ledger.customer_events(ref))
-    logs.log.info("customer.trail", customer=logs.hashed(ref), disclosures=len(rows))
+    logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:
         emit_json({"customer": ref, "disclosures": rows})
         return
@@ -107,7 +107,7 @@ def erase(ledger: Any, ref: str, at: Any, fact_id: str | None, as_json: bool) ->
     if fact_id is not None:
         fact["id"] = fact_id
     recorded, fresh = ledger.record_fact(fact)
-    logs.log.info("customer.erase", customer=logs.hashed(ref), fact_id=recorded.id)
+    logs.summarise(customer=logs.hashed(ref), fact_id=recorded.id)
     if as_json:
         emit_json({"customer": ref, "erased": True, "fact_id": recorded.id, "recorded": fresh})
     else:

@@ -72,7 +72,7 @@ def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
         "as_of": iso(as_of) if as_of else None,
         "consents_as_of": consents_then,
     }
-    logs.log.info("demo.done", facts=summary.accepted, violations=len(violations))
+    logs.summarise(facts=summary.accepted, violations=len(violations))
     if as_json:
         emit_json(document)
         return

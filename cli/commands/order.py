@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from cli import logs
 from cli.output import emit_json, json_option, table
 from cli.params import pass_ledger
 from ledger import views
@@ -26,6 +27,7 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
     rows = views.order_rows(ledger.customer(customer_ref), ledger.customer_events(customer_ref))
     row = next(r for r in rows if r["order"] == ref)
     document = {"customer": customer_ref, **row}
+    logs.summarise(customer=logs.hashed(customer_ref), facts=len(row["facts"]))
     if as_json:
         emit_json(document)
         return

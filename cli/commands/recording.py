@@ -11,8 +11,9 @@ import click
 import orjson
 
 from cli import logs
-from cli.output import emit_json, json_option, progress_enabled
+from cli.output import emit_json, json_option, progress_enabled, table
 from cli.params import MOMENT, pass_ledger
+from ledger.application import ImportSummary
 from ledger.errors import InputError, InvalidFeedError
 from ledger.vocabulary import DATA_CATEGORIES
 
@@ -36,24 +37,20 @@ def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
             summary_or_error = _import(ledger, handle, dry_run, None)
     if isinstance(summary_or_error, InvalidFeedError):
         error = summary_or_error
-        document = {
-            "accepted": 0,
-            "duplicates": error.duplicates,
-            "rejected": len(error.errors),
-            "errors": [{"line": e.line, "error": e.reason} for e in error.errors],
-        }
-        logs.log.warning("import.refused", rejected=len(error.errors), dry_run=dry_run)
+        # All or nothing: nothing was accepted.
+        refused = ImportSummary(0, error.duplicates, len(error.errors), error.errors, dry_run)
+        document = refused.to_json()
+        logs.summarise(rejected=len(error.errors), dry_run=dry_run)
+        # The report of invalid lines is the command's result: stdout. The one `Error:`
+        # line (and the exit code) follow on stderr.
         if as_json:
             emit_json(document)
         else:
-            for e in error.errors[:50]:
-                click.echo(f"line {e.line}: {e.reason}", err=True)
-            if len(error.errors) > 50:
-                click.echo(f"... and {len(error.errors) - 50} more", err=True)
+            click.echo(f"nothing recorded: {len(error.errors)} invalid lines")
+            click.echo(table(document["errors"], ["line", "error"]))
         raise error
     summary = summary_or_error
-    logs.log.info(
-        "import.done",
+    logs.summarise(
         accepted=summary.accepted,
         duplicates=summary.duplicates,
         dry_run=dry_run,
@@ -77,7 +74,9 @@ def _import(ledger: Any, handle: Any, dry_run: bool, progress: Any) -> Any:
 
 def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
     recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run)
-    logs.log.info("record.done", fact_id=recorded_fact.id, type=recorded_fact.type, new=fresh)
+    logs.summarise(fact_id=recorded_fact.id, type=recorded_fact.type, new=fresh)
+    if recorded_fact.customer is not None:
+        logs.summarise(customer=logs.hashed(recorded_fact.customer))
     document = {
         "recorded": fresh and not dry_run,
         "duplicate": not fresh,
