@@ -20,11 +20,14 @@ import sqlalchemy as sa
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError
 
+from ledger import privacy
 from ledger.crypto import DataKey, SealError
 from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id, customer_id
 from ledger.errors import (
     ConcurrencyError,
     CustomerNotFoundError,
+    DuplicateFactError,
+    InputError,
     InvalidFactError,
     InvalidFeedError,
     LedgerError,
@@ -33,9 +36,9 @@ from ledger.errors import (
     RuleViolationError,
 )
 from ledger.feed import Fact, iso, parse_line, validate
-from ledger.persistence import tables
+from ledger.persistence import personal, tables
 from ledger.persistence.database import Database, WriteTransaction
-from ledger.persistence.keys import KeyStore
+from ledger.persistence.keys import KeyStore, Rotation
 from ledger.persistence.recorder import LedgerInfrastructure, LedgerRecorder
 from ledger.rules import JUDGED_TYPES, Judged, Violation, audit_customer, broken_rules
 from ledger.vocabulary import PERSONAL_FIELDS
@@ -242,12 +245,99 @@ class ConsentLedger(Application[UUID]):
             return any(at <= moment for at in initiations.get(acquirer, ()))
 
         found: list[Violation] = []
+        now = datetime.now(UTC)
         for ref in self.customer_refs():
             customer, events = self.customer_with_events(ref)
             judged = events if as_of is None else [e for e in events if e.at <= as_of]
             found.extend(audit_customer(customer, judged, initiated))
+            found.extend(privacy.notification_violations(ref, events, now, as_of))
         found.sort(key=lambda v: (v.at, v.customer, v.fact_id, v.rule))
         return found
+
+    # -- personal data: SPEC §4 and GDPR Art. 15, 19, 21 (see ledger/privacy.py) -------------
+
+    def access_pack(self, ref: str, *, record_request: bool = True) -> dict[str, Any]:
+        """Art. 15: the subject-access pack. Answering is itself recorded, as the feed's
+        `subject.access_requested`, so the ledger proves when each request was served."""
+        self.customer_with_events(ref)  # an unknown customer is an error before anything else
+        if record_request:
+            self.record_fact({"type": "subject.access_requested", "customer": ref})
+        customer, events = self.customer_with_events(ref)
+        other = []
+        for event in events:
+            fields = self.extra_fields(customer, event) if event.sealed else None
+            if fields:
+                other.append({"fact_id": event.fact_id, "fields": fields})
+        details = self.personal_data(customer, events)
+        return privacy.access_pack(customer, events, details, other, datetime.now(UTC))
+
+    def notifications(self) -> list[privacy.NotificationDue]:
+        """Art. 19: every notification due for an erasure or rectification, answered or not."""
+        refs = personal.customers_with_facts(self.database, ("customer.updated", "subject.erased"))
+        found: list[privacy.NotificationDue] = []
+        for ref in refs:
+            found.extend(privacy.notifications(ref, self.customer_events(ref)))
+        found.sort(key=lambda due: (due.at, due.customer, due.recipient))
+        return found
+
+    def record_notification(
+        self, ref: str, recipient: str, at: datetime | None = None, fact_id: str | None = None
+    ) -> tuple[str, list[privacy.NotificationDue]]:
+        """Art. 19: record that `recipient` was told of customer `ref`'s erasure or
+        rectifications (every one due at `at`); refused if none is due to that recipient."""
+        at = at or datetime.now(UTC)
+        fact_id = fact_id or f"cmd-{uuid4()}"
+        with self.database.writing() as tx:
+            if personal.fact_recorded(self.database, fact_id):
+                raise DuplicateFactError(fact_id)
+            customer, events = self.customer_with_events(ref)
+            answered = [
+                due
+                for due in privacy.outstanding(privacy.notifications(ref, events))
+                if due.recipient == recipient and due.at <= at
+            ]
+            if not answered:
+                raise InputError(
+                    f"no notification to recipient {recipient!r} is due for customer {ref!r} "
+                    "(see 'consent-ledger recipients notifications')"
+                )
+            regarding = sorted({due.fact_id for due in answered})
+            customer.record_notification(recipient, regarding, fact_id, at)
+            recordings = self.save(customer)
+            tx.insert_many(
+                tables.facts,
+                _FACT_COLUMNS,
+                [
+                    (fact_id, r.notification.id, _NOTIFIED_TYPE, customer.id)
+                    for r in recordings
+                    if isinstance(r.domain_event, Customer.RecipientNotified)
+                ],
+            )
+        return fact_id, answered
+
+    def email_at(self, customer: Customer, key: DataKey, moment: datetime) -> str | None:
+        """The customer's email at `moment`, from their saved and still pending details."""
+        events: list[Any] = [
+            self.mapper.to_domain_event(stored)
+            for stored in personal.details_events(self.database, customer.id)
+        ]
+        saved = {e.originator_version for e in events}
+        events.extend(
+            e
+            for e in customer.pending_events
+            if isinstance(e, (Customer.Registered, Customer.DetailsUpdated))
+            and e.originator_version not in saved
+        )
+        details = [(e.at, e.originator_version, _open(key, e.sealed)) for e in events if e.sealed]
+        return privacy.email_at(details, moment)
+
+    def suppression(self, email: str) -> tuple[str, dict[str, datetime]]:
+        """Art. 21: the email's keyed hash and its suppressed marketing channels, since when."""
+        return self.keys.suppression(email)
+
+    def rotate_master_key(self) -> Rotation:
+        """Re-wrap every data key under a new master key; no event changes."""
+        return self.keys.rotate()
 
 
 def _open(key: DataKey, sealed: str) -> dict[str, Any]:
@@ -366,6 +456,8 @@ class Recording:
                 self._prevent(customer, fact)
             key = self.app.keys.get(customer.id)
             customer.record(fact, self._seal(key, fact))
+            if kind in _CONSENT_TYPES and fact.data["purpose"] == "marketing":
+                self._keep_suppression(customer, fact, key)
             if kind == "order.placed":
                 self.new_orders[fact.data["order"]] = customer.id
             elif kind == "subject.erased":
@@ -398,6 +490,21 @@ class Recording:
             }
             return key.seal({**personal, "extra": fact.extra})
         return _seal_extra(key, fact)
+
+    def _keep_suppression(self, customer: Customer, fact: Fact, key: DataKey | None) -> None:
+        """Art. 21: a marketing withdrawal (an objection) is also kept against a keyed hash of
+        the customer's email then, which outlives their erasure; a fresh consent lifts it. Only
+        a fact that is now the channel's latest (business time) changes the list."""
+        if key is None:  # erased: no email left to key it by (their consents still say no)
+            return
+        channel = fact.data["channel"]
+        latest = max(customer.consents[("marketing", channel)], key=lambda c: (c[0], c[1]))
+        withdrawn = fact.type == "consent.withdrawn"
+        if latest[2] == withdrawn:  # a late fact that does not change the current state
+            return
+        email = self.app.email_at(customer, key, fact.at)
+        if email is not None:
+            self.app.keys.update_suppression(email, channel, fact.at, suppressed=withdrawn)
 
     def _prevent(self, customer: Customer, fact: Fact) -> None:
         initiations = self.app.transfers_initiated()
@@ -502,6 +609,8 @@ class Recording:
 
 
 _CUSTOMER_CACHE = 20_000
+_CONSENT_TYPES = frozenset({"consent.given", "consent.withdrawn"})
+_NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art. 19 record
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
 _ORDER_COLUMNS = ("order_ref", "customer_id")

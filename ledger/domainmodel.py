@@ -255,6 +255,19 @@ class Customer(Aggregate):
                 aggregate.erased_at = self.at
             aggregate.erased = True
 
+    class RecipientNotified(FactEvent):
+        """Art. 19: a recipient was told of the customer's erasure or rectification.
+
+        Recorded by a command only (`recipients notified`), never from the feed, hence no
+        FACT_TYPE: it is not a SPEC §2 fact type. `regarding` lists the fact ids of the
+        erasure or rectifications it answers."""
+
+        recipient: str
+        regarding: list[str]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            pass
+
     def __init__(self, ref: str, fact_id: str, at: datetime, sealed: str | None) -> None:
         self.ref = ref
         self.registered_at = at
@@ -335,6 +348,19 @@ class Customer(Aggregate):
                 basis=rule.basis,
             )
         _trigger(self, event_class, kwargs)
+
+    def record_notification(
+        self, recipient: str, regarding: list[str], fact_id: str, at: datetime
+    ) -> None:
+        """Record that `recipient` was notified (Art. 19); the caller checked it was due."""
+        self.trigger_event(
+            self.RecipientNotified,
+            fact_id=fact_id,
+            at=at,
+            sealed=None,
+            recipient=recipient,
+            regarding=regarding,
+        )
 
 
 class Acquirer(Aggregate):

@@ -11,24 +11,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wrap_key
 from ledger.errors import MasterKeyError
 from ledger.persistence import tables
-from ledger.persistence.database import Database, default_key_dir
+from ledger.persistence.database import Database, WriteTransaction, default_key_dir
+from ledger.privacy import normalise_email
 
 MASTER_KEY_ENV = "CONSENT_LEDGER_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "CONSENT_LEDGER_MASTER_KEY_FILE"
 _CHECK = "master_key_check"
 _K = tables.data_keys
 _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
+_S = tables.suppressions
+_SUPPRESSION_KEY = "suppression_key"
+_SUPPRESSION_CONTEXT = b"suppression-list"
+_ROTATE_BATCH = 5000
 
 
 def _now_text(database: Database) -> datetime | str:
@@ -90,12 +99,17 @@ class KeyStore:
         self._create = create
         self._loaded: tuple[bytes, str] | None = None
         self._cache: OrderedDict[UUID, DataKey | None] = OrderedDict()
+        self._checked_tx: WriteTransaction | None = None
+        self._suppression_key: bytes | None = None
 
     def _load(self) -> tuple[bytes, str]:
         # Loaded on first use: commands that never open personal data (verify, audit) do not
         # need the master key at all, so an auditor can run them without it.
         if self._loaded is None:
-            self._loaded = load_master_key(self.database, create=self._create)
+            # A key file is only ever created for a ledger that has no master key yet: a
+            # lost key file must stay an error, not be silently replaced by a new key.
+            create = self._create and self._stored_check() is None
+            self._loaded = load_master_key(self.database, create=create)
             self._check(self._loaded[0], self._loaded[1])
         return self._loaded
 
@@ -109,14 +123,33 @@ class KeyStore:
 
     # -- the master key's fingerprint ------------------------------------------------------
 
+    def _stored_check(self) -> str | None:
+        with self.database.reading() as conn:
+            return _meta_value(conn, _CHECK)
+
     def _check(self, master: bytes, source: str) -> None:
         """Refuse a master key that is not the one this ledger's data keys are wrapped with."""
-        with self.database.reading() as conn:
-            stored = conn.execute(
-                sa.select(tables.meta.c.value).where(tables.meta.c.name == _CHECK)
-            ).scalar()
+        stored = self._stored_check()
         if stored is not None and stored != key_check(master):
-            raise MasterKeyError(f"the master key from {source} is not this ledger's master key")
+            raise MasterKeyError(
+                f"the master key from {source} is not this ledger's master key "
+                "(wrong key, or the keys were rotated: use the current key file)"
+            )
+
+    def _check_writer(self, tx: WriteTransaction) -> None:
+        """Once per write transaction, under the writer's lock: the key may have been rotated
+        by another process since we loaded it, and a data key wrapped under the old master
+        key would be lost. Cheap (one indexed read per transaction)."""
+        if self._checked_tx is tx:
+            return
+        master, source = self._load()
+        stored = _meta_value(tx.connection, _CHECK)
+        if stored is not None and stored != key_check(master):
+            raise MasterKeyError(
+                f"the master key from {source} is no longer this ledger's master key "
+                "(the keys were rotated meanwhile); run the command again"
+            )
+        self._checked_tx = tx
 
     def record_master_key(self) -> None:
         """Store the fingerprint on a new ledger (called by `db upgrade`)."""
@@ -126,6 +159,7 @@ class KeyStore:
             ).scalar()
             if exists is None:
                 tx.insert(tables.meta, [{"name": _CHECK, "value": key_check(self._master)}])
+        self._suppression_hmac_key()
 
     # -- data keys ---------------------------------------------------------------------------
 
@@ -134,6 +168,7 @@ class KeyStore:
         raw = new_key()
         wrapped = wrap_key(self._master, raw, customer_id.bytes)
         with self.database.writing() as tx:
+            self._check_writer(tx)
             tx.defer(_K, _KEY_COLUMNS, (customer_id, wrapped, _now_text(self.database)))
         key = DataKey(raw, customer_id.bytes)
         self._remember(customer_id, key)
@@ -172,7 +207,8 @@ class KeyStore:
                 .where(_K.c.customer_id == customer_id, _K.c.wrapped_key.is_not(None))
                 .values(wrapped_key=None, destroyed_at=datetime.now(UTC))
             )
-            tx.after_commit.append(self._after_destroy)
+            if self._after_destroy not in tx.after_commit:  # once per transaction
+                tx.after_commit.append(self._after_destroy)
         self._cache.pop(customer_id, None)
         self._cache[customer_id] = None
         return bool(result.rowcount)
@@ -190,3 +226,168 @@ class KeyStore:
         self._cache[customer_id] = key
         if len(self._cache) > self.CACHE_SIZE:
             self._cache.popitem(last=False)
+
+    # -- Art. 21 suppression -----------------------------------------------------------------
+
+    def _suppression_hmac_key(self) -> bytes:
+        """The key of the suppression list's email hashes: random, made once per ledger and
+        wrapped by the master key like a data key. Not derived from the master key itself, so
+        rotating the master key keeps every stored hash valid."""
+        if self._suppression_key is not None:
+            return self._suppression_key
+        with self.database.reading() as conn:
+            stored = _meta_value(conn, _SUPPRESSION_KEY)
+        if stored is None:
+            with self.database.writing() as tx:
+                self._check_writer(tx)
+                stored = _meta_value(tx.connection, _SUPPRESSION_KEY)
+                if stored is None:
+                    wrapped = wrap_key(self._master, new_key(), _SUPPRESSION_CONTEXT)
+                    stored = base64.b64encode(wrapped).decode("ascii")
+                    tx.insert(tables.meta, [{"name": _SUPPRESSION_KEY, "value": stored}])
+        try:
+            key = unwrap_key(self._master, base64.b64decode(stored), _SUPPRESSION_CONTEXT)
+        except SealError:
+            raise MasterKeyError(
+                f"the master key from {self.source} does not open this ledger's suppression key"
+            ) from None
+        self._suppression_key = key
+        return key
+
+    def email_hash(self, email: str) -> str:
+        """HMAC-SHA256 of the normalised email: stable, and unreadable without the key."""
+        return email_hash(self._suppression_hmac_key(), email)
+
+    def update_suppression(
+        self, email: str, channel: str, at: datetime, *, suppressed: bool
+    ) -> None:
+        """Suppress marketing on `channel` for this email from `at` on, or lift a suppression
+        older than a fresh consent given at `at` (in the ambient write transaction)."""
+        digest = self.email_hash(email)
+        where = (_S.c.email_hash == digest, _S.c.channel == channel)
+        with self.database.writing() as tx:
+            conn = tx.connection
+            stored = conn.execute(sa.select(_S.c.since).where(*where)).scalar()
+            since = _aware(stored) if stored is not None else None
+            if suppressed and since is None:
+                tx.insert(_S, [{"email_hash": digest, "channel": channel, "since": at}])
+            elif suppressed and since is not None and since > at:
+                conn.execute(_S.update().where(*where).values(since=at))
+            elif not suppressed and since is not None and since < at:
+                conn.execute(_S.delete().where(*where))
+
+    def suppression(self, email: str) -> tuple[str, dict[str, datetime]]:
+        """The email's hash and, per suppressed marketing channel, since when."""
+        digest = self.email_hash(email)
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                sa.select(_S.c.channel, _S.c.since).where(_S.c.email_hash == digest)
+            ).all()
+        return digest, {str(row.channel): _aware(row.since) for row in rows}
+
+    # -- rotation ------------------------------------------------------------------------------
+
+    def rotate(self) -> Rotation:
+        """Re-wrap every data key (and the suppression key) under a new master key.
+
+        Events are not touched: data keys stay the same, only their wrapping changes. The new
+        key is written to a file before the database changes, so a failure at any point
+        leaves a key that opens the ledger: the old one until the commit, the new one after.
+        """
+        old_master, source = self._load()
+        self._suppression_hmac_key()  # make sure there is one to re-wrap
+        master = new_key()
+        path = master_key_path(self.database)
+        pending = path.with_name(path.name + ".new")
+        try:
+            write_key_file(pending, base64.b64encode(master) + b"\n")
+        except FileExistsError:
+            raise MasterKeyError(
+                f"{pending} exists: an earlier rotation did not finish; "
+                "check which key opens the ledger, then remove that file"
+            ) from None
+        try:
+            with self.database.writing() as tx:
+                self._check_writer(tx)
+                count = self._rewrap(tx, old_master, master)
+                conn = tx.connection
+                wrapped = base64.b64decode(_meta_value(conn, _SUPPRESSION_KEY) or "")
+                rewrapped = wrap_key(
+                    master,
+                    unwrap_key(old_master, wrapped, _SUPPRESSION_CONTEXT),
+                    _SUPPRESSION_CONTEXT,
+                )
+                for name, value in (
+                    (_SUPPRESSION_KEY, base64.b64encode(rewrapped).decode("ascii")),
+                    (_CHECK, key_check(master)),
+                ):
+                    conn.execute(
+                        tables.meta.update().where(tables.meta.c.name == name).values(value=value)
+                    )
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        self._loaded = None
+        self._checked_tx = None
+        if source == MASTER_KEY_ENV:
+            return Rotation(count, new_key_file=pending, backup=None, env=True)
+        backup = path.with_name(f"{path.name}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}.old")
+        os.replace(path, backup)
+        os.chmod(backup, 0o600)
+        os.replace(pending, path)
+        return Rotation(count, new_key_file=path, backup=backup, env=False)
+
+    def _rewrap(self, tx: WriteTransaction, old: bytes, new: bytes) -> int:
+        conn = tx.connection
+        update = (
+            _K.update()
+            .where(_K.c.customer_id == sa.bindparam("ident"))
+            .values(wrapped_key=sa.bindparam("wrapped"))
+        )
+        count = 0
+        last: UUID | None = None
+        while True:
+            query = sa.select(_K.c.customer_id, _K.c.wrapped_key).where(
+                _K.c.wrapped_key.is_not(None)
+            )
+            if last is not None:
+                query = query.where(_K.c.customer_id > last)
+            rows = conn.execute(query.order_by(_K.c.customer_id).limit(_ROTATE_BATCH)).all()
+            if not rows:
+                return count
+            params = []
+            for ident, wrapped in rows:
+                try:
+                    raw = unwrap_key(old, wrapped, ident.bytes)
+                except SealError:
+                    raise MasterKeyError(
+                        "a data key does not open with the current master key; nothing rotated"
+                    ) from None
+                params.append({"ident": ident, "wrapped": wrap_key(new, raw, ident.bytes)})
+            conn.execute(update, params)
+            count += len(params)
+            last = rows[-1][0]
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What `keys rotate` did: how many data keys, and where the new key (and the old) are."""
+
+    data_keys: int
+    new_key_file: Path
+    backup: Path | None
+    env: bool
+
+
+def email_hash(key: bytes, email: str) -> str:
+    return hmac.new(key, normalise_email(email).encode(), hashlib.sha256).hexdigest()
+
+
+def _meta_value(conn: Connection, name: str) -> str | None:
+    value = conn.execute(sa.select(tables.meta.c.value).where(tables.meta.c.name == name)).scalar()
+    return None if value is None else str(value)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes for DateTime(timezone=True) columns; they are UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -83,3 +83,13 @@ meta = Table(
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Art. 21: marketing suppressed per keyed hash of a normalised email (never the email), per
+# channel. No customer id: it outlives the customer's erasure without pointing back at them.
+suppressions = Table(
+    "ledger_suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("channel", String(20), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False),
+)

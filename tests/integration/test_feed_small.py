@@ -29,6 +29,7 @@ def test_audit_check_finds_exactly_the_expected_violations(ledger: Any, feed_sma
         ("research_without_consent", "s-0020"),
         ("marketing_without_consent", "s-0026"),
         ("after_erasure", "s-0026"),
+        ("recipient_not_notified", "s-0025"),
     }
 
 

@@ -1,0 +1,184 @@
+"""Data subjects' rights: `customer access-export`, `recipients notifications`,
+`recipients notified`, `suppression check`, and the master key's `keys rotate`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from cli import logs
+from cli.commands.customer import customer
+from cli.output import emit_json, json_option, table
+from cli.params import MOMENT, pass_ledger
+from ledger.feed import iso
+from ledger.privacy import access_pack_markdown, outstanding
+
+
+@customer.command("access-export")
+@click.argument("ref")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The JSON file to write; a Markdown rendering is written beside it (FILE.md).",
+)
+@click.option(
+    "--record/--no-record",
+    default=True,
+    show_default=True,
+    help="Record the request answered, as a subject.access_requested fact.",
+)
+@json_option
+@pass_ledger
+def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool) -> None:
+    """GDPR Art. 15 subject-access pack of customer REF: personal data (or that it is
+    erased), consents with history, orders, and every disclosure with its named recipient."""
+    pack = ledger.access_pack(ref, record_request=record)
+    readable = out.with_name(out.name + ".md")
+    _write_private(out, orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n")
+    _write_private(readable, access_pack_markdown(pack).encode())
+    logs.log.info(
+        "customer.access_export", customer=logs.hashed(ref), disclosures=len(pack["disclosures"])
+    )
+    document = {
+        "customer": ref,
+        "erased": pack["erased"],
+        "disclosures": len(pack["disclosures"]),
+        "files": [str(out), str(readable)],
+    }
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(f"access pack of customer {ref}: {out} and {readable}")
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """The pack holds personal data: readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    os.chmod(path, 0o600)
+
+
+@click.group("recipients")
+def recipients() -> None:
+    """Recipients of personal data: Art. 19 notifications of erasure and rectification."""
+
+
+@recipients.command("notifications")
+@click.option("--all", "show_all", is_flag=True, help="Include the ones already notified.")
+@json_option
+@pass_ledger
+def notifications(ledger: Any, show_all: bool, as_json: bool) -> None:
+    """Recipients to tell of a customer's erasure or rectification (not yet notified)."""
+    dues = ledger.notifications()
+    rows = [due.to_json() for due in (dues if show_all else outstanding(dues))]
+    logs.log.info("recipients.notifications", rows=len(rows))
+    if as_json:
+        emit_json({"notifications": rows})
+        return
+    click.echo(f"{len(rows)} notifications {'in all' if show_all else 'due'}")
+    click.echo(
+        table(
+            rows,
+            ["due_by", "customer", "recipient", "reason", "categories", "fact_id", "notified_at"],
+            empty="(none due)",
+        )
+    )
+
+
+@recipients.command("notified")
+@click.argument("recipient")
+@click.option("--customer", "ref", required=True, help="The customer whose recipient was told.")
+@click.option("--at", "at", type=MOMENT, help="When it was notified (default: now).")
+@click.option("--id", "fact_id", help="Fact id (default: a new one).")
+@json_option
+@pass_ledger
+def notified(
+    ledger: Any, recipient: str, ref: str, at: Any, fact_id: str | None, as_json: bool
+) -> None:
+    """Record that RECIPIENT was told of the customer's erasure or rectification."""
+    recorded, answered = ledger.record_notification(ref, recipient, at, fact_id)
+    logs.log.info(
+        "recipients.notified", customer=logs.hashed(ref), fact_id=recorded, answered=len(answered)
+    )
+    regarding = sorted({due.fact_id for due in answered})
+    if as_json:
+        emit_json(
+            {"customer": ref, "recipient": recipient, "fact_id": recorded, "regarding": regarding}
+        )
+    else:
+        click.echo(
+            f"recorded ({recorded}): {recipient} notified for customer {ref} "
+            f"regarding {', '.join(regarding)}"
+        )
+
+
+@click.group("suppression")
+def suppression() -> None:
+    """Art. 21: emails whose owner objected to direct marketing (kept as keyed hashes)."""
+
+
+@suppression.command("check")
+@click.argument("email")
+@json_option
+@pass_ledger
+def check(ledger: Any, email: str, as_json: bool) -> None:
+    """Is marketing to EMAIL suppressed? (Exit 0 either way.)"""
+    digest, channels = ledger.suppression(email)
+    since = min(channels.values()) if channels else None
+    logs.log.info("suppression.check", email_hash=digest[:12], suppressed=bool(channels))
+    document = {
+        "email_hash": digest,
+        "suppressed": bool(channels),
+        "since": iso(since) if since else None,
+        "channels": sorted(channels),
+    }
+    if as_json:
+        emit_json(document)
+    elif channels:
+        click.echo(
+            f"suppressed since {document['since']} (marketing by {', '.join(sorted(channels))})"
+        )
+    else:
+        click.echo("not suppressed")
+
+
+@click.group("keys")
+def keys() -> None:
+    """The master key that wraps every customer's data key."""
+
+
+@keys.command("rotate")
+@json_option
+@pass_ledger
+def rotate(ledger: Any, as_json: bool) -> None:
+    """Re-wrap every data key under a new master key (events are not touched)."""
+    result = ledger.rotate_master_key()
+    logs.log.info("keys.rotate", data_keys=result.data_keys)
+    document = {
+        "data_keys": result.data_keys,
+        "key_file": str(result.new_key_file),
+        "old_key_file": str(result.backup) if result.backup else None,
+    }
+    if as_json:
+        emit_json(document)
+    elif result.env:
+        click.echo(
+            f"re-wrapped {result.data_keys} data keys; the new master key is in "
+            f"{result.new_key_file}: set CONSENT_LEDGER_MASTER_KEY to its content, "
+            "then delete that file (the old key no longer opens this ledger)"
+        )
+    else:
+        click.echo(
+            f"re-wrapped {result.data_keys} data keys; new master key in {result.new_key_file}, "
+            f"the old one kept in {result.backup} (it no longer opens this ledger)"
+        )
+
+
+commands = [recipients, suppression, keys]

@@ -1,0 +1,814 @@
+"""The merger due-diligence export (SPEC §5 `export due-diligence`).
+
+What an acquirer's analysts get, per customer, and how:
+
+- Every customer appears under a **pseudonym**: HMAC-SHA256 of the customer reference with a
+  fresh random secret per export (the first 128 bits, hex). The secret is kept by the ledger
+  (wrapped by the master key), so the seller alone can re-identify; two exports cannot be
+  joined on pseudonyms. Order references are pseudonymised the same way (another domain).
+- **Nothing that identifies**, unless `identified`: no name, email, phone or address, no
+  customer or order reference, no fact id (the shop's fact ids embed customer references),
+  no tracking number, no free text from the feed. Recipient names (Visa, DPD, Offspring…),
+  purposes, bases, categories, times, totals and outcomes are kept: they are the point.
+- Five tables, the same in every format (`jsonl`, `csv`, optional `parquet`): `customers`,
+  `consents` (current, per purpose and channel), `consent_history`, `orders`, `disclosures`,
+  each keyed by the customer pseudonym; `summary.json` with the headline figures; and
+  `MANIFEST.json` (see `ledger.manifest`), signed with the ledger's checkpoint key.
+- **Consistent**: the ledger is verified first (an export of a ledger that fails `verify` is
+  refused); the rows are read in one scan of events 1..N where N is the verified, signed tree
+  size named in the manifest, whatever is recorded meanwhile. `as_of` limits the rows to
+  facts at or before that business time; `erased` is always today's truth (the data is gone).
+- **Streaming**: one customer in memory at a time, rows written as they are built.
+- **Recorded**: the export is itself a disclosure, `Acquirer.DueDiligenceExported` (recipient
+  kind acquirer, the categories actually exported, purpose business_transfer, basis
+  legitimate_interests, the manifest's SHA-256), written only once every file is complete,
+  with the secret, in one transaction; the folder appears (renamed from a staging folder)
+  only after that commits. It is not a feed fact, so no rule judges it: a pseudonymous
+  data-room export before `transfer.initiated` is legitimate due diligence.
+- **Identified** exports need a `transfer.initiated` for the acquirer at or before now
+  (else `RuleViolationError`, exit 3), add personal data of customers not erased (never of an
+  erased one) and record a `transfer.disclosure` fact on each customer they name, so each
+  customer's trail shows the transfer.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import importlib
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Protocol
+from uuid import UUID, uuid4
+
+import orjson
+from eventsourcing.application import AggregateNotFoundError
+
+from ledger import manifest as manifests
+from ledger import views
+from ledger.application import ConsentLedger
+from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id
+from ledger.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    InputError,
+    IntegrityFailure,
+    RuleViolationError,
+)
+from ledger.feed import iso
+from ledger.integrity import public_key_pem
+from ledger.persistence import export_store, seals
+from ledger.persistence.keys import load_master_key
+from ledger.rules import audit_customer
+from ledger.vocabulary import PURPOSE_CHANNELS, RULES
+
+FORMATS = ("jsonl", "csv", "parquet")
+SECRET_BYTES = 32
+PSEUDONYM_HEX = 32  # 128 bits: no collision in any customer base, short enough to read
+SUMMARY_NAME = "summary.json"
+
+ADDRESS_COLUMNS = ("address_line1", "address_city", "address_postcode", "address_country")
+IDENTIFIED_COLUMNS = ("ref", "name", "email", "phone", *ADDRESS_COLUMNS)
+TABLES: dict[str, tuple[str, ...]] = {
+    "customers": (
+        "customer",
+        "registered_at",
+        "erased",
+        "orders",
+        "disclosures",
+        "consents_given",
+    ),
+    "consents": ("customer", "purpose", "channel", "status", "since"),
+    "consent_history": (
+        "customer",
+        "at",
+        "purpose",
+        "channel",
+        "status",
+        "method",
+        "policy_version",
+    ),
+    "orders": (
+        "customer",
+        "order",
+        "placed_at",
+        "total",
+        "currency",
+        "status",
+        "payment",
+        "identity_check",
+    ),
+    "disclosures": (
+        "customer",
+        "at",
+        "recipient",
+        "recipient_kind",
+        "purpose",
+        "basis",
+        "categories",
+        "order",
+    ),
+}
+_BOOLEAN = frozenset({"erased"})
+_INTEGER = frozenset({"orders", "disclosures", "consents_given"})
+_LISTS = frozenset({"categories"})
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    acquirer: str
+    out: Path
+    as_of: datetime | None = None
+    identified: bool = False
+    format: str = "jsonl"
+
+
+@dataclass
+class ExportResult:
+    export_id: str
+    fact_id: str
+    folder: Path
+    manifest_sha256: str
+    customers: int
+    identified_customers: int
+    files: list[manifests.FileEntry]
+    categories: list[str]
+    tree_size: int
+    verify_head: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "export_id": self.export_id,
+            "fact_id": self.fact_id,
+            "folder": str(self.folder),
+            "manifest_sha256": self.manifest_sha256,
+            "customers": self.customers,
+            "identified_customers": self.identified_customers,
+            "categories": self.categories,
+            "ledger": {"tree_size": self.tree_size, "verify_head": self.verify_head},
+            "files": [f.to_json() for f in self.files],
+        }
+
+
+Progress = Callable[[int], None]
+
+
+def pseudonym(secret: bytes, kind: str, ref: str) -> str:
+    """HMAC-SHA256 of `kind`:`ref` under the export's secret, first 128 bits in hex."""
+    digest = hmac.new(secret, f"{kind}\x00{ref}".encode(), hashlib.sha256).hexdigest()
+    return digest[:PSEUDONYM_HEX]
+
+
+# -- writing tables --------------------------------------------------------------------------
+
+
+class TableWriter(Protocol):
+    rows: int
+
+    def write(self, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.handle: IO[bytes] = open(path, "wb", buffering=1 << 20)  # noqa: SIM115
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.handle.write(orjson.dumps(row) + b"\n")
+        self.rows += 1
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class CsvWriter:
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.handle = open(path, "w", newline="", encoding="utf-8", buffering=1 << 20)  # noqa: SIM115
+        self.columns = columns
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow(columns)
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.writerow([_csv_cell(row.get(c)) for c in self.columns])
+        self.rows += 1
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ";".join(value)
+    return value
+
+
+class ParquetWriter:
+    """Rows buffered per column and written in row groups (pyarrow, optional)."""
+
+    GROUP = 50_000
+
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        # Imported by name: pyarrow is optional (the `parquet` extra) and untyped.
+        pa: Any = importlib.import_module("pyarrow")
+        pq: Any = importlib.import_module("pyarrow.parquet")
+        self.pa = pa
+        fields = [pa.field(name, _arrow_type(pa, name)) for name in columns]
+        self.schema = pa.schema(fields)
+        self.writer = pq.ParquetWriter(str(path), self.schema)
+        self.columns = columns
+        self.buffer: dict[str, list[Any]] = {c: [] for c in columns}
+        self.pending = 0
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        for name in self.columns:
+            self.buffer[name].append(row.get(name))
+        self.pending += 1
+        self.rows += 1
+        if self.pending >= self.GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            table = self.pa.Table.from_pydict(self.buffer, schema=self.schema)
+            self.writer.write_table(table)
+            self.buffer = {c: [] for c in self.columns}
+            self.pending = 0
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+
+def _arrow_type(pa: Any, name: str) -> Any:
+    if name in _BOOLEAN:
+        return pa.bool_()
+    if name in _INTEGER:
+        return pa.int64()
+    if name in _LISTS:
+        return pa.list_(pa.string())
+    return pa.string()
+
+
+_WRITERS: dict[str, Callable[[Path, tuple[str, ...]], TableWriter]] = {
+    "jsonl": JsonlWriter,
+    "csv": CsvWriter,
+    "parquet": ParquetWriter,
+}
+
+
+def parquet_available() -> bool:
+    try:
+        importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        return False
+    return True
+
+
+# -- the figures of summary.json --------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    customers: int = 0
+    erased: int = 0
+    identified: int = 0
+    consents: Counter[tuple[str, str]] = field(default_factory=Counter)
+    affiliate_consenting: int = 0
+    affiliate_customers: int = 0
+    affiliate_disclosures: int = 0
+    affiliates: Counter[str] = field(default_factory=Counter)
+    violations: Counter[str] = field(default_factory=Counter)
+    disclosures: Counter[str] = field(default_factory=Counter)
+    disclosed_customers: Counter[str] = field(default_factory=Counter)
+    orders: Counter[str] = field(default_factory=Counter)
+    totals: dict[str, Decimal] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def rate(count: int) -> float:
+            return round(count / self.customers, 4) if self.customers else 0.0
+
+        return {
+            "customers": self.customers,
+            "erased_customers": self.erased,
+            "identified_customers": self.identified,
+            "opt_in": {
+                purpose: {
+                    channel: {
+                        "given": self.consents[(purpose, channel)],
+                        "rate": rate(self.consents[(purpose, channel)]),
+                    }
+                    for channel in sorted(channels)
+                }
+                for purpose, channels in PURPOSE_CHANNELS.items()
+            },
+            "affiliate_sharing": {
+                "customers_consenting": self.affiliate_consenting,
+                "consent_rate": rate(self.affiliate_consenting),
+                "customers_shared": self.affiliate_customers,
+                "disclosures": self.affiliate_disclosures,
+                "by_affiliate": dict(sorted(self.affiliates.items())),
+                "without_consent": self.violations["affiliate_without_consent"],
+            },
+            "open_violations": {
+                "total": sum(self.violations.values()),
+                "by_rule": {rule: self.violations[rule] for rule in RULES}
+                | dict(sorted((r, n) for r, n in self.violations.items() if r not in RULES)),
+            },
+            "disclosures_by_recipient_kind": {
+                kind: {"disclosures": count, "customers": self.disclosed_customers[kind]}
+                for kind, count in sorted(self.disclosures.items())
+            },
+            "orders": {
+                "count": sum(self.orders.values()),
+                "by_status": dict(sorted(self.orders.items())),
+                "totals": {c: str(t) for c, t in sorted(self.totals.items())},
+            },
+        }
+
+
+# -- one customer's rows ------------------------------------------------------------------------
+
+
+@dataclass
+class CustomerRows:
+    customer: dict[str, Any]
+    consents: list[dict[str, Any]]
+    consent_history: list[dict[str, Any]]
+    orders: list[dict[str, Any]]
+    disclosures: list[dict[str, Any]]
+    personal: bool = False
+
+
+def state_as_of(events: list[FactEvent], as_of: datetime | None) -> Customer:
+    """The customer's state from the facts at or before `as_of` (all if None), by replaying
+    the events' `apply` in recording order (state changes only, never rules)."""
+    first = events[0]
+    customer: Any = first.mutate(None)
+    for event in events[1:]:
+        if as_of is None or event.at <= as_of:
+            event.apply(customer)
+    assert isinstance(customer, Customer)
+    return customer
+
+
+def customer_rows(
+    customer: Customer,
+    events: list[FactEvent],
+    secret: bytes,
+    as_of: datetime | None,
+    personal: dict[str, Any] | None,
+) -> CustomerRows:
+    """The export's rows for one customer, built with the views of `customer show/trail`."""
+    alias = pseudonym(secret, "customer", customer.ref)
+    state = customer if as_of is None else state_as_of(events, as_of)
+    consents = [{"customer": alias, **row} for row in views.consent_rows(events)]
+    history = [
+        {"customer": alias, **{k: v for k, v in row.items() if k != "fact_id"}}
+        for row in views.consent_history_rows(events)
+    ]
+    orders = []
+    for row in views.order_rows(state, events):
+        payments = [f["result"] for f in row["facts"] if f["type"] == "payment.authorisation"]
+        checks = [f["result"] for f in row["facts"] if f["type"] == "identity.check"]
+        orders.append(
+            {
+                "customer": alias,
+                "order": pseudonym(secret, "order", row["order"]),
+                "placed_at": row["placed_at"],
+                "total": row["total"],
+                "currency": row["currency"],
+                "status": row["status"],
+                "payment": payments[-1] if payments else None,
+                "identity_check": checks[-1] if checks else None,
+            }
+        )
+    disclosures = []
+    for row in views.trail_rows(events):
+        order = row["order"]
+        disclosures.append(
+            {
+                "customer": alias,
+                "at": row["at"],
+                "recipient": row["recipient"],
+                "recipient_kind": row["recipient_kind"],
+                "purpose": row["purpose"],
+                "basis": row["basis"],
+                "categories": row["categories"],
+                "order": pseudonym(secret, "order", order) if order else None,
+            }
+        )
+    summary: dict[str, Any] = {
+        "customer": alias,
+        "registered_at": iso(customer.registered_at),
+        "erased": customer.erased,
+        "orders": len(orders),
+        "disclosures": len(disclosures),
+        "consents_given": sum(1 for c in consents if c["status"] == "given"),
+    }
+    if personal is not None:
+        address = personal.get("address") or {}
+        summary.update(
+            ref=customer.ref,
+            name=personal.get("name"),
+            email=personal.get("email"),
+            phone=personal.get("phone"),
+            address_line1=address.get("line1"),
+            address_city=address.get("city"),
+            address_postcode=address.get("postcode"),
+            address_country=address.get("country"),
+        )
+    return CustomerRows(summary, consents, history, orders, disclosures, personal is not None)
+
+
+def identified_categories(personal: dict[str, Any], orders: int) -> list[str]:
+    """The data categories an identified export hands over for one customer."""
+    categories = ["name"]
+    categories += [c for c in ("email", "phone") if personal.get(c)]
+    if personal.get("address"):
+        categories.append("postal_address")
+    if orders:
+        categories.append("order_details")
+    return sorted(categories)
+
+
+# -- the export --------------------------------------------------------------------------------
+
+
+class Exporter:
+    """One due-diligence export: check, verify, stream, manifest, record, publish."""
+
+    def __init__(
+        self,
+        app: ConsentLedger,
+        request: ExportRequest,
+        *,
+        progress: Progress | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self.app = app
+        self.request = request
+        self.progress = progress
+        self.now = now or datetime.now(UTC)
+        self.export_id = uuid4()
+        self.fact_id = f"export-{self.export_id}"
+        self.secret = os.urandom(SECRET_BYTES)
+        self.summary = Summary()
+        self.categories: set[str] = set()
+        self.initiations: dict[str, list[datetime]] = {}
+        out = request.out
+        self.staging = out.parent / f".{out.name}.partial-{self.export_id.hex[:12]}"
+        self.disclosure_feed = out.parent / f".{out.name}.disclosures-{self.export_id.hex[:12]}"
+
+    # -- checks before anything is written --------------------------------------------------
+
+    def check(self) -> None:
+        request = self.request
+        if request.format not in FORMATS:
+            raise InputError(f"unknown format {request.format!r}: use one of {', '.join(FORMATS)}")
+        if request.format == "parquet" and not parquet_available():
+            raise ConfigurationError(
+                "the parquet format needs pyarrow: pip install 'consent-ledger[parquet]'"
+            )
+        if not request.acquirer.strip():
+            raise InputError("the acquirer's name is empty")
+        out = request.out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise InputError(f"{out} already exists and is not an empty folder")
+        if not out.parent.is_dir():
+            raise InputError(f"folder {out.parent} does not exist")
+        if request.identified:
+            initiations = self.app.transfers_initiated().get(request.acquirer, [])
+            if not any(at <= self.now for at in initiations):
+                raise RuleViolationError(
+                    ["transfer_without_initiation"],
+                    self.fact_id,
+                    f"an identified export to acquirer {request.acquirer!r} needs a "
+                    "transfer.initiated for that acquirer first (a pseudonymous export "
+                    "does not)",
+                )
+
+    # -- the whole export ---------------------------------------------------------------------
+
+    def run(self) -> ExportResult:
+        self.check()
+        verified = seals.verify_ledger(self.app)
+        if not verified.ok:
+            raise IntegrityFailure(
+                f"the ledger fails verification ({len(verified.problems)} problems): no "
+                "export of an unverified ledger; run 'consent-ledger verify'"
+            )
+        if verified.events == 0:
+            raise InputError("the ledger is empty: nothing to export")
+        signing_key = seals.load_signing_key(self.app.database)
+        checkpoint = seals.checkpoint_by_size(self.app, verified.events)
+        checkpoint["public_key"] = public_key_pem(signing_key.public_key())
+        self.initiations = self.app.transfers_initiated()
+        try:
+            self.staging.mkdir()
+            files = self._write_tables(verified.events)
+            summary_path = self.staging / SUMMARY_NAME
+            summary_path.write_bytes(
+                orjson.dumps(self._summary_document(), option=orjson.OPT_INDENT_2) + b"\n"
+            )
+            files.append(manifests.file_entry(self.staging, SUMMARY_NAME, None))
+            manifest = manifests.sign_manifest(
+                manifests.build_manifest(
+                    export_id=str(self.export_id),
+                    created_at=iso(self.now),
+                    parameters=self._parameters(),
+                    files=files,
+                    ledger={
+                        "tree_size": verified.events,
+                        "facts": verified.facts,
+                        "verify_head": verified.head,
+                        "checkpoint": checkpoint,
+                    },
+                    pseudonyms=_PSEUDONYMS,
+                ),
+                signing_key,
+            )
+            data = manifests.manifest_bytes(manifest)
+            (self.staging / manifests.MANIFEST_NAME).write_bytes(data)
+            digest = manifests.manifest_sha256(data)
+            self._record(digest, verified.events)
+            self.staging.replace(self.request.out)
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.disclosure_feed.unlink(missing_ok=True)
+        return ExportResult(
+            export_id=str(self.export_id),
+            fact_id=self.fact_id,
+            folder=self.request.out,
+            manifest_sha256=digest,
+            customers=self.summary.customers,
+            identified_customers=self.summary.identified,
+            files=files,
+            categories=sorted(self.categories),
+            tree_size=verified.events,
+            verify_head=verified.head,
+        )
+
+    def _parameters(self) -> dict[str, Any]:
+        request = self.request
+        return {
+            "acquirer": request.acquirer,
+            "as_of": iso(request.as_of) if request.as_of is not None else None,
+            "identified": request.identified,
+            "format": request.format,
+        }
+
+    def _summary_document(self) -> dict[str, Any]:
+        return {
+            "export_id": str(self.export_id),
+            "created_at": iso(self.now),
+            **self._parameters(),
+            **self.summary.to_json(),
+        }
+
+    # -- streaming the rows -------------------------------------------------------------------
+
+    def _write_tables(self, upto: int) -> list[manifests.FileEntry]:
+        request = self.request
+        make = _WRITERS[request.format]
+        columns = dict(TABLES)
+        if request.identified:
+            columns["customers"] = (*columns["customers"], *IDENTIFIED_COLUMNS)
+        names = {name: f"{name}.{request.format}" for name in columns}
+        writers = {name: make(self.staging / names[name], columns[name]) for name in columns}
+        feed: IO[bytes] | None = None
+        if request.identified:
+            feed = open(self.disclosure_feed, "wb")  # noqa: SIM115
+        try:
+            for customer, events in self._customers(upto):
+                rows = self._customer(customer, events)
+                if rows is None:
+                    continue
+                writers["customers"].write(rows.customer)
+                for name in ("consents", "consent_history", "orders", "disclosures"):
+                    writer = writers[name]
+                    for row in getattr(rows, name):
+                        writer.write(row)
+                if feed is not None and rows.personal:
+                    feed.write(self._disclosure_line(customer, rows))
+        finally:
+            for writer in writers.values():
+                writer.close()
+            if feed is not None:
+                feed.close()
+        return [
+            manifests.file_entry(self.staging, names[name], writers[name].rows) for name in columns
+        ]
+
+    def _customers(self, upto: int) -> Iterable[tuple[Customer, list[FactEvent]]]:
+        mapper = self.app.mapper
+        progress = self.progress
+        for stream in export_store.customer_streams(self.app.database, upto):
+            events: list[Any] = [mapper.to_domain_event(stored) for stored in stream]
+            if not isinstance(events[0], Customer.Registered):
+                continue
+            yield state_as_of(events, None), events
+            if progress is not None:
+                progress(1)
+
+    def _customer(self, customer: Customer, events: list[FactEvent]) -> CustomerRows | None:
+        as_of = self.request.as_of
+        if as_of is not None:
+            if customer.registered_at > as_of:
+                return None
+            events = [e for e in events if e.at <= as_of]
+        personal = None
+        if self.request.identified and not customer.erased:
+            personal = self.app.personal_data(customer, events)
+        rows = customer_rows(customer, events, self.secret, as_of, personal)
+        self._count(customer, events, rows)
+        return rows
+
+    def _count(self, customer: Customer, events: list[FactEvent], rows: CustomerRows) -> None:
+        summary = self.summary
+        summary.customers += 1
+        summary.erased += customer.erased
+        if rows.personal:
+            summary.identified += 1
+            self.categories.update(identified_categories(_personal_of(rows), len(rows.orders)))
+        for consent in rows.consents:
+            if consent["status"] == "given":
+                summary.consents[(consent["purpose"], consent["channel"])] += 1
+        if any(
+            c["purpose"] == "affiliate_sharing" and c["status"] == "given" for c in rows.consents
+        ):
+            summary.affiliate_consenting += 1
+        kinds = set()
+        affiliate = False
+        for disclosure in rows.disclosures:
+            kind = disclosure["recipient_kind"]
+            summary.disclosures[kind] += 1
+            kinds.add(kind)
+            if kind == "affiliate":
+                affiliate = True
+                summary.affiliate_disclosures += 1
+                summary.affiliates[disclosure["recipient"]] += 1
+        summary.affiliate_customers += affiliate
+        for kind in kinds:
+            summary.disclosed_customers[kind] += 1
+        for order in rows.orders:
+            summary.orders[order["status"]] += 1
+            currency = order["currency"]
+            summary.totals[currency] = summary.totals.get(currency, Decimal(0)) + Decimal(
+                order["total"]
+            )
+        if rows.orders:
+            self.categories.add("order_details")
+        for violation in audit_customer(customer, events, self._initiated):
+            summary.violations[violation.rule] += 1
+
+    def _initiated(self, acquirer: str, moment: datetime) -> bool:
+        return any(at <= moment for at in self.initiations.get(acquirer, ()))
+
+    def _disclosure_line(self, customer: Customer, rows: CustomerRows) -> bytes:
+        fact = {
+            "id": f"{self.fact_id}/{self.summary.identified:07d}",
+            "type": "transfer.disclosure",
+            "at": iso(self.now),
+            "customer": customer.ref,
+            "acquirer": self.request.acquirer,
+            "categories": identified_categories(_personal_of(rows), len(rows.orders)),
+        }
+        return orjson.dumps(fact) + b"\n"
+
+    # -- recording the export -------------------------------------------------------------------
+
+    def _record(self, digest: str, upto: int) -> None:
+        app = self.app
+        app.keys.source  # noqa: B018 (loads the master key and checks it is this ledger's)
+        master, _ = load_master_key(app.database)
+        wrapped = export_store.wrap_secret(master, self.export_id, self.secret)
+        request = self.request
+        with app.database.writing() as tx:
+            if request.identified and export_store.erased_after(app.database, upto):
+                raise ConcurrencyError(
+                    "customers were erased while the export ran; run the export again"
+                )
+            export_store.store_export(
+                tx,
+                export_id=self.export_id,
+                acquirer=request.acquirer,
+                wrapped_secret=wrapped,
+                created_at=self.now,
+                manifest_sha256=digest,
+                identified=request.identified,
+                customers=self.summary.customers,
+            )
+            acquirer = _acquirer(app, request.acquirer)
+            acquirer.record_due_diligence_export(
+                self.fact_id,
+                self.now,
+                sorted(self.categories),
+                export_id=str(self.export_id),
+                customers=self.summary.customers,
+                identified=request.identified,
+                as_of=iso(request.as_of) if request.as_of is not None else None,
+                export_format=request.format,
+                manifest_sha256=digest,
+            )
+            for recording in app.save(acquirer):
+                if isinstance(recording.domain_event, Acquirer.DueDiligenceExported):
+                    export_store.record_export_fact(
+                        tx, self.fact_id, recording.notification.id, acquirer.id
+                    )
+            if request.identified and self.summary.identified:
+                with open(self.disclosure_feed, "rb") as lines:
+                    app.import_lines(lines)
+
+
+def _personal_of(rows: CustomerRows) -> dict[str, Any]:
+    row = rows.customer
+    return {
+        "email": row.get("email"),
+        "phone": row.get("phone"),
+        "address": row.get("address_line1") or row.get("address_postcode"),
+    }
+
+
+def _acquirer(app: ConsentLedger, name: str) -> Acquirer:
+    try:
+        found: Any = app.repository.get(acquirer_id(name))
+    except AggregateNotFoundError:
+        return Acquirer.create(name)
+    assert isinstance(found, Acquirer)
+    return found
+
+
+_PSEUDONYMS = {
+    "algorithm": "HMAC-SHA256",
+    "length_hex": PSEUDONYM_HEX,
+    "customer": "first 128 bits of HMAC-SHA256(secret, 'customer' 0x00 customer reference)",
+    "order": "first 128 bits of HMAC-SHA256(secret, 'order' 0x00 order reference)",
+    "secret": "random, one per export, kept by the seller's ledger: only the seller can "
+    "re-identify; pseudonyms of two exports do not match",
+    "omitted": "names, emails, phones, addresses, customer and order references, fact ids, "
+    "tracking numbers (unless identified: then personal data of customers not erased)",
+}
+
+
+def export_due_diligence(
+    app: ConsentLedger, request: ExportRequest, *, progress: Progress | None = None
+) -> ExportResult:
+    """Make a due-diligence export (see the module's documentation)."""
+    return Exporter(app, request, progress=progress).run()
+
+
+def export_secret(app: ConsentLedger, export_id: str) -> bytes:
+    """The seller's side: an export's pseudonym secret, to re-identify its pseudonyms."""
+    try:
+        ident = UUID(export_id)
+    except ValueError:
+        raise InputError(f"{export_id!r} is not an export id") from None
+    app.keys.source  # noqa: B018 (checks the master key)
+    master, _ = load_master_key(app.database)
+    secret = export_store.export_secret(app.database, master, ident)
+    if secret is None:
+        raise InputError(f"no export {export_id!r} in this ledger")
+    return secret
+
+
+def recorded_exports(app: ConsentLedger) -> list[dict[str, Any]]:
+    """Every due-diligence export recorded, oldest first, as the disclosure it is (for the
+    auditor's report): when, to whom, what, how many customers, the manifest's hash."""
+    found = []
+    for name in sorted({str(row["acquirer"]) for row in export_store.export_rows(app.database)}):
+        for event in app.events.get(acquirer_id(name)):
+            if isinstance(event, Acquirer.DueDiligenceExported):
+                found.append(
+                    {
+                        "at": iso(event.at),
+                        "fact_id": event.fact_id,
+                        "export_id": event.export_id,
+                        "recipient": event.recipient,
+                        "recipient_kind": event.recipient_kind,
+                        "purpose": event.purpose,
+                        "basis": event.basis,
+                        "categories": list(event.categories),
+                        "customers": event.customers,
+                        "identified": event.identified,
+                        "as_of": event.as_of,
+                        "format": event.export_format,
+                        "manifest_sha256": event.manifest_sha256,
+                    }
+                )
+    found.sort(key=lambda row: (row["at"], row["fact_id"]))
+    return found

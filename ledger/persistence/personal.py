@@ -1,0 +1,63 @@
+"""Index queries for the personal-data features (Art. 19 and 21), kept out of the domain.
+
+The keys, the suppression list and rotation are `keys.py`'s; these only find events and
+facts: a customer's details events (to know their email at a time) and the customers whose
+erasure or rectification may call for notifications.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import UUID
+
+import sqlalchemy as sa
+from eventsourcing.persistence import StoredEvent
+
+from ledger.persistence import tables
+from ledger.persistence.database import Database
+
+_E = tables.events
+_DETAILS_TOPICS = [
+    f"ledger.domainmodel:Customer.{name}" for name in ("Registered", "DetailsUpdated")
+]
+_SELECT_DETAILS = (
+    sa.select(_E.c.originator_version, _E.c.topic, _E.c.state)
+    .where(
+        _E.c.originator_id == sa.bindparam("originator_id"),
+        _E.c.topic.in_(sa.bindparam("topics", expanding=True)),
+    )
+    .order_by(_E.c.originator_version)
+)
+
+
+def details_events(database: Database, customer_id: UUID) -> list[StoredEvent]:
+    """The customer's saved registration and details updates (in the ambient write, if any)."""
+    with database.reading() as conn:
+        rows = conn.execute(
+            _SELECT_DETAILS, {"originator_id": customer_id, "topics": _DETAILS_TOPICS}
+        ).all()
+    return [StoredEvent(customer_id, row[0], row[1], row[2]) for row in rows]
+
+
+def customers_with_facts(database: Database, fact_types: Iterable[str]) -> list[str]:
+    """References of the customers with any fact of these types, sorted."""
+    query = (
+        sa.select(tables.customers.c.customer_ref)
+        .distinct()
+        .select_from(
+            tables.facts.join(
+                tables.customers, tables.facts.c.originator_id == tables.customers.c.customer_id
+            )
+        )
+        .where(tables.facts.c.fact_type.in_(list(fact_types)))
+    )
+    with database.reading() as conn:
+        return sorted(str(row[0]) for row in conn.execute(query))
+
+
+def fact_recorded(database: Database, fact_id: str) -> bool:
+    with database.reading() as conn:
+        found = conn.execute(
+            sa.select(tables.facts.c.fact_id).where(tables.facts.c.fact_id == fact_id)
+        ).first()
+    return found is not None

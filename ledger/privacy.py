@@ -1,0 +1,333 @@
+"""Data subjects' rights, derived from a customer's events: pure functions, no I/O.
+
+- Art. 15 (access): `access_pack` gathers what the ledger holds about a customer: their
+  details (or that they are erased), consents with their history, orders, every disclosure
+  with the named recipient, and the notifications sent on their behalf; `access_pack_markdown`
+  renders it for a person to read.
+- Art. 19 (notification): on erasure or rectification, every recipient that received the
+  affected data before it must be told. `notifications` derives those from the trail; a
+  `RecipientNotified` event answers them; `notification_violations` reports the ones still
+  outstanding after `NOTIFICATION_DEADLINE` as the audit rule `recipient_not_notified`.
+- Art. 21 (objection to direct marketing): `normalise_email` is the form of an email whose
+  keyed hash the suppression list keeps (the hashing and the list are persistence's).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from ledger import views
+from ledger.domainmodel import Customer, DisclosureEvent, FactEvent
+from ledger.feed import iso
+from ledger.rules import Violation
+
+NOTIFICATION_DEADLINE: Final = timedelta(days=30)
+NOTIFICATION_RULE: Final = "recipient_not_notified"
+# A rectified detail, and the data category a recipient received it under.
+FIELD_CATEGORY: Final = {
+    "name": "name",
+    "email": "email",
+    "phone": "phone",
+    "address": "postal_address",
+}
+
+
+def normalise_email(email: str) -> str:
+    """One form per mailbox as people type it: Unicode-normalised, trimmed, case-folded."""
+    return unicodedata.normalize("NFKC", email).strip().casefold()
+
+
+def email_at(
+    details: Iterable[tuple[datetime, int, dict[str, Any]]], moment: datetime
+) -> str | None:
+    """The email a customer had at `moment`, from their opened details facts
+    (business time, version, fields); the earliest known if none is that old."""
+    ordered = sorted(
+        ((at, version, fields["email"]) for at, version, fields in details if "email" in fields),
+        key=lambda entry: (entry[0], entry[1]),
+    )
+    if not ordered:
+        return None
+    current = ordered[0][2]
+    for at, _version, email in ordered:
+        if at <= moment:
+            current = email
+    return str(current)
+
+
+# -- Art. 19 -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NotificationDue:
+    """A recipient to tell of an erasure or rectification of one customer's data."""
+
+    customer: str
+    recipient: str
+    recipient_kinds: tuple[str, ...]
+    categories: tuple[str, ...]
+    reason: str  # "erasure" or "rectification"
+    fact_id: str  # the erasure or rectification
+    at: datetime
+    notified_at: datetime | None = None
+    notified_fact_id: str | None = None
+
+    @property
+    def due_by(self) -> datetime:
+        return self.at + NOTIFICATION_DEADLINE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "customer": self.customer,
+            "recipient": self.recipient,
+            "recipient_kinds": list(self.recipient_kinds),
+            "categories": list(self.categories),
+            "reason": self.reason,
+            "fact_id": self.fact_id,
+            "at": iso(self.at),
+            "due_by": iso(self.due_by),
+            "notified_at": iso(self.notified_at) if self.notified_at else None,
+            "notified_fact_id": self.notified_fact_id,
+        }
+
+
+@dataclass
+class _Received:
+    kinds: set[str] = field(default_factory=set)
+    categories: set[str] = field(default_factory=set)
+
+
+def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue]:
+    """Every notification the customer's erasure and rectifications call for, answered or not.
+
+    An erasure concerns every recipient that received any of the customer's data before it
+    (by business time, ties by recording order); a rectification, those that received a
+    category it changed. A notification to a recipient answers each one due to it at or
+    before the notification's time. Only the first erasure counts: there is nothing left
+    to erase after it.
+    """
+    ordered = views.business_order(events)
+    sent = [e for e in ordered if isinstance(e, Customer.RecipientNotified)]
+    found: list[NotificationDue] = []
+    received: dict[str, _Received] = {}
+    erased = False
+    for event in ordered:
+        if isinstance(event, DisclosureEvent):
+            entry = received.setdefault(event.recipient, _Received())
+            entry.kinds.add(event.recipient_kind)
+            entry.categories.update(event.categories)
+            continue
+        if isinstance(event, Customer.Erased) and not erased:
+            erased = True
+            reason, changed = "erasure", None
+        elif isinstance(event, Customer.DetailsUpdated):
+            reason = "rectification"
+            changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
+        else:
+            continue
+        for recipient, entry in sorted(received.items()):
+            affected = entry.categories if changed is None else entry.categories & changed
+            if not affected:
+                continue
+            answer = next((n for n in sent if n.recipient == recipient and n.at >= event.at), None)
+            found.append(
+                NotificationDue(
+                    customer=ref,
+                    recipient=recipient,
+                    recipient_kinds=tuple(sorted(entry.kinds)),
+                    categories=tuple(sorted(affected)),
+                    reason=reason,
+                    fact_id=event.fact_id,
+                    at=event.at,
+                    notified_at=answer.at if answer else None,
+                    notified_fact_id=answer.fact_id if answer else None,
+                )
+            )
+    return found
+
+
+def outstanding(dues: Iterable[NotificationDue]) -> list[NotificationDue]:
+    return [due for due in dues if due.notified_at is None]
+
+
+def notification_violations(
+    ref: str, events: Sequence[FactEvent], now: datetime, as_of: datetime | None = None
+) -> list[Violation]:
+    """Audit rule `recipient_not_notified`: an erasure or rectification with a recipient
+    still not notified `NOTIFICATION_DEADLINE` after it (one violation per such fact),
+    judged at `as_of` (facts at or before it) or else `now`."""
+    moment = as_of if as_of is not None else now
+    known = [e for e in events if e.at <= moment]
+    late = {
+        (due.fact_id, due.at)
+        for due in outstanding(notifications(ref, known))
+        if due.due_by < moment
+    }
+    return [Violation(NOTIFICATION_RULE, ref, fact_id, at) for fact_id, at in sorted(late)]
+
+
+# -- Art. 15 -----------------------------------------------------------------------------------
+
+
+def access_pack(
+    customer: Customer,
+    events: Sequence[FactEvent],
+    personal_data: dict[str, Any] | None,
+    other_data: list[dict[str, Any]],
+    generated_at: datetime,
+) -> dict[str, Any]:
+    """The subject-access pack: everything the ledger holds about the customer and whom it
+    was given to. `personal_data` is None once erased; `other_data` holds the unknown feed
+    fields kept (sealed) with their facts, as [{"fact_id", "fields"}]."""
+    trail = views.trail_rows(events)
+    return {
+        "customer": customer.ref,
+        "generated_at": iso(generated_at),
+        "registered_at": iso(customer.registered_at),
+        "erased": customer.erased,
+        "erased_at": iso(customer.erased_at) if customer.erased_at else None,
+        "personal_data": personal_data,
+        "other_data": other_data,
+        "consents": views.consent_rows(events),
+        "consent_history": views.consent_history_rows(events),
+        "orders": views.order_rows(customer, events),
+        "contacts": _contact_rows(events),
+        "recipients": _recipient_rows(trail),
+        "disclosures": trail,
+        "notifications": [due.to_json() for due in notifications(customer.ref, events)],
+        "access_requests": [
+            {"at": iso(e.at), "fact_id": e.fact_id}
+            for e in views.business_order(events)
+            if isinstance(e, Customer.AccessRequested)
+        ],
+    }
+
+
+_CONTACTS = (Customer.MarketingContacted, Customer.ResearchContacted)
+
+
+def _contact_rows(events: Iterable[FactEvent]) -> list[dict[str, Any]]:
+    return [
+        {"at": iso(e.at), "type": e.FACT_TYPE, "fact_id": e.fact_id, **e.fields()}
+        for e in views.business_order(events)
+        if isinstance(e, _CONTACTS)
+    ]
+
+
+def _recipient_rows(trail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each named recipient once: what it received, why, on which basis, and when."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for row in trail:
+        entry = by_name.setdefault(
+            row["recipient"],
+            {
+                "recipient": row["recipient"],
+                "recipient_kinds": set(),
+                "categories": set(),
+                "purposes": set(),
+                "bases": set(),
+                "first": row["at"],
+                "last": row["at"],
+                "disclosures": 0,
+            },
+        )
+        entry["recipient_kinds"].add(row["recipient_kind"])
+        entry["categories"].update(row["categories"])
+        entry["purposes"].add(row["purpose"])
+        entry["bases"].add(row["basis"])
+        entry["first"] = min(entry["first"], row["at"])
+        entry["last"] = max(entry["last"], row["at"])
+        entry["disclosures"] += 1
+    return [
+        {k: sorted(v) if isinstance(v, set) else v for k, v in entry.items()}
+        for _, entry in sorted(by_name.items())
+    ]
+
+
+def access_pack_markdown(pack: dict[str, Any]) -> str:
+    """The pack for a person to read (Markdown)."""
+    out = [f"# Your data held by the consent ledger: customer {pack['customer']}", ""]
+    out.append(f"Generated {pack['generated_at']}; registered {pack['registered_at']}.")
+    out.append("")
+    out.append("## Your personal data")
+    out.append("")
+    details = pack["personal_data"]
+    if details is None:
+        out.append(f"Erased on {pack['erased_at']}: the ledger can no longer read it.")
+    else:
+        address = details.get("address") or {}
+        for label, value in (
+            ("Name", details.get("name")),
+            ("Email", details.get("email")),
+            ("Phone", details.get("phone")),
+            ("Address", ", ".join(str(v) for v in address.values()) if address else None),
+        ):
+            out.append(f"- **{label}**: {_md(value if value is not None else '-')}")
+    for item in pack["other_data"]:
+        out.append(f"- other data recorded with {_md(item['fact_id'])}: {_md(item['fields'])}")
+    sections: list[tuple[str, str, list[dict[str, Any]], list[str]]] = [
+        (
+            "Consents now",
+            "No consent recorded.",
+            pack["consents"],
+            ["purpose", "channel", "status", "since"],
+        ),
+        (
+            "Consent history",
+            "No consent recorded.",
+            pack["consent_history"],
+            ["at", "purpose", "channel", "status", "method", "policy_version"],
+        ),
+        (
+            "Orders",
+            "No orders.",
+            pack["orders"],
+            ["order", "placed_at", "total", "currency", "status"],
+        ),
+        (
+            "Who received your data",
+            "Nobody.",
+            pack["recipients"],
+            ["recipient", "recipient_kinds", "categories", "purposes", "bases", "first", "last"],
+        ),
+        (
+            "Every disclosure",
+            "None.",
+            pack["disclosures"],
+            ["at", "recipient", "recipient_kind", "categories", "purpose", "basis", "order"],
+        ),
+        ("Marketing and research contacts", "None.", pack["contacts"], ["at", "type", "channel"]),
+        (
+            "Recipients told of erasure or rectification",
+            "None due.",
+            pack["notifications"],
+            ["recipient", "reason", "at", "notified_at"],
+        ),
+        ("Your access requests", "None recorded.", pack["access_requests"], ["at", "fact_id"]),
+    ]
+    for title, empty, rows, columns in sections:
+        out.extend(["", f"## {title}", ""])
+        out.extend(_md_table(rows, columns) if rows else [empty])
+    out.append("")
+    return "\n".join(out)
+
+
+def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_md(row.get(c)) for c in columns) + " |")
+    return lines
+
+
+def _md(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        value = ", ".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        value = ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
