@@ -40,7 +40,14 @@ from ledger.persistence import personal, tables
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.keys import KeyStore, Rotation
 from ledger.persistence.recorder import LedgerInfrastructure, LedgerRecorder
-from ledger.rules import JUDGED_TYPES, Judged, Violation, audit_customer, broken_rules
+from ledger.rules import (
+    JUDGED_TYPES,
+    InitiationCheck,
+    Judged,
+    Violation,
+    audit_customer,
+    broken_rules,
+)
 from ledger.vocabulary import PERSONAL_FIELDS
 
 CHUNK = 2000
@@ -248,11 +255,25 @@ class ConsentLedger(Application[UUID]):
         now = datetime.now(UTC)
         for ref in self.customer_refs():
             customer, events = self.customer_with_events(ref)
-            judged = events if as_of is None else [e for e in events if e.at <= as_of]
-            found.extend(audit_customer(customer, judged, initiated))
-            found.extend(privacy.notification_violations(ref, events, now, as_of))
+            found.extend(self.audit_events(customer, events, initiated, as_of, now))
         found.sort(key=lambda v: (v.at, v.customer, v.fact_id, v.rule))
         return found
+
+    @staticmethod
+    def audit_events(
+        customer: Customer,
+        events: list[FactEvent],
+        initiated: InitiationCheck,
+        as_of: datetime | None,
+        now: datetime,
+    ) -> list[Violation]:
+        """One customer's violations, as `audit` judges them (streaming readers such as the
+        due-diligence export call this per customer instead of `audit`)."""
+        judged = events if as_of is None else [e for e in events if e.at <= as_of]
+        return [
+            *audit_customer(customer, judged, initiated),
+            *privacy.notification_violations(customer.ref, events, now, as_of),
+        ]
 
     # -- personal data: SPEC §4 and GDPR Art. 15, 19, 21 (see ledger/privacy.py) -------------
 

@@ -66,7 +66,6 @@ from ledger.feed import iso
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.keys import load_master_key
-from ledger.rules import audit_customer
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -673,7 +672,8 @@ class Exporter:
             )
         if rows.orders:
             self.categories.add("order_details")
-        for violation in audit_customer(customer, events, self._initiated):
+        as_of = self.request.as_of
+        for violation in self.app.audit_events(customer, events, self._initiated, as_of, self.now):
             summary.violations[violation.rule] += 1
 
     def _initiated(self, acquirer: str, moment: datetime) -> bool:

@@ -15,6 +15,7 @@ MODULES = (
     "cli.commands.order",
     "cli.commands.audit",
     "cli.commands.demo",
+    "cli.commands.export",
     "cli.commands.privacy",
 )
 

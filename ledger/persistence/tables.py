@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Integer,
@@ -92,4 +93,19 @@ suppressions = Table(
     Column("email_hash", String(64), primary_key=True),
     Column("channel", String(20), primary_key=True),
     Column("since", DateTime(timezone=True), nullable=False),
+)
+
+# Due-diligence exports: one row per export. `wrapped_secret` is the export's pseudonym key
+# (HMAC-SHA256 of customer references), wrapped by the master key: only the ledger's owner
+# can re-identify an export's pseudonyms. The export itself is an event on the acquirer.
+export_secrets = Table(
+    "ledger_export_secrets",
+    metadata,
+    Column("export_id", Uuid(), primary_key=True),
+    Column("acquirer", String(500), nullable=False),
+    Column("wrapped_secret", LargeBinary, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("identified", Boolean, nullable=False),
+    Column("customers", Integer, nullable=False),
 )

@@ -1,0 +1,284 @@
+"""The due-diligence export on each backend: contents, pseudonyms, personal data, refusal,
+recording, and `export verify` through the command line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from ledger import views
+from ledger.errors import RuleViolationError
+from ledger.exports import (
+    ExportRequest,
+    export_due_diligence,
+    export_secret,
+    parquet_available,
+    pseudonym,
+    recorded_exports,
+)
+from ledger.feed import parse_time
+from ledger.manifest import MANIFEST_NAME, verify_export_dir
+from ledger.persistence import seals
+from ledger.samplefeed import ACQUIRER, generate
+
+TABLE_NAMES = ("customers", "consents", "consent_history", "orders", "disclosures")
+
+
+def _feed(customers: int) -> list[dict[str, Any]]:
+    return list(generate(customers, seed=11, prefix="G"))
+
+
+def _load(ledger: Any, feed_small: Path, customers: int = 25) -> list[dict[str, Any]]:
+    """feed-small plus a generated feed; returns every fact imported."""
+    facts = [orjson.loads(line) for line in feed_small.read_bytes().splitlines() if line]
+    facts += _feed(customers)
+    ledger.import_lines(orjson.dumps(f) for f in facts)
+    return facts
+
+
+def _rows(folder: Path, table: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in (folder / f"{table}.jsonl").read_bytes().splitlines()]
+
+
+def _export(ledger: Any, out: Path, **kwargs: Any) -> Any:
+    return export_due_diligence(ledger, ExportRequest(out=out, **{"acquirer": ACQUIRER, **kwargs}))
+
+
+def _personal_values(facts: list[dict[str, Any]]) -> dict[str, list[bytes]]:
+    """Every customer's name, email, phone, address pieces and reference, as bytes."""
+    found: dict[str, list[bytes]] = {}
+    for fact in facts:
+        ref = fact.get("customer")
+        if fact["type"] in ("customer.registered", "customer.updated"):
+            values = [fact.get(k) for k in ("name", "email", "phone")]
+            address = fact.get("address") or {}
+            values += [address.get("line1"), address.get("postcode")]
+            found.setdefault(ref, [ref.encode()]).extend(str(v).encode() for v in values if v)
+    return found
+
+
+def _all_bytes(folder: Path) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(folder.iterdir())]
+
+
+def test_pseudonymous_export_matches_the_ledger(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small)
+    events_before = seals.verify_ledger(ledger).events
+    out = tmp_path / "dd"
+    result = _export(ledger, out)
+    refs = list(ledger.customer_refs())
+    assert result.customers == len(refs)
+
+    manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    listed = {f["path"]: f for f in manifest["files"]}
+    assert set(listed) == {f"{t}.jsonl" for t in TABLE_NAMES} | {"summary.json"}
+    for table in TABLE_NAMES:
+        assert listed[f"{table}.jsonl"]["rows"] == len(_rows(out, table))
+    assert manifest["parameters"] == {
+        "acquirer": ACQUIRER,
+        "as_of": None,
+        "identified": False,
+        "format": "jsonl",
+    }
+    # The ledger as verified and signed at the export; the export event comes after it.
+    assert manifest["ledger"]["tree_size"] == events_before
+    assert manifest["ledger"]["verify_head"] == manifest["ledger"]["checkpoint"]["root_hash"]
+    assert verify_export_dir(out, seals.load_public_key(ledger.database)).ok
+
+    # The seller re-identifies: each customer's rows are the ledger's answers.
+    secret = export_secret(ledger, result.export_id)
+    customers = {row["customer"]: row for row in _rows(out, "customers")}
+    disclosures = Counter(row["customer"] for row in _rows(out, "disclosures"))
+    for ref in refs:
+        alias = pseudonym(secret, "customer", ref)
+        customer, events = ledger.customer_with_events(ref)
+        assert customers[alias]["erased"] == customer.erased
+        assert disclosures[alias] == len(views.trail_rows(events))
+        assert customers[alias]["orders"] == len(customer.orders)
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    expected = Counter(v.rule for v in ledger.audit())
+    by_rule = summary["open_violations"]["by_rule"]
+    assert {rule: n for rule, n in by_rule.items() if n} == dict(expected)
+    assert summary["customers"] == len(refs)
+    assert summary["erased_customers"] == sum(1 for c in customers.values() if c["erased"])
+
+
+def test_no_personal_data_or_reference_in_any_byte(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    facts = _load(ledger, feed_small)
+    out = tmp_path / "dd"
+    _export(ledger, out)
+    personal = _personal_values(facts)
+    assert len(personal) == 27
+    orders = {f["order"].encode() for f in facts if f["type"] == "order.placed"}
+    fact_ids = {f["id"].encode() for f in facts}
+    for name, data in _all_bytes(out):
+        for ref, values in personal.items():
+            for value in values:
+                assert value not in data, f"{name} holds personal data of {ref}"
+        assert not [o for o in orders if o in data], f"{name} holds an order reference"
+        assert not [i for i in fact_ids if i in data], f"{name} holds a fact id"
+
+
+def test_pseudonyms_are_stable_within_an_export_and_differ_across_exports(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=10)
+    first = _export(ledger, tmp_path / "one")
+    second = _export(ledger, tmp_path / "two")
+    one = {r["customer"] for r in _rows(tmp_path / "one", "customers")}
+    two = {r["customer"] for r in _rows(tmp_path / "two", "customers")}
+    assert len(one) == len(two) == first.customers
+    assert not one & two
+    for table in TABLE_NAMES[1:]:
+        assert {r["customer"] for r in _rows(tmp_path / "one", table)} <= one
+    orders_one = {r["order"] for r in _rows(tmp_path / "one", "orders")}
+    assert {r["order"] for r in _rows(tmp_path / "one", "disclosures") if r["order"]} <= orders_one
+    assert not orders_one & {r["order"] for r in _rows(tmp_path / "two", "orders")}
+    secret = export_secret(ledger, first.export_id)
+    assert pseudonym(secret, "customer", "C100") in one
+    assert pseudonym(export_secret(ledger, second.export_id), "customer", "C100") in two
+
+
+def test_identified_export_is_refused_before_initiation(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=3)
+    before = seals.verify_ledger(ledger).events
+    with pytest.raises(RuleViolationError) as refused:
+        _export(ledger, tmp_path / "dd", acquirer="Contoso Holdings", identified=True)
+    assert "transfer_without_initiation" in str(refused.value)
+    assert not (tmp_path / "dd").exists() and not list(tmp_path.glob(".dd*"))
+    assert seals.verify_ledger(ledger).events == before
+    assert recorded_exports(ledger) == []
+
+
+def test_pseudonymous_export_before_initiation_is_a_recorded_disclosure_breaking_no_rule(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=3)
+    violations = ledger.audit()
+    result = _export(ledger, tmp_path / "dd", acquirer="Contoso Holdings")
+    assert ledger.audit() == violations
+    [recorded] = recorded_exports(ledger)
+    assert recorded["fact_id"] == result.fact_id
+    assert recorded["recipient"] == "Contoso Holdings"
+    assert (recorded["recipient_kind"], recorded["purpose"], recorded["basis"]) == (
+        "acquirer",
+        "business_transfer",
+        "legitimate_interests",
+    )
+    assert recorded["categories"] == ["order_details"]
+    assert recorded["manifest_sha256"] == result.manifest_sha256
+    assert recorded["identified"] is False and recorded["customers"] == result.customers
+    verified = seals.verify_ledger(ledger)
+    assert verified.ok
+    proof = seals.prove_fact(ledger, result.fact_id)
+    assert proof["fact_id"] == result.fact_id
+
+
+def test_identified_export_after_initiation_names_living_customers_only(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    facts = _load(ledger, feed_small, customers=5)
+    out = tmp_path / "dd"
+    result = _export(ledger, out, identified=True, format="csv")
+    erased = {f["customer"] for f in facts if f["type"] == "subject.erased"}
+    assert "C101" in erased
+    text = "\n".join(data.decode() for _, data in _all_bytes(out))
+    personal = _personal_values(facts)
+    assert b"ada@example.org".decode() in text  # C100 lives: identified
+    for ref in erased:
+        for value in personal[ref]:
+            assert value.decode() not in text, f"personal data of erased {ref}"
+    assert result.identified_customers == result.customers - len(erased)
+    assert {"name", "email", "postal_address", "order_details"} <= set(result.categories)
+    trail = views.trail_rows(ledger.customer_events("C100"))
+    assert trail[-1]["fact_id"].startswith(result.fact_id + "/")
+    assert trail[-1]["recipient_kind"] == "acquirer"
+    assert not [
+        r
+        for r in views.trail_rows(ledger.customer_events("C101"))
+        if r["fact_id"].startswith(result.fact_id)
+    ]
+    assert not [v for v in ledger.audit() if v.fact_id.startswith(result.fact_id)]
+    assert verify_export_dir(out).ok
+
+
+def test_as_of_limits_rows_to_facts_then(ledger: Any, feed_small: Path, tmp_path: Path) -> None:
+    _load(ledger, feed_small, customers=0)
+    as_of = parse_time("2025-02-01T00:00:00Z")
+    out = tmp_path / "dd"
+    result = _export(ledger, out, as_of=as_of)
+    assert result.customers == 1  # C101 registered on 5 February
+    [customer] = _rows(out, "customers")
+    assert customer["orders"] == 1 and customer["disclosures"] == 4
+    assert all(row["at"] <= "2025-02-01" for row in _rows(out, "disclosures"))
+
+
+@pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (extra 'parquet')")
+def test_parquet_export_has_the_same_rows(ledger: Any, feed_small: Path, tmp_path: Path) -> None:
+    import importlib
+
+    pq: Any = importlib.import_module("pyarrow.parquet")
+    _load(ledger, feed_small, customers=5)
+    result = _export(ledger, tmp_path / "dd", format="parquet")
+    for entry in result.files:
+        if entry.path.endswith(".parquet"):
+            assert pq.read_table(tmp_path / "dd" / entry.path).num_rows == entry.rows
+    assert verify_export_dir(tmp_path / "dd").ok
+
+
+def test_cli_export_and_verify_exit_codes(
+    ledger_url: str, ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=3)
+    runner = CliRunner()
+    out = tmp_path / "dd"
+    made = runner.invoke(
+        cli,
+        [
+            "--db",
+            ledger_url,
+            "export",
+            "due-diligence",
+            "--acquirer",
+            "Contoso Holdings",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert made.exit_code == 0, made.stderr
+    assert orjson.loads(made.stdout)["folder"] == str(out)
+    refused = runner.invoke(
+        cli,
+        [
+            "--db",
+            ledger_url,
+            "export",
+            "due-diligence",
+            "--acquirer",
+            "Contoso Holdings",
+            "--out",
+            str(tmp_path / "x"),
+            "--identified",
+        ],
+    )
+    assert refused.exit_code == 3
+    key = seals.public_key_path(ledger.database)
+    ok = runner.invoke(cli, ["export", "verify", str(out), "--public-key", str(key), "--json"])
+    assert ok.exit_code == 0 and orjson.loads(ok.stdout)["ok"] is True
+    (out / "consents.jsonl").write_bytes((out / "consents.jsonl").read_bytes() + b" ")
+    bad = runner.invoke(cli, ["export", "verify", str(out)])
+    assert bad.exit_code == 4
+    assert "consents.jsonl" in bad.stderr
