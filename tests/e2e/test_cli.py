@@ -1,0 +1,692 @@
+# ruff: noqa: E501
+"""The `consent-ledger` command as a user runs it: exact stdout documents, exit codes,
+`Error: …` on stderr, one log line per command, no personal data in logs, on each backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import Result
+
+from cli import logs
+from ledger.samplefeed import generate_lines
+from ledger.vocabulary import RULES
+from tests.cli_helpers import error_line, run, run_json
+from tests.examples import EMAIL, NAME, jsonl, line
+
+SMALL = Path(__file__).parents[1] / "data" / "feed-small.jsonl"
+PERSONAL = ("Ada", "Lovelace", "ada@example.org", "Alan Turing", "alan@example.org", "Analytical")
+
+
+@pytest.fixture
+def url(ledger_url: str) -> str:
+    """An upgraded ledger holding feed-small.jsonl, built through the CLI."""
+    run_json(ledger_url, "db", "upgrade")
+    summary = run_json(ledger_url, "import", str(SMALL))
+    assert summary == {"accepted": 26, "duplicates": 0, "rejected": 0, "errors": []}
+    return ledger_url
+
+
+def log_lines(result: Result) -> list[dict[str, Any]]:
+    """stderr is not a terminal here, so logs are JSON lines."""
+    return [orjson.loads(ln) for ln in result.stderr.splitlines() if ln.startswith("{")]
+
+
+def assert_one_clean_log_line(result: Result, command: str) -> dict[str, Any]:
+    (entry,) = log_lines(result)
+    assert entry["command"] == command
+    for value in PERSONAL:
+        assert value not in result.stderr
+    return entry
+
+
+def facts_recorded(url: str) -> int:
+    """How many facts the ledger holds, by re-importing nothing new: every line a duplicate."""
+    return int(run_json(url, "import", "--dry-run", str(SMALL))["duplicates"])
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+def test_import_again_skips_every_line_as_duplicate(url: str) -> None:
+    result = run(url, "import", str(SMALL), "--json")
+    assert result.exit_code == 0
+    assert orjson.loads(result.stdout) == {
+        "accepted": 0,
+        "duplicates": 26,
+        "rejected": 0,
+        "errors": [],
+    }
+    entry = assert_one_clean_log_line(result, "import")
+    assert (entry["accepted"], entry["duplicates"], entry["level"]) == (0, 26, "info")
+
+
+def test_import_plain_output_is_one_readable_sentence(url: str, tmp_path: Path) -> None:
+    feed = tmp_path / "more.jsonl"
+    feed.write_bytes(jsonl([line("customer.registered", "n-1", 0, customer="C900")]))
+    result = run(url, "import", str(feed))
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "recorded 1 facts, skipped 0 duplicates, rejected 0\n",
+    )
+
+
+def test_import_dry_run_counts_and_records_nothing(ledger_url: str) -> None:
+    run_json(ledger_url, "db", "upgrade")
+    dry = run_json(ledger_url, "import", "--dry-run", str(SMALL))
+    assert dry == {"accepted": 26, "duplicates": 0, "rejected": 0, "errors": []}
+    assert run_json(ledger_url, "audit", "check") == {"violations": []}
+    assert run_json(ledger_url, "import", str(SMALL))["accepted"] == 26
+
+
+def test_import_of_an_invalid_file_reports_every_bad_line_and_records_nothing(
+    url: str, tmp_path: Path
+) -> None:
+    lines = [
+        orjson.dumps(line("customer.registered", "n-1", 0, customer="C900")),
+        b'{"id": "n-2", "type": "consent.given", ',
+        orjson.dumps(line("consent.given", "n-3", 1, customer="C900")),
+        orjson.dumps(line("marketing.contact", "n-4", 2, customer="C999")),
+        orjson.dumps(line("order.delivered", "n-5", 3, at="2025-01-10T09:00:00")),
+    ]
+    feed = tmp_path / "bad.jsonl"
+    feed.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(url, "import", str(feed), "--json")
+    assert result.exit_code == 1
+    assert orjson.loads(result.stdout) == {
+        "accepted": 0,
+        "duplicates": 0,
+        "rejected": 3,
+        "errors": [
+            {"line": 2, "error": "not valid JSON"},
+            {"line": 4, "error": "unknown customer 'C999'"},
+            {"line": 5, "error": "field 'at' has no UTC offset (add Z or +00:00)"},
+        ],
+    }
+    assert error_line(result) == (
+        "Error: line 2: not valid JSON (and 2 more invalid lines); "
+        "nothing from the file was recorded"
+    )
+    entry = assert_one_clean_log_line(result, "import")
+    assert (entry["level"], entry["exit"], entry["rejected"]) == ("warning", 1, 3)
+    assert run(url, "customer", "show", "C900").exit_code == 1
+
+
+def test_import_of_an_invalid_file_in_plain_output_lists_the_lines(
+    url: str, tmp_path: Path
+) -> None:
+    feed = tmp_path / "bad.jsonl"
+    feed.write_bytes(b"not json\n")
+    result = run(url, "import", str(feed))
+    assert result.exit_code == 1
+    assert (
+        result.stdout
+        == "nothing recorded: 1 invalid lines\n  LINE  ERROR\n  1     not valid JSON\n"
+    )
+
+
+def test_import_of_a_missing_file_is_a_usage_error(url: str, tmp_path: Path) -> None:
+    result = run(url, "import", str(tmp_path / "absent.jsonl"))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "does not exist" in result.stderr
+
+
+def test_import_shows_a_progress_bar_on_stderr_when_it_is_a_terminal(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cli.commands.recording.progress_enabled", lambda: True)
+    feed = tmp_path / "more.jsonl"
+    feed.write_bytes(jsonl([line("customer.registered", "n-1", 0, customer="C900")]))
+    result = run(url, "import", str(feed), "--json")
+    assert result.exit_code == 0
+    assert "importing" in result.stderr
+    assert orjson.loads(result.stdout)["accepted"] == 1
+
+
+# -- record, consent give/withdraw, disclose -----------------------------------------------
+
+
+def test_record_records_one_fact_and_prints_what_it_recorded(url: str) -> None:
+    fact = line(
+        "consent.given", "r-1", 0, customer="C100", channel="post", at="2025-04-01T10:00:00+02:00"
+    )
+    document = run_json(url, "record", orjson.dumps(fact).decode())
+    assert document == {
+        "recorded": True,
+        "duplicate": False,
+        "fact_id": "r-1",
+        "type": "consent.given",
+        "at": "2025-04-01T08:00:00Z",
+    }
+    again = run_json(url, "record", orjson.dumps(fact).decode())
+    assert (again["recorded"], again["duplicate"]) == (False, True)
+
+
+def test_record_reads_the_fact_from_stdin(url: str) -> None:
+    fact = line("subject.access_requested", "r-2", 0, customer="C100")
+    result = run(url, "record", "-", stdin=orjson.dumps(fact))
+    assert (result.exit_code, result.stdout) == (0, "recorded subject.access_requested r-2\n")
+    assert_one_clean_log_line(result, "record")
+
+
+def test_record_defaults_id_and_at(url: str) -> None:
+    document = run_json(url, "record", '{"type": "subject.access_requested", "customer": "C100"}')
+    assert document["fact_id"].startswith("cmd-")
+    assert document["at"].endswith("Z")
+
+
+def test_record_refused_by_a_rule_exits_3_and_records_nothing(url: str) -> None:
+    fact = line(
+        "marketing.contact", "r-3", 0, customer="C100", channel="post", at="2025-05-01T00:00:00Z"
+    )
+    before = run_json(url, "audit", "check")
+    result = run(url, "record", orjson.dumps(fact).decode(), "--json")
+    assert (result.exit_code, result.stdout) == (3, "")
+    assert error_line(result) == (
+        "Error: refused by rule marketing_without_consent: marketing.contact for customer "
+        "'C100'; nothing was recorded"
+    )
+    entry = assert_one_clean_log_line(result, "record")
+    assert (entry["exit"], entry["error_type"]) == (3, "RuleViolationError")
+    assert run_json(url, "audit", "check") == before
+    assert facts_recorded(url) == 26
+    # Not recorded, so the same id is free for a fact that breaks no rule.
+    allowed = {**fact, "channel": "email", "at": "2025-02-20T00:00:00Z"}
+    assert run_json(url, "record", orjson.dumps(allowed).decode())["recorded"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "Error: FACT is not valid JSON"),
+        ("[1]", "Error: FACT must be a JSON object"),
+        (
+            '{"type": "consent.given", "customer": "C100"}',
+            "Error: consent.given lacks required field",
+        ),
+        (
+            '{"type": "subject.access_requested", "customer": "C404"}',
+            "Error: unknown customer 'C404'",
+        ),
+    ],
+)
+def test_record_of_an_invalid_fact_exits_1(url: str, text: str, message: str) -> None:
+    result = run(url, "record", text)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert error_line(result).startswith(message)
+
+
+def test_record_of_personal_data_never_logs_or_echoes_it(url: str) -> None:
+    fact = line("customer.registered", "r-4", 0, customer="C901", email="not-an-email")
+    result = run(url, "record", orjson.dumps(fact).decode())
+    assert result.exit_code == 1
+    assert NAME not in result.stderr and "C901" not in "".join(result.stderr.split("Error")[:1])
+    good = line("customer.registered", "r-5", 0, customer="C901")
+    result = run(url, "record", orjson.dumps(good).decode())
+    assert result.exit_code == 0
+    for value in (NAME, EMAIL):
+        assert value not in result.stderr and value not in result.stdout
+    entry = assert_one_clean_log_line(result, "record")
+    assert entry["customer"] == logs.hashed("C901")
+    assert "C901" not in result.stderr
+
+
+def test_consent_give_and_withdraw(url: str) -> None:
+    given = run_json(
+        url,
+        "consent", "give", "C100", "marketing", "post",
+        "--method", "phone", "--policy-version", "2024-01",
+        "--at", "2025-04-01T00:00:00Z", "--id", "cg-1",
+    )  # fmt: skip
+    assert given == {
+        "recorded": True,
+        "duplicate": False,
+        "fact_id": "cg-1",
+        "type": "consent.given",
+        "at": "2025-04-01T00:00:00Z",
+    }
+    withdrawn = run_json(
+        url,
+        "consent", "withdraw", "C100", "marketing", "post",
+        "--method", "letter", "--at", "2025-05-01T00:00:00Z", "--id", "cw-1",
+    )  # fmt: skip
+    assert withdrawn["fact_id"] == "cw-1" and withdrawn["type"] == "consent.withdrawn"
+    rows = run_json(url, "consent", "show", "C100", "--as-of", "2025-04-15")["consents"]
+    assert {
+        "purpose": "marketing",
+        "channel": "post",
+        "status": "given",
+        "since": "2025-04-01T00:00:00Z",
+    } in rows
+    rows = run_json(url, "consent", "show", "C100")["consents"]
+    assert {
+        "purpose": "marketing",
+        "channel": "post",
+        "status": "withdrawn",
+        "since": "2025-05-01T00:00:00Z",
+    } in rows
+
+
+def test_consent_give_plain_output(url: str) -> None:
+    result = run(
+        url,
+        "consent", "give", "C100", "personalisation", "web",
+        "--method", "cookie-banner", "--policy-version", "2024-01", "--id", "cg-2",
+    )  # fmt: skip
+    assert (result.exit_code, result.stdout) == (0, "recorded consent.given cg-2\n")
+
+
+def test_consent_give_to_an_erased_customer_exits_1(url: str) -> None:
+    result = run(
+        url,
+        "consent",
+        "give",
+        "C101",
+        "marketing",
+        "post",
+        "--method",
+        "x",
+        "--policy-version",
+        "1",
+    )
+    assert result.exit_code == 1
+    assert (
+        error_line(result)
+        == "Error: customer 'C101' has been erased: a new consent is not accepted"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["consent", "give", "C100", "marketing", "post", "--policy-version", "1"],
+        [
+            "consent",
+            "give",
+            "C100",
+            "marketing",
+            "telepathy",
+            "--method",
+            "x",
+            "--policy-version",
+            "1",
+        ],
+        ["consent", "show", "C100", "--as-of", "2025-01-01T00:00:00"],
+        ["disclose", "pigeon", "Bob", "--customer", "C100"],
+        ["customer", "teleport", "C100"],
+    ],
+)
+def test_usage_errors_exit_2(url: str, args: list[str]) -> None:
+    result = run(url, *args)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "Error:" in result.stderr
+
+
+def test_disclose_affiliate_with_consent_is_recorded(url: str) -> None:
+    document = run_json(
+        url,
+        "disclose", "affiliate", "Offspring", "--customer", "C100",
+        "--categories", "name,postal_address", "--at", "2025-02-02T00:00:00Z", "--id", "d-1",
+    )  # fmt: skip
+    assert document == {
+        "recorded": True,
+        "duplicate": False,
+        "fact_id": "d-1",
+        "type": "affiliate.disclosure",
+        "at": "2025-02-02T00:00:00Z",
+    }
+    trail = run_json(url, "customer", "trail", "C100")["disclosures"]
+    assert [r["fact_id"] for r in trail] == [
+        "s-0006",
+        "s-0007",
+        "s-0008",
+        "s-0009",
+        "s-0011",
+        "d-1",
+        "s-0023",
+    ]
+
+
+def test_disclose_carrier_for_an_order_recorded_earlier(url: str) -> None:
+    document = run_json(
+        url, "disclose", "carrier", "DPD", "--order", "O500", "--tracking", "DPD9", "--id", "d-2"
+    )
+    assert (document["recorded"], document["type"]) == (True, "order.dispatched")
+    facts = run_json(url, "order", "show", "O500")["facts"]
+    assert facts[-1]["fact_id"] == "d-2"
+
+
+@pytest.mark.parametrize(
+    ("args", "rules"),
+    [
+        (
+            ["affiliate", "Offspring", "--customer", "C101", "--categories", "name"],
+            "affiliate_without_consent, after_erasure",
+        ),
+        (
+            ["acquirer", "Contoso", "--customer", "C100", "--categories", "name"],
+            "transfer_without_initiation",
+        ),
+        (
+            ["carrier", "DPD", "--order", "O501", "--tracking", "T1"],
+            "dispatch_without_payment, dispatch_after_failed_verification, after_erasure",
+        ),
+    ],
+)
+def test_disclose_that_breaks_a_rule_exits_3_and_records_nothing(
+    url: str, args: list[str], rules: str
+) -> None:
+    trails = {ref: run_json(url, "customer", "trail", ref) for ref in ("C100", "C101")}
+    result = run(url, "disclose", *args, "--json")
+    assert (result.exit_code, result.stdout) == (3, "")
+    assert error_line(result).startswith(f"Error: refused by rule {rules}: ")
+    assert {ref: run_json(url, "customer", "trail", ref) for ref in trails} == trails
+
+
+# -- customer show / trail / erase, consent show, order show ---------------------------------
+
+
+def test_customer_trail_json_is_the_spec_document(url: str) -> None:
+    def row(
+        at: str,
+        recipient: str,
+        kind: str,
+        purpose: str,
+        basis: str,
+        categories: list[str],
+        order: str | None,
+        fact_id: str,
+    ) -> dict[str, Any]:
+        return {
+            "at": at,
+            "recipient": recipient,
+            "recipient_kind": kind,
+            "purpose": purpose,
+            "basis": basis,
+            "categories": categories,
+            "order": order,
+            "fact_id": fact_id,
+        }
+
+    result = run(url, "customer", "trail", "C100", "--json")
+    assert result.exit_code == 0
+    assert orjson.loads(result.stdout) == {
+        "customer": "C100",
+        "disclosures": [
+            row("2025-01-10T09:03:00Z", "Visa", "card_issuer", "payment", "contract", ["card", "name", "postal_address"], "O500", "s-0006"),
+            row("2025-01-10T09:03:30Z", "Experian", "identity_verification", "identity_verification", "consent", ["name", "postal_address"], "O500", "s-0007"),
+            row("2025-01-10T09:04:00Z", "Experian", "credit_reference_agency", "fraud_prevention", "legitimate_interests", ["name", "order_details", "postal_address"], "O500", "s-0008"),
+            row("2025-01-11T08:00:00Z", "DPD", "carrier", "delivery", "contract", ["name", "phone", "postal_address"], "O500", "s-0009"),
+            row("2025-02-01T10:00:00Z", "Offspring", "affiliate", "affiliate_marketing", "consent", ["name", "postal_address"], None, "s-0011"),
+            row("2025-06-15T00:00:00Z", "Northwind Retail Group", "acquirer", "business_transfer", "legitimate_interests", ["email", "name", "order_details"], None, "s-0023"),
+        ],
+    }  # fmt: skip
+    entry = assert_one_clean_log_line(result, "customer trail")
+    assert (entry["customer"], entry["disclosures"]) == (logs.hashed("C100"), 6)
+
+
+def test_customer_trail_plain_output_is_a_table(url: str) -> None:
+    result = run(url, "customer", "trail", "C101")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "Disclosures of customer C101's personal data",
+        "  AT                    RECIPIENT                 RECIPIENT_KIND         PURPOSE                BASIS     CATEGORIES                ORDER  FACT_ID",
+        "  2025-02-05T16:05:00Z  Mastercard                card_issuer            payment                contract  card,name,postal_address  O501   s-0017",
+        "  2025-02-05T16:06:00Z  Electoral Roll Check Ltd  identity_verification  identity_verification  consent   name,postal_address       O501   s-0018",
+    ]  # fmt: skip
+
+
+def test_customer_show_json(url: str) -> None:
+    assert run_json(url, "customer", "show", "C100") == {
+        "customer": "C100",
+        "erased": False,
+        "registered_at": "2025-01-10T09:00:00Z",
+        "details": {
+            "name": "Ada Lovelace",
+            "email": "ada@example.org",
+            "phone": "+44 7700 900001",
+            "address": {
+                "line1": "12 Analytical Row",
+                "city": "London",
+                "postcode": "W1 1AA",
+                "country": "GB",
+            },
+        },
+        "consents": [
+            {"purpose": "marketing", "channel": "email", "status": "withdrawn", "since": "2025-03-02T09:00:00Z"},
+            {"purpose": "affiliate_sharing", "channel": "post", "status": "given", "since": "2025-01-10T09:01:00Z"},
+        ],
+        "orders": [
+            {"order": "O500", "placed_at": "2025-01-10T09:02:00Z", "total": "89.99", "currency": "GBP", "status": "delivered"},
+        ],
+    }  # fmt: skip
+
+
+def test_customer_show_of_an_erased_customer_has_no_details(url: str) -> None:
+    document = run_json(url, "customer", "show", "C101")
+    assert (document["erased"], document["details"]) == (True, None)
+    assert document["orders"][0]["status"] == "cancelled"
+    result = run(url, "customer", "show", "C101")
+    assert "personal data: ERASED" in result.stdout
+    assert "Alan" not in result.stdout
+
+
+def test_customer_show_plain_output(url: str) -> None:
+    result = run(url, "customer", "show", "C100")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "Customer C100 (registered 2025-01-10T09:00:00Z)",
+        "  name:    Ada Lovelace",
+        "  email:   ada@example.org",
+        "  phone:   +44 7700 900001",
+        "  address: 12 Analytical Row, London, W1 1AA, GB",
+        "Consents",
+        "  PURPOSE            CHANNEL  STATUS     SINCE",
+        "  marketing          email    withdrawn  2025-03-02T09:00:00Z",
+        "  affiliate_sharing  post     given      2025-01-10T09:01:00Z",
+        "Orders",
+        "  ORDER  PLACED_AT             TOTAL  CURRENCY  STATUS",
+        "  O500   2025-01-10T09:02:00Z  89.99  GBP       delivered",
+    ]
+    entry = assert_one_clean_log_line(result, "customer show")
+    assert entry["customer"] == logs.hashed("C100")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["customer", "show", "C404"], "Error: customer 'C404' is not in the ledger"),
+        (["customer", "trail", "C404"], "Error: customer 'C404' is not in the ledger"),
+        (["consent", "show", "C404"], "Error: customer 'C404' is not in the ledger"),
+        (["order", "show", "O404"], "Error: order 'O404' is not in the ledger"),
+        (["customer", "erase", "C404"], "Error: unknown customer 'C404'"),
+    ],
+)
+def test_unknown_references_exit_1_with_one_error_line(
+    url: str, args: list[str], message: str
+) -> None:
+    result = run(url, *args, "--json")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert error_line(result) == message
+    assert len(log_lines(result)) == 1
+
+
+def test_customer_erase(url: str) -> None:
+    document = run_json(
+        url, "customer", "erase", "C100", "--at", "2025-09-01T00:00:00Z", "--id", "x-1"
+    )
+    assert document == {"customer": "C100", "erased": True, "fact_id": "x-1", "recorded": True}
+    shown = run_json(url, "customer", "show", "C100")
+    assert (shown["erased"], shown["details"]) == (True, None)
+    # History stays: the trail and the consents are still answered.
+    assert len(run_json(url, "customer", "trail", "C100")["disclosures"]) == 6
+    assert len(shown["consents"]) == 2
+    result = run(url, "customer", "erase", "C100", "--id", "x-1")
+    assert result.exit_code == 0
+
+
+def test_consent_show_as_of_json(url: str) -> None:
+    assert run_json(url, "consent", "show", "C100", "--as-of", "2025-02-15T00:00:00Z") == {
+        "customer": "C100",
+        "as_of": "2025-02-15T00:00:00Z",
+        "consents": [
+            {"purpose": "marketing", "channel": "email", "status": "given", "since": "2025-01-10T09:01:00Z"},
+            {"purpose": "affiliate_sharing", "channel": "post", "status": "given", "since": "2025-01-10T09:01:00Z"},
+        ],
+    }  # fmt: skip
+    assert run_json(url, "consent", "show", "C100", "--as-of", "2025-01-01") == {
+        "customer": "C100",
+        "as_of": "2025-01-01T23:59:59.999999Z",
+        "consents": [],
+    }
+    now = run_json(url, "consent", "show", "C100")
+    assert now["as_of"] is None and now["consents"][0]["status"] == "withdrawn"
+
+
+def test_consent_show_plain_output(url: str) -> None:
+    result = run(url, "consent", "show", "C100", "--as-of", "2025-04-01T00:00:00+01:00")
+    assert result.stdout.splitlines() == [
+        "Consents of customer C100, as of 2025-03-31T23:00:00Z",
+        "  PURPOSE            CHANNEL  STATUS     SINCE",
+        "  marketing          email    withdrawn  2025-03-02T09:00:00Z",
+        "  affiliate_sharing  post     given      2025-01-10T09:01:00Z",
+    ]
+
+
+def test_order_show(url: str) -> None:
+    document = run_json(url, "order", "show", "O501")
+    assert document == {
+        "customer": "C101",
+        "order": "O501",
+        "placed_at": "2025-02-05T15:25:00Z",
+        "total": "45.00",
+        "currency": "GBP",
+        "status": "cancelled",
+        "facts": [
+            {"at": "2025-02-05T15:25:00Z", "type": "order.placed", "fact_id": "s-0015", "total": "45.00", "currency": "GBP"},
+            {"at": "2025-02-05T16:00:00Z", "type": "order.verification_contact", "fact_id": "s-0016", "channel": "phone"},
+            {"at": "2025-02-05T16:05:00Z", "type": "payment.authorisation", "fact_id": "s-0017", "issuer": "Mastercard", "result": "refused", "reason": "do_not_honour"},
+            {"at": "2025-02-05T16:06:00Z", "type": "identity.check", "fact_id": "s-0018", "provider": "Electoral Roll Check Ltd", "source": "electoral_roll", "result": "fail"},
+            {"at": "2025-02-05T17:00:00Z", "type": "order.cancelled", "fact_id": "s-0019", "reason": "payment_refused"},
+        ],
+    }  # fmt: skip
+    result = run(url, "order", "show", "O501")
+    assert result.stdout.splitlines()[0] == "Order O501 of customer C101: 45.00 GBP, cancelled"
+
+
+# -- audit check, db upgrade, demo, help -----------------------------------------------------
+
+
+def test_audit_check_json(url: str) -> None:
+    def violation(rule: str, customer: str, fact_id: str, at: str) -> dict[str, str]:
+        return {"rule": rule, "customer": customer, "fact_id": fact_id, "at": at}
+
+    document = run_json(url, "audit", "check")
+    assert list(document) == ["violations"]
+    for row in document["violations"]:
+        assert list(row) == ["rule", "customer", "fact_id", "at"]
+    # Other issues may add rules beyond SPEC §3; these are §3's, in order.
+    assert {"violations": [v for v in document["violations"] if v["rule"] in RULES]} == {
+        "violations": [
+            violation("marketing_without_consent", "C100", "s-0013", "2025-02-03T10:00:00Z"),
+            violation("research_without_consent", "C101", "s-0020", "2025-03-01T09:00:00Z"),
+            violation("after_erasure", "C101", "s-0026", "2025-08-05T12:00:00Z"),
+            violation("marketing_without_consent", "C101", "s-0026", "2025-08-05T12:00:00Z"),
+        ]
+    }
+    as_of = run_json(url, "audit", "check", "--as-of", "2025-03-01")
+    assert [v["fact_id"] for v in as_of["violations"]] == ["s-0013", "s-0020"]
+
+
+def test_audit_check_sees_a_late_withdrawal_dated_earlier(url: str, tmp_path: Path) -> None:
+    late = line("consent.withdrawn", "late-1", 0, customer="C100", at="2025-02-02T00:00:00Z")
+    feed = tmp_path / "late.jsonl"
+    feed.write_bytes(jsonl([late]))
+    assert run_json(url, "import", str(feed))["accepted"] == 1
+    found = {(v["rule"], v["fact_id"]) for v in run_json(url, "audit", "check")["violations"]}
+    assert ("marketing_without_consent", "s-0012") in found
+
+
+def test_audit_check_plain_output(url: str) -> None:
+    result = run(url, "audit", "check", "--as-of", "2025-03-01")
+    assert result.stdout.splitlines() == [
+        "2 violations",
+        "",
+        "marketing_without_consent: 1",
+        "  AT                    CUSTOMER  FACT_ID",
+        "  2025-02-03T10:00:00Z  C100      s-0013",
+        "",
+        "research_without_consent: 1",
+        "  AT                    CUSTOMER  FACT_ID",
+        "  2025-03-01T09:00:00Z  C101      s-0020",
+    ]
+
+
+def test_db_upgrade_plain_output(url: str) -> None:
+    result = run(url, "db", "upgrade")
+    assert result.exit_code == 0
+    assert result.stdout.endswith("is up to date (schema 0005)\n")
+
+
+def test_demo_builds_a_ledger_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    document = run_json(None, "demo", "--customers", "20")
+    expected_facts = sum(1 for _ in generate_lines(20, seed=7))
+    assert document["facts"] == expected_facts
+    assert document["customers"] == 20
+    assert document["database"] == "sqlite:///consent-ledger-demo.db"
+    demo_url = document["database"]
+    ref = document["customer"]
+    assert run_json(demo_url, "customer", "trail", ref)["disclosures"] == document["trail"]
+    violations = run_json(demo_url, "audit", "check")["violations"]
+    counted: dict[str, int] = {}
+    for v in violations:
+        counted[v["rule"]] = counted.get(v["rule"], 0) + 1
+    assert document["violations"] == dict(sorted(counted.items()))
+    plain = run(None, "demo", "--customers", "20")
+    assert plain.exit_code == 0
+    assert plain.stdout.startswith(
+        f"Built consent-ledger-demo.db: {expected_facts} facts about 20 customers"
+    )
+    assert "Try next:" in plain.stdout
+
+
+COMMANDS = [
+    ["import"], ["record"], ["disclose"], ["consent", "give"], ["consent", "withdraw"],
+    ["consent", "show"], ["customer", "show"], ["customer", "trail"], ["customer", "erase"],
+    ["order", "show"], ["audit", "check"], ["db", "upgrade"], ["demo"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run(None, *command, "--help")
+    assert result.exit_code == 0
+    usage, _, rest = result.stdout.partition("\n\n")
+    assert usage.startswith(f"Usage: cli {' '.join(command)}") or usage.startswith(
+        f"Usage: consent-ledger {' '.join(command)}"
+    )
+    description = rest.split("\n\n")[0].strip()
+    assert len(description) > 20, result.stdout
+    assert "Options:" in result.stdout
+
+
+def test_root_help_lists_the_commands() -> None:
+    result = run(None, "--help")
+    assert result.exit_code == 0
+    for name in (
+        "import",
+        "record",
+        "disclose",
+        "consent",
+        "customer",
+        "order",
+        "audit",
+        "db",
+        "demo",
+    ):
+        assert f"  {name} " in result.stdout
