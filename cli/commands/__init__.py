@@ -16,6 +16,7 @@ MODULES = (
     "cli.commands.audit",
     "cli.commands.demo",
     "cli.commands.export",
+    "cli.commands.integrity",
     "cli.commands.privacy",
 )
 

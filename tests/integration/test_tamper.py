@@ -1,0 +1,292 @@
+"""Tampering with a real ledger, on SQLite and PostgreSQL: every alteration is caught and named.
+
+To tamper, a test does what an intruder with database access would: it disables the
+append-only triggers and rewrites rows with raw SQL. The signing key stays out of reach.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cli.main import cli
+from ledger import integrity
+from ledger.persistence import seals
+
+APPEND_ONLY = (
+    "ledger_events",
+    "ledger_tree_nodes",
+    "ledger_checkpoints",
+    "ledger_facts",
+    "ledger_orders",
+    "ledger_customers",
+)
+
+
+@pytest.fixture
+def recorded(ledger: Any, feed_small: Path) -> Any:
+    """The small feed recorded in two imports (two checkpoints: 13 and 27 events)."""
+    lines = feed_small.read_bytes().splitlines()
+    ledger.import_lines(lines[:13])
+    ledger.import_lines(lines[13:])
+    return ledger
+
+
+def tamper(app: Any, *statements: tuple[str, dict[str, Any]]) -> None:
+    """Run raw SQL with the triggers out of the way, as an intruder would."""
+    with app.database.engine.begin() as conn:
+        if app.database.is_sqlite:
+            names = conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            ).scalars()
+            for name in list(names):
+                conn.exec_driver_sql(f"DROP TRIGGER {name}")
+        else:
+            for table in APPEND_ONLY:
+                conn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        for sql, params in statements:
+            conn.execute(sa.text(sql), params)
+
+
+def event_row(app: Any, notification_id: int) -> Any:
+    with app.database.engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT * FROM ledger_events WHERE notification_id = :n"),
+            {"n": notification_id},
+        ).one()
+
+
+def problems(app: Any, **kwargs: Any) -> list[tuple[str, int | None]]:
+    result = seals.verify_ledger(app, **kwargs)
+    assert result.ok == (not result.problems)
+    return [(p["kind"], p.get("event")) for p in result.problems]
+
+
+def test_an_untouched_ledger_verifies(recorded: Any) -> None:
+    result = seals.verify_ledger(recorded)
+    assert result.to_json() == {
+        "ok": True,
+        "facts": 26,
+        "head": seals.latest_checkpoint(recorded)["root_hash"],
+        "problems": [],
+    }
+    assert result.events == 27
+
+
+def test_one_flipped_byte_is_caught_and_the_event_named(recorded: Any) -> None:
+    state = bytearray(event_row(recorded, 5).state)
+    state[10] ^= 0x01
+    tamper(
+        recorded,
+        ("UPDATE ledger_events SET state = :s WHERE notification_id = 5", {"s": bytes(state)}),
+    )
+    assert problems(recorded) == [("checkpoint_mismatch", 13), ("event_altered", 5)]
+
+
+def test_a_deleted_event_is_caught(recorded: Any) -> None:
+    tamper(recorded, ("DELETE FROM ledger_events WHERE notification_id = 20", {}))
+    found = problems(recorded)
+    assert ("event_removed", 20) in found
+    assert ("log_truncated", 27) in found
+
+
+def test_a_forged_event_is_caught(recorded: Any) -> None:
+    row = event_row(recorded, 27)
+    tamper(
+        recorded,
+        (
+            "INSERT INTO ledger_events VALUES (28, :o, :v, :t, :s)",
+            {
+                "o": row.originator_id,
+                "v": row.originator_version + 1,
+                "t": row.topic,
+                "s": row.state,
+            },
+        ),
+    )
+    assert problems(recorded) == [("event_inserted", 28)]
+
+
+def test_two_swapped_events_are_caught_as_reordered(recorded: Any) -> None:
+    a, b = event_row(recorded, 3), event_row(recorded, 9)
+    insert = "INSERT INTO ledger_events VALUES (:n, :o, :v, :t, :s)"
+    tamper(
+        recorded,
+        ("DELETE FROM ledger_events WHERE notification_id IN (3, 9)", {}),
+        (
+            insert,
+            {"n": 3, "o": b.originator_id, "v": b.originator_version, "t": b.topic, "s": b.state},
+        ),
+        (
+            insert,
+            {"n": 9, "o": a.originator_id, "v": a.originator_version, "t": a.topic, "s": a.state},
+        ),
+    )
+    assert problems(recorded) == [("checkpoint_mismatch", 13), ("events_reordered", 3)]
+
+
+def test_a_truncated_tail_is_caught(recorded: Any) -> None:
+    tamper(recorded, ("DELETE FROM ledger_events WHERE notification_id > 24", {}))
+    assert ("log_truncated", 25) in problems(recorded)
+
+
+def test_a_clean_rollback_to_an_earlier_checkpoint_is_caught(recorded: Any) -> None:
+    kept = seals.latest_checkpoint(recorded)
+    # Events, seals and checkpoints all cut back to the first import, consistently.
+    tamper(
+        recorded,
+        ("DELETE FROM ledger_events WHERE notification_id > 13", {}),
+        ("DELETE FROM ledger_checkpoints WHERE tree_size > 13", {}),
+        (
+            "DELETE FROM ledger_tree_nodes WHERE (level = 0 AND idx >= 13) "
+            "OR (level = 1 AND idx >= 6) OR (level = 2 AND idx >= 3) "
+            "OR (level = 3 AND idx >= 1) OR level >= 4",
+            {},
+        ),
+    )
+    assert ("log_truncated", 27) in problems(recorded)  # the facts index still points there
+    assert problems(recorded, since=kept) == [("log_truncated", 14)]
+
+
+def test_a_replaced_checkpoint_is_caught(recorded: Any) -> None:
+    first = seals.checkpoint_by_size(recorded, 13)
+    forger = Ed25519PrivateKey.generate()
+    forged = integrity.sign_checkpoint(forger, 13, bytes.fromhex(first["root_hash"]), first["time"])
+    tamper(
+        recorded,
+        (
+            "UPDATE ledger_checkpoints SET signature = :s WHERE tree_size = 13",
+            {"s": forged.signature},
+        ),
+    )
+    assert problems(recorded) == [("checkpoint_signature", None)]
+
+
+def test_an_event_rewritten_with_its_sealed_leaf_still_fails_the_signed_root(
+    recorded: Any,
+) -> None:
+    row = event_row(recorded, 2)
+    state = bytearray(row.state)
+    state[5] ^= 0x01
+    originator = row.originator_id
+    originator = originator.bytes if hasattr(originator, "bytes") else bytes.fromhex(originator)
+    leaf = integrity.event_leaf_hash(
+        2, originator, row.originator_version, row.topic.encode(), bytes(state)
+    )
+    tamper(
+        recorded,
+        ("UPDATE ledger_events SET state = :s WHERE notification_id = 2", {"s": bytes(state)}),
+        ("UPDATE ledger_tree_nodes SET hash = :h WHERE level = 0 AND idx = 1", {"h": leaf}),
+    )
+    assert problems(recorded) == [("checkpoint_mismatch", 13)]
+
+
+def test_verify_since_a_kept_checkpoint_catches_a_rewrite_after_it(recorded: Any) -> None:
+    kept = seals.checkpoint_by_size(recorded, 13)
+    state = bytearray(event_row(recorded, 20).state)
+    state[3] ^= 0x80
+    tamper(
+        recorded,
+        ("UPDATE ledger_events SET state = :s WHERE notification_id = 20", {"s": bytes(state)}),
+    )
+    assert problems(recorded, since=kept) == [("checkpoint_mismatch", 27), ("event_altered", 20)]
+
+
+def test_growth_since_a_kept_checkpoint_verifies(ledger: Any, feed_small: Path) -> None:
+    lines = feed_small.read_bytes().splitlines()
+    ledger.import_lines(lines[:13])
+    kept = seals.latest_checkpoint(ledger)
+    ledger.import_lines(lines[13:])
+    assert problems(ledger, since=kept) == []
+    stranger = integrity.sign_checkpoint(
+        Ed25519PrivateKey.generate(), 13, bytes.fromhex(kept["root_hash"]), kept["time"]
+    )
+    assert problems(ledger, since=stranger.to_json()) == [("checkpoint_signature", None)]
+
+
+# -- the database refuses ----------------------------------------------------------------------
+
+
+def test_the_database_refuses_to_change_history(recorded: Any) -> None:
+    engine = recorded.database.engine
+    for table in APPEND_ONLY:
+        with engine.connect() as conn:
+            first = next(iter(conn.execute(sa.text(f"SELECT * FROM {table}")).keys()))
+        for operation, sql in (
+            ("UPDATE", f"UPDATE {table} SET {first} = {first}"),
+            ("DELETE", f"DELETE FROM {table}"),
+        ):
+            with pytest.raises(sa.exc.DBAPIError) as caught, engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+            assert f"{table} is append-only: {operation} is refused" in str(caught.value)
+    if not recorded.database.is_sqlite:
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE ledger_events CASCADE")
+    assert seals.verify_ledger(recorded).ok
+
+
+def test_data_keys_stay_updatable_and_erasure_keeps_the_ledger_verifiable(
+    recorded: Any,
+) -> None:
+    before = seals.verify_ledger(recorded)
+    recorded.record_fact({"type": "subject.erased", "customer": "C100"})
+    with recorded.database.engine.connect() as conn:
+        destroyed = conn.execute(
+            sa.text("SELECT count(*) FROM ledger_data_keys WHERE wrapped_key IS NULL")
+        ).scalar()
+    assert destroyed == 2  # C101 in the feed, C100 now
+    after = seals.verify_ledger(recorded)
+    assert after.ok and after.facts == before.facts + 1
+    proof = seals.prove_consistency(recorded, seals.checkpoint_by_size(recorded, 27))
+    assert integrity.verify_proof(proof, seals.load_public_key(recorded.database)) == []
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def run(url: str, *args: str) -> Any:
+    return CliRunner().invoke(cli, ["--log-level", "error", "--db", url, *args])
+
+
+def test_verify_exits_4_with_the_json_document_on_stdout(recorded: Any) -> None:
+    url = recorded.database.url.render_as_string(hide_password=False)
+    ok = run(url, "verify", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["ok"] is True
+    tamper(recorded, ("DELETE FROM ledger_events WHERE notification_id = 27", {}))
+    failed = run(url, "verify", "--json")
+    assert failed.exit_code == 4
+    document = json.loads(failed.stdout)
+    assert document["ok"] is False and document["facts"] == 26
+    assert document["problems"][0]["kind"] == "log_truncated"
+    assert set(document) == {"ok", "facts", "head", "problems"}
+
+
+def test_prove_and_verify_proof_offline(recorded: Any, tmp_path: Path) -> None:
+    url = recorded.database.url.render_as_string(hide_password=False)
+    proof = run(url, "prove", "s-0007", "--json")
+    assert proof.exit_code == 0, proof.output
+    (tmp_path / "proof.json").write_text(proof.stdout)
+    public = seals.public_key_path(recorded.database)
+    checked = CliRunner().invoke(
+        cli, ["verify-proof", str(tmp_path / "proof.json"), "--public-key", str(public), "--json"]
+    )
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["ok"] is True
+    document = json.loads(proof.stdout)
+    document["leaf_index"] += 1
+    bad = CliRunner().invoke(
+        cli, ["verify-proof", json.dumps(document), "--public-key", str(public), "--json"]
+    )
+    assert bad.exit_code == 4
+    assert json.loads(bad.stdout)["ok"] is False
+    kept = run(url, "checkpoint", "--json")
+    consistency = run(url, "prove", "--consistency", "13", kept.stdout, "--json")
+    assert consistency.exit_code == 0, consistency.output
+    assert json.loads(consistency.stdout)["old"]["tree_size"] == 13
