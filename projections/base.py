@@ -1,0 +1,213 @@
+"""What every read model shares: slot tables, the stream it is derived from, the writer.
+
+A read model is a function of the event streams: every row belongs to one stream (a customer's
+or an acquirer's) and is derived from that stream's whole history, so bringing a model up to
+date is "replace the rows of each stream that has new events". Replacing is idempotent, which
+is what makes a catch-up safe to repeat and an incremental model equal to a rebuilt one.
+
+Each read model keeps two sets of tables, slot `a` and slot `b`. Queries read the slot named
+in the model's tracking row; a rebuild fills the other slot and then, in one transaction,
+points the tracking row at it (with its position). A rebuild killed halfway leaves queries
+answering from the slot they already used. Tables hold references, ids, recipients, kinds
+and times: never names, emails, phones or addresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger.domainmodel import Acquirer, Customer, FactEvent
+
+metadata = sa.MetaData()
+SLOTS = ("a", "b")
+
+tracking = sa.Table(
+    "rm_tracking",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # The last notification id applied: written in the same transaction as the rows.
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("slot", sa.String(1), nullable=False),
+    sa.Column("rebuilt_at", sa.String(40), nullable=True),
+)
+
+STAMP_LENGTH = 27
+
+
+def stamp(moment: datetime) -> str:
+    """A time as fixed-width UTC text: sorts like the time, readable in the database."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:26] + "Z"
+
+
+def unstamp(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def stamp_to_iso(text: str) -> str:
+    """The ledger's printed form (`ledger.feed.iso`) of a stamp."""
+    return text[:19] + "Z" if text.endswith(".000000Z") else text
+
+
+def month_of(text: str) -> str:
+    return text[:7]
+
+
+class SlotTable:
+    """One logical table of a read model, present twice (slots a and b)."""
+
+    def __init__(self, name: str, *columns: sa.Column[Any], index: Sequence[str] = ()) -> None:
+        self.name = name
+        self.columns = tuple(c.name for c in columns)
+        self.slots: dict[str, sa.Table] = {}
+        for slot in SLOTS:
+            table_name = f"rm_{name}_{slot}"
+            table = sa.Table(table_name, metadata, *(c._copy() for c in columns))
+            for column in index:
+                sa.Index(f"ix_{table_name}_{column}", table.c[column])
+            self.slots[slot] = table
+
+    def __getitem__(self, slot: str) -> sa.Table:
+        return self.slots[slot]
+
+
+def stream_column() -> sa.Column[str]:
+    """The stream (aggregate id, hex) a row was derived from: rows are replaced by stream."""
+    return sa.Column("stream_id", sa.String(32), nullable=False)
+
+
+def text(name: str, length: int = 500, *, nullable: bool = False) -> sa.Column[str]:
+    return sa.Column(name, sa.String(length), nullable=nullable)
+
+
+def time_column(name: str, *, nullable: bool = False) -> sa.Column[str]:
+    return sa.Column(name, sa.String(STAMP_LENGTH), nullable=nullable)
+
+
+@dataclass
+class Stream:
+    """One aggregate folded from its events (recording order), with its fact events."""
+
+    id: UUID
+    aggregate: Customer | Acquirer
+    events: list[FactEvent] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.id.hex
+
+
+Rows = dict[SlotTable, list[tuple[Any, ...]]]
+
+
+class Writer:
+    """Writes one read model's slot inside the runner's transaction."""
+
+    def __init__(self, connection: Connection, slot: str) -> None:
+        self.connection = connection
+        self.slot = slot
+        self.is_sqlite = connection.dialect.name == "sqlite"
+
+    def table(self, logical: SlotTable) -> sa.Table:
+        return logical[self.slot]
+
+    def insert(self, logical: SlotTable, rows: list[tuple[Any, ...]]) -> None:
+        """Bulk insert on the driver's executemany (rows hold only str, int and None)."""
+        if not rows:
+            return
+        mark = "?" if self.is_sqlite else "%s"
+        table = logical[self.slot]
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(logical.columns)}) "
+            f"VALUES ({', '.join(mark for _ in logical.columns)})"
+        )
+        cursor = self.connection.connection.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+
+    def delete_streams(self, logical: SlotTable, keys: Sequence[str]) -> None:
+        table = logical[self.slot]
+        for chunk in chunks(keys, 500):
+            self.connection.execute(table.delete().where(table.c.stream_id.in_(chunk)))
+
+    def select_streams(self, logical: SlotTable, keys: Sequence[str]) -> list[Any]:
+        table = logical[self.slot]
+        found: list[Any] = []
+        for chunk in chunks(keys, 500):
+            found.extend(
+                self.connection.execute(table.select().where(table.c.stream_id.in_(chunk)))
+            )
+        return found
+
+    def truncate(self, logical: SlotTable) -> None:
+        table = logical[self.slot]
+        if self.is_sqlite:
+            self.connection.exec_driver_sql(f"DELETE FROM {table.name}")
+        else:
+            self.connection.exec_driver_sql(f"TRUNCATE {table.name}")
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+class Pass:
+    """What a model learns at the start of a pass: its writer, and the acquirers that changed."""
+
+    def __init__(self, writer: Writer, acquirers: list[Stream], *, fresh: bool) -> None:
+        self.writer = writer
+        self.acquirers = acquirers
+        self.fresh = fresh
+
+
+class ReadModel:
+    """A read model: its tables (each keyed by stream) and the rows a stream yields."""
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[SlotTable, ...]]
+    # Tables not keyed by stream (running totals), maintained in `finish`.
+    totals: ClassVar[tuple[SlotTable, ...]] = ()
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def all_tables(cls) -> tuple[SlotTable, ...]:
+        return cls.tables + cls.totals
+
+    def begin(self, run: Pass) -> set[UUID]:
+        """Prepare a pass; return streams to re-derive beyond those with new events."""
+        return set()
+
+    def rows(self, stream: Stream) -> Rows:
+        raise NotImplementedError
+
+    def replace(self, writer: Writer, streams: list[Stream], *, fresh: bool) -> None:
+        """Replace the rows of `streams` (in a fresh slot there is nothing to delete)."""
+        produced: Rows = {table: [] for table in self.tables}
+        for stream in streams:
+            for table, rows in self.rows(stream).items():
+                produced[table].extend(rows)
+        keys = [s.key for s in streams]
+        for table in self.tables:
+            if not fresh:
+                writer.delete_streams(table, keys)
+            writer.insert(table, produced[table])
+
+    def finish(self, writer: Writer) -> None:
+        """End of a pass: write anything accumulated across streams."""
+
+
+def customer_streams(streams: Iterable[Stream]) -> Iterable[tuple[Stream, Customer]]:
+    for stream in streams:
+        if isinstance(stream.aggregate, Customer):
+            yield stream, stream.aggregate

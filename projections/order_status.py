@@ -1,0 +1,62 @@
+"""Order status: each order with its customer, placing time, total and status now."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger.domainmodel import Customer
+from projections.base import (
+    ReadModel,
+    Rows,
+    SlotTable,
+    Stream,
+    stamp,
+    stream_column,
+    text,
+    time_column,
+)
+
+orders = SlotTable(
+    "order_status",
+    stream_column(),
+    text("order_ref"),
+    text("customer"),
+    time_column("placed_at"),
+    text("total", 40),
+    text("currency", 3),
+    text("status", 20),
+    index=("stream_id", "order_ref"),
+)
+
+
+class OrderStatus(ReadModel):
+    name = "order_status"
+    tables = (orders,)
+    description = "each order's status now"
+
+    def rows(self, stream: Stream) -> Rows:
+        customer = stream.aggregate
+        if not isinstance(customer, Customer):
+            return {}
+        return {
+            orders: [
+                (
+                    stream.key,
+                    ref,
+                    customer.ref,
+                    stamp(order.placed_at),
+                    str(order.total),
+                    order.currency,
+                    order.status,
+                )
+                for ref, order in customer.orders.items()
+            ]
+        }
+
+
+def order_totals(conn: Connection, slot: str) -> list[tuple[str, int]]:
+    """(status, orders)."""
+    table = orders[slot]
+    query = sa.select(table.c.status, sa.func.count()).group_by(table.c.status)
+    return sorted((r[0], int(r[1])) for r in conn.execute(query))

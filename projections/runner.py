@@ -1,0 +1,592 @@
+"""Runs the read models: catch-up on demand, rebuild beside then swap, status, follow.
+
+Tracking (eventsourcing's pattern): each model's row in `rm_tracking` holds the last
+notification id applied and the slot queries read; it is updated in the same transaction as
+the rows, so a crash leaves a model at its last committed position and nothing is applied
+twice (and as models replace a stream's rows, applying again would change nothing anyway).
+
+A catch-up holds the model's writer lock (SQLite: the database write lock; PostgreSQL: the
+tracking rows `FOR UPDATE`, never the event table's lock, so imports carry on), reads the head
+once and derives everything from events up to that head. Queries call `snapshot()`, which
+costs one indexed query when the models are already at the head.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import resolve_topic
+from sqlalchemy.engine import Connection
+
+from ledger import privacy
+from ledger.domainmodel import Customer, FactEvent
+from ledger.errors import InputError
+from ledger.feed import iso
+from ledger.persistence import tables as ledger_tables
+from ledger.rules import Violation
+from projections.base import Pass, ReadModel, Stream, Writer, chunks, stamp_to_iso, tracking
+from projections.consent_history import ConsentHistory, consent_changes_by_month
+from projections.current_consent import CurrentConsent, consent_totals
+from projections.disclosure_trail import (
+    DisclosureTrail,
+    disclosures_by_month,
+    purposes_of_disclosure,
+)
+from projections.order_status import OrderStatus, order_totals
+from projections.recipient_registry import RecipientRegistry, registry
+from projections.violations import (
+    Violations,
+    audit_order,
+    notice_streams,
+    transfer_initiations,
+    violations_as_of,
+)
+
+if TYPE_CHECKING:
+    from ledger.application import ConsentLedger
+
+MODELS: tuple[type[ReadModel], ...] = (
+    CurrentConsent,
+    ConsentHistory,
+    DisclosureTrail,
+    OrderStatus,
+    RecipientRegistry,
+    Violations,
+)
+NAMES = tuple(model.name for model in MODELS)
+NOTIFY_CHANNEL = "consent_ledger_events"
+
+_E = ledger_tables.events
+_ACQUIRER_TOPIC_PREFIX = "ledger.domainmodel:Acquirer"
+# The stream id as the driver gives it (SQLite: hex text), converted once per stream.
+_STREAM_COLUMNS = (
+    sa.type_coerce(_E.c.originator_id, sa.String).label("originator_id"),
+    _E.c.originator_version,
+    _E.c.topic,
+    _E.c.state,
+)
+_UNSEEN: Any = object()
+_STREAMS_PER_BATCH = 1000
+
+Progress = Callable[[int], None]
+
+
+class UnknownReadModelError(InputError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    description: str
+    position: int
+    head: int
+    slot: str
+    rebuilt_at: str | None
+
+    @property
+    def lag(self) -> int:
+        return self.head - self.position
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "position": self.position,
+            "head": self.head,
+            "lag": self.lag,
+            "slot": self.slot,
+            "rebuilt_at": self.rebuilt_at,
+        }
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    names: tuple[str, ...]
+    events: int
+    streams: int
+    seconds: float
+
+
+@dataclass
+class LedgerFigures:
+    """The ledger in figures, from the read models (no personal data)."""
+
+    head: int
+    customers: int
+    erased_customers: int
+    facts_by_type: dict[str, int]
+    violations: list[Violation]
+    violation_fact_types: dict[str, str]
+    consent_now: list[tuple[str, str, str, int]]
+    consent_by_month: list[tuple[str, str, str, str, int]]
+    disclosures_by_month: list[tuple[str, str, int]]
+    disclosure_purposes: list[dict[str, Any]]
+    orders_by_status: list[tuple[str, int]]
+    recipients: list[dict[str, Any]]
+    initiations: dict[str, list[str]]
+
+    @property
+    def facts(self) -> int:
+        return sum(self.facts_by_type.values())
+
+    @property
+    def disclosures(self) -> int:
+        return sum(r["disclosures"] for r in self.recipients)
+
+
+@dataclass
+class _Target:
+    model: ReadModel
+    slot: str
+    position: int
+
+
+class ReadModels:
+    """The ledger's read models over one application."""
+
+    def __init__(self, app: ConsentLedger) -> None:
+        self.app = app
+        self.database = app.database
+        self.mapper = app.mapper
+        self.models: dict[str, ReadModel] = {model.name: model() for model in MODELS}
+
+    def model(self, name: str) -> ReadModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(NAMES)
+            raise UnknownReadModelError(f"no read model {name!r} (known: {known})") from None
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self, *names: str) -> Iterator[tuple[Connection, dict[str, str]]]:
+        """A consistent snapshot in which `names` are at least at the head as of the call,
+        with each model's slot. Costs one indexed query when nothing is new."""
+        wanted = names or NAMES
+        with self.database.reading() as conn:
+            slots, behind = self._tracking(conn, wanted)
+            if not behind:
+                yield conn, slots
+                return
+        self.catch_up(wanted)
+        with self.database.reading() as conn:
+            slots, _behind = self._tracking(conn, wanted)
+            yield conn, slots
+
+    def violations(self, as_of: datetime | None = None) -> list[Violation]:
+        """`audit check`: the rules of SPEC §3 from the read model, plus the notifications
+        (Art. 19) late at `as_of` or now, judged for the customers who have any due."""
+        now = datetime.now(UTC)
+        with self.snapshot(Violations.name) as (conn, slots):
+            slot = slots[Violations.name]
+            found = violations_as_of(conn, slot, as_of)
+            head = self._head(conn)
+            for stream in self._load(conn, notice_streams(conn, slot), head):
+                assert isinstance(stream.aggregate, Customer)
+                found.extend(
+                    privacy.notification_violations(stream.aggregate.ref, stream.events, now, as_of)
+                )
+        return audit_order(found)
+
+    def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
+        """Violations as the ledger knew them at recorded time `known_at`: a direct fold of
+        the events recorded by then (the read model holds only what is known now), judged
+        as `ConsentLedger.audit_events` judges one customer, with `known_at` as now."""
+        model = Violations()
+        found: list[Violation] = []
+        with self.database.reading() as conn:
+            head = self._head(conn)
+            acquirers = self._load(conn, self._acquirer_ids(conn, head), head, known_at)
+            model.know_acquirers(acquirers)
+            for batch in self._scan(conn, head, skip=set(), known_at=known_at):
+                for stream in batch:
+                    if isinstance(stream.aggregate, Customer):
+                        found.extend(
+                            self.app.audit_events(
+                                stream.aggregate, stream.events, model.initiated, as_of, known_at
+                            )
+                        )
+        return audit_order(found)
+
+    def figures(self, *, with_violations: bool = True) -> LedgerFigures:
+        """What the auditor's report and the records of processing are made of, from every
+        read model in one snapshot."""
+        violations = self.violations() if with_violations else []
+        with self.snapshot(*NAMES) as (conn, slots):
+            facts = ledger_tables.facts
+            fact_counts: dict[Any, Any] = dict(
+                conn.execute(
+                    sa.select(facts.c.fact_type, sa.func.count()).group_by(facts.c.fact_type)
+                ).all()
+            )
+            erased = conn.execute(
+                sa.select(sa.func.count(sa.distinct(facts.c.originator_id))).where(
+                    facts.c.fact_type == "subject.erased"
+                )
+            ).scalar()
+            customers = conn.execute(
+                sa.select(sa.func.count()).select_from(ledger_tables.customers)
+            ).scalar()
+            fact_types = self._fact_types(conn, [v.fact_id for v in violations])
+            initiations: dict[str, list[str]] = {}
+            table = transfer_initiations[slots[Violations.name]]
+            for name, at in conn.execute(
+                sa.select(table.c.acquirer, table.c.at).order_by(table.c.acquirer, table.c.at)
+            ):
+                initiations.setdefault(name, []).append(stamp_to_iso(at))
+            return LedgerFigures(
+                head=self._head(conn),
+                customers=int(customers or 0),
+                erased_customers=int(erased or 0),
+                facts_by_type={str(k): int(v) for k, v in fact_counts.items()},
+                violations=violations,
+                violation_fact_types=fact_types,
+                consent_now=consent_totals(conn, slots[CurrentConsent.name]),
+                consent_by_month=consent_changes_by_month(conn, slots[ConsentHistory.name]),
+                disclosures_by_month=disclosures_by_month(conn, slots[DisclosureTrail.name]),
+                disclosure_purposes=purposes_of_disclosure(conn, slots[DisclosureTrail.name]),
+                orders_by_status=order_totals(conn, slots[OrderStatus.name]),
+                recipients=registry(conn, slots[RecipientRegistry.name]),
+                initiations=initiations,
+            )
+
+    def _fact_types(self, conn: Connection, fact_ids: Sequence[str]) -> dict[str, str]:
+        facts = ledger_tables.facts
+        found: dict[str, str] = {}
+        for chunk in chunks(sorted(set(fact_ids)), 500):
+            query = sa.select(facts.c.fact_id, facts.c.fact_type).where(facts.c.fact_id.in_(chunk))
+            found.update({str(a): str(b) for a, b in conn.execute(query)})
+        return found
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> list[ModelStatus]:
+        self._ensure_tracking()
+        with self.database.reading() as conn:
+            head = self._head(conn)
+            rows = {row.name: row for row in conn.execute(sa.select(tracking))}
+        return [
+            ModelStatus(
+                name,
+                self.models[name].description,
+                int(rows[name].position),
+                head,
+                rows[name].slot,
+                rows[name].rebuilt_at,
+            )
+            for name in NAMES
+        ]
+
+    # -- catch-up --------------------------------------------------------------------------
+
+    def catch_up(self, names: Sequence[str] = NAMES) -> int:
+        """Bring `names` up to the head of the log. Returns how many events were applied."""
+        for name in names:
+            self.model(name)
+        self._ensure_tracking()
+        with self._write() as conn:
+            rows = self._lock_tracking(conn, names)
+            head = self._head(conn)
+            targets = [
+                _Target(self.models[name], rows[name].slot, int(rows[name].position))
+                for name in names
+                if int(rows[name].position) < head
+            ]
+            if not targets:
+                return 0
+            fresh = [t for t in targets if t.position == 0]
+            behind = [t for t in targets if t.position > 0]
+            if fresh:
+                self._pass(conn, fresh, head, since=0)
+            if behind:
+                self._pass(conn, behind, head, since=min(t.position for t in behind))
+            for target in targets:
+                conn.execute(
+                    tracking.update()
+                    .where(tracking.c.name == target.model.name)
+                    .values(position=head)
+                )
+            return head - min(t.position for t in targets)
+
+    # -- rebuild ---------------------------------------------------------------------------
+
+    def rebuild(self, names: Sequence[str] = NAMES, progress: Progress | None = None) -> Rebuilt:
+        """Rebuild `names` from event zero into their other slot, then swap in one commit.
+
+        Until that commit, queries answer from the slot they already use; a rebuild that dies
+        halfway leaves nothing visible. Returns what was rebuilt and how fast."""
+        for name in names:
+            self.model(name)
+        self._ensure_tracking()
+        started = time.perf_counter()
+        with self._write(rebuild=True) as conn:
+            rows = {row.name: row for row in conn.execute(sa.select(tracking))}
+            head = self._head(conn)
+            targets = [_Target(self.models[name], _other(rows[name].slot), 0) for name in names]
+            streams = self._pass(conn, targets, head, since=0, progress=progress)
+            self._lock_tracking(conn, names)
+            now = iso(datetime.now(UTC))
+            for target in targets:
+                conn.execute(
+                    tracking.update()
+                    .where(tracking.c.name == target.model.name)
+                    .values(position=head, slot=target.slot, rebuilt_at=now)
+                )
+        return Rebuilt(tuple(names), head, streams, time.perf_counter() - started)
+
+    # -- follow ----------------------------------------------------------------------------
+
+    def follow(
+        self,
+        *,
+        interval: float = 1.0,
+        stop: Callable[[], bool] = lambda: False,
+        applied: Callable[[int], None] | None = None,
+    ) -> None:
+        """Keep every model at the head until `stop()`: PostgreSQL wakes on NOTIFY after each
+        recording commits (polling every `interval` as a safety net); SQLite polls."""
+        listener = self._listen() if not self.database.is_sqlite else None
+        try:
+            while not stop():
+                count = self.catch_up()
+                if count and applied is not None:
+                    applied(count)
+                if listener is None:
+                    time.sleep(interval)
+                else:
+                    for _ in listener.notifies(timeout=interval, stop_after=1):
+                        pass
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _listen(self) -> Any:
+        import psycopg
+
+        url = self.database.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        connection = psycopg.connect(dsn, autocommit=True)
+        connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return connection
+
+    # -- the pass: derive rows from streams ------------------------------------------------
+
+    def _pass(
+        self,
+        conn: Connection,
+        targets: list[_Target],
+        head: int,
+        *,
+        since: int,
+        progress: Progress | None = None,
+    ) -> int:
+        """Replace, in each target's slot, the rows of every stream with events after `since`
+        (all streams when `since` is 0, into emptied tables). Returns the streams derived."""
+        fresh = since == 0
+        if fresh:
+            acquirer_ids = self._acquirer_ids(conn, head)
+            changed: set[UUID] = set()
+        else:
+            changed, acquirer_ids = self._changed_streams(conn, since, head)
+        acquirers = self._load(conn, acquirer_ids, head)
+        writers = {id(t): Writer(conn, t.slot) for t in targets}
+        extra: set[UUID] = set()
+        for target in targets:
+            writer = writers[id(target)]
+            if fresh:
+                for table in target.model.all_tables():
+                    writer.truncate(table)
+            extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
+            target.model.replace(writer, acquirers, fresh=fresh)
+        if fresh:
+            batches = self._scan(conn, head, skip=acquirer_ids)
+        else:
+            batches = self._load_batches(conn, (changed | extra) - acquirer_ids, head)
+        count = len(acquirers)
+        for batch in batches:
+            for target in targets:
+                target.model.replace(writers[id(target)], batch, fresh=fresh)
+            count += len(batch)
+            if progress is not None:
+                progress(sum(len(s.events) for s in batch))
+        for target in targets:
+            target.model.finish(writers[id(target)])
+        return count
+
+    def _changed_streams(
+        self, conn: Connection, since: int, head: int
+    ) -> tuple[set[UUID], set[UUID]]:
+        query = (
+            sa.select(_E.c.originator_id, _E.c.topic)
+            .where(_E.c.notification_id > since, _E.c.notification_id <= head)
+            .distinct()
+        )
+        changed: set[UUID] = set()
+        acquirers: set[UUID] = set()
+        for ident, topic in conn.execute(query):
+            (acquirers if topic.startswith(_ACQUIRER_TOPIC_PREFIX) else changed).add(ident)
+        return changed, acquirers
+
+    def _acquirer_ids(self, conn: Connection, head: int) -> set[UUID]:
+        facts = ledger_tables.facts
+        query = (
+            sa.select(facts.c.originator_id)
+            .where(facts.c.fact_type == "transfer.initiated", facts.c.notification_id <= head)
+            .distinct()
+        )
+        return {row[0] for row in conn.execute(query)}
+
+    def _load(
+        self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
+    ) -> list[Stream]:
+        return [s for batch in self._load_batches(conn, ids, head, known_at) for s in batch]
+
+    def _load_batches(
+        self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
+    ) -> Iterator[list[Stream]]:
+        ordered = sorted(ids)
+        for chunk in chunks(ordered, 500):
+            query = (
+                sa.select(*_STREAM_COLUMNS)
+                .where(_E.c.originator_id.in_(chunk), _E.c.notification_id <= head)
+                .order_by(_E.c.originator_id, _E.c.originator_version)
+            )
+            yield list(self._fold(conn.execute(query), known_at))
+
+    def _scan(
+        self, conn: Connection, head: int, *, skip: set[UUID], known_at: datetime | None = None
+    ) -> Iterator[list[Stream]]:
+        """Every stream up to `head` (but `skip`), folded, in batches."""
+        query = (
+            sa.select(*_STREAM_COLUMNS)
+            .where(_E.c.notification_id <= head)
+            .order_by(_E.c.originator_id, _E.c.originator_version)
+        )
+        rows = conn.execution_options(yield_per=20_000).execute(query)
+        batch: list[Stream] = []
+        for stream in self._fold(rows, known_at):
+            if stream.id in skip:
+                continue
+            batch.append(stream)
+            if len(batch) >= _STREAMS_PER_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _fold(self, rows: Iterable[Any], known_at: datetime | None) -> Iterator[Stream]:
+        """Rows ordered by stream then version -> one folded `Stream` per aggregate."""
+        to_domain_event = self._decoder()
+        current: Any = None
+        ident = UUID(int=0)
+        aggregate: Any = None
+        events: list[FactEvent] = []
+        for raw_id, version, topic, state in rows:
+            if raw_id != current:
+                if aggregate is not None:
+                    yield Stream(ident, aggregate, events)
+                current, aggregate, events = raw_id, None, []
+                ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
+            event: Any = to_domain_event(ident, version, topic, state)
+            if known_at is not None and event.timestamp > known_at:
+                continue  # recorded later: a stream's later events are all later still
+            aggregate = event.mutate(aggregate)
+            if isinstance(event, FactEvent):
+                events.append(event)
+        if aggregate is not None:
+            yield Stream(ident, aggregate, events)
+
+    def _decoder(self) -> Callable[[UUID, int, str, bytes], Any]:
+        """The mapper's `to_domain_event` without its per-event generality: the ledger's
+        transcoder, topics resolved once, no cipher or compressor (else: the mapper itself)."""
+        mapper = self.mapper
+        if mapper.cipher is not None or mapper.compressor is not None:
+            return lambda i, v, t, s: mapper.to_domain_event(StoredEvent(i, v, t, s))
+        decode = mapper.transcoder.decode
+        classes: dict[str, type[Any] | None] = {}
+
+        def to_domain_event(ident: UUID, version: int, topic: str, state: bytes) -> Any:
+            cls = classes.get(topic, _UNSEEN)
+            if cls is _UNSEEN:
+                resolved = resolve_topic(topic)
+                cls = classes[topic] = (
+                    None if getattr(resolved, "class_version", 1) > 1 else resolved
+                )
+            if cls is None:  # upcasting needed: the library's path
+                return mapper.to_domain_event(StoredEvent(ident, version, topic, state))
+            event_state = decode(state)
+            if "class_version" in event_state:
+                return mapper.to_domain_event(StoredEvent(ident, version, topic, state))
+            event_state["originator_id"] = ident
+            event_state["originator_version"] = version
+            event = object.__new__(cls)
+            object.__setattr__(event, "__dict__", event_state)
+            return event
+
+        return to_domain_event
+
+    # -- transactions and tracking ---------------------------------------------------------
+
+    @contextmanager
+    def _write(self, *, rebuild: bool = False) -> Iterator[Connection]:
+        """A transaction for read-model writes: SQLite takes the write lock at BEGIN;
+        PostgreSQL serialises rebuilds with an advisory lock (catch-ups lock tracking rows)."""
+        with self.database.connect() as base:
+            conn = base.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if rebuild and not self.database.is_sqlite:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('rm_rebuild'))"))
+                yield conn
+
+    def _lock_tracking(self, conn: Connection, names: Sequence[str]) -> dict[str, Any]:
+        query = (
+            sa.select(tracking).where(tracking.c.name.in_(list(names))).order_by(tracking.c.name)
+        )
+        if not self.database.is_sqlite:
+            query = query.with_for_update()
+        return {row.name: row for row in conn.execute(query)}
+
+    def _tracking(self, conn: Connection, names: Sequence[str]) -> tuple[dict[str, str], bool]:
+        """Each model's slot, and whether any is behind the head: one query."""
+        head = sa.select(sa.func.coalesce(sa.func.max(_E.c.notification_id), 0)).scalar_subquery()
+        query = sa.select(tracking.c.name, tracking.c.slot, tracking.c.position, head).where(
+            tracking.c.name.in_(list(names))
+        )
+        slots: dict[str, str] = {}
+        behind = False
+        for name, slot, position, top in conn.execute(query):
+            slots[name] = slot
+            behind = behind or int(position) < int(top)
+        return slots, behind or len(slots) < len(set(names))
+
+    def _head(self, conn: Connection) -> int:
+        value = conn.execute(sa.select(sa.func.max(_E.c.notification_id))).scalar()
+        return int(value or 0)
+
+    def _ensure_tracking(self) -> None:
+        with self.database.reading() as conn:
+            present = {row[0] for row in conn.execute(sa.select(tracking.c.name))}
+        missing = [name for name in NAMES if name not in present]
+        if not missing:
+            return
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    tracking.insert(),
+                    [{"name": name, "position": 0, "slot": "a"} for name in missing],
+                )
+        except sa.exc.IntegrityError:
+            pass  # another process added them first
+
+
+def _other(slot: str) -> str:
+    return "b" if slot == "a" else "a"

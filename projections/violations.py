@@ -1,0 +1,135 @@
+"""Rule violations (SPEC §3), judged in business time against everything recorded.
+
+When any event of a customer arrives, late ones included, the customer is judged again from
+their whole stream by `ledger.rules.audit_customer`, the one implementation of the rules. A
+`transfer.initiated` judges again every customer who disclosed to that acquirer. The model
+keeps, beside the violations, the acquirers each customer disclosed to and the initiations
+of each acquirer, which is all a judgement needs from outside the customer's stream.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger import privacy
+from ledger.domainmodel import Acquirer, Customer
+from ledger.rules import Violation, audit_customer
+from projections.base import (
+    Pass,
+    ReadModel,
+    Rows,
+    SlotTable,
+    Stream,
+    stamp,
+    stream_column,
+    text,
+    time_column,
+    unstamp,
+)
+
+violations = SlotTable(
+    "violations",
+    stream_column(),
+    text("customer"),
+    text("rule", 60),
+    text("fact_id"),
+    time_column("at"),
+    index=("stream_id", "at"),
+)
+transfers = SlotTable(
+    "violation_transfers", stream_column(), text("acquirer"), index=("stream_id", "acquirer")
+)
+transfer_initiations = SlotTable(
+    "transfer_initiations",
+    stream_column(),
+    text("acquirer"),
+    time_column("at"),
+    index=("stream_id",),
+)
+# Customers with an erasure or rectification that calls for notifying recipients (Art. 19):
+# whether one is late depends on the time of the question, so it is judged when asked.
+notices = SlotTable("violation_notices", stream_column(), index=("stream_id",))
+
+
+class Violations(ReadModel):
+    name = "violations"
+    tables = (violations, transfers, transfer_initiations, notices)
+    description = "every fact that broke a rule (SPEC §3)"
+
+    def __init__(self) -> None:
+        self.initiations: dict[str, list[datetime]] = {}
+
+    def initiated(self, acquirer: str, moment: datetime) -> bool:
+        return any(at <= moment for at in self.initiations.get(acquirer, ()))
+
+    def know_acquirers(self, streams: list[Stream]) -> None:
+        for stream in streams:
+            acquirer = stream.aggregate
+            if isinstance(acquirer, Acquirer):
+                self.initiations[acquirer.name] = sorted(acquirer.initiations)
+
+    def begin(self, run: Pass) -> set[UUID]:
+        self.initiations = {}
+        conn = run.writer.connection
+        if not run.fresh:
+            table = run.writer.table(transfer_initiations)
+            for row in conn.execute(sa.select(table.c.acquirer, table.c.at)):
+                self.initiations.setdefault(row.acquirer, []).append(unstamp(row.at))
+        self.know_acquirers(run.acquirers)
+        names = [s.aggregate.name for s in run.acquirers if isinstance(s.aggregate, Acquirer)]
+        if run.fresh or not names:
+            return set()
+        table = run.writer.table(transfers)
+        query = sa.select(table.c.stream_id).where(table.c.acquirer.in_(names)).distinct()
+        return {UUID(hex=row.stream_id) for row in conn.execute(query)}
+
+    def judge(self, stream: Stream) -> list[Violation]:
+        customer = stream.aggregate
+        if not isinstance(customer, Customer):
+            return []
+        return audit_customer(customer, stream.events, self.initiated)
+
+    def rows(self, stream: Stream) -> Rows:
+        aggregate = stream.aggregate
+        key = stream.key
+        if isinstance(aggregate, Acquirer):
+            return {
+                transfer_initiations: [
+                    (key, aggregate.name, stamp(at)) for at in aggregate.initiations
+                ]
+            }
+        if not isinstance(aggregate, Customer):
+            return {}
+        acquirers = {e.acquirer for e in stream.events if isinstance(e, Customer.TransferDisclosed)}
+        return {
+            violations: [
+                (key, v.customer, v.rule, v.fact_id, stamp(v.at)) for v in self.judge(stream)
+            ],
+            transfers: [(key, name) for name in sorted(acquirers)],
+            notices: [(key,)] if privacy.notifications(aggregate.ref, stream.events) else [],
+        }
+
+
+def audit_order(found: list[Violation]) -> list[Violation]:
+    """The order `audit check` lists violations in: business time, customer, fact, rule."""
+    return sorted(found, key=lambda v: (v.at, v.customer, v.fact_id, v.rule))
+
+
+def violations_as_of(conn: Connection, slot: str, as_of: datetime | None) -> list[Violation]:
+    """Violations among facts at or before `as_of` (all if None)."""
+    table = violations[slot]
+    query = sa.select(table.c.rule, table.c.customer, table.c.fact_id, table.c.at)
+    if as_of is not None:
+        query = query.where(table.c.at <= stamp(as_of))
+    return audit_order(
+        [Violation(r.rule, r.customer, r.fact_id, unstamp(r.at)) for r in conn.execute(query)]
+    )
+
+
+def notice_streams(conn: Connection, slot: str) -> list[UUID]:
+    table = notices[slot]
+    return [UUID(hex=row.stream_id) for row in conn.execute(sa.select(table.c.stream_id))]
