@@ -13,7 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import sqlalchemy as sa
@@ -49,6 +50,9 @@ from ledger.rules import (
     broken_rules,
 )
 from ledger.vocabulary import PERSONAL_FIELDS
+
+if TYPE_CHECKING:
+    from projections.runner import ReadModels
 
 CHUNK = 2000
 
@@ -244,20 +248,21 @@ class ConsentLedger(Application[UUID]):
             found[acquirer.name] = sorted(acquirer.initiations)
         return found
 
-    def audit(self, as_of: datetime | None = None) -> list[Violation]:
-        """Every violation of SPEC §3 among facts at or before `as_of` (all if None)."""
-        initiations = self.transfers_initiated()
+    @cached_property
+    def read_models(self) -> ReadModels:
+        from projections.runner import ReadModels
 
-        def initiated(acquirer: str, moment: datetime) -> bool:
-            return any(at <= moment for at in initiations.get(acquirer, ()))
+        return ReadModels(self)
 
-        found: list[Violation] = []
-        now = datetime.now(UTC)
-        for ref in self.customer_refs():
-            customer, events = self.customer_with_events(ref)
-            found.extend(self.audit_events(customer, events, initiated, as_of, now))
-        found.sort(key=lambda v: (v.at, v.customer, v.fact_id, v.rule))
-        return found
+    def audit(
+        self, as_of: datetime | None = None, known_at: datetime | None = None
+    ) -> list[Violation]:
+        """Every violation among facts at or before `as_of` (all if None), judged against
+        everything recorded (the violations read model, caught up first), or against only
+        what was recorded by `known_at` (a direct fold of those events)."""
+        if known_at is None:
+            return self.read_models.violations(as_of)
+        return self.read_models.judge(as_of, known_at)
 
     @staticmethod
     def audit_events(

@@ -14,6 +14,8 @@ MODULES = (
     "cli.commands.consent",
     "cli.commands.order",
     "cli.commands.audit",
+    "cli.commands.report",
+    "cli.commands.projections",
     "cli.commands.demo",
     "cli.commands.export",
     "cli.commands.integrity",

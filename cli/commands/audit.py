@@ -15,18 +15,24 @@ from ledger.feed import iso
 
 @click.group("audit")
 def audit() -> None:
-    """An auditor's tools: rule violations."""
+    """An auditor's tools: rule violations and the auditor's report."""
 
 
 @audit.command("check")
 @click.option(
     "--as-of", "as_of", type=MOMENT, help="Judge only facts at or before this business time."
 )
+@click.option(
+    "--known-at",
+    "known_at",
+    type=MOMENT,
+    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
+)
 @json_option
 @pass_ledger
-def check(ledger: Any, as_of: Any, as_json: bool) -> None:
+def check(ledger: Any, as_of: Any, known_at: Any, as_json: bool) -> None:
     """Every recorded fact that broke a rule of the policy (SPEC §3)."""
-    violations = ledger.audit(as_of)
+    violations = ledger.audit(as_of, known_at)
     logs.summarise(violations=len(violations))
     rows = [
         {"rule": v.rule, "customer": v.customer, "fact_id": v.fact_id, "at": iso(v.at)}

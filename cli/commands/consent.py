@@ -28,11 +28,17 @@ def consent() -> None:
     type=MOMENT,
     help="Business time to answer for (a date means the end of that day, UTC).",
 )
+@click.option(
+    "--known-at",
+    "known_at",
+    type=MOMENT,
+    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
+)
 @json_option
 @pass_ledger
-def show(ledger: Any, ref: str, as_of: Any, as_json: bool) -> None:
+def show(ledger: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
     """Consent of customer REF per purpose and channel, now or as of a past time."""
-    rows = views.consent_rows(ledger.customer_events(ref), as_of)
+    rows = views.consent_rows(ledger.customer_with_events(ref, known_at)[1], as_of)
     logs.summarise(customer=logs.hashed(ref), rows=len(rows))
     document = {
         "customer": ref,
