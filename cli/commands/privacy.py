@@ -42,9 +42,7 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
     readable = out.with_name(out.name + ".md")
     _write_private(out, orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n")
     _write_private(readable, access_pack_markdown(pack).encode())
-    logs.log.info(
-        "customer.access_export", customer=logs.hashed(ref), disclosures=len(pack["disclosures"])
-    )
+    logs.summarise(customer=logs.hashed(ref), disclosures=len(pack["disclosures"]))
     document = {
         "customer": ref,
         "erased": pack["erased"],
@@ -78,7 +76,7 @@ def notifications(ledger: Any, show_all: bool, as_json: bool) -> None:
     """Recipients to tell of a customer's erasure or rectification (not yet notified)."""
     dues = ledger.notifications()
     rows = [due.to_json() for due in (dues if show_all else outstanding(dues))]
-    logs.log.info("recipients.notifications", rows=len(rows))
+    logs.summarise(rows=len(rows))
     if as_json:
         emit_json({"notifications": rows})
         return
@@ -104,9 +102,7 @@ def notified(
 ) -> None:
     """Record that RECIPIENT was told of the customer's erasure or rectification."""
     recorded, answered = ledger.record_notification(ref, recipient, at, fact_id)
-    logs.log.info(
-        "recipients.notified", customer=logs.hashed(ref), fact_id=recorded, answered=len(answered)
-    )
+    logs.summarise(customer=logs.hashed(ref), fact_id=recorded, answered=len(answered))
     regarding = sorted({due.fact_id for due in answered})
     if as_json:
         emit_json(
@@ -132,7 +128,7 @@ def check(ledger: Any, email: str, as_json: bool) -> None:
     """Is marketing to EMAIL suppressed? (Exit 0 either way.)"""
     digest, channels = ledger.suppression(email)
     since = min(channels.values()) if channels else None
-    logs.log.info("suppression.check", email_hash=digest[:12], suppressed=bool(channels))
+    logs.summarise(email_hash=digest[:12], suppressed=bool(channels))
     document = {
         "email_hash": digest,
         "suppressed": bool(channels),
@@ -160,7 +156,7 @@ def keys() -> None:
 def rotate(ledger: Any, as_json: bool) -> None:
     """Re-wrap every data key under a new master key (events are not touched)."""
     result = ledger.rotate_master_key()
-    logs.log.info("keys.rotate", data_keys=result.data_keys)
+    logs.summarise(data_keys=result.data_keys)
     document = {
         "data_keys": result.data_keys,
         "key_file": str(result.new_key_file),

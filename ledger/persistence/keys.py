@@ -5,6 +5,11 @@ The master key comes from `CONSENT_LEDGER_MASTER_KEY` (base64 of 32 bytes) or fr
 `db upgrade`. A fingerprint of it is kept in `ledger_meta` so a wrong key is reported as
 wrong instead of producing garbage. Data keys are wrapped under the master key, one row per
 customer in `ledger_data_keys`; destroying a customer's key is the erasure.
+
+Also wrapped by the master key: the suppression list's HMAC key (Art. 21: marketing
+objections kept by keyed hash of the email, `ledger_suppressions`) and the due-diligence
+exports' pseudonym secrets. `KeyStore.rotate` re-wraps all of them under a new master key;
+no event changes, since the data keys themselves stay the same.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wr
 from ledger.errors import MasterKeyError
 from ledger.persistence import tables
 from ledger.persistence.database import Database, WriteTransaction, default_key_dir
+from ledger.persistence.export_store import rewrap_export_secrets
 from ledger.privacy import normalise_email
 
 MASTER_KEY_ENV = "CONSENT_LEDGER_MASTER_KEY"
@@ -214,10 +220,18 @@ class KeyStore:
         return bool(result.rowcount)
 
     def _after_destroy(self) -> None:
-        # Make SQLite drop the old page from the WAL too (secure_delete zeroes it in the file).
-        if self.database.is_sqlite:
-            with self.database.connect() as conn:
+        # The old wrapped key must not linger in the database's bytes. SQLite: secure_delete
+        # zeroes it in the file, and a checkpoint empties the WAL that still holds the old
+        # page. PostgreSQL keeps the old row version until VACUUM prunes it; its own WAL
+        # (pg_wal) and any backups still hold it: rotate the master key and destroy the old
+        # one to make those copies useless too.
+        with self.database.connect() as conn:
+            if self.database.is_sqlite:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    f"VACUUM {_K.name}"
+                )
 
     def forget_cache(self) -> None:
         self._cache.clear()
@@ -288,10 +302,11 @@ class KeyStore:
     # -- rotation ------------------------------------------------------------------------------
 
     def rotate(self) -> Rotation:
-        """Re-wrap every data key (and the suppression key) under a new master key.
+        """Re-wrap every data key, the suppression key and the export secrets under a new
+        master key, in one write transaction.
 
-        Events are not touched: data keys stay the same, only their wrapping changes. The new
-        key is written to a file before the database changes, so a failure at any point
+        Events are not touched: the data keys stay the same, only their wrapping changes. The
+        new key is written to a file before the database changes, so a failure at any point
         leaves a key that opens the ledger: the old one until the commit, the new one after.
         """
         old_master, source = self._load()
@@ -311,6 +326,7 @@ class KeyStore:
                 self._check_writer(tx)
                 count = self._rewrap(tx, old_master, master)
                 conn = tx.connection
+                rewrap_export_secrets(conn, old_master, master)
                 wrapped = base64.b64decode(_meta_value(conn, _SUPPRESSION_KEY) or "")
                 rewrapped = wrap_key(
                     master,

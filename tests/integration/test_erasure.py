@@ -1,0 +1,169 @@
+"""Erasure by crypto-shredding (SPEC §4), through the CLI, on SQLite and PostgreSQL.
+
+Before: the details show. After `customer erase`: no command shows them, the database's raw
+bytes hold neither them nor the destroyed key, and the consent history, orders and trail
+remain and still verify. New consents and detail updates are refused, withdrawals accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from ledger.config import open_ledger
+from ledger.domainmodel import customer_id
+from ledger.persistence import tables
+from ledger.persistence.database import normalise_url
+from ledger.persistence.seals import verify_ledger
+from tests.cli_helpers import error_line, run, run_json
+from tests.personal import feed_values, found_in, raw_database_bytes, table_bytes
+
+
+def _prepare(url: str, feed: Path) -> None:
+    assert run(url, "db", "upgrade").exit_code == 0
+    assert run_json(url, "import", str(feed))["accepted"] == 26
+
+
+def _wrapped_key(url: str, ref: str) -> bytes | None:
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(
+                sa.select(tables.data_keys.c.wrapped_key).where(
+                    tables.data_keys.c.customer_id == customer_id(ref)
+                )
+            ).scalar()
+    finally:
+        engine.dispose()
+    return bytes(value) if value is not None else None
+
+
+def _everything_shown(url: str, ref: str, tmp_path: Path) -> str:
+    """What every reading command says about the customer (and the ledger), as one text."""
+    pack = tmp_path / f"pack-{ref}.json"
+    outputs = [
+        run(url, "customer", "show", ref).stdout,
+        run(url, "customer", "show", ref, "--json").stdout,
+        run(url, "customer", "trail", ref, "--json").stdout,
+        run(url, "consent", "show", ref, "--json").stdout,
+        run(url, "audit", "check", "--json").stdout,
+        run(url, "recipients", "notifications", "--all", "--json").stdout,
+    ]
+    assert run(url, "customer", "access-export", ref, "--out", str(pack)).exit_code == 0
+    outputs += [pack.read_text(), Path(f"{pack}.md").read_text()]
+    return "\n".join(outputs)
+
+
+def test_erasure_hides_the_details_and_keeps_the_history(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    ada = feed_values(feed_small, {"C100"})
+    assert {"Ada Lovelace", "ada@example.org", "12 Analytical Row"} <= ada
+    before = run_json(ledger_url, "customer", "show", "C100")
+    assert before["details"]["name"] == "Ada Lovelace" and before["erased"] is False
+    assert found_in(_everything_shown(ledger_url, "C100", tmp_path).encode(), ada) == sorted(ada)
+    trail = run_json(ledger_url, "customer", "trail", "C100")
+    consents = run_json(ledger_url, "consent", "show", "C100")
+    history = orjson.loads((tmp_path / "pack-C100.json").read_bytes())["consent_history"]
+
+    erased = run_json(ledger_url, "customer", "erase", "C100")
+    assert erased["erased"] is True
+
+    after = run_json(ledger_url, "customer", "show", "C100")
+    assert after["details"] is None and after["erased"] is True
+    assert after["consents"] == before["consents"] and after["orders"] == before["orders"]
+    assert run_json(ledger_url, "customer", "trail", "C100") == trail
+    assert run_json(ledger_url, "consent", "show", "C100") == consents
+    shown = _everything_shown(ledger_url, "C100", tmp_path)
+    assert found_in(shown.encode(), ada) == []
+    pack = orjson.loads((tmp_path / "pack-C100.json").read_bytes())
+    assert pack["personal_data"] is None and pack["erased"] is True
+    assert pack["consent_history"] == history
+    assert pack["disclosures"] == trail["disclosures"]
+    assert "ERASED" in run(ledger_url, "customer", "show", "C100").stdout
+
+    app = open_ledger(ledger_url)
+    try:
+        assert verify_ledger(app).ok
+    finally:
+        app.database.dispose()
+
+
+def test_after_erasure_new_consents_and_updates_are_refused_withdrawals_accepted(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    run_json(ledger_url, "customer", "erase", "C100")
+    give = run(
+        ledger_url,
+        "consent",
+        "give",
+        "C100",
+        "marketing",
+        "post",
+        "--method",
+        "phone",
+        "--policy-version",
+        "2024-01",
+    )
+    assert give.exit_code == 1
+    assert "has been erased: a new consent is not accepted" in error_line(give)
+    update = run(
+        ledger_url,
+        "record",
+        '{"type": "customer.updated", "customer": "C100", "email": "new.ada@example.net"}',
+    )
+    assert update.exit_code == 1
+    assert "new.ada@example.net" not in update.stdout + update.stderr
+    # An objection to marketing (a withdrawal) is still recorded.
+    withdrawn = run_json(
+        ledger_url,
+        "consent",
+        "withdraw",
+        "C100",
+        "affiliate_sharing",
+        "post",
+        "--method",
+        "letter",
+    )
+    assert withdrawn["recorded"] is True
+    rows = {
+        (r["purpose"], r["channel"]): r["status"]
+        for r in run_json(ledger_url, "consent", "show", "C100")["consents"]
+    }
+    assert rows[("affiliate_sharing", "post")] == "withdrawn"
+
+
+def test_the_raw_database_never_holds_personal_data_nor_an_erased_key(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    everyone = feed_values(feed_small)
+    assert len(everyone) >= 8
+    raw = raw_database_bytes(ledger_url)
+    assert found_in(raw, everyone) == []
+    assert found_in(table_bytes(ledger_url), everyone) == []
+    key = _wrapped_key(ledger_url, "C100")
+    assert key is not None and key in raw  # the search below can find what is there
+
+    run_json(ledger_url, "customer", "erase", "C100")
+
+    assert _wrapped_key(ledger_url, "C100") is None
+    raw = raw_database_bytes(ledger_url)
+    assert key not in raw
+    assert found_in(raw, everyone) == []
+    assert found_in(table_bytes(ledger_url), everyone) == []
+
+
+def test_an_erasure_in_the_feed_destroys_the_key_like_the_command(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)  # the feed erases C101 (s-0025)
+    assert _wrapped_key(ledger_url, "C101") is None
+    shown: Any = run_json(ledger_url, "customer", "show", "C101")
+    assert shown["details"] is None and shown["erased"] is True
+    assert found_in(raw_database_bytes(ledger_url), feed_values(feed_small, {"C101"})) == []

@@ -1,0 +1,142 @@
+"""The master key: wrong, missing, malformed, rotated (file and environment), on each backend.
+
+A key problem is one clear line and exit 1, never garbage on stdout, never half a recording.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.crypto import new_key
+from ledger.persistence import tables
+from ledger.persistence.database import normalise_url
+from tests.cli_helpers import error_line, run, run_json
+
+
+def _key_dir() -> Path:
+    return Path(os.environ["CONSENT_LEDGER_KEY_DIR"])
+
+
+def _prepare(url: str, feed: Path) -> None:
+    assert run(url, "db", "upgrade").exit_code == 0
+    assert run_json(url, "import", str(feed))["accepted"] == 26
+
+
+def _rows(url: str, table: sa.Table) -> list[tuple[object, ...]]:
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.select(table).order_by(*table.primary_key))]
+    finally:
+        engine.dispose()
+
+
+def _refused(url: str, *args: str) -> str:
+    result = run(url, *args)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    return error_line(result)
+
+
+def test_a_wrong_master_key_is_refused_clearly(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _prepare(ledger_url, feed_small)
+    facts_before = _rows(ledger_url, tables.facts)
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", base64.b64encode(new_key()).decode())
+    line = _refused(ledger_url, "customer", "show", "C100", "--json")
+    assert "CONSENT_LEDGER_MASTER_KEY is not this ledger's master key" in line
+    record = (
+        '{"type": "customer.registered", "customer": "C900", "name": "Wrong Key", '
+        '"email": "wrong.key@example.org", "address": {"line1": "1 Nowhere", "city": "Nocity", '
+        '"postcode": "N0 0NE", "country": "GB"}}'
+    )
+    assert "not this ledger's master key" in _refused(ledger_url, "record", record)
+    assert _rows(ledger_url, tables.facts) == facts_before  # nothing half-recorded
+    # Commands that need no personal data still work for an auditor without the key.
+    assert run(ledger_url, "customer", "trail", "C100", "--json").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("not base64!", "is not base64"), (base64.b64encode(b"short").decode(), "must be 32 bytes")],
+)
+def test_a_malformed_master_key_is_refused_clearly(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    _prepare(ledger_url, feed_small)
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", value)
+    assert says in _refused(ledger_url, "customer", "show", "C100")
+
+
+def test_a_missing_key_file_is_refused_and_never_silently_replaced(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    key_file = _key_dir() / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file.unlink()
+    line = _refused(ledger_url, "customer", "show", "C100")
+    assert "no master key" in line and str(key_file) in line
+    # `db upgrade` creates a key only for a ledger that has none: a new key would not open
+    # the data keys, and would hide the loss.
+    assert "no master key" in _refused(ledger_url, "db", "upgrade")
+    assert not key_file.exists()
+
+
+def test_rotation_rewraps_every_key_keeps_events_and_retires_the_old_key(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _prepare(ledger_url, feed_small)
+    before = run_json(ledger_url, "customer", "show", "C100")
+    suppressed = run_json(ledger_url, "suppression", "check", "ada@example.org")
+    events = _rows(ledger_url, tables.events)
+    keys_before = dict((r[0], r[1]) for r in _rows(ledger_url, tables.data_keys))
+    old_key = (_key_dir() / "master.key").read_bytes()
+
+    rotated = run_json(ledger_url, "keys", "rotate")
+
+    assert rotated["data_keys"] == 1  # C100; C101 was erased by the feed
+    new_file, old_file = Path(rotated["key_file"]), Path(rotated["old_key_file"])
+    assert new_file == _key_dir() / "master.key" and new_file.read_bytes() != old_key
+    assert old_file.read_bytes() == old_key
+    for path in (new_file, old_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert _rows(ledger_url, tables.events) == events
+    keys_after = dict((r[0], r[1]) for r in _rows(ledger_url, tables.data_keys))
+    assert keys_after.keys() == keys_before.keys()
+    assert all(keys_after[k] != v for k, v in keys_before.items() if v is not None)
+    assert all(keys_after[k] is None for k, v in keys_before.items() if v is None)
+    assert run_json(ledger_url, "customer", "show", "C100") == before
+    assert run_json(ledger_url, "suppression", "check", "ada@example.org") == suppressed
+    assert run_json(ledger_url, "customer", "show", "C101")["details"] is None
+
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY_FILE", str(old_file))
+    assert "not this ledger's master key" in _refused(ledger_url, "customer", "show", "C100")
+
+
+def test_rotation_with_the_key_in_the_environment_hands_over_a_new_key_file(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = base64.b64encode(new_key()).decode()
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", old)
+    _prepare(ledger_url, feed_small)
+    assert not (_key_dir() / "master.key").exists()
+    result = run(ledger_url, "keys", "rotate")
+    assert result.exit_code == 0, result.stderr
+    new_file = _key_dir() / "master.key.new"
+    assert "set CONSENT_LEDGER_MASTER_KEY" in result.stdout and str(new_file) in result.stdout
+    assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
+    new = new_file.read_text().strip()
+    assert new not in result.stdout + result.stderr  # a key is never printed
+    assert "not this ledger's master key" in _refused(ledger_url, "customer", "show", "C100")
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", new)
+    assert run_json(ledger_url, "customer", "show", "C100")["details"]["name"] == "Ada Lovelace"
+    # An unfinished earlier rotation (the file still there) is not overwritten.
+    assert "did not finish" in _refused(ledger_url, "keys", "rotate")

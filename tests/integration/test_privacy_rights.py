@@ -1,0 +1,304 @@
+"""Data subjects' rights through the CLI, on each backend: Art. 15 access pack, Art. 19
+notifications of recipients, Art. 21 suppression by keyed email hash."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.cli_helpers import error_line, run, run_json
+
+
+def _prepare(url: str, feed: Path) -> None:
+    assert run(url, "db", "upgrade").exit_code == 0
+    assert run_json(url, "import", str(feed))["accepted"] == 26
+
+
+def _register(url: str, ref: str, email: str, at: str = "2025-09-01T10:00:00Z") -> None:
+    fact = {
+        "type": "customer.registered",
+        "at": at,
+        "customer": ref,
+        "name": "Returning Person",
+        "email": email,
+        "address": {
+            "line1": "9 Return Road",
+            "city": "Leeds",
+            "postcode": "LS1 1AA",
+            "country": "GB",
+        },
+    }
+    assert run_json(url, "record", orjson.dumps(fact).decode())["recorded"] is True
+
+
+# -- Art. 15 -----------------------------------------------------------------------------------
+
+
+def test_access_export_writes_the_pack_and_its_readable_rendering(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    out = tmp_path / "ada.json"
+    done = run_json(ledger_url, "customer", "access-export", "C100", "--out", str(out))
+    readable = Path(f"{out}.md")
+    assert done["files"] == [str(out), str(readable)] and done["disclosures"] == 6
+    for path in (out, readable):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    pack = orjson.loads(out.read_bytes())
+    assert pack["personal_data"] == {
+        "name": "Ada Lovelace",
+        "email": "ada@example.org",
+        "phone": "+44 7700 900001",
+        "address": {
+            "line1": "12 Analytical Row",
+            "city": "London",
+            "postcode": "W1 1AA",
+            "country": "GB",
+        },
+    }
+    trail = run_json(ledger_url, "customer", "trail", "C100")["disclosures"]
+    assert pack["disclosures"] == trail
+    assert [r["recipient"] for r in pack["recipients"]] == [
+        "DPD",
+        "Experian",
+        "Northwind Retail Group",
+        "Offspring",
+        "Visa",
+    ]
+    experian = next(r for r in pack["recipients"] if r["recipient"] == "Experian")
+    assert experian["recipient_kinds"] == ["credit_reference_agency", "identity_verification"]
+    assert experian["bases"] == ["consent", "legitimate_interests"]
+    assert [
+        (h["fact_id"], h["status"], h["method"], h["policy_version"])
+        for h in pack["consent_history"]
+    ] == [
+        ("s-0002", "given", "checkout-checkbox", "2024-01"),
+        ("s-0003", "given", "checkout-checkbox", "2024-01"),
+        ("s-0021", "withdrawn", "unsubscribe-link", None),
+    ]
+    assert [o["order"] for o in pack["orders"]] == ["O500"]
+    assert {f["fact_id"] for f in pack["orders"][0]["facts"]} >= {"s-0006", "s-0009"}
+    # The request it answered is recorded; the feed's earlier one (s-0024) is listed too.
+    requests = [r["fact_id"] for r in pack["access_requests"]]
+    assert requests[0] == "s-0024" and len(requests) == 2
+    text = readable.read_text()
+    assert "Ada Lovelace" in text and "Northwind Retail Group" in text
+    assert "| business_transfer | legitimate_interests |" in text
+
+    again = tmp_path / "again.json"
+    run_json(ledger_url, "customer", "access-export", "C100", "--out", str(again), "--no-record")
+    assert len(orjson.loads(again.read_bytes())["access_requests"]) == 2
+
+
+def test_access_export_of_an_unknown_customer_is_an_error(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    result = run(ledger_url, "customer", "access-export", "C999", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 1
+    assert error_line(result) == "Error: customer 'C999' is not in the ledger"
+    assert not (tmp_path / "x").exists()
+
+
+# -- Art. 19 -----------------------------------------------------------------------------------
+
+
+def _due(url: str, *extra: str) -> list[tuple[str, str, str]]:
+    rows = run_json(url, "recipients", "notifications", *extra)["notifications"]
+    return [(r["customer"], r["recipient"], r["fact_id"]) for r in rows]
+
+
+def _notification_violations(url: str) -> list[dict[str, Any]]:
+    found = run_json(url, "audit", "check")["violations"]
+    return [v for v in found if v["rule"] == "recipient_not_notified"]
+
+
+def test_erasure_notifications_are_due_listed_recorded_and_audited(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    assert _due(ledger_url) == [
+        ("C101", "Electoral Roll Check Ltd", "s-0025"),
+        ("C101", "Mastercard", "s-0025"),
+    ]
+    late = {
+        "rule": "recipient_not_notified",
+        "customer": "C101",
+        "fact_id": "s-0025",
+        "at": "2025-08-01T12:00:00Z",
+    }
+    assert _notification_violations(ledger_url) == [late]
+    # Judged as of a day before the deadline, it was not late yet.
+    early = run_json(ledger_url, "audit", "check", "--as-of", "2025-08-30")["violations"]
+    assert [v for v in early if v["rule"] == "recipient_not_notified"] == []
+
+    told = run_json(
+        ledger_url,
+        "recipients",
+        "notified",
+        "Mastercard",
+        "--customer",
+        "C101",
+        "--at",
+        "2025-08-20T09:00:00Z",
+        "--id",
+        "n-1",
+    )
+    assert told == {
+        "customer": "C101",
+        "recipient": "Mastercard",
+        "fact_id": "n-1",
+        "regarding": ["s-0025"],
+    }
+    assert _due(ledger_url) == [("C101", "Electoral Roll Check Ltd", "s-0025")]
+    assert _notification_violations(ledger_url) == [late]  # one recipient still outstanding
+    everything = run_json(ledger_url, "recipients", "notifications", "--all")["notifications"]
+    mastercard = next(r for r in everything if r["recipient"] == "Mastercard")
+    assert (mastercard["notified_at"], mastercard["notified_fact_id"]) == (
+        "2025-08-20T09:00:00Z",
+        "n-1",
+    )
+
+    run_json(ledger_url, "recipients", "notified", "Electoral Roll Check Ltd", "--customer", "C101")
+    assert _due(ledger_url) == []
+    assert _notification_violations(ledger_url) == []
+
+    # A notification is a fact of the ledger: its id is taken, and nothing is due twice.
+    again = run(ledger_url, "recipients", "notified", "Mastercard", "--customer", "C101")
+    assert again.exit_code == 1 and "no notification to recipient 'Mastercard'" in error_line(again)
+    reused = run(ledger_url, "recipients", "notified", "Visa", "--customer", "C100", "--id", "n-1")
+    assert reused.exit_code == 1 and error_line(reused) == "Error: fact 'n-1' is already recorded"
+    out = tmp_path / "pack.json"
+    run_json(ledger_url, "customer", "access-export", "C101", "--out", str(out))
+    pack = orjson.loads(out.read_bytes())
+    assert [(n["recipient"], n["notified_fact_id"]) for n in pack["notifications"]] == [
+        ("Electoral Roll Check Ltd", pack["notifications"][0]["notified_fact_id"]),
+        ("Mastercard", "n-1"),
+    ]
+    assert pack["notifications"][0]["notified_fact_id"] is not None
+
+
+def test_a_rectification_is_due_to_the_recipients_of_what_changed(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    fact = {
+        "type": "customer.updated",
+        "id": "u-1",
+        "at": "2025-09-01T00:00:00Z",
+        "customer": "C100",
+        "email": "ada.new@example.net",
+    }
+    assert run_json(ledger_url, "record", orjson.dumps(fact).decode())["recorded"] is True
+    # Only the acquirer received C100's email (s-0023); the others never had it.
+    assert ("C100", "Northwind Retail Group", "u-1") in _due(ledger_url)
+    assert [d for d in _due(ledger_url) if d[0] == "C100"] == [
+        ("C100", "Northwind Retail Group", "u-1")
+    ]
+
+
+# -- Art. 21 -----------------------------------------------------------------------------------
+
+
+def _check(url: str, email: str) -> dict[str, Any]:
+    document = run_json(url, "suppression", "check", email)
+    assert set(document) == {"email_hash", "suppressed", "since", "channels"}
+    assert email not in orjson.dumps(document).decode()
+    return dict(document)
+
+
+def test_a_marketing_withdrawal_suppresses_the_email_even_after_erasure(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    ada = _check(ledger_url, "ada@example.org")
+    assert ada["suppressed"] is True and ada["since"] == "2025-03-02T09:00:00Z"
+    assert ada["channels"] == ["email"]
+    assert len(ada["email_hash"]) == 64
+    assert _check(ledger_url, "  ADA@Example.org ") == ada  # normalised
+    assert _check(ledger_url, "alan@example.org")["suppressed"] is False
+
+    run_json(ledger_url, "customer", "erase", "C100")
+    assert _check(ledger_url, "ada@example.org") == ada
+
+    # Ada comes back as a new customer: her email is still suppressed for marketing...
+    _register(ledger_url, "C200", "Ada@Example.org")
+    assert _check(ledger_url, "ada@example.org") == ada
+    # ...until she opts in again, later, on that channel.
+    give = run(
+        ledger_url,
+        "consent",
+        "give",
+        "C200",
+        "marketing",
+        "email",
+        "--method",
+        "web-form",
+        "--policy-version",
+        "2025-01",
+        "--at",
+        "2025-09-02T10:00:00Z",
+    )
+    assert give.exit_code == 0, give.stderr
+    lifted = _check(ledger_url, "ada@example.org")
+    assert lifted["suppressed"] is False and lifted["since"] is None
+
+
+def test_withdrawals_by_command_and_late_facts_keep_the_list_right(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    _register(ledger_url, "C300", "grace@example.org", at="2025-01-01T00:00:00Z")
+    give = ["--method", "checkout", "--policy-version", "2024-01"]
+    for at in ("2025-01-01T00:01:00Z",):
+        assert (
+            run(
+                ledger_url, "consent", "give", "C300", "marketing", "post", *give, "--at", at
+            ).exit_code
+            == 0
+        )
+    assert _check(ledger_url, "grace@example.org")["suppressed"] is False
+    withdraw = ["--method", "letter"]
+    run_json(
+        ledger_url,
+        "consent",
+        "withdraw",
+        "C300",
+        "marketing",
+        "post",
+        *withdraw,
+        "--at",
+        "2025-05-01T00:00:00Z",
+    )
+    assert _check(ledger_url, "grace@example.org")["since"] == "2025-05-01T00:00:00Z"
+    # A late withdrawal dated before a later consent changes nothing now.
+    run_json(
+        ledger_url,
+        "consent",
+        "give",
+        "C300",
+        "marketing",
+        "email",
+        *give,
+        "--at",
+        "2025-06-01T00:00:00Z",
+    )
+    run_json(
+        ledger_url,
+        "consent",
+        "withdraw",
+        "C300",
+        "marketing",
+        "email",
+        *withdraw,
+        "--at",
+        "2025-03-01T00:00:00Z",
+    )
+    grace = _check(ledger_url, "grace@example.org")
+    assert grace["channels"] == ["post"] and grace["since"] == "2025-05-01T00:00:00Z"
+    # Other purposes are not marketing: no suppression from them.
+    run_json(ledger_url, "consent", "withdraw", "C100", "affiliate_sharing", "post", *withdraw)
+    assert _check(ledger_url, "ada@example.org")["channels"] == ["email"]
