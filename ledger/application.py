@@ -26,6 +26,7 @@ from ledger.crypto import DataKey, SealError
 from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id, customer_id
 from ledger.errors import (
     ConcurrencyError,
+    CustomerErasedError,
     CustomerNotFoundError,
     DuplicateFactError,
     InputError,
@@ -509,8 +510,8 @@ class Recording:
 
     def _seal(self, key: DataKey | None, fact: Fact) -> str | None:
         if fact.type == "customer.updated":
-            if key is None:  # erased customers are refused earlier; this is belt and braces
-                raise InvalidFactError("customer's personal data has been erased")
+            if key is None:  # the customer was erased: no key to seal new details under
+                raise CustomerErasedError(str(fact.customer), "a details update")
             personal: dict[str, Any] = {
                 name: fact.data[name] for name in PERSONAL_FIELDS if name in fact.data
             }

@@ -1,0 +1,306 @@
+"""Importing a feed (SPEC §2) on each backend: all or nothing, every invalid line reported
+with its number, duplicates skipped forever, re-imports change nothing."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.application import CHUNK
+from ledger.errors import InvalidFeedError
+from ledger.feed import SCHEMAS
+from ledger.samplefeed import generate_lines
+from tests.examples import ENUM_FIELDS, PERSONAL_VALUES, jsonl, line, story
+
+
+def count(ledger: Any, table: str = "ledger_events") -> int:
+    with ledger.database.reading() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar())
+
+
+def import_objs(ledger: Any, objs: list[dict[str, Any]]) -> Any:
+    return ledger.import_lines(jsonl(objs).splitlines(keepends=True))
+
+
+def refused(ledger: Any, lines: list[bytes]) -> InvalidFeedError:
+    with pytest.raises(InvalidFeedError) as caught:
+        ledger.import_lines(lines)
+    return caught.value
+
+
+# -- corrupting any one line refuses the whole file ------------------------------------------
+
+VALID = story(prefix="n")
+KINDS = ("break_json", "drop_field", "bad_enum", "strip_offset", "unknown_reference")
+
+
+def applicable(index: int, kind: str) -> bool:
+    obj = VALID[index]
+    if kind == "bad_enum":
+        return obj["type"] in ENUM_FIELDS
+    if kind == "unknown_reference":  # a registration names a new customer: no reference
+        return obj["type"] != "customer.registered" and ("customer" in obj or "order" in obj)
+    return True
+
+
+CORRUPTIONS = [(i, k) for i in range(len(VALID)) for k in KINDS if applicable(i, k)]
+
+
+def corrupt(index: int, kind: str, pick: int) -> tuple[list[bytes], str]:
+    """The valid file with line `index` corrupted; and words its error must contain."""
+    objs = [dict(o) for o in VALID]
+    obj = objs[index]
+    lines = [orjson.dumps(o) + b"\n" for o in objs]
+    if kind == "break_json":
+        lines[index] = lines[index][: len(lines[index]) // 2] + b"\n"
+        return lines, "not valid JSON"
+    if kind == "drop_field":
+        fields = ["id", "type", "at", *SCHEMAS[obj["type"]][0]]
+        field = fields[pick % len(fields)]
+        del obj[field]
+        words = repr(field)
+    elif kind == "bad_enum":
+        names = ENUM_FIELDS[obj["type"]]
+        field = names[pick % len(names)]
+        obj[field] = ["telepathy"] if field == "categories" else "telepathy"
+        words = "'telepathy'"
+    elif kind == "strip_offset":
+        obj["at"] = obj["at"].replace("+00:00", "")
+        words = "no UTC offset"
+    else:
+        key = "customer" if "customer" in obj else "order"
+        obj[key] = f"{key[0].upper()}-nobody"
+        words = f"unknown {key} '{obj[key]}'"
+    lines[index] = orjson.dumps(obj) + b"\n"
+    return lines, words
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(corruption=st.sampled_from(CORRUPTIONS), pick=st.integers(0, 20))
+def test_corrupting_any_one_line_refuses_the_file_naming_that_line(
+    ledger: Any, corruption: tuple[int, str], pick: int
+) -> None:
+    if count(ledger) == 0:
+        import_objs(ledger, story(prefix="base-"))
+    events, facts = count(ledger), count(ledger, "ledger_facts")
+    index, kind = corruption
+    lines, words = corrupt(index, kind, pick)
+    error = refused(ledger, lines)
+    first = min(error.errors, key=lambda e: e.line or 0)
+    assert first.line == index + 1
+    assert words in first.reason
+    assert all((e.line or 0) >= index + 1 for e in error.errors)
+    assert (count(ledger), count(ledger, "ledger_facts")) == (events, facts)
+
+
+def test_the_uncorrupted_file_is_valid(ledger: Any) -> None:
+    summary = import_objs(ledger, VALID)
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (len(VALID), 0, 0)
+    assert count(ledger, "ledger_facts") == len(VALID)
+
+
+# -- all or nothing, every error -------------------------------------------------------------
+
+
+def test_an_invalid_line_after_the_first_chunk_still_records_nothing(ledger: Any) -> None:
+    lines = list(generate_lines(CHUNK // 12, seed=3))
+    assert len(lines) > CHUNK  # the first chunk was saved inside the transaction
+    lines.append(b'{"id": "last", "type": "order.delivered"}\n')
+    error = refused(ledger, lines)
+    assert [(e.line, e.reason) for e in error.errors] == [
+        (len(lines), "missing required field 'at'")
+    ]
+    assert count(ledger) == 0
+    assert count(ledger, "ledger_facts") == 0
+    assert list(ledger.customer_refs()) == []
+
+
+def test_every_invalid_line_is_reported_not_just_the_first(ledger: Any) -> None:
+    objs = story(prefix="a")
+    lines = [orjson.dumps(o) + b"\n" for o in objs]
+    for index in (3, 7, 11):
+        lines[index] = orjson.dumps({**objs[index], "at": "2025-01-10T09:00:00"}) + b"\n"
+    lines[15] = b"{oops\n"
+    error = refused(ledger, lines)
+    assert [e.line for e in error.errors] == [4, 8, 12, 16]
+    assert str(error).startswith("line 4: field 'at' has no UTC offset")
+    assert "(and 3 more invalid lines)" in str(error)
+    assert count(ledger) == 0
+
+
+def test_error_messages_carry_no_personal_data(ledger: Any) -> None:
+    objs = story(prefix="p")
+    name, email = objs[0]["name"], objs[0]["email"]
+    objs[0] = {**objs[0], "email": name}  # a shifted column
+    objs[2] = {**objs[2], "channel": name.split()[0], "name": name}
+    objs[4] = {**objs[4], "currency": email}
+    error = refused(ledger, jsonl(objs).splitlines(keepends=True))
+    texts = [str(error), *(e.reason for e in error.errors)]
+    assert len(error.errors) >= 3
+    for text in texts:
+        for value in (*PERSONAL_VALUES, name.split()[0]):
+            assert value not in text
+
+
+def test_blank_lines_are_skipped_and_counted_in_line_numbers(ledger: Any) -> None:
+    objs = story(prefix="b")
+    lines = [b"\n", *(orjson.dumps(o) + b"\n" for o in objs)]
+    lines.insert(3, b"   \n")
+    lines.append(b"{bad\n")
+    error = refused(ledger, lines)
+    assert [e.line for e in error.errors] == [len(lines)]
+
+
+def test_a_reference_to_a_customer_registered_later_in_the_file_is_invalid(ledger: Any) -> None:
+    objs = story(prefix="l")
+    objs.insert(0, objs.pop(1))  # customer.updated before customer.registered
+    error = refused(ledger, jsonl(objs).splitlines(keepends=True))
+    assert [(e.line, e.reason) for e in error.errors] == [(1, "unknown customer 'lC1'")]
+
+
+def test_registering_a_customer_twice_is_invalid(ledger: Any) -> None:
+    import_objs(ledger, story(prefix="r"))
+    again = line("customer.registered", "r-again", 0, customer="rC1")
+    error = refused(ledger, jsonl([again]).splitlines())
+    assert error.errors[0].reason == "customer 'rC1' is already registered"
+
+
+def test_details_of_an_erased_customer_cannot_be_updated(ledger: Any) -> None:
+    import_objs(ledger, story(prefix="e"))
+    update = line("customer.updated", "e-late", 30, customer="eC1")
+    error = refused(ledger, jsonl([update]).splitlines())
+    assert (
+        error.errors[0].reason == "customer 'eC1' has been erased: a details update is not accepted"
+    )
+
+
+# -- duplicates and re-imports ---------------------------------------------------------------
+
+
+def test_reimporting_a_file_changes_nothing(ledger: Any) -> None:
+    objs = story(prefix="x")
+    first = import_objs(ledger, objs)
+    events, trail = count(ledger), ledger.customer_events("xC1")
+    again = import_objs(ledger, objs)
+    assert (again.accepted, again.duplicates, again.rejected) == (0, len(objs), 0)
+    assert count(ledger) == events
+    assert [e.fact_id for e in ledger.customer_events("xC1")] == [e.fact_id for e in trail]
+    assert first.accepted == len(objs)
+
+
+def test_duplicates_in_another_file_months_later_are_skipped(ledger: Any) -> None:
+    objs = story(prefix="m")
+    import_objs(ledger, objs[:10])
+    later = line("order.delivered", "m-new", 60 * 24 * 120, order="mO1")
+    second = [*objs[5:10], later, objs[5]]
+    summary = import_objs(ledger, second)
+    assert (summary.accepted, summary.duplicates) == (1, 6)
+    assert count(ledger, "ledger_facts") == 11
+
+
+def test_a_duplicate_id_within_one_file_is_recorded_once(ledger: Any) -> None:
+    objs = story(prefix="d")
+    summary = import_objs(ledger, [*objs, objs[3]])
+    assert (summary.accepted, summary.duplicates) == (len(objs), 1)
+
+
+def test_a_duplicate_is_skipped_even_if_its_content_differs(ledger: Any) -> None:
+    objs = story(prefix="c")
+    import_objs(ledger, objs)
+    changed = {**objs[2], "purpose": "market_research"}
+    summary = import_objs(ledger, [changed])
+    assert (summary.accepted, summary.duplicates) == (0, 1)
+
+
+def test_the_database_refuses_a_fact_id_twice(ledger: Any) -> None:
+    import_objs(ledger, story(prefix="u"))
+    with pytest.raises(sa.exc.IntegrityError), ledger.database.writing() as tx:
+        tx.connection.execute(
+            sa.text(
+                "INSERT INTO ledger_facts (fact_id, notification_id, fact_type, originator_id) "
+                "SELECT fact_id, notification_id, fact_type, originator_id FROM ledger_facts "
+                "WHERE fact_id = 'ue-00'"
+            )
+        )
+
+
+def test_two_importers_racing_record_each_fact_once(ledger_url: str, ledger: Any) -> None:
+    from ledger.config import open_ledger
+
+    lines = list(generate_lines(30, seed=11, prefix="race-"))
+    other = open_ledger(ledger_url)
+    results: list[Any] = []
+
+    def importer(app: Any) -> None:
+        try:
+            results.append(app.import_lines(lines))
+        except Exception as error:  # a lost race may be refused; it must say so cleanly
+            results.append(error)
+
+    threads = [threading.Thread(target=importer, args=(app,)) for app in (ledger, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.database.dispose()
+    summaries = sorted(
+        (r for r in results if not isinstance(r, Exception)), key=lambda s: s.accepted
+    )
+    assert [s.accepted for s in summaries][-1] == len(lines)
+    assert all(s.accepted in (0, len(lines)) for s in summaries)
+    assert count(ledger, "ledger_facts") == len(lines)
+
+
+# -- what earlier imports make valid ---------------------------------------------------------
+
+
+def test_a_fact_naming_only_an_order_from_an_earlier_file_is_valid(ledger: Any) -> None:
+    objs = story(prefix="o")
+    import_objs(ledger, objs[:6])
+    summary = import_objs(ledger, [line("order.delivered", "o-later", 100, order="oO1")])
+    assert summary.accepted == 1
+    assert ledger.customer_events("oC1")[-1].fact_id == "o-later"
+
+
+def test_an_erasure_in_the_same_file_as_the_registration_destroys_the_key(ledger: Any) -> None:
+    objs = story(prefix="k")
+    import_objs(ledger, objs)
+    customer, events = ledger.customer_with_events("kC1")
+    assert customer.erased
+    assert ledger.personal_data(customer, events) is None
+    with ledger.database.reading() as conn:
+        keys = conn.execute(
+            sa.text("SELECT count(*) FROM ledger_data_keys WHERE wrapped_key IS NOT NULL")
+        ).scalar()
+    assert keys == 0
+
+
+def test_dry_run_counts_and_records_nothing(ledger: Any) -> None:
+    objs = story(prefix="y")
+    summary = ledger.import_lines(jsonl(objs).splitlines(keepends=True), dry_run=True)
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (len(objs), 0, 0)
+    assert count(ledger) == 0 and count(ledger, "ledger_data_keys") == 0
+    assert import_objs(ledger, objs).accepted == len(objs)
+
+
+def test_unknown_fields_are_kept_sealed_with_the_customer(ledger: Any) -> None:
+    reg = line("customer.registered", "f-reg", 0, customer="F1", loyalty_tier="gold")
+    consent = line("consent.given", "f-con", 1, customer="F1", source_system="pos-7")
+    import_objs(ledger, [reg, consent])
+    customer, events = ledger.customer_with_events("F1")
+    assert ledger.extra_fields(customer, events[1]) == {"source_system": "pos-7"}
+    with ledger.database.reading() as conn:
+        raw = b"".join(conn.execute(sa.text("SELECT state FROM ledger_events")).scalars())
+    assert b"pos-7" not in raw and b"gold" not in raw
+    for value in PERSONAL_VALUES:
+        assert value.encode() not in raw
