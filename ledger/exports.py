@@ -54,7 +54,7 @@ from eventsourcing.application import AggregateNotFoundError
 from ledger import manifest as manifests
 from ledger import views
 from ledger.application import ConsentLedger
-from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id
+from ledger.domainmodel import Acquirer, Customer, DisclosureEvent, FactEvent, acquirer_id
 from ledger.errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -160,9 +160,20 @@ Progress = Callable[[int], None]
 
 
 def pseudonym(secret: bytes, kind: str, ref: str) -> str:
-    """HMAC-SHA256 of `kind`:`ref` under the export's secret, first 128 bits in hex."""
-    digest = hmac.new(secret, f"{kind}\x00{ref}".encode(), hashlib.sha256).hexdigest()
-    return digest[:PSEUDONYM_HEX]
+    """HMAC-SHA256 of `kind` 0x00 `ref` under the export's secret, first 128 bits in hex."""
+    return Pseudonyms(secret)(kind, ref)
+
+
+class Pseudonyms:
+    """`pseudonym` for one secret, keyed once (HMAC's key schedule copied, not redone)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def __call__(self, kind: str, ref: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(f"{kind}\x00{ref}".encode())
+        return mac.hexdigest()[:PSEUDONYM_HEX]
 
 
 # -- writing tables --------------------------------------------------------------------------
@@ -368,36 +379,37 @@ def state_as_of(events: list[FactEvent], as_of: datetime | None) -> Customer:
 def customer_rows(
     customer: Customer,
     events: list[FactEvent],
-    secret: bytes,
+    pseudonyms: Pseudonyms,
     as_of: datetime | None,
     personal: dict[str, Any] | None,
 ) -> CustomerRows:
-    """The export's rows for one customer, built with the views of `customer show/trail`."""
-    alias = pseudonym(secret, "customer", customer.ref)
+    """The export's rows for one customer: the answers of `consent show`, `customer trail`
+    and `customer show` (views), keyed by pseudonym, without fact ids or references."""
+    alias = pseudonyms("customer", customer.ref)
     state = customer if as_of is None else state_as_of(events, as_of)
-    consents = [{"customer": alias, **row} for row in views.consent_rows(events)]
+    # The views sort what they are given: give each only the facts it reads.
+    consent_events = [e for e in events if isinstance(e, _CONSENT_EVENTS)]
+    consents = [{"customer": alias, **row} for row in views.consent_rows(consent_events)]
     history = [
         {"customer": alias, **{k: v for k, v in row.items() if k != "fact_id"}}
-        for row in views.consent_history_rows(events)
+        for row in views.consent_history_rows(consent_events)
     ]
-    orders = []
-    for row in views.order_rows(state, events):
-        payments = [f["result"] for f in row["facts"] if f["type"] == "payment.authorisation"]
-        checks = [f["result"] for f in row["facts"] if f["type"] == "identity.check"]
-        orders.append(
-            {
-                "customer": alias,
-                "order": pseudonym(secret, "order", row["order"]),
-                "placed_at": row["placed_at"],
-                "total": row["total"],
-                "currency": row["currency"],
-                "status": row["status"],
-                "payment": payments[-1] if payments else None,
-                "identity_check": checks[-1] if checks else None,
-            }
-        )
+    order_alias = {ref: pseudonyms("order", ref) for ref in state.orders}
+    orders = [
+        {
+            "customer": alias,
+            "order": order_alias[ref],
+            "placed_at": iso(order.placed_at),
+            "total": str(order.total),
+            "currency": order.currency,
+            "status": order.status,
+            "payment": _latest(order.payments),
+            "identity_check": _latest(order.identity_checks),
+        }
+        for ref, order in sorted(state.orders.items(), key=lambda kv: (kv[1].placed_at, kv[0]))
+    ]
     disclosures = []
-    for row in views.trail_rows(events):
+    for row in views.trail_rows(e for e in events if isinstance(e, DisclosureEvent)):
         order = row["order"]
         disclosures.append(
             {
@@ -408,7 +420,7 @@ def customer_rows(
                 "purpose": row["purpose"],
                 "basis": row["basis"],
                 "categories": row["categories"],
-                "order": pseudonym(secret, "order", order) if order else None,
+                "order": order_alias.get(order) or pseudonyms("order", order) if order else None,
             }
         )
     summary: dict[str, Any] = {
@@ -432,6 +444,15 @@ def customer_rows(
             address_country=address.get("country"),
         )
     return CustomerRows(summary, consents, history, orders, disclosures, personal is not None)
+
+
+_CONSENT_EVENTS = (Customer.ConsentGiven, Customer.ConsentWithdrawn)
+
+
+def _latest(results: list[tuple[datetime, int, str]]) -> str | None:
+    """The result of an order's latest payment or identity check (business time, then
+    recording order), as `order show` orders its facts."""
+    return max(results)[2] if results else None
 
 
 def identified_categories(personal: dict[str, Any], orders: int) -> list[str]:
@@ -466,6 +487,7 @@ class Exporter:
         self.export_id = uuid4()
         self.fact_id = f"export-{self.export_id}"
         self.secret = os.urandom(SECRET_BYTES)
+        self.pseudonyms = Pseudonyms(self.secret)
         self.summary = Summary()
         self.categories: set[str] = set()
         self.initiations: dict[str, list[datetime]] = {}
@@ -633,7 +655,7 @@ class Exporter:
         personal = None
         if self.request.identified and not customer.erased:
             personal = self.app.personal_data(customer, events)
-        rows = customer_rows(customer, events, self.secret, as_of, personal)
+        rows = customer_rows(customer, events, self.pseudonyms, as_of, personal)
         self._count(customer, events, rows)
         return rows
 
