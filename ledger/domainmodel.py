@@ -396,28 +396,9 @@ class Acquirer(Aggregate):
             assert isinstance(aggregate, Acquirer)
             aggregate.exports.append(self.fact_id)
 
-    class DueDiligenceExported(DisclosureEvent):
-        """A due-diligence export handed to this acquirer: a disclosure of the categories
-        it holds, for business_transfer on legitimate interests. Not a feed fact (no
-        FACT_TYPE), so it is judged by no rule: a pseudonymous data-room export before any
-        `transfer.initiated` is legitimate due diligence. An identified export also records
-        a `transfer.disclosure` on each customer it names. `fact_id` is `export-<id>`."""
-
-        export_id: str
-        customers: int
-        identified: bool
-        as_of: str | None
-        export_format: str
-        manifest_sha256: str
-
-        def apply(self, aggregate: Aggregate) -> None:
-            assert isinstance(aggregate, Acquirer)
-            aggregate.exports.append(self.fact_id)
-
     def __init__(self, name: str) -> None:
         self.name = name
         self.initiations: list[datetime] = []
-        self.exports: list[str] = []
         self.exports: list[str] = []
 
     @classmethod
@@ -439,24 +420,6 @@ class Acquirer(Aggregate):
 
     def initiated_by(self, moment: datetime) -> bool:
         return any(at <= moment for at in self.initiations)
-
-    def record_due_diligence_export(
-        self, fact_id: str, at: datetime, categories: list[str], **export: Any
-    ) -> None:
-        """Record an export made for this acquirer (fields of `DueDiligenceExported`)."""
-        rule = DISCLOSURES["transfer.disclosure"]
-        self.trigger_event(
-            self.DueDiligenceExported,
-            fact_id=fact_id,
-            at=at,
-            sealed=None,
-            recipient=self.name,
-            recipient_kind=rule.recipient_kind,
-            categories=categories,
-            purpose=rule.purpose,
-            basis=rule.basis,
-            **export,
-        )
 
     def record_due_diligence_export(
         self, fact_id: str, at: datetime, categories: list[str], **export: Any
