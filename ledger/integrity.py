@@ -95,6 +95,10 @@ def event_leaf_hash(
     ).digest()
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _split(n: int) -> int:
     """The largest power of two strictly below n (n > 1): the size of the left subtree."""
     return 1 << ((n - 1).bit_length() - 1)
@@ -557,41 +561,52 @@ class LogAuditor:
     def add_events(self, rows: Iterable[tuple[int, bytes | None, int, bytes, bytes]]) -> None:
         """Event rows (notification id, originator id bytes, version, topic, state) in
         recording order, hashed as leaves here. A row whose originator id is None carries
-        a ready leaf hash in its last field instead (`add_rows`).
+        a ready leaf hash in its last field instead (`add_rows`)."""
+        self.add_batches([rows], _same)
 
-        The loop is written out (no calls per leaf) because `verify` runs it a million times.
+    def add_batches(
+        self,
+        batches: Iterable[Iterable[tuple[int, Any, int, bytes, bytes]]],
+        originator_bytes: Callable[[Any], bytes],
+    ) -> None:
+        """Batches of event rows straight from a database cursor; `originator_bytes` turns
+        the driver's originator id into its 16 bytes.
+
+        The loop is written out (no calls per leaf but the hashes) because `verify` runs it a
+        million times.
         """
         stack = self.frontier.hashes
         size = self.frontier.size
         stop = self._next_stop() or -1
         expected = self._next_position
         sha, head, length = _sha256, _HEAD.pack, _LEN.pack
-        for position, originator, version, topic, state in rows:
-            if position != expected:
-                self._gap(expected, position)
-            expected = position + 1
-            if originator is None:
-                stack.append(state)
-            else:
-                stack.append(
-                    sha(
-                        b"\x00"
-                        + head(position, originator, version, len(topic))
-                        + topic
-                        + length(len(state))
-                        + state
-                    ).digest()
-                )
-            size += 1
-            done = size
-            while not done & 1:
-                right = stack.pop()
-                stack.append(sha(b"\x01" + stack.pop() + right).digest())
-                done >>= 1
-            if size == stop:
-                self.frontier.size = size
-                self._check_pending()
-                stop = self._next_stop() or -1
+        for batch in batches:
+            for position, originator, version, topic, state in batch:
+                if position != expected:
+                    self._gap(expected, position)
+                expected = position + 1
+                if originator is None:
+                    stack.append(state)
+                else:
+                    stack.append(
+                        sha(
+                            b"\x00"
+                            + head(position, originator_bytes(originator), version, len(topic))
+                            + topic
+                            + length(len(state))
+                            + state
+                        ).digest()
+                    )
+                size += 1
+                done = size
+                while not done & 1:
+                    right = stack.pop()
+                    stack.append(sha(b"\x01" + stack.pop() + right).digest())
+                    done >>= 1
+                if size == stop:
+                    self.frontier.size = size
+                    self._check_pending()
+                    stop = self._next_stop() or -1
         self.frontier.size = size
         self._next_position = expected
 

@@ -20,13 +20,15 @@ pure, `ledger.integrity.verify_checkpoint(checkpoint, public_key)`.
 
 from __future__ import annotations
 
+import binascii
 import hmac
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
+from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
@@ -101,14 +103,17 @@ def create_signing_key(database: Database) -> bool:
             public_path.write_text(integrity.public_key_pem(public))
         return False
     key = Ed25519PrivateKey.generate()
-    write_key_file(
-        private_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    try:
+        write_key_file(
+            private_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    except FileExistsError:  # another first command created it a moment ago: keep that one
+        return create_signing_key(database)
     public_path.write_text(integrity.public_key_pem(key.public_key()))
     return True
 
@@ -206,14 +211,13 @@ class Sealer:
         self.tx.insert_many(_C, _CHECKPOINT_COLUMNS, [_checkpoint_row(checkpoint)])
 
 
-_KEYS: dict[Path, Ed25519PrivateKey] = {}
+_KEYS: WeakKeyDictionary[Database, Ed25519PrivateKey] = WeakKeyDictionary()
 
 
 def _signing_key(database: Database) -> Ed25519PrivateKey:
-    path = signing_key_path(database)
-    key = _KEYS.get(path)
+    key = _KEYS.get(database)
     if key is None:
-        key = _KEYS[path] = load_signing_key(database)
+        key = _KEYS[database] = load_signing_key(database)
     return key
 
 
@@ -310,42 +314,48 @@ def _checkpoint_at(conn: Connection, size: int | None) -> Checkpoint | None:
     return None if row is None else _checkpoint_of(row)
 
 
-_EVENT_SQL = (
-    "SELECT notification_id, originator_id, originator_version, topic, state "
-    "FROM ledger_events WHERE notification_id >= {mark} AND notification_id <= {mark} "
-    "ORDER BY notification_id"
-)
+_EVENT_SQL = {
+    # Bytes straight from the driver: no text decoding only to encode it again.
+    "sqlite": "SELECT notification_id, CAST(originator_id AS BLOB), originator_version, "
+    "CAST(topic AS BLOB), state FROM ledger_events "
+    "WHERE notification_id >= ? AND notification_id <= ? ORDER BY notification_id",
+    "postgresql": "SELECT notification_id, uuid_send(originator_id), originator_version, "
+    "convert_to(topic, 'UTF8'), state FROM ledger_events "
+    "WHERE notification_id >= %s AND notification_id <= %s ORDER BY notification_id",
+}
+_ORIGINATOR_BYTES: dict[str, Callable[[Any], bytes]] = {
+    "sqlite": binascii.unhexlify,  # SQLAlchemy's Uuid keeps 32 hex digits on SQLite
+    "postgresql": bytes,
+}
+
+
+def _event_batches(
+    conn: Connection, database: Database, first: int, last: int | None = None
+) -> Iterator[Sequence[Any]]:
+    """Event rows from `first` on, in batches straight off the driver's cursor (the
+    verifier's hot path); `_ORIGINATOR_BYTES[backend]` turns a row's originator id into
+    its 16 bytes."""
+    params = (first, last if last is not None else 2**62)
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    # On PostgreSQL a server-side cursor: a million rows stream instead of landing in memory.
+    cursor = raw.cursor() if database.is_sqlite else raw.cursor(name="consent_ledger_verify")
+    try:
+        cursor.execute(_EVENT_SQL[database.backend], params)
+        while batch := cursor.fetchmany(_BATCH):
+            yield batch
+    finally:
+        cursor.close()
 
 
 def _event_rows(
     conn: Connection, database: Database, first: int, last: int | None = None
 ) -> Iterator[tuple[int, bytes, int, bytes, bytes]]:
-    """Event rows from `first` on, straight off the driver's cursor (the verifier's hot path),
-    with the originator id as 16 bytes and the topic as UTF-8 bytes."""
-    mark = "?" if database.is_sqlite else "%s"
-    sql = _EVENT_SQL.format(mark=mark)
-    params = (first, last if last is not None else 2**62)
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    if database.is_sqlite:
-        cursor = raw.cursor()
-        fromhex = bytes.fromhex
-        try:
-            cursor.execute(sql, params)
-            while batch := cursor.fetchmany(_BATCH):
-                for nid, originator, version, topic, state in batch:
-                    yield nid, fromhex(originator), version, topic.encode(), state
-        finally:
-            cursor.close()
-        return
-    cursor = raw.cursor(name="consent_ledger_verify")  # server side: a million rows stream
-    try:
-        cursor.execute(sql, params)
-        while batch := cursor.fetchmany(_BATCH):
-            for nid, originator, version, topic, state in batch:
-                yield nid, originator.bytes, version, topic.encode(), bytes(state)
-    finally:
-        cursor.close()
+    """Event rows with the originator id as 16 bytes and the topic as UTF-8 bytes."""
+    originator_bytes = _ORIGINATOR_BYTES[database.backend]
+    for batch in _event_batches(conn, database, first, last):
+        for nid, originator, version, topic, state in batch:
+            yield nid, originator_bytes(originator), version, bytes(topic), bytes(state)
 
 
 # -- the API: checkpoints, verification, proofs ----------------------------------------------
@@ -403,7 +413,9 @@ def verify_ledger(
                 return VerifyResult(facts, "", [p.to_json() for p in problems])
         first = start.size if start is not None else 0
         auditor = LogAuditor(_all_checkpoints(conn, first), key, start)
-        auditor.add_events(_event_rows(conn, database, first + 1))
+        auditor.add_batches(
+            _event_batches(conn, database, first + 1), _ORIGINATOR_BYTES[database.backend]
+        )
         audit = auditor.finish()
         problems.extend(audit.problems)
         if audit.problems:

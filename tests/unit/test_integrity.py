@@ -9,6 +9,8 @@ every element of a proof and the exact sizes, or it accepts forgeries.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -401,3 +403,28 @@ def test_each_mutation_is_named() -> None:
     assert kinds([*rows[:5], (7, leaves[6]), (6, leaves[5]), *rows[7:]]) >= {"events_reordered"}
     forged = sign_checkpoint(OTHER_KEY, 10, checkpoints[1].root_hash, "t")
     assert kinds(rows, [checkpoints[0], forged]) == {"checkpoint_signature", "event_inserted"}
+
+
+# -- the README's verifier, run as an outsider would ------------------------------------------
+
+
+def test_the_readme_verifier_accepts_our_proofs_and_rejects_tampered_ones() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Checking a proof without this software.**") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    outsider: dict[str, Any] = {"sha256": hashlib.sha256}
+    exec(code, outsider)
+    included, consistent = outsider["included"], outsider["consistent"]
+    leaves = data(21)
+    tree = tree_of(leaves)
+    for index in (0, 7, 20):
+        proof = inclusion_proof(index, 21, tree.node)
+        assert included(leaves[index], index, 21, proof, tree.root())
+        assert not included(leaves[index], index, 21, proof[:-1], tree.root())
+        assert not included(leaves[index], index, 21, [*proof, proof[0]], tree.root())
+    for old in (1, 8, 13):
+        proof = consistency_proof(old, 21, tree.node)
+        assert consistent(old, 21, tree.root(old), tree.root(), proof)
+        assert not consistent(old, 21, tree.root(old), tree.root(), [*proof, proof[-1]])
+        assert not consistent(old, 21, tree.root(old), tree.root(), proof[1:])
+    assert consistent(21, 21, tree.root(), tree.root(), [])
