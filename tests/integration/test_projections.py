@@ -1,0 +1,248 @@
+"""The read models on each backend: catch-up, tracking, rebuild beside then swap, follow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ledger.config import open_ledger
+from projections import runner
+
+ROOT = Path(__file__).parents[2]
+SMALL = ROOT / "tests" / "data" / "feed-small.jsonl"
+
+
+def _import(ledger: Any, *facts: dict[str, Any]) -> None:
+    ledger.import_lines([orjson.dumps(f) for f in facts])
+
+
+def _register(ref: str, fact_id: str) -> dict[str, Any]:
+    return {
+        "id": fact_id,
+        "type": "customer.registered",
+        "customer": ref,
+        "name": "Ada Lovelace",
+        "email": "ada@example.org",
+        "address": {"line1": "1 Way", "city": "Leeds", "postcode": "LS1", "country": "GB"},
+        "at": "2025-01-01T00:00:00Z",
+    }
+
+
+def _rules(ledger: Any) -> set[tuple[str, str]]:
+    return {(v.rule, v.fact_id) for v in ledger.audit()}
+
+
+def _positions(ledger: Any) -> dict[str, tuple[int, str]]:
+    return {s.name: (s.position, s.slot) for s in ledger.read_models.status()}
+
+
+@pytest.fixture
+def small(ledger: Any) -> Any:
+    with open(SMALL, "rb") as handle:
+        ledger.import_lines(handle)
+    return ledger
+
+
+def test_status_shows_positions_head_and_lag(small: Any) -> None:
+    before = small.read_models.status()
+    assert {s.name for s in before} == set(runner.NAMES)
+    assert all(s.position == 0 and s.lag == s.head > 0 for s in before)
+    small.audit()  # catches up the violations model only
+    after = {s.name: s for s in small.read_models.status()}
+    assert after["violations"].lag == 0
+    assert after["disclosure_trail"].lag == after["disclosure_trail"].head
+    assert small.read_models.catch_up() == after["disclosure_trail"].head
+    assert all(s.lag == 0 for s in small.read_models.status())
+    assert small.read_models.catch_up() == 0  # nothing new: nothing applied
+
+
+def test_a_late_initiation_clears_an_earlier_transfer_violation(ledger: Any) -> None:
+    _import(
+        ledger,
+        _register("C1", "f1"),
+        {
+            "id": "f2",
+            "type": "transfer.disclosure",
+            "customer": "C1",
+            "acquirer": "Northwind",
+            "categories": ["name"],
+            "at": "2025-02-01T00:00:00Z",
+        },
+    )
+    assert _rules(ledger) == {("transfer_without_initiation", "f2")}
+    _import(
+        ledger,
+        {
+            "id": "f3",
+            "type": "transfer.initiated",
+            "acquirer": "Northwind",
+            "scope": "all",
+            "at": "2025-01-15T00:00:00Z",
+        },
+    )
+    assert _rules(ledger) == set()
+
+
+def test_a_late_withdrawal_dated_earlier_turns_a_contact_into_a_violation(ledger: Any) -> None:
+    consent = {"customer": "C1", "purpose": "marketing", "channel": "email", "method": "web"}
+    _import(
+        ledger,
+        _register("C1", "f1"),
+        {"id": "f2", "type": "consent.given", "at": "2025-01-02T00:00:00Z", **consent}
+        | {"policy_version": "1"},
+        {
+            "id": "f3",
+            "type": "marketing.contact",
+            "customer": "C1",
+            "channel": "email",
+            "campaign": "spring",
+            "at": "2025-03-01T00:00:00Z",
+        },
+    )
+    assert _rules(ledger) == set()
+    _import(
+        ledger, {"id": "f4", "type": "consent.withdrawn", "at": "2025-02-01T00:00:00Z", **consent}
+    )
+    assert _rules(ledger) == {("marketing_without_consent", "f3")}
+
+
+def test_a_failed_catch_up_leaves_rows_and_position_as_they_were(
+    small: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small.read_models.catch_up()
+    before = _positions(small)
+    expected = _rules(small)
+    _import(small, _register("C900", "x1"))
+    model = small.read_models.models["violations"]
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("crash in the middle of a catch-up")
+
+    monkeypatch.setattr(model, "replace", broken)
+    with pytest.raises(RuntimeError):
+        small.read_models.catch_up()
+    assert _positions(small) == before  # every model: one transaction, none moved
+    monkeypatch.undo()
+    assert _rules(small) == expected
+    assert all(s.lag == 0 for s in small.read_models.status() if s.name == "violations")
+
+
+def test_a_rebuild_that_fails_halfway_leaves_queries_on_the_old_model(
+    small: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _rules(small)
+    small.read_models.catch_up()
+    before = _positions(small)
+    figures = small.read_models.figures()
+    monkeypatch.setattr(runner, "_STREAMS_PER_BATCH", 1)
+    seen: list[int] = []
+
+    def progress(events: int) -> None:
+        seen.append(events)
+        if len(seen) == 2:
+            raise RuntimeError("killed halfway")
+
+    with pytest.raises(RuntimeError):
+        small.read_models.rebuild(progress=progress)
+    assert len(seen) == 2
+    assert _positions(small) == before
+    assert _rules(small) == expected
+    assert small.read_models.figures() == figures
+    # The next rebuild starts clean, swaps, and answers the same.
+    result = small.read_models.rebuild()
+    assert result.events == before["violations"][0]
+    assert {slot for _, slot in _positions(small).values()} == {"b"}
+    assert _rules(small) == expected
+    assert small.read_models.figures().recipients == figures.recipients
+
+
+def test_queries_answer_from_the_old_model_while_a_rebuild_runs(
+    small: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _rules(small)
+    small.read_models.catch_up()
+    monkeypatch.setattr(runner, "_STREAMS_PER_BATCH", 1)
+    during: list[set[tuple[str, str]]] = []
+
+    def progress(_events: int) -> None:
+        if not during:  # a second ledger object: another connection, as another process
+            other = open_ledger(small.database.url.render_as_string(hide_password=False))
+            try:
+                during.append(_rules(other))
+                assert {s.slot for s in other.read_models.status()} == {"a"}
+            finally:
+                other.database.dispose()
+
+    small.read_models.rebuild(progress=progress)
+    assert during == [expected]
+    assert {s.slot for s in small.read_models.status()} == {"b"}
+
+
+_KILL_HALFWAY = """
+import os, signal, sys
+from ledger.config import open_ledger
+from projections import runner
+runner._STREAMS_PER_BATCH = 1
+ledger = open_ledger(sys.argv[1])
+seen = []
+def progress(events):
+    seen.append(events)
+    if len(seen) == 2:
+        print("halfway", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+ledger.read_models.rebuild(progress=progress)
+print("finished", flush=True)
+"""
+
+
+def test_a_killed_rebuild_leaves_queries_on_the_old_model(small: Any, ledger_url: str) -> None:
+    expected = _rules(small)
+    small.read_models.catch_up()
+    before = _positions(small)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_HALFWAY, ledger_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert done.stdout.strip() == "halfway"
+    assert _positions(small) == before
+    assert _rules(small) == expected
+    small.read_models.rebuild()
+    assert _rules(small) == expected
+
+
+def test_follow_keeps_the_models_at_the_head(small: Any, ledger_url: str) -> None:
+    small.read_models.catch_up()
+    env = {**os.environ, "CONSENT_LEDGER_LOG_LEVEL": "warning"}
+    follower = subprocess.Popen(
+        [str(Path(sys.executable).parent / "consent-ledger"), "--db", ledger_url]
+        + ["projections", "follow", "--interval", "0.2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)
+        _import(small, _register("C777", "follow-1"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(s.lag == 0 for s in small.read_models.status()):
+                break
+            time.sleep(0.1)
+        assert all(s.lag == 0 for s in small.read_models.status())
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        _out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
