@@ -31,6 +31,7 @@ from ledger.domainmodel import Customer, FactEvent
 from ledger.errors import InputError
 from ledger.feed import iso
 from ledger.persistence import tables as ledger_tables
+from ledger.persistence.database import NOTIFY_CHANNEL
 from ledger.rules import Violation
 from projections.base import Pass, ReadModel, Stream, Writer, chunks, stamp_to_iso, tracking
 from projections.consent_history import ConsentHistory, consent_changes_by_month
@@ -62,7 +63,6 @@ MODELS: tuple[type[ReadModel], ...] = (
     Violations,
 )
 NAMES = tuple(model.name for model in MODELS)
-NOTIFY_CHANNEL = "consent_ledger_events"
 
 _E = ledger_tables.events
 _ACQUIRER_TOPIC_PREFIX = "ledger.domainmodel:Acquirer"
@@ -471,7 +471,7 @@ class ReadModels:
             .where(_E.c.notification_id <= head)
             .order_by(_E.c.originator_id, _E.c.originator_version)
         )
-        rows = conn.execution_options(yield_per=20_000).execute(query)
+        rows = conn.execute(query.execution_options(yield_per=20_000))
         batch: list[Stream] = []
         for stream in self._fold(rows, known_at):
             if stream.id in skip:

@@ -32,6 +32,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
 from ledger.persistence import tables
 
+# Recordings committed on PostgreSQL are announced here (read models listen).
+NOTIFY_CHANNEL = "consent_ledger_events"
+
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
 SCHEMA_HEAD = "0005"
 
@@ -217,7 +220,8 @@ class Database:
                 if not self.is_sqlite:
                     conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
                 head = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id)))
-                tx = WriteTransaction(self, conn, (head.scalar() or 0) + 1)
+                first_id = (head.scalar() or 0) + 1
+                tx = WriteTransaction(self, conn, first_id)
                 token = _ambient.set(tx)
                 try:
                     yield tx
@@ -233,6 +237,9 @@ class Database:
                 tx.flush_deferred()
                 for callback in tx.before_commit:
                     callback()
+                if not self.is_sqlite and tx.next_notification_id > first_id:
+                    # Wakes `projections follow`; PostgreSQL delivers it only on commit.
+                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
             except BaseException:
                 trans.rollback()
                 raise
@@ -283,8 +290,13 @@ class Database:
         from migrations import upgrade_connection
 
         before = self.schema_revision()
-        with self.connect() as conn, conn.begin():
-            upgrade_connection(conn)
+        with self.connect() as base:
+            # SQLite: take the write lock first, so that first commands racing on a new file
+            # upgrade one after the other (the later ones find it done) instead of failing
+            # with "database is locked" when a read lock cannot become a write lock.
+            conn = base.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                upgrade_connection(conn)
         return before, SCHEMA_HEAD
 
 
