@@ -50,6 +50,8 @@ from uuid import UUID, uuid4
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.utils import resolve_topic
 
 from ledger import manifest as manifests
 from ledger import views
@@ -636,10 +638,10 @@ class Exporter:
         ]
 
     def _customers(self, upto: int) -> Iterable[tuple[Customer, list[FactEvent]]]:
-        mapper = self.app.mapper
         progress = self.progress
+        decode = EventDecoder(self.app.mapper)
         for stream in export_store.customer_streams(self.app.database, upto):
-            events: list[Any] = [mapper.to_domain_event(stored) for stored in stream]
+            events: list[Any] = [decode(stored) for stored in stream]
             if not isinstance(events[0], Customer.Registered):
                 continue
             yield state_as_of(events, None), events
@@ -755,6 +757,31 @@ class Exporter:
             if request.identified and self.summary.identified:
                 with open(self.disclosure_feed, "rb") as lines:
                     app.import_lines(lines)
+
+
+class EventDecoder:
+    """The library mapper's `to_domain_event`, minus what the ledger never uses on this path
+    (ciphers, compression, id conversion): a tenth of an export's time at a million events.
+    An event whose class has a `class_version` (or whose state carries one) goes through the
+    mapper, so upcasting is never skipped."""
+
+    def __init__(self, mapper: Mapper[UUID]) -> None:
+        self.mapper = mapper
+        self.decode = mapper.transcoder.decode
+        self.classes: dict[str, type] = {}
+
+    def __call__(self, stored: StoredEvent) -> Any:
+        cls = self.classes.get(stored.topic)
+        if cls is None:
+            cls = self.classes[stored.topic] = resolve_topic(stored.topic)
+        state = self.decode(stored.state)
+        if "class_version" in state or getattr(cls, "class_version", 1) != 1:
+            return self.mapper.to_domain_event(stored)
+        state["originator_id"] = stored.originator_id
+        state["originator_version"] = stored.originator_version
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", state)
+        return event
 
 
 def _personal_of(rows: CustomerRows) -> dict[str, Any]:
