@@ -27,8 +27,16 @@ from ledger.feed import iso
     show_default=True,
     help="The SQLite file to build (replaced if it exists).",
 )
-@click.option("--customers", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--customers",
+    type=click.IntRange(1, 2_000_000),
+    default=1000,
+    show_default=True,
+    help="How many customers to generate (about 15 facts each).",
+)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="The same seed builds the same ledger."
+)
 @json_option
 def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
     """Build a sample ledger (customers, orders, consents, disclosures, rule breaks, late

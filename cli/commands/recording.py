@@ -26,7 +26,10 @@ from ledger.vocabulary import DATA_CATEGORIES
 def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
     """Record a feed file (JSON Lines): all of it, or nothing if any line is invalid.
 
-    Lines whose id is already recorded are skipped and counted as duplicates.
+    Lines whose id is already recorded are skipped and counted as duplicates, even months
+    later. If any line is invalid, every invalid line is reported with its number and
+    reason, nothing is recorded and the exit code is 1. A progress bar shows on stderr when
+    it is a terminal.
     """
     size = os.path.getsize(file)
     with open(file, "rb") as handle:
