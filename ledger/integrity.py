@@ -133,6 +133,19 @@ class Frontier:
             created.append((level, index >> level, merged))
         return created
 
+    def append_subtree(self, root: bytes, level: int) -> None:
+        """Add a complete subtree of 2**level leaves (the size must be a multiple of it)."""
+        if self.size % (1 << level):
+            raise ValueError(f"a subtree of level {level} cannot follow {self.size} leaves")
+        stack = self.hashes
+        stack.append(root)
+        self.size += 1 << level
+        done = self.size >> level
+        while not done & 1:
+            right = stack.pop()
+            stack.append(node_hash(stack.pop(), right))
+            done >>= 1
+
     def extend(self, leaves: Iterable[bytes]) -> None:
         """Add many leaf hashes without reporting nodes (the verifier's loop)."""
         stack = self.hashes
@@ -499,6 +512,93 @@ class Problem:
         return document
 
 
+def fold_events(
+    frontier: Frontier,
+    batches: Iterable[Iterable[tuple[int, Any, int, bytes, bytes]]],
+    originator_bytes: Callable[[Any], bytes],
+    expected: int,
+    stops: Sequence[int],
+    on_stop: Callable[[], None],
+    on_gap: Callable[[int, int], None],
+) -> int:
+    """Hash event rows (notification id, originator id, version, topic, state) as leaves onto
+    `frontier`; call `on_stop` when its size reaches each of `stops` (ascending) and `on_gap`
+    when a row's id is not the `expected` one. Returns the next expected id.
+
+    A row whose originator id is None carries a ready leaf hash as its state. The loop is
+    written out (no calls per leaf but the hashes) because `verify` runs it a million times.
+    """
+    stack = frontier.hashes
+    size = frontier.size
+    pending = [stop for stop in reversed(stops) if stop > size]
+    stop = pending.pop() if pending else -1
+    sha, head, length = _sha256, _HEAD.pack, _LEN.pack
+    for batch in batches:
+        for position, originator, version, topic, state in batch:
+            if position != expected:
+                on_gap(expected, position)
+            expected = position + 1
+            if originator is None:
+                stack.append(state)
+            else:
+                stack.append(
+                    sha(
+                        b"\x00"
+                        + head(position, originator_bytes(originator), version, len(topic))
+                        + topic
+                        + length(len(state))
+                        + state
+                    ).digest()
+                )
+            size += 1
+            done = size
+            while not done & 1:
+                right = stack.pop()
+                stack.append(sha(b"\x01" + stack.pop() + right).digest())
+                done >>= 1
+            if size == stop:
+                frontier.size = size
+                on_stop()
+                stop = pending.pop() if pending else -1
+    frontier.size = size
+    return expected
+
+
+@dataclass
+class Block:
+    """One aligned block of leaves hashed on its own: its subtrees at each requested size
+    (absolute tree sizes) and at its end, and whether its ids ran without a gap."""
+
+    start: int
+    count: int = 0
+    gapless: bool = True
+    at_stops: dict[int, list[bytes]] = field(default_factory=dict)
+    hashes: list[bytes] = field(default_factory=list)
+
+
+def hash_block(
+    batches: Iterable[Iterable[tuple[int, Any, int, bytes, bytes]]],
+    originator_bytes: Callable[[Any], bytes],
+    start: int,
+    stops: Sequence[int],
+) -> Block:
+    """Hash the events of ids start + 1 ... of one block (see `LogAuditor.add_block`)."""
+    block = Block(start)
+    local = Frontier()
+
+    def snapshot() -> None:
+        block.at_stops[start + local.size] = list(local.hashes)
+
+    def gap(_expected: int, _position: int) -> None:
+        block.gapless = False
+
+    fold_events(
+        local, batches, originator_bytes, start + 1, [s - start for s in stops], snapshot, gap
+    )
+    block.count, block.hashes = local.size, local.hashes
+    return block
+
+
 @dataclass
 class LogAudit:
     """The outcome of recomputing a log against its checkpoints."""
@@ -507,6 +607,7 @@ class LogAudit:
     head: bytes
     problems: list[Problem]
     mismatched: list[Checkpoint]
+    frontier: Frontier
 
     @property
     def ok(self) -> bool:
@@ -570,45 +671,34 @@ class LogAuditor:
         originator_bytes: Callable[[Any], bytes],
     ) -> None:
         """Batches of event rows straight from a database cursor; `originator_bytes` turns
-        the driver's originator id into its 16 bytes.
+        the driver's originator id into its 16 bytes."""
+        self._next_position = fold_events(
+            self.frontier,
+            batches,
+            originator_bytes,
+            self._next_position,
+            [c.tree_size for c in reversed(self._pending)],
+            self._check_pending,
+            self._gap,
+        )
 
-        The loop is written out (no calls per leaf but the hashes) because `verify` runs it a
-        million times.
-        """
-        stack = self.frontier.hashes
-        size = self.frontier.size
-        stop = self._next_stop() or -1
-        expected = self._next_position
-        sha, head, length = _sha256, _HEAD.pack, _LEN.pack
-        for batch in batches:
-            for position, originator, version, topic, state in batch:
-                if position != expected:
-                    self._gap(expected, position)
-                expected = position + 1
-                if originator is None:
-                    stack.append(state)
-                else:
-                    stack.append(
-                        sha(
-                            b"\x00"
-                            + head(position, originator_bytes(originator), version, len(topic))
-                            + topic
-                            + length(len(state))
-                            + state
-                        ).digest()
-                    )
-                size += 1
-                done = size
-                while not done & 1:
-                    right = stack.pop()
-                    stack.append(sha(b"\x01" + stack.pop() + right).digest())
-                    done >>= 1
-                if size == stop:
-                    self.frontier.size = size
-                    self._check_pending()
-                    stop = self._next_stop() or -1
-        self.frontier.size = size
-        self._next_position = expected
+    def add_block(self, block: Block, level: int) -> None:
+        """A block hashed elsewhere (`hash_block`, in another process): it must start where
+        the log so far ends, on a multiple of 2**level, and hold at most 2**level leaves."""
+        frontier = self.frontier
+        if block.start != frontier.size or block.start % (1 << level) or block.count > 1 << level:
+            raise ValueError(f"block at {block.start} does not continue a log of {frontier.size}")
+        for size, local in sorted(block.at_stops.items()):
+            # The tree at `size` is the blocks so far followed by the block's own subtrees.
+            self.frontier = Frontier(size, frontier.hashes + local)
+            self._check_pending()
+        self.frontier = frontier
+        if block.count == 1 << level:
+            frontier.append_subtree(block.hashes[0], level)
+        else:
+            frontier.hashes.extend(block.hashes)
+            frontier.size += block.count
+        self._next_position = frontier.size + 1
 
     def _gap(self, expected: int, position: int) -> None:
         if position > expected:
@@ -668,7 +758,7 @@ class LogAuditor:
                     covered + 1,
                 )
             )
-        return LogAudit(size, self.frontier.root(), self.problems, self.mismatched)
+        return LogAudit(size, self.frontier.root(), self.problems, self.mismatched, self.frontier)
 
 
 def audit_log(

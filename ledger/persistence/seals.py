@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import binascii
 import hmac
+import multiprocessing
+import os
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +43,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import integrity
 from ledger.errors import ConfigurationError, FactNotFoundError, InputError, IntegrityFailure
-from ledger.integrity import Checkpoint, Frontier, LogAuditor, Problem
+from ledger.integrity import Checkpoint, Frontier, LogAudit, LogAuditor, Problem
 from ledger.persistence import tables
 from ledger.persistence.database import Database, WriteTransaction, default_key_dir
 from ledger.persistence.keys import write_key_file
@@ -48,7 +51,9 @@ from ledger.persistence.keys import write_key_file
 SIGNING_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
 _BATCH = 20_000
-_LISTED = 50  # altered events named one by one; beyond this, counted
+_LISTED = 50
+_BLOCK_LEVEL = 15  # parallel verification hashes blocks of 32,768 events
+_MAX_WORKERS = 4  # altered events named one by one; beyond this, counted
 
 tree_nodes = sa.Table(
     "ledger_tree_nodes",
@@ -99,8 +104,7 @@ def create_signing_key(database: Database) -> bool:
     private_path, public_path = signing_key_path(database), public_key_path(database)
     if private_path.exists():
         if not public_path.exists():
-            public = load_signing_key(database).public_key()
-            public_path.write_text(integrity.public_key_pem(public))
+            _write_public_key(public_path, load_signing_key(database).public_key())
         return False
     key = Ed25519PrivateKey.generate()
     try:
@@ -114,8 +118,15 @@ def create_signing_key(database: Database) -> bool:
         )
     except FileExistsError:  # another first command created it a moment ago: keep that one
         return create_signing_key(database)
-    public_path.write_text(integrity.public_key_pem(key.public_key()))
+    _write_public_key(public_path, key.public_key())
     return True
+
+
+def _write_public_key(path: Path, key: Ed25519PublicKey) -> None:
+    """Whole or not at all: a racing reader never sees half a key."""
+    pending = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    pending.write_text(integrity.public_key_pem(key))
+    os.replace(pending, path)
 
 
 def load_signing_key(database: Database) -> Ed25519PrivateKey:
@@ -394,13 +405,20 @@ def verify_ledger(
     *,
     since: dict[str, Any] | None = None,
     public_key: Ed25519PublicKey | None = None,
+    workers: int | None = None,
+    block_level: int = _BLOCK_LEVEL,
 ) -> VerifyResult:
     """Recompute the tree from the events and hold it against every signed checkpoint.
 
     With `since` (a checkpoint an auditor kept) only the growth after it is recomputed, from
     the stored frontier of that size, which must hash to the kept root. Never raises for
     what it finds: every problem is in the result.
+
+    A large SQLite ledger is hashed by `workers` processes (default: one per CPU), in blocks
+    of 2**block_level events; if that finds anything, the sequential pass runs to name it.
     """
+    if workers is None:
+        workers = min(os.cpu_count() or 1, _MAX_WORKERS)
     database = app.database
     key = public_key or load_public_key(database)
     with database.reading() as conn:
@@ -412,15 +430,20 @@ def verify_ledger(
                 facts, _ = _fact_index(conn)
                 return VerifyResult(facts, "", [p.to_json() for p in problems])
         first = start.size if start is not None else 0
-        auditor = LogAuditor(_all_checkpoints(conn, first), key, start)
-        auditor.add_batches(
-            _event_batches(conn, database, first + 1), _ORIGINATOR_BYTES[database.backend]
-        )
-        audit = auditor.finish()
+        stored = _all_checkpoints(conn, first)
+        audit = None
+        if start is None and workers > 1:
+            audit = _parallel_audit(conn, database, stored, key, workers, block_level)
+        if audit is None:  # sequential: the reference, and the one that names problems
+            auditor = LogAuditor(stored, key, start)
+            auditor.add_batches(
+                _event_batches(conn, database, first + 1), _ORIGINATOR_BYTES[database.backend]
+            )
+            audit = auditor.finish()
         problems.extend(audit.problems)
         if audit.problems:
             problems.extend(_locate(conn, database, first))
-        elif not _stored_frontier_matches(conn, audit.size, auditor.frontier):
+        elif not _stored_frontier_matches(conn, audit.size, audit.frontier):
             problems.append(
                 Problem(
                     "seal_altered",
@@ -438,6 +461,58 @@ def verify_ledger(
                 )
             )
     return VerifyResult(facts, audit.head.hex(), [p.to_json() for p in problems], audit.size)
+
+
+def _parallel_audit(
+    conn: Connection,
+    database: Database,
+    stored: list[Checkpoint],
+    key: Ed25519PublicKey,
+    workers: int,
+    block_level: int,
+) -> LogAudit | None:
+    """The whole log hashed in aligned blocks by worker processes, each reading its block
+    from its own connection (events never change, so every snapshot agrees on them). None
+    when it does not apply (PostgreSQL, a small or gapped log) or found a problem."""
+    path = database.sqlite_path
+    if path is None:
+        return None
+    last, count = conn.execute(
+        sa.select(sa.func.max(tables.events.c.notification_id), sa.func.count())
+    ).one()
+    block = 1 << block_level
+    if not last or last != count or last < 2 * block:
+        return None
+    sizes = [c.tree_size for c in stored]
+    tasks = [
+        (
+            str(path),
+            start,
+            min(start + block, last),
+            [s for s in sizes if start < s <= start + block],
+        )
+        for start in range(0, last, block)
+    ]
+    auditor = LogAuditor(stored, key)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(min(workers, len(tasks))) as pool:
+        for hashed in pool.imap(_hash_sqlite_block, tasks):
+            if not hashed.gapless or hashed.count != min(block, last - hashed.start):
+                return None
+            auditor.add_block(hashed, block_level)
+    audit = auditor.finish()
+    return None if audit.problems else audit
+
+
+def _hash_sqlite_block(task: tuple[str, int, int, list[int]]) -> integrity.Block:
+    path, start, end, stops = task
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cursor = connection.execute(_EVENT_SQL["sqlite"], (start + 1, end))
+        batches = iter(lambda: cursor.fetchmany(_BATCH), [])
+        return integrity.hash_block(batches, binascii.unhexlify, start, stops)
+    finally:
+        connection.close()
 
 
 def _fact_index(conn: Connection) -> tuple[int, int]:

@@ -290,3 +290,14 @@ def test_prove_and_verify_proof_offline(recorded: Any, tmp_path: Path) -> None:
     consistency = run(url, "prove", "--consistency", "13", kept.stdout, "--json")
     assert consistency.exit_code == 0, consistency.output
     assert json.loads(consistency.stdout)["old"]["tree_size"] == 13
+
+
+def test_verification_in_parallel_blocks_agrees_with_one_pass(recorded: Any) -> None:
+    # Blocks of 4 events, so the small feed's 27 events take the parallel path on SQLite.
+    parallel = seals.verify_ledger(recorded, workers=2, block_level=2)
+    assert parallel.to_json() == seals.verify_ledger(recorded, workers=1).to_json()
+    assert parallel.ok
+    tamper(recorded, ("DELETE FROM ledger_events WHERE notification_id = 9", {}))
+    assert seals.verify_ledger(recorded, workers=2, block_level=2).problems == (
+        seals.verify_ledger(recorded, workers=1).problems
+    )

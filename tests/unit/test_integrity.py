@@ -428,3 +428,25 @@ def test_the_readme_verifier_accepts_our_proofs_and_rejects_tampered_ones() -> N
         assert not consistent(old, 21, tree.root(old), tree.root(), [*proof, proof[-1]])
         assert not consistent(old, 21, tree.root(old), tree.root(), proof[1:])
     assert consistent(21, 21, tree.root(), tree.root(), [])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 80), st.integers(0, 4), st.data())
+def test_blocks_hashed_apart_give_the_same_audit_as_one_pass(
+    n: int, level: int, draw: st.DataObject
+) -> None:
+    rows = [(i, bytes(16), 1, b"topic", f"state {i}".encode()) for i in range(1, n + 1)]
+    sizes = sorted({*draw.draw(st.lists(st.integers(1, n), max_size=6)), n})
+    tree = MemoryTree(integrity.event_leaf_hash(*row) for row in rows)
+    checkpoints = [sign_checkpoint(KEY, s, tree.root(s), "t") for s in sizes]
+    whole = integrity.LogAuditor(checkpoints, KEY.public_key())
+    whole.add_events(rows)
+    blocks = integrity.LogAuditor(checkpoints, KEY.public_key())
+    width = 1 << level
+    for start in range(0, n, width):
+        stops = [s for s in sizes if start < s <= start + width]
+        block = integrity.hash_block([rows[start : start + width]], bytes, start, stops)
+        blocks.add_block(block, level)
+    one, other = whole.finish(), blocks.finish()
+    assert one.ok and other.ok
+    assert (other.size, other.head) == (one.size, one.head) == (n, tree.root())
