@@ -9,9 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from click.testing import CliRunner
 
-from cli.main import cli
 from ledger import views
 from ledger.errors import RuleViolationError
 from ledger.exports import (
@@ -26,6 +24,7 @@ from ledger.feed import parse_time
 from ledger.manifest import MANIFEST_NAME, verify_export_dir
 from ledger.persistence import seals
 from ledger.samplefeed import ACQUIRER, generate
+from tests.cli_helpers import error_line, run, run_json
 
 TABLE_NAMES = ("customers", "consents", "consent_history", "orders", "disclosures")
 
@@ -242,46 +241,20 @@ def test_cli_export_and_verify_exit_codes(
     ledger_url: str, ledger: Any, feed_small: Path, tmp_path: Path
 ) -> None:
     _load(ledger, feed_small, customers=3)
-    runner = CliRunner()
     out = tmp_path / "dd"
-    made = runner.invoke(
-        cli,
-        [
-            "--db",
-            ledger_url,
-            "export",
-            "due-diligence",
-            "--acquirer",
-            "Contoso Holdings",
-            "--out",
-            str(out),
-            "--json",
-        ],
-    )
-    assert made.exit_code == 0, made.stderr
-    assert orjson.loads(made.stdout)["folder"] == str(out)
-    refused = runner.invoke(
-        cli,
-        [
-            "--db",
-            ledger_url,
-            "export",
-            "due-diligence",
-            "--acquirer",
-            "Contoso Holdings",
-            "--out",
-            str(tmp_path / "x"),
-            "--identified",
-        ],
-    )
+    export = ("export", "due-diligence", "--acquirer", "Contoso Holdings", "--out")
+    made = run_json(ledger_url, *export, str(out))
+    assert made["folder"] == str(out) and made["customers"] == 5
+    refused = run(ledger_url, *export, str(tmp_path / "x"), "--identified")
     assert refused.exit_code == 3
+    assert "transfer_without_initiation" in error_line(refused)
     key = seals.public_key_path(ledger.database)
-    ok = runner.invoke(cli, ["export", "verify", str(out), "--public-key", str(key), "--json"])
-    assert ok.exit_code == 0 and orjson.loads(ok.stdout)["ok"] is True
+    checked = run_json(None, "export", "verify", str(out), "--public-key", str(key))
+    assert checked["ok"] is True and checked["key_pinned"] is True
     (out / "consents.jsonl").write_bytes((out / "consents.jsonl").read_bytes() + b" ")
-    bad = runner.invoke(cli, ["export", "verify", str(out)])
+    bad = run(None, "export", "verify", str(out))
     assert bad.exit_code == 4
-    assert "consents.jsonl" in bad.stderr
+    assert "consents.jsonl" in error_line(bad)
 
 
 def test_the_export_decoder_rebuilds_exactly_what_the_mapper_does(
