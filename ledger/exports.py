@@ -569,7 +569,12 @@ class Exporter:
             (self.staging / manifests.MANIFEST_NAME).write_bytes(data)
             digest = manifests.manifest_sha256(data)
             self._record(digest, verified.events)
-            self.staging.replace(self.request.out)
+            self._publish()
+        except OSError as error:
+            raise InputError(
+                f"cannot write the export beside {self.request.out}: {error.strerror}; "
+                "nothing was recorded"
+            ) from None
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.disclosure_feed.unlink(missing_ok=True)
@@ -585,6 +590,19 @@ class Exporter:
             tree_size=verified.events,
             verify_head=verified.head,
         )
+
+    def _publish(self) -> None:
+        """Move the finished folder into place: the export is recorded by now, so a failure
+        here keeps the files where they are and says so."""
+        try:
+            self.staging.replace(self.request.out)
+        except OSError as error:
+            kept = self.staging.with_name(self.staging.name.replace(".partial-", ".export-"))
+            self.staging.replace(kept)
+            raise InputError(
+                f"export {self.fact_id} was recorded but could not be moved to "
+                f"{self.request.out} ({error.strerror}): its files are in {kept}"
+            ) from None
 
     def _parameters(self) -> dict[str, Any]:
         request = self.request

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ledger import views
-from ledger.errors import RuleViolationError
+from ledger.errors import InputError, RuleViolationError
 from ledger.exports import (
     ExportRequest,
     export_due_diligence,
@@ -271,3 +271,19 @@ def test_the_export_decoder_rebuilds_exactly_what_the_mapper_does(
         for stored in stream:
             fast, slow = decode(stored), ledger.mapper.to_domain_event(stored)
             assert type(fast) is type(slow) and fast.__dict__ == slow.__dict__
+
+
+def test_an_occupied_folder_or_unknown_format_is_refused_before_anything(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=0)
+    before = seals.verify_ledger(ledger).events
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "old.txt").write_text("keep me")
+    with pytest.raises(InputError, match="already exists"):
+        _export(ledger, tmp_path / "dd")
+    with pytest.raises(InputError, match="unknown format"):
+        _export(ledger, tmp_path / "new", format="xlsx")
+    assert (tmp_path / "dd" / "old.txt").read_text() == "keep me"
+    assert not (tmp_path / "new").exists()
+    assert seals.verify_ledger(ledger).events == before
