@@ -110,9 +110,12 @@ class ConsentLedger(Application[UUID]):
                 if not raw.strip():
                     continue
                 try:
-                    yield number, parse_line(raw, number)
+                    item: Fact | InvalidFactError = parse_line(raw, number)
                 except InvalidFactError as error:
-                    yield number, error
+                    # The reason only: the raised error's traceback holds the line and its
+                    # decoded fields, which a stream of bad lines must not accumulate.
+                    item = InvalidFactError(error.reason, number)
+                yield number, item
 
         self._record_items(parsed(), summary, preventive=False, dry_run=dry_run)
         if summary.errors:

@@ -68,11 +68,23 @@ def decode_master_key(text: str, source: str) -> bytes:
 
 
 def write_key_file(path: Path, content: bytes) -> None:
-    """Create a secret file readable by its owner only (never overwrite one)."""
+    """Create a secret file readable by its owner only (never overwrite one).
+
+    Written aside, then linked into place: the key appears whole or not at all, so two
+    first commands racing on a new ledger never read a half-written key. FileExistsError
+    if the file exists already.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def load_master_key(database: Database, *, create: bool = False) -> tuple[bytes, str]:
@@ -87,7 +99,10 @@ def load_master_key(database: Database, *, create: bool = False) -> tuple[bytes,
                 f"no master key: set {MASTER_KEY_ENV} or provide the key file {path} "
                 "(run 'consent-ledger db upgrade' to create one for a new ledger)"
             )
-        write_key_file(path, base64.b64encode(new_key()) + b"\n")
+        try:
+            write_key_file(path, base64.b64encode(new_key()) + b"\n")
+        except FileExistsError:
+            pass  # another process created it a moment ago: that is the ledger's key
     try:
         text = path.read_text()
     except OSError as error:

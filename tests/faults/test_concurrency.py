@@ -1,0 +1,90 @@
+"""Concurrency: four processes importing overlapping files at once.
+
+Writers serialise on the writer's lock (SQLite `BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE`),
+and each looks up the fact ids it holds under that lock, so whichever order they run in,
+every fact is recorded once: accepted by exactly one process, a duplicate for the others.
+The importers are forked from this process (`support.fork`), so they start at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.faults.support import fact_id, feed_lines, fork, recorded_ids, write_feed
+
+DEADLINE = 90  # seconds, far beyond the few this takes: reaching it means a deadlock
+
+
+def _overlapping_files() -> list[list[bytes]]:
+    """Four files over two feeds, each fact in two or three of them. Each file is valid on
+    its own (a prefix of a feed refers only to what it holds), whatever was recorded first."""
+    first = feed_lines(30, prefix="a-")
+    second = feed_lines(30, prefix="b-", seed=8)
+    half_a, half_b = len(first) // 2, len(second) // 2
+    return [first, first[:half_a] + second, second[:half_b] + first, second + first]
+
+
+def _import_at_once(url: str, files: list[Path]) -> list[dict[str, Any]]:
+    """Start one importer per file at the same moment; their JSON summaries."""
+    outs = [path.with_suffix(".out") for path in files]
+    pids = [
+        fork(url, "import", str(path), "--json", out=out)
+        for path, out in zip(files, outs, strict=True)
+    ]
+    deadline = time.monotonic() + DEADLINE
+    codes: dict[int, int] = {}
+    while len(codes) < len(pids):
+        for pid in pids:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            for pid in set(pids) - set(codes):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            pytest.fail(f"importers still running after {DEADLINE}s: a deadlock")
+        time.sleep(0.02)
+    assert [codes[pid] for pid in pids] == [0] * len(pids)
+    return [orjson.loads(out.read_bytes()) for out in outs]
+
+
+def _check_each_fact_once(url: str, contents: list[list[bytes]], summaries: list[Any]) -> None:
+    every_id = {fact_id(line) for lines in contents for line in lines}
+    # Each process's summary adds up
+    for lines, result in zip(contents, summaries, strict=True):
+        assert result["rejected"] == 0, result["errors"]
+        assert result["accepted"] + result["duplicates"] == len(lines)
+    # And every fact was accepted by exactly one of them, and is recorded exactly once
+    assert sum(result["accepted"] for result in summaries) == len(every_id)
+    assert sorted(recorded_ids(url)) == sorted(every_id)
+
+
+def test_four_overlapping_imports_at_once_record_every_fact_exactly_once(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    # Given four files that overlap
+    contents = _overlapping_files()
+    files = [write_feed(tmp_path / f"feed-{n}.jsonl", lines) for n, lines in enumerate(contents)]
+    # When four processes import them at the same moment
+    summaries = _import_at_once(ledger_url, files)
+    # Then every fact is recorded once and each summary adds up
+    _check_each_fact_once(ledger_url, contents, summaries)
+
+
+def test_four_first_commands_racing_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    # Given no ledger yet: the first command creates the file and its schema by itself
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    contents = _overlapping_files()
+    files = [write_feed(tmp_path / f"feed-{n}.jsonl", lines) for n, lines in enumerate(contents)]
+    # When four of them start at the same moment
+    summaries = _import_at_once(url, files)
+    # Then one creates the schema, the others wait for it, and every fact is recorded once
+    _check_each_fact_once(url, contents, summaries)

@@ -1,0 +1,81 @@
+"""Crash: `kill -9` an import at random points; importing the file again records it once.
+
+An import is one write transaction, so after each kill the ledger holds all of the file or
+none of it, never a part; the import that finally completes records every fact exactly once,
+and the recorded log still verifies. The killed imports are forked from this process (see
+`support.fork`) so that the random moments fall in the import's work, not in start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ledger.persistence.seals import verify_ledger
+from tests.faults.support import (
+    event_count,
+    fact_id,
+    feed_lines,
+    fork,
+    recorded_ids,
+    run,
+    summary,
+    wait,
+    write_feed,
+)
+
+KILLS = 12
+MAX_ATTEMPTS = 40
+
+
+def test_import_killed_at_random_points_then_reimported_records_every_fact_once(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    # Given a feed of two self-contained parts, and how long a dry run of it takes
+    lines = feed_lines(40, prefix="a-") + feed_lines(40, prefix="b-", seed=8)
+    feed = write_feed(tmp_path / "feed.jsonl", lines)
+    ids = {fact_id(line) for line in lines}
+    began = time.monotonic()
+    assert wait(fork(ledger_url, "import", str(feed), "--dry-run")) == 0
+    duration = time.monotonic() - began
+
+    # When imports of it are killed with SIGKILL at random moments, at least twelve times
+    rng = random.Random(20261126)
+    killed_at: list[float] = []
+    for _attempt in range(MAX_ATTEMPTS):
+        if len(killed_at) >= KILLS:
+            break
+        pid = fork(ledger_url, "import", str(feed))
+        started = time.monotonic()
+        delay = rng.uniform(0.0, 0.95) * duration
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        if wait(pid) == -signal.SIGKILL:
+            killed_at.append(round(delay, 3))
+        else:  # it finished first: from now on the kills land in re-imports of the file
+            duration = time.monotonic() - started
+        # Then each time the ledger holds all of the file or none of it
+        held = recorded_ids(ledger_url)
+        assert len(held) == len(set(held))
+        assert set(held) in (set(), ids), f"a killed import left {len(held)} of {len(ids)} facts"
+    assert len(killed_at) >= KILLS, f"only {len(killed_at)} kills landed during an import"
+
+    # And importing the file once more (the console script) completes, each line accepted
+    # or counted as a duplicate
+    done = summary(run(ledger_url, "import", str(feed), "--json"))
+    assert done["accepted"] + done["duplicates"] == len(lines)
+    assert done["rejected"] == 0
+
+    # And every fact is recorded exactly once, each as one event (plus the acquirer's own)
+    held = recorded_ids(ledger_url)
+    assert sorted(held) == sorted(ids), killed_at
+    assert event_count(ledger_url) == len(ids) + 1
+
+    # And the recorded log verifies
+    result = verify_ledger(ledger)
+    assert result.ok, result.problems
+    assert result.facts == len(ids)
