@@ -27,9 +27,7 @@ def export() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="The folder to create (must not exist, or be empty).",
 )
-@click.option(
-    "--as-of", "as_of", type=MOMENT, help="Only facts at or before this business time."
-)
+@click.option("--as-of", "as_of", type=MOMENT, help="Only facts at or before this business time.")
 @click.option(
     "--identified",
     is_flag=True,
