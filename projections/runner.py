@@ -75,6 +75,7 @@ _STREAM_COLUMNS = (
 )
 _UNSEEN: Any = object()
 _STREAMS_PER_BATCH = 1000
+_REBUILD_CACHE_KIB = 256 * 1024
 
 Progress = Callable[[int], None]
 
@@ -545,7 +546,14 @@ class ReadModels:
             with conn.begin():
                 if rebuild and not self.database.is_sqlite:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('rm_rebuild'))"))
-                yield conn
+                if rebuild and self.database.is_sqlite:
+                    # Streams are read in stream order, through the index: keep pages cached.
+                    conn.exec_driver_sql(f"PRAGMA cache_size=-{_REBUILD_CACHE_KIB}")
+                try:
+                    yield conn
+                finally:
+                    if rebuild and self.database.is_sqlite:
+                        conn.exec_driver_sql("PRAGMA cache_size=-2000")
 
     def _lock_tracking(self, conn: Connection, names: Sequence[str]) -> dict[str, Any]:
         query = (

@@ -18,6 +18,7 @@ from projections import runner
 
 ROOT = Path(__file__).parents[2]
 SMALL = ROOT / "tests" / "data" / "feed-small.jsonl"
+CONSENT_LEDGER = str(Path(sys.executable).parent / "consent-ledger")
 
 
 def _import(ledger: Any, *facts: dict[str, Any]) -> None:
@@ -226,8 +227,7 @@ def test_follow_keeps_the_models_at_the_head(small: Any, ledger_url: str) -> Non
     small.read_models.catch_up()
     env = {**os.environ, "CONSENT_LEDGER_LOG_LEVEL": "warning"}
     follower = subprocess.Popen(
-        [str(Path(sys.executable).parent / "consent-ledger"), "--db", ledger_url]
-        + ["projections", "follow", "--interval", "0.2"],
+        [CONSENT_LEDGER, "--db", ledger_url, "projections", "follow", "--interval", "0.2"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -26,8 +26,10 @@ from ledger import views
 from ledger.feed import iso
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 from projections.base import metadata
+from projections.consent_history import consent_history_of
 from projections.current_consent import current_consents_of
 from projections.disclosure_trail import trail_of
+from projections.order_status import orders
 from projections.recipient_registry import registry
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -318,6 +320,19 @@ def direct_fold(ledger: Any) -> None:
             customer, events = ledger.customer_with_events(ref)
             trail = views.trail_rows(events)
             assert trail_of(conn, slots["disclosure_trail"], ref) == trail
+            history = consent_history_of(conn, slots["consent_history"], ref)
+            assert sorted((r["fact_id"], r["status"]) for r in history) == sorted(
+                (r["fact_id"], r["status"]) for r in views.consent_history_rows(events)
+            )
+            table = orders[slots["order_status"]]
+            rows = conn.execute(
+                sa.select(table.c.order_ref, table.c.status, table.c.total).where(
+                    table.c.customer == ref
+                )
+            )
+            assert sorted(tuple(r) for r in rows) == sorted(
+                (o.ref, o.status, str(o.total)) for o in customer.orders.values()
+            )
             assert sorted(
                 current_consents_of(conn, slots["current_consent"], ref),
                 key=lambda r: (r["purpose"], r["channel"]),

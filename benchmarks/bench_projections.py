@@ -1,0 +1,114 @@
+"""Benchmark: the read models on SQLite. Prints figures; asserts nothing.
+
+    .venv/bin/python benchmarks/bench_projections.py --customers 6600     # ~100k facts
+    .venv/bin/python benchmarks/bench_projections.py --customers 66000    # ~1M facts
+
+Builds (once, cached under --work) a ledger of N generated customers (~15 facts each), then
+measures, in this order:
+
+1. `projections rebuild` of every read model from event zero (events/s);
+2. `audit check` with the violations model at the head (in-process, and the CLI's wall time
+   as a user would see it);
+3. `audit check` when the violations model must first catch up from event zero (as after a
+   fresh import);
+4. the catch-up check a query pays when nothing is new (one indexed query), median of 200;
+5. an incremental catch-up of every model after importing ~1,500 more facts.
+
+Targets (issue 3): rebuild at 1M facts >= 100k events/s; `audit check` at 1M facts <= 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(path: Path, customers: int) -> None:
+    from ledger.config import open_ledger
+    from ledger.samplefeed import generate_lines
+
+    started = time.perf_counter()
+    ledger = open_ledger(f"sqlite:///{path}")
+    summary = ledger.import_lines(generate_lines(customers))
+    seconds = time.perf_counter() - started
+    print(f"built {path}: {summary.accepted} facts in {seconds:.1f} s")
+    ledger.database.dispose()
+
+
+def timed(label: str, action: Any) -> Any:
+    started = time.perf_counter()
+    result = action()
+    seconds = time.perf_counter() - started
+    print(f"{label}: {seconds:.2f} s")
+    return result, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=6600)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/consent-ledger-bench"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    path = args.work / f"projections-{args.customers}.db"
+    os.environ.setdefault("CONSENT_LEDGER_KEY_DIR", str(args.work / f"keys-{args.customers}"))
+    if not path.exists():
+        build(path, args.customers)
+
+    import sqlalchemy as sa
+
+    from ledger.config import open_ledger
+    from projections.base import tracking
+
+    url = f"sqlite:///{path}"
+    ledger = open_ledger(url)
+    models = ledger.read_models
+    head = models.status()[0].head
+    print(f"ledger: {head} events, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
+    rebuilt, seconds = timed("1. rebuild of every read model", models.rebuild)
+    rate = rebuilt.events / seconds
+    print(f"   {rebuilt.events} events, {rebuilt.streams} streams: {rate:,.0f} events/s")
+
+    violations, _ = timed("2. audit check, models at the head (in-process)", ledger.audit)
+    print(f"   {len(violations)} violations")
+    cli = [str(Path(sys.executable).parent / "consent-ledger"), "--db", url, "audit", "check"]
+    started = time.perf_counter()
+    subprocess.run([*cli, "--json"], check=True, capture_output=True, cwd=ROOT)
+    print(f"   CLI wall time (a new process): {time.perf_counter() - started:.2f} s")
+
+    with ledger.database.connect() as conn, conn.begin():
+        conn.execute(tracking.update().where(tracking.c.name == "violations").values(position=0))
+    cold, _ = timed("3. audit check, violations model caught up from event zero", ledger.audit)
+    assert len(cold) == len(violations)
+
+    samples = []
+    for _ in range(200):
+        started = time.perf_counter()
+        with models.snapshot():
+            pass
+        samples.append(time.perf_counter() - started)
+    print(f"4. catch-up check with nothing new: median {statistics.median(samples) * 1000:.2f} ms")
+
+    from ledger.samplefeed import generate_lines
+
+    more = list(generate_lines(100, seed=int(time.time()), prefix=f"b{int(time.time())}-"))
+    ledger.import_lines(more)
+    applied, seconds = timed(
+        f"5. incremental catch-up after {len(more)} more facts", models.catch_up
+    )
+    print(f"   {applied} events: {applied / seconds:,.0f} events/s")
+    with ledger.database.reading() as conn:
+        positions = {r.name: r.position for r in conn.execute(sa.select(tracking))}
+    assert len(set(positions.values())) == 1, positions
+
+
+if __name__ == "__main__":
+    main()
