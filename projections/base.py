@@ -14,7 +14,7 @@ and times: never names, emails, phones or addresses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -55,10 +55,6 @@ def unstamp(text: str) -> datetime:
 def stamp_to_iso(text: str) -> str:
     """The ledger's printed form (`ledger.feed.iso`) of a stamp."""
     return text[:19] + "Z" if text.endswith(".000000Z") else text
-
-
-def month_of(text: str) -> str:
-    return text[:7]
 
 
 class SlotTable:
@@ -207,7 +203,21 @@ class ReadModel:
         """End of a pass: write anything accumulated across streams."""
 
 
-def customer_streams(streams: Iterable[Stream]) -> Iterable[tuple[Stream, Customer]]:
-    for stream in streams:
-        if isinstance(stream.aggregate, Customer):
-            yield stream, stream.aggregate
+def timeline(
+    stream: Stream,
+    kinds: type[FactEvent] | tuple[type[FactEvent], ...],
+    fields: Callable[[Any], tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:
+    """Rows (stream, customer, at, seq, *fields(event), month) of a customer's events of
+    `kinds`: the shape of the models that list facts in business time."""
+    customer = stream.aggregate
+    if not isinstance(customer, Customer):
+        return []
+    rows = []
+    for event in stream.events:
+        if isinstance(event, kinds):
+            at = stamp(event.at)
+            rows.append(
+                (stream.key, customer.ref, at, event.originator_version, *fields(event), at[:7])
+            )
+    return rows

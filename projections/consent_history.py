@@ -1,7 +1,7 @@
 """Consent history: every consent given or withdrawn, per customer, in business time.
 
-Answers "what was this customer's consent on 3 March" (`consent show --as-of`) and the
-report's chart of consent given and withdrawn over time per purpose and channel.
+Answers a customer's consent history and the report's chart of consent given and withdrawn
+over time per purpose and channel.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from projections.base import (
     Rows,
     SlotTable,
     Stream,
-    month_of,
-    stamp,
     stream_column,
     text,
     time_column,
+    timeline,
 )
 
 history = SlotTable(
@@ -48,29 +47,21 @@ class ConsentHistory(ReadModel):
     description = "every consent given or withdrawn, in business time"
 
     def rows(self, stream: Stream) -> Rows:
-        customer = stream.aggregate
-        if not isinstance(customer, Customer):
-            return {}
-        found = []
-        for event in stream.events:
-            if isinstance(event, (Customer.ConsentGiven, Customer.ConsentWithdrawn)):
-                at = stamp(event.at)
-                found.append(
-                    (
-                        stream.key,
-                        customer.ref,
-                        at,
-                        event.originator_version,
-                        event.purpose,
-                        event.channel,
-                        consent_status(event),
-                        event.method,
-                        event.__dict__.get("policy_version"),
-                        event.fact_id,
-                        month_of(at),
-                    )
-                )
-        return {history: found}
+        return {history: timeline(stream, _CONSENT_EVENTS, _consent_fields)}
+
+
+_CONSENT_EVENTS = (Customer.ConsentGiven, Customer.ConsentWithdrawn)
+
+
+def _consent_fields(event: Any) -> tuple[Any, ...]:
+    return (
+        event.purpose,
+        event.channel,
+        consent_status(event),
+        event.method,
+        event.__dict__.get("policy_version"),
+        event.fact_id,
+    )
 
 
 def consent_history_of(conn: Connection, slot: str, ref: str) -> list[dict[str, Any]]:

@@ -8,18 +8,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import Customer, DisclosureEvent, customer_id
+from ledger.domainmodel import DisclosureEvent, customer_id
 from projections.base import (
     ReadModel,
     Rows,
     SlotTable,
     Stream,
-    month_of,
-    stamp,
     stamp_to_iso,
     stream_column,
     text,
     time_column,
+    timeline,
 )
 
 trail = SlotTable(
@@ -46,30 +45,19 @@ class DisclosureTrail(ReadModel):
     description = "every disclosure of personal data, in business time"
 
     def rows(self, stream: Stream) -> Rows:
-        customer = stream.aggregate
-        if not isinstance(customer, Customer):
-            return {}
-        found = []
-        for event in stream.events:
-            if isinstance(event, DisclosureEvent):
-                at = stamp(event.at)
-                found.append(
-                    (
-                        stream.key,
-                        customer.ref,
-                        at,
-                        event.originator_version,
-                        event.recipient,
-                        event.recipient_kind,
-                        event.purpose,
-                        event.basis,
-                        ",".join(sorted(event.categories)),
-                        event.__dict__.get("order"),
-                        event.fact_id,
-                        month_of(at),
-                    )
-                )
-        return {trail: found}
+        return {trail: timeline(stream, DisclosureEvent, _disclosure_fields)}
+
+
+def _disclosure_fields(event: Any) -> tuple[Any, ...]:
+    return (
+        event.recipient,
+        event.recipient_kind,
+        event.purpose,
+        event.basis,
+        ",".join(sorted(event.categories)),
+        event.__dict__.get("order"),
+        event.fact_id,
+    )
 
 
 def trail_of(conn: Connection, slot: str, ref: str) -> list[dict[str, Any]]:
