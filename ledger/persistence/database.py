@@ -196,6 +196,13 @@ class Database:
             ) from None
         try:
             yield conn
+        except (OperationalError, self.engine.dialect.loaded_dbapi.OperationalError) as error:
+            # The server went away (or SQLite gave up on a lock) in the middle of a command:
+            # one line for the user, not a traceback; an uncommitted write was rolled back.
+            reason = _first_line(getattr(error, "orig", None) or error)
+            raise DatabaseUnavailableError(
+                f"the database {safe_url(self.url)} failed: {reason}"
+            ) from None
         finally:
             conn.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,24 +52,23 @@ def start(url: str, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def fork(url: str, *args: str, out: Path | None = None) -> int:
+def fork(url: str, *args: str, out: Path | None = None, err: Path | None = None) -> int:
     """`consent-ledger --db URL ARGS…` in a forked child of this process; returns its pid.
 
     The same entry point as the console script, minus the interpreter's start-up (already
     paid here), so a kill at a random moment lands in the command's own work rather than in
     importing modules. The child shares nothing it uses with this process: the command opens
     its own database connections, and it ends with `os._exit`, running no inherited cleanup.
-    Its stdout goes to `out` (if given), its stderr nowhere.
+    Its stdout goes to `out`, its stderr to `err` (if given; else nowhere).
     """
     pid = os.fork()
     if pid:
         return pid
     code = 70
     try:
-        target = os.open(out or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(target, 1)
-        os.dup2(devnull, 2)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        os.dup2(os.open(out or os.devnull, flags, 0o600), 1)
+        os.dup2(os.open(err or os.devnull, flags, 0o600), 2)
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (the child never returns)
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         sys.argv = ["consent-ledger", "--db", url, "--log-level", "warning", *args]
@@ -75,9 +76,25 @@ def fork(url: str, *args: str, out: Path | None = None) -> int:
         code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 1
+    except BaseException:
+        traceback.print_exc()  # what the interpreter would print for an uncaught error
     finally:
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
+
+
+def run_forked(url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`fork` to completion, with what it printed."""
+    handle, name = tempfile.mkstemp(prefix="consent-ledger-")
+    os.close(handle)
+    out, err = Path(name), Path(name + ".err")
+    try:
+        code = wait(fork(url, *args, out=out, err=err))
+        return subprocess.CompletedProcess(args, code, out.read_bytes(), err.read_bytes())
+    finally:
+        out.unlink(missing_ok=True)
+        err.unlink(missing_ok=True)
 
 
 def wait(pid: int) -> int:
