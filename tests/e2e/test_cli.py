@@ -4,30 +4,76 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from click.testing import Result
 
 from cli import logs
 from ledger.samplefeed import generate_lines
 from ledger.vocabulary import RULES
 from tests.cli_helpers import error_line, run, run_json
+from tests.conftest import BACKENDS, POSTGRES_ENV, _postgres_schema_url, postgres_server
 from tests.examples import EMAIL, NAME, jsonl, line
 
 SMALL = Path(__file__).parents[1] / "data" / "feed-small.jsonl"
 PERSONAL = ("Ada", "Lovelace", "ada@example.org", "Alan Turing", "alan@example.org", "Analytical")
 
 
-@pytest.fixture
-def url(ledger_url: str) -> str:
-    """An upgraded ledger holding feed-small.jsonl, built through the CLI."""
+def build(ledger_url: str) -> str:
     run_json(ledger_url, "db", "upgrade")
     summary = run_json(ledger_url, "import", str(SMALL))
     assert summary == {"accepted": 26, "duplicates": 0, "rejected": 0, "errors": []}
     return ledger_url
+
+
+@pytest.fixture
+def url(ledger_url: str) -> str:
+    """An upgraded ledger holding feed-small.jsonl, built through the CLI, for one test."""
+    return build(ledger_url)
+
+
+_SHARED_KEY = base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def _shared_ledger(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One ledger per backend for the tests that only read (or are refused): building one
+    costs more than most tests here."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CONSENT_LEDGER_MASTER_KEY", _SHARED_KEY)
+        if request.param == "sqlite":
+            yield build(f"sqlite:///{tmp_path_factory.mktemp('shared') / 'ledger.db'}")
+            return
+        server = postgres_server()
+        if server is None:
+            pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}")
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        admin = sa.create_engine(_postgres_schema_url(server, "public"))
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            yield build(_postgres_schema_url(server, schema))
+        finally:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            admin.dispose()
+
+
+@pytest.fixture
+def shared(_shared_ledger: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared feed-small ledger; a test using it must leave it as it found it."""
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", _SHARED_KEY)
+    return _shared_ledger
 
 
 def log_lines(result: Result) -> list[dict[str, Any]]:
@@ -51,8 +97,8 @@ def facts_recorded(url: str) -> int:
 # -- import ----------------------------------------------------------------------------------
 
 
-def test_import_again_skips_every_line_as_duplicate(url: str) -> None:
-    result = run(url, "import", str(SMALL), "--json")
+def test_import_again_skips_every_line_as_duplicate(shared: str) -> None:
+    result = run(shared, "import", str(SMALL), "--json")
     assert result.exit_code == 0
     assert orjson.loads(result.stdout) == {
         "accepted": 0,
@@ -83,7 +129,7 @@ def test_import_dry_run_counts_and_records_nothing(ledger_url: str) -> None:
 
 
 def test_import_of_an_invalid_file_reports_every_bad_line_and_records_nothing(
-    url: str, tmp_path: Path
+    shared: str, tmp_path: Path
 ) -> None:
     lines = [
         orjson.dumps(line("customer.registered", "n-1", 0, customer="C900")),
@@ -94,7 +140,7 @@ def test_import_of_an_invalid_file_reports_every_bad_line_and_records_nothing(
     ]
     feed = tmp_path / "bad.jsonl"
     feed.write_bytes(b"\n".join(lines) + b"\n")
-    result = run(url, "import", str(feed), "--json")
+    result = run(shared, "import", str(feed), "--json")
     assert result.exit_code == 1
     assert orjson.loads(result.stdout) == {
         "accepted": 0,
@@ -112,15 +158,15 @@ def test_import_of_an_invalid_file_reports_every_bad_line_and_records_nothing(
     )
     entry = assert_one_clean_log_line(result, "import")
     assert (entry["level"], entry["exit"], entry["rejected"]) == ("warning", 1, 3)
-    assert run(url, "customer", "show", "C900").exit_code == 1
+    assert run(shared, "customer", "show", "C900").exit_code == 1
 
 
 def test_import_of_an_invalid_file_in_plain_output_lists_the_lines(
-    url: str, tmp_path: Path
+    shared: str, tmp_path: Path
 ) -> None:
     feed = tmp_path / "bad.jsonl"
     feed.write_bytes(b"not json\n")
-    result = run(url, "import", str(feed))
+    result = run(shared, "import", str(feed))
     assert result.exit_code == 1
     assert (
         result.stdout
@@ -128,8 +174,8 @@ def test_import_of_an_invalid_file_in_plain_output_lists_the_lines(
     )
 
 
-def test_import_of_a_missing_file_is_a_usage_error(url: str, tmp_path: Path) -> None:
-    result = run(url, "import", str(tmp_path / "absent.jsonl"))
+def test_import_of_a_missing_file_is_a_usage_error(shared: str, tmp_path: Path) -> None:
+    result = run(shared, "import", str(tmp_path / "absent.jsonl"))
     assert result.exit_code == 2
     assert result.stdout == ""
     assert "does not exist" in result.stderr
@@ -214,8 +260,8 @@ def test_record_refused_by_a_rule_exits_3_and_records_nothing(url: str) -> None:
         ),
     ],
 )
-def test_record_of_an_invalid_fact_exits_1(url: str, text: str, message: str) -> None:
-    result = run(url, "record", text)
+def test_record_of_an_invalid_fact_exits_1(shared: str, text: str, message: str) -> None:
+    result = run(shared, "record", text)
     assert (result.exit_code, result.stdout) == (1, "")
     assert error_line(result).startswith(message)
 
@@ -280,9 +326,9 @@ def test_consent_give_plain_output(url: str) -> None:
     assert (result.exit_code, result.stdout) == (0, "recorded consent.given cg-2\n")
 
 
-def test_consent_give_to_an_erased_customer_exits_1(url: str) -> None:
+def test_consent_give_to_an_erased_customer_exits_1(shared: str) -> None:
     result = run(
-        url,
+        shared,
         "consent",
         "give",
         "C101",
@@ -320,8 +366,8 @@ def test_consent_give_to_an_erased_customer_exits_1(url: str) -> None:
         ["customer", "teleport", "C100"],
     ],
 )
-def test_usage_errors_exit_2(url: str, args: list[str]) -> None:
-    result = run(url, *args)
+def test_usage_errors_exit_2(shared: str, args: list[str]) -> None:
+    result = run(shared, *args)
     assert (result.exit_code, result.stdout) == (2, "")
     assert "Error:" in result.stderr
 
@@ -378,19 +424,19 @@ def test_disclose_carrier_for_an_order_recorded_earlier(url: str) -> None:
     ],
 )
 def test_disclose_that_breaks_a_rule_exits_3_and_records_nothing(
-    url: str, args: list[str], rules: str
+    shared: str, args: list[str], rules: str
 ) -> None:
-    trails = {ref: run_json(url, "customer", "trail", ref) for ref in ("C100", "C101")}
-    result = run(url, "disclose", *args, "--json")
+    trails = {ref: run_json(shared, "customer", "trail", ref) for ref in ("C100", "C101")}
+    result = run(shared, "disclose", *args, "--json")
     assert (result.exit_code, result.stdout) == (3, "")
     assert error_line(result).startswith(f"Error: refused by rule {rules}: ")
-    assert {ref: run_json(url, "customer", "trail", ref) for ref in trails} == trails
+    assert {ref: run_json(shared, "customer", "trail", ref) for ref in trails} == trails
 
 
 # -- customer show / trail / erase, consent show, order show ---------------------------------
 
 
-def test_customer_trail_json_is_the_spec_document(url: str) -> None:
+def test_customer_trail_json_is_the_spec_document(shared: str) -> None:
     def row(
         at: str,
         recipient: str,
@@ -412,7 +458,7 @@ def test_customer_trail_json_is_the_spec_document(url: str) -> None:
             "fact_id": fact_id,
         }
 
-    result = run(url, "customer", "trail", "C100", "--json")
+    result = run(shared, "customer", "trail", "C100", "--json")
     assert result.exit_code == 0
     assert orjson.loads(result.stdout) == {
         "customer": "C100",
@@ -429,8 +475,8 @@ def test_customer_trail_json_is_the_spec_document(url: str) -> None:
     assert (entry["customer"], entry["disclosures"]) == (logs.hashed("C100"), 6)
 
 
-def test_customer_trail_plain_output_is_a_table(url: str) -> None:
-    result = run(url, "customer", "trail", "C101")
+def test_customer_trail_plain_output_is_a_table(shared: str) -> None:
+    result = run(shared, "customer", "trail", "C101")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         "Disclosures of customer C101's personal data",
@@ -440,8 +486,8 @@ def test_customer_trail_plain_output_is_a_table(url: str) -> None:
     ]  # fmt: skip
 
 
-def test_customer_show_json(url: str) -> None:
-    assert run_json(url, "customer", "show", "C100") == {
+def test_customer_show_json(shared: str) -> None:
+    assert run_json(shared, "customer", "show", "C100") == {
         "customer": "C100",
         "erased": False,
         "registered_at": "2025-01-10T09:00:00Z",
@@ -466,17 +512,17 @@ def test_customer_show_json(url: str) -> None:
     }  # fmt: skip
 
 
-def test_customer_show_of_an_erased_customer_has_no_details(url: str) -> None:
-    document = run_json(url, "customer", "show", "C101")
+def test_customer_show_of_an_erased_customer_has_no_details(shared: str) -> None:
+    document = run_json(shared, "customer", "show", "C101")
     assert (document["erased"], document["details"]) == (True, None)
     assert document["orders"][0]["status"] == "cancelled"
-    result = run(url, "customer", "show", "C101")
+    result = run(shared, "customer", "show", "C101")
     assert "personal data: ERASED" in result.stdout
     assert "Alan" not in result.stdout
 
 
-def test_customer_show_plain_output(url: str) -> None:
-    result = run(url, "customer", "show", "C100")
+def test_customer_show_plain_output(shared: str) -> None:
+    result = run(shared, "customer", "show", "C100")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         "Customer C100 (registered 2025-01-10T09:00:00Z)",
@@ -507,9 +553,9 @@ def test_customer_show_plain_output(url: str) -> None:
     ],
 )
 def test_unknown_references_exit_1_with_one_error_line(
-    url: str, args: list[str], message: str
+    shared: str, args: list[str], message: str
 ) -> None:
-    result = run(url, *args, "--json")
+    result = run(shared, *args, "--json")
     assert (result.exit_code, result.stdout) == (1, "")
     assert error_line(result) == message
     assert len(log_lines(result)) == 1
@@ -529,8 +575,8 @@ def test_customer_erase(url: str) -> None:
     assert result.exit_code == 0
 
 
-def test_consent_show_as_of_json(url: str) -> None:
-    assert run_json(url, "consent", "show", "C100", "--as-of", "2025-02-15T00:00:00Z") == {
+def test_consent_show_as_of_json(shared: str) -> None:
+    assert run_json(shared, "consent", "show", "C100", "--as-of", "2025-02-15T00:00:00Z") == {
         "customer": "C100",
         "as_of": "2025-02-15T00:00:00Z",
         "consents": [
@@ -538,17 +584,17 @@ def test_consent_show_as_of_json(url: str) -> None:
             {"purpose": "affiliate_sharing", "channel": "post", "status": "given", "since": "2025-01-10T09:01:00Z"},
         ],
     }  # fmt: skip
-    assert run_json(url, "consent", "show", "C100", "--as-of", "2025-01-01") == {
+    assert run_json(shared, "consent", "show", "C100", "--as-of", "2025-01-01") == {
         "customer": "C100",
         "as_of": "2025-01-01T23:59:59.999999Z",
         "consents": [],
     }
-    now = run_json(url, "consent", "show", "C100")
+    now = run_json(shared, "consent", "show", "C100")
     assert now["as_of"] is None and now["consents"][0]["status"] == "withdrawn"
 
 
-def test_consent_show_plain_output(url: str) -> None:
-    result = run(url, "consent", "show", "C100", "--as-of", "2025-04-01T00:00:00+01:00")
+def test_consent_show_plain_output(shared: str) -> None:
+    result = run(shared, "consent", "show", "C100", "--as-of", "2025-04-01T00:00:00+01:00")
     assert result.stdout.splitlines() == [
         "Consents of customer C100, as of 2025-03-31T23:00:00Z",
         "  PURPOSE            CHANNEL  STATUS     SINCE",
@@ -557,8 +603,8 @@ def test_consent_show_plain_output(url: str) -> None:
     ]
 
 
-def test_order_show(url: str) -> None:
-    document = run_json(url, "order", "show", "O501")
+def test_order_show(shared: str) -> None:
+    document = run_json(shared, "order", "show", "O501")
     assert document == {
         "customer": "C101",
         "order": "O501",
@@ -574,18 +620,18 @@ def test_order_show(url: str) -> None:
             {"at": "2025-02-05T17:00:00Z", "type": "order.cancelled", "fact_id": "s-0019", "reason": "payment_refused"},
         ],
     }  # fmt: skip
-    result = run(url, "order", "show", "O501")
+    result = run(shared, "order", "show", "O501")
     assert result.stdout.splitlines()[0] == "Order O501 of customer C101: 45.00 GBP, cancelled"
 
 
 # -- audit check, db upgrade, demo, help -----------------------------------------------------
 
 
-def test_audit_check_json(url: str) -> None:
+def test_audit_check_json(shared: str) -> None:
     def violation(rule: str, customer: str, fact_id: str, at: str) -> dict[str, str]:
         return {"rule": rule, "customer": customer, "fact_id": fact_id, "at": at}
 
-    document = run_json(url, "audit", "check")
+    document = run_json(shared, "audit", "check")
     assert list(document) == ["violations"]
     for row in document["violations"]:
         assert list(row) == ["rule", "customer", "fact_id", "at"]
@@ -598,7 +644,7 @@ def test_audit_check_json(url: str) -> None:
             violation("marketing_without_consent", "C101", "s-0026", "2025-08-05T12:00:00Z"),
         ]
     }
-    as_of = run_json(url, "audit", "check", "--as-of", "2025-03-01")
+    as_of = run_json(shared, "audit", "check", "--as-of", "2025-03-01")
     assert [v["fact_id"] for v in as_of["violations"]] == ["s-0013", "s-0020"]
 
 
@@ -611,8 +657,8 @@ def test_audit_check_sees_a_late_withdrawal_dated_earlier(url: str, tmp_path: Pa
     assert ("marketing_without_consent", "s-0012") in found
 
 
-def test_audit_check_plain_output(url: str) -> None:
-    result = run(url, "audit", "check", "--as-of", "2025-03-01")
+def test_audit_check_plain_output(shared: str) -> None:
+    result = run(shared, "audit", "check", "--as-of", "2025-03-01")
     assert result.stdout.splitlines() == [
         "2 violations",
         "",
@@ -626,8 +672,8 @@ def test_audit_check_plain_output(url: str) -> None:
     ]
 
 
-def test_db_upgrade_plain_output(url: str) -> None:
-    result = run(url, "db", "upgrade")
+def test_db_upgrade_plain_output(shared: str) -> None:
+    result = run(shared, "db", "upgrade")
     assert result.exit_code == 0
     assert result.stdout.endswith("is up to date (schema 0005)\n")
 
