@@ -401,6 +401,9 @@ class Recording:
         self.recorded: dict[str, str] = {}
         self.known_customers: set[UUID] = set()
         self.order_owners: dict[str, UUID] = {}
+        # Emails of customers registered in this recording, by (business time, version): the
+        # suppression list needs the email at a withdrawal without re-reading the stream.
+        self.emails: OrderedDict[UUID, list[tuple[datetime, int, dict[str, Any]]]] = OrderedDict()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -488,6 +491,9 @@ class Recording:
             customer.record(fact, self._seal(key, fact))
             if kind in _CONSENT_TYPES and fact.data["purpose"] == "marketing":
                 self._keep_suppression(customer, fact, key)
+            elif kind == "customer.updated" and "email" in fact.data and customer.id in self.emails:
+                email = {"email": fact.data["email"]}
+                self.emails[customer.id].append((fact.at, customer.version, email))
             if kind == "order.placed":
                 self.new_orders[fact.data["order"]] = customer.id
             elif kind == "subject.erased":
@@ -510,6 +516,9 @@ class Recording:
         self._remember(customer)
         self.new_customers[ident] = ref
         self.dirty[ident] = customer
+        self.emails[ident] = [(fact.at, customer.version, {"email": fact.data["email"]})]
+        if len(self.emails) > _CUSTOMER_CACHE:  # forgotten ones are read back when needed
+            self.emails.popitem(last=False)
 
     def _seal(self, key: DataKey | None, fact: Fact) -> str | None:
         if fact.type == "customer.updated":
@@ -532,7 +541,11 @@ class Recording:
         withdrawn = fact.type == "consent.withdrawn"
         if latest[2] == withdrawn:  # a late fact that does not change the current state
             return
-        email = self.app.email_at(customer, key, fact.at)
+        known = self.emails.get(customer.id)
+        if known is not None:
+            email = privacy.email_at(known, fact.at)
+        else:
+            email = self.app.email_at(customer, key, fact.at)
         if email is not None:
             self.app.keys.update_suppression(email, channel, fact.at, suppressed=withdrawn)
 

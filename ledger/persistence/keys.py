@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import os
@@ -43,6 +44,7 @@ _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
 _S = tables.suppressions
 _SUPPRESSION_KEY = "suppression_key"
 _SUPPRESSION_CONTEXT = b"suppression-list"
+_PENDING_SUPPRESSIONS = "suppressions"
 _ROTATE_BATCH = 5000
 
 
@@ -99,10 +101,9 @@ def load_master_key(database: Database, *, create: bool = False) -> tuple[bytes,
                 f"no master key: set {MASTER_KEY_ENV} or provide the key file {path} "
                 "(run 'consent-ledger db upgrade' to create one for a new ledger)"
             )
-        try:
+        # Another process may have created it a moment ago: that is the ledger's key.
+        with contextlib.suppress(FileExistsError):
             write_key_file(path, base64.b64encode(new_key()) + b"\n")
-        except FileExistsError:
-            pass  # another process created it a moment ago: that is the ledger's key
     try:
         text = path.read_text()
     except OSError as error:
@@ -291,19 +292,15 @@ class KeyStore:
         self, email: str, channel: str, at: datetime, *, suppressed: bool
     ) -> None:
         """Suppress marketing on `channel` for this email from `at` on, or lift a suppression
-        older than a fresh consent given at `at` (in the ambient write transaction)."""
+        older than a fresh consent given at `at`: queued in the ambient write transaction and
+        applied, in order, just before it commits (one read and a few writes per commit)."""
         digest = self.email_hash(email)
-        where = (_S.c.email_hash == digest, _S.c.channel == channel)
         with self.database.writing() as tx:
-            conn = tx.connection
-            stored = conn.execute(sa.select(_S.c.since).where(*where)).scalar()
-            since = _aware(stored) if stored is not None else None
-            if suppressed and since is None:
-                tx.insert(_S, [{"email_hash": digest, "channel": channel, "since": at}])
-            elif suppressed and since is not None and since > at:
-                conn.execute(_S.update().where(*where).values(since=at))
-            elif not suppressed and since is not None and since < at:
-                conn.execute(_S.delete().where(*where))
+            pending = tx.attachments.get(_PENDING_SUPPRESSIONS)
+            if pending is None:
+                pending = tx.attachments[_PENDING_SUPPRESSIONS] = []
+                tx.before_commit.append(lambda: _apply_suppressions(tx, pending))
+            pending.append((digest, channel, at, suppressed))
 
     def suppression(self, email: str) -> tuple[str, dict[str, datetime]]:
         """The email's hash and, per suppressed marketing channel, since when."""
@@ -408,6 +405,45 @@ class Rotation:
     new_key_file: Path
     backup: Path | None
     env: bool
+
+
+def _apply_suppressions(
+    tx: WriteTransaction, changes: list[tuple[str, str, datetime, bool]]
+) -> None:
+    conn = tx.connection
+    hashes = sorted({change[0] for change in changes})
+    stored: dict[tuple[str, str], datetime] = {}
+    for start in range(0, len(hashes), 500):
+        query = sa.select(_S.c.email_hash, _S.c.channel, _S.c.since).where(
+            _S.c.email_hash.in_(hashes[start : start + 500])
+        )
+        stored.update({(r[0], r[1]): _aware(r[2]) for r in conn.execute(query)})
+    state = dict(stored)
+    for digest, channel, at, suppressed in changes:
+        since = state.get((digest, channel))
+        if suppressed and (since is None or since > at):
+            state[(digest, channel)] = at
+        elif not suppressed and since is not None and since < at:
+            del state[(digest, channel)]
+    gone = [{"h": h, "c": c} for (h, c) in stored if (h, c) not in state]
+    new = [
+        {"email_hash": h, "channel": c, "since": t}
+        for (h, c), t in state.items()
+        if (h, c) not in stored
+    ]
+    moved = [
+        {"h": h, "c": c, "t": t}
+        for (h, c), t in state.items()
+        if (h, c) in stored and stored[(h, c)] != t
+    ]
+    match = (_S.c.email_hash == sa.bindparam("h"), _S.c.channel == sa.bindparam("c"))
+    if gone:
+        conn.execute(_S.delete().where(*match), gone)
+    if moved:
+        conn.execute(_S.update().where(*match).values(since=sa.bindparam("t")), moved)
+    if new:
+        conn.execute(_S.insert(), new)
+    changes.clear()
 
 
 def email_hash(key: bytes, email: str) -> str:
