@@ -61,6 +61,13 @@ def fork(url: str, *args: str, out: Path | None = None, err: Path | None = None)
     its own database connections, and it ends with `os._exit`, running no inherited cleanup.
     Its stdout goes to `out`, its stderr to `err` (if given; else nowhere).
     """
+    return fork_commands(url, [list(args)], out=out, err=err)
+
+
+def fork_commands(
+    url: str, commands: Sequence[Sequence[str]], *, out: Path | None = None, err: Path | None = None
+) -> int:
+    """Like `fork`, running several commands one after the other in the child."""
     pid = os.fork()
     if pid:
         return pid
@@ -71,12 +78,17 @@ def fork(url: str, *args: str, out: Path | None = None, err: Path | None = None)
         os.dup2(os.open(err or os.devnull, flags, 0o600), 2)
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (the child never returns)
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-        sys.argv = ["consent-ledger", "--db", url, "--log-level", "warning", *args]
-        cli.main.main()
         code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
+        for args in commands:
+            sys.argv = ["consent-ledger", "--db", url, "--log-level", "warning", *args]
+            try:
+                cli.main.main()
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else 1
+            if code:
+                break
     except BaseException:
+        code = 70
         traceback.print_exc()  # what the interpreter would print for an uncaught error
     finally:
         sys.stdout.flush()
