@@ -247,58 +247,32 @@ def test_a_marketing_withdrawal_suppresses_the_email_even_after_erasure(
     assert lifted["suppressed"] is False and lifted["since"] is None
 
 
+def _marketing(url: str, verb: str, ref: str, channel: str, at: str) -> None:
+    how = (
+        ["--method", "letter"]
+        if verb == "withdraw"
+        else ["--method", "web", "--policy-version", "1"]
+    )
+    result = run(url, "consent", verb, ref, "marketing", channel, *how, "--at", at)
+    assert result.exit_code == 0, result.stderr
+
+
 def test_withdrawals_by_command_and_late_facts_keep_the_list_right(
     ledger_url: str, feed_small: Path
 ) -> None:
     _prepare(ledger_url, feed_small)
     _register(ledger_url, "C300", "grace@example.org", at="2025-01-01T00:00:00Z")
-    give = ["--method", "checkout", "--policy-version", "2024-01"]
-    for at in ("2025-01-01T00:01:00Z",):
-        assert (
-            run(
-                ledger_url, "consent", "give", "C300", "marketing", "post", *give, "--at", at
-            ).exit_code
-            == 0
-        )
+    _marketing(ledger_url, "give", "C300", "post", "2025-01-01T00:01:00Z")
     assert _check(ledger_url, "grace@example.org")["suppressed"] is False
-    withdraw = ["--method", "letter"]
-    run_json(
-        ledger_url,
-        "consent",
-        "withdraw",
-        "C300",
-        "marketing",
-        "post",
-        *withdraw,
-        "--at",
-        "2025-05-01T00:00:00Z",
-    )
+    _marketing(ledger_url, "withdraw", "C300", "post", "2025-05-01T00:00:00Z")
     assert _check(ledger_url, "grace@example.org")["since"] == "2025-05-01T00:00:00Z"
     # A late withdrawal dated before a later consent changes nothing now.
-    run_json(
-        ledger_url,
-        "consent",
-        "give",
-        "C300",
-        "marketing",
-        "email",
-        *give,
-        "--at",
-        "2025-06-01T00:00:00Z",
-    )
-    run_json(
-        ledger_url,
-        "consent",
-        "withdraw",
-        "C300",
-        "marketing",
-        "email",
-        *withdraw,
-        "--at",
-        "2025-03-01T00:00:00Z",
-    )
+    _marketing(ledger_url, "give", "C300", "email", "2025-06-01T00:00:00Z")
+    _marketing(ledger_url, "withdraw", "C300", "email", "2025-03-01T00:00:00Z")
     grace = _check(ledger_url, "grace@example.org")
     assert grace["channels"] == ["post"] and grace["since"] == "2025-05-01T00:00:00Z"
     # Other purposes are not marketing: no suppression from them.
-    run_json(ledger_url, "consent", "withdraw", "C100", "affiliate_sharing", "post", *withdraw)
+    run_json(
+        ledger_url, "consent", "withdraw", "C100", "affiliate_sharing", "post", "--method", "x"
+    )
     assert _check(ledger_url, "ada@example.org")["channels"] == ["email"]

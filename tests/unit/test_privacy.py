@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ledger import privacy
 from ledger.domainmodel import Customer, FactEvent
 from ledger.feed import iso, validate
+from ledger.rules import DISCLOSURE_TYPES
 from ledger.vocabulary import DATA_CATEGORIES, DISCLOSURES
 
 T0 = datetime(2025, 1, 10, 9, 0, tzinfo=UTC)
@@ -170,6 +171,11 @@ def test_violation_only_after_thirty_days_and_once_per_fact() -> None:
 
 # -- the access pack ---------------------------------------------------------------------------
 
+_KINDS = st.sampled_from(
+    sorted(
+        DISCLOSURE_TYPES | {"order.placed", "consent.given", "marketing.contact", "subject.erased"}
+    )
+)
 _RECIPIENTS = st.sampled_from(["Visa", "Experian", "DPD", "Offspring", "Northwind", "Ac me"])
 _CATEGORIES = st.lists(st.sampled_from(sorted(DATA_CATEGORIES)), min_size=1, unique=True)
 
@@ -182,22 +188,7 @@ def customer_facts(draw: st.DrawFn) -> list[tuple[str, float, dict[str, Any]]]:
     orders: list[str] = []
     for i in range(draw(st.integers(0, 12))):
         minute = draw(st.integers(1, 10_000))
-        kind = draw(
-            st.sampled_from(
-                [
-                    "order.placed",
-                    "payment.authorisation",
-                    "identity.check",
-                    "cra.disclosure",
-                    "order.dispatched",
-                    "affiliate.disclosure",
-                    "transfer.disclosure",
-                    "consent.given",
-                    "marketing.contact",
-                    "subject.erased",
-                ]
-            )
-        )
+        kind = draw(_KINDS)
         if kind == "order.placed" or (kind in _ORDER_FACTS and not orders):
             orders.append(f"O{i}")
             facts.append(
