@@ -41,8 +41,10 @@ def read_document(value: str, what: str) -> Any:
 
 
 def _checkpoint_arg(ledger: Any, value: str) -> dict[str, Any]:
-    from ledger.persistence.seals import checkpoint_by_size
+    from ledger.persistence.seals import checkpoint_by_size, latest_checkpoint
 
+    if value == "latest":
+        return latest_checkpoint(ledger)
     if value.isdigit():
         return checkpoint_by_size(ledger, int(value))
     document = read_document(value, "checkpoint")
@@ -109,7 +111,7 @@ def checkpoint(ledger: Any, as_json: bool) -> None:
     "--consistency",
     nargs=2,
     metavar="OLD NEW",
-    help="Prove checkpoint NEW extends OLD (each a file, JSON, or a tree size).",
+    help="Prove checkpoint NEW extends OLD (each a file, JSON, a tree size or 'latest').",
 )
 @json_option
 @pass_ledger

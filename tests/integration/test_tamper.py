@@ -286,10 +286,16 @@ def test_prove_and_verify_proof_offline(recorded: Any, tmp_path: Path) -> None:
     )
     assert bad.exit_code == 4
     assert json.loads(bad.stdout)["ok"] is False
-    kept = run(url, "checkpoint", "--json")
-    consistency = run(url, "prove", "--consistency", "13", kept.stdout, "--json")
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(seals.checkpoint_by_size(recorded, 13)))
+    consistency = run(url, "prove", "--consistency", str(kept), "latest", "--json")
     assert consistency.exit_code == 0, consistency.output
-    assert json.loads(consistency.stdout)["old"]["tree_size"] == 13
+    (tmp_path / "consistency.json").write_text(consistency.stdout)
+    offline = CliRunner().invoke(
+        cli, ["verify-proof", str(tmp_path / "consistency.json"), "--public-key", str(public)]
+    )
+    assert offline.exit_code == 0, offline.output
+    assert offline.stdout.startswith("OK: consistency proof holds")
 
 
 def test_verification_in_parallel_blocks_agrees_with_one_pass(recorded: Any) -> None:
