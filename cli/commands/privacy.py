@@ -14,6 +14,7 @@ from cli import logs
 from cli.commands.customer import customer
 from cli.output import emit_json, json_option, table
 from cli.params import MOMENT, pass_ledger
+from ledger.errors import InputError
 from ledger.feed import iso
 from ledger.privacy import access_pack_markdown, outstanding
 
@@ -38,6 +39,8 @@ from ledger.privacy import access_pack_markdown, outstanding
 def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool) -> None:
     """GDPR Art. 15 subject-access pack of customer REF: personal data (or that it is
     erased), consents with history, orders, and every disclosure with its named recipient."""
+    if not out.parent.is_dir():  # checked first: nothing is recorded for a pack not written
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     pack = ledger.access_pack(ref, record_request=record)
     readable = out.with_name(out.name + ".md")
     _write_private(out, orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n")
@@ -57,10 +60,13 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
 
 def _write_private(path: Path, content: bytes) -> None:
     """The pack holds personal data: readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-    os.chmod(path, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(path, 0o600)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror}") from None
 
 
 @click.group("recipients")

@@ -101,6 +101,13 @@ def test_access_export_of_an_unknown_customer_is_an_error(
     assert result.exit_code == 1
     assert error_line(result) == "Error: customer 'C999' is not in the ledger"
     assert not (tmp_path / "x").exists()
+    nowhere = tmp_path / "missing" / "pack.json"
+    result = run(ledger_url, "customer", "access-export", "C100", "--out", str(nowhere))
+    assert result.exit_code == 1 and "does not exist" in error_line(result)
+    pack = tmp_path / "pack.json"
+    run_json(ledger_url, "customer", "access-export", "C100", "--out", str(pack), "--no-record")
+    requests = orjson.loads(pack.read_bytes())["access_requests"]
+    assert [r["fact_id"] for r in requests] == ["s-0024"]  # the failed export recorded nothing
 
 
 # -- Art. 19 -----------------------------------------------------------------------------------
