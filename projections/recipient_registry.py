@@ -66,6 +66,15 @@ class Figures:
         ):
             target.update(v for v in joined.split(",") if v)
 
+    def merge(self, other: Figures) -> None:
+        self.disclosures += other.disclosures
+        self.customers += other.customers
+        self.first_at = min(self.first_at, other.first_at)
+        self.last_at = max(self.last_at, other.last_at)
+        self.categories |= other.categories
+        self.purposes |= other.purposes
+        self.bases |= other.bases
+
     def row(self, recipient: str, kind: str) -> tuple[Any, ...]:
         return (
             recipient,
@@ -94,12 +103,19 @@ class RecipientRegistry(ReadModel):
         return set()
 
     def rows(self, stream: Stream) -> Rows:
-        if not isinstance(stream.aggregate, Customer):
-            return {}
+        return {links: [(stream.key, *f.row(*key)[:-1]) for key, f in self.links(stream).items()]}
+
+    @staticmethod
+    def links(stream: Stream) -> dict[tuple[str, str], Figures]:
+        """The stream's disclosures per (recipient, kind)."""
         per: dict[tuple[str, str], Figures] = {}
+        if not isinstance(stream.aggregate, Customer):
+            return per
         for event in stream.events:
             if isinstance(event, DisclosureEvent):
-                figures = per.setdefault((event.recipient, event.recipient_kind), Figures())
+                figures = per.get((event.recipient, event.recipient_kind))
+                if figures is None:
+                    figures = per[(event.recipient, event.recipient_kind)] = Figures(customers=1)
                 at = stamp(event.at)
                 figures.disclosures += 1
                 figures.first_at = min(figures.first_at, at)
@@ -107,7 +123,7 @@ class RecipientRegistry(ReadModel):
                 figures.categories.update(event.categories)
                 figures.purposes.add(event.purpose)
                 figures.bases.add(event.basis)
-        return {links: [(stream.key, *f.row(*key)[:-1]) for key, f in per.items()]}
+        return per
 
     def replace(self, writer: Writer, streams: list[Stream], *, fresh: bool) -> None:
         if not fresh:
@@ -115,9 +131,11 @@ class RecipientRegistry(ReadModel):
                 figures = self.delta.setdefault((old.recipient, old.recipient_kind), Figures())
                 figures.disclosures -= old.disclosures
                 figures.customers -= 1
-        produced = [row for stream in streams for row in self.rows(stream).get(links, [])]
-        for row in produced:
-            self.delta.setdefault((row[1], row[2]), Figures()).add(row[1:], 1)
+        produced = []
+        for stream in streams:
+            for key, figures in self.links(stream).items():
+                produced.append((stream.key, *figures.row(*key)[:-1]))
+                self.delta.setdefault(key, Figures()).merge(figures)
         if not fresh:
             writer.delete_streams(links, [s.key for s in streams])
         writer.insert(links, produced)
@@ -132,14 +150,7 @@ class RecipientRegistry(ReadModel):
             if key in self.delta:
                 merged.setdefault(key, Figures()).add(tuple(row)[:8], row.customers)
         for key, change in self.delta.items():
-            figures = merged.setdefault(key, Figures())
-            figures.disclosures += change.disclosures
-            figures.customers += change.customers
-            figures.first_at = min(figures.first_at, change.first_at)
-            figures.last_at = max(figures.last_at, change.last_at)
-            figures.categories |= change.categories
-            figures.purposes |= change.purposes
-            figures.bases |= change.bases
+            merged.setdefault(key, Figures()).merge(change)
         for recipient, kind in merged:
             writer.connection.execute(
                 table.delete().where(
