@@ -126,7 +126,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (list, tuple, set)):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(str(v) for v in value) or "-"
     return str(value)
 
 

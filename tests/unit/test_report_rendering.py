@@ -1,0 +1,102 @@
+# ruff: noqa: E501
+"""The reports' documents and renderers, from figures made up here (no database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cli.commands.report import Document, auditor_report, processing_records, to_html, to_markdown
+from ledger.rules import Violation
+from ledger.vocabulary import DISCLOSURES, PURPOSE_CHANNELS, RULES
+from projections.runner import LedgerFigures
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def figures(**changes: object) -> LedgerFigures:
+    base = LedgerFigures(
+        head=40,
+        customers=3,
+        erased_customers=1,
+        facts_by_type={"customer.registered": 3, "marketing.contact": 2},
+        violations=[
+            Violation("marketing_without_consent", "C1", "f7", datetime(2025, 2, 1, tzinfo=UTC))
+        ],
+        violation_fact_types={"f7": "marketing.contact"},
+        consent_now=[("marketing", "email", "given", 2)],
+        consent_by_month=[("2025-01", "marketing", "email", "given", 2)],
+        disclosures_by_month=[("2025-01", "carrier", 4), ("2025-02", "card_issuer", 1)],
+        disclosure_purposes=[
+            {
+                "purpose": "delivery",
+                "basis": "contract",
+                "recipient_kind": "carrier",
+                "disclosures": 4,
+                "categories": ["name", "phone", "postal_address"],
+            }
+        ],
+        orders_by_status=[("delivered", 4)],
+        recipients=[
+            {
+                "recipient": "DPD <b>|x",
+                "recipient_kind": "carrier",
+                "disclosures": 4,
+                "customers": 2,
+                "first_at": "2025-01-02T00:00:00.000000Z",
+                "last_at": "2025-01-09T00:00:00.000000Z",
+                "categories": ["name", "phone", "postal_address"],
+                "purposes": ["delivery"],
+                "bases": ["contract"],
+            }
+        ],
+        initiations={},
+    )
+    for name, value in changes.items():
+        setattr(base, name, value)
+    return base
+
+
+def test_markdown_tables_escape_pipes_and_html_escapes_markup() -> None:
+    doc = Document("T")
+    doc.table(["a", "b"], [["x|y", 3], [None, ["p", "q"]]])
+    assert to_markdown(doc).splitlines()[2:6] == [
+        "| a | b |",
+        "|---|---|",
+        "| x\\|y | 3 |",
+        "| - | p, q |",
+    ]
+    page = to_html(doc)
+    assert '<td>x|y</td><td class="n">3</td>' in page
+    doc.para("<script>alert(1)</script>")
+    assert "<script>" not in to_html(doc)
+
+
+def test_auditor_report_lists_every_rule_and_the_facts_that_broke_one() -> None:
+    page = to_html(auditor_report(figures(), NOW))
+    for rule in RULES:
+        assert f"<td>{rule}</td>" in page
+    assert "<h3>marketing_without_consent (1)</h3>" in page
+    assert "<td>f7</td><td>marketing.contact</td>" in page
+    assert page.count('src="data:image/svg+xml;base64,') == 2
+    assert "DPD &lt;b&gt;|x" in page
+
+
+def test_records_of_processing_cover_the_vocabulary_even_with_nothing_recorded() -> None:
+    empty = figures(
+        customers=0, erased_customers=0, consent_now=[], disclosure_purposes=[], recipients=[]
+    )
+    text = to_markdown(processing_records(empty, NOW))
+    for purpose, channels in PURPOSE_CHANNELS.items():
+        for channel in channels:
+            assert f"| {purpose} | {channel} | consent | 0 | 0 |" in text
+    for fact_type, rule in DISCLOSURES.items():
+        assert f"| {rule.purpose} | {rule.basis} | {rule.recipient_kind} |" in text
+        assert f"| 0 | {fact_type} |" in text
+    recorded = to_markdown(
+        processing_records(figures(initiations={"Northwind": ["2025-06-01T00:00:00Z"]}), NOW)
+    )
+    assert (
+        "| delivery | contract | carrier | name, postal_address, phone | name, phone, postal_address | 4 | order.dispatched |"
+        in recorded
+    )
+    assert "| Northwind | 2025-06-01T00:00:00Z | 0 | 0 | - |" in recorded
