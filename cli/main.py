@@ -11,10 +11,16 @@ import time
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from cli import logs
 from cli.commands import register
-from ledger.errors import IntegrityFailure, LedgerError, RuleViolationError
+from ledger.errors import (
+    DatabaseUnavailableError,
+    IntegrityFailure,
+    LedgerError,
+    RuleViolationError,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_INTEGRITY = 0, 1, 2, 3, 4
 
@@ -25,6 +31,11 @@ def exit_code_for(error: LedgerError) -> int:
     if isinstance(error, IntegrityFailure):
         return EXIT_INTEGRITY
     return EXIT_ERROR
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = str(error or "unknown error").strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 class LedgerContext:
@@ -71,6 +82,11 @@ class LedgerGroup(click.Group):
                 result = super().invoke(ctx)
             except LedgerError as error:
                 failure = error
+            except DBAPIError as error:  # e.g. the server went away mid-command
+                failure = DatabaseUnavailableError(
+                    f"the database failed: {_first_line(error.orig)}; the command's "
+                    "transaction was rolled back"
+                )
         fields["command"] = ctx.meta.get("consent_ledger.command", "")
         fields["seconds"] = round(time.perf_counter() - started, 3)
         if failure is None:

@@ -736,3 +736,20 @@ def test_root_help_lists_the_commands() -> None:
         "demo",
     ):
         assert f"  {name} " in result.stdout
+
+
+def test_a_database_failure_mid_command_is_one_error_line(
+    shared: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gone(*_args: Any, **_kwargs: Any) -> Any:
+        cause = Exception("server closed the connection unexpectedly\n\tThis probably means…")
+        raise sa.exc.OperationalError("SELECT 1", {}, cause)
+
+    monkeypatch.setattr("ledger.application.ConsentLedger.customer_events", gone)
+    result = run(shared, "customer", "trail", "C100", "--json")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert error_line(result) == (
+        "Error: the database failed: server closed the connection unexpectedly; "
+        "the command's transaction was rolled back"
+    )
+    assert log_lines(result)[0]["error_type"] == "DatabaseUnavailableError"
