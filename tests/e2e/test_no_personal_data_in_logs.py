@@ -74,6 +74,32 @@ def test_no_command_logs_or_reports_personal_data(
         (0, ["recipients", "notifications", "--json"]),
         (0, ["audit", "check"]),
         (0, ["audit", "check", "--json"]),
+        (0, ["projections", "rebuild"]),
+        (0, ["order", "show", "O500"]),
+        (0, ["verify"]),
+        (
+            0,
+            [
+                "export",
+                "due-diligence",
+                "--acquirer",
+                "Northwind Retail Group",
+                "--out",
+                str(tmp_path / "dd"),
+            ],
+        ),
+        (
+            0,
+            [
+                "export",
+                "due-diligence",
+                "--acquirer",
+                "Northwind Retail Group",
+                "--out",
+                str(tmp_path / "dd-identified"),
+                "--identified",
+            ],
+        ),
         (0, ["keys", "rotate"]),
         (0, ["customer", "show", first]),
         (0, ["demo", "--customers", "20", "--path", str(tmp_path / "demo.db")]),
@@ -95,3 +121,10 @@ def test_no_command_logs_or_reports_personal_data(
     assert found_in(logged.encode(), values | {"ada at example", "back.again@example.org"}) == []
     # ...while the access pack, written for the customer, carries theirs: the search works.
     assert found_in(pack.read_bytes(), values)
+    # The pseudonymous data-room export carries none; the identified one does.
+    assert found_in(_folder_bytes(tmp_path / "dd"), values) == []
+    assert found_in(_folder_bytes(tmp_path / "dd-identified"), values)
+
+
+def _folder_bytes(folder: Path) -> bytes:
+    return b"\n".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
