@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -88,15 +89,19 @@ def main() -> None:
     ledger, seconds = import_feed(fresh(args.work, "sealed.db"), lines, sealed=True)
     print(f"import (kept)      {seconds[0]:.2f} s wall, {seconds[1]:.2f} s cpu")
 
-    started, cpu = time.perf_counter(), time.process_time()
-    result = seals.verify_ledger(ledger)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert result.ok, result.problems
-    print(
-        f"verify             {result.facts} facts, {result.events} events in {seconds:.2f} s "
-        f"wall ({result.facts / seconds:,.0f} facts/s), {cpu:.2f} s cpu "
-        f"({result.facts / cpu:,.0f} facts/s)"
-    )
+    for workers in (1, os.cpu_count() or 1):
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started, cpu = time.perf_counter(), time.process_time()
+        result = seals.verify_ledger(ledger, workers=workers)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu += (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        assert result.ok, result.problems
+        print(
+            f"verify {workers} worker(s)  {result.facts} facts, {result.events} events in "
+            f"{seconds:.2f} s wall ({result.facts / seconds:,.0f} facts/s); "
+            f"{cpu:.2f} s cpu in all processes"
+        )
 
     from ledger.persistence import tables
 

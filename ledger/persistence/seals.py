@@ -600,17 +600,26 @@ def _stored_frontier_matches(conn: Connection, size: int, frontier: Frontier) ->
 def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
     """Name the events whose recomputed leaf differs from the leaf sealed when recorded, and
     recognise two events that traded places."""
-    stored = conn.execute(sa.select(_N.c.idx, _N.c.hash).where(_N.c.level == 0, _N.c.idx >= first))
-    sealed = {int(r.idx) + 1: bytes(r.hash) for r in stored}
     altered: dict[int, tuple[bytes, int, bytes, bytes]] = {}
-    for nid, originator, version, topic, state in _event_rows(conn, database, first + 1):
-        leaf = integrity.event_leaf_hash(nid, originator, version, topic, state)
-        expected = sealed.get(nid)
-        if expected is not None and expected != leaf:
-            altered[nid] = (originator, version, topic, state)
+    sealed: dict[int, bytes] = {}
+    more = 0
+    originator_bytes = _ORIGINATOR_BYTES[database.backend]
+    for batch in _event_batches(conn, database, first + 1):  # memory: one batch at a time
+        query = sa.select(_N.c.idx, _N.c.hash).where(
+            _N.c.level == 0, _N.c.idx.between(batch[0][0] - 1, batch[-1][0] - 1)
+        )
+        leaves = {int(idx): bytes(digest) for idx, digest in conn.execute(query)}
+        for nid, originator, version, topic, state in batch:
+            content = (originator_bytes(originator), version, bytes(topic), bytes(state))
+            expected = leaves.get(nid - 1)
+            if expected is not None and expected != integrity.event_leaf_hash(nid, *content):
+                if len(altered) < _LISTED * 2:
+                    altered[nid], sealed[nid] = content, expected
+                else:
+                    more += 1
     problems: list[Problem] = []
     moved: set[int] = set()
-    candidates = list(altered)[: _LISTED * 2]
+    candidates = list(altered)
 
     def sealed_as(content_of: int, position: int) -> bool:
         return integrity.event_leaf_hash(position, *altered[content_of]) == sealed[position]
@@ -636,13 +645,9 @@ def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
     changed = [nid for nid in altered if nid not in moved]
     for nid in changed[:_LISTED]:
         problems.append(Problem("event_altered", f"event {nid}'s stored bytes were changed", nid))
-    if len(changed) > _LISTED:
-        problems.append(
-            Problem(
-                "event_altered",
-                f"{len(changed) - _LISTED} more events' stored bytes were changed",
-            )
-        )
+    more += max(0, len(changed) - _LISTED)
+    if more:
+        problems.append(Problem("event_altered", f"{more} more events' stored bytes were changed"))
     return problems
 
 

@@ -307,3 +307,24 @@ def test_verification_in_parallel_blocks_agrees_with_one_pass(recorded: Any) -> 
     assert seals.verify_ledger(recorded, workers=2, block_level=2).problems == (
         seals.verify_ledger(recorded, workers=1).problems
     )
+
+
+def test_events_recorded_before_sealing_existed_are_sealed_by_upgrade(
+    ledger: Any, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.config import upgrade
+    from ledger.persistence import recorder
+
+    lines = feed_small.read_bytes().splitlines()
+    with monkeypatch.context() as patched:  # as a ledger made before revision 0003 was
+        patched.setattr(recorder, "seal_inserted", lambda tx, rows: None)
+        ledger.import_lines(lines[:13])
+    assert problems(ledger) == [("event_inserted", 1)]
+    upgrade(ledger.database)
+    assert problems(ledger) == []
+    with monkeypatch.context() as patched:
+        patched.setattr(recorder, "seal_inserted", lambda tx, rows: None)
+        ledger.import_lines(lines[13:20])
+    ledger.import_lines(lines[20:])  # the next sealed write seals what came before it
+    assert problems(ledger) == []
+    assert seals.verify_ledger(ledger).events == 27
