@@ -303,10 +303,14 @@ class ConsentLedger(Application[UUID]):
 
     def notifications(self) -> list[privacy.NotificationDue]:
         """Art. 19: every notification due for an erasure or rectification, answered or not."""
-        refs = personal.customers_with_facts(self.database, ("customer.updated", "subject.erased"))
         found: list[privacy.NotificationDue] = []
-        for ref in refs:
-            found.extend(privacy.notifications(ref, self.customer_events(ref)))
+        triggers = ("customer.updated", "subject.erased")
+        for _ident, stream in personal.streams_with_facts(self.database, triggers):
+            events = [self.mapper.to_domain_event(stored) for stored in stream]
+            registered = events[0]
+            assert isinstance(registered, Customer.Registered)
+            facts = [e for e in events if isinstance(e, FactEvent)]
+            found.extend(privacy.notifications(registered.ref, facts))
         found.sort(key=lambda due: (due.at, due.customer, due.recipient))
         return found
 
