@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -96,21 +97,12 @@ class WriteTransaction:
         """Bulk insert on the driver's own executemany: the hot path of an import.
 
         SQLAlchemy's per-row type processing costs more than SQLite's insert itself here;
-        the only conversion our hot columns need is a UUID's storage form, done below.
+        the only conversion our hot columns need is a UUID's storage form, which the
+        driver does (`_sqlite_uuid`, registered with the SQLite engine; psycopg knows UUIDs).
         """
         if not rows:
             return
-        if self.database.is_sqlite:
-            marks = ", ".join("?" for _ in columns)
-            uuids = [i for i, value in enumerate(rows[0]) if isinstance(value, UUID)]
-            if uuids:
-                converted = [list(row) for row in rows]
-                for values in converted:
-                    for i in uuids:
-                        values[i] = values[i].hex
-                rows = converted  # type: ignore[assignment]
-        else:
-            marks = ", ".join("%s" for _ in columns)
+        marks = ", ".join(("?" if self.database.is_sqlite else "%s") for _ in columns)
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
         dbapi = self.connection.dialect.loaded_dbapi
         cursor = self.connection.connection.cursor()
@@ -155,6 +147,10 @@ class Database:
                     f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
                 )
             engine = sa.create_engine(self.url, connect_args={"timeout": 120})
+            # A UUID's SQLite storage form, as SQLAlchemy's Uuid type stores it (32 hex
+            # digits), for the raw inserts of `insert_many`: the driver converts each value
+            # as it binds it, no copy of every row. (SQLAlchemy binds strings, not UUIDs.)
+            sqlite3.register_adapter(UUID, _sqlite_uuid)
 
             @sa_event.listens_for(engine, "connect")
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -305,6 +301,10 @@ class Database:
             with conn.begin():
                 upgrade_connection(conn)
         return before, SCHEMA_HEAD
+
+
+def _sqlite_uuid(value: UUID) -> str:
+    return value.hex
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -13,22 +13,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
 import sqlalchemy as sa
+from eventsourcing.domain import DomainEventProtocol, TAggregateID
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    EventStore,
     InfrastructureFactory,
+    Mapper,
     Notification,
     ProcessRecorder,
+    Recording,
     StoredEvent,
     Subscription,
     TrackingRecorder,
     Transcoder,
 )
+from eventsourcing.utils import get_topic
 
 from ledger.persistence import tables
 from ledger.persistence.database import Database
@@ -171,6 +176,70 @@ class LedgerRecorder(ApplicationRecorder):
             position = page[-1].id + 1
 
 
+_V = TypeVar("_V")
+
+
+def _value(cls: type[_V], state: dict[str, Any]) -> _V:
+    """A frozen dataclass of the library's with `state` as its fields, built the way its
+    mapper rebuilds a stored event (the `__dict__` at once): the frozen `__init__`, one
+    `object.__setattr__` per field, was a measurable share of an import."""
+    value = object.__new__(cls)
+    object.__setattr__(value, "__dict__", state)
+    return value
+
+
+class LedgerMapper(Mapper[Any]):
+    """The library's mapper, less its per-event overheads (no cipher, no compressor here)."""
+
+    def __init__(self, transcoder: Transcoder) -> None:
+        super().__init__(transcoder)
+        self._topics: dict[type, str] = {}
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
+        cls = type(domain_event)
+        topic = self._topics.get(cls)
+        if topic is None:
+            topic = self._topics[cls] = get_topic(cls)
+        state = dict(domain_event.__dict__)
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        return _value(
+            StoredEvent,
+            {
+                "originator_id": originator_id,
+                "originator_version": originator_version,
+                "topic": topic,
+                "state": self.transcoder.encode(state),
+            },
+        )
+
+
+class LedgerEventStore(EventStore[Any]):
+    """The library's event store; its recordings built without frozen `__init__`s."""
+
+    def put(
+        self, domain_events: Sequence[DomainEventProtocol[Any]], **kwargs: Any
+    ) -> list[Recording[Any]]:
+        stored = [self.mapper.to_stored_event(event) for event in domain_events]
+        ids = self.recorder.insert_events(stored, **kwargs)
+        if not ids:
+            return []
+        assert len(ids) == len(stored)
+        return [
+            _value(
+                Recording,
+                {
+                    "domain_event": event,
+                    "notification": _value(Notification, {**s.__dict__, "id": position}),
+                },
+            )
+            for event, s, position in zip(domain_events, stored, ids, strict=True)
+        ]
+
+
 class LedgerInfrastructure(InfrastructureFactory[TrackingRecorder]):
     """eventsourcing's factory, bound to one `Database` instead of environment strings."""
 
@@ -180,6 +249,22 @@ class LedgerInfrastructure(InfrastructureFactory[TrackingRecorder]):
 
     def transcoder(self) -> Transcoder:
         return LedgerTranscoder()
+
+    def mapper(
+        self,
+        transcoder: Transcoder | None = None,
+        mapper_class: type[Mapper[TAggregateID]] | None = None,
+    ) -> Mapper[TAggregateID]:
+        return LedgerMapper(transcoder or self.transcoder())
+
+    def event_store(
+        self,
+        mapper: Mapper[TAggregateID] | None = None,
+        recorder: AggregateRecorder | None = None,
+    ) -> EventStore[TAggregateID]:
+        return LedgerEventStore(
+            mapper=mapper or self.mapper(), recorder=recorder or self.application_recorder()
+        )
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         return self.application_recorder()
