@@ -17,7 +17,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
-import sqlalchemy as sa
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError
 
@@ -38,7 +37,7 @@ from ledger.errors import (
     RuleViolationError,
 )
 from ledger.feed import Fact, iso, parse_line, validate
-from ledger.persistence import personal, tables
+from ledger.persistence import indexes, personal, tables
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.keys import KeyStore, Rotation
 from ledger.persistence.recorder import LedgerInfrastructure, LedgerRecorder
@@ -186,28 +185,15 @@ class ConsentLedger(Application[UUID]):
 
     def customer_of_order(self, order_ref: str) -> str:
         with self.database.reading() as conn:
-            row = conn.execute(
-                sa.select(tables.customers.c.customer_ref)
-                .select_from(
-                    tables.orders.join(
-                        tables.customers,
-                        tables.orders.c.customer_id == tables.customers.c.customer_id,
-                    )
-                )
-                .where(tables.orders.c.order_ref == order_ref)
-            ).first()
-        if row is None:
+            ref = indexes.customer_ref_of_order(conn, order_ref)
+        if ref is None:
             raise OrderNotFoundError(order_ref)
-        return str(row.customer_ref)
+        return ref
 
     def customer_refs(self) -> Iterator[str]:
         """Every customer reference, in registration order (streamed)."""
         with self.database.reading() as conn:
-            query = sa.select(tables.customers.c.customer_ref).order_by(
-                tables.customers.c.notification_id
-            )
-            for row in conn.execution_options(yield_per=5000).execute(query):
-                yield str(row.customer_ref)
+            yield from indexes.customer_refs(conn)
 
     def personal_data(self, customer: Customer, events: list[FactEvent]) -> dict[str, Any] | None:
         """The customer's current details, or None once erased (their key destroyed)."""
@@ -240,12 +226,7 @@ class ConsentLedger(Application[UUID]):
         topic = "ledger.domainmodel:Acquirer.Named"
         found: dict[str, list[datetime]] = {}
         with self.database.reading() as conn:
-            ids = [
-                row.originator_id
-                for row in conn.execute(
-                    sa.select(tables.events.c.originator_id).where(tables.events.c.topic == topic)
-                )
-            ]
+            ids = indexes.originator_ids(conn, topic)
         for aggregate_id in ids:
             acquirer: Any = self.repository.get(aggregate_id)
             assert isinstance(acquirer, Acquirer)
@@ -452,23 +433,11 @@ class Recording:
     def _prefetch(self, facts: list[Fact]) -> set[str]:
         """One query per kind for the chunk: recorded fact ids, known customers and orders."""
         conn = self.tx.connection
-        known = (
-            {row[0] for row in conn.execute(_SELECT_FACT_IDS, {"ids": [f.id for f in facts]})}
-            if facts
-            else set()
-        )
+        known = indexes.recorded_fact_ids(conn, [f.id for f in facts])
         refs = {f.customer for f in facts if f.customer is not None}
-        self.known_customers = (
-            {row[0] for row in conn.execute(_SELECT_CUSTOMERS, {"refs": list(refs)})}
-            if refs
-            else set()
-        )
+        self.known_customers = indexes.customer_ids(conn, refs)
         orders = {f.order for f in facts if f.order is not None}
-        self.order_owners = (
-            {row[0]: row[1] for row in conn.execute(_SELECT_ORDERS, {"refs": list(orders)})}
-            if orders
-            else {}
-        )
+        self.order_owners = indexes.order_owners(conn, orders)
         # A fact may name only an order: its owner is a known customer too.
         self.known_customers.update(self.order_owners.values())
         return known
@@ -661,15 +630,6 @@ _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
 _ORDER_COLUMNS = ("order_ref", "customer_id")
-_SELECT_FACT_IDS = sa.select(tables.facts.c.fact_id).where(
-    tables.facts.c.fact_id.in_(sa.bindparam("ids", expanding=True))
-)
-_SELECT_CUSTOMERS = sa.select(tables.customers.c.customer_id).where(
-    tables.customers.c.customer_ref.in_(sa.bindparam("refs", expanding=True))
-)
-_SELECT_ORDERS = sa.select(tables.orders.c.order_ref, tables.orders.c.customer_id).where(
-    tables.orders.c.order_ref.in_(sa.bindparam("refs", expanding=True))
-)
 
 
 def _seal_extra(key: DataKey | None, fact: Fact) -> str | None:

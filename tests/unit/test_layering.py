@@ -29,24 +29,7 @@ def test_the_domain_modules_are_found() -> None:
     assert {"domainmodel.py", "rules.py", "feed.py", "views.py", "vocabulary.py"} <= names
 
 
-# The application service still builds its index queries with SQLAlchemy itself; they
-# belong in `ledger/persistence/`. Strict: this fails as soon as they have moved there.
-KNOWN_DEBT = {
-    "application.py": "application.py still imports sqlalchemy (index queries to move "
-    "into ledger/persistence/)"
-}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_DEBT[p.name], strict=True))
-        if p.name in KNOWN_DEBT
-        else p
-        for p in DOMAIN_MODULES
-    ],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", DOMAIN_MODULES, ids=lambda p: p.name)
 def test_domain_module_imports_no_infrastructure(path: Path) -> None:
     bad = sorted(m for m in imported_modules(path) if m.split(".")[0] in FORBIDDEN)
     assert bad == [], f"{path.name} imports {bad}"

@@ -1,0 +1,69 @@
+"""The ledger's index queries: which fact ids are recorded, which customers and orders exist,
+whose an order is, which acquirers there are. SQL lives here, not in the application service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger.persistence import tables
+
+_F, _C, _O, _E = tables.facts, tables.customers, tables.orders, tables.events
+
+_SELECT_FACT_IDS = sa.select(_F.c.fact_id).where(
+    _F.c.fact_id.in_(sa.bindparam("ids", expanding=True))
+)
+_SELECT_CUSTOMERS = sa.select(_C.c.customer_id).where(
+    _C.c.customer_ref.in_(sa.bindparam("refs", expanding=True))
+)
+_SELECT_ORDERS = sa.select(_O.c.order_ref, _O.c.customer_id).where(
+    _O.c.order_ref.in_(sa.bindparam("refs", expanding=True))
+)
+_SELECT_ORDER_CUSTOMER = (
+    sa.select(_C.c.customer_ref)
+    .select_from(_O.join(_C, _O.c.customer_id == _C.c.customer_id))
+    .where(_O.c.order_ref == sa.bindparam("order_ref"))
+)
+_SELECT_CUSTOMER_REFS = sa.select(_C.c.customer_ref).order_by(_C.c.notification_id)
+_SELECT_ORIGINATORS = sa.select(_E.c.originator_id).where(_E.c.topic == sa.bindparam("topic"))
+
+
+def recorded_fact_ids(conn: Connection, ids: Collection[str]) -> set[str]:
+    """Those of `ids` already recorded (the idempotency check of an import chunk)."""
+    if not ids:
+        return set()
+    return {row[0] for row in conn.execute(_SELECT_FACT_IDS, {"ids": list(ids)})}
+
+
+def customer_ids(conn: Connection, refs: Collection[str]) -> set[UUID]:
+    """The stream ids of those of `refs` that are registered customers."""
+    if not refs:
+        return set()
+    return {row[0] for row in conn.execute(_SELECT_CUSTOMERS, {"refs": list(refs)})}
+
+
+def order_owners(conn: Connection, refs: Collection[str]) -> dict[str, UUID]:
+    """Order reference -> its customer's stream id, for those of `refs` that exist."""
+    if not refs:
+        return {}
+    return {row[0]: row[1] for row in conn.execute(_SELECT_ORDERS, {"refs": list(refs)})}
+
+
+def customer_ref_of_order(conn: Connection, order_ref: str) -> str | None:
+    value = conn.execute(_SELECT_ORDER_CUSTOMER, {"order_ref": order_ref}).scalar()
+    return None if value is None else str(value)
+
+
+def customer_refs(conn: Connection) -> Iterator[str]:
+    """Every customer reference in registration order, streamed."""
+    for row in conn.execution_options(yield_per=5000).execute(_SELECT_CUSTOMER_REFS):
+        yield str(row[0])
+
+
+def originator_ids(conn: Connection, topic: str) -> list[UUID]:
+    """The streams that hold an event of `topic` (e.g. every acquirer's creation)."""
+    return [row[0] for row in conn.execute(_SELECT_ORIGINATORS, {"topic": topic})]
