@@ -2,8 +2,10 @@
 
 An import is one write transaction, so after each kill the ledger holds all of the file or
 none of it, never a part; the import that finally completes records every fact exactly once,
-and the recorded log still verifies. The killed imports are forked from this process (see
-`support.fork`) so that the random moments fall in the import's work, not in start-up.
+and the recorded log still verifies. Read models killed while catching up or rebuilding end,
+once caught up, with exactly the rows a rebuild makes. The killed commands are forked from
+this process (see `support.fork`) so that the random moments fall in their work, not in
+start-up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from ledger.persistence.seals import verify_ledger
 from tests.faults.support import (
@@ -29,6 +33,7 @@ from tests.faults.support import (
 )
 
 KILLS = 12
+READ_MODEL_KILLS = 6
 MAX_ATTEMPTS = 40
 
 
@@ -79,3 +84,60 @@ def test_import_killed_at_random_points_then_reimported_records_every_fact_once(
     result = verify_ledger(ledger)
     assert result.ok, result.problems
     assert result.facts == len(ids)
+
+
+def test_read_models_killed_while_catching_up_or_rebuilding_end_as_a_rebuild_would(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    # Given a ledger holding a feed, its read models not yet caught up
+    lines = feed_lines(40, prefix="m-")
+    feed = write_feed(tmp_path / "feed.jsonl", lines)
+    assert wait(fork(ledger_url, "import", str(feed))) == 0
+    began = time.monotonic()
+    assert wait(fork(ledger_url, "projections", "rebuild")) == 0
+    duration = time.monotonic() - began
+    assert (
+        wait(
+            fork(
+                ledger_url,
+                "import",
+                str(write_feed(tmp_path / "more.jsonl", feed_lines(20, prefix="n-"))),
+            )
+        )
+        == 0
+    )
+
+    # When catch-ups (a query's, `audit check`) and rebuilds are killed at random moments
+    rng = random.Random(7)
+    kills = 0
+    for attempt in range(MAX_ATTEMPTS):
+        if kills >= READ_MODEL_KILLS:
+            break
+        command = ["audit", "check"] if attempt % 2 == 0 else ["projections", "rebuild"]
+        pid = fork(ledger_url, *command)
+        time.sleep(rng.uniform(0.0, 0.95) * duration)
+        os.kill(pid, signal.SIGKILL)
+        kills += wait(pid) == -signal.SIGKILL
+
+    # Then catching up brings every model to the head, with the rows a rebuild makes
+    models = ledger.read_models
+    models.catch_up()
+    assert all(status.lag == 0 for status in models.status())
+    caught_up = _rows(ledger)
+    models.rebuild()
+    assert _rows(ledger) == caught_up
+    assert kills >= READ_MODEL_KILLS, f"only {kills} kills landed"
+    # And the log itself still verifies
+    assert verify_ledger(ledger).ok
+
+
+def _rows(ledger: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every read model, from the slot each model answers from."""
+    with ledger.read_models.snapshot() as (conn, slots):
+        return {
+            f"{name}.{table.name}": sorted(
+                tuple(row) for row in conn.execute(sa.select(table[slots[name]]))
+            )
+            for name, model in ledger.read_models.models.items()
+            for table in model.all_tables()
+        }
