@@ -87,7 +87,7 @@ def test_the_server_going_away_in_the_middle_of_an_import(
     url = _with_password(ledger_url)
     process = start(url, "import", str(feed))
     # When its connection is cut while it writes (it holds the writer's lock in its schema)
-    schema = sa.engine.make_url(ledger_url).query["options"].removeprefix("-csearch_path=")
+    schema = str(sa.engine.make_url(ledger_url).query["options"]).removeprefix("-csearch_path=")
     admin = sa.create_engine(ledger_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         deadline = time.monotonic() + 30
