@@ -337,6 +337,8 @@ class KeyStore:
             with self.database.writing() as tx:
                 self._check_writer(tx)
                 count = self._rewrap(tx, old_master, master)
+                # The old wrappings go the way of a destroyed key (WAL checkpoint, VACUUM).
+                tx.after_commit.append(self._after_destroy)
                 conn = tx.connection
                 rewrap_export_secrets(conn, old_master, master)
                 wrapped = base64.b64decode(_meta_value(conn, _SUPPRESSION_KEY) or "")

@@ -7,7 +7,6 @@ remain and still verify. New consents and detail updates are refused, withdrawal
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,13 @@ from ledger.persistence import tables
 from ledger.persistence.database import normalise_url
 from ledger.persistence.seals import verify_ledger
 from tests.cli_helpers import error_line, run, run_json
-from tests.personal import feed_values, found_in, raw_database_bytes, table_bytes
+from tests.personal import (
+    feed_values,
+    found_in,
+    raw_bytes_once_pruned,
+    raw_database_bytes,
+    table_bytes,
+)
 
 
 def _prepare(url: str, feed: Path) -> None:
@@ -40,16 +45,6 @@ def _wrapped_key(url: str, ref: str) -> bytes | None:
     finally:
         engine.dispose()
     return bytes(value) if value is not None else None
-
-
-def _vacuum(url: str) -> None:
-    engine = sa.create_engine(normalise_url(url))
-    try:
-        with engine.connect() as conn:
-            autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
-            autocommit.exec_driver_sql(f"VACUUM {tables.data_keys.name}")
-    finally:
-        engine.dispose()
 
 
 def _everything_shown(url: str, ref: str, tmp_path: Path) -> str:
@@ -167,16 +162,7 @@ def test_the_raw_database_never_holds_personal_data_nor_an_erased_key(
     assert run(ledger_url, "projections", "rebuild").exit_code == 0
 
     assert _wrapped_key(ledger_url, "C100") is None
-    raw = raw_database_bytes(ledger_url)
-    # PostgreSQL prunes the old row version only once no open transaction (in any session
-    # on the database) can still see it: the erasure's VACUUM may come too early on a busy
-    # server, and autovacuum finishes the job later. Stand in for autovacuum, briefly.
-    for _ in range(40):
-        if key not in raw or "postgresql" not in ledger_url:
-            break
-        time.sleep(0.5)
-        _vacuum(ledger_url)
-        raw = raw_database_bytes(ledger_url)
+    raw = raw_bytes_once_pruned(ledger_url, key)
     assert key not in raw
     assert found_in(raw, everyone) == []
     assert found_in(table_bytes(ledger_url), everyone) == []

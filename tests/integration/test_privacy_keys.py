@@ -17,6 +17,7 @@ from ledger.crypto import new_key
 from ledger.persistence import tables
 from ledger.persistence.database import normalise_url
 from tests.cli_helpers import error_line, run, run_json
+from tests.personal import raw_bytes_once_pruned
 
 
 def _key_dir() -> Path:
@@ -113,6 +114,8 @@ def test_rotation_rewraps_every_key_keeps_events_and_retires_the_old_key(
     assert keys_after.keys() == keys_before.keys()
     assert all(keys_after[k] != v for k, v in keys_before.items() if v is not None)
     assert all(keys_after[k] is None for k, v in keys_before.items() if v is None)
+    old_wrapping = next(v for v in keys_before.values() if v is not None)
+    assert old_wrapping not in raw_bytes_once_pruned(ledger_url, old_wrapping)
     assert run_json(ledger_url, "customer", "show", "C100") == before
     assert run_json(ledger_url, "suppression", "check", "ada@example.org") == suppressed
     assert run_json(ledger_url, "customer", "show", "C101")["details"] is None
