@@ -1,7 +1,8 @@
 """integrity: Merkle leaves, signed checkpoints, append-only triggers.
 
 `ledger_tree_nodes` holds the leaf hashes of the RFC 9162 tree over the events and its
-complete subtree hashes from level 4 up (see `ledger.persistence.seals`); `ledger_checkpoints` the signed (tree size, root) of every write.
+complete subtree hashes from level 4 up (see `ledger.persistence.seals`);
+`ledger_checkpoints` the signed (tree size, root) of every write.
 Triggers make the database itself refuse UPDATE and DELETE (and, on PostgreSQL, TRUNCATE) on
 the events, the seals and the append-only indexes. `ledger_data_keys` is left updatable on
 purpose: destroying a customer's key (erasure) is an update, and it is outside the tree.
