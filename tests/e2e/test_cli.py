@@ -753,3 +753,20 @@ def test_a_database_failure_mid_command_is_one_error_line(
         "the command's transaction was rolled back"
     )
     assert log_lines(result)[0]["error_type"] == "DatabaseUnavailableError"
+
+
+def test_logs_of_an_import_carry_no_personal_data_even_at_debug(ledger_url: str) -> None:
+    lines = SMALL.read_bytes().splitlines()
+    personal: set[str] = set()
+    for raw in lines:
+        obj = orjson.loads(raw)
+        personal.update(str(obj[k]) for k in ("name", "email", "phone") if k in obj)
+        personal.update(obj.get("address", {}).values())
+        personal.update(str(obj[k]) for k in ("customer",) if k in obj)
+    personal.discard("GB")
+    run_json(ledger_url, "db", "upgrade")
+    result = run(ledger_url, "--log-level", "debug", "import", str(SMALL), "--json")
+    assert result.exit_code == 0
+    assert_one_clean_log_line(result, "import")
+    for value in personal:
+        assert value not in result.stderr, value
