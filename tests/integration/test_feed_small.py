@@ -29,6 +29,9 @@ def test_audit_check_finds_exactly_the_expected_violations(ledger: Any, feed_sma
         ("research_without_consent", "s-0020"),
         ("marketing_without_consent", "s-0026"),
         ("after_erasure", "s-0026"),
+        # Beyond feed-small.expected.md (SPEC §3 only): issue 5's Art. 19 rule. C101's erasure
+        # left Mastercard and Electoral Roll Check Ltd, which had C101's data, un-notified for
+        # more than 30 days.
         ("recipient_not_notified", "s-0025"),
     }
 
