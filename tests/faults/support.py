@@ -67,7 +67,11 @@ def fork(url: str, *args: str, out: Path | None = None, err: Path | None = None)
 def fork_commands(
     url: str, commands: Sequence[Sequence[str]], *, out: Path | None = None, err: Path | None = None
 ) -> int:
-    """Like `fork`, running several commands one after the other in the child."""
+    """Like `fork`, running several commands one after the other in the child.
+
+    Call it with no database connection of this process open (`Database.dispose()` first):
+    SQLite's locks are per process, and a connection must not be carried across a fork.
+    """
     pid = os.fork()
     if pid:
         return pid

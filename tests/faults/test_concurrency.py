@@ -74,6 +74,7 @@ def test_four_overlapping_imports_at_once_record_every_fact_exactly_once(
     contents = _overlapping_files()
     files = [write_feed(tmp_path / f"feed-{n}.jsonl", lines) for n, lines in enumerate(contents)]
     # When four processes import them at the same moment
+    ledger.database.dispose()  # no connection of ours carried into the forked importers
     summaries = _import_at_once(ledger_url, files)
     # Then every fact is recorded once and each summary adds up
     _check_each_fact_once(ledger_url, contents, summaries)

@@ -44,6 +44,7 @@ def test_import_killed_at_random_points_then_reimported_records_every_fact_once(
     lines = feed_lines(40, prefix="a-") + feed_lines(40, prefix="b-", seed=8)
     feed = write_feed(tmp_path / "feed.jsonl", lines)
     ids = {fact_id(line) for line in lines}
+    ledger.database.dispose()  # no connection of ours carried into the forked commands
     began = time.monotonic()
     assert wait(fork(ledger_url, "import", str(feed), "--dry-run")) == 0
     duration = time.monotonic() - began
@@ -92,6 +93,7 @@ def test_read_models_killed_while_catching_up_or_rebuilding_end_as_a_rebuild_wou
     # Given a ledger holding a feed, its read models not yet caught up
     lines = feed_lines(40, prefix="m-")
     feed = write_feed(tmp_path / "feed.jsonl", lines)
+    ledger.database.dispose()  # no connection of ours carried into the forked commands
     assert wait(fork(ledger_url, "import", str(feed))) == 0
     began = time.monotonic()
     assert wait(fork(ledger_url, "projections", "rebuild")) == 0

@@ -59,6 +59,7 @@ def test_queries_during_an_import_never_fail_and_see_a_prefix_of_the_log(
     rng = random.Random(7)
 
     # When they are imported one after the other, while queries run
+    ledger.database.dispose()  # no connection of ours carried into the forked importer
     writer = fork_commands(ledger_url, [["import", str(path)] for path in files])
     answers = partial = 0
     while True:
