@@ -853,6 +853,17 @@ def export_secret(app: ConsentLedger, export_id: str) -> bytes:
     return secret
 
 
+def reidentify(app: ConsentLedger, export_id: str, alias: str) -> str:
+    """The seller's side: the customer reference behind a pseudonym of an export (only the
+    ledger holds the export's secret). Raises `InputError` if no customer has it."""
+    pseudonyms = Pseudonyms(export_secret(app, export_id))
+    wanted = alias.strip().lower()
+    for ref in app.customer_refs():
+        if hmac.compare_digest(pseudonyms("customer", ref), wanted):
+            return ref
+    raise InputError(f"no customer of this ledger has pseudonym {alias!r} in export {export_id}")
+
+
 def recorded_exports(app: ConsentLedger) -> list[dict[str, Any]]:
     """Every due-diligence export recorded, oldest first, as the disclosure it is (for the
     auditor's report): when, to whom, what, how many customers, the manifest's hash."""

@@ -120,4 +120,37 @@ def verify(folder: Path, public_key: Path | None, as_json: bool) -> None:
         raise IntegrityFailure(report.summary())
 
 
+@export.command("list")
+@json_option
+@pass_ledger
+def list_exports(ledger: Any, as_json: bool) -> None:
+    """Every due-diligence export recorded: when, to whom, what, the manifest's hash."""
+    from ledger.exports import recorded_exports
+
+    rows = recorded_exports(ledger)
+    if as_json:
+        emit_json({"exports": rows})
+        return
+    columns = ["at", "recipient", "customers", "identified", "categories", "fact_id"]
+    click.echo(table(rows, columns, empty="(no exports)"))
+
+
+@export.command("reidentify")
+@click.argument("export_id")
+@click.argument("pseudonym")
+@json_option
+@pass_ledger
+def reidentify(ledger: Any, export_id: str, pseudonym: str, as_json: bool) -> None:
+    """The customer behind PSEUDONYM in export EXPORT_ID (the seller's side: only this
+    ledger holds the export's secret)."""
+    from ledger.exports import reidentify as find
+
+    ref = find(ledger, export_id, pseudonym)
+    logs.log.info("export.reidentify", export_id=export_id, customer=logs.hashed(ref))
+    if as_json:
+        emit_json({"export_id": export_id, "pseudonym": pseudonym, "customer": ref})
+    else:
+        click.echo(ref)
+
+
 commands = [export]

@@ -287,3 +287,20 @@ def test_an_occupied_folder_or_unknown_format_is_refused_before_anything(
     assert (tmp_path / "dd" / "old.txt").read_text() == "keep me"
     assert not (tmp_path / "new").exists()
     assert seals.verify_ledger(ledger).events == before
+
+
+def test_the_seller_lists_exports_and_reidentifies_a_pseudonym(
+    ledger_url: str, ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=2)
+    result = _export(ledger, tmp_path / "dd")
+    listed = run_json(ledger_url, "export", "list")["exports"]
+    assert [e["fact_id"] for e in listed] == [result.fact_id]
+    alias = next(r["customer"] for r in _rows(tmp_path / "dd", "customers"))
+    found = run_json(ledger_url, "export", "reidentify", result.export_id, alias)
+    assert found["customer"] in set(ledger.customer_refs())
+    assert (
+        pseudonym(export_secret(ledger, result.export_id), "customer", found["customer"]) == alias
+    )
+    unknown = run(ledger_url, "export", "reidentify", result.export_id, "0" * 32)
+    assert unknown.exit_code == 1 and "no customer" in error_line(unknown)
