@@ -387,13 +387,12 @@ def processing_records(figures: Any, generated_at: datetime) -> Document:
     for r in figures.recipients:
         per_kind[r["recipient_kind"]].append(r)
     doc.table(
-        ["recipient kind", "recipients", "disclosures", "customers"],
+        ["recipient kind", "recipients", "disclosures"],
         [
             [
                 kind,
                 len(per_kind.get(kind, [])),
                 sum(r["disclosures"] for r in per_kind.get(kind, [])),
-                sum(r["customers"] for r in per_kind.get(kind, [])),
             ]
             for kind in sorted(RECIPIENT_KINDS | set(per_kind))
         ],
