@@ -265,6 +265,21 @@ class Database:
                 with conn.execution_options(isolation_level="REPEATABLE READ").begin():
                     yield conn
 
+    @contextmanager
+    def reading_statement(self) -> Iterator[Connection]:
+        """A connection for a query of one statement, which sees one snapshot by itself.
+
+        On PostgreSQL it runs outside any transaction (autocommit): one round trip to the
+        server instead of three (BEGIN, the query, COMMIT), most of a query's time there.
+        SQLite reads as `reading()` does; inside a write, the write's connection.
+        """
+        if self.is_sqlite or self.current is not None:
+            with self.reading() as conn:
+                yield conn
+            return
+        with self.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
     # -- schema ------------------------------------------------------------------------------
 
     def schema_revision(self) -> str | None:

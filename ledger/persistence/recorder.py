@@ -107,7 +107,7 @@ class LedgerRecorder(ApplicationRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         if gt is None and lte is None and not desc and limit is None:
-            with self.database.reading() as conn:
+            with self.database.reading_statement() as conn:
                 rows = conn.execute(_SELECT_STREAM, {"originator_id": originator_id})
                 return [_stored(row) for row in rows]
         query = sa.select(_E.c.originator_id, _E.c.originator_version, _E.c.topic, _E.c.state)
