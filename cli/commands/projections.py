@@ -44,7 +44,7 @@ def rebuild(context: Any, name: str | None, as_json: bool) -> None:
     total = models.status()[0].head
     if progress_enabled():
         with click.progressbar(
-            length=total, label=f"rebuilding {', '.join(names)}", file=sys.stderr
+            length=total, label=f"rebuilding {name or 'every read model'}", file=sys.stderr
         ) as bar:
             result = models.rebuild(names, progress=bar.update)
     else:
