@@ -84,7 +84,9 @@ def test_known_at_answers_as_the_ledger_knew_it(url: str, tmp_path: Path) -> Non
 
     assert ("marketing_without_consent", "s-0012") in found()
     assert ("marketing_without_consent", "s-0012") not in found("--known-at", before_late)
-    assert found("--known-at", before_late) == found("--known-at", before_late, "--as-of", "2099-12-31")
+    assert found("--known-at", before_late) == found(
+        "--known-at", before_late, "--as-of", "2099-12-31"
+    )
     assert found("--known-at", "2000-01-01") == set()
 
     def marketing_email(*args: str) -> str:
