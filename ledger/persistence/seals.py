@@ -306,12 +306,23 @@ def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integri
     needed = _stored_for(wanted)
     found: dict[tuple[int, int], bytes] = {}
     if needed:
-        rows = conn.execute(
-            sa.select(_N.c.level, _N.c.idx, _N.c.hash).where(
-                sa.tuple_(_N.c.level, _N.c.idx).in_(sorted(needed))
+        by_level: dict[int, list[int]] = {}
+        for level, index in sorted(needed):
+            by_level.setdefault(level, []).append(index)
+        # One indexed lookup per level, in one raw statement: a row-value IN list makes
+        # SQLite scan the table, and building this in SQLAlchemy costs more than running it.
+        parts, params = [], []
+        for level, indexes in by_level.items():
+            marks = ", ".join("?" * len(indexes))
+            parts.append(
+                f"SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? "
+                f"AND idx IN ({marks})"
             )
-        )
-        found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
+            params += [level, *indexes]
+        found = {
+            (int(level), int(idx)): bytes(digest)
+            for level, idx, digest in _raw_rows(conn, " UNION ALL ".join(parts), params)
+        }
 
     def node(level: int, index: int) -> bytes:
         if 0 < level < _FIRST_STORED_LEVEL:
@@ -324,8 +335,45 @@ def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integri
     return node
 
 
+def _raw_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """Rows of a small query on the driver's own cursor (`?` marks, rewritten for psycopg)."""
+    if conn.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 def _load_frontier(conn: Connection, size: int) -> Frontier:
     return Frontier.load(size, _fetch_nodes(conn, integrity.frontier_nodes(size)))
+
+
+_LATEST_CHECKPOINT = (
+    "SELECT tree_size, root_hash, signed_at, key_id, signature FROM ledger_checkpoints "
+    "ORDER BY tree_size DESC LIMIT 1"
+)
+
+
+def _checkpoint_of_values(
+    size: int, root: bytes, signed_at: str, kid: str, signature: bytes
+) -> Checkpoint:
+    return Checkpoint(int(size), bytes(root), signed_at, kid, bytes(signature))
+
+
+_PUBLIC_PEM: WeakKeyDictionary[Database, str] = WeakKeyDictionary()
+
+
+def _public_key_pem(database: Database) -> str:
+    """The key folder's public key, read once per database (proofs are made by the many)."""
+    pem = _PUBLIC_PEM.get(database)
+    if pem is None:
+        pem = _PUBLIC_PEM[database] = integrity.public_key_pem(load_public_key(database))
+    return pem
 
 
 def _checkpoint_of(row: Any) -> Checkpoint:
@@ -656,24 +704,26 @@ def prove_fact(app: HasDatabase, fact_id: str) -> dict[str, Any]:
     the leaf bytes, its index, the RFC 9162 path and the signed checkpoint."""
     database = app.database
     with database.reading() as conn:
-        position = conn.execute(
-            sa.select(tables.facts.c.notification_id).where(tables.facts.c.fact_id == fact_id)
-        ).scalar()
-        if position is None:
+        found = _raw_rows(
+            conn, "SELECT notification_id FROM ledger_facts WHERE fact_id = ?", (fact_id,)
+        )
+        if not found:
             raise FactNotFoundError(fact_id)
-        checkpoint = _checkpoint_at(conn, None)
+        position = int(found[0][0])
+        latest = _raw_rows(conn, _LATEST_CHECKPOINT, ())
+        checkpoint = _checkpoint_of_values(*latest[0]) if latest else None
         if checkpoint is None or checkpoint.tree_size < position:
             raise IntegrityFailure(f"fact {fact_id!r} is not covered by a signed checkpoint")
-        index = int(position) - 1
+        index = position - 1
         ranges = integrity.inclusion_ranges(index, checkpoint.tree_size)
         node = _fetch_nodes(conn, integrity.proof_nodes(ranges))
         path = [integrity.range_hash(start, end, node) for start, end in ranges]
-        rows = list(_event_rows(conn, database, int(position), int(position)))
+        rows = list(_event_rows(conn, database, position, position))
     if not rows:
         raise IntegrityFailure(f"the event of fact {fact_id!r} is missing from the log")
     leaf = integrity.leaf_bytes(*rows[0])
     document = integrity.inclusion_document(leaf, index, path, checkpoint)
-    document["checkpoint"]["public_key"] = integrity.public_key_pem(load_public_key(database))
+    document["checkpoint"]["public_key"] = _public_key_pem(database)
     return {"fact_id": fact_id, **document}
 
 
