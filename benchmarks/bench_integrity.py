@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_integrity.py --facts 100000
     .venv/bin/python benchmarks/bench_integrity.py --facts 1000000 --skip-overhead
+    .venv/bin/python benchmarks/bench_integrity.py --skip-overhead --reuse   # the kept ledger
 
 Imports the same generated feed (~15 facts per customer) into a fresh ledger twice, with
 sealing and with the sealer switched off, and prints both times and the overhead; then
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true", help="import once, sealed")
     parser.add_argument("--rounds", type=int, default=1, help="import rounds per variant")
     parser.add_argument("--proofs", type=int, default=2000)
+    parser.add_argument(
+        "--reuse", action="store_true", help="verify and prove the ledger a previous run kept"
+    )
     args = parser.parse_args()
 
     from ledger.persistence import seals
@@ -64,10 +68,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["CONSENT_LEDGER_KEY_DIR"] = str(args.work / "keys")
     customers = max(1, args.facts // 15)
-    lines = list(generate_lines(customers, seed=11))
+    reusing = args.reuse and (args.work / "sealed.db").exists()
+    lines = [] if reusing else list(generate_lines(customers, seed=11))
     print(f"feed               {len(lines)} facts ({customers} customers)")
 
-    if not args.skip_overhead:
+    if not args.skip_overhead and not reusing:
         # Alternate the variants so a busy machine slows both alike; the CPU time of this
         # process is the steadier figure when other processes compete for the cores.
         timings: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
@@ -85,9 +90,16 @@ def main() -> None:
                 f"overhead {100 * (sealed_s - plain) / plain:+.1f} % (best of {args.rounds})"
             )
 
-    shutil.rmtree(args.work / "keys", ignore_errors=True)
-    ledger, seconds = import_feed(fresh(args.work, "sealed.db"), lines, sealed=True)
-    print(f"import (kept)      {seconds[0]:.2f} s wall, {seconds[1]:.2f} s cpu")
+    kept = args.work / "sealed.db"
+    if args.reuse and kept.exists():
+        from ledger.config import open_ledger
+
+        ledger = open_ledger(f"sqlite:///{kept}")
+        print(f"import (kept)      reused {kept}")
+    else:
+        shutil.rmtree(args.work / "keys", ignore_errors=True)
+        ledger, seconds = import_feed(fresh(args.work, "sealed.db"), lines, sealed=True)
+        print(f"import (kept)      {seconds[0]:.2f} s wall, {seconds[1]:.2f} s cpu")
 
     for workers in (1, os.cpu_count() or 1):
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
