@@ -503,12 +503,15 @@ class Problem:
 
     kind: str
     message: str
-    position: int | None = None
+    event: int | None = None  # the notification id (recording position) it concerns
+    tree_size: int | None = None  # the checkpoint it concerns
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {"kind": self.kind, "message": self.message}
-        if self.position is not None:
-            document["event"] = self.position
+        if self.event is not None:
+            document["event"] = self.event
+        if self.tree_size is not None:
+            document["tree_size"] = self.tree_size
         return document
 
 
@@ -643,6 +646,7 @@ class LogAuditor:
                         "checkpoint_signature",
                         f"the checkpoint of tree size {checkpoint.tree_size} is not signed "
                         f"by this ledger's key ({key_id(public_key)})",
+                        tree_size=checkpoint.tree_size,
                     )
                 )
         if any(c.tree_size == self.frontier.size for c in self.signed):
@@ -734,7 +738,7 @@ class LogAuditor:
                     f"the events do not hash to the signed root of tree size "
                     f"{first.tree_size}{more}: events before it were altered, inserted, "
                     "removed or reordered",
-                    first.tree_size,
+                    tree_size=first.tree_size,
                 )
             )
         if self._pending:
@@ -745,6 +749,7 @@ class LogAuditor:
                     f"a signed checkpoint covers {beyond.tree_size} events but the log has "
                     f"only {size}: events were removed from its end",
                     size + 1,
+                    beyond.tree_size,
                 )
             )
         covered = max((c.tree_size for c in self.signed), default=0)

@@ -608,6 +608,7 @@ def _trusted_start(
                 "checkpoint_signature",
                 f"the kept checkpoint of tree size {kept.tree_size} is not signed by this "
                 "ledger's key",
+                tree_size=kept.tree_size,
             )
         ]
     size = _stored_size(conn)
@@ -618,6 +619,7 @@ def _trusted_start(
                 f"the kept checkpoint covers {kept.tree_size} events but the log's seals "
                 f"cover only {size}: the log was cut back",
                 size + 1,
+                kept.tree_size,
             )
         ]
     try:
@@ -630,7 +632,7 @@ def _trusted_start(
                 "checkpoint_mismatch",
                 f"the ledger is not an extension of the kept checkpoint of tree size "
                 f"{kept.tree_size}: its first {kept.tree_size} events were rewritten",
-                kept.tree_size,
+                tree_size=kept.tree_size,
             )
         ]
     return start, []
