@@ -43,7 +43,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = Path(sys.executable).with_name("consent-ledger")
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+# A database of its own: a long import holds back VACUUM's horizon in its database, which
+# would disturb tests that check pruning if it shared theirs. Created if missing.
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/consent_ledger_bench"
 ACQUIRER = "Northwind Retail Group"  # ledger.samplefeed's acquirer
 AS_OF = "2025-03-01T00:00:00+00:00"
 SAMPLES = 500
@@ -190,6 +192,16 @@ def fresh_database(backend: str, facts: int, work: Path, postgres: str) -> str:
 
         schema = f"bench_{facts}"
         server = sa.engine.make_url(postgres).set(drivername="postgresql+psycopg")
+        maintenance = sa.create_engine(
+            server.set(database="postgres"), isolation_level="AUTOCOMMIT"
+        )
+        with maintenance.connect() as conn:
+            exists = conn.exec_driver_sql(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (server.database,)
+            ).first()
+            if exists is None:
+                conn.exec_driver_sql(f'CREATE DATABASE "{server.database}"')
+        maintenance.dispose()
         admin = sa.create_engine(server)
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -331,9 +343,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--facts", default="100000,1000000", help="feed sizes, comma-separated")
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument(
-        "--postgres", default=os.environ.get("CONSENT_LEDGER_TEST_POSTGRES") or DEFAULT_POSTGRES
-    )
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="server and database")
     parser.add_argument("--work", type=Path, default=Path("/tmp/consent-ledger-run"))
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()

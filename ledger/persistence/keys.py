@@ -45,6 +45,7 @@ _S = tables.suppressions
 _SUPPRESSION_KEY = "suppression_key"
 _SUPPRESSION_CONTEXT = b"suppression-list"
 _PENDING_SUPPRESSIONS = "suppressions"
+_SUPPRESSION_BATCH = 5000
 _ROTATE_BATCH = 5000
 
 
@@ -293,7 +294,8 @@ class KeyStore:
     ) -> None:
         """Suppress marketing on `channel` for this email from `at` on, or lift a suppression
         older than a fresh consent given at `at`: queued in the ambient write transaction and
-        applied, in order, just before it commits (one read and a few writes per commit)."""
+        applied, in order, just before it commits (one read and a few writes per commit), or
+        every `_SUPPRESSION_BATCH` changes, so a large import's memory stays flat."""
         digest = self.email_hash(email)
         with self.database.writing() as tx:
             pending = tx.attachments.get(_PENDING_SUPPRESSIONS)
@@ -301,6 +303,9 @@ class KeyStore:
                 pending = tx.attachments[_PENDING_SUPPRESSIONS] = []
                 tx.before_commit.append(lambda: _apply_suppressions(tx, pending))
             pending.append((digest, channel, at, suppressed))
+            if len(pending) >= _SUPPRESSION_BATCH:
+                _apply_suppressions(tx, pending)  # in order, as at the commit
+                pending.clear()
 
     def suppression(self, email: str) -> tuple[str, dict[str, datetime]]:
         """The email's hash and, per suppressed marketing channel, since when."""
