@@ -621,7 +621,8 @@ class LogAuditor:
     """Recompute a log's tree from its leaves (in recording order) and hold it against
     every signed checkpoint. Leaves may start after a trusted frontier (`verify --since`).
 
-    Feed it `add(position, leaf hash)` or `add_rows`; `finish()` names every problem:
+    Feed it `add_rows` (position, leaf hash), `add_events` or `add_batches` (event rows) or
+    `add_block` (blocks hashed elsewhere), in order; `finish()` names every problem:
     a gap (events removed), a checkpoint whose root differs (events altered, inserted or
     reordered before it), a checkpoint beyond the log (log truncated), a bad signature,
     events after the last checkpoint (inserted without the signing key).
