@@ -12,7 +12,8 @@ one run and on the same feed file:
 - per backend (SQLite, PostgreSQL): `import` facts/s (in a fresh worker process, timed inside,
   with its peak RSS), `projections rebuild` events/s, `verify` facts/s, `customer trail` and
   `consent show --as-of` in-process p50/p99 (what the commands compute, for 500 random
-  customers), the `consent-ledger customer trail` process's wall time (median of 7), and
+  customers), the `consent-ledger customer trail` process's wall time (median of 7, its
+  bytecode cached as in an installed command), and
   `export due-diligence` time and peak RSS (the command, as a process).
 
 Each figure is printed with its ratio to the baseline ("x raw": how many times slower than
@@ -123,7 +124,7 @@ def baseline(feed: Path, work: Path, refs: list[str]) -> dict[str, float]:
         f"print([orjson.loads(r[0]) for r in c.execute({_RAW_LOOKUP!r}, "
         "(sys.argv[2] + '-', sys.argv[2] + '.'))])"
     )
-    process = wall([sys.executable, "-c", script, str(path), refs[len(refs) // 2]])
+    process = wall([sys.executable, "-c", script, str(path), refs[len(refs) // 2]], work)
     return {
         "rate": count / seconds,
         "cpu_rate": count / cpu,
@@ -170,9 +171,16 @@ def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[flo
     return seconds, usage.ru_maxrss, stdout
 
 
-def wall(args: list[str], runs: int = 7) -> float:
-    """Median wall seconds of a process started `runs` times."""
-    return statistics.median(run_process(args)[0] for _ in range(runs))
+def wall(args: list[str], work: Path, runs: int = 7) -> float:
+    """Median wall seconds of a process started `runs` times, after one untimed start.
+
+    As an installed command runs: with its modules' bytecode cached (kept under `work`, out
+    of the source tree), even where the environment sets PYTHONDONTWRITEBYTECODE.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    run_process(args, env)
+    return statistics.median(run_process(args, env)[0] for _ in range(runs))
 
 
 # -- one backend -----------------------------------------------------------------------------
@@ -288,7 +296,7 @@ def measure_backend(
         app.database.dispose()
 
     ref = refs[len(refs) // 2]
-    seconds = wall([str(COMMAND), "--db", url, "customer", "trail", ref, "--json"])
+    seconds = wall([str(COMMAND), "--db", url, "customer", "trail", ref, "--json"], args.work)
     yield figure("CLI customer trail (process)", seconds * 1000, "ms", seconds / base["process"])
 
     out_dir = args.work / f"export-{backend}-{facts}"
