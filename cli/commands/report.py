@@ -203,7 +203,9 @@ def _month_axis(ax: Any, months: list[str]) -> None:
 # -- the auditor's report ----------------------------------------------------------------------
 
 
-def auditor_report(figures: Any, generated_at: datetime) -> Document:
+def auditor_report(
+    figures: Any, generated_at: datetime, exports: list[dict[str, Any]] | None = None
+) -> Document:
     doc = Document("consent-ledger: auditor's report")
     violations = figures.violations
     by_rule = Counter(v.rule for v in violations)
@@ -256,6 +258,26 @@ def auditor_report(figures: Any, generated_at: datetime) -> Document:
     doc.table(["status", "orders"], [list(row) for row in figures.orders_by_status])
     doc.heading("Recipient registry")
     _registry_table(doc, figures.recipients)
+    doc.heading("Due-diligence exports")
+    doc.para(
+        "Each export to a prospective acquirer is a disclosure recorded in the ledger, with the "
+        "SHA-256 of its manifest: `export verify` on the acquirer's copy proves what they got."
+    )
+    doc.table(
+        ["at", "acquirer", "identified", "customers", "categories", "basis", "manifest sha256"],
+        [
+            [
+                e["at"],
+                e["recipient"],
+                "yes" if e["identified"] else "pseudonymous",
+                e["customers"],
+                e["categories"],
+                e["basis"],
+                e["manifest_sha256"],
+            ]
+            for e in exports or []
+        ],
+    )
     return doc
 
 
@@ -295,8 +317,11 @@ def _registry_table(doc: Document, recipients: list[dict[str, Any]]) -> None:
 def report_command(context: Any, out: Path, as_json: bool) -> None:
     """An auditor's report in one HTML file that opens offline: headline figures, violations
     by rule with their facts, charts of consent and disclosures over time, the recipients."""
+    from ledger.exports import recorded_exports
+
     figures = context.ledger.read_models.figures()
-    document = auditor_report(figures, datetime.now(UTC))
+    exports = recorded_exports(context.ledger)
+    document = auditor_report(figures, datetime.now(UTC), exports)
     out.write_text(to_html(document), encoding="utf-8")
     logs.log.info("audit.report", violations=len(figures.violations), bytes=out.stat().st_size)
     if as_json:

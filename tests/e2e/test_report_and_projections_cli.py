@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import time
 from datetime import UTC, datetime
@@ -159,3 +160,23 @@ def test_report_processing_markdown_and_html(url: str, tmp_path: Path) -> None:
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
     assert "<h2>Recipients by name</h2>" in page
+
+
+def test_audit_report_lists_each_due_diligence_export(url: str, tmp_path: Path) -> None:
+    made = run_json(
+        url,
+        "export",
+        "due-diligence",
+        "--acquirer",
+        "Northwind Retail Group",
+        "--out",
+        str(tmp_path / "dd"),
+    )
+    out = tmp_path / "report.html"
+    assert run(url, "audit", "report", "--out", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    section = page[page.index("Due-diligence exports") :]
+    manifest = (tmp_path / "dd" / "MANIFEST.json").read_bytes()
+    assert hashlib.sha256(manifest).hexdigest() in section
+    assert "Northwind Retail Group" in section and "pseudonymous" in section
+    assert made["customers"] == 2
