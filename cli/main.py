@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import click
-from sqlalchemy.exc import DBAPIError
 
 from cli import logs
 from cli.commands import register
@@ -36,6 +35,16 @@ def exit_code_for(error: LedgerError) -> int:
 def _first_line(error: BaseException | None) -> str:
     lines = str(error or "unknown error").strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def _is_database_error(error: Exception) -> bool:
+    """A driver error SQLAlchemy raised, e.g. the server went away mid-command.
+
+    Checked without importing SQLAlchemy: a command that never loaded it (the SQLite
+    queries) cannot have raised one, and importing it would cost most of such a command.
+    """
+    exc = sys.modules.get("sqlalchemy.exc")
+    return exc is not None and isinstance(error, exc.DBAPIError)
 
 
 class LedgerContext:
@@ -82,10 +91,12 @@ class LedgerGroup(click.Group):
                 result = super().invoke(ctx)
             except LedgerError as error:
                 failure = error
-            except DBAPIError as error:  # e.g. the server went away mid-command
+            except Exception as error:
+                if not _is_database_error(error):
+                    raise
                 failure = DatabaseUnavailableError(
-                    f"the database failed: {_first_line(error.orig)}; the command's "
-                    "transaction was rolled back"
+                    f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
+                    "the command's transaction was rolled back"
                 )
         fields["command"] = ctx.meta.get("consent_ledger.command", "")
         fields["seconds"] = round(time.perf_counter() - started, 3)

@@ -10,7 +10,6 @@ from cli import logs
 from cli.commands.recording import _record
 from cli.output import emit_json, json_option, table
 from cli.params import MOMENT, pass_ledger
-from ledger import views
 from ledger.feed import iso
 from ledger.vocabulary import CONSENT_CHANNELS, PURPOSES
 
@@ -38,6 +37,8 @@ def consent() -> None:
 @pass_ledger
 def show(ledger: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
     """Consent of customer REF per purpose and channel, now or as of a past time."""
+    from ledger import views
+
     rows = views.consent_rows(ledger.customer_with_events(ref, known_at)[1], as_of)
     logs.summarise(customer=logs.hashed(ref), rows=len(rows))
     document = {

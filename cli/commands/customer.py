@@ -9,7 +9,6 @@ import click
 from cli import logs
 from cli.output import emit_json, json_option, table
 from cli.params import MOMENT, pass_ledger
-from ledger import views
 from ledger.feed import iso
 
 
@@ -19,6 +18,8 @@ def customer() -> None:
 
 
 def customer_document(ledger: Any, ref: str) -> dict[str, Any]:
+    from ledger import views
+
     aggregate = ledger.customer(ref)
     events = ledger.customer_events(ref)
     details = ledger.personal_data(aggregate, events)
@@ -69,6 +70,8 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
 @pass_ledger
 def trail(ledger: Any, ref: str, as_json: bool) -> None:
     """Who has received customer REF's data, when, what and why (by business time)."""
+    from ledger import views
+
     rows = views.trail_rows(ledger.customer_events(ref))
     logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:

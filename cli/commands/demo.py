@@ -14,7 +14,6 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
-from ledger import views
 from ledger.feed import iso
 
 
@@ -41,6 +40,7 @@ from ledger.feed import iso
 def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
     """Build a sample ledger (customers, orders, consents, disclosures, rule breaks, late
     facts, an erasure, a merger) and show what an auditor and a support agent can ask."""
+    from ledger import views
     from ledger.config import open_ledger
     from ledger.samplefeed import generate_lines
 
@@ -115,6 +115,8 @@ def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
 
 def _busiest_customer(ledger: Any) -> str:
     """A customer with the longest disclosure trail among the first hundred: a good tour."""
+    from ledger import views
+
     best, best_count = "", -1
     for index, ref in enumerate(ledger.customer_refs()):
         if index >= 100:

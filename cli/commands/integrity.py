@@ -14,7 +14,6 @@ import orjson
 from cli import logs
 from cli.output import emit_json, json_option
 from cli.params import pass_ledger
-from ledger import integrity
 from ledger.errors import InputError, IntegrityFailure
 
 PUBLIC_KEY = click.option(
@@ -151,6 +150,8 @@ def verify_proof(proof: str, public_key: Path | None, as_json: bool) -> None:
     The key should be the ledger's signing.pub as you got it from the ledger's owner; without
     --public-key the key printed in the proof is used, and its key id is shown to compare.
     """
+    from ledger import integrity
+
     document = read_document(proof, "proof")
     if public_key is not None:
         key: Any = public_key.read_bytes()

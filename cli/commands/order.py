@@ -9,7 +9,6 @@ import click
 from cli import logs
 from cli.output import emit_json, json_option, table
 from cli.params import pass_ledger
-from ledger import views
 
 
 @click.group("order")
@@ -24,6 +23,8 @@ def order() -> None:
 def show(ledger: Any, ref: str, as_json: bool) -> None:
     """Order REF: its customer, status and every fact about it in business time."""
     customer_ref = ledger.customer_of_order(ref)
+    from ledger import views
+
     rows = views.order_rows(ledger.customer(customer_ref), ledger.customer_events(customer_ref))
     row = next(r for r in rows if r["order"] == ref)
     document = {"customer": customer_ref, **row}

@@ -16,7 +16,6 @@ from cli.output import emit_json, json_option, table
 from cli.params import MOMENT, pass_ledger
 from ledger.errors import InputError
 from ledger.feed import iso
-from ledger.privacy import access_pack_markdown, outstanding
 
 
 @customer.command("access-export")
@@ -41,6 +40,8 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
     erased), consents with history, orders, and every disclosure with its named recipient."""
     if not out.parent.is_dir():  # checked first: nothing is recorded for a pack not written
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    from ledger.privacy import access_pack_markdown
+
     pack = ledger.access_pack(ref, record_request=record)
     readable = out.with_name(out.name + ".md")
     _write_private(out, orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n")
@@ -80,6 +81,8 @@ def recipients() -> None:
 @pass_ledger
 def notifications(ledger: Any, show_all: bool, as_json: bool) -> None:
     """Recipients to tell of a customer's erasure or rectification (not yet notified)."""
+    from ledger.privacy import outstanding
+
     dues = ledger.notifications()
     rows = [due.to_json() for due in (dues if show_all else outstanding(dues))]
     logs.summarise(rows=len(rows))

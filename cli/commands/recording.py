@@ -13,7 +13,6 @@ import orjson
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
 from cli.params import MOMENT, pass_ledger
-from ledger.application import ImportSummary
 from ledger.errors import InputError, InvalidFeedError
 from ledger.vocabulary import DATA_CATEGORIES
 
@@ -41,6 +40,8 @@ def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
     if isinstance(summary_or_error, InvalidFeedError):
         error = summary_or_error
         # All or nothing: nothing was accepted.
+        from ledger.application import ImportSummary
+
         refused = ImportSummary(0, error.duplicates, len(error.errors), error.errors, dry_run)
         document = refused.to_json()
         logs.summarise(rejected=len(error.errors), dry_run=dry_run)
