@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from ledger.application import ConsentLedger
 from ledger.persistence.database import Database
-from ledger.persistence.keys import KeyStore
-from ledger.persistence.seals import create_signing_key, seal_pending
 
 DEFAULT_DB = "sqlite:///consent-ledger.db"
 DB_ENV = "CONSENT_LEDGER_DB"
@@ -27,6 +25,9 @@ class UpgradeResult:
 
 def upgrade(database: Database) -> UpgradeResult:
     """Create or migrate the schema and the keys a new ledger needs."""
+    from ledger.persistence.keys import KeyStore
+    from ledger.persistence.seals import create_signing_key, seal_pending
+
     before, after = database.upgrade()
     keys = KeyStore(database, create=True)
     keys.record_master_key()
@@ -43,4 +44,5 @@ def open_ledger(url: str, *, auto_upgrade: bool = True) -> ConsentLedger:
         upgrade(database)
     else:
         database.require_current_schema()
-    return ConsentLedger(database, KeyStore(database))
+    # The key store is made on first use (a query of events needs no key).
+    return ConsentLedger(database)

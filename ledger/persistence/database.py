@@ -20,18 +20,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import sqlalchemy as sa
 from eventsourcing.persistence import IntegrityError
-from sqlalchemy import event as sa_event
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.engine.url import URL
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
-from ledger.persistence import tables
+from ledger.persistence import sqlite_reads
+
+if TYPE_CHECKING:
+    # SQLAlchemy is imported where it is used: a query on SQLite reads through the stdlib
+    # driver (`sqlite_reads`) and never loads it, most of such a command's start-up.
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine.url import URL
 
 # Recordings committed on PostgreSQL are announced here (read models listen).
 NOTIFY_CHANNEL = "consent_ledger_events"
@@ -45,6 +47,8 @@ _ambient: contextvars.ContextVar[WriteTransaction | None] = contextvars.ContextV
 
 
 def normalise_url(raw: str) -> URL:
+    from sqlalchemy.engine import make_url
+
     url = make_url(raw)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
@@ -54,8 +58,10 @@ def normalise_url(raw: str) -> URL:
 def safe_url(url: URL | str) -> str:
     """The URL without its password, fit for messages and logs."""
     if isinstance(url, str):
+        import sqlalchemy as sa
+
         try:
-            url = make_url(url)
+            url = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
             return "<unparseable database URL>"
     return url.render_as_string(hide_password=True)
@@ -118,15 +124,40 @@ class Database:
     """An engine plus the ledger's transaction discipline."""
 
     def __init__(self, url: str) -> None:
-        self.url = normalise_url(url)
-        self.backend = self.url.get_backend_name()
+        self._raw_url = url
+        self._url: URL | None = None
+        self._engine: Engine | None = None
+        # A plain SQLite file URL is understood without SQLAlchemy (see `sqlite_reads`).
+        self._sqlite_file = sqlite_reads.plain_sqlite_file(url)
+        if self._sqlite_file is not None:
+            self.backend = "sqlite"
+        else:
+            self.backend = self.url.get_backend_name()
         if self.backend not in ("sqlite", "postgresql"):
             raise DatabaseUnavailableError(
                 f"unsupported database {safe_url(self.url)}: use sqlite:/// or postgresql://"
             )
-        self.engine = self._create_engine()
+        path = self.sqlite_path
+        if path is not None and not path.parent.exists():
+            raise DatabaseUnavailableError(
+                f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
+            )
+        self._reads = sqlite_reads.Readers(path, url) if path is not None else None
 
     # -- engine ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> URL:
+        if self._url is None:
+            self._url = normalise_url(self._raw_url)
+        return self._url
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, created on first use."""
+        if self._engine is None:
+            self._engine = self._create_engine()
+        return self._engine
 
     @property
     def is_sqlite(self) -> bool:
@@ -134,18 +165,16 @@ class Database:
 
     @property
     def sqlite_path(self) -> Path | None:
-        database = self.url.database
+        database = self._sqlite_file if self._sqlite_file is not None else self.url.database
         if not self.is_sqlite or not database or database == ":memory:":
             return None
         return Path(database)
 
     def _create_engine(self) -> Engine:
+        import sqlalchemy as sa
+        from sqlalchemy import event as sa_event
+
         if self.is_sqlite:
-            path = self.sqlite_path
-            if path is not None and not path.parent.exists():
-                raise DatabaseUnavailableError(
-                    f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
-                )
             engine = sa.create_engine(self.url, connect_args={"timeout": 120})
             # A UUID's SQLite storage form, as SQLAlchemy's Uuid type stores it (32 hex
             # digits), for the raw inserts of `insert_many`: the driver converts each value
@@ -180,10 +209,15 @@ class Database:
         )
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        if self._reads is not None:
+            self._reads.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
         try:
             conn = self.engine.connect()
         except (OperationalError, DBAPIError) as error:
@@ -216,6 +250,10 @@ class Database:
         if existing is not None:
             yield existing
             return
+        import sqlalchemy as sa
+
+        from ledger.persistence import tables
+
         with self.connect() as base:
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
             trans = conn.begin()
@@ -280,9 +318,30 @@ class Database:
         with self.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
+    def fetch_on_driver(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one read statement (`?` marks), run on the driver itself.
+
+        On SQLite outside a write, through `sqlite_reads` (no SQLAlchemy is loaded); inside
+        a write, on the write's connection; on PostgreSQL as `reading_statement()` reads.
+        """
+        if self._reads is not None and self.current is None:
+            return self._reads.fetch(sql, params)
+        with self.reading_statement() as conn:
+            paramstyle = "qmark" if self.is_sqlite else "pyformat"
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute(sqlite_reads.for_driver(sql, paramstyle), params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
     # -- schema ------------------------------------------------------------------------------
 
     def schema_revision(self) -> str | None:
+        if self._reads is not None and self.current is None:
+            return self._reads.schema_revision()
+        import sqlalchemy as sa
+
         with self.connect() as conn:
             inspector = sa.inspect(conn)
             if not inspector.has_table("alembic_version"):
@@ -295,6 +354,10 @@ class Database:
             path = self.sqlite_path
             if path is None or not path.exists() or path.stat().st_size == 0:
                 return True
+        if self._reads is not None and self.current is None:
+            return not self._reads.table_names()
+        import sqlalchemy as sa
+
         with self.connect() as conn:
             return not sa.inspect(conn).get_table_names()
 

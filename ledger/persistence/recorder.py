@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
-import sqlalchemy as sa
 from eventsourcing.domain import DomainEventProtocol, TAggregateID
 from eventsourcing.persistence import (
     AggregateRecorder,
@@ -35,9 +34,8 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
-from ledger.persistence import tables
-from ledger.persistence.database import Database
-from ledger.persistence.seals import seal_inserted
+from ledger.persistence import sqlite_reads
+from ledger.persistence.database import Database, WriteTransaction
 
 DATETIME_FIELDS = frozenset({"timestamp", "at"})
 DECIMAL_FIELDS = frozenset({"total"})
@@ -62,19 +60,27 @@ class LedgerTranscoder(Transcoder):
         return state
 
 
-_E = tables.events
-
-
 _EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")
-_SELECT_STREAM = (
-    sa.select(_E.c.originator_id, _E.c.originator_version, _E.c.topic, _E.c.state)
-    .where(_E.c.originator_id == sa.bindparam("originator_id"))
-    .order_by(_E.c.originator_version)
-)
+
+
+def seal_inserted(tx: WriteTransaction, rows: list[tuple[Any, ...]]) -> None:
+    """`seals.seal_inserted`, imported on first write (it loads SQLAlchemy; reads do not)."""
+    from ledger.persistence import seals
+
+    seals.seal_inserted(tx, rows)
 
 
 def _stored(row: Any) -> StoredEvent:
     return StoredEvent(row.originator_id, row.originator_version, row.topic, row.state)
+
+
+def _stored_from_driver(row: tuple[Any, ...]) -> StoredEvent:
+    """A row of `sqlite_reads.SELECT_STREAM` as the driver gives it: SQLite keeps a UUID as
+    its 32 hex digits (SQLAlchemy's `Uuid` storage form), PostgreSQL as a UUID."""
+    originator_id, version, topic, state = row
+    if isinstance(originator_id, str):
+        originator_id = UUID(hex=originator_id)
+    return StoredEvent(originator_id, version, topic, bytes(state))
 
 
 class LedgerRecorder(ApplicationRecorder):
@@ -86,6 +92,8 @@ class LedgerRecorder(ApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
+        from ledger.persistence.tables import events as _E
+
         with self.database.writing() as tx:
             first = tx.next_notification_id
             rows = [
@@ -107,9 +115,14 @@ class LedgerRecorder(ApplicationRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         if gt is None and lte is None and not desc and limit is None:
-            with self.database.reading_statement() as conn:
-                rows = conn.execute(_SELECT_STREAM, {"originator_id": originator_id})
-                return [_stored(row) for row in rows]
+            ident = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+            param: UUID | str = ident.hex if self.database.is_sqlite else ident
+            rows = self.database.fetch_on_driver(sqlite_reads.SELECT_STREAM, (param,))
+            return [_stored_from_driver(row) for row in rows]
+        import sqlalchemy as sa
+
+        from ledger.persistence.tables import events as _E
+
         query = sa.select(_E.c.originator_id, _E.c.originator_version, _E.c.topic, _E.c.state)
         query = query.where(_E.c.originator_id == originator_id)
         if gt is not None:
@@ -132,6 +145,10 @@ class LedgerRecorder(ApplicationRecorder):
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
+        import sqlalchemy as sa
+
+        from ledger.persistence.tables import events as _E
+
         query = sa.select(_E)
         if start is not None:
             column = _E.c.notification_id
@@ -154,6 +171,10 @@ class LedgerRecorder(ApplicationRecorder):
             ]
 
     def max_notification_id(self) -> int | None:
+        import sqlalchemy as sa
+
+        from ledger.persistence.tables import events as _E
+
         with self.database.reading() as conn:
             value = conn.execute(sa.select(sa.func.max(_E.c.notification_id))).scalar()
         return int(value) if value is not None else None

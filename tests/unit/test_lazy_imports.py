@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from ledger.config import open_ledger
+from ledger.persistence.sqlite_reads import plain_sqlite_file
+from tests.cli_helpers import error_line, run
 
 HEAVY = ("sqlalchemy", "alembic", "ledger.application", "ledger.domainmodel", "eventsourcing")
 
 
+def run_probe(code: str) -> tuple[str, set[str]]:
+    """What `code` prints, run in a fresh interpreter, and the heavy modules it loaded."""
+    probe = f"{code}\nimport sys\nprint('@@', *(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed, _, loaded = done.stdout.rpartition("@@")
+    return printed, set(loaded.split())
+
+
 def imported_after(code: str) -> set[str]:
-    """The heavy modules in `sys.modules` after running `code` in a fresh interpreter."""
-    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return set(done.stdout.split())
+    return run_probe(code)[1]
 
 
 def test_importing_the_cli_imports_no_database_or_domain_code() -> None:
@@ -21,3 +36,59 @@ def test_importing_the_cli_imports_no_database_or_domain_code() -> None:
 
 def test_the_probe_sees_a_heavy_import() -> None:
     assert "sqlalchemy" in imported_after("import sqlalchemy")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["customer", "trail", "C100", "--json"],
+        ["consent", "show", "C100", "--as-of", "2025-06-01T00:00:00Z", "--json"],
+    ],
+)
+def test_a_query_on_sqlite_never_loads_sqlalchemy(
+    tmp_path: Path, feed_small: Path, command: list[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = open_ledger(url)
+    ledger.import_lines(feed_small.read_bytes().splitlines())
+    ledger.database.dispose()
+    run = f"""
+from cli.main import cli
+cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mode=False)
+"""
+    printed, loaded = run_probe(run)
+    assert json.loads(printed)["customer"] == "C100"  # the query ran and answered
+    assert "ledger.application" in loaded
+    assert "sqlalchemy" not in loaded
+    assert "alembic" not in loaded
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///ledger.db",
+        "sqlite:////tmp/x/ledger.db",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite:///with space.db",
+    ],
+)
+def test_a_plain_sqlite_url_is_read_as_sqlalchemy_reads_it(url: str) -> None:
+    assert plain_sqlite_file(url) == make_url(url).database
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///a%20b.db", "sqlite:///x.db?mode=ro", "postgresql://h/db"]
+)
+def test_any_other_url_is_left_to_sqlalchemy(url: str) -> None:
+    assert plain_sqlite_file(url) is None
+
+
+def test_a_file_that_is_not_a_ledger_is_one_line_of_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are not the tables you are looking for\n" * 100)
+    result = run(f"sqlite:///{path}", "customer", "trail", "C100", "--json")
+    assert result.exit_code == 1
+    assert error_line(result) == (
+        f"Error: cannot connect to sqlite:///{path}: file is not a database"
+    )

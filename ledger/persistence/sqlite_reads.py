@@ -1,0 +1,112 @@
+"""Reads of an SQLite ledger on the stdlib driver itself, without SQLAlchemy.
+
+A query command (`customer trail`, `consent show`) reads one stream and checks the schema's
+revision: a few milliseconds of SQL. Importing SQLAlchemy to run them cost most of such a
+process's time, so `Database` reads an SQLite file through here when it is not inside a write
+(inside one, the write's connection is used: it sees the write's own events). Each thread
+of each process has its own connection (sqlite3 connections are not shared across threads,
+nor inherited across a fork). Each read is one statement in autocommit mode: in WAL mode
+a statement reads one consistent snapshot of committed transactions.
+
+The SQL of each read lives here once; `LedgerRecorder` runs the stream read on every backend.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import DatabaseUnavailableError
+
+_PLAIN_PREFIX = "sqlite:///"
+
+# A customer's (any aggregate's) stream, in version order. `?` marks (SQLite's paramstyle).
+SELECT_STREAM = (
+    "SELECT originator_id, originator_version, topic, state FROM ledger_events "
+    "WHERE originator_id = ? ORDER BY originator_version"
+)
+_TABLE_NAMES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' "
+    "AND name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY name"
+)
+_REVISION = "SELECT version_num FROM alembic_version"
+
+
+def plain_sqlite_file(url: str) -> str | None:
+    """The database of a plain `sqlite:///FILE` URL, as SQLAlchemy's `make_url` reads it;
+    None for any other URL (with a query, escapes, another scheme: SQLAlchemy parses it)."""
+    if not url.startswith(_PLAIN_PREFIX) or any(c in url for c in "?%#"):
+        return None
+    return url[len(_PLAIN_PREFIX) :]
+
+
+def for_driver(sql: str, paramstyle: str) -> str:
+    """`sql` with its `?` marks in the driver's paramstyle (psycopg: `%s`)."""
+    return sql if paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+class Readers:
+    """A read connection to one SQLite file per thread and process, opened on first use."""
+
+    def __init__(self, path: Path, url: str) -> None:
+        self.path = path
+        self.url = url  # a plain sqlite:/// URL: no password in it
+        self._local = threading.local()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._lock = threading.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        held: tuple[int, sqlite3.Connection] | None = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        # Used by its thread only; `close()` may run on another (hence no same-thread check).
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=120, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout=120000")
+            conn.execute("PRAGMA schema_version")  # reads the header: is it a database?
+        except sqlite3.Error as error:
+            raise DatabaseUnavailableError(
+                f"cannot connect to {self.url}: {_first_line(error)}"
+            ) from None
+        held = (os.getpid(), conn)
+        self._local.held = held
+        with self._lock:
+            self._opened.append(held)
+        return conn
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as error:  # e.g. locked beyond the timeout
+            raise DatabaseUnavailableError(
+                f"the database {self.url} failed: {_first_line(error)}"
+            ) from None
+
+    def table_names(self) -> list[str]:
+        return [name for (name,) in self.fetch(_TABLE_NAMES)]
+
+    def schema_revision(self) -> str | None:
+        if "alembic_version" not in self.table_names():
+            return None
+        rows = self.fetch(_REVISION)
+        return str(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        """Close this process's connections (of every thread); a later read reopens."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+            self._local = threading.local()
+        pid = os.getpid()
+        for owner, conn in opened:
+            if owner == pid:
+                conn.close()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
