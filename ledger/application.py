@@ -23,7 +23,6 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError
 
 from ledger import privacy
-from ledger.crypto import DataKey, SealError
 from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id, customer_id
 from ledger.errors import (
     ConcurrencyError,
@@ -52,6 +51,7 @@ from ledger.rules import (
 from ledger.vocabulary import PERSONAL_FIELDS
 
 if TYPE_CHECKING:
+    from ledger.crypto import DataKey
     from ledger.persistence.keys import KeyStore, Rotation
     from projections.runner import ReadModels
 
@@ -399,6 +399,8 @@ def _fewer_collections() -> Iterator[None]:
 
 
 def _open(key: DataKey, sealed: str) -> dict[str, Any]:
+    from ledger.crypto import SealError  # where used: a query of events opens no data
+
     try:
         return key.open(sealed)
     except SealError:

@@ -14,7 +14,14 @@ from ledger.config import open_ledger
 from ledger.persistence.sqlite_reads import plain_sqlite_file
 from tests.cli_helpers import error_line, run
 
-HEAVY = ("sqlalchemy", "alembic", "ledger.application", "ledger.domainmodel", "eventsourcing")
+HEAVY = (
+    "sqlalchemy",
+    "alembic",
+    "cryptography",
+    "ledger.application",
+    "ledger.domainmodel",
+    "eventsourcing",
+)
 
 
 def run_probe(code: str) -> tuple[str, set[str]]:
@@ -61,6 +68,7 @@ cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mod
     assert "ledger.application" in loaded
     assert "sqlalchemy" not in loaded
     assert "alembic" not in loaded
+    assert "cryptography" not in loaded  # no personal data is opened for these answers
 
 
 @pytest.mark.parametrize(
