@@ -108,12 +108,19 @@ class WriteTransaction:
         """
         if not rows:
             return
-        marks = ", ".join(("?" if self.database.is_sqlite else "%s") for _ in columns)
-        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
         dbapi = self.connection.dialect.loaded_dbapi
         cursor = self.connection.connection.cursor()
         try:
-            cursor.executemany(sql, rows)
+            if self.database.is_sqlite:
+                marks = ", ".join("?" for _ in columns)
+                sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+                cursor.executemany(sql, rows)
+            else:
+                # COPY: one stream instead of a statement per row (executemany cost ~50 us a
+                # row on PostgreSQL, most of an import). Constraints and triggers still apply.
+                with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
         except dbapi.IntegrityError as error:
             raise IntegrityError(f"{table.name}: {_first_line(error)}") from None
         finally:
