@@ -69,6 +69,9 @@ def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
     first_consent = min((e.at for e in events if e.FACT_TYPE.startswith("consent.")), default=None)
     as_of = (first_consent + timedelta(days=30)) if first_consent else None
     consents_then = views.consent_rows(events, as_of) if as_of else []
+    from ledger.persistence.seals import verify_ledger
+
+    integrity = verify_ledger(ledger)
     document: dict[str, Any] = {
         "database": f"sqlite:///{path}",
         "facts": summary.accepted,
@@ -79,6 +82,7 @@ def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
         "trail": trail,
         "as_of": iso(as_of) if as_of else None,
         "consents_as_of": consents_then,
+        "verify": integrity.to_json(),
     }
     logs.summarise(facts=summary.accepted, violations=len(violations))
     if as_json:
@@ -103,12 +107,19 @@ def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
             ["rule", "violations"],
         )
     )
+    state = "nothing altered" if integrity.ok else f"{len(integrity.problems)} problems"
+    click.echo(
+        f"\nAuditor: has anything been altered?  (verify): {state}; {integrity.facts} facts "
+        f"under the signed root {integrity.head[:16]}..."
+    )
     click.echo("\nTry next:")
     for command in (
         f"customer show {ref}",
         f"customer trail {ref} --json",
         "audit check",
         f"consent show {ref} --as-of 2024-06-01",
+        "verify --json",
+        "audit report --out audit.html",
     ):
         click.echo(f"  consent-ledger {db} {command}")
 

@@ -693,12 +693,15 @@ def test_demo_builds_a_ledger_and_answers(tmp_path: Path, monkeypatch: pytest.Mo
     for v in violations:
         counted[v["rule"]] = counted.get(v["rule"], 0) + 1
     assert document["violations"] == dict(sorted(counted.items()))
+    assert document["verify"] == run_json(demo_url, "verify")
+    assert document["verify"]["ok"] is True
     plain = run(None, "demo", "--customers", "20")
     assert plain.exit_code == 0
     assert plain.stdout.startswith(
         f"Built consent-ledger-demo.db: {expected_facts} facts about 20 customers"
     )
     assert "Try next:" in plain.stdout
+    assert "(verify): nothing altered;" in plain.stdout
 
 
 COMMANDS = [
