@@ -20,6 +20,9 @@ LEVELS = ("debug", "info", "warning", "error")
 
 
 def configure(level: str = "info") -> None:
+    # psycopg warns through stdlib logging when it abandons a pipeline or COPY on a lost
+    # connection; the command already reports that failure in its one `Error:` line.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     renderer: structlog.typing.Processor
     if sys.stderr.isatty():
         renderer = structlog.dev.ConsoleRenderer(colors=True)

@@ -41,6 +41,9 @@ def _refused_in_one_line(result: subprocess.CompletedProcess[bytes], names: str)
     assert PASSWORD not in stdout + stderr
     errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, stderr
+    # Nothing else on stderr but the JSON log lines (no driver chatter).
+    stray = [line for line in stderr.splitlines() if line and not line.startswith(("Error: ", "{"))]
+    assert stray == [], stderr
     assert names in errors[0], errors[0]
     return errors[0]
 
