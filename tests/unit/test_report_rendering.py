@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cli.commands.report import Document, auditor_report, processing_records, to_html, to_markdown
+from ledger.reports import Document, auditor_report, processing_records, to_html, to_markdown
 from ledger.rules import Violation
 from ledger.vocabulary import DISCLOSURES, PURPOSE_CHANNELS, RULES
 from projections.runner import LedgerFigures
