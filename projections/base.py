@@ -14,16 +14,16 @@ and times: never names, emails, phones or addresses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import Acquirer, Customer, FactEvent
+if TYPE_CHECKING:
+    from projections.fold import Stream
 
 metadata = sa.MetaData()
 SLOTS = ("a", "b")
@@ -88,19 +88,6 @@ def time_column(name: str, *, nullable: bool = False) -> sa.Column[str]:
     return sa.Column(name, sa.String(STAMP_LENGTH), nullable=nullable)
 
 
-@dataclass
-class Stream:
-    """One aggregate folded from its events (recording order), with its fact events."""
-
-    id: UUID
-    aggregate: Customer | Acquirer
-    events: list[FactEvent] = field(default_factory=list)
-
-    @property
-    def key(self) -> str:
-        return self.id.hex
-
-
 Rows = dict[SlotTable, list[tuple[Any, ...]]]
 
 
@@ -144,6 +131,14 @@ class Writer:
                 self.connection.execute(table.select().where(table.c.stream_id.in_(chunk)))
             )
         return found
+
+    def drop_indexes(self, logical: SlotTable) -> list[sa.Index]:
+        """Drop the slot table's indexes (in this transaction); returns them to create again."""
+        table = logical[self.slot]
+        indexes = sorted(table.indexes, key=lambda index: str(index.name))
+        for index in indexes:
+            index.drop(self.connection)
+        return indexes
 
     def truncate(self, logical: SlotTable) -> None:
         table = logical[self.slot]
@@ -201,23 +196,3 @@ class ReadModel:
 
     def finish(self, writer: Writer) -> None:
         """End of a pass: write anything accumulated across streams."""
-
-
-def timeline(
-    stream: Stream,
-    kinds: type[FactEvent] | tuple[type[FactEvent], ...],
-    fields: Callable[[Any], tuple[Any, ...]],
-) -> list[tuple[Any, ...]]:
-    """Rows (stream, customer, at, seq, *fields(event), month) of a customer's events of
-    `kinds`: the shape of the models that list facts in business time."""
-    customer = stream.aggregate
-    if not isinstance(customer, Customer):
-        return []
-    rows = []
-    for event in stream.events:
-        if isinstance(event, kinds):
-            at = stamp(event.at)
-            rows.append(
-                (stream.key, customer.ref, at, event.originator_version, *fields(event), at[:7])
-            )
-    return rows

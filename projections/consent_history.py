@@ -11,18 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import Customer, customer_id
-from ledger.views import consent_status
-from projections.base import (
-    ReadModel,
-    Rows,
-    SlotTable,
-    Stream,
-    stream_column,
-    text,
-    time_column,
-    timeline,
-)
+from ledger.domainmodel import customer_id
+from projections.base import ReadModel, Rows, SlotTable, stream_column, text, time_column
+from projections.fold import Stream
 
 history = SlotTable(
     "consent_history",
@@ -47,21 +38,8 @@ class ConsentHistory(ReadModel):
     description = "every consent given or withdrawn, in business time"
 
     def rows(self, stream: Stream) -> Rows:
-        return {history: timeline(stream, _CONSENT_EVENTS, _consent_fields)}
-
-
-_CONSENT_EVENTS = (Customer.ConsentGiven, Customer.ConsentWithdrawn)
-
-
-def _consent_fields(event: Any) -> tuple[Any, ...]:
-    return (
-        event.purpose,
-        event.channel,
-        consent_status(event),
-        event.method,
-        event.__dict__.get("policy_version"),
-        event.fact_id,
-    )
+        # (stream, customer, at, seq, purpose, channel, status, method, policy, fact, month)
+        return {history: stream.history}
 
 
 def consent_history_of(conn: Connection, slot: str, ref: str) -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import Customer, customer_id
-from ledger.views import consent_rows
-from projections.base import ReadModel, Rows, SlotTable, Stream, stream_column, text
+from ledger.domainmodel import customer_id
+from ledger.vocabulary import PURPOSE_CHANNELS
+from projections.base import ReadModel, Rows, SlotTable, stamp_to_iso, stream_column, text
+from projections.fold import Stream
 
 current = SlotTable(
     "current_consent",
@@ -29,20 +30,34 @@ class CurrentConsent(ReadModel):
     description = "each customer's consent per purpose and channel now"
 
     def rows(self, stream: Stream) -> Rows:
-        customer = stream.aggregate
-        if not isinstance(customer, Customer):
+        """`ledger.views.consent_rows` over the stream's consent facts: per purpose and
+        channel (in the vocabulary's order), the status of the latest fact in business time
+        and since when it has held (a consent given twice is given since the first)."""
+        if stream.customer is None:
             return {}
-        consents = [e for e in stream.events if isinstance(e, _CONSENT_EVENTS)]
-        return {
-            current: [
-                (stream.key, customer.ref, r["purpose"], r["channel"], r["status"], r["since"])
-                for r in consent_rows(consents)
-            ]
-        }
+        key, ref = stream.key, stream.ref
+        found = []
+        for (purpose, channel), entries in sorted(
+            stream.consents.items(), key=lambda kv: _PURPOSE_CHANNEL_ORDER[kv[0]]
+        ):
+            ordered = sorted(entries)  # (at, version, given): business time, then recording
+            given = ordered[-1][2]
+            since = ordered[-1][0]
+            for at, _version, status in reversed(ordered):
+                if status != given:
+                    break
+                since = at
+            status_text = "given" if given else "withdrawn"
+            found.append((key, ref, purpose, channel, status_text, stamp_to_iso(since)))
+        return {current: found}
 
 
-# `consent_rows` reads only these: giving it only these spares sorting the other facts.
-_CONSENT_EVENTS = (Customer.ConsentGiven, Customer.ConsentWithdrawn)
+_PURPOSE_CHANNEL_ORDER = {
+    (purpose, channel): index
+    for index, (purpose, channel) in enumerate(
+        (p, c) for p, channels in PURPOSE_CHANNELS.items() for c in sorted(channels)
+    )
+}
 
 
 def current_consents_of(conn: Connection, slot: str, ref: str) -> list[dict[str, Any]]:

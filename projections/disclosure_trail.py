@@ -8,18 +8,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import DisclosureEvent, customer_id
+from ledger.domainmodel import customer_id
 from projections.base import (
     ReadModel,
     Rows,
     SlotTable,
-    Stream,
     stamp_to_iso,
     stream_column,
     text,
     time_column,
-    timeline,
 )
+from projections.fold import Stream
 
 trail = SlotTable(
     "disclosure_trail",
@@ -45,19 +44,9 @@ class DisclosureTrail(ReadModel):
     description = "every disclosure of personal data, in business time"
 
     def rows(self, stream: Stream) -> Rows:
-        return {trail: timeline(stream, DisclosureEvent, _disclosure_fields)}
-
-
-def _disclosure_fields(event: Any) -> tuple[Any, ...]:
-    return (
-        event.recipient,
-        event.recipient_kind,
-        event.purpose,
-        event.basis,
-        ",".join(sorted(event.categories)),
-        event.__dict__.get("order"),
-        event.fact_id,
-    )
+        # (stream, customer, at, seq, recipient, kind, purpose, basis, categories (sorted,
+        # comma-joined), order, fact, month)
+        return {trail: stream.trail}
 
 
 def trail_of(conn: Connection, slot: str, ref: str) -> list[dict[str, Any]]:

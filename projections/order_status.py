@@ -5,17 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import Customer
-from projections.base import (
-    ReadModel,
-    Rows,
-    SlotTable,
-    Stream,
-    stamp,
-    stream_column,
-    text,
-    time_column,
-)
+from projections.base import ReadModel, Rows, SlotTable, stream_column, text, time_column
+from projections.fold import Stream
 
 orders = SlotTable(
     "order_status",
@@ -36,8 +27,8 @@ class OrderStatus(ReadModel):
     description = "each order's status now"
 
     def rows(self, stream: Stream) -> Rows:
-        customer = stream.aggregate
-        if not isinstance(customer, Customer):
+        customer = stream.customer
+        if customer is None:
             return {}
         return {
             orders: [
@@ -45,7 +36,7 @@ class OrderStatus(ReadModel):
                     stream.key,
                     ref,
                     customer.ref,
-                    stamp(order.placed_at),
+                    stream.placed[ref],
                     str(order.total),
                     order.currency,
                     order.status,

@@ -11,19 +11,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.domainmodel import Customer, DisclosureEvent
 from projections.base import (
     Pass,
     ReadModel,
     Rows,
     SlotTable,
-    Stream,
     Writer,
-    stamp,
     stream_column,
     text,
     time_column,
 )
+from projections.fold import Stream
 
 
 def _figures() -> tuple[sa.Column[Any], ...]:
@@ -103,27 +101,24 @@ class RecipientRegistry(ReadModel):
         return set()
 
     def rows(self, stream: Stream) -> Rows:
-        return {links: [(stream.key, *f.row(*key)[:-1]) for key, f in self.links(stream).items()]}
+        return {links: [row for row, _figures in self.links(stream)]}
 
     @staticmethod
-    def links(stream: Stream) -> dict[tuple[str, str], Figures]:
-        """The stream's disclosures per (recipient, kind)."""
-        per: dict[tuple[str, str], Figures] = {}
-        if not isinstance(stream.aggregate, Customer):
-            return per
-        for event in stream.events:
-            if isinstance(event, DisclosureEvent):
-                figures = per.get((event.recipient, event.recipient_kind))
-                if figures is None:
-                    figures = per[(event.recipient, event.recipient_kind)] = Figures(customers=1)
-                at = stamp(event.at)
-                figures.disclosures += 1
-                figures.first_at = min(figures.first_at, at)
-                figures.last_at = max(figures.last_at, at)
-                figures.categories.update(event.categories)
-                figures.purposes.add(event.purpose)
-                figures.bases.add(event.basis)
-        return per
+    def links(stream: Stream) -> list[tuple[tuple[Any, ...], Figures]]:
+        """The stream's link rows (one per recipient and kind), each with its figures."""
+        found = []
+        for (recipient, kind), link in stream.links.items():
+            figures = Figures(
+                link.disclosures,
+                1,
+                link.first_at,
+                link.last_at,
+                link.categories,
+                link.purposes,
+                link.bases,
+            )
+            found.append((figures.row(recipient, kind)[:-1], figures))
+        return found
 
     def replace(self, writer: Writer, streams: list[Stream], *, fresh: bool) -> None:
         if not fresh:
@@ -132,10 +127,24 @@ class RecipientRegistry(ReadModel):
                 figures.disclosures -= old.disclosures
                 figures.customers -= 1
         produced = []
+        delta = self.delta
         for stream in streams:
-            for key, figures in self.links(stream).items():
-                produced.append((stream.key, *figures.row(*key)[:-1]))
-                self.delta.setdefault(key, Figures()).merge(figures)
+            for row, figures in self.links(stream):
+                produced.append((stream.key, *row))
+                change = delta.get((row[0], row[1]))
+                if change is None:
+                    # The stream's own sets are not shared with anything: take a copy.
+                    delta[(row[0], row[1])] = Figures(
+                        figures.disclosures,
+                        figures.customers,
+                        figures.first_at,
+                        figures.last_at,
+                        set(figures.categories),
+                        set(figures.purposes),
+                        set(figures.bases),
+                    )
+                else:
+                    change.merge(figures)
         if not fresh:
             writer.delete_streams(links, [s.key for s in streams])
         writer.insert(links, produced)

@@ -28,13 +28,13 @@ from eventsourcing.utils import resolve_topic
 from sqlalchemy.engine import Connection
 
 from ledger import privacy
-from ledger.domainmodel import Customer, FactEvent
+from ledger.domainmodel import Acquirer, Customer, FactEvent
 from ledger.errors import InputError
 from ledger.feed import iso
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL
 from ledger.rules import Violation
-from projections.base import Pass, ReadModel, Stream, Writer, chunks, stamp_to_iso, tracking
+from projections.base import Pass, ReadModel, Writer, chunks, stamp_to_iso, tracking
 from projections.consent_history import ConsentHistory, consent_changes_by_month
 from projections.current_consent import CurrentConsent, consent_totals
 from projections.disclosure_trail import (
@@ -42,6 +42,7 @@ from projections.disclosure_trail import (
     disclosures_by_month,
     purposes_of_disclosure,
 )
+from projections.fold import Folder, Stream
 from projections.order_status import OrderStatus, order_totals
 from projections.recipient_registry import RecipientRegistry, registry
 from projections.violations import (
@@ -76,6 +77,7 @@ _STREAM_COLUMNS = (
 )
 _UNSEEN: Any = object()
 _STREAMS_PER_BATCH = 1000
+_FETCH = 10_000
 _REBUILD_CACHE_KIB = 256 * 1024
 
 Progress = Callable[[int], None]
@@ -145,6 +147,15 @@ class LedgerFigures:
 
 
 @dataclass
+class Replayed:
+    """One aggregate replayed from its events (recording order), with its fact events."""
+
+    id: UUID
+    aggregate: Customer | Acquirer
+    events: list[FactEvent]
+
+
+@dataclass
 class _Target:
     model: ReadModel
     slot: str
@@ -208,15 +219,18 @@ class ReadModels:
         with self.database.reading() as conn, _without_cyclic_gc():
             head = self._head(conn)
             acquirers = self._load(conn, self._acquirer_ids(conn, head), head, known_at)
-            model.know_acquirers(acquirers)
-            for batch in self._scan(conn, head, skip=set(), known_at=known_at):
-                for stream in batch:
-                    if isinstance(stream.aggregate, Customer):
-                        found.extend(
-                            self.app.audit_events(
-                                stream.aggregate, stream.events, model.initiated, as_of, known_at
-                            )
+            model.know_acquirers(
+                (s.aggregate.name, s.aggregate.initiations)
+                for s in acquirers
+                if isinstance(s.aggregate, Acquirer)
+            )
+            for stream in self._scan_replayed(conn, head, known_at):
+                if isinstance(stream.aggregate, Customer):
+                    found.extend(
+                        self.app.audit_events(
+                            stream.aggregate, stream.events, model.initiated, as_of, known_at
                         )
+                    )
         return audit_order(found)
 
     def figures(self, *, with_violations: bool = True) -> LedgerFigures:
@@ -411,29 +425,34 @@ class ReadModels:
             changed: set[UUID] = set()
         else:
             changed, acquirer_ids = self._changed_streams(conn, since, head)
-        acquirers = self._load(conn, acquirer_ids, head)
+        acquirers = self._folded(conn, acquirer_ids, head)
         writers = {id(t): Writer(conn, t.slot) for t in targets}
         extra: set[UUID] = set()
+        dropped: list[sa.Index] = []
         for target in targets:
             writer = writers[id(target)]
             if fresh:
                 for table in target.model.all_tables():
                     writer.truncate(table)
+                    # Filled from empty: indexes are built once at the end, not row by row.
+                    dropped.extend(writer.drop_indexes(table))
             extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
             target.model.replace(writer, acquirers, fresh=fresh)
         if fresh:
             batches = self._scan(conn, head, skip=acquirer_ids)
         else:
-            batches = self._load_batches(conn, (changed | extra) - acquirer_ids, head)
+            batches = self._folded_batches(conn, (changed | extra) - acquirer_ids, head)
         count = len(acquirers)
         for batch in batches:
             for target in targets:
                 target.model.replace(writers[id(target)], batch, fresh=fresh)
             count += len(batch)
             if progress is not None:
-                progress(sum(len(s.events) for s in batch))
+                progress(sum(s.events for s in batch))
         for target in targets:
             target.model.finish(writers[id(target)])
+        for index in dropped:
+            index.create(conn)
         return count
 
     def _changed_streams(
@@ -459,35 +478,28 @@ class ReadModels:
         )
         return {row[0] for row in conn.execute(query)}
 
-    def _load(
-        self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
-    ) -> list[Stream]:
-        return [s for batch in self._load_batches(conn, ids, head, known_at) for s in batch]
+    def _folded(self, conn: Connection, ids: Iterable[UUID], head: int) -> list[Stream]:
+        return [s for batch in self._folded_batches(conn, ids, head) for s in batch]
 
-    def _load_batches(
-        self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
+    def _folded_batches(
+        self, conn: Connection, ids: Iterable[UUID], head: int
     ) -> Iterator[list[Stream]]:
-        ordered = sorted(ids)
-        for chunk in chunks(ordered, 500):
-            query = (
-                sa.select(*_STREAM_COLUMNS)
-                .where(_E.c.originator_id.in_(chunk), _E.c.notification_id <= head)
-                .order_by(_E.c.originator_id, _E.c.originator_version)
-            )
-            yield list(self._fold(conn.execute(query), known_at))
+        folder = Folder(self.mapper)
+        for chunk in chunks(sorted(ids), 500):
+            yield list(folder.fold(self._stream_rows(conn, chunk, head)))
 
-    def _scan(
-        self, conn: Connection, head: int, *, skip: set[UUID], known_at: datetime | None = None
-    ) -> Iterator[list[Stream]]:
-        """Every stream up to `head` (but `skip`), folded, in batches."""
+    def _stream_rows(self, conn: Connection, ids: list[UUID], head: int) -> Any:
         query = (
             sa.select(*_STREAM_COLUMNS)
-            .where(_E.c.notification_id <= head)
+            .where(_E.c.originator_id.in_(ids), _E.c.notification_id <= head)
             .order_by(_E.c.originator_id, _E.c.originator_version)
         )
-        rows = conn.execute(query.execution_options(yield_per=20_000))
+        return conn.execute(query)
+
+    def _scan(self, conn: Connection, head: int, *, skip: set[UUID]) -> Iterator[list[Stream]]:
+        """Every stream up to `head` (but `skip`), folded, in batches: read on the driver."""
         batch: list[Stream] = []
-        for stream in self._fold(rows, known_at):
+        for stream in Folder(self.mapper).fold(self._all_rows(conn, head)):
             if stream.id in skip:
                 continue
             batch.append(stream)
@@ -497,8 +509,51 @@ class ReadModels:
         if batch:
             yield batch
 
-    def _fold(self, rows: Iterable[Any], known_at: datetime | None) -> Iterator[Stream]:
-        """Rows ordered by stream then version -> one folded `Stream` per aggregate."""
+    def _all_rows(self, conn: Connection, head: int) -> Iterator[tuple[Any, ...]]:
+        """(stream id, version, topic, state) of every event up to `head`, by stream then
+        version, fetched in large batches on the driver (SQLite: a plain cursor; PostgreSQL:
+        a server-side cursor, so memory stays flat)."""
+        sql = (
+            f"SELECT originator_id, originator_version, topic, state FROM {_E.name} "
+            "WHERE notification_id <= {mark} ORDER BY originator_id, originator_version"
+        )
+        driver: Any = conn.connection.dbapi_connection
+        if self.database.is_sqlite:
+            cursor = driver.cursor()
+            cursor.execute(sql.format(mark="?"), (head,))
+        else:
+            cursor = driver.cursor(name="rm_scan")
+            cursor.itersize = _FETCH
+            cursor.execute(sql.format(mark="%s"), (head,))
+        try:
+            while rows := cursor.fetchmany(_FETCH):
+                yield from rows
+        finally:
+            cursor.close()
+
+    # -- direct folds on domain objects (Art. 19 now, and the ledger as known at a time) --
+
+    def _load(
+        self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
+    ) -> list[Replayed]:
+        found: list[Replayed] = []
+        for chunk in chunks(sorted(ids), 500):
+            found.extend(self._replay(self._stream_rows(conn, chunk, head), known_at))
+        return found
+
+    def _scan_replayed(
+        self, conn: Connection, head: int, known_at: datetime | None
+    ) -> Iterator[Replayed]:
+        query = (
+            sa.select(*_STREAM_COLUMNS)
+            .where(_E.c.notification_id <= head)
+            .order_by(_E.c.originator_id, _E.c.originator_version)
+        )
+        rows = conn.execute(query.execution_options(yield_per=20_000))
+        return self._replay(rows, known_at)
+
+    def _replay(self, rows: Iterable[Any], known_at: datetime | None) -> Iterator[Replayed]:
+        """Rows ordered by stream then version -> one replayed aggregate per stream."""
         to_domain_event = self._decoder()
         current: Any = None
         ident = UUID(int=0)
@@ -507,7 +562,7 @@ class ReadModels:
         for raw_id, version, topic, state in rows:
             if raw_id != current:
                 if aggregate is not None:
-                    yield Stream(ident, aggregate, events)
+                    yield Replayed(ident, aggregate, events)
                 current, aggregate, events = raw_id, None, []
                 ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
             event: Any = to_domain_event(ident, version, topic, state)
@@ -517,7 +572,7 @@ class ReadModels:
             if isinstance(event, FactEvent):
                 events.append(event)
         if aggregate is not None:
-            yield Stream(ident, aggregate, events)
+            yield Replayed(ident, aggregate, events)
 
     def _decoder(self) -> Callable[[UUID, int, str, bytes], Any]:
         """The mapper's `to_domain_event` without its per-event generality: the ledger's

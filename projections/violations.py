@@ -9,27 +9,26 @@ of each acquirer, which is all a judgement needs from outside the customer's str
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger import privacy
-from ledger.domainmodel import Acquirer, Customer
-from ledger.rules import Violation, audit_customer
+from ledger.rules import Judged, Violation, broken_rules
 from projections.base import (
     Pass,
     ReadModel,
     Rows,
     SlotTable,
-    Stream,
     stamp,
     stream_column,
     text,
     time_column,
     unstamp,
 )
+from projections.fold import Stream
 
 violations = SlotTable(
     "violations",
@@ -66,11 +65,10 @@ class Violations(ReadModel):
     def initiated(self, acquirer: str, moment: datetime) -> bool:
         return any(at <= moment for at in self.initiations.get(acquirer, ()))
 
-    def know_acquirers(self, streams: list[Stream]) -> None:
-        for stream in streams:
-            acquirer = stream.aggregate
-            if isinstance(acquirer, Acquirer):
-                self.initiations[acquirer.name] = sorted(acquirer.initiations)
+    def know_acquirers(self, acquirers: Iterable[tuple[str, list[datetime]]]) -> None:
+        """(name, initiations) of acquirers whose streams were read."""
+        for name, initiations in acquirers:
+            self.initiations[name] = sorted(initiations)
 
     def begin(self, run: Pass) -> set[UUID]:
         self.initiations = {}
@@ -79,38 +77,37 @@ class Violations(ReadModel):
             table = run.writer.table(transfer_initiations)
             for row in conn.execute(sa.select(table.c.acquirer, table.c.at)):
                 self.initiations.setdefault(row.acquirer, []).append(unstamp(row.at))
-        self.know_acquirers(run.acquirers)
-        names = [s.aggregate.name for s in run.acquirers if isinstance(s.aggregate, Acquirer)]
+        named = [(s.acquirer, s.initiations) for s in run.acquirers if s.acquirer is not None]
+        self.know_acquirers(named)
+        names = [name for name, _initiations in named]
         if run.fresh or not names:
             return set()
         table = run.writer.table(transfers)
         query = sa.select(table.c.stream_id).where(table.c.acquirer.in_(names)).distinct()
         return {UUID(hex=row.stream_id) for row in conn.execute(query)}
 
-    def judge(self, stream: Stream) -> list[Violation]:
-        customer = stream.aggregate
-        if not isinstance(customer, Customer):
-            return []
-        return audit_customer(customer, stream.events, self.initiated)
-
     def rows(self, stream: Stream) -> Rows:
-        aggregate = stream.aggregate
         key = stream.key
-        if isinstance(aggregate, Acquirer):
-            return {
-                transfer_initiations: [
-                    (key, aggregate.name, stamp(at)) for at in aggregate.initiations
-                ]
-            }
-        if not isinstance(aggregate, Customer):
+        if stream.acquirer is not None:
+            name = stream.acquirer
+            return {transfer_initiations: [(key, name, stamp(at)) for at in stream.initiations]}
+        customer = stream.customer
+        if customer is None:
             return {}
-        acquirers = {e.acquirer for e in stream.events if isinstance(e, Customer.TransferDisclosed)}
+        # `ledger.rules.audit_customer` over the stream's contacts and disclosures.
+        ref = customer.ref
+        initiated = self.initiated
+        found = [
+            (key, ref, rule, fact_id, stamped)
+            for fact_type, fact_id, at, version, data, stamped in stream.judged
+            for rule in broken_rules(
+                customer, Judged(fact_type, fact_id, at, version, data), initiated
+            )
+        ]
         return {
-            violations: [
-                (key, v.customer, v.rule, v.fact_id, stamp(v.at)) for v in self.judge(stream)
-            ],
-            transfers: [(key, name) for name in sorted(acquirers)],
-            notices: [(key,)] if privacy.notifications(aggregate.ref, stream.events) else [],
+            violations: found,
+            transfers: [(key, name) for name in sorted(stream.acquirers)],
+            notices: [(key,)] if stream.notices else [],
         }
 
 
