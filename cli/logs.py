@@ -8,13 +8,47 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import importlib
 import logging
 import sys
+import types
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
+
+class _DeferredAsyncio(types.ModuleType):
+    """Stands in for `asyncio` in the modules structlog imports, until one of them uses it.
+
+    structlog imports asyncio at import time (~30 ms, a tenth of a query command's process)
+    for its async logging methods only, which the CLI never calls. Its modules are handed
+    this placeholder instead; the first attribute they read imports the real asyncio and
+    answers from it. Nothing else ever sees the placeholder: it is in `sys.modules` only
+    while structlog is being imported.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get("asyncio") is self:  # asked during structlog's own import
+            del sys.modules["asyncio"]
+        return getattr(importlib.import_module("asyncio"), name)
+
+
+def _import_structlog() -> types.ModuleType:
+    if "asyncio" in sys.modules:
+        return importlib.import_module("structlog")
+    placeholder = _DeferredAsyncio("asyncio")
+    sys.modules["asyncio"] = placeholder
+    try:
+        return importlib.import_module("structlog")
+    finally:
+        if sys.modules.get("asyncio") is placeholder:
+            del sys.modules["asyncio"]
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog()
 
 LEVELS = ("debug", "info", "warning", "error")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, time
 from typing import Any, TypeVar
@@ -15,11 +16,22 @@ def pass_ledger(func: F) -> F:
     """Give the command the opened ledger as its first argument."""
 
     @click.pass_context
+    @functools.wraps(func)
     def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
         return ctx.invoke(func, ctx.obj.ledger, *args, **kwargs)
 
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def pass_context(func: F) -> F:
+    """Give the command the command line's `LedgerContext` (`cli.main`) as its first argument:
+    for a command that reads stored facts (`customer_facts`) without opening the ledger."""
+
+    @click.pass_context
+    @functools.wraps(func)
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        return ctx.invoke(func, ctx.obj, *args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 

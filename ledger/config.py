@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ledger.application import ConsentLedger
 from ledger.persistence.database import Database
+
+if TYPE_CHECKING:  # imported where a ledger is opened: a stored-facts query needs none
+    from ledger.application import ConsentLedger
 
 DEFAULT_DB = "sqlite:///consent-ledger.db"
 DB_ENV = "CONSENT_LEDGER_DB"
@@ -36,13 +39,20 @@ def upgrade(database: Database) -> UpgradeResult:
     return UpgradeResult(before, after, keys.source)
 
 
-def open_ledger(url: str, *, auto_upgrade: bool = True) -> ConsentLedger:
-    """The ledger at `url`. A brand-new SQLite file is created on first use; any other
+def open_database(url: str, *, auto_upgrade: bool = True) -> Database:
+    """The database at `url`. A brand-new SQLite file is created on first use; any other
     database must be at the current schema (else: run `consent-ledger db upgrade`)."""
     database = Database(url)
     if auto_upgrade and database.is_sqlite and database.is_fresh():
         upgrade(database)
     else:
         database.require_current_schema()
+    return database
+
+
+def open_ledger(url: str, *, auto_upgrade: bool = True) -> ConsentLedger:
+    """The ledger at `url` (see `open_database`)."""
+    from ledger.application import ConsentLedger
+
     # The key store is made on first use (a query of events needs no key).
-    return ConsentLedger(database)
+    return ConsentLedger(open_database(url, auto_upgrade=auto_upgrade))

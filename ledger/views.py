@@ -2,17 +2,28 @@
 
 The CLI renders these dictionaries as JSON or as tables; read models and exports reuse them,
 so a question has one answer whichever way it is asked.
+
+The events are either the domain's (`ledger.domainmodel`) or `StoredFact`s: a customer's
+recorded events as stored, decoded without the domain model, so that a query process
+(`customer trail`, `consent show`) need not import eventsourcing and the domain (most of
+such a process's time). Both carry the same fields in `__dict__`; the answers below read
+only those and the event's class name (`event_name`), so each answer has one implementation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ledger.domainmodel import Customer, DisclosureEvent, FactEvent
 from ledger.feed import iso
+from ledger.persistence.stored_state import decode_state
 from ledger.vocabulary import PURPOSE_CHANNELS
+
+if TYPE_CHECKING:
+    from ledger.domainmodel import Customer
+
+_E = TypeVar("_E")
 
 _PURPOSE_CHANNEL_ORDER = {
     (purpose, channel): index
@@ -21,32 +32,74 @@ _PURPOSE_CHANNEL_ORDER = {
     )
 }
 
+# Recorded event classes are named by their stored topic ("ledger.domainmodel:<name>"),
+# which never changes once an event is recorded.
+_TOPIC_PREFIX = "ledger.domainmodel:"
+_CONSENT_STATUS = {"Customer.ConsentGiven": "given", "Customer.ConsentWithdrawn": "withdrawn"}
 
-def business_order(events: Iterable[FactEvent]) -> list[FactEvent]:
+
+class StoredFact:
+    """A recorded event as stored: its decoded state as `__dict__` (the fields of the domain
+    event it records, `originator_version` included) and its class name."""
+
+    __slots__ = ("__dict__", "event_name")
+
+    at: datetime
+    timestamp: datetime
+    originator_version: int
+    fact_id: str
+
+    def __init__(self, event_name: str, state: dict[str, Any]) -> None:
+        self.event_name = event_name
+        self.__dict__ = state
+
+
+def stored_facts(rows: Iterable[Sequence[Any]]) -> list[StoredFact] | None:
+    """A stream's rows (version, topic, state), in version order, as `StoredFact`s; None if
+    an event needs the domain model to be read (an upcast: its state has a class version)."""
+    facts = []
+    for version, topic, state in rows:
+        decoded = decode_state(bytes(state))
+        if "class_version" in decoded or not topic.startswith(_TOPIC_PREFIX):
+            return None
+        decoded["originator_version"] = version
+        facts.append(StoredFact(topic[len(_TOPIC_PREFIX) :], decoded))
+    return facts
+
+
+def event_name(event: Any) -> str:
+    """The event's class, as named in its stored topic (e.g. `Customer.ConsentGiven`)."""
+    return event.event_name if type(event) is StoredFact else type(event).__qualname__
+
+
+def is_disclosure(event: Any) -> bool:
+    """A disclosure of personal data (a `DisclosureEvent`): every disclosure event, and only
+    those, records its recipient's kind (`tests/unit/test_views.py` checks every class)."""
+    return "recipient_kind" in event.__dict__
+
+
+def business_order(events: Iterable[_E]) -> list[_E]:
     """Business time, ties broken by recording order."""
-    return sorted(events, key=lambda e: (e.at, e.originator_version))
+    return sorted(events, key=lambda e: (e.at, e.originator_version))  # type: ignore[attr-defined]
 
 
-def consent_status(event: FactEvent) -> str:
-    return "given" if isinstance(event, Customer.ConsentGiven) else "withdrawn"
+def consent_status(event: Any) -> str:
+    """`given` or `withdrawn`, for a consent event."""
+    return _CONSENT_STATUS[event_name(event)]
 
 
 def consent_history(
-    events: Iterable[FactEvent], as_of: datetime | None = None
-) -> dict[tuple[str, str], list[FactEvent]]:
+    events: Iterable[Any], as_of: datetime | None = None
+) -> dict[tuple[str, str], list[Any]]:
     """Consent facts per (purpose, channel) at or before `as_of`, in business order."""
-    history: dict[tuple[str, str], list[FactEvent]] = {}
+    history: dict[tuple[str, str], list[Any]] = {}
     for event in business_order(events):
-        if isinstance(event, (Customer.ConsentGiven, Customer.ConsentWithdrawn)) and (
-            as_of is None or event.at <= as_of
-        ):
+        if event_name(event) in _CONSENT_STATUS and (as_of is None or event.at <= as_of):
             history.setdefault((event.purpose, event.channel), []).append(event)
     return dict(sorted(history.items(), key=lambda kv: _PURPOSE_CHANNEL_ORDER[kv[0]]))
 
 
-def consent_rows(
-    events: Iterable[FactEvent], as_of: datetime | None = None
-) -> list[dict[str, Any]]:
+def consent_rows(events: Iterable[Any], as_of: datetime | None = None) -> list[dict[str, Any]]:
     """One row per purpose and channel with any fact at or before `as_of`.
 
     `since` is when the current status began: a consent given twice is given since the first.
@@ -63,12 +116,12 @@ def consent_rows(
     return rows
 
 
-def consent_history_rows(events: Iterable[FactEvent]) -> list[dict[str, Any]]:
+def consent_history_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
     """Every consent fact with its method and policy version, in business order."""
     rows = []
     for entries in consent_history(events).values():
         for event in entries:
-            fields = event.fields()
+            fields = event.__dict__
             rows.append(
                 {
                     "at": iso(event.at),
@@ -84,7 +137,7 @@ def consent_history_rows(events: Iterable[FactEvent]) -> list[dict[str, Any]]:
     return rows
 
 
-def disclosure_row(event: DisclosureEvent) -> dict[str, Any]:
+def disclosure_row(event: Any) -> dict[str, Any]:
     return {
         "at": iso(event.at),
         "recipient": event.recipient,
@@ -97,16 +150,12 @@ def disclosure_row(event: DisclosureEvent) -> dict[str, Any]:
     }
 
 
-def trail_rows(events: Iterable[FactEvent]) -> list[dict[str, Any]]:
+def trail_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
     """SPEC §5 `customer trail`: every disclosure, ordered by `at` (then recording order)."""
-    return [
-        disclosure_row(event)
-        for event in business_order(events)
-        if isinstance(event, DisclosureEvent)
-    ]
+    return [disclosure_row(event) for event in business_order(events) if is_disclosure(event)]
 
 
-def order_rows(customer: Customer, events: Iterable[FactEvent]) -> list[dict[str, Any]]:
+def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]]:
     """Each order with its status and its facts in business order."""
     facts: dict[str, list[dict[str, Any]]] = {ref: [] for ref in customer.orders}
     for event in business_order(events):

@@ -9,7 +9,7 @@ import click
 from cli import logs
 from cli.commands.recording import _record
 from cli.output import emit_json, json_option, table
-from cli.params import MOMENT, pass_ledger
+from cli.params import MOMENT, pass_context, pass_ledger
 from ledger.feed import iso
 from ledger.vocabulary import CONSENT_CHANNELS, PURPOSES
 
@@ -34,12 +34,12 @@ def consent() -> None:
     help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
 )
 @json_option
-@pass_ledger
-def show(ledger: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
+@pass_context
+def show(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
     """Consent of customer REF per purpose and channel, now or as of a past time."""
     from ledger import views
 
-    rows = views.consent_rows(ledger.customer_with_events(ref, known_at)[1], as_of)
+    rows = views.consent_rows(context.customer_facts(ref, known_at), as_of)
     logs.summarise(customer=logs.hashed(ref), rows=len(rows))
     document = {
         "customer": ref,

@@ -8,7 +8,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, table
-from cli.params import MOMENT, pass_ledger
+from cli.params import MOMENT, pass_context, pass_ledger
 from ledger.feed import iso
 
 
@@ -67,12 +67,12 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
 @customer.command("trail")
 @click.argument("ref")
 @json_option
-@pass_ledger
-def trail(ledger: Any, ref: str, as_json: bool) -> None:
+@pass_context
+def trail(context: Any, ref: str, as_json: bool) -> None:
     """Who has received customer REF's data, when, what and why (by business time)."""
     from ledger import views
 
-    rows = views.trail_rows(ledger.customer_events(ref))
+    rows = views.trail_rows(context.customer_facts(ref))
     logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:
         emit_json({"customer": ref, "disclosures": rows})

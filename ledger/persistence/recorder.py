@@ -11,7 +11,6 @@ round-trips.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
@@ -36,9 +35,9 @@ from eventsourcing.utils import get_topic
 
 from ledger.persistence import sqlite_reads
 from ledger.persistence.database import Database, WriteTransaction
-
-DATETIME_FIELDS = frozenset({"timestamp", "at"})
-DECIMAL_FIELDS = frozenset({"total"})
+from ledger.persistence.stored_state import DATETIME_FIELDS as DATETIME_FIELDS
+from ledger.persistence.stored_state import DECIMAL_FIELDS as DECIMAL_FIELDS
+from ledger.persistence.stored_state import decode_state
 
 
 def _default(obj: Any) -> Any:
@@ -52,12 +51,7 @@ class LedgerTranscoder(Transcoder):
         return orjson.dumps(obj, default=_default)
 
     def decode(self, data: bytes) -> Any:
-        state = orjson.loads(data)
-        for name in DATETIME_FIELDS.intersection(state):
-            state[name] = datetime.fromisoformat(state[name])
-        for name in DECIMAL_FIELDS.intersection(state):
-            state[name] = Decimal(state[name])
-        return state
+        return decode_state(data)
 
 
 _EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")

@@ -28,6 +28,13 @@ SELECT_STREAM = (
     "SELECT originator_id, originator_version, topic, state FROM ledger_events "
     "WHERE originator_id = ? ORDER BY originator_version"
 )
+# A customer's stream by reference (through the customers index, written with the customer's
+# first event), in version order: what `customer trail` and `consent show` answer from.
+SELECT_CUSTOMER_STREAM = (
+    "SELECT e.originator_version, e.topic, e.state FROM ledger_customers c "
+    "JOIN ledger_events e ON e.originator_id = c.customer_id "
+    "WHERE c.customer_ref = ? ORDER BY e.originator_version"
+)
 _TABLE_NAMES = (
     "SELECT name FROM sqlite_master WHERE type = 'table' "
     "AND name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY name"

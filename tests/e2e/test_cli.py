@@ -748,7 +748,7 @@ def test_a_database_failure_mid_command_is_one_error_line(
         cause = Exception("server closed the connection unexpectedly\n\tThis probably means…")
         raise sa.exc.OperationalError("SELECT 1", {}, cause)
 
-    monkeypatch.setattr("ledger.application.ConsentLedger.customer_events", gone)
+    monkeypatch.setattr("ledger.persistence.database.Database.fetch_on_driver", gone)
     result = run(shared, "customer", "trail", "C100", "--json")
     assert (result.exit_code, result.stdout) == (1, "")
     assert error_line(result) == (

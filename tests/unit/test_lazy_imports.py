@@ -21,6 +21,9 @@ HEAVY = (
     "ledger.application",
     "ledger.domainmodel",
     "eventsourcing",
+    "eventsourcing.application",
+    "eventsourcing.domain",
+    "asyncio",
 )
 
 
@@ -39,6 +42,21 @@ def imported_after(code: str) -> set[str]:
 
 def test_importing_the_cli_imports_no_database_or_domain_code() -> None:
     assert imported_after("import cli.main") == set()
+
+
+def test_structlog_logs_without_importing_asyncio_until_it_is_used() -> None:
+    printed, loaded = run_probe(
+        "from cli import logs\n"
+        "logs.configure('info')\n"
+        "logs.log.info('probe.line', n=1)\n"
+        "import sys\n"
+        "print(sys.modules['structlog._native'].asyncio.get_running_loop.__name__)"
+    )
+    assert printed.strip() == "get_running_loop"  # its asyncio answers when asked
+    assert "asyncio" in loaded  # ... once asked, not before:
+    assert "asyncio" not in imported_after(
+        "from cli import logs\nlogs.configure('info')\nlogs.log.warning('probe.line', n=1)"
+    )
 
 
 def test_the_probe_sees_a_heavy_import() -> None:
@@ -65,7 +83,9 @@ cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mod
 """
     printed, loaded = run_probe(run)
     assert json.loads(printed)["customer"] == "C100"  # the query ran and answered
-    assert "ledger.application" in loaded
+    # Answered from stored facts: no application, domain model or asyncio either.
+    assert not loaded & {"ledger.application", "ledger.domainmodel", "asyncio"}
+    assert "eventsourcing.application" not in loaded
     assert "sqlalchemy" not in loaded
     assert "alembic" not in loaded
     assert "cryptography" not in loaded  # no personal data is opened for these answers
