@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
-
 from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
 from ledger.persistence import sqlite_reads
 
@@ -122,6 +120,9 @@ class WriteTransaction:
                     for row in rows:
                         copy.write_row(row)
         except dbapi.IntegrityError as error:
+            # Imported here: a query reads without loading eventsourcing.
+            from eventsourcing.persistence import IntegrityError
+
             raise IntegrityError(f"{table.name}: {_first_line(error)}") from None
         finally:
             cursor.close()
