@@ -170,6 +170,9 @@ class ReadModel:
     # Tables not keyed by stream (running totals), maintained in `finish`.
     totals: ClassVar[tuple[SlotTable, ...]] = ()
     description: ClassVar[str] = ""
+    # What the model reads of a folded stream beyond its state (`projections.fold.Folder`).
+    uses_timelines: ClassVar[bool] = False
+    uses_links: ClassVar[bool] = False
 
     @classmethod
     def all_tables(cls) -> tuple[SlotTable, ...]:

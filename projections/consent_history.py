@@ -36,6 +36,7 @@ class ConsentHistory(ReadModel):
     name = "consent_history"
     tables = (history,)
     description = "every consent given or withdrawn, in business time"
+    uses_timelines = True
 
     def rows(self, stream: Stream) -> Rows:
         # (stream, customer, at, seq, purpose, channel, status, method, policy, fact, month)

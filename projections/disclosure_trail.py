@@ -42,6 +42,7 @@ class DisclosureTrail(ReadModel):
     name = "disclosure_trail"
     tables = (trail,)
     description = "every disclosure of personal data, in business time"
+    uses_timelines = True
 
     def rows(self, stream: Stream) -> Rows:
         # (stream, customer, at, seq, recipient, kind, purpose, basis, categories (sorted,

@@ -159,9 +159,13 @@ class Folder:
     """Folds stored event rows (stream id, version, topic, state), ordered by stream then
     version, into `Stream`s. `mapper` decodes what the fast path must not (see module)."""
 
-    def __init__(self, mapper: Mapper[Any]) -> None:
+    def __init__(self, mapper: Mapper[Any], *, timelines: bool = True, links: bool = True) -> None:
         self.mapper = mapper
         self.plain = mapper.cipher is None and mapper.compressor is None
+        # Whether to make the timelines' rows and the recipient links (a pass whose models
+        # use neither, such as `audit check` catching up the violations, skips them).
+        self.timelines = timelines
+        self.links = links
         self.codes: dict[str, tuple[int, type[Any]]] = {}
         for cls, code in EVENT_CODES.items():
             if getattr(cls, "class_version", 1) == 1:
@@ -187,6 +191,7 @@ class Folder:
         """One `Stream` per stream id in `rows` (ordered by stream, then version). One loop
         over every event of a rebuild: the per-event work is kept to local lookups."""
         codes = self.codes if self.plain else {}
+        timelines, with_links = self.timelines, self.links
         loads = orjson.loads
         parse = datetime.fromisoformat
         judged_types = JUDGED_TYPES
@@ -261,21 +266,22 @@ class Folder:
                 given = code == CONSENT_GIVEN
                 purpose = data["purpose"]
                 channel = data["channel"]
-                history.append(
-                    (
-                        key,
-                        ref,
-                        at,
-                        version,
-                        purpose,
-                        channel,
-                        "given" if given else "withdrawn",
-                        data["method"],
-                        data.get("policy_version"),
-                        data["fact_id"],
-                        at[:7],
+                if timelines:
+                    history.append(
+                        (
+                            key,
+                            ref,
+                            at,
+                            version,
+                            purpose,
+                            channel,
+                            "given" if given else "withdrawn",
+                            data["method"],
+                            data.get("policy_version"),
+                            data["fact_id"],
+                            at[:7],
+                        )
                     )
-                )
                 pair = (purpose, channel)
                 if pair in consents:
                     consents[pair].append((parse(raw_at), version, given))
@@ -290,34 +296,36 @@ class Folder:
                 categories = data["categories"]
                 purpose = data["purpose"]
                 basis = data["basis"]
-                trail.append(
-                    (
-                        key,
-                        ref,
-                        at,
-                        version,
-                        recipient,
-                        kind,
-                        purpose,
-                        basis,
-                        ",".join(sorted(categories)),
-                        data.get("order"),
-                        data["fact_id"],
-                        at[:7],
+                if timelines:
+                    trail.append(
+                        (
+                            key,
+                            ref,
+                            at,
+                            version,
+                            recipient,
+                            kind,
+                            purpose,
+                            basis,
+                            ",".join(sorted(categories)),
+                            data.get("order"),
+                            data["fact_id"],
+                            at[:7],
+                        )
                     )
-                )
-                figures = links.get((recipient, kind))
-                if figures is None:
-                    figures = links[(recipient, kind)] = Figures()
-                    figures.first_at = figures.last_at = at
-                elif at < figures.first_at:
-                    figures.first_at = at
-                elif at > figures.last_at:
-                    figures.last_at = at
-                figures.disclosures += 1
-                figures.categories.update(categories)
-                figures.purposes.add(purpose)
-                figures.bases.add(basis)
+                if with_links:
+                    figures = links.get((recipient, kind))
+                    if figures is None:
+                        figures = links[(recipient, kind)] = Figures()
+                        figures.first_at = figures.last_at = at
+                    elif at < figures.first_at:
+                        figures.first_at = at
+                    elif at > figures.last_at:
+                        figures.last_at = at
+                    figures.disclosures += 1
+                    figures.categories.update(categories)
+                    figures.purposes.add(purpose)
+                    figures.bases.add(basis)
                 moment = parse(raw_at)
                 if code == PAYMENT:
                     orders[data["order"]].payments.append((moment, version, data["result"]))

@@ -92,6 +92,7 @@ class RecipientRegistry(ReadModel):
     tables = (links,)
     totals = (recipients,)
     description = "every recipient with its kind and counts"
+    uses_links = True
 
     def __init__(self) -> None:
         self.delta: dict[tuple[str, str], Figures] = {}

@@ -425,7 +425,12 @@ class ReadModels:
             changed: set[UUID] = set()
         else:
             changed, acquirer_ids = self._changed_streams(conn, since, head)
-        acquirers = self._folded(conn, acquirer_ids, head)
+        folder = Folder(
+            self.mapper,
+            timelines=any(t.model.uses_timelines for t in targets),
+            links=any(t.model.uses_links for t in targets),
+        )
+        acquirers = self._folded(folder, conn, acquirer_ids, head)
         writers = {id(t): Writer(conn, t.slot) for t in targets}
         extra: set[UUID] = set()
         dropped: list[sa.Index] = []
@@ -439,9 +444,9 @@ class ReadModels:
             extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
             target.model.replace(writer, acquirers, fresh=fresh)
         if fresh:
-            batches = self._scan(conn, head, skip=acquirer_ids)
+            batches = self._scan(folder, conn, head, skip=acquirer_ids)
         else:
-            batches = self._folded_batches(conn, (changed | extra) - acquirer_ids, head)
+            batches = self._folded_batches(folder, conn, (changed | extra) - acquirer_ids, head)
         count = len(acquirers)
         for batch in batches:
             for target in targets:
@@ -478,13 +483,14 @@ class ReadModels:
         )
         return {row[0] for row in conn.execute(query)}
 
-    def _folded(self, conn: Connection, ids: Iterable[UUID], head: int) -> list[Stream]:
-        return [s for batch in self._folded_batches(conn, ids, head) for s in batch]
+    def _folded(
+        self, folder: Folder, conn: Connection, ids: Iterable[UUID], head: int
+    ) -> list[Stream]:
+        return [s for batch in self._folded_batches(folder, conn, ids, head) for s in batch]
 
     def _folded_batches(
-        self, conn: Connection, ids: Iterable[UUID], head: int
+        self, folder: Folder, conn: Connection, ids: Iterable[UUID], head: int
     ) -> Iterator[list[Stream]]:
-        folder = Folder(self.mapper)
         for chunk in chunks(sorted(ids), 500):
             yield list(folder.fold(self._stream_rows(conn, chunk, head)))
 
@@ -496,10 +502,12 @@ class ReadModels:
         )
         return conn.execute(query)
 
-    def _scan(self, conn: Connection, head: int, *, skip: set[UUID]) -> Iterator[list[Stream]]:
+    def _scan(
+        self, folder: Folder, conn: Connection, head: int, *, skip: set[UUID]
+    ) -> Iterator[list[Stream]]:
         """Every stream up to `head` (but `skip`), folded, in batches: read on the driver."""
         batch: list[Stream] = []
-        for stream in Folder(self.mapper).fold(self._all_rows(conn, head)):
+        for stream in folder.fold(self._all_rows(conn, head)):
             if stream.id in skip:
                 continue
             batch.append(stream)
