@@ -39,7 +39,7 @@ from ledger.errors import (
 )
 from ledger.feed import Fact, iso, parse_line, validate
 from ledger.persistence.database import Database, WriteTransaction
-from ledger.persistence.recorder import LedgerInfrastructure, LedgerRecorder
+from ledger.persistence.recorder import LedgerEventStore, LedgerInfrastructure, LedgerRecorder
 from ledger.rules import (
     JUDGED_TYPES,
     InitiationCheck,
@@ -98,6 +98,11 @@ class ConsentLedger(Application[UUID]):
 
     def construct_factory(self, env: Any) -> InfrastructureFactory[Any]:
         return LedgerInfrastructure(env, self.database)
+
+    @property
+    def ledger_events(self) -> LedgerEventStore:
+        assert isinstance(self.events, LedgerEventStore)
+        return self.events
 
     @property
     def ledger_recorder(self) -> LedgerRecorder:
@@ -479,12 +484,12 @@ class Recording:
         """One query per kind for the chunk: recorded fact ids, known customers and orders."""
         from ledger.persistence import indexes
 
-        conn = self.tx.connection
-        known = indexes.recorded_fact_ids(conn, [f.id for f in facts])
+        tx = self.tx
+        known = indexes.recorded_fact_ids(tx, [f.id for f in facts])
         refs = {f.customer for f in facts if f.customer is not None}
-        self.known_customers = indexes.customer_ids(conn, refs)
+        self.known_customers = indexes.customer_ids(tx, refs)
         orders = {f.order for f in facts if f.order is not None}
-        self.order_owners = indexes.order_owners(conn, orders)
+        self.order_owners = indexes.order_owners(tx, orders)
         # A fact may name only an order: its owner is a known customer too.
         self.known_customers.update(self.order_owners.values())
         return known
@@ -652,16 +657,20 @@ class Recording:
             return
         if not self.dirty:
             return
-        recordings = self.app.save(*self.dirty.values())
+        # What `Application.save` does for these aggregates (no snapshots, no cache here),
+        # without a `Recording` per event: an import only needs each event's position.
+        events = [
+            event for aggregate in self.dirty.values() for event in aggregate.collect_events()
+        ]
+        first = self.app.ledger_events.record(events)
         fact_rows = []
         customer_rows = []
-        for recording in recordings:
-            event = recording.domain_event
-            position = recording.notification.id
-            if isinstance(event, Customer.Registered):
+        recorded = self.recorded
+        for position, event in enumerate(events, first):
+            if type(event) is Customer.Registered:
                 customer_rows.append((event.originator_id, event.ref, position))
-            if isinstance(event, FactEvent) and event.fact_id in self.recorded:
-                kind = self.recorded.pop(event.fact_id)
+            kind = recorded.pop(event.__dict__.get("fact_id"), None)
+            if kind is not None:
                 fact_rows.append((event.fact_id, position, kind, event.originator_id))
         tx = self.tx
         tx.insert_many(tables.facts, _FACT_COLUMNS, fact_rows)

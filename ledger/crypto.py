@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -29,14 +30,20 @@ def new_key() -> bytes:
     return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
 
 
+@lru_cache(maxsize=4)
+def _wrapping(key: bytes) -> AESGCM:
+    """The master key's cipher, made once (wrapping a key per new customer made it anew)."""
+    return AESGCM(key)
+
+
 def _seal_bytes(key: bytes, plaintext: bytes, context: bytes) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, context)
+    return nonce + _wrapping(key).encrypt(nonce, plaintext, context)
 
 
 def _open_bytes(key: bytes, sealed: bytes, context: bytes) -> bytes:
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context)
+        return _wrapping(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context)
     except (InvalidTag, ValueError):
         raise SealError("sealed value does not open with this key") from None
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -34,25 +33,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """One validated fact: the feed line's id, type, business time (UTC) and fields."""
+class Fact(NamedTuple):
+    """One validated fact: the feed line's id, type, business time (UTC) and fields, with
+    the customer and order it names (also in `data`) at hand.
+
+    A named tuple: immutable, and built in one step (a frozen dataclass's `__init__` sets
+    each field through `object.__setattr__`, a measurable share of an import)."""
 
     id: str
     type: str
     at: datetime
     data: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def customer(self) -> str | None:
-        value = self.data.get("customer")
-        return value if isinstance(value, str) else None
-
-    @property
-    def order(self) -> str | None:
-        value = self.data.get("order")
-        return value if isinstance(value, str) else None
+    extra: dict[str, Any]
+    customer: str | None
+    order: str | None
 
     def to_json(self) -> dict[str, Any]:
         """The fact as a feed line again (`at` in UTC)."""
@@ -238,6 +232,8 @@ def parse_time(value: Any, name: str = "at") -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidFactError(f"field {name!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is UTC:  # "Z" or "+00:00": already UTC, the common case
+        return moment
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidFactError(f"field {name!r} has no UTC offset (add Z or +00:00)")
     return moment.astimezone(UTC)
@@ -309,7 +305,7 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
         purpose, channel = data["purpose"], data["channel"]
         if channel not in PURPOSE_CHANNELS[purpose]:
             raise InvalidFactError(f"purpose {purpose!r} has no channel {channel!r}")
-    return Fact(id=fact_id, type=str(fact_type), at=at, data=data, extra=extra)
+    return Fact(fact_id, str(fact_type), at, data, extra, data.get("customer"), data.get("order"))
 
 
 def parse_line(raw: str | bytes, line: int | None = None) -> Fact:

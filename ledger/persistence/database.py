@@ -91,6 +91,20 @@ class WriteTransaction:
             self.insert_many(table, columns, rows)
         self.deferred.clear()
 
+    def select_in(self, sql: str, values: list[Any]) -> list[Any]:
+        """The rows of `sql` (one `?` per value, written `IN ({marks})`) run on the driver:
+        an import's per-chunk lookups, without SQLAlchemy compiling a 2,000-value IN list."""
+        if not values:
+            return []
+        marks = ", ".join("?" * len(values))
+        paramstyle = "qmark" if self.database.is_sqlite else "pyformat"
+        cursor = self.connection.connection.cursor()
+        try:
+            cursor.execute(sqlite_reads.for_driver(sql.format(marks=marks), paramstyle), values)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
     def insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.connection.execute(table.insert(), rows)
@@ -200,6 +214,11 @@ class Database:
                     "busy_timeout=120000",
                     "secure_delete=ON",
                     "foreign_keys=ON",
+                    # 64 MiB of page cache (the default is 2 MiB): a large import's index
+                    # pages stay in memory instead of spilling to the WAL again and again
+                    # (at 300k facts it halved the inserts' time). An upper bound, not an
+                    # allocation: memory stays flat in the size of the feed.
+                    "cache_size=-65536",
                 ):
                     cursor.execute(f"PRAGMA {pragma}")
                 cursor.close()

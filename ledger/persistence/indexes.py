@@ -11,18 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.persistence import tables
+from ledger.persistence.database import WriteTransaction
 
 _F, _C, _O, _E = tables.facts, tables.customers, tables.orders, tables.events
 
-_SELECT_FACT_IDS = sa.select(_F.c.fact_id).where(
-    _F.c.fact_id.in_(sa.bindparam("ids", expanding=True))
-)
-_SELECT_CUSTOMERS = sa.select(_C.c.customer_id).where(
-    _C.c.customer_ref.in_(sa.bindparam("refs", expanding=True))
-)
-_SELECT_ORDERS = sa.select(_O.c.order_ref, _O.c.customer_id).where(
-    _O.c.order_ref.in_(sa.bindparam("refs", expanding=True))
-)
 _SELECT_ORDER_CUSTOMER = (
     sa.select(_C.c.customer_ref)
     .select_from(_O.join(_C, _O.c.customer_id == _C.c.customer_id))
@@ -32,25 +24,27 @@ _SELECT_CUSTOMER_REFS = sa.select(_C.c.customer_ref).order_by(_C.c.notification_
 _SELECT_ORIGINATORS = sa.select(_E.c.originator_id).where(_E.c.topic == sa.bindparam("topic"))
 
 
-def recorded_fact_ids(conn: Connection, ids: Collection[str]) -> set[str]:
+def recorded_fact_ids(tx: WriteTransaction, ids: Collection[str]) -> set[str]:
     """Those of `ids` already recorded (the idempotency check of an import chunk)."""
-    if not ids:
-        return set()
-    return {row[0] for row in conn.execute(_SELECT_FACT_IDS, {"ids": list(ids)})}
+    sql = "SELECT fact_id FROM ledger_facts WHERE fact_id IN ({marks})"
+    return {row[0] for row in tx.select_in(sql, list(ids))}
 
 
-def customer_ids(conn: Connection, refs: Collection[str]) -> set[UUID]:
+def customer_ids(tx: WriteTransaction, refs: Collection[str]) -> set[UUID]:
     """The stream ids of those of `refs` that are registered customers."""
-    if not refs:
-        return set()
-    return {row[0] for row in conn.execute(_SELECT_CUSTOMERS, {"refs": list(refs)})}
+    sql = "SELECT customer_id FROM ledger_customers WHERE customer_ref IN ({marks})"
+    return {_uuid(row[0]) for row in tx.select_in(sql, list(refs))}
 
 
-def order_owners(conn: Connection, refs: Collection[str]) -> dict[str, UUID]:
+def order_owners(tx: WriteTransaction, refs: Collection[str]) -> dict[str, UUID]:
     """Order reference -> its customer's stream id, for those of `refs` that exist."""
-    if not refs:
-        return {}
-    return {row[0]: row[1] for row in conn.execute(_SELECT_ORDERS, {"refs": list(refs)})}
+    sql = "SELECT order_ref, customer_id FROM ledger_orders WHERE order_ref IN ({marks})"
+    return {row[0]: _uuid(row[1]) for row in tx.select_in(sql, list(refs))}
+
+
+def _uuid(value: UUID | str) -> UUID:
+    """A stream id as the driver gives it (SQLite: SQLAlchemy's 32 hex digits)."""
+    return value if isinstance(value, UUID) else UUID(hex=value)
 
 
 def customer_ref_of_order(conn: Connection, order_ref: str) -> str | None:

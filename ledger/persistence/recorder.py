@@ -86,18 +86,23 @@ class LedgerRecorder(ApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
+        first = self.insert_rows(
+            [(e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events]
+        )
+        return list(range(first, first + len(stored_events)))
+
+    def insert_rows(self, rows: Sequence[tuple[Any, Any, str, bytes]]) -> int:
+        """Stored events as (originator id, version, topic, state) rows, recorded and sealed
+        in order in the ambient write; returns the first one's notification id."""
         from ledger.persistence.tables import events as _E
 
         with self.database.writing() as tx:
             first = tx.next_notification_id
-            rows = [
-                (first + offset, e.originator_id, e.originator_version, e.topic, e.state)
-                for offset, e in enumerate(stored_events)
-            ]
-            tx.insert_many(_E, _EVENT_COLUMNS, rows)
-            seal_inserted(tx, rows)
-            tx.next_notification_id = first + len(rows)
-            return list(range(first, first + len(rows)))
+            numbered = [(position, *row) for position, row in enumerate(rows, first)]
+            tx.insert_many(_E, _EVENT_COLUMNS, numbered)
+            seal_inserted(tx, numbered)
+            tx.next_notification_id = first + len(numbered)
+            return first
 
     def select_events(
         self,
@@ -211,6 +216,19 @@ class LedgerMapper(Mapper[Any]):
         self._topics: dict[type, str] = {}
 
     def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
+        originator_id, originator_version, topic, state = self.to_row(domain_event)
+        return _value(
+            StoredEvent,
+            {
+                "originator_id": originator_id,
+                "originator_version": originator_version,
+                "topic": topic,
+                "state": state,
+            },
+        )
+
+    def to_row(self, domain_event: DomainEventProtocol[Any]) -> tuple[Any, int, str, bytes]:
+        """The stored event's (originator id, version, topic, state), as a plain tuple."""
         cls = type(domain_event)
         topic = self._topics.get(cls)
         if topic is None:
@@ -221,19 +239,19 @@ class LedgerMapper(Mapper[Any]):
         class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
-        return _value(
-            StoredEvent,
-            {
-                "originator_id": originator_id,
-                "originator_version": originator_version,
-                "topic": topic,
-                "state": self.transcoder.encode(state),
-            },
-        )
+        return originator_id, originator_version, topic, self.transcoder.encode(state)
 
 
 class LedgerEventStore(EventStore[Any]):
     """The library's event store; its recordings built without frozen `__init__`s."""
+
+    def record(self, domain_events: Sequence[DomainEventProtocol[Any]]) -> int:
+        """`put` for an import: the same stored events, recorded without a `Recording`
+        and a `StoredEvent` per event; returns the first event's notification id (the
+        rest follow in order)."""
+        mapper, recorder = self.mapper, self.recorder
+        assert isinstance(mapper, LedgerMapper) and isinstance(recorder, LedgerRecorder)
+        return recorder.insert_rows([mapper.to_row(event) for event in domain_events])
 
     def put(
         self, domain_events: Sequence[DomainEventProtocol[Any]], **kwargs: Any

@@ -179,6 +179,17 @@ def _text_bytes(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+class _TopicBytes(dict[str, bytes]):
+    """A topic's UTF-8 bytes, encoded once: an import has a few dozen topics."""
+
+    def __missing__(self, topic: str) -> bytes:
+        value = self[topic] = topic.encode()
+        return value
+
+
+_TOPIC_BYTES = _TopicBytes()
+
+
 class Sealer:
     """The tree of one write transaction: extended as events are inserted, signed before
     the transaction commits."""
@@ -209,13 +220,18 @@ class Sealer:
         stack, size = frontier.hashes, frontier.size
         nodes: list[tuple[int, int, bytes]] = []
         node_hash, first_stored = integrity.node_hash, _FIRST_STORED_LEVEL
+        topics = _TOPIC_BYTES
         for notification_id, originator, version, topic, state in rows:
             if notification_id != size + 1:
                 raise IntegrityFailure(
                     f"event {notification_id} does not follow the sealed log of {size} events"
                 )
             leaf = integrity.event_leaf_hash(
-                notification_id, _uuid_bytes(originator), version, _text_bytes(topic), state
+                notification_id,
+                originator.bytes if type(originator) is UUID else _uuid_bytes(originator),
+                version,
+                topics[topic] if type(topic) is str else _text_bytes(topic),
+                state,
             )
             nodes.append((0, size, leaf))
             stack.append(leaf)
