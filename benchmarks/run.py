@@ -12,8 +12,9 @@ one run and on the same feed file:
 - per backend (SQLite, PostgreSQL): `import` facts/s (in a fresh worker process, timed inside,
   with its peak RSS), `projections rebuild` events/s, `verify` facts/s, `customer trail` and
   `consent show --as-of` in-process p50/p99 (what the commands compute, for 500 random
-  customers), the `consent-ledger customer trail` process's wall time (median of 7, its
-  bytecode cached as in an installed command), and
+  customers), the `consent-ledger customer trail` process's wall time (median of 15, with
+  the fastest run and the median CPU time beside it; its bytecode cached as in an installed
+  command), and
   `export due-diligence` time and peak RSS (the command, as a process).
 
 Each figure is printed with its ratio to the baseline ("x raw": how many times slower than
@@ -124,7 +125,7 @@ def baseline(feed: Path, work: Path, refs: list[str]) -> dict[str, float]:
         f"print([orjson.loads(r[0]) for r in c.execute({_RAW_LOOKUP!r}, "
         "(sys.argv[2] + '-', sys.argv[2] + '.'))])"
     )
-    process = wall([sys.executable, "-c", script, str(path), refs[len(refs) // 2]], work)
+    process = wall([sys.executable, "-c", script, str(path), refs[len(refs) // 2]], work).median
     return {
         "rate": count / seconds,
         "cpu_rate": count / cpu,
@@ -156,8 +157,11 @@ def latencies(query: Callable[[str], Any], refs: list[str]) -> tuple[float, floa
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int, bytes]:
-    """Wall seconds, peak RSS (KiB) and stdout of one process."""
+def run_process(
+    args: list[str], env: dict[str, str] | None = None, usage_of: list[float] | None = None
+) -> tuple[float, int, bytes]:
+    """Wall seconds, peak RSS (KiB) and stdout of one process (its CPU seconds appended to
+    `usage_of`, if given)."""
     started = time.perf_counter()
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stdout is not None and process.stderr is not None
@@ -165,14 +169,26 @@ def run_process(args: list[str], env: dict[str, str] | None = None) -> tuple[flo
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
+    if usage_of is not None:
+        usage_of.append(usage.ru_utime + usage.ru_stime)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(args[:6])}… failed:\n{stderr.decode(errors='replace')}")
     return seconds, usage.ru_maxrss, stdout
 
 
-def wall(args: list[str], work: Path, runs: int = 7) -> float:
-    """Median wall seconds of a process started `runs` times, after one untimed start.
+@dataclass
+class Wall:
+    median: float  # wall seconds
+    fastest: float
+    cpu: float  # median CPU (user + system) seconds
+
+    def note(self) -> str:
+        return f"fastest {self.fastest * 1000:.0f} ms, CPU {self.cpu * 1000:.0f} ms"
+
+
+def wall(args: list[str], work: Path, runs: int = 15) -> Wall:
+    """Wall seconds of a process started `runs` times, after one untimed start.
 
     As an installed command runs: with its modules' bytecode cached (kept under `work`, out
     of the source tree), even where the environment sets PYTHONDONTWRITEBYTECODE.
@@ -180,7 +196,9 @@ def wall(args: list[str], work: Path, runs: int = 7) -> float:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     run_process(args, env)
-    return statistics.median(run_process(args, env)[0] for _ in range(runs))
+    cpu: list[float] = []
+    times = [run_process(args, env, cpu)[0] for _ in range(runs)]
+    return Wall(statistics.median(times), min(times), statistics.median(cpu))
 
 
 # -- one backend -----------------------------------------------------------------------------
@@ -278,26 +296,41 @@ def measure_backend(
             note,
         )
 
+        from cli.main import LedgerContext
         from ledger import views
 
         as_of = datetime.fromisoformat(AS_OF)
+        # What the commands compute: the views over the customer's stored facts.
+        context = LedgerContext(url)
 
         def trail(ref: str) -> Any:
-            return views.trail_rows(app.customer_events(ref))
+            return views.trail_rows(context.customer_facts(ref))
 
         def consent_as_of(ref: str) -> Any:
-            return views.consent_rows(app.customer_with_events(ref)[1], as_of)
+            return views.consent_rows(context.customer_facts(ref), as_of)
 
-        for name, query in (("customer trail", trail), ("consent show --as-of", consent_as_of)):
-            p50, p99 = latencies(query, refs)
-            yield figure(f"{name} p50", p50, "ms", p50 / base["p50"])
-            yield figure(f"{name} p99", p99, "ms", p99 / base["p99"])
+        try:
+            for name, query in (
+                ("customer trail", trail),
+                ("consent show --as-of", consent_as_of),
+            ):
+                p50, p99 = latencies(query, refs)
+                yield figure(f"{name} p50", p50, "ms", p50 / base["p50"])
+                yield figure(f"{name} p99", p99, "ms", p99 / base["p99"])
+        finally:
+            context.close()
     finally:
         app.database.dispose()
 
     ref = refs[len(refs) // 2]
-    seconds = wall([str(COMMAND), "--db", url, "customer", "trail", ref, "--json"], args.work)
-    yield figure("CLI customer trail (process)", seconds * 1000, "ms", seconds / base["process"])
+    timed = wall([str(COMMAND), "--db", url, "customer", "trail", ref, "--json"], args.work)
+    yield figure(
+        "CLI customer trail (process)",
+        timed.median * 1000,
+        "ms",
+        timed.median / base["process"],
+        timed.note(),
+    )
 
     out_dir = args.work / f"export-{backend}-{facts}"
     shutil.rmtree(out_dir, ignore_errors=True)
