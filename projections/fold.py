@@ -107,6 +107,7 @@ class Stream:
         "consents",
         "customer",
         "events",
+        "facts",
         "history",
         "id",
         "initiations",
@@ -122,6 +123,9 @@ class Stream:
         self.id = ident
         self.key = key
         self.events = 0  # how many events were folded
+        # With `Folder(keep_facts=True)`: the domain events Art. 19 reads (disclosures,
+        # erasures, rectifications, notifications sent), in recording order.
+        self.facts: list[Any] = []
         # A customer's state as the rules read it (consents, orders, erasure), else None.
         self.customer: Customer | None = None
         # Rows of the timelines: consent facts and disclosures, in recording order.
@@ -159,13 +163,21 @@ class Folder:
     """Folds stored event rows (stream id, version, topic, state), ordered by stream then
     version, into `Stream`s. `mapper` decodes what the fast path must not (see module)."""
 
-    def __init__(self, mapper: Mapper[Any], *, timelines: bool = True, links: bool = True) -> None:
+    def __init__(
+        self,
+        mapper: Mapper[Any],
+        *,
+        timelines: bool = True,
+        links: bool = True,
+        keep_facts: bool = False,
+    ) -> None:
         self.mapper = mapper
         self.plain = mapper.cipher is None and mapper.compressor is None
         # Whether to make the timelines' rows and the recipient links (a pass whose models
         # use neither, such as `audit check` catching up the violations, skips them).
         self.timelines = timelines
         self.links = links
+        self.keep_facts = keep_facts
         self.codes: dict[str, tuple[int, type[Any]]] = {}
         for cls, code in EVENT_CODES.items():
             if getattr(cls, "class_version", 1) == 1:
@@ -370,12 +382,15 @@ class Folder:
     ) -> None:
         """Art. 19: whether the stream's erasure or rectifications call for notifying any
         recipient, judged by `privacy.notifications` on the events it reads."""
-        if not triggered or stream.customer is None:
+        if stream.customer is None or not (triggered or self.keep_facts):
             return
         from ledger import privacy
 
         events = [_domain_event(cls, stream.id, version, data) for cls, version, data in kept]
-        stream.notices = bool(privacy.notifications(stream.customer.ref, events))
+        if self.keep_facts:
+            stream.facts = events
+        if triggered:
+            stream.notices = bool(privacy.notifications(stream.customer.ref, events))
 
 
 def _domain_event(cls: type[Any], ident: UUID, version: int, data: dict[str, Any]) -> Any:

@@ -203,11 +203,9 @@ class ReadModels:
             slot = slots[Violations.name]
             found = violations_as_of(conn, slot, as_of)
             head = self._head(conn)
-            for stream in self._load(conn, notice_streams(conn, slot), head):
-                assert isinstance(stream.aggregate, Customer)
-                found.extend(
-                    privacy.notification_violations(stream.aggregate.ref, stream.events, now, as_of)
-                )
+            folder = Folder(self.mapper, timelines=False, links=False, keep_facts=True)
+            for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
+                found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
         return audit_order(found)
 
     def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
