@@ -105,6 +105,16 @@ class WriteTransaction:
         finally:
             cursor.close()
 
+    def execute_on_driver(self, sql: str, params: tuple[Any, ...]) -> int:
+        """One write statement (`?` marks) on the driver; returns the rows it changed."""
+        paramstyle = "qmark" if self.database.is_sqlite else "pyformat"
+        cursor = self.connection.connection.cursor()
+        try:
+            cursor.execute(sqlite_reads.for_driver(sql, paramstyle), params)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
     def insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.connection.execute(table.insert(), rows)

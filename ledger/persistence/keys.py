@@ -225,16 +225,18 @@ class KeyStore:
             # A key created in this transaction may still be queued: insert it first, or
             # the update finds nothing and the queued key is inserted alive after it.
             tx.flush_deferred()
-            result = tx.connection.execute(
-                _K.update()
-                .where(_K.c.customer_id == customer_id, _K.c.wrapped_key.is_not(None))
-                .values(wrapped_key=None, destroyed_at=datetime.now(UTC))
+            # On the driver: an import may erase thousands of customers, and SQLAlchemy's
+            # update statement cost ~1 ms each. The same values its DateTime would bind.
+            destroyed = tx.execute_on_driver(
+                f"UPDATE {_K.name} SET wrapped_key = NULL, destroyed_at = ? "
+                "WHERE customer_id = ? AND wrapped_key IS NOT NULL",
+                (_now_text(self.database), customer_id),
             )
             if self._after_destroy not in tx.after_commit:  # once per transaction
                 tx.after_commit.append(self._after_destroy)
         self._cache.pop(customer_id, None)
         self._cache[customer_id] = None
-        return bool(result.rowcount)
+        return destroyed > 0
 
     def _after_destroy(self) -> None:
         # The old wrapped key must not linger in the database's bytes. SQLite: secure_delete
