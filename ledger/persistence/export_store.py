@@ -2,13 +2,15 @@
 
 An export's pseudonym secret is wrapped by the master key (bound to the export's id) in
 `ledger_export_secrets`; `rewrap_export_secrets` re-wraps them when the master key rotates.
-The export reads every customer's events in one ordered scan (`customer_streams`), bounded
+The export reads every customer's events in one ordered scan (`customer_event_rows`), bounded
 by the tree size it verified and signed for, so the rows it writes are exactly the ledger
-its manifest names, however many facts are recorded meanwhile.
+its manifest names, however many facts are recorded meanwhile; a large export splits the
+scan by customer id among worker processes (`worker_event_rows`), each on its own connection.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -29,7 +31,7 @@ _BATCH = 5000
 _CUSTOMER_TOPIC = "ledger.domainmodel:Customer.%"
 _STREAMS_SQL = (
     "SELECT originator_id, originator_version, topic, state FROM ledger_events "
-    "WHERE notification_id <= {mark} AND topic LIKE {mark} "
+    "WHERE notification_id <= {mark} AND topic LIKE {mark}{where} "
     "ORDER BY originator_id, originator_version"
 )
 
@@ -139,28 +141,80 @@ def erased_after(database: Database, position: int) -> set[UUID]:
 def customer_streams(database: Database, upto: int) -> Iterator[list[StoredEvent]]:
     """Each customer's stored events (events 1..`upto` only), one list per customer, read
     in one ordered scan off the driver's cursor: memory holds one customer at a time."""
-    mark = "?" if database.is_sqlite else "%s"
-    sql = _STREAMS_SQL.format(mark=mark)
+    for ident, rows in customer_event_rows(database, upto):
+        yield [StoredEvent(ident, row[1], row[2], bytes(row[3])) for row in rows]
+
+
+# A customer's event as the export reads it: (originator_id as stored, originator_version,
+# topic, state), the driver's row as it is.
+EventRow = tuple[Any, int, str, bytes]
+
+
+def customer_event_rows(
+    database: Database, upto: int, bounds: tuple[UUID | None, UUID | None] = (None, None)
+) -> Iterator[tuple[UUID, list[EventRow]]]:
+    """`customer_streams` without the `StoredEvent` wrapping, over the database's own
+    connection: each customer's id and its rows, optionally only customers whose id is in
+    [low, high) (`bounds`, None for open)."""
     with database.reading() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        # PostgreSQL: a named (server-side) cursor, so the rows stream.
-        cursor = raw.cursor() if database.is_sqlite else raw.cursor(name="consent_ledger_export")
-        try:
-            cursor.execute(sql, (upto, _CUSTOMER_TOPIC))
-            current: Any = None
-            ident: Any = None
-            stream: list[StoredEvent] = []
-            while batch := cursor.fetchmany(_BATCH):
-                for originator, version, topic, state in batch:
-                    if originator != current:
-                        if stream:
-                            yield stream
-                        stream = []
-                        current = originator
-                        ident = UUID(hex=originator) if isinstance(originator, str) else originator
-                    stream.append(StoredEvent(ident, version, topic, bytes(state)))
-            if stream:
-                yield stream
-        finally:
-            cursor.close()
+        yield from _scan(raw, database.is_sqlite, upto, bounds)
+
+
+def worker_event_rows(
+    database: Database, upto: int, bounds: tuple[UUID | None, UUID | None]
+) -> Iterator[tuple[UUID, list[EventRow]]]:
+    """`customer_event_rows` for a forked worker process: on a connection of its own (a
+    connection never crosses a fork), read-only on SQLite. Events never change, so every
+    worker's snapshot agrees on events 1..`upto`."""
+    raw: Any
+    if database.is_sqlite:
+        path = database.sqlite_path
+        assert path is not None
+        raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=120)
+    else:
+        import psycopg
+
+        url = database.url.set(drivername="postgresql")
+        raw = psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=10)
+    try:
+        yield from _scan(raw, database.is_sqlite, upto, bounds)
+    finally:
+        raw.close()
+
+
+def _scan(
+    raw: Any, is_sqlite: bool, upto: int, bounds: tuple[UUID | None, UUID | None]
+) -> Iterator[tuple[UUID, list[EventRow]]]:
+    mark = "?" if is_sqlite else "%s"
+    low, high = bounds
+    where = ""
+    params: list[Any] = [upto, _CUSTOMER_TOPIC]
+    for bound, op in ((low, ">="), (high, "<")):
+        if bound is not None:
+            where += f" AND originator_id {op} {mark}"
+            # SQLite keeps a UUID as its 32 hex digits (ordered as the UUID's bytes).
+            params.append(bound.hex if is_sqlite else bound)
+    sql = _STREAMS_SQL.format(mark=mark, where=where)
+    # PostgreSQL: a named (server-side) cursor, so the rows stream.
+    cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_export")
+    try:
+        cursor.execute(sql, params)
+        current: Any = None
+        ident: Any = None
+        rows: list[EventRow] = []
+        while batch := cursor.fetchmany(_BATCH):
+            for row in batch:
+                originator = row[0]
+                if originator != current:
+                    if rows:
+                        yield ident, rows
+                    rows = []
+                    current = originator
+                    ident = UUID(hex=originator) if isinstance(originator, str) else originator
+                rows.append(row)
+        if rows:
+            yield ident, rows
+    finally:
+        cursor.close()

@@ -20,7 +20,7 @@ from ledger.exports import (
     pseudonym,
     recorded_exports,
 )
-from ledger.feed import parse_time
+from ledger.feed import iso, parse_time
 from ledger.manifest import MANIFEST_NAME, verify_export_dir
 from ledger.persistence import seals
 from ledger.samplefeed import ACQUIRER, generate
@@ -304,3 +304,121 @@ def test_the_seller_lists_exports_and_reidentifies_a_pseudonym(
     )
     unknown = run(ledger_url, "export", "reidentify", result.export_id, "0" * 32)
     assert unknown.exit_code == 1 and "no customer" in error_line(unknown)
+
+
+def _fixed_export(ledger: Any, out: Path, *, parallel: bool, **kwargs: Any) -> dict[str, bytes]:
+    """An export with a fixed secret and time, scanned by one process or by workers; its
+    files but the manifest (which names the ledger's growing size), and the summary without
+    the export's id."""
+    from datetime import UTC, datetime
+
+    from ledger import exports
+
+    request = ExportRequest(out=out, **{"acquirer": ACQUIRER, **kwargs})
+    exporter = exports.Exporter(ledger, request, now=datetime(2026, 1, 1, tzinfo=UTC))
+    exporter.secret = b"s" * 32
+    exporter.pseudonyms = exports.Pseudonyms(exporter.secret)
+    minimum = exports.PARALLEL_MIN_CUSTOMERS
+    exports.PARALLEL_MIN_CUSTOMERS = 0 if parallel else 1 << 62
+    try:
+        exporter.run()
+    finally:
+        exports.PARALLEL_MIN_CUSTOMERS = minimum
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST_NAME}
+    summary = orjson.loads(files.pop("summary.json"))
+    del summary["export_id"]
+    files["summary.json"] = orjson.dumps(summary)
+    return files
+
+
+@pytest.mark.parametrize("file_format", ["jsonl", "csv"])
+def test_a_parallel_export_writes_what_one_process_writes(
+    ledger: Any, feed_small: Path, tmp_path: Path, file_format: str
+) -> None:
+    _load(ledger, feed_small, customers=40)
+    one = _fixed_export(ledger, tmp_path / "one", parallel=False, format=file_format)
+    many = _fixed_export(ledger, tmp_path / "many", parallel=True, format=file_format)
+    assert set(one) == {f"{t}.{file_format}" for t in TABLE_NAMES} | {"summary.json"}
+    assert many == one
+    assert len(one[f"customers.{file_format}"].splitlines()) >= 40
+    as_of = parse_time("2025-03-01T00:00:00Z")
+    then = _fixed_export(ledger, tmp_path / "then", parallel=True, as_of=as_of)
+    assert then == _fixed_export(ledger, tmp_path / "then1", parallel=False, as_of=as_of)
+    assert verify_export_dir(tmp_path / "many", seals.load_public_key(ledger.database)).ok
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_failing_worker_fails_the_export_and_records_nothing(
+    ledger: Any, feed_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger import exports
+
+    _load(ledger, feed_small, customers=10)
+    before = seals.verify_ledger(ledger).events
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise InputError("a worker's failure")
+
+    monkeypatch.setattr(exports, "customer_rows", broken)
+    monkeypatch.setattr(exports, "PARALLEL_MIN_CUSTOMERS", 0)
+    with pytest.raises(InputError, match="a worker's failure"):
+        _export(ledger, tmp_path / "dd")
+    assert not (tmp_path / "dd").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert seals.verify_ledger(ledger).events == before
+    assert recorded_exports(ledger) == []
+
+
+def test_every_row_is_the_views_answer(ledger: Any, feed_small: Path, tmp_path: Path) -> None:
+    """Each customer's rows, re-identified, are what `consent show`, the consent history,
+    `customer trail` and the orders view answer, without fact ids or references."""
+    _load(ledger, feed_small, customers=30)
+    out = tmp_path / "dd"
+    result = _export(ledger, out)
+    secret = export_secret(ledger, result.export_id)
+    tables = {table: _rows(out, table) for table in TABLE_NAMES}
+    for ref in ledger.customer_refs():
+        alias = pseudonym(secret, "customer", ref)
+        customer, events = ledger.customer_with_events(ref)
+
+        def mine(table: str, alias: str = alias) -> list[dict[str, Any]]:
+            return [
+                {k: v for k, v in row.items() if k != "customer"}
+                for row in tables[table]
+                if row["customer"] == alias
+            ]
+
+        def order(value: str | None) -> str | None:
+            return pseudonym(secret, "order", value) if value else None
+
+        def without_fact_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: v for k, v in row.items() if k != "fact_id"} for row in rows]
+
+        assert mine("consents") == views.consent_rows(events)
+        assert mine("consent_history") == without_fact_id(views.consent_history_rows(events))
+        trail = [{**row, "order": order(row["order"])} for row in views.trail_rows(events)]
+        assert mine("disclosures") == without_fact_id(trail)
+
+        def latest(facts: list[dict[str, Any]], fact_type: str) -> str | None:
+            results = [f["result"] for f in facts if f["type"] == fact_type]
+            return results[-1] if results else None  # the facts are in business order
+
+        orders = [
+            {
+                "order": order(row["order"]),
+                "placed_at": row["placed_at"],
+                "total": row["total"],
+                "currency": row["currency"],
+                "status": row["status"],
+                "payment": latest(row["facts"], "payment.authorisation"),
+                "identity_check": latest(row["facts"], "identity.check"),
+            }
+            for row in views.order_rows(customer, events)
+        ]
+        assert mine("orders") == orders
+        [summary] = mine("customers")
+        assert summary["registered_at"] == iso(customer.registered_at)
+        assert summary["consents_given"] == sum(
+            1 for row in views.consent_rows(events) if row["status"] == "given"
+        )
