@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import operator
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ CHECKPOINT_ORIGIN = "consent-ledger checkpoint v1"
 NodeSource = Callable[[int, int], bytes]
 _sha256 = hashlib.sha256
 _HEAD = struct.Struct(">Q16sQI")
+_LEAF_HEAD = struct.Struct(">xQ16sQI")  # the same, after the leaf prefix 0x00 (a pad byte)
 _LEN = struct.Struct(">I")
+_FIRST_ID = operator.itemgetter(0)
 
 
 # -- leaves and nodes ------------------------------------------------------------------------
@@ -93,6 +96,29 @@ def event_leaf_hash(
         + _LEN.pack(len(state))
         + state
     ).digest()
+
+
+def event_leaf_hashes(
+    rows: Iterable[tuple[int, Any, int, bytes, bytes]], originator_bytes: Callable[[Any], bytes]
+) -> list[bytes]:
+    """The leaf hashes of event rows (notification id, originator id, version, topic, state)
+    as `event_leaf_hash` computes each, in one comprehension: `verify`'s hot loop.
+    `originator_bytes` turns the driver's originator id into its 16 bytes."""
+    sha, head, length = _sha256, _LEAF_HEAD.pack, _LEN.pack
+    return [
+        sha(
+            head(position, originator_bytes(originator), version, len(topic))
+            + topic
+            + length(len(state))
+            + state
+        ).digest()
+        for position, originator, version, topic, state in rows
+    ]
+
+
+def ids_follow(rows: Sequence[tuple[Any, ...]], first: int) -> bool:
+    """True if the rows' first fields are first, first + 1, ... without a gap (checked in C)."""
+    return list(map(_FIRST_ID, rows)) == list(range(first, first + len(rows)))
 
 
 def _same(value: Any) -> Any:
@@ -160,6 +186,45 @@ class Frontier:
                 done >>= 1
         self.size = size
 
+    def extend_leaves(self, leaves: Sequence[bytes], stops: Iterable[int] = ()) -> list[Frontier]:
+        """Add many leaf hashes level by level (one comprehension per level of the tree: far
+        fewer Python steps per hash than `extend`); return the frontier at each of `stops`,
+        the sizes between the old size (excluded) and the new one (included), in order."""
+        size, end = self.size, self.size + len(leaves)
+        old = {
+            level: digest
+            for (level, _), digest in zip(frontier_nodes(size), self.hashes, strict=True)
+        }
+        sha = _sha256
+        # levels[k] = (index of the first node, the complete nodes of level k from it to the
+        # end): the new ones, after the old frontier's node of that level if it pairs with them.
+        levels: list[tuple[int, Sequence[bytes]]] = []
+        current: Sequence[bytes] = leaves
+        first = size
+        while current or first:
+            if first & 1:
+                current = [old[len(levels)], *current]
+                first -= 1
+            levels.append((first, current))
+            pairs = iter(current)  # an odd node out is the new frontier's, of this level
+            current = [
+                sha(b"\x01" + left + right).digest()
+                for left, right in zip(pairs, pairs, strict=False)
+            ]
+            first >>= 1
+
+        def at(target: int) -> Frontier:
+            hashes = []
+            for level in range(target.bit_length() - 1, -1, -1):
+                if target >> level & 1:
+                    start, nodes = levels[level]
+                    hashes.append(nodes[(target >> level) - 1 - start])
+            return Frontier(target, hashes)
+
+        snapshots = [at(stop) for stop in stops if size < stop <= end]
+        self.size, self.hashes = end, at(end).hashes
+        return snapshots
+
     def root(self) -> bytes:
         if not self.hashes:
             return empty_root()
@@ -197,7 +262,11 @@ def range_nodes(start: int, end: int) -> list[tuple[int, int]]:
 
 def range_hash(start: int, end: int, node: NodeSource) -> bytes:
     """MTH(D[start:end]) from complete nodes."""
-    hashes = [node(level, index) for level, index in range_nodes(start, end)]
+    return fold_subtrees([node(level, index) for level, index in range_nodes(start, end)])
+
+
+def fold_subtrees(hashes: Sequence[bytes]) -> bytes:
+    """The root over consecutive complete subtrees, largest first (`range_nodes` order)."""
     if not hashes:
         return empty_root()
     result = hashes[-1]
@@ -580,24 +649,24 @@ class Block:
 
 
 def hash_block(
-    batches: Iterable[Iterable[tuple[int, Any, int, bytes, bytes]]],
+    batches: Iterable[Sequence[tuple[int, Any, int, bytes, bytes]]],
     originator_bytes: Callable[[Any], bytes],
     start: int,
     stops: Sequence[int],
 ) -> Block:
-    """Hash the events of ids start + 1 ... of one block (see `LogAuditor.add_block`)."""
+    """Hash the events of ids start + 1 ... of one block (see `LogAuditor.add_block`).
+    A gap in the ids stops it: the block is not gapless, and the caller hashes the log in one
+    pass instead, which names what is missing."""
     block = Block(start)
+    leaves: list[bytes] = []
+    for batch in batches:
+        if not ids_follow(batch, start + 1 + len(leaves)):
+            block.gapless = False
+            break
+        leaves += event_leaf_hashes(batch, originator_bytes)
     local = Frontier()
-
-    def snapshot() -> None:
-        block.at_stops[start + local.size] = list(local.hashes)
-
-    def gap(_expected: int, _position: int) -> None:
-        block.gapless = False
-
-    fold_events(
-        local, batches, originator_bytes, start + 1, [s - start for s in stops], snapshot, gap
-    )
+    snapshots = local.extend_leaves(leaves, [stop - start for stop in stops])
+    block.at_stops = {start + snapshot.size: snapshot.hashes for snapshot in snapshots}
     block.count, block.hashes = local.size, local.hashes
     return block
 
@@ -668,15 +737,28 @@ class LogAuditor:
         """Event rows (notification id, originator id bytes, version, topic, state) in
         recording order, hashed as leaves here. A row whose originator id is None carries
         a ready leaf hash in its last field instead (`add_rows`)."""
-        self.add_batches([rows], _same)
+        self._fold([rows], _same)
 
     def add_batches(
+        self,
+        batches: Iterable[Sequence[tuple[int, Any, int, bytes, bytes]]],
+        originator_bytes: Callable[[Any], bytes],
+    ) -> None:
+        """Batches of event rows straight from a database cursor; `originator_bytes` turns
+        the driver's originator id into its 16 bytes. A batch whose ids follow on without a
+        gap is hashed level by level (`Frontier.extend_leaves`); any other row by row, which
+        names what is missing or out of order."""
+        for batch in batches:
+            if ids_follow(batch, self._next_position):
+                self._add_leaves(event_leaf_hashes(batch, originator_bytes))
+            else:
+                self._fold([batch], originator_bytes)
+
+    def _fold(
         self,
         batches: Iterable[Iterable[tuple[int, Any, int, bytes, bytes]]],
         originator_bytes: Callable[[Any], bytes],
     ) -> None:
-        """Batches of event rows straight from a database cursor; `originator_bytes` turns
-        the driver's originator id into its 16 bytes."""
         self._next_position = fold_events(
             self.frontier,
             batches,
@@ -687,6 +769,13 @@ class LogAuditor:
             self._gap,
         )
 
+    def _add_leaves(self, leaves: Sequence[bytes]) -> None:
+        """Leaf hashes of the positions that follow the last one added."""
+        stops = [c.tree_size for c in reversed(self._pending)]
+        for snapshot in self.frontier.extend_leaves(leaves, stops):
+            self._check_pending(snapshot)
+        self._next_position += len(leaves)  # after a gap, positions run ahead of the size
+
     def add_block(self, block: Block, level: int) -> None:
         """A block hashed elsewhere (`hash_block`, in another process): it must start where
         the log so far ends, on a multiple of 2**level, and hold at most 2**level leaves."""
@@ -695,9 +784,7 @@ class LogAuditor:
             raise ValueError(f"block at {block.start} does not continue a log of {frontier.size}")
         for size, local in sorted(block.at_stops.items()):
             # The tree at `size` is the blocks so far followed by the block's own subtrees.
-            self.frontier = Frontier(size, frontier.hashes + local)
-            self._check_pending()
-        self.frontier = frontier
+            self._check_pending(Frontier(size, frontier.hashes + local))
         if block.count == 1 << level:
             frontier.append_subtree(block.hashes[0], level)
         else:
@@ -716,9 +803,15 @@ class LogAuditor:
                 Problem("events_reordered", f"event {position} is out of order", position)
             )
 
-    def _check_pending(self) -> None:
-        root = self.frontier.root()
-        while self._pending and self._pending[-1].tree_size == self.frontier.size:
+    def _check_pending(self, frontier: Frontier | None = None) -> None:
+        """Hold the checkpoints of the tree size reached against its root (`frontier`,
+        default the log so far)."""
+        if frontier is None:
+            frontier = self.frontier
+        if not self._pending or self._pending[-1].tree_size != frontier.size:
+            return
+        root = frontier.root()
+        while self._pending and self._pending[-1].tree_size == frontier.size:
             checkpoint = self._pending.pop()
             if not hmac.compare_digest(checkpoint.root_hash, root):
                 self.mismatched.append(checkpoint)

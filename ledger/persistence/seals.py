@@ -22,6 +22,7 @@ pure, `ledger.integrity.verify_checkpoint(checkpoint, public_key)`.
 from __future__ import annotations
 
 import binascii
+import gc
 import hmac
 import multiprocessing
 import os
@@ -52,6 +53,8 @@ from ledger.persistence.keys import write_key_file
 SIGNING_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
 _BATCH = 20_000
+_BLOCK_BATCH = 4096  # rows a worker holds at once: its leaves stay in the CPU's caches
+_MMAP_SIZE = 1 << 30  # a worker's SQLite reads map the file instead of copying each page
 _LISTED = 50
 _FIRST_STORED_LEVEL = 4  # leaves, then complete nodes of 16 leaves and up
 _BLOCK_LEVEL = 15  # parallel verification hashes blocks of 32,768 events
@@ -317,27 +320,45 @@ def _stored_for(wanted: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
     return stored
 
 
+Fetch = Callable[[str, tuple[Any, ...]], Sequence[Any]]
+_NODE_POINT = "SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? AND idx = ?"
+_NODE_RANGE = (
+    "SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? AND idx BETWEEN ? AND ?"
+)
+
+
 def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integrity.NodeSource:
-    """The nodes a proof or a frontier needs, in one query."""
+    """The nodes a proof or a frontier needs, in one query on `conn`."""
+    return _nodes_from(lambda sql, params: _raw_rows(conn, sql, params), wanted)
+
+
+def _nodes_from(fetch: Fetch, wanted: Iterable[tuple[int, int]]) -> integrity.NodeSource:
+    """The nodes in `wanted` (and below, to the stored levels) in one statement run by `fetch`
+    (`?` marks), as a `NodeSource` that rehashes the levels not stored."""
     needed = _stored_for(wanted)
     found: dict[tuple[int, int], bytes] = {}
     if needed:
-        by_level: dict[int, list[int]] = {}
+        # One indexed range per run of consecutive nodes of a level (the leaves under a
+        # level not stored are such a run), in one raw statement: a row-value or long IN
+        # list makes SQLite scan or sort, and building this in SQLAlchemy costs more than
+        # running it. The text depends only on the shape of the path, so the driver's
+        # statement cache serves most proofs of a tree size.
+        runs: list[list[int]] = []
         for level, index in sorted(needed):
-            by_level.setdefault(level, []).append(index)
-        # One indexed lookup per level, in one raw statement: a row-value IN list makes
-        # SQLite scan the table, and building this in SQLAlchemy costs more than running it.
-        parts, params = [], []
-        for level, indexes in by_level.items():
-            marks = ", ".join("?" * len(indexes))
-            parts.append(
-                f"SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? "
-                f"AND idx IN ({marks})"
-            )
-            params += [level, *indexes]
+            run = runs[-1] if runs else None
+            if run is not None and run[0] == level and run[2] == index - 1:
+                run[2] = index
+            else:
+                runs.append([level, index, index])
+        parts = [_NODE_RANGE if first != last else _NODE_POINT for _, first, last in runs]
+        params = [
+            value
+            for level, first, last in runs
+            for value in ((level, first, last) if first != last else (level, first))
+        ]
         found = {
             (int(level), int(idx)): bytes(digest)
-            for level, idx, digest in _raw_rows(conn, " UNION ALL ".join(parts), params)
+            for level, idx, digest in fetch(" UNION ALL ".join(parts), tuple(params))
         }
 
     def node(level: int, index: int) -> bytes:
@@ -349,6 +370,15 @@ def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integri
             raise IntegrityFailure(f"the seal node ({level}, {index}) is missing") from None
 
     return node
+
+
+def _proof_path(fetch: Fetch, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The subtree hash of each leaf range of a proof, from the stored nodes (one query)."""
+    nodes = [integrity.range_nodes(start, end) for start, end in ranges]
+    node = _nodes_from(fetch, {wanted for each in nodes for wanted in each})
+    return [
+        integrity.fold_subtrees([node(level, index) for level, index in each]) for each in nodes
+    ]
 
 
 def _raw_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -439,7 +469,13 @@ def _event_batches(
     raw = conn.connection.dbapi_connection
     assert raw is not None
     # On PostgreSQL a server-side cursor: a million rows stream instead of landing in memory.
-    cursor = raw.cursor() if database.is_sqlite else raw.cursor(name="consent_ledger_verify")
+    # On PostgreSQL in binary: bytea arrives as is, not as hex text to decode (half the
+    # client time).
+    cursor = (
+        raw.cursor()
+        if database.is_sqlite
+        else raw.cursor(name="consent_ledger_verify", binary=True)
+    )
     try:
         cursor.execute(_EVENT_SQL[database.backend], params)
         while batch := cursor.fetchmany(_BATCH):
@@ -560,48 +596,82 @@ def _parallel_audit(
     workers: int,
     block_level: int,
 ) -> LogAudit | None:
-    """The whole log hashed in aligned blocks by worker processes, each reading its block
-    from its own connection (events never change, so every snapshot agrees on them). None
-    when it does not apply (PostgreSQL, a small or gapped log) or found a problem."""
-    path = database.sqlite_path
-    if path is None:
+    """The whole log hashed in aligned blocks by worker processes, each reading its blocks
+    on its own connection (events never change, so every snapshot agrees on them; the blocks
+    end at the last event this snapshot sees, committed). None when it does not apply (a
+    small log, an in-memory database) or when a block has a gap or the audit a problem:
+    the one pass then names what is wrong.
+
+    Each block checks itself: its ids must run from its start to its end without a gap, so
+    the log is whole without counting it first."""
+    global _FORKED_DATABASE
+    if database.is_sqlite and database.sqlite_path is None:
         return None
-    last, count = conn.execute(
-        sa.select(sa.func.max(tables.events.c.notification_id), sa.func.count())
-    ).one()
+    last = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id))).scalar()
     block = 1 << block_level
-    if not last or last != count or last < 2 * block:
+    if not last or last < 2 * block:
         return None
     sizes = [c.tree_size for c in stored]
     tasks = [
-        (
-            str(path),
-            start,
-            min(start + block, last),
-            [s for s in sizes if start < s <= start + block],
-        )
+        (start, min(start + block, last), [s for s in sizes if start < s <= start + block])
         for start in range(0, last, block)
     ]
     auditor = LogAuditor(stored, key)
     context = multiprocessing.get_context("fork")
-    with context.Pool(min(workers, len(tasks))) as pool:
-        for hashed in pool.imap(_hash_sqlite_block, tasks):
-            if not hashed.gapless or hashed.count != min(block, last - hashed.start):
-                return None
-            auditor.add_block(hashed, block_level)
+    _FORKED_DATABASE = database  # the workers inherit it: a Database is not pickled
+    try:
+        with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
+            for hashed in pool.imap(_hash_block, tasks):
+                if not hashed.gapless or hashed.count != min(block, last - hashed.start):
+                    return None
+                auditor.add_block(hashed, block_level)
+    finally:
+        _FORKED_DATABASE = None
     audit = auditor.finish()
     return None if audit.problems else audit
 
 
-def _hash_sqlite_block(task: tuple[str, int, int, list[int]]) -> integrity.Block:
-    path, start, end, stops = task
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+_FORKED_DATABASE: Database | None = None
+
+
+def _start_worker() -> None:
+    # The worker allocates and frees a few objects per event and creates no cycles: the
+    # collector would only walk the objects inherited from the parent (copying their pages).
+    gc.disable()
+    database = _FORKED_DATABASE
+    if database is not None and not database.is_sqlite:
+        # The pool's connections belong to the parent: this process opens its own.
+        database.engine.dispose(close=False)
+
+
+def _hash_block(task: tuple[int, int, list[int]]) -> integrity.Block:
+    """Hash the events of ids start + 1 to end (a worker's task), read in binary: on SQLite
+    on a read-only stdlib connection of its own, memory-mapped; on PostgreSQL on a new
+    connection, as one client-side result of at most a block."""
+    start, end, stops = task
+    database = _FORKED_DATABASE
+    assert database is not None
+    if database.is_sqlite:
+        connection = sqlite3.connect(f"file:{database.sqlite_path}?mode=ro", uri=True)
+        try:
+            connection.execute(f"PRAGMA mmap_size = {_MMAP_SIZE}")
+            cursor = connection.execute(_EVENT_SQL["sqlite"], (start + 1, end))
+            batches = iter(lambda: cursor.fetchmany(_BLOCK_BATCH), [])
+            return integrity.hash_block(batches, binascii.unhexlify, start, stops)
+        finally:
+            connection.close()
+    raw = database.engine.raw_connection()
     try:
-        cursor = connection.execute(_EVENT_SQL["sqlite"], (start + 1, end))
-        batches = iter(lambda: cursor.fetchmany(_BATCH), [])
-        return integrity.hash_block(batches, binascii.unhexlify, start, stops)
+        cursor = raw.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
+        # In id order straight off the primary key: a planner misled by statistics not yet
+        # gathered after a large import would sort the block instead, spilling it to disk.
+        # (This transaction's own setting; the connection is the worker's.)
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute(_EVENT_SQL["postgresql"], (start + 1, end))
+        batches = iter(lambda: cursor.fetchmany(_BLOCK_BATCH), [])
+        return integrity.hash_block(batches, bytes, start, stops)
     finally:
-        connection.close()
+        raw.close()
 
 
 def _fact_index(conn: Connection) -> tuple[int, int]:
@@ -717,29 +787,55 @@ def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
     return problems
 
 
+_PROVE_SQL = {
+    # The fact's position, its event and the latest checkpoint, in one statement: one
+    # snapshot. The nodes follow in a second statement; they were committed with (or before)
+    # the checkpoint, and nothing recorded is ever updated, so any later snapshot has them.
+    backend: f"SELECT f.notification_id, e.notification_id, {columns}, c.tree_size, "
+    "c.root_hash, c.signed_at, c.key_id, c.signature FROM ledger_facts f "
+    "LEFT JOIN ledger_events e ON e.notification_id = f.notification_id "
+    f"LEFT JOIN ({_LATEST_CHECKPOINT}) c ON 1 = 1 WHERE f.fact_id = ?"
+    for backend, columns in (
+        (
+            "sqlite",
+            "CAST(e.originator_id AS BLOB), e.originator_version, CAST(e.topic AS BLOB), e.state",
+        ),
+        (
+            "postgresql",
+            "uuid_send(e.originator_id), e.originator_version, "
+            "convert_to(e.topic, 'UTF8'), e.state",
+        ),
+    )
+}
+
+
 def prove_fact(app: HasDatabase, fact_id: str) -> dict[str, Any]:
     """An inclusion proof of the event recording `fact_id` against the latest checkpoint:
-    the leaf bytes, its index, the RFC 9162 path and the signed checkpoint."""
+    the leaf bytes, its index, the RFC 9162 path and the signed checkpoint.
+
+    Two statements on the driver itself (on SQLite, the stdlib connection `Database` keeps
+    for reads): the fact with its event and the checkpoint, then the nodes of the path."""
     database = app.database
-    with database.reading() as conn:
-        found = _raw_rows(
-            conn, "SELECT notification_id FROM ledger_facts WHERE fact_id = ?", (fact_id,)
-        )
-        if not found:
-            raise FactNotFoundError(fact_id)
-        position = int(found[0][0])
-        latest = _raw_rows(conn, _LATEST_CHECKPOINT, ())
-        checkpoint = _checkpoint_of_values(*latest[0]) if latest else None
-        if checkpoint is None or checkpoint.tree_size < position:
-            raise IntegrityFailure(f"fact {fact_id!r} is not covered by a signed checkpoint")
-        index = position - 1
-        ranges = integrity.inclusion_ranges(index, checkpoint.tree_size)
-        node = _fetch_nodes(conn, integrity.proof_nodes(ranges))
-        path = [integrity.range_hash(start, end, node) for start, end in ranges]
-        rows = list(_event_rows(conn, database, position, position))
-    if not rows:
+    fetch = database.fetch_on_driver
+    found = fetch(_PROVE_SQL[database.backend], (fact_id,))
+    if not found:
+        raise FactNotFoundError(fact_id)
+    position, recorded, originator, version, topic, state, *latest = found[0]
+    position = int(position)
+    checkpoint = _checkpoint_of_values(*latest) if latest[0] is not None else None
+    if checkpoint is None or checkpoint.tree_size < position:
+        raise IntegrityFailure(f"fact {fact_id!r} is not covered by a signed checkpoint")
+    index = position - 1
+    path = _proof_path(fetch, integrity.inclusion_ranges(index, checkpoint.tree_size))
+    if recorded is None:
         raise IntegrityFailure(f"the event of fact {fact_id!r} is missing from the log")
-    leaf = integrity.leaf_bytes(*rows[0])
+    leaf = integrity.leaf_bytes(
+        position,
+        _ORIGINATOR_BYTES[database.backend](originator),
+        int(version),
+        bytes(topic),
+        bytes(state),
+    )
     document = integrity.inclusion_document(leaf, index, path, checkpoint)
     document["checkpoint"]["public_key"] = _public_key_pem(database)
     return {"fact_id": fact_id, **document}
@@ -774,8 +870,7 @@ def prove_consistency(
                 f"(size {second.tree_size})"
             )
         ranges = integrity.consistency_ranges(first.tree_size, second.tree_size)
-        node = _fetch_nodes(conn, integrity.proof_nodes(ranges))
-        path = [integrity.range_hash(start, end, node) for start, end in ranges]
+        path = _proof_path(lambda sql, params: _raw_rows(conn, sql, params), ranges)
     document = integrity.consistency_document(first, second, path)
     document["public_key"] = integrity.public_key_pem(load_public_key(database))
     return document

@@ -450,3 +450,64 @@ def test_blocks_hashed_apart_give_the_same_audit_as_one_pass(
     one, other = whole.finish(), blocks.finish()
     assert one.ok and other.ok
     assert (other.size, other.head) == (one.size, one.head) == (n, tree.root())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 70), st.integers(0, 70), st.data())
+def test_leaves_added_level_by_level_give_the_frontier_of_one_at_a_time(
+    before: int, added: int, draw: st.DataObject
+) -> None:
+    leaves = [leaf_hash(leaf) for leaf in data(before + added)]
+    stops = draw.draw(st.lists(st.integers(0, before + added + 2), max_size=6))
+    levelled = integrity.Frontier()
+    levelled.extend(leaves[:before])
+    snapshots = levelled.extend_leaves(leaves[before:], sorted(stops))
+    expected = [s for s in sorted(stops) if before < s <= before + added]
+    assert [s.size for s in snapshots] == expected
+    for snapshot in snapshots:
+        one = integrity.Frontier()
+        one.extend(leaves[: snapshot.size])
+        assert snapshot == one
+        assert snapshot.root() == mth(data(snapshot.size))
+    one = integrity.Frontier()
+    one.extend(leaves)
+    assert levelled == one
+    assert levelled.root() == mth(data(before + added))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 60),
+    st.sampled_from(["none", "gap", "swap", "duplicate"]),
+    st.integers(1, 16),
+    st.data(),
+)
+def test_event_batches_audit_as_the_row_by_row_reference(
+    n: int, mutation: str, width: int, draw: st.DataObject
+) -> None:
+    # `add_batches` hashes a batch whose ids follow on level by level and any other row by
+    # row; both must find what the row-by-row reference (`add_events`) finds.
+    rows = [(i, bytes([i]) * 16, i % 3, b"topic", f"state {i}".encode()) for i in range(1, n + 1)]
+    sizes = sorted({*draw.draw(st.lists(st.integers(1, n), max_size=5)), n})
+    tree = MemoryTree(integrity.event_leaf_hash(*row) for row in rows)
+    checkpoints = [sign_checkpoint(KEY, s, tree.root(s), "t") for s in sizes]
+    i, j = draw.draw(st.integers(0, n - 1)), draw.draw(st.integers(0, n - 1))
+    if mutation == "gap":
+        del rows[i]
+    elif mutation == "swap":
+        rows[i], rows[j] = rows[j], rows[i]
+    elif mutation == "duplicate":
+        rows.insert(i, rows[j])
+    reference = integrity.LogAuditor(checkpoints, KEY.public_key())
+    reference.add_events(rows)
+    batched = integrity.LogAuditor(checkpoints, KEY.public_key())
+    batched.add_batches([rows[k : k + width] for k in range(0, len(rows), width)], bytes)
+    one, other = reference.finish(), batched.finish()
+    assert (other.size, other.head, other.problems) == (one.size, one.head, one.problems)
+    assert one.ok == (mutation == "none" or (mutation == "swap" and i == j))
+
+
+def test_a_block_with_a_gap_is_not_gapless() -> None:
+    rows = [(i, bytes(16), 1, b"topic", b"state") for i in (1, 2, 4, 5)]
+    assert not integrity.hash_block([rows[:2], rows[2:]], bytes, 0, []).gapless
+    assert integrity.hash_block([rows[:2]], bytes, 0, []).gapless
