@@ -102,50 +102,59 @@ class RecipientRegistry(ReadModel):
         return set()
 
     def rows(self, stream: Stream) -> Rows:
-        return {links: [row for row, _figures in self.links(stream)]}
-
-    @staticmethod
-    def links(stream: Stream) -> list[tuple[tuple[Any, ...], Figures]]:
-        """The stream's link rows (one per recipient and kind), each with its figures."""
-        found = []
-        for (recipient, kind), link in stream.links.items():
-            figures = Figures(
-                link.disclosures,
-                1,
-                link.first_at,
-                link.last_at,
-                link.categories,
-                link.purposes,
-                link.bases,
-            )
-            found.append((figures.row(recipient, kind)[:-1], figures))
-        return found
+        key = stream.key
+        return {
+            links: [
+                (
+                    key,
+                    recipient,
+                    kind,
+                    link.disclosures,
+                    link.first_at,
+                    link.last_at,
+                    _join(link.categories),
+                    _join(link.purposes),
+                    _join(link.bases),
+                )
+                for (recipient, kind), link in stream.links.items()
+            ]
+        }
 
     def replace(self, writer: Writer, streams: list[Stream], *, fresh: bool) -> None:
+        delta = self.delta
         if not fresh:
             for old in writer.select_streams(links, [s.key for s in streams]):
-                figures = self.delta.setdefault((old.recipient, old.recipient_kind), Figures())
+                figures = delta.setdefault((old.recipient, old.recipient_kind), Figures())
                 figures.disclosures -= old.disclosures
                 figures.customers -= 1
         produced = []
-        delta = self.delta
         for stream in streams:
-            for row, figures in self.links(stream):
-                produced.append((stream.key, *row))
-                change = delta.get((row[0], row[1]))
-                if change is None:
-                    # The stream's own sets are not shared with anything: take a copy.
-                    delta[(row[0], row[1])] = Figures(
-                        figures.disclosures,
-                        figures.customers,
-                        figures.first_at,
-                        figures.last_at,
-                        set(figures.categories),
-                        set(figures.purposes),
-                        set(figures.bases),
+            key = stream.key
+            for pair, link in stream.links.items():
+                produced.append(
+                    (
+                        key,
+                        *pair,
+                        link.disclosures,
+                        link.first_at,
+                        link.last_at,
+                        _join(link.categories),
+                        _join(link.purposes),
+                        _join(link.bases),
                     )
-                else:
-                    change.merge(figures)
+                )
+                change = delta.get(pair)
+                if change is None:
+                    delta[pair] = change = Figures(first_at=link.first_at, last_at=link.last_at)
+                elif link.first_at < change.first_at:
+                    change.first_at = link.first_at
+                if link.last_at > change.last_at:
+                    change.last_at = link.last_at
+                change.disclosures += link.disclosures
+                change.customers += 1
+                change.categories |= link.categories
+                change.purposes |= link.purposes
+                change.bases |= link.bases
         if not fresh:
             writer.delete_streams(links, [s.key for s in streams])
         writer.insert(links, produced)
@@ -189,3 +198,7 @@ def registry(conn: Connection, slot: str) -> list[dict[str, Any]]:
         }
         for row in conn.execute(query)
     ]
+
+
+def _join(values: set[str]) -> str:
+    return ",".join(sorted(values))
