@@ -48,6 +48,7 @@ _HEAD = struct.Struct(">Q16sQI")
 _LEAF_HEAD = struct.Struct(">xQ16sQI")  # the same, after the leaf prefix 0x00 (a pad byte)
 _LEN = struct.Struct(">I")
 _FIRST_ID = operator.itemgetter(0)
+_LEVELLED = 1 << 14  # leaves added to the tree at once by `LogAuditor.add_batches`
 
 
 # -- leaves and nodes ------------------------------------------------------------------------
@@ -748,11 +749,19 @@ class LogAuditor:
         the driver's originator id into its 16 bytes. A batch whose ids follow on without a
         gap is hashed level by level (`Frontier.extend_leaves`); any other row by row, which
         names what is missing or out of order."""
+        leaves: list[bytes] = []
         for batch in batches:
-            if ids_follow(batch, self._next_position):
-                self._add_leaves(event_leaf_hashes(batch, originator_bytes))
+            if ids_follow(batch, self._next_position + len(leaves)):
+                leaves += event_leaf_hashes(batch, originator_bytes)
+                if len(leaves) < _LEVELLED:
+                    continue
             else:
+                self._add_leaves(leaves)
+                leaves = []
                 self._fold([batch], originator_bytes)
+            self._add_leaves(leaves)
+            leaves = []
+        self._add_leaves(leaves)
 
     def _fold(
         self,
