@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from cli import logs
-from cli.commands.recording import _record
 from cli.output import emit_json, json_option, table
 from cli.params import MOMENT, pass_context, pass_ledger
 from ledger.feed import iso
@@ -108,6 +107,8 @@ def give(
     as_json: bool,
 ) -> None:
     """Record that customer REF gave consent for PURPOSE on CHANNEL."""
+    from cli.commands.recording import _record
+
     fact = _change("consent.given", ref, purpose, channel, method, policy_version, at, fact_id)
     _record(ledger, fact, as_json)
 
@@ -132,6 +133,8 @@ def withdraw(
     as_json: bool,
 ) -> None:
     """Record that customer REF withdrew consent for PURPOSE on CHANNEL."""
+    from cli.commands.recording import _record
+
     fact = _change("consent.withdrawn", ref, purpose, channel, method, None, at, fact_id)
     _record(ledger, fact, as_json)
 
