@@ -359,18 +359,20 @@ def _nodes_from(fetch: Fetch, wanted: Iterable[tuple[int, int]]) -> integrity.No
             for level, first, last in runs
             for value in ((level, first, last) if first != last else (level, first))
         ]
+        # Both drivers give ints and bytes (a PostgreSQL bytea in either format).
         found = {
-            (int(level), int(idx)): bytes(digest)
+            (level, idx): digest
             for level, idx, digest in fetch(" UNION ALL ".join(parts), tuple(params))
         }
 
     def node(level: int, index: int) -> bytes:
-        if 0 < level < _FIRST_STORED_LEVEL:
-            return integrity.node_hash(node(level - 1, 2 * index), node(level - 1, 2 * index + 1))
-        try:
-            return found[level, index]
-        except KeyError:
-            raise IntegrityFailure(f"the seal node ({level}, {index}) is missing") from None
+        digest = found.get((level, index))
+        if digest is None:
+            if not 0 < level < _FIRST_STORED_LEVEL:
+                raise IntegrityFailure(f"the seal node ({level}, {index}) is missing")
+            left, right = node(level - 1, 2 * index), node(level - 1, 2 * index + 1)
+            digest = found[level, index] = integrity.node_hash(left, right)  # kept: reused
+        return digest
 
     return node
 
