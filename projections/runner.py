@@ -405,8 +405,22 @@ class ReadModels:
     ) -> int:
         """Replace, in each target's slot, the rows of every stream with events after `since`
         (all streams when `since` is 0, into emptied tables). Returns the streams derived."""
-        with _without_cyclic_gc():
+        with _without_cyclic_gc(), self._large_cache(conn, since == 0):
             return self._derive(conn, targets, head, since=since, progress=progress)
+
+    @contextmanager
+    def _large_cache(self, conn: Connection, wanted: bool) -> Iterator[None]:
+        """SQLite, reading every stream (in stream order, through the index): keep more pages
+        cached for the pass, then give the connection back its own cache size."""
+        if not (wanted and self.database.is_sqlite):
+            yield
+            return
+        before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        conn.exec_driver_sql(f"PRAGMA cache_size=-{_REBUILD_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"PRAGMA cache_size={int(before or -2000)}")
 
     def _derive(
         self,
@@ -620,14 +634,7 @@ class ReadModels:
             with conn.begin():
                 if rebuild and not self.database.is_sqlite:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('rm_rebuild'))"))
-                if rebuild and self.database.is_sqlite:
-                    # Streams are read in stream order, through the index: keep pages cached.
-                    conn.exec_driver_sql(f"PRAGMA cache_size=-{_REBUILD_CACHE_KIB}")
-                try:
-                    yield conn
-                finally:
-                    if rebuild and self.database.is_sqlite:
-                        conn.exec_driver_sql("PRAGMA cache_size=-2000")
+                yield conn
 
     def _lock_tracking(self, conn: Connection, names: Sequence[str]) -> dict[str, Any]:
         query = (
