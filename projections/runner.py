@@ -410,17 +410,23 @@ class ReadModels:
 
     @contextmanager
     def _large_cache(self, conn: Connection, wanted: bool) -> Iterator[None]:
-        """SQLite, reading every stream (in stream order, through the index): keep more pages
-        cached for the pass, then give the connection back its own cache size."""
+        """SQLite, a pass from event zero: keep more pages cached (every stream is read in
+        stream order, through the index), and do not zero the pages of the emptied slot as
+        they are freed (`secure_delete` is for personal data, and read models hold none:
+        only references, ids, recipients, kinds and times); then give the connection back
+        its own settings."""
         if not (wanted and self.database.is_sqlite):
             yield
             return
-        before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        secure = conn.exec_driver_sql("PRAGMA secure_delete").scalar()
         conn.exec_driver_sql(f"PRAGMA cache_size=-{_REBUILD_CACHE_KIB}")
+        conn.exec_driver_sql("PRAGMA secure_delete=OFF")
         try:
             yield
         finally:
-            conn.exec_driver_sql(f"PRAGMA cache_size={int(before or -2000)}")
+            conn.exec_driver_sql(f"PRAGMA secure_delete={int(secure or 0)}")
+            conn.exec_driver_sql(f"PRAGMA cache_size={int(cache or -2000)}")
 
     def _derive(
         self,

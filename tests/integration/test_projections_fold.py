@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from ledger import domainmodel, privacy, views
@@ -245,3 +246,22 @@ def test_fast_stamp_equals_stamp() -> None:
         "2024-10-14T19:28:00.5+00:00",
     ):
         assert fast_stamp(text) == stamp(datetime.fromisoformat(text))
+
+
+def test_a_rebuild_gives_the_connection_back_its_settings(ledger: Any, ledger_url: str) -> None:
+    if not ledger_url.startswith("sqlite"):
+        pytest.skip("SQLite's connection settings")
+    ledger.import_lines(generate_lines(3, seed=5))
+
+    def settings() -> tuple[Any, ...]:
+        with ledger.database.connect() as conn:
+            return tuple(
+                conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("secure_delete", "cache_size")
+            )
+
+    before = settings()
+    assert before[0] == 1  # the ledger's own: deleted content is overwritten
+    ledger.read_models.rebuild()
+    ledger.read_models.rebuild()
+    assert settings() == before
