@@ -304,3 +304,64 @@ def test_unknown_fields_are_kept_sealed_with_the_customer(ledger: Any) -> None:
     assert b"pos-7" not in raw and b"gold" not in raw
     for value in PERSONAL_VALUES:
         assert value.encode() not in raw
+
+
+# -- chunk boundaries ------------------------------------------------------------------------
+# A file is recorded in chunks: each chunk's lookups (recorded ids, customers, orders) are
+# queued before the previous chunk's writes, which they add from memory. Whatever the chunk
+# size, a file must be judged as one sequence.
+
+
+def _boundary_feed() -> list[dict[str, Any]]:
+    """Two stories, with every line of the first repeated a few lines later (duplicates
+    that fall in the same chunk or the next, depending on its size)."""
+    first, second = story(prefix="p"), story(prefix="q")
+    objs: list[dict[str, Any]] = []
+    for index, obj in enumerate(first):
+        objs.append(obj)
+        if index >= 2:
+            objs.append(first[index - 2])
+    return objs + second
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+def test_any_chunk_size_records_a_file_as_one_sequence(
+    ledger: Any, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.application.CHUNK", chunk)
+    objs = _boundary_feed()
+    summary = import_objs(ledger, objs)
+    unique = {obj["id"] for obj in objs}
+    assert (summary.accepted, summary.duplicates) == (len(unique), len(objs) - len(unique))
+    assert count(ledger, "ledger_facts") == len(unique)
+    # Each fact is in its customer's stream (a fact naming only an order: the order's owner).
+    owner: dict[str, str] = {}
+    expected: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for obj in objs:
+        if obj["id"] in seen or ("customer" not in obj and "order" not in obj):
+            continue
+        seen.add(obj["id"])
+        customer = obj.get("customer") or owner[obj["order"]]
+        if obj["type"] == "order.placed":
+            owner[obj["order"]] = customer
+        expected.setdefault(customer, []).append(obj["id"])
+    for customer, fact_ids in expected.items():
+        assert [e.fact_id for e in ledger.customer_events(customer)] == fact_ids
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_a_second_registration_or_order_in_a_later_chunk_is_refused(
+    ledger: Any, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.application.CHUNK", chunk)
+    objs = story(prefix="r")
+    registration = next(o for o in objs if o["type"] == "customer.registered")
+    placed = next(o for o in objs if o["type"] == "order.placed")
+    objs += [registration | {"id": "again-1"}, placed | {"id": "again-2"}]
+    error = refused(ledger, [orjson.dumps(o) + b"\n" for o in objs])
+    assert [(e.line, e.reason) for e in error.errors] == [
+        (len(objs) - 1, f"customer {registration['customer']!r} is already registered"),
+        (len(objs), f"order {placed['order']!r} is already placed"),
+    ]
+    assert count(ledger) == 0
