@@ -41,8 +41,10 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -751,7 +753,14 @@ class Exporter:
         else:
             scan = export_store.customer_event_rows(self.app.database, upto)
             rows = self._write_part(scan, self.staging, header=True, progress=self.progress)
-        return [manifests.file_entry(self.staging, names[name], rows[name]) for name in columns]
+        # Hashed side by side: hashlib lets go of the GIL while it hashes a block.
+        with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+            return list(
+                pool.map(
+                    lambda name: manifests.file_entry(self.staging, names[name], rows[name]),
+                    columns,
+                )
+            )
 
     def _workers(self) -> int:
         """How many processes share the scan: one per CPU (up to `MAX_WORKERS`) for a
@@ -825,6 +834,10 @@ class Exporter:
         done = context.Array("q", workers, lock=False)  # customers done, per worker
         processes: list[Any] = []
         readers: list[Connection] = []
+        # A forked worker flushes the standard streams as it ends: nothing buffered may be
+        # written twice.
+        sys.stdout.flush()
+        sys.stderr.flush()
         try:
             parts.mkdir()
             for index, bounds in enumerate(_id_ranges(workers)):
