@@ -52,7 +52,10 @@ _ROTATE_BATCH = 5000
 def _now_text(database: Database) -> datetime | str:
     # Raw inserts bypass SQLAlchemy's types: give SQLite the text form its DateTime reads.
     now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%d %H:%M:%S.%f") if database.is_sqlite else now
+    if not database.is_sqlite:
+        return now
+    # SQLAlchemy's SQLite storage form, "%Y-%m-%d %H:%M:%S.%f" (isoformat: ~10x strftime's speed)
+    return now.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def master_key_path(database: Database) -> Path:
