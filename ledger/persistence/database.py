@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
-from ledger.persistence import sqlite_reads
+from ledger.persistence import postgres_reads, sqlite_reads
 
 if TYPE_CHECKING:
     import queue
@@ -299,8 +299,12 @@ class Database:
         self._engine: Engine | None = None
         # A plain SQLite file URL is understood without SQLAlchemy (see `sqlite_reads`).
         self._sqlite_file = sqlite_reads.plain_sqlite_file(url)
+        # So is a PostgreSQL URL on psycopg, for reads (see `postgres_reads`).
+        postgres_uri = postgres_reads.plain_postgres_url(url)
         if self._sqlite_file is not None:
             self.backend = "sqlite"
+        elif postgres_uri is not None:
+            self.backend = "postgresql"
         else:
             self.backend = self.url.get_backend_name()
         if self.backend not in ("sqlite", "postgresql"):
@@ -312,7 +316,11 @@ class Database:
             raise DatabaseUnavailableError(
                 f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
             )
-        self._reads = sqlite_reads.Readers(path, url) if path is not None else None
+        self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
+        if path is not None:
+            self._reads = sqlite_reads.Readers(path, url)
+        elif postgres_uri is not None:
+            self._reads = postgres_reads.Readers(postgres_uri, url)
 
     # -- engine ------------------------------------------------------------------------------
 
@@ -335,8 +343,10 @@ class Database:
 
     @property
     def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
         database = self._sqlite_file if self._sqlite_file is not None else self.url.database
-        if not self.is_sqlite or not database or database == ":memory:":
+        if not database or database == ":memory:":
             return None
         return Path(database)
 
@@ -502,8 +512,9 @@ class Database:
     def fetch_on_driver(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one read statement (`?` marks), run on the driver itself.
 
-        On SQLite outside a write, through `sqlite_reads` (no SQLAlchemy is loaded); inside
-        a write, on the write's connection; on PostgreSQL as `reading_statement()` reads.
+        Outside a write, through `sqlite_reads` or `postgres_reads` (no SQLAlchemy is
+        loaded); inside a write, on the write's connection; for any other URL as
+        `reading_statement()` reads.
         """
         if self._reads is not None and self.current is None:
             return self._reads.fetch(sql, params)

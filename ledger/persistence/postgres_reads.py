@@ -1,0 +1,119 @@
+"""Reads of a PostgreSQL ledger on psycopg itself, without SQLAlchemy.
+
+What `sqlite_reads` does for an SQLite file: a query command (`customer trail`, `consent
+show`) checks the schema's revision and reads one stream, a few milliseconds of SQL.
+Importing SQLAlchemy and creating its engine (whose dialect questions the server on its
+first connection) cost about a third of such a process, so `Database` reads a plain
+PostgreSQL URL through here when it is not inside a write. Each read is one statement in
+autocommit mode, which sees one snapshot of committed transactions by itself, as
+`Database.reading_statement` reads. Each thread of each process has its own connection.
+
+The URL is handed to libpq as a URI, as SQLAlchemy hands its parts to psycopg: user,
+password, host, port, database, and the query's parameters (e.g. `options`), with the
+same connection arguments (`connect_timeout`, `application_name`). Errors name the URL
+without its password, as `Database` does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import DatabaseUnavailableError
+from ledger.persistence.sqlite_reads import for_driver
+
+if TYPE_CHECKING:
+    import psycopg
+
+# The URLs that name psycopg, as `database.normalise_url` reads them.
+_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+CONNECT_ARGS: dict[str, Any] = {"connect_timeout": 10, "application_name": "consent-ledger"}
+
+_TABLE_NAMES = (
+    "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+    "ORDER BY tablename"
+)
+_HAS_REVISION = "SELECT to_regclass('alembic_version') IS NOT NULL"
+_REVISION = "SELECT version_num FROM alembic_version"
+
+
+def plain_postgres_url(url: str) -> str | None:
+    """The libpq URI of a PostgreSQL URL on psycopg; None for any other URL."""
+    for scheme in _SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql://" + url[len(scheme) :]
+    return None
+
+
+class Readers:
+    """A read connection to one PostgreSQL database per thread and process, on first use."""
+
+    def __init__(self, uri: str, url: str) -> None:
+        self.uri = uri
+        self.url = url  # may hold a password: shown only through `_safe`
+        self._local = threading.local()
+        self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
+        self._lock = threading.Lock()
+
+    def _safe(self) -> str:
+        """The URL as `Database` names it in errors (driver named, password hidden)."""
+        from ledger.persistence.database import normalise_url, safe_url
+
+        return safe_url(normalise_url(self.url))
+
+    def connection(self) -> psycopg.Connection[Any]:
+        held: tuple[int, psycopg.Connection[Any]] | None = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid() and not held[1].closed:
+            return held[1]
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.uri, autocommit=True, **CONNECT_ARGS)
+        except psycopg.Error as error:
+            raise DatabaseUnavailableError(
+                f"cannot connect to {self._safe()}: {_first_line(error)}"
+            ) from None
+        held = (os.getpid(), conn)
+        self._local.held = held
+        with self._lock:
+            self._opened.append(held)
+        return conn
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one statement (`?` marks)."""
+        import psycopg
+
+        conn = self.connection()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(for_driver(sql, "pyformat"), params)
+                return list(cursor.fetchall())
+        except psycopg.Error as error:  # e.g. the server went away
+            raise DatabaseUnavailableError(
+                f"the database {self._safe()} failed: {_first_line(error)}"
+            ) from None
+
+    def table_names(self) -> list[str]:
+        return [name for (name,) in self.fetch(_TABLE_NAMES)]
+
+    def schema_revision(self) -> str | None:
+        if not self.fetch(_HAS_REVISION)[0][0]:
+            return None
+        rows = self.fetch(_REVISION)
+        return str(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        """Close this process's connections (of every thread); a later read reopens."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+            self._local = threading.local()
+        pid = os.getpid()
+        for owner, conn in opened:
+            if owner == pid:
+                conn.close()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

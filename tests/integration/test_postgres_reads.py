@@ -1,0 +1,110 @@
+"""A query on PostgreSQL reads on psycopg itself (no SQLAlchemy), as SQLAlchemy would connect,
+and says in one line, without the password, when the server fails it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from ledger.config import open_ledger
+from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
+from ledger.persistence.database import SCHEMA_HEAD, Database
+from ledger.persistence.postgres_reads import Readers, plain_postgres_url
+
+
+@pytest.mark.parametrize(
+    ("url", "uri"),
+    [
+        ("postgresql://u:p@h:5/db", "postgresql://u:p@h:5/db"),
+        (
+            "postgres://u@h/db?options=-csearch_path%3Ds",
+            "postgresql://u@h/db?options=-csearch_path%3Ds",
+        ),
+        ("postgresql+psycopg://h/db", "postgresql://h/db"),
+    ],
+)
+def test_a_psycopg_url_is_read_on_the_driver(url: str, uri: str) -> None:
+    assert plain_postgres_url(url) == uri
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg2://h/db", "sqlite:///x.db", "mysql://h/db", "postgresqlx://h"]
+)
+def test_any_other_url_is_left_to_sqlalchemy(url: str) -> None:
+    assert plain_postgres_url(url) is None
+
+
+@pytest.fixture
+def postgres_url(backend: str, ledger_url: str) -> str:
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only")
+    return ledger_url
+
+
+def test_the_driver_reads_as_sqlalchemy_does(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    try:
+        assert database.is_fresh() and database.schema_revision() is None
+    finally:
+        database.dispose()
+    with pytest.raises(SchemaOutOfDateError):  # not SQLite: never upgraded by itself
+        open_ledger(postgres_url)
+    from ledger.config import upgrade
+
+    upgrade(Database(postgres_url))
+    database = Database(postgres_url)
+    try:
+        assert database.schema_revision() == SCHEMA_HEAD
+        engine = sa.create_engine(database.url)
+        with engine.connect() as conn:
+            tables = sorted(sa.inspect(conn).get_table_names())
+        engine.dispose()
+        assert database._reads is not None
+        assert database._reads.table_names() == tables
+        assert not database.is_fresh()
+    finally:
+        database.dispose()
+
+
+def test_a_query_on_postgres_never_loads_sqlalchemy(postgres_url: str, feed_small: Path) -> None:
+    from ledger.config import upgrade
+
+    upgrade(Database(postgres_url))
+    ledger = open_ledger(postgres_url)
+    ledger.import_lines(feed_small.read_bytes().splitlines())
+    ledger.database.dispose()
+    probe = f"""
+import sys
+from cli.main import cli
+cli.main({["--db", postgres_url, "customer", "trail", "C100", "--json"]!r},
+         prog_name="consent-ledger", standalone_mode=False)
+print("@@", *(m for m in ("sqlalchemy", "eventsourcing") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed, _, loaded = done.stdout.rpartition("@@")
+    assert json.loads(printed)["customer"] == "C100"
+    assert loaded.split() == []
+
+
+def test_a_server_that_goes_away_is_one_error_without_the_password(postgres_url: str) -> None:
+    with_password = sa.engine.make_url(postgres_url).set(password="s3cret").render_as_string(False)
+    readers = Readers(plain_postgres_url(with_password) or "", with_password)
+    try:
+        assert readers.fetch("SELECT ?", (1,)) == [(1,)]
+        pid = readers.connection().info.backend_pid
+        with psycopg.connect(plain_postgres_url(postgres_url) or "", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(DatabaseUnavailableError) as raised:
+            readers.fetch("SELECT ?", (1,))
+        message = str(raised.value)
+        assert message.startswith("the database ") and " failed: " in message
+        assert "s3cret" not in message and "***" in message
+    finally:
+        readers.close()
