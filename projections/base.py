@@ -103,20 +103,23 @@ class Writer:
         return logical[self.slot]
 
     def insert(self, logical: SlotTable, rows: list[tuple[Any, ...]]) -> None:
-        """Bulk insert on the driver's executemany (rows hold only str, int and None)."""
+        """Bulk insert on the driver (rows hold only str, int and None): SQLite's
+        executemany, PostgreSQL's COPY."""
         if not rows:
             return
-        mark = "?" if self.is_sqlite else "%s"
         table = logical[self.slot]
-        sql = (
-            f"INSERT INTO {table.name} ({', '.join(logical.columns)}) "
-            f"VALUES ({', '.join(mark for _ in logical.columns)})"
-        )
-        cursor = self.connection.connection.cursor()
-        try:
-            cursor.executemany(sql, rows)
-        finally:
-            cursor.close()
+        columns = ", ".join(logical.columns)
+        driver: Any = self.connection.connection.dbapi_connection
+        if self.is_sqlite:
+            marks = ", ".join("?" for _ in logical.columns)
+            driver.executemany(f"INSERT INTO {table.name} ({columns}) VALUES ({marks})", rows)
+            return
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
 
     def delete_streams(self, logical: SlotTable, keys: Sequence[str]) -> None:
         table = logical[self.slot]
