@@ -197,6 +197,11 @@ def _scan(
             # SQLite keeps a UUID as its 32 hex digits (ordered as the UUID's bytes).
             params.append(bound.hex if is_sqlite else bound)
     sql = _STREAMS_SQL.format(mark=mark, where=where)
+    if not is_sqlite:
+        # In stream order straight off the stream index: a planner misled by statistics
+        # (the topic's selectivity) would sort the whole scan first, spilling it to disk,
+        # before the first row comes. (This transaction's own setting.)
+        raw.execute("SET LOCAL enable_sort = off")
     # PostgreSQL: a named (server-side) cursor, so the rows stream.
     cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_export")
     try:
