@@ -58,10 +58,10 @@ _BATCH = 20_000
 # cursor each fetch is a round trip: _BATCH.
 _SMALL_BATCH = 256
 _MMAP_SIZE = 1 << 30  # a worker's SQLite reads map the file instead of copying each page
-_LISTED = 50
+_LISTED = 50  # altered events named one by one; beyond this, counted
 _FIRST_STORED_LEVEL = 4  # leaves, then complete nodes of 16 leaves and up
 _BLOCK_LEVEL = 15  # parallel verification hashes blocks of 32,768 events
-_MAX_WORKERS = 4  # altered events named one by one; beyond this, counted
+_MAX_WORKERS = 4  # verification processes by default: one per CPU, at most this
 
 tree_nodes = sa.Table(
     "ledger_tree_nodes",
@@ -549,8 +549,11 @@ def verify_ledger(
     the stored frontier of that size, which must hash to the kept root. Never raises for
     what it finds: every problem is in the result.
 
-    A large SQLite ledger is hashed by `workers` processes (default: one per CPU), in blocks
-    of 2**block_level events; if that finds anything, the sequential pass runs to name it.
+    A large ledger (SQLite or PostgreSQL) is hashed by `workers` processes (default: one per
+    CPU, at most 4), in blocks of 2**block_level events, each on its own connection; if that
+    finds anything, the sequential pass runs to name it. Either way every event's leaf is
+    recomputed from its stored row and the whole tree from the leaves (`Frontier`), and each
+    signed checkpoint is held against the root of its size.
     """
     if workers is None:
         workers = min(os.cpu_count() or 1, _MAX_WORKERS)
