@@ -356,7 +356,9 @@ def _import(ledger: Any, facts: list[dict[str, Any]]) -> None:
     ledger.import_lines([orjson.dumps(f) for f in facts])
 
 
-ALL_FACTS: dict[int, list[dict[str, Any]]] = {}
+# Everything recorded in each test's ledger, keyed by its database URL (unique per test: an
+# `id()` of a ledger freed by an earlier test can be reused, and its facts counted twice).
+ALL_FACTS: dict[str, list[dict[str, Any]]] = {}
 
 
 @settings(
@@ -369,7 +371,7 @@ def test_incremental_equals_rebuilt_equals_direct_fold_and_audit_equals_evaluato
     ledger: Any, scenario: tuple[list[dict[str, Any]], list[int], list[bool]]
 ) -> None:
     facts, cuts, catch_ups = scenario
-    recorded = ALL_FACTS.setdefault(id(ledger), [])
+    recorded = ALL_FACTS.setdefault(str(ledger.database.url), [])
     bounds = [0, *cuts, len(facts)]
     known: list[tuple[datetime, int]] = []
     for (start, stop), catch_up in zip(itertools.pairwise(bounds), catch_ups, strict=True):
