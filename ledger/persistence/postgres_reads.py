@@ -16,11 +16,10 @@ without its password, as `Database` does.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import DatabaseUnavailableError
+from ledger.persistence.readers import PerThread, first_line
 from ledger.persistence.sqlite_reads import for_driver
 
 if TYPE_CHECKING:
@@ -46,15 +45,13 @@ def plain_postgres_url(url: str) -> str | None:
     return None
 
 
-class Readers:
+class Readers(PerThread["psycopg.Connection[Any]"]):
     """A read connection to one PostgreSQL database per thread and process, on first use."""
 
     def __init__(self, uri: str, url: str) -> None:
+        super().__init__()
         self.uri = uri
         self.url = url  # may hold a password: shown only through `_safe`
-        self._local = threading.local()
-        self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
-        self._lock = threading.Lock()
 
     def _safe(self) -> str:
         """The URL as `Database` names it in errors (driver named, password hidden)."""
@@ -62,23 +59,18 @@ class Readers:
 
         return safe_url(normalise_url(self.url))
 
-    def connection(self) -> psycopg.Connection[Any]:
-        held: tuple[int, psycopg.Connection[Any]] | None = getattr(self._local, "held", None)
-        if held is not None and held[0] == os.getpid() and not held[1].closed:
-            return held[1]
+    def _usable(self, conn: psycopg.Connection[Any]) -> bool:
+        return not conn.closed
+
+    def _open(self) -> psycopg.Connection[Any]:
         import psycopg
 
         try:
-            conn = psycopg.connect(self.uri, autocommit=True, **CONNECT_ARGS)
+            return psycopg.connect(self.uri, autocommit=True, **CONNECT_ARGS)
         except psycopg.Error as error:
             raise DatabaseUnavailableError(
-                f"cannot connect to {self._safe()}: {_first_line(error)}"
+                f"cannot connect to {self._safe()}: {first_line(error)}"
             ) from None
-        held = (os.getpid(), conn)
-        self._local.held = held
-        with self._lock:
-            self._opened.append(held)
-        return conn
 
     def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """The rows of one statement (`?` marks)."""
@@ -91,7 +83,7 @@ class Readers:
                 return list(cursor.fetchall())
         except psycopg.Error as error:  # e.g. the server went away
             raise DatabaseUnavailableError(
-                f"the database {self._safe()} failed: {_first_line(error)}"
+                f"the database {self._safe()} failed: {first_line(error)}"
             ) from None
 
     def table_names(self) -> list[str]:
@@ -102,18 +94,3 @@ class Readers:
             return None
         rows = self.fetch(_REVISION)
         return str(rows[0][0]) if rows else None
-
-    def close(self) -> None:
-        """Close this process's connections (of every thread); a later read reopens."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-            self._local = threading.local()
-        pid = os.getpid()
-        for owner, conn in opened:
-            if owner == pid:
-                conn.close()
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

@@ -13,13 +13,12 @@ The SQL of each read lives here once; `LedgerRecorder` runs the stream read on e
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
 from ledger.errors import DatabaseUnavailableError
+from ledger.persistence.readers import PerThread, first_line
 
 _PLAIN_PREFIX = "sqlite:///"
 
@@ -55,20 +54,15 @@ def for_driver(sql: str, paramstyle: str) -> str:
     return sql if paramstyle == "qmark" else sql.replace("?", "%s")
 
 
-class Readers:
+class Readers(PerThread[sqlite3.Connection]):
     """A read connection to one SQLite file per thread and process, opened on first use."""
 
     def __init__(self, path: Path, url: str) -> None:
+        super().__init__()
         self.path = path
         self.url = url  # a plain sqlite:/// URL: no password in it
-        self._local = threading.local()
-        self._opened: list[tuple[int, sqlite3.Connection]] = []
-        self._lock = threading.Lock()
 
-    def connection(self) -> sqlite3.Connection:
-        held: tuple[int, sqlite3.Connection] | None = getattr(self._local, "held", None)
-        if held is not None and held[0] == os.getpid():
-            return held[1]
+    def _open(self) -> sqlite3.Connection:
         # Used by its thread only; `close()` may run on another (hence no same-thread check).
         try:
             conn = sqlite3.connect(
@@ -78,12 +72,8 @@ class Readers:
             conn.execute("PRAGMA schema_version")  # reads the header: is it a database?
         except sqlite3.Error as error:
             raise DatabaseUnavailableError(
-                f"cannot connect to {self.url}: {_first_line(error)}"
+                f"cannot connect to {self.url}: {first_line(error)}"
             ) from None
-        held = (os.getpid(), conn)
-        self._local.held = held
-        with self._lock:
-            self._opened.append(held)
         return conn
 
     def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -91,7 +81,7 @@ class Readers:
             return self.connection().execute(sql, params).fetchall()
         except sqlite3.Error as error:  # e.g. locked beyond the timeout
             raise DatabaseUnavailableError(
-                f"the database {self.url} failed: {_first_line(error)}"
+                f"the database {self.url} failed: {first_line(error)}"
             ) from None
 
     def table_names(self) -> list[str]:
@@ -102,18 +92,3 @@ class Readers:
             return None
         rows = self.fetch(_REVISION)
         return str(rows[0][0]) if rows else None
-
-    def close(self) -> None:
-        """Close this process's connections (of every thread); a later read reopens."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-            self._local = threading.local()
-        pid = os.getpid()
-        for owner, conn in opened:
-            if owner == pid:
-                conn.close()
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
