@@ -26,8 +26,10 @@ import gc
 import hmac
 import multiprocessing
 import os
+import pickle
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -328,14 +330,25 @@ _NODE_POINT = "SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? AN
 _NODE_RANGE = (
     "SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? AND idx BETWEEN ? AND ?"
 )
+_NODE_RUNS = (  # PostgreSQL: the runs as three arrays (levels, firsts, lasts)
+    "SELECT n.level, n.idx, n.hash FROM unnest(?::smallint[], ?::bigint[], ?::bigint[]) "
+    "AS r(level, first, last) JOIN ledger_tree_nodes n "
+    "ON n.level = r.level AND n.idx BETWEEN r.first AND r.last"
+)
 
 
 def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integrity.NodeSource:
     """The nodes a proof or a frontier needs, in one query on `conn`."""
-    return _nodes_from(lambda sql, params: _raw_rows(conn, sql, params), wanted)
+    return _nodes_from(
+        lambda sql, params: _raw_rows(conn, sql, params),
+        wanted,
+        postgres=conn.dialect.name == "postgresql",
+    )
 
 
-def _nodes_from(fetch: Fetch, wanted: Iterable[tuple[int, int]]) -> integrity.NodeSource:
+def _nodes_from(
+    fetch: Fetch, wanted: Iterable[tuple[int, int]], *, postgres: bool = False
+) -> integrity.NodeSource:
     """The nodes in `wanted` (and below, to the stored levels) in one statement run by `fetch`
     (`?` marks), as a `NodeSource` that rehashes the levels not stored."""
     needed = _stored_for(wanted)
@@ -353,17 +366,20 @@ def _nodes_from(fetch: Fetch, wanted: Iterable[tuple[int, int]]) -> integrity.No
                 run[2] = index
             else:
                 runs.append([level, index, index])
-        parts = [_NODE_RANGE if first != last else _NODE_POINT for _, first, last in runs]
-        params = [
-            value
-            for level, first, last in runs
-            for value in ((level, first, last) if first != last else (level, first))
-        ]
+        if postgres:  # one text for every proof: prepared once, never planned again
+            sql = _NODE_RUNS
+            params: tuple[Any, ...] = tuple(list(column) for column in zip(*runs, strict=True))
+        else:
+            sql = " UNION ALL ".join(
+                _NODE_RANGE if first != last else _NODE_POINT for _, first, last in runs
+            )
+            params = tuple(
+                value
+                for level, first, last in runs
+                for value in ((level, first, last) if first != last else (level, first))
+            )
         # Both drivers give ints and bytes (a PostgreSQL bytea in either format).
-        found = {
-            (level, idx): digest
-            for level, idx, digest in fetch(" UNION ALL ".join(parts), tuple(params))
-        }
+        found = {(level, idx): digest for level, idx, digest in fetch(sql, params)}
 
     def node(level: int, index: int) -> bytes:
         digest = found.get((level, index))
@@ -377,10 +393,12 @@ def _nodes_from(fetch: Fetch, wanted: Iterable[tuple[int, int]]) -> integrity.No
     return node
 
 
-def _proof_path(fetch: Fetch, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+def _proof_path(
+    fetch: Fetch, ranges: Sequence[tuple[int, int]], *, postgres: bool = False
+) -> list[bytes]:
     """The subtree hash of each leaf range of a proof, from the stored nodes (one query)."""
     nodes = [integrity.range_nodes(start, end) for start, end in ranges]
-    node = _nodes_from(fetch, {wanted for each in nodes for wanted in each})
+    node = _nodes_from(fetch, {wanted for each in nodes for wanted in each}, postgres=postgres)
     return [
         integrity.fold_subtrees([node(level, index) for level, index in each]) for each in nodes
     ]
@@ -628,7 +646,7 @@ def _parallel_audit(
 
     Each block checks itself: its ids must run from its start to its end without a gap, so
     the log is whole without counting it first."""
-    global _FORKED_DATABASE
+    global _FORKED_DATABASE, _FORKED_STOP
     if database.is_sqlite and database.sqlite_path is None:
         return None
     last = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id))).scalar()
@@ -642,22 +660,39 @@ def _parallel_audit(
     ]
     auditor = LogAuditor(stored, key)
     context = multiprocessing.get_context("fork")
-    _FORKED_DATABASE = database  # the workers inherit it: a Database is not pickled
+    stop = context.Event()
+    # The workers inherit these: a Database is not pickled.
+    _FORKED_DATABASE, _FORKED_STOP = database, stop
+    whole, failure = True, None
     try:
         with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
             hashed_blocks = pool.imap(_hash_block, tasks)
             meanwhile()
+            # Every result is taken and the pool closed and joined before it is left: a
+            # pool terminated with tasks in flight can hang (its task thread blocked on its
+            # queue). Once a block fails, the blocks not begun are skipped by the workers.
             for hashed in hashed_blocks:
-                if not hashed.gapless or hashed.count != min(block, last - hashed.start):
-                    return None
-                auditor.add_block(hashed, block_level)
+                if isinstance(hashed, BaseException):
+                    failure = failure or hashed
+                elif whole and hashed.gapless and hashed.count == min(block, last - hashed.start):
+                    auditor.add_block(hashed, block_level)
+                    continue
+                whole = False
+                stop.set()
+            pool.close()
+            pool.join()
     finally:
-        _FORKED_DATABASE = None
+        _FORKED_DATABASE, _FORKED_STOP = None, None
+    if failure is not None:
+        raise failure
+    if not whole:
+        return None
     audit = auditor.finish()
     return None if audit.problems else audit
 
 
 _FORKED_DATABASE: Database | None = None
+_FORKED_STOP: Any = None  # a multiprocessing Event: set, the workers skip their blocks
 
 
 def _start_worker() -> None:
@@ -670,13 +705,27 @@ def _start_worker() -> None:
         database.engine.dispose(close=False)
 
 
-def _hash_block(task: tuple[int, int, list[int]]) -> integrity.Block:
-    """Hash the events of ids start + 1 to end (a worker's task), read in binary: on SQLite
-    on a read-only stdlib connection of its own, memory-mapped; on PostgreSQL on a new
-    connection, as one client-side result of at most a block."""
-    start, end, stops = task
+def _hash_block(task: tuple[int, int, list[int]]) -> integrity.Block | BaseException:
+    """A worker's task: the block of events start + 1 to end hashed, or what went wrong
+    (returned, not raised: the parent takes every result before it closes the pool)."""
+    try:
+        return _hash_block_of(*task)
+    except Exception as error:  # handed to the parent, which raises it
+        try:
+            pickle.dumps(error)
+        except Exception:  # an error that cannot cross to the parent
+            return RuntimeError(f"{type(error).__name__}: {error}")
+        return error
+
+
+def _hash_block_of(start: int, end: int, stops: list[int]) -> integrity.Block:
+    """Hash the events of ids start + 1 to end, read in binary: on SQLite on a read-only
+    stdlib connection of its own, memory-mapped; on PostgreSQL on a new connection, as one
+    client-side result of at most a block."""
     database = _FORKED_DATABASE
     assert database is not None
+    if _FORKED_STOP is not None and _FORKED_STOP.is_set():
+        return integrity.Block(start, gapless=False)  # another block failed: not needed
     if database.is_sqlite:
         connection = sqlite3.connect(f"file:{database.sqlite_path}?mode=ro", uri=True)
         try:
@@ -836,24 +885,40 @@ _PROVE_SQL = {
 }
 
 
+@contextmanager
+def _statements(database: Database) -> Iterator[Fetch]:
+    """Run read statements (`?` marks) each seeing its own snapshot, on the driver: on
+    SQLite through `Database.fetch_on_driver`, on PostgreSQL on one connection for all."""
+    if database.is_sqlite:
+        yield database.fetch_on_driver
+        return
+    with database.reading_statement() as conn:
+        yield lambda sql, params: _raw_rows(conn, sql, params)
+
+
 def prove_fact(app: HasDatabase, fact_id: str) -> dict[str, Any]:
     """An inclusion proof of the event recording `fact_id` against the latest checkpoint:
     the leaf bytes, its index, the RFC 9162 path and the signed checkpoint.
 
     Two statements on the driver itself (on SQLite, the stdlib connection `Database` keeps
-    for reads): the fact with its event and the checkpoint, then the nodes of the path."""
+    for reads; on PostgreSQL one connection outside a transaction): the fact with its event
+    and the checkpoint, then the nodes of the path."""
     database = app.database
-    fetch = database.fetch_on_driver
-    found = fetch(_PROVE_SQL[database.backend], (fact_id,))
-    if not found:
-        raise FactNotFoundError(fact_id)
-    position, recorded, originator, version, topic, state, *latest = found[0]
-    position = int(position)
-    checkpoint = _checkpoint_of_values(*latest) if latest[0] is not None else None
-    if checkpoint is None or checkpoint.tree_size < position:
-        raise IntegrityFailure(f"fact {fact_id!r} is not covered by a signed checkpoint")
-    index = position - 1
-    path = _proof_path(fetch, integrity.inclusion_ranges(index, checkpoint.tree_size))
+    with _statements(database) as fetch:
+        found = fetch(_PROVE_SQL[database.backend], (fact_id,))
+        if not found:
+            raise FactNotFoundError(fact_id)
+        position, recorded, originator, version, topic, state, *latest = found[0]
+        position = int(position)
+        checkpoint = _checkpoint_of_values(*latest) if latest[0] is not None else None
+        if checkpoint is None or checkpoint.tree_size < position:
+            raise IntegrityFailure(f"fact {fact_id!r} is not covered by a signed checkpoint")
+        index = position - 1
+        path = _proof_path(
+            fetch,
+            integrity.inclusion_ranges(index, checkpoint.tree_size),
+            postgres=not database.is_sqlite,
+        )
     if recorded is None:
         raise IntegrityFailure(f"the event of fact {fact_id!r} is missing from the log")
     leaf = integrity.leaf_bytes(
@@ -897,7 +962,11 @@ def prove_consistency(
                 f"(size {second.tree_size})"
             )
         ranges = integrity.consistency_ranges(first.tree_size, second.tree_size)
-        path = _proof_path(lambda sql, params: _raw_rows(conn, sql, params), ranges)
+        path = _proof_path(
+            lambda sql, params: _raw_rows(conn, sql, params),
+            ranges,
+            postgres=not database.is_sqlite,
+        )
     document = integrity.consistency_document(first, second, path)
     document["public_key"] = integrity.public_key_pem(load_public_key(database))
     return document

@@ -310,6 +310,24 @@ def test_verification_in_parallel_blocks_agrees_with_one_pass(recorded: Any) -> 
     )
 
 
+def test_a_failing_verification_worker_is_raised_in_the_parent(
+    recorded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool is closed and joined, not left with tasks in flight (which could hang).
+    real = seals._hash_block_of
+
+    def failing(start: int, end: int, stops: list[int]) -> Any:
+        if start == 8:
+            raise ValueError("the disk is on fire")
+        return real(start, end, stops)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(seals, "_hash_block_of", failing)  # the workers fork with it
+        with pytest.raises(ValueError, match="the disk is on fire"):
+            seals.verify_ledger(recorded, workers=2, block_level=2)
+    assert seals.verify_ledger(recorded, workers=2, block_level=2).ok
+
+
 def test_events_recorded_before_sealing_existed_are_sealed_by_upgrade(
     ledger: Any, feed_small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
