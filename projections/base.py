@@ -176,6 +176,7 @@ class ReadModel:
     # What the model reads of a folded stream beyond its state (`projections.fold.Folder`).
     uses_timelines: ClassVar[bool] = False
     uses_links: ClassVar[bool] = False
+    uses_stamps: ClassVar[bool] = True
 
     @classmethod
     def all_tables(cls) -> tuple[SlotTable, ...]:

@@ -135,7 +135,8 @@ class Stream:
         self.consents: dict[tuple[str, str], list[tuple[str, int, bool]]] = {}
         self.placed: dict[str, str] = {}  # order ref -> stamp of its placing
         self.links: dict[tuple[str, str], Figures] = {}
-        # Contacts and disclosures to judge: (fact type, fact id, at, version, state, stamp).
+        # Contacts and disclosures to judge: (fact type, fact id, at, version, state, `at` as
+        # stored).
         self.judged: list[tuple[str, str, datetime, int, dict[str, Any], str]] = []
         self.acquirers: set[str] = set()  # acquirers the customer's data was transferred to
         self.notices = False  # an erasure or rectification calls for notifying recipients
@@ -169,6 +170,7 @@ class Folder:
         *,
         timelines: bool = True,
         links: bool = True,
+        stamps: bool = True,
         keep_facts: bool = False,
     ) -> None:
         self.mapper = mapper
@@ -177,6 +179,9 @@ class Folder:
         # use neither, such as `audit check` catching up the violations, skips them).
         self.timelines = timelines
         self.links = links
+        # Whether times are stamped (`projections.base.stamp`) for the consents, orders,
+        # timelines and links (a pass for the violations alone needs none of them).
+        self.stamps = stamps or timelines or links
         self.keep_facts = keep_facts
         self.codes: dict[str, tuple[int, type[Any]]] = {}
         for cls, code in EVENT_CODES.items():
@@ -203,7 +208,7 @@ class Folder:
         """One `Stream` per stream id in `rows` (ordered by stream, then version). One loop
         over every event of a rebuild: the per-event work is kept to local lookups."""
         codes = self.codes if self.plain else {}
-        timelines, with_links = self.timelines, self.links
+        timelines, with_links, stamps = self.timelines, self.links, self.stamps
         loads = orjson.loads
         parse = datetime.fromisoformat
         judged_types = JUDGED_TYPES
@@ -253,7 +258,9 @@ class Folder:
                     stream.initiations.append(parse(data["at"]))  # type: ignore[union-attr]
                 continue
             raw_at = data["at"]
-            if raw_at[-6:] == "+00:00" and len(raw_at) == 25:
+            if not stamps:  # no model of the pass reads them (the violations stamp their own)
+                at = raw_at
+            elif raw_at[-6:] == "+00:00" and len(raw_at) == 25:
                 at = raw_at[:19] + ".000000Z"
             elif raw_at[-6:] == "+00:00" and len(raw_at) == 32:
                 at = raw_at[:26] + "Z"
@@ -371,7 +378,7 @@ class Folder:
                 continue
             fact_type = cls.FACT_TYPE
             if fact_type in judged_types:
-                judged.append((fact_type, data["fact_id"], moment, version, data, at))
+                judged.append((fact_type, data["fact_id"], moment, version, data, raw_at))
         if stream is not None:
             stream.events = count
             self._close(stream, kept, triggered)

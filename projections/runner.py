@@ -203,7 +203,9 @@ class ReadModels:
             slot = slots[Violations.name]
             found = violations_as_of(conn, slot, as_of)
             head = self._head(conn)
-            folder = Folder(self.mapper, timelines=False, links=False, keep_facts=True)
+            folder = Folder(
+                self.mapper, timelines=False, links=False, stamps=False, keep_facts=True
+            )
             for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
                 found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
         return audit_order(found)
@@ -447,6 +449,7 @@ class ReadModels:
             self.mapper,
             timelines=any(t.model.uses_timelines for t in targets),
             links=any(t.model.uses_links for t in targets),
+            stamps=any(t.model.uses_stamps for t in targets),
         )
         acquirers = self._folded(folder, conn, acquirer_ids, head)
         writers = {id(t): Writer(conn, t.slot) for t in targets}

@@ -28,7 +28,7 @@ from projections.base import (
     time_column,
     unstamp,
 )
-from projections.fold import Stream
+from projections.fold import Stream, fast_stamp
 
 violations = SlotTable(
     "violations",
@@ -58,6 +58,7 @@ class Violations(ReadModel):
     name = "violations"
     tables = (violations, transfers, transfer_initiations, notices)
     description = "every fact that broke a rule (SPEC §3)"
+    uses_stamps = False
 
     def __init__(self) -> None:
         self.initiations: dict[str, list[datetime]] = {}
@@ -98,8 +99,8 @@ class Violations(ReadModel):
         ref = customer.ref
         initiated = self.initiated
         found = [
-            (key, ref, rule, fact_id, stamped)
-            for fact_type, fact_id, at, version, data, stamped in stream.judged
+            (key, ref, rule, fact_id, fast_stamp(stored_at))
+            for fact_type, fact_id, at, version, data, stored_at in stream.judged
             for rule in broken_rules(
                 customer, Judged(fact_type, fact_id, at, version, data), initiated
             )
