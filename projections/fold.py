@@ -393,6 +393,19 @@ class Folder:
             return
         from ledger import privacy
 
+        if triggered and not self.keep_facts and not stream.customer.erased:
+            # Rectifications only: none calls for a notification unless a category it
+            # changed was disclosed at some time (the usual case, decided without events).
+            changed: set[str] = set()
+            disclosed: set[str] = set()
+            for cls, _version, data in kept:
+                if cls is Customer.DetailsUpdated:
+                    categories = privacy.FIELD_CATEGORY
+                    changed.update(categories[f] for f in data["fields_updated"] if f in categories)
+                elif "categories" in data:
+                    disclosed.update(data["categories"])
+            if not changed & disclosed:
+                return
         events = [_domain_event(cls, stream.id, version, data) for cls, version, data in kept]
         if self.keep_facts:
             stream.facts = events

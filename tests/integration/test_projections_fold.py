@@ -13,7 +13,14 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import domainmodel, privacy, views
-from ledger.domainmodel import Acquirer, Customer, DisclosureEvent, FactEvent, acquirer_id
+from ledger.domainmodel import (
+    Acquirer,
+    Customer,
+    DisclosureEvent,
+    FactEvent,
+    acquirer_id,
+    customer_id,
+)
 from ledger.rules import audit_customer
 from ledger.samplefeed import generate_lines
 from projections.base import stamp
@@ -160,6 +167,7 @@ def _acquirers(ledger: Any) -> list[str]:
 
 def test_folded_models_equal_the_models_over_replayed_aggregates(ledger: Any) -> None:
     ledger.import_lines(generate_lines(60, seed=11))
+    ledger.import_lines(_rectifications())
     notified = 0
     for due in privacy.outstanding(ledger.notifications()):
         if notified < 2:  # some answered, some left late
@@ -171,6 +179,9 @@ def test_folded_models_equal_the_models_over_replayed_aggregates(ledger: Any) ->
     assert acquirers, "the feed should initiate a transfer"
     expected = _reference(ledger, acquirers)
     assert all(expected[name] for name in expected), [n for n in expected if not expected[n]]
+    # A rectification of a disclosed category calls for notices; of an undisclosed one, not.
+    assert (customer_id("R1").hex,) in expected["violation_notices"]
+    assert (customer_id("R2").hex,) not in expected["violation_notices"]
     caught_up = _model_rows(ledger)
     assert caught_up == expected
     ledger.read_models.rebuild()
@@ -195,6 +206,41 @@ def _assert_art19_violations(ledger: Any) -> None:
         assert found == expected
         if as_of is None:
             assert expected
+
+
+def _rectifications() -> list[bytes]:
+    """Two customers who change their email: R1 had disclosed it (a notice is due), R2 not."""
+    import orjson
+
+    facts: list[dict[str, Any]] = []
+    for ref, categories in (("R1", ["name", "email"]), ("R2", ["name"])):
+        facts += [
+            {
+                "id": f"{ref}-1",
+                "type": "customer.registered",
+                "customer": ref,
+                "name": "Grace Hopper",
+                "email": "grace@navy.example",
+                "address": {"line1": "7 Row", "city": "Leeds", "postcode": "LS1", "country": "GB"},
+                "at": "2024-01-01T00:00:00Z",
+            },
+            {
+                "id": f"{ref}-2",
+                "type": "affiliate.disclosure",
+                "customer": ref,
+                "affiliate": "Offspring",
+                "categories": categories,
+                "at": "2024-01-02T00:00:00Z",
+            },
+            {
+                "id": f"{ref}-3",
+                "type": "customer.updated",
+                "customer": ref,
+                "email": "g2@navy.example",
+                "at": "2024-01-03T00:00:00Z",
+            },
+        ]
+    return [orjson.dumps(f) for f in facts]
 
 
 def _more(ledger: Any) -> list[bytes]:
