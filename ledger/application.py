@@ -164,8 +164,6 @@ class ConsentLedger(Application[UUID]):
             for _attempt in range(3):
                 try:
                     with self.database.writing() as tx, _fewer_collections():
-                        if not preventive:  # a file: write one chunk while applying the next
-                            tx.write_in_background()
                         Recording(self, tx, summary, preventive=preventive).run(items)
                         tx.discard = dry_run or bool(summary.errors)
                     return
@@ -414,15 +412,6 @@ def _open(key: DataKey, sealed: str) -> dict[str, Any]:
         raise MasterKeyError("a customer's sealed data does not open with its data key") from None
 
 
-@dataclass
-class Known:
-    """What the ledger holds of an import chunk's facts."""
-
-    fact_ids: set[str]  # of its fact ids, those recorded
-    customers: set[UUID]  # of the customers it names, the registered ones' stream ids
-    orders: dict[str, UUID]  # of the orders it names, those placed -> their customer
-
-
 class Recording:
     """One atomic recording of facts (a file or a command) inside a write transaction."""
 
@@ -447,7 +436,6 @@ class Recording:
         self.recorded: dict[str, str] = {}
         self.known_customers: set[UUID] = set()
         self.order_owners: dict[str, UUID] = {}
-        self.last_chunk = Known(set(), set(), {})
         # Emails of customers registered in this recording, by (business time, version): the
         # suppression list needs the email at a withdrawal without re-reading the stream.
         self.emails: OrderedDict[UUID, list[tuple[datetime, int, dict[str, Any]]]] = OrderedDict()
@@ -455,53 +443,24 @@ class Recording:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, items: Iterator[tuple[int, Fact | InvalidFactError]]) -> None:
-        """Chunk by chunk: look up what the ledger holds of the chunk's facts, apply them,
-        read (parse) the next chunk and queue its lookup, then queue this chunk's writes.
+        chunk: list[tuple[int, Fact | InvalidFactError]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= CHUNK:
+                self._chunk(chunk)
+                chunk = []
+        if chunk:
+            self._chunk(chunk)
 
-        On PostgreSQL the writes run in the background (`write_in_background`), so the
-        server inserts one chunk while this process applies the next; the next chunk's
-        lookup is queued before this chunk's writes, so it need not wait for them, and what
-        it cannot see yet (this chunk's facts, customers and orders) is added from memory.
-        """
-        chunks = _batches(items, CHUNK)
-        chunk = next(chunks, None)
-        lookup = self._look_up(chunk) if chunk is not None else None
-        while chunk is not None and lookup is not None:
-            known = self._with_last_chunk(lookup())
-            self._chunk(chunk, known)
-            chunk = next(chunks, None)
-            lookup = self._look_up(chunk) if chunk is not None else None
-            self._flush()
-
-    def _look_up(self, chunk: list[tuple[int, Fact | InvalidFactError]]) -> Callable[[], Known]:
-        """Queue the lookups of a chunk's fact ids, customers and orders (one query each)."""
-        from ledger.persistence import indexes
-
+    def _chunk(self, chunk: list[tuple[int, Fact | InvalidFactError]]) -> None:
         facts = [item for _, item in chunk if isinstance(item, Fact)]
-        ids = [f.id for f in facts]
-        refs = list({f.customer for f in facts if f.customer is not None})
-        orders = list({f.order for f in facts if f.order is not None})
-        return self.tx.in_order(lambda select: Known(*indexes.known(select, ids, refs, orders)))
-
-    def _with_last_chunk(self, known: Known) -> Known:
-        """The lookup's answer plus what the chunk before recorded (queued after it)."""
-        last = self.last_chunk
-        known.fact_ids.update(last.fact_ids)
-        known.orders.update(last.orders)
-        known.customers.update(last.customers)
-        # A fact may name only an order: its owner is a known customer too.
-        known.customers.update(known.orders.values())
-        return known
-
-    def _chunk(self, chunk: list[tuple[int, Fact | InvalidFactError]], known: Known) -> None:
-        self.known_customers = known.customers
-        self.order_owners = known.orders
+        known = self._prefetch(facts)
         self.chunk_ids = set()
         for number, item in chunk:
             if isinstance(item, InvalidFactError):
                 self._reject(item, number)
                 continue
-            if item.id in known.fact_ids or item.id in self.chunk_ids:
+            if item.id in known or item.id in self.chunk_ids:
                 self.summary.duplicates += 1
                 continue
             try:
@@ -515,10 +474,25 @@ class Recording:
             else:
                 self.chunk_ids.add(item.id)
                 self.summary.accepted += 1
+        self._flush()
 
     def _reject(self, error: InvalidFactError, number: int) -> None:
         self.summary.rejected += 1
         self.summary.errors.append(InvalidFactError(error.reason, number))
+
+    def _prefetch(self, facts: list[Fact]) -> set[str]:
+        """One query per kind for the chunk: recorded fact ids, known customers and orders."""
+        from ledger.persistence import indexes
+
+        tx = self.tx
+        known = indexes.recorded_fact_ids(tx, [f.id for f in facts])
+        refs = {f.customer for f in facts if f.customer is not None}
+        self.known_customers = indexes.customer_ids(tx, refs)
+        orders = {f.order for f in facts if f.order is not None}
+        self.order_owners = indexes.order_owners(tx, orders)
+        # A fact may name only an order: its owner is a known customer too.
+        self.known_customers.update(self.order_owners.values())
+        return known
 
     # -- one fact ----------------------------------------------------------------------------
 
@@ -704,9 +678,7 @@ class Recording:
         tx.insert_many(tables.customers, _CUSTOMER_COLUMNS, customer_rows)
         tx.insert_many(tables.orders, _ORDER_COLUMNS, list(self.new_orders.items()))
         tx.flush_deferred()
-        # The next chunk's lookup was queued before these writes: it adds these from here.
-        self.last_chunk = Known(self.chunk_ids, set(self.new_customers), self.new_orders)
-        self.new_orders = {}
+        self.new_orders.clear()
         self.new_customers.clear()
         self.dirty.clear()
 
@@ -717,19 +689,6 @@ _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
 _ORDER_COLUMNS = ("order_ref", "customer_id")
-
-
-def _batches(
-    items: Iterator[tuple[int, Fact | InvalidFactError]], size: int
-) -> Iterator[list[tuple[int, Fact | InvalidFactError]]]:
-    batch: list[tuple[int, Fact | InvalidFactError]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _seal_extra(key: DataKey | None, fact: Fact) -> str | None:

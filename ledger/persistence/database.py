@@ -20,16 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
 from ledger.persistence import postgres_reads, sqlite_reads
 
 if TYPE_CHECKING:
-    import queue
-    from concurrent.futures import Future
-
     # SQLAlchemy is imported where it is used: a query on SQLite reads through the stdlib
     # driver (`sqlite_reads`) and never loads it, most of such a command's start-up.
     import sqlalchemy as sa
@@ -73,7 +70,7 @@ class WriteTransaction:
     """One atomic write: a connection holding the writer's lock and the next recording id."""
 
     database: Database
-    _connection: Connection
+    connection: Connection
     next_notification_id: int
     discard: bool = False
     after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -84,51 +81,6 @@ class WriteTransaction:
     deferred: dict[tuple[sa.Table, tuple[str, ...]], list[tuple[Any, ...]]] = field(
         default_factory=dict
     )
-    _writer: _BackgroundWriter | None = None
-
-    @property
-    def connection(self) -> Connection:
-        """The transaction's connection, once every queued insert is done (so a read sees
-        them, and nothing else uses the connection meanwhile)."""
-        if self._writer is not None:
-            self._writer.wait()
-        return self._connection
-
-    # -- writing in the background (an import on PostgreSQL) --------------------------------
-
-    def write_in_background(self) -> None:
-        """From now on, run the bulk inserts on a thread of their own, in order.
-
-        The server works on one chunk's rows while this process builds the next: a COPY's
-        end waits for the server, and the driver lets go of the interpreter while it
-        waits. Anything that uses `connection` first waits for the queued inserts.
-
-        PostgreSQL only: SQLite does its work in this process, and its driver needs the
-        interpreter for every row, so a second thread only took turns with the first (an
-        import measured no faster)."""
-        if self._writer is None and not self.database.is_sqlite:
-            self._writer = _BackgroundWriter()
-
-    def finish_background(self, *, discard: bool = False) -> None:
-        """Wait for the queued inserts (re-raising the first one's error) and stop the
-        thread; with `discard`, skip what is still queued (the write is rolled back)."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close(discard=discard)
-
-    def in_order(self, job: Callable[[Select], _T]) -> Callable[[], _T]:
-        """Run `job` (given a `select_in` on the driver) after the inserts queued so far and
-        before any queued later; returns what waits for its result. Without a background
-        writer it runs at once."""
-        connection, is_sqlite = self._connection, self.database.is_sqlite
-
-        def run() -> _T:
-            return job(lambda sql, values: _select_in(connection, is_sqlite, sql, values))
-
-        if self._writer is None:
-            result = run()
-            return lambda: result
-        return self._writer.submit_query(run).result
 
     def defer(self, table: sa.Table, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
         """Queue a row to insert with others of its table (before commit at the latest)."""
@@ -142,7 +94,16 @@ class WriteTransaction:
     def select_in(self, sql: str, values: list[Any]) -> list[Any]:
         """The rows of `sql` (one `?` per value, written `IN ({marks})`) run on the driver:
         an import's per-chunk lookups, without SQLAlchemy compiling a 2,000-value IN list."""
-        return _select_in(self.connection, self.database.is_sqlite, sql, values)
+        if not values:
+            return []
+        marks = ", ".join("?" * len(values))
+        paramstyle = "qmark" if self.database.is_sqlite else "pyformat"
+        cursor = self.connection.connection.cursor()
+        try:
+            cursor.execute(sqlite_reads.for_driver(sql.format(marks=marks), paramstyle), values)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def execute_on_driver(self, sql: str, params: tuple[Any, ...]) -> int:
         """One write statement (`?` marks) on the driver; returns the rows it changed."""
@@ -169,16 +130,8 @@ class WriteTransaction:
         """
         if not rows:
             return
-        if self._writer is not None:
-            self._writer.submit(lambda: self._insert_now(table, columns, rows))
-        else:
-            self._insert_now(table, columns, rows)
-
-    def _insert_now(
-        self, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-    ) -> None:
-        dbapi = self._connection.dialect.loaded_dbapi
-        cursor = self._connection.connection.cursor()
+        dbapi = self.connection.dialect.loaded_dbapi
+        cursor = self.connection.connection.cursor()
         try:
             if self.database.is_sqlite:
                 marks = ", ".join("?" for _ in columns)
@@ -197,97 +150,6 @@ class WriteTransaction:
             raise IntegrityError(f"{table.name}: {_first_line(error)}") from None
         finally:
             cursor.close()
-
-
-_T = TypeVar("_T")
-Select = Callable[[str, list[Any]], list[Any]]
-
-
-def _select_in(connection: Connection, is_sqlite: bool, sql: str, values: list[Any]) -> list[Any]:
-    if not values:
-        return []
-    marks = ", ".join("?" * len(values))
-    cursor = connection.connection.cursor()
-    try:
-        paramstyle = "qmark" if is_sqlite else "pyformat"
-        cursor.execute(sqlite_reads.for_driver(sql.format(marks=marks), paramstyle), values)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
-
-
-class _BackgroundWriter:
-    """Jobs run one after another on a thread of their own. The first error is kept and
-    raised in the caller's thread at its next `submit`, `wait` or `close`; the jobs after a
-    failed one are skipped (a query's caller gets the error)."""
-
-    DEPTH = 16  # queued jobs at most (a chunk is a few): memory stays bounded
-
-    def __init__(self) -> None:
-        import queue  # here: a query command never starts a writer
-        import threading
-
-        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any] | None] | None] = queue.Queue(
-            maxsize=self.DEPTH
-        )
-        self._error: BaseException | None = None
-        self._skip = False
-        self._thread = threading.Thread(target=self._work, name="ledger-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._raise()
-        self._jobs.put((job, None))
-
-    def submit_query(self, job: Callable[[], _T]) -> Future[_T]:
-        from concurrent.futures import Future
-
-        self._raise()
-        future: Future[_T] = Future()
-        self._jobs.put((job, future))
-        return future
-
-    def wait(self) -> None:
-        self._jobs.join()
-        self._raise()
-
-    def close(self, *, discard: bool) -> None:
-        if discard:
-            self._skip = True
-        self._jobs.put(None)
-        self._thread.join()
-        if not discard:
-            self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def _work(self) -> None:
-        while True:
-            item = self._jobs.get()
-            try:
-                if item is None:
-                    return
-                job, future = item
-                if self._skip:
-                    if future is not None:
-                        future.set_exception(RuntimeError("an earlier write failed"))
-                    continue
-                try:
-                    result = job()
-                except BaseException as error:  # handed to the caller's thread
-                    self._skip = True
-                    if future is not None:
-                        future.set_exception(error)
-                    else:
-                        self._error = error
-                else:
-                    if future is not None:
-                        future.set_result(result)
-            finally:
-                self._jobs.task_done()
 
 
 class Database:
@@ -451,28 +313,22 @@ class Database:
                 token = _ambient.set(tx)
                 try:
                     yield tx
-                except BaseException:
-                    tx.finish_background(discard=True)
-                    raise
                 finally:
                     _ambient.reset(token)
             except BaseException:
                 trans.rollback()
                 raise
             if tx.discard:
-                tx.finish_background(discard=True)
                 trans.rollback()
                 return
             try:
                 tx.flush_deferred()
                 for callback in tx.before_commit:
                     callback()
-                tx.finish_background()
                 if not self.is_sqlite and tx.next_notification_id > first_id:
                     # Wakes `projections follow`; PostgreSQL delivers it only on commit.
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
             except BaseException:
-                tx.finish_background(discard=True)
                 trans.rollback()
                 raise
             trans.commit()

@@ -4,14 +4,14 @@ whose an order is, which acquirers there are. SQL lives here, not in the applica
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.persistence import tables
-from ledger.persistence.database import Select
+from ledger.persistence.database import WriteTransaction
 
 _F, _C, _O, _E = tables.facts, tables.customers, tables.orders, tables.events
 
@@ -24,22 +24,22 @@ _SELECT_CUSTOMER_REFS = sa.select(_C.c.customer_ref).order_by(_C.c.notification_
 _SELECT_ORIGINATORS = sa.select(_E.c.originator_id).where(_E.c.topic == sa.bindparam("topic"))
 
 
-def known(
-    select: Select, fact_ids: list[str], refs: list[str], orders: list[str]
-) -> tuple[set[str], set[UUID], dict[str, UUID]]:
-    """Of an import chunk's fact ids, customers and orders, what the ledger holds: the
-    recorded fact ids, the registered customers' stream ids, each placed order's customer.
-    Three indexed lookups on the driver (`select` runs a statement with `IN ({marks})`)."""
-    return (
-        {row[0] for row in select(_FACT_IDS, fact_ids)},
-        {_uuid(row[0]) for row in select(_CUSTOMER_IDS, refs)},
-        {row[0]: _uuid(row[1]) for row in select(_ORDER_OWNERS, orders)},
-    )
+def recorded_fact_ids(tx: WriteTransaction, ids: Collection[str]) -> set[str]:
+    """Those of `ids` already recorded (the idempotency check of an import chunk)."""
+    sql = "SELECT fact_id FROM ledger_facts WHERE fact_id IN ({marks})"
+    return {row[0] for row in tx.select_in(sql, list(ids))}
 
 
-_FACT_IDS = "SELECT fact_id FROM ledger_facts WHERE fact_id IN ({marks})"
-_CUSTOMER_IDS = "SELECT customer_id FROM ledger_customers WHERE customer_ref IN ({marks})"
-_ORDER_OWNERS = "SELECT order_ref, customer_id FROM ledger_orders WHERE order_ref IN ({marks})"
+def customer_ids(tx: WriteTransaction, refs: Collection[str]) -> set[UUID]:
+    """The stream ids of those of `refs` that are registered customers."""
+    sql = "SELECT customer_id FROM ledger_customers WHERE customer_ref IN ({marks})"
+    return {_uuid(row[0]) for row in tx.select_in(sql, list(refs))}
+
+
+def order_owners(tx: WriteTransaction, refs: Collection[str]) -> dict[str, UUID]:
+    """Order reference -> its customer's stream id, for those of `refs` that exist."""
+    sql = "SELECT order_ref, customer_id FROM ledger_orders WHERE order_ref IN ({marks})"
+    return {row[0]: _uuid(row[1]) for row in tx.select_in(sql, list(refs))}
 
 
 def _uuid(value: UUID | str) -> UUID:
