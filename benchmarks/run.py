@@ -34,6 +34,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,12 +162,23 @@ def run_process(
     args: list[str], env: dict[str, str] | None = None, usage_of: list[float] | None = None
 ) -> tuple[float, int, bytes]:
     """Wall seconds, peak RSS (KiB) and stdout of one process (its CPU seconds appended to
-    `usage_of`, if given)."""
+    `usage_of`, if given).
+
+    The peak RSS is the largest VmHWM of the process and of any worker it starts, polled
+    from /proc while they run. Not `wait4`'s ru_maxrss: on Linux a child started from this
+    process inherits this process's own high-water mark through fork and exec, so every
+    figure after a large in-process measurement read as at least that."""
     started = time.perf_counter()
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stdout is not None and process.stderr is not None
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+    poller = threading.Thread(target=_poll_peaks, args=(process.pid, peaks, done))
+    poller.start()
     stdout = process.stdout.read()
     stderr = process.stderr.read()
+    done.set()
+    poller.join()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if usage_of is not None:
@@ -174,7 +186,25 @@ def run_process(
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(args[:6])}… failed:\n{stderr.decode(errors='replace')}")
-    return seconds, usage.ru_maxrss, stdout
+    return seconds, max(peaks.values(), default=0), stdout
+
+
+def _poll_peaks(pid: int, peaks: dict[int, int], done: threading.Event) -> None:
+    """Every 10 ms until `done`: the VmHWM (KiB) of `pid` and its descendants, by pid."""
+    while not done.is_set():
+        stack = [pid]
+        while stack:
+            current = stack.pop()
+            try:
+                with open(f"/proc/{current}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peaks[current] = max(peaks.get(current, 0), int(line.split()[1]))
+                with open(f"/proc/{current}/task/{current}/children") as children:
+                    stack.extend(int(child) for child in children.read().split())
+            except (OSError, ValueError):  # it ended meanwhile
+                continue
+        done.wait(0.01)
 
 
 @dataclass
@@ -256,9 +286,11 @@ def measure_backend(
         print(f"  {backend:10} {name:34} {shown:>12} {unit}{slower} {note}", flush=True)
         return Figure(name, backend, facts, value, unit, ratio, note)
 
-    # import, in a worker process of its own: its time inside, its peak memory
-    _, rss, out = run_process([sys.executable, __file__, "--worker-import", url, str(feed)])
+    # import, in a worker process of its own: its time inside, its peak memory (its own
+    # VmHWM, read by itself at the end: exact, where polling could miss the last moments)
+    _, _, out = run_process([sys.executable, __file__, "--worker-import", url, str(feed)])
     result = json.loads(out)
+    rss = result["peak_kib"]
     rate = result["accepted"] / result["seconds"]
     cpu_rate = result["accepted"] / result["cpu"]
     yield figure(
@@ -349,7 +381,10 @@ def worker_import(url: str, feed: str) -> None:
     with open(feed, "rb") as handle:
         summary = app.import_lines(handle)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    print(json.dumps({"accepted": summary.accepted, "seconds": seconds, "cpu": cpu}))
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    result = {"accepted": summary.accepted, "seconds": seconds, "cpu": cpu, "peak_kib": peak}
+    print(json.dumps(result))
 
 
 # -- the table -------------------------------------------------------------------------------
