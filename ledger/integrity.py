@@ -100,12 +100,17 @@ def event_leaf_hash(
 
 
 def event_leaf_hashes(
-    rows: Iterable[tuple[int, Any, int, bytes, bytes]], originator_bytes: Callable[[Any], bytes]
+    rows: Iterable[tuple[int, Any, int, Any, bytes]],
+    originator_bytes: Callable[[Any], bytes],
+    topic_bytes: Callable[[Any], bytes] | None = None,
 ) -> list[bytes]:
     """The leaf hashes of event rows (notification id, originator id, version, topic, state)
-    as `event_leaf_hash` computes each, in one comprehension: `verify`'s hot loop.
-    `originator_bytes` turns the driver's originator id into its 16 bytes."""
+    as `event_leaf_hash` computes each, in one comprehension: `verify`'s hot loop, and the
+    sealer's. `originator_bytes` turns the driver's originator id into its 16 bytes;
+    `topic_bytes`, if given, a topic into its UTF-8 bytes (else topics are bytes already)."""
     sha, head, length = _sha256, _LEAF_HEAD.pack, _LEN.pack
+    if topic_bytes is not None:
+        rows = [(p, o, v, topic_bytes(t), s) for p, o, v, t, s in rows]
     return [
         sha(
             head(position, originator_bytes(originator), version, len(topic))

@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from uuid import UUID
 from weakref import WeakKeyDictionary
 
@@ -196,6 +197,15 @@ class _TopicBytes(dict[str, bytes]):
 
 
 _TOPIC_BYTES = _TopicBytes()
+_SEAL_BATCH = 4096  # rows hashed at a time (a catch-up of old events streams through)
+
+
+def _originator_bytes(value: Any) -> bytes:
+    return value.bytes if type(value) is UUID else _uuid_bytes(value)
+
+
+def _topic_bytes(value: Any) -> bytes:
+    return _TOPIC_BYTES[value] if type(value) is str else _text_bytes(value)
 
 
 class Sealer:
@@ -224,24 +234,24 @@ class Sealer:
         Stores each leaf hash and the complete nodes from level `_FIRST_STORED_LEVEL` up
         (1.07 rows per event instead of 2; the levels between are rehashed from at most
         2**(_FIRST_STORED_LEVEL - 1) leaves when a proof needs them)."""
+        remaining = iter(rows)
+        while batch := list(islice(remaining, _SEAL_BATCH)):
+            self._add_batch(batch)
+
+    def _add_batch(self, batch: list[Sequence[Any]]) -> None:
         frontier = self.frontier
         stack, size = frontier.hashes, frontier.size
-        nodes: list[tuple[int, int, bytes]] = []
+        rows = cast("list[tuple[int, Any, int, Any, bytes]]", batch)
+        if not integrity.ids_follow(rows, size + 1):
+            for offset, row in enumerate(rows):
+                if row[0] != size + 1 + offset:
+                    raise IntegrityFailure(
+                        f"event {row[0]} does not follow the sealed log of {size + offset} events"
+                    )
+        leaves = integrity.event_leaf_hashes(rows, _originator_bytes, _topic_bytes)
+        nodes = [(0, index, leaf) for index, leaf in enumerate(leaves, size)]
         node_hash, first_stored = integrity.node_hash, _FIRST_STORED_LEVEL
-        topics = _TOPIC_BYTES
-        for notification_id, originator, version, topic, state in rows:
-            if notification_id != size + 1:
-                raise IntegrityFailure(
-                    f"event {notification_id} does not follow the sealed log of {size} events"
-                )
-            leaf = integrity.event_leaf_hash(
-                notification_id,
-                originator.bytes if type(originator) is UUID else _uuid_bytes(originator),
-                version,
-                topics[topic] if type(topic) is str else _text_bytes(topic),
-                state,
-            )
-            nodes.append((0, size, leaf))
+        for leaf in leaves:
             stack.append(leaf)
             size += 1
             done, level = size, 0
