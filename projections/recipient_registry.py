@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from projections import fold
 from projections.base import (
     Pass,
     ReadModel,
@@ -103,22 +104,7 @@ class RecipientRegistry(ReadModel):
 
     def rows(self, stream: Stream) -> Rows:
         key = stream.key
-        return {
-            links: [
-                (
-                    key,
-                    recipient,
-                    kind,
-                    link.disclosures,
-                    link.first_at,
-                    link.last_at,
-                    _join(link.categories),
-                    _join(link.purposes),
-                    _join(link.bases),
-                )
-                for (recipient, kind), link in stream.links.items()
-            ]
-        }
+        return {links: [_link_row(key, pair, link) for pair, link in stream.links.items()]}
 
     def replace(self, writer: Writer, streams: list[Stream], *, fresh: bool) -> None:
         delta = self.delta
@@ -131,18 +117,7 @@ class RecipientRegistry(ReadModel):
         for stream in streams:
             key = stream.key
             for pair, link in stream.links.items():
-                produced.append(
-                    (
-                        key,
-                        *pair,
-                        link.disclosures,
-                        link.first_at,
-                        link.last_at,
-                        _join(link.categories),
-                        _join(link.purposes),
-                        _join(link.bases),
-                    )
-                )
+                produced.append(_link_row(key, pair, link))
                 change = delta.get(pair)
                 if change is None:
                     delta[pair] = change = Figures(first_at=link.first_at, last_at=link.last_at)
@@ -202,3 +177,18 @@ def registry(conn: Connection, slot: str) -> list[dict[str, Any]]:
 
 def _join(values: set[str]) -> str:
     return ",".join(sorted(values))
+
+
+def _link_row(key: Any, pair: tuple[str, str], link: fold.Figures) -> tuple[Any, ...]:
+    """A customer's row of `rm_recipient_links`: the recipient and kind, and the link's
+    count, first and last times, categories, purposes and bases."""
+    return (
+        key,
+        *pair,
+        link.disclosures,
+        link.first_at,
+        link.last_at,
+        _join(link.categories),
+        _join(link.purposes),
+        _join(link.bases),
+    )
