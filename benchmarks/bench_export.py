@@ -59,7 +59,11 @@ def export(path: Path, out: Path, file_format: str, sequential: bool) -> None:
     )
     seconds = time.perf_counter() - started
     cpu = _cpu() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # This process's own high-water mark (VmHWM): its ru_maxrss would include the parent's,
+    # which built the ledger (Linux hands a parent's peak on through fork and exec).
+    with open("/proc/self/status") as status:
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    peak_mb = peak_kib / 1024
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     written = sum(f.bytes for f in result.files)
     checked = manifest.verify_export_dir(out, seals.load_public_key(ledger.database))
