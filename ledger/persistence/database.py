@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextvars
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
@@ -97,23 +97,12 @@ class WriteTransaction:
         if not values:
             return []
         marks = ", ".join("?" * len(values))
-        paramstyle = "qmark" if self.database.is_sqlite else "pyformat"
-        cursor = self.connection.connection.cursor()
-        try:
-            cursor.execute(sqlite_reads.for_driver(sql.format(marks=marks), paramstyle), values)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
+        sql = sql.format(marks=marks)
+        return _on_driver(self.connection, self.database.is_sqlite, sql, values, list)
 
     def execute_on_driver(self, sql: str, params: tuple[Any, ...]) -> int:
         """One write statement (`?` marks) on the driver; returns the rows it changed."""
-        paramstyle = "qmark" if self.database.is_sqlite else "pyformat"
-        cursor = self.connection.connection.cursor()
-        try:
-            cursor.execute(sqlite_reads.for_driver(sql, paramstyle), params)
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+        return _on_driver(self.connection, self.database.is_sqlite, sql, params, _rowcount)
 
     def insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -375,13 +364,7 @@ class Database:
         if self._reads is not None and self.current is None:
             return self._reads.fetch(sql, params)
         with self.reading_statement() as conn:
-            paramstyle = "qmark" if self.is_sqlite else "pyformat"
-            cursor = conn.connection.cursor()
-            try:
-                cursor.execute(sqlite_reads.for_driver(sql, paramstyle), params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
+            return _on_driver(conn, self.is_sqlite, sql, params, list)
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -427,6 +410,30 @@ class Database:
             with conn.begin():
                 upgrade_connection(conn)
         return before, SCHEMA_HEAD
+
+
+_R = TypeVar("_R")
+
+
+def _on_driver(
+    conn: Connection,
+    is_sqlite: bool,
+    sql: str,
+    params: Sequence[Any],
+    result: Callable[[Any], _R],
+) -> _R:
+    """Run one statement (`?` marks) on the connection's driver cursor; `result` reads the
+    cursor (`list`: its rows) before it is closed."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sqlite_reads.for_driver(sql, "qmark" if is_sqlite else "pyformat"), params)
+        return result(cursor)
+    finally:
+        cursor.close()
+
+
+def _rowcount(cursor: Any) -> int:
+    return int(cursor.rowcount)
 
 
 def _sqlite_uuid(value: UUID) -> str:
