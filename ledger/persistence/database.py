@@ -432,6 +432,11 @@ def _on_driver(
         cursor.close()
 
 
+def fetch_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """The rows of one small statement (`?` marks) on `conn`'s driver cursor."""
+    return _on_driver(conn, conn.dialect.name == "sqlite", sql, params, list)
+
+
 def _rowcount(cursor: Any) -> int:
     return int(cursor.rowcount)
 

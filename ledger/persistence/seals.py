@@ -50,7 +50,12 @@ from ledger import integrity
 from ledger.errors import ConfigurationError, FactNotFoundError, InputError, IntegrityFailure
 from ledger.integrity import Checkpoint, Frontier, LogAudit, LogAuditor, Problem
 from ledger.persistence import tables
-from ledger.persistence.database import Database, WriteTransaction, default_key_dir
+from ledger.persistence.database import (
+    Database,
+    WriteTransaction,
+    default_key_dir,
+    fetch_rows,
+)
 from ledger.persistence.keys import write_key_file
 
 SIGNING_KEY_FILE = "signing.key"
@@ -350,7 +355,7 @@ _NODE_RUNS = (  # PostgreSQL: the runs as three arrays (levels, firsts, lasts)
 def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integrity.NodeSource:
     """The nodes a proof or a frontier needs, in one query on `conn`."""
     return _nodes_from(
-        lambda sql, params: _raw_rows(conn, sql, params),
+        lambda sql, params: fetch_rows(conn, sql, params),
         wanted,
         postgres=conn.dialect.name == "postgresql",
     )
@@ -412,20 +417,6 @@ def _proof_path(
     return [
         integrity.fold_subtrees([node(level, index) for level, index in each]) for each in nodes
     ]
-
-
-def _raw_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    """Rows of a small query on the driver's own cursor (`?` marks, rewritten for psycopg)."""
-    if conn.dialect.name != "sqlite":
-        sql = sql.replace("?", "%s")
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    cursor = raw.cursor()
-    try:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
 
 
 def _load_frontier(conn: Connection, size: int) -> Frontier:
@@ -903,7 +894,7 @@ def _statements(database: Database) -> Iterator[Fetch]:
         yield database.fetch_on_driver
         return
     with database.reading_statement() as conn:
-        yield lambda sql, params: _raw_rows(conn, sql, params)
+        yield lambda sql, params: fetch_rows(conn, sql, params)
 
 
 def prove_fact(app: HasDatabase, fact_id: str) -> dict[str, Any]:
@@ -973,7 +964,7 @@ def prove_consistency(
             )
         ranges = integrity.consistency_ranges(first.tree_size, second.tree_size)
         path = _proof_path(
-            lambda sql, params: _raw_rows(conn, sql, params),
+            lambda sql, params: fetch_rows(conn, sql, params),
             ranges,
             postgres=not database.is_sqlite,
         )
