@@ -234,11 +234,15 @@ class ConsentLedger(Application[UUID]):
                 details.update({k: v for k, v in opened.items() if k in PERSONAL_FIELDS})
         return details
 
-    def extra_fields(self, customer: Customer, event: FactEvent) -> dict[str, Any] | None:
-        """A fact's unknown feed fields (kept sealed with the customer's data)."""
+    def extra_fields(
+        self, aggregate: Customer | Acquirer, event: FactEvent
+    ) -> dict[str, Any] | None:
+        """A fact's unknown feed fields, kept sealed under the data key of its stream (a
+        customer's, or an acquirer's for a transfer initiation); None once that key is gone.
+        Transfer initiations recorded before they were sealed keep them in `extra`."""
         if not event.sealed:
-            return {}
-        key = self.keys.get(customer.id)
+            return dict(getattr(event, "extra", {}))
+        key = self.keys.get(aggregate.id)
         if key is None:
             return None
         extra = _open(key, event.sealed).get("extra", {})
@@ -502,7 +506,7 @@ class Recording:
             self._register(fact)
         elif kind == "transfer.initiated":
             acquirer = self._acquirer(fact.data["acquirer"])
-            acquirer.initiate_transfer(fact)
+            acquirer.initiate_transfer(fact, self._seal_acquirer_extra(acquirer, fact))
             self.dirty[acquirer.id] = acquirer
         else:
             customer = self._customer_for(fact)
@@ -544,6 +548,15 @@ class Recording:
         self.emails[ident] = [(fact.at, customer.version, {"email": fact.data["email"]})]
         if len(self.emails) > _CUSTOMER_CACHE:  # forgotten ones are read back when needed
             self.emails.popitem(last=False)
+
+    def _seal_acquirer_extra(self, acquirer: Acquirer, fact: Fact) -> str | None:
+        """A transfer initiation's unknown fields, sealed under a data key of the acquirer's
+        stream (there is no customer whose key could hold them; they may name people)."""
+        if not fact.extra:
+            return None
+        keys = self.app.keys
+        key = keys.get(acquirer.id) or keys.create(acquirer.id)
+        return key.seal({"extra": fact.extra})
 
     def _seal(self, key: DataKey | None, fact: Fact) -> str | None:
         if fact.type == "customer.updated":

@@ -372,7 +372,9 @@ class Acquirer(Aggregate):
     class TransferInitiated(FactEvent):
         FACT_TYPE = "transfer.initiated"
         scope: str
-        extra: dict[str, Any]  # no customer, so no key to seal a line's unknown fields under
+        # The line's unknown fields are sealed (`sealed`) under a data key of the acquirer's
+        # stream; `extra` is empty. Events recorded before that kept them here, unsealed.
+        extra: dict[str, Any]
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Acquirer)
@@ -405,16 +407,18 @@ class Acquirer(Aggregate):
     def create(cls, name: str) -> Acquirer:
         return cls._create(cls.Named, id=acquirer_id(name), name=name)
 
-    def initiate_transfer(self, fact: Fact) -> None:
+    def initiate_transfer(self, fact: Fact, sealed: str | None) -> None:
+        """`sealed`: the line's unknown fields, sealed by the caller (domain code holds no
+        keys)."""
         _trigger(
             self,
             self.TransferInitiated,
             {
                 "fact_id": fact.id,
                 "at": fact.at,
-                "sealed": None,
+                "sealed": sealed,
                 "scope": fact.data["scope"],
-                "extra": fact.extra,
+                "extra": {},
             },
         )
 

@@ -306,6 +306,48 @@ def test_unknown_fields_are_kept_sealed_with_the_customer(ledger: Any) -> None:
         assert value.encode() not in raw
 
 
+def test_a_transfer_initiations_unknown_fields_are_sealed_under_the_acquirers_key(
+    ledger: Any,
+) -> None:
+    from ledger.domainmodel import Acquirer, acquirer_id
+
+    first = line("transfer.initiated", "t-1", 0, board_contact="Jane Roe, +44 7700 900123")
+    again = line("transfer.initiated", "t-2", 5, data_room="room 7 for Jane Roe")
+    plain = line("transfer.initiated", "t-3", 9)
+    import_objs(ledger, [first, again, plain])
+    with ledger.database.reading() as conn:
+        raw = b"".join(conn.execute(sa.text("SELECT state FROM ledger_events")).scalars())
+    assert b"Jane Roe" not in raw and b"900123" not in raw
+    acquirer = ledger.repository.get(acquirer_id("Northwind"))
+    events = [
+        e for e in ledger.events.get(acquirer.id) if isinstance(e, Acquirer.TransferInitiated)
+    ]
+    assert [ledger.extra_fields(acquirer, e) for e in events] == [
+        {"board_contact": "Jane Roe, +44 7700 900123"},
+        {"data_room": "room 7 for Jane Roe"},
+        {},
+    ]
+    assert count(ledger, "ledger_data_keys") == 1  # one key for the acquirer's stream
+
+
+def test_a_transfer_initiation_recorded_with_unsealed_extra_fields_still_reads(
+    ledger: Any,
+) -> None:
+    # The same event shape as before extra fields were sealed: `extra` filled, `sealed` None.
+    from ledger.domainmodel import Acquirer, _trigger
+    from ledger.feed import validate
+
+    acquirer = Acquirer.create("Northwind")
+    fact = validate(line("transfer.initiated", "t-old", 0))
+    fields = {"fact_id": fact.id, "at": fact.at, "sealed": None, "scope": "all customers"}
+    _trigger(acquirer, Acquirer.TransferInitiated, {**fields, "extra": {"note": "kept"}})
+    ledger.save(acquirer)
+    loaded = ledger.repository.get(acquirer.id)
+    event = list(ledger.events.get(acquirer.id))[-1]
+    assert loaded.initiations == [fact.at]
+    assert ledger.extra_fields(loaded, event) == {"note": "kept"}
+
+
 # -- chunk boundaries ------------------------------------------------------------------------
 # A file is recorded in chunks: each chunk's lookups (recorded ids, customers, orders) are
 # queued before the previous chunk's writes, which they add from memory. Whatever the chunk

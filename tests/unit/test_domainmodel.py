@@ -185,9 +185,12 @@ def test_after_erasure_withdrawals_and_history_are_still_recorded() -> None:
 def test_acquirer_records_its_transfer_initiations() -> None:
     acquirer = Acquirer.create("Northwind")
     assert acquirer.id == acquirer_id("Northwind")
-    acquirer.initiate_transfer(validate(line("transfer.initiated", "t", 10, secret_room="7")))
+    fact = validate(line("transfer.initiated", "t", 10, secret_room="7"))
+    acquirer.initiate_transfer(fact, "sealed-by-the-application")
     event = acquirer.pending_events[-1]
     assert isinstance(event, Acquirer.TransferInitiated) and isinstance(event, FactEvent)
-    assert (event.scope, event.extra) == ("all customers", {"secret_room": "7"})
+    # The unknown field travels sealed, never in the clear.
+    assert (event.scope, event.extra) == ("all customers", {})
+    assert event.sealed == "sealed-by-the-application"
     assert not acquirer.initiated_by(datetime(2025, 1, 10, 9, 9, tzinfo=UTC))
     assert acquirer.initiated_by(datetime(2025, 1, 10, 9, 10, tzinfo=UTC))

@@ -117,7 +117,7 @@ def record_in_memory(objs: list[dict[str, Any]]) -> dict[UUID, Customer | Acquir
             ident = acquirer_id(fact.data["acquirer"])
             acquirer = aggregates.setdefault(ident, Acquirer.create(fact.data["acquirer"]))
             assert isinstance(acquirer, Acquirer)
-            acquirer.initiate_transfer(fact)
+            acquirer.initiate_transfer(fact, f"sealed:{fact.id}" if fact.extra else None)
         else:
             ref = fact.customer
             ident = customer_id(ref) if ref is not None else owners[str(fact.order)]
