@@ -92,13 +92,26 @@ class WriteTransaction:
         self.deferred.clear()
 
     def select_in(self, sql: str, values: list[Any]) -> list[Any]:
-        """The rows of `sql` (one `?` per value, written `IN ({marks})`) run on the driver:
-        an import's per-chunk lookups, without SQLAlchemy compiling a 2,000-value IN list."""
+        """The rows of `sql` whose `{in_values}` is the list `values`, run on the driver: an
+        import's per-chunk lookups, without SQLAlchemy compiling a 2,000-value IN list.
+
+        SQLite gets `IN (?, ?, ...)`. PostgreSQL gets `= ANY(%s)`, one array parameter, planned
+        for each call (never prepared): a generic plan is made from the statistics of tables
+        that this very import is filling, and chose badly (these lookups took twice as long
+        prepared; `= ANY` unprepared took ~30 % less than a 2,000-value IN list).
+        """
         if not values:
             return []
-        marks = ", ".join("?" * len(values))
-        sql = sql.format(marks=marks)
-        return _on_driver(self.connection, self.database.is_sqlite, sql, values, list)
+        if self.database.is_sqlite:
+            sql = sql.format(in_values=f"IN ({', '.join('?' * len(values))})")
+            return _on_driver(self.connection, True, sql, values, list)
+        cursor: Any = self.connection.connection.cursor()  # psycopg's, which can prepare
+        try:
+            sql = sql.format(in_values="= ANY(%s)")
+            cursor.execute(sql, (values,), prepare=False)
+            return list(cursor)
+        finally:
+            cursor.close()
 
     def execute_on_driver(self, sql: str, params: tuple[Any, ...]) -> int:
         """One write statement (`?` marks) on the driver; returns the rows it changed."""

@@ -26,19 +26,19 @@ _SELECT_ORIGINATORS = sa.select(_E.c.originator_id).where(_E.c.topic == sa.bindp
 
 def recorded_fact_ids(tx: WriteTransaction, ids: Collection[str]) -> set[str]:
     """Those of `ids` already recorded (the idempotency check of an import chunk)."""
-    sql = "SELECT fact_id FROM ledger_facts WHERE fact_id IN ({marks})"
+    sql = "SELECT fact_id FROM ledger_facts WHERE fact_id {in_values}"
     return {row[0] for row in tx.select_in(sql, list(ids))}
 
 
 def customer_ids(tx: WriteTransaction, refs: Collection[str]) -> set[UUID]:
     """The stream ids of those of `refs` that are registered customers."""
-    sql = "SELECT customer_id FROM ledger_customers WHERE customer_ref IN ({marks})"
+    sql = "SELECT customer_id FROM ledger_customers WHERE customer_ref {in_values}"
     return {_uuid(row[0]) for row in tx.select_in(sql, list(refs))}
 
 
 def order_owners(tx: WriteTransaction, refs: Collection[str]) -> dict[str, UUID]:
     """Order reference -> its customer's stream id, for those of `refs` that exist."""
-    sql = "SELECT order_ref, customer_id FROM ledger_orders WHERE order_ref IN ({marks})"
+    sql = "SELECT order_ref, customer_id FROM ledger_orders WHERE order_ref {in_values}"
     return {row[0]: _uuid(row[1]) for row in tx.select_in(sql, list(refs))}
 
 
