@@ -164,6 +164,8 @@ class ConsentLedger(Application[UUID]):
             for _attempt in range(3):
                 try:
                     with self.database.writing() as tx, _fewer_collections():
+                        if not preventive:  # a file: insert each chunk while the next is made
+                            tx.overlap_inserts()
                         Recording(self, tx, summary, preventive=preventive).run(items)
                         tx.discard = dry_run or bool(summary.errors)
                     return
@@ -447,18 +449,22 @@ class Recording:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, items: Iterator[tuple[int, Fact | InvalidFactError]]) -> None:
-        chunk: list[tuple[int, Fact | InvalidFactError]] = []
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= CHUNK:
-                self._chunk(chunk)
-                chunk = []
-        if chunk:
-            self._chunk(chunk)
+        """Apply the items chunk by chunk. A chunk's lookups run before the previous chunk
+        is saved (they take its unsaved facts, customers and orders from memory), so that
+        its inserts, queued on the transaction's worker by an import, run while this chunk
+        is applied."""
+        unsaved = False
+        for chunk in _chunks(items):
+            facts = [item for _, item in chunk if isinstance(item, Fact)]
+            known = self._prefetch(facts)
+            if unsaved:
+                self._flush()
+            self._chunk(chunk, known)
+            unsaved = True
+        if unsaved:
+            self._flush()
 
-    def _chunk(self, chunk: list[tuple[int, Fact | InvalidFactError]]) -> None:
-        facts = [item for _, item in chunk if isinstance(item, Fact)]
-        known = self._prefetch(facts)
+    def _chunk(self, chunk: list[tuple[int, Fact | InvalidFactError]], known: set[str]) -> None:
         self.chunk_ids = set()
         for number, item in chunk:
             if isinstance(item, InvalidFactError):
@@ -478,7 +484,6 @@ class Recording:
             else:
                 self.chunk_ids.add(item.id)
                 self.summary.accepted += 1
-        self._flush()
 
     def _reject(self, error: InvalidFactError, number: int) -> None:
         self.summary.rejected += 1
@@ -489,11 +494,17 @@ class Recording:
         from ledger.persistence import indexes
 
         tx = self.tx
-        known = indexes.recorded_fact_ids(tx, [f.id for f in facts])
+        ids = [f.id for f in facts]
+        known = indexes.recorded_fact_ids(tx, ids)
         refs = {f.customer for f in facts if f.customer is not None}
         self.known_customers = indexes.customer_ids(tx, refs)
         orders = {f.order for f in facts if f.order is not None}
         self.order_owners = indexes.order_owners(tx, orders)
+        # What the previous chunk recorded and has not saved yet (see `run`).
+        known.update(self.chunk_ids.intersection(ids))
+        self.known_customers.update(self.new_customers)
+        for order in orders & self.new_orders.keys():
+            self.order_owners[order] = self.new_orders[order]
         # A fact may name only an order: its owner is a known customer too.
         self.known_customers.update(self.order_owners.values())
         return known
@@ -694,6 +705,19 @@ class Recording:
         self.new_orders.clear()
         self.new_customers.clear()
         self.dirty.clear()
+
+
+def _chunks(
+    items: Iterator[tuple[int, Fact | InvalidFactError]],
+) -> Iterator[list[tuple[int, Fact | InvalidFactError]]]:
+    chunk: list[tuple[int, Fact | InvalidFactError]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 _CUSTOMER_CACHE = 20_000

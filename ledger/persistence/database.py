@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.engine.url import URL
 
+    from ledger.persistence.background import BackgroundInserts
+
 # Recordings committed on PostgreSQL are announced here (read models listen).
 NOTIFY_CHANNEL = "consent_ledger_events"
 
@@ -70,7 +72,7 @@ class WriteTransaction:
     """One atomic write: a connection holding the writer's lock and the next recording id."""
 
     database: Database
-    connection: Connection
+    _connection: Connection
     next_notification_id: int
     discard: bool = False
     after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -81,6 +83,41 @@ class WriteTransaction:
     deferred: dict[tuple[sa.Table, tuple[str, ...]], list[tuple[Any, ...]]] = field(
         default_factory=dict
     )
+
+    # Bulk inserts queued on a worker thread (an import's; see `overlap_inserts`).
+    background: BackgroundInserts | None = None
+
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, once every insert queued on it has run: whatever
+        uses it sees all that was written before, in order."""
+        if self.background is not None:
+            self.background.settle()
+        return self._connection
+
+    def overlap_inserts(self) -> None:
+        """From now on, `insert_many` queues its rows on a worker thread and returns (see
+        `ledger.persistence.background`); an error surfaces at the next use of the
+        connection, at the latest before commit."""
+        if self.background is None and self.database.background_inserts_work(self._connection):
+            from ledger.persistence.background import BackgroundInserts
+
+            driver = self._connection.connection.dbapi_connection
+            self.background = BackgroundInserts(driver, self.database.is_sqlite)
+
+    def end_background(self, *, settle: bool) -> None:
+        """Stop the worker: after waiting for its inserts (raising their error) if `settle`;
+        else only waiting (a rollback follows)."""
+        background, self.background = self.background, None
+        if background is None:
+            return
+        if settle:
+            try:
+                background.settle()
+            finally:
+                background.close()
+        else:
+            background.close()
 
     def defer(self, table: sa.Table, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
         """Queue a row to insert with others of its table (before commit at the latest)."""
@@ -132,6 +169,8 @@ class WriteTransaction:
         """
         if not rows:
             return
+        if self.background is not None and self.background.submit(table.name, columns, rows):
+            return
         dbapi = self.connection.dialect.loaded_dbapi
         cursor = self.connection.connection.cursor()
         try:
@@ -180,6 +219,7 @@ class Database:
             raise DatabaseUnavailableError(
                 f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
             )
+        self._background_ok: bool | None = None
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -201,6 +241,20 @@ class Database:
             self._engine = self._create_engine()
         return self._engine
 
+    def background_inserts_work(self, connection: Connection) -> bool:
+        """Whether an import may queue its inserts on a worker thread (SQLite's need its
+        JSON functions, built in since 3.38 and in most builds before)."""
+        if self._background_ok is None:
+            if not self.is_sqlite:
+                self._background_ok = True
+            else:
+                try:
+                    connection.exec_driver_sql("SELECT json_extract('[1]', '$[0]')").close()
+                    self._background_ok = True
+                except Exception:  # no JSON functions: insert in turn
+                    self._background_ok = False
+        return self._background_ok
+
     @property
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
@@ -219,7 +273,11 @@ class Database:
         from sqlalchemy import event as sa_event
 
         if self.is_sqlite:
-            engine = sa.create_engine(self.url, connect_args={"timeout": 120})
+            # Not tied to its thread: an import's inserts run on a worker thread, one at a time
+            # with the import's own statements (see `ledger.persistence.background`).
+            engine = sa.create_engine(
+                self.url, connect_args={"timeout": 120, "check_same_thread": False}
+            )
             # A UUID's SQLite storage form, as SQLAlchemy's Uuid type stores it (32 hex
             # digits), for the raw inserts of `insert_many`: the driver converts each value
             # as it binds it, no copy of every row. (SQLAlchemy binds strings, not UUIDs.)
@@ -318,19 +376,23 @@ class Database:
                 finally:
                     _ambient.reset(token)
             except BaseException:
+                tx.end_background(settle=False)
                 trans.rollback()
                 raise
             if tx.discard:
+                tx.end_background(settle=False)
                 trans.rollback()
                 return
             try:
                 tx.flush_deferred()
                 for callback in tx.before_commit:
                     callback()
+                tx.end_background(settle=True)
                 if not self.is_sqlite and tx.next_notification_id > first_id:
                     # Wakes `projections follow`; PostgreSQL delivers it only on commit.
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
             except BaseException:
+                tx.end_background(settle=False)
                 trans.rollback()
                 raise
             trans.commit()

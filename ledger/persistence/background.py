@@ -1,0 +1,179 @@
+"""An import's inserts, run on a second thread while the next chunk is applied.
+
+An import alternates Python work (parse, validate, build events, seal) with the database's
+work (insert a chunk's rows, update their indexes). Done in turn, the one waits for the other:
+on PostgreSQL the client sat idle for a third of a 1M-fact import while the server inserted.
+Here a chunk's inserts are handed to one worker thread, in order, and the import goes on with
+the next chunk; anything else that uses the transaction's connection first waits for the
+queued inserts (`WriteTransaction.connection` does that), so every statement still runs in
+recording order on the one connection, inside the one transaction.
+
+The worker must not need Python's GIL while the database works, or it would only take turns
+with the import:
+- PostgreSQL: `COPY` (psycopg formats rows in C and waits on the socket without the GIL).
+- SQLite: Python's driver releases the GIL only inside each `sqlite3_step`, so an
+  `executemany` reacquires it after every row (and waits up to a switch interval for it while
+  the import thread computes). One statement instead inserts the whole chunk in one step:
+  `INSERT ... SELECT json_extract(value, '$[i]') ... FROM json_each(?1)`, the rows as one
+  JSON array; bytes values travel in a second parameter, one blob, taken out with `substr`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+
+class BackgroundInserts:
+    """A FIFO of bulk inserts on one transaction's connection, run by one worker thread."""
+
+    def __init__(self, driver: Any, is_sqlite: bool) -> None:
+        self._driver = driver
+        self._is_sqlite = is_sqlite
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="consent-ledger-insert")
+        self._pending: list[Future[None]] = []
+
+    def submit(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> bool:
+        """Queue the insert; False if these rows cannot be inserted in the background (the
+        caller then inserts them itself, after `settle()`)."""
+        job: Callable[[], None]
+        if self._is_sqlite:
+            statement = json_insert(table, columns, rows)
+            if statement is None:
+                return False
+            sql, params = statement
+            job = _guarded(table, lambda: self._driver.execute(sql, params).close())
+        else:
+            job = _guarded(table, lambda: _copy(self._driver, table, columns, rows))
+        self._pending.append(self._executor.submit(job))
+        return True
+
+    def settle(self) -> None:
+        """Wait for every queued insert; raise the first one's error, if any failed."""
+        pending, self._pending = self._pending, []
+        error: BaseException | None = None
+        for future in pending:
+            failure = future.exception()
+            if failure is not None and error is None:
+                error = failure
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Wait for the worker (errors are for `settle`, which a rollback skips) and stop it."""
+        try:
+            self.settle()
+        except Exception:  # the transaction is being rolled back anyway
+            pass
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+def _guarded(table: str, job: Callable[[], None]) -> Callable[[], None]:
+    """`job`, its integrity errors raised as eventsourcing's (as a synchronous insert does)."""
+
+    def run() -> None:
+        try:
+            job()
+        except Exception as error:
+            if type(error).__name__ not in ("IntegrityError", "UniqueViolation"):
+                raise
+            from eventsourcing.persistence import IntegrityError
+
+            first = (str(error).strip().splitlines() or ["integrity error"])[0]
+            raise IntegrityError(f"{table}: {first}") from None
+
+    return run
+
+
+def _copy(driver: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    with (
+        driver.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+
+
+def json_insert(
+    table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> tuple[str, tuple[Any, ...]] | None:
+    """One SQLite statement inserting `rows`, and its parameters; None for a value it cannot
+    carry (anything but int, str, bytes, UUID and None, or a column of mixed kinds).
+
+    A UUID is stored as its 32 hex digits, as our engine's adapter stores it; bytes come back
+    as a BLOB of the same bytes; text and integers as themselves.
+    """
+    kinds: list[str] = []
+    for column in range(len(columns)):
+        kind = _kind(rows, column)
+        if kind is None:
+            return None
+        kinds.append(kind)
+    exprs: list[str] = []
+    position = 0
+    for kind in kinds:
+        if kind == "bytes":
+            exprs.append(
+                f"substr(?2, json_extract(value, '$[{position}]'), "
+                f"json_extract(value, '$[{position + 1}]'))"
+            )
+            position += 2
+        else:
+            exprs.append(f"json_extract(value, '$[{position}]')")
+            position += 1
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(exprs)} FROM json_each(?1)"
+    if all(kind == "plain" for kind in kinds):
+        return _encoded(sql, rows)
+    # Column by column (a comprehension each), then back to rows: several times faster
+    # than a Python loop over every value.
+    columns_out: list[Sequence[Any]] = []
+    blobs: list[bytes] = []
+    offset = 1  # substr counts from 1
+    for kind, values in zip(kinds, zip(*rows, strict=True), strict=True):
+        if kind == "plain":
+            columns_out.append(values)
+        elif kind == "uuid":
+            columns_out.append([None if v is None else v.hex for v in values])
+        else:
+            lengths = [None if v is None else len(v) for v in values]
+            starts: list[int | None] = []
+            for length in lengths:
+                starts.append(None if length is None else offset)
+                offset += length or 0
+            columns_out.extend((starts, lengths))
+            blobs.extend(v for v in values if v is not None)
+    statement = _encoded(sql, list(zip(*columns_out, strict=True)))
+    if statement is None or "bytes" not in kinds:
+        return statement
+    # A blob even when every value is empty or None: one byte that no offset reaches.
+    return sql, (statement[1][0], b"".join(blobs) or b"\0")
+
+
+def _encoded(sql: str, items: Sequence[Sequence[Any]]) -> tuple[str, tuple[Any, ...]] | None:
+    """The statement with its rows as JSON text (text, not a blob: SQLite 3.45 and later
+    would read a blob as its binary JSONB)."""
+    try:
+        encoded = orjson.dumps(items)
+    except orjson.JSONEncodeError:  # e.g. a string that is not valid Unicode
+        return None
+    if b"\\u0000" in encoded:  # SQLite's JSON text would end at a NUL character
+        return None
+    return sql, (encoded.decode(),)
+
+
+def _kind(rows: list[tuple[Any, ...]], column: int) -> str | None:
+    """The kind of the column's non-None values: "plain" (int and str), "bytes" or "uuid"."""
+    classes = {type(row[column]) for row in rows}
+    classes.discard(type(None))
+    if classes <= {int, str}:
+        return "plain"
+    if classes == {bytes}:
+        return "bytes"
+    if classes == {UUID}:
+        return "uuid"
+    return None

@@ -1,0 +1,73 @@
+"""An import's inserts queued on the transaction's worker thread (`ledger.persistence.background`):
+run in order, seen by the transaction's next statement, and their failures fail the whole
+transaction, on both backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from eventsourcing.persistence import IntegrityError
+
+from ledger.persistence import tables
+from tests.examples import jsonl, story
+
+_META = ("name", "value")
+
+
+def _names(ledger: Any) -> list[str]:
+    with ledger.database.reading() as conn:
+        query = sa.select(tables.meta.c.name).where(tables.meta.c.name.like("bg-%"))
+        return sorted(conn.execute(query).scalars())
+
+
+def test_queued_inserts_are_seen_by_the_next_statement_and_committed(ledger: Any) -> None:
+    with ledger.database.writing() as tx:
+        tx.overlap_inserts()
+        assert tx.background is not None
+        tx.insert_many(tables.meta, _META, [("bg-1", "one"), ("bg-2", "two")])
+        tx.insert_many(tables.meta, _META, [("bg-3", "three")])
+        inside = tx.connection.execute(
+            sa.select(tables.meta.c.value).where(tables.meta.c.name.like("bg-%"))
+        )
+        assert sorted(inside.scalars()) == ["one", "three", "two"]
+    assert _names(ledger) == ["bg-1", "bg-2", "bg-3"]
+
+
+def test_a_queued_insert_that_breaks_a_constraint_fails_the_transaction(ledger: Any) -> None:
+    with pytest.raises(IntegrityError, match="ledger_meta"), ledger.database.writing() as tx:
+        tx.overlap_inserts()
+        tx.insert_many(tables.meta, _META, [("bg-1", "one")])
+        tx.insert_many(tables.meta, _META, [("bg-1", "again")])  # queued: no error yet
+    assert _names(ledger) == []
+
+
+def test_a_queued_insert_fails_before_commit_even_with_nothing_after_it(ledger: Any) -> None:
+    with pytest.raises(IntegrityError), ledger.database.writing() as tx:
+        tx.overlap_inserts()
+        tx.insert_many(tables.meta, _META, [("bg-1", "one"), ("bg-1", "again")])
+    assert _names(ledger) == []
+    # The database is usable afterwards: the worker has stopped and released it.
+    with ledger.database.writing() as tx:
+        tx.overlap_inserts()
+        tx.insert_many(tables.meta, _META, [("bg-1", "one")])
+    assert _names(ledger) == ["bg-1"]
+
+
+def test_an_import_of_many_small_chunks_with_a_tiny_customer_cache_records_everything(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each chunk's lookups run before the previous chunk's inserts; customers it registered
+    # may already be evicted from the cache and must be read back through those inserts.
+    monkeypatch.setattr("ledger.application.CHUNK", 2)
+    monkeypatch.setattr("ledger.application._CUSTOMER_CACHE", 1)
+    objs = story(prefix="a") + story(prefix="b")
+    summary = ledger.import_lines(jsonl(objs).splitlines(keepends=True))
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (len(objs), 0, 0)
+    for prefix in ("a", "b"):
+        expected = [o["id"] for o in objs if o.get("customer") == f"{prefix}C1"]
+        recorded = [e.fact_id for e in ledger.customer_events(f"{prefix}C1")]
+        assert [fact for fact in recorded if fact in expected] == expected
+    again = ledger.import_lines(jsonl(objs).splitlines(keepends=True))
+    assert (again.accepted, again.duplicates) == (0, len(objs))
