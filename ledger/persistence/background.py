@@ -52,6 +52,14 @@ class BackgroundInserts:
         self._pending.append(self._executor.submit(job))
         return True
 
+    def submit_statement(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Queue one statement, written for the driver (its own parameter marks)."""
+        if self._is_sqlite:
+            job = _guarded("statement", lambda: self._driver.execute(sql, params).close())
+        else:
+            job = _guarded("statement", lambda: _execute(self._driver, sql, params))
+        self._pending.append(self._executor.submit(job))
+
     def settle(self) -> None:
         """Wait for every queued insert; raise the first one's error, if any failed."""
         pending, self._pending = self._pending, []
@@ -88,6 +96,11 @@ def _guarded(table: str, job: Callable[[], None]) -> Callable[[], None]:
             raise IntegrityError(f"{table}: {first}") from None
 
     return run
+
+
+def _execute(driver: Any, sql: str, params: tuple[Any, ...]) -> None:
+    with driver.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _copy(driver: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:

@@ -150,6 +150,15 @@ class WriteTransaction:
         finally:
             cursor.close()
 
+    def execute_later(self, sql: str, params: tuple[Any, ...]) -> None:
+        """One write statement (`?` marks), queued after the inserts on the worker thread if
+        there is one (its rows changed are not known, nor needed), else run now."""
+        if self.background is None:
+            self.execute_on_driver(sql, params)
+            return
+        style = "qmark" if self.database.is_sqlite else "pyformat"
+        self.background.submit_statement(sqlite_reads.for_driver(sql, style), params)
+
     def execute_on_driver(self, sql: str, params: tuple[Any, ...]) -> int:
         """One write statement (`?` marks) on the driver; returns the rows it changed."""
         return _on_driver(self.connection, self.database.is_sqlite, sql, params, _rowcount)

@@ -222,15 +222,16 @@ class KeyStore:
         self._remember(customer_id, key)
         return key
 
-    def destroy(self, customer_id: UUID) -> bool:
-        """Crypto-shred: overwrite the wrapped key. True if there was a key to destroy."""
+    def destroy(self, customer_id: UUID) -> None:
+        """Crypto-shred: overwrite the wrapped key (in the ambient write, in order with an
+        import's queued inserts)."""
         with self.database.writing() as tx:
             # A key created in this transaction may still be queued: insert it first, or
             # the update finds nothing and the queued key is inserted alive after it.
             tx.flush_deferred()
             # On the driver: an import may erase thousands of customers, and SQLAlchemy's
             # update statement cost ~1 ms each. The same values its DateTime would bind.
-            destroyed = tx.execute_on_driver(
+            tx.execute_later(
                 f"UPDATE {_K.name} SET wrapped_key = NULL, destroyed_at = ? "
                 "WHERE customer_id = ? AND wrapped_key IS NOT NULL",
                 (_now_text(self.database), customer_id),
@@ -239,7 +240,6 @@ class KeyStore:
                 tx.after_commit.append(self._after_destroy)
         self._cache.pop(customer_id, None)
         self._cache[customer_id] = None
-        return destroyed > 0
 
     def _after_destroy(self) -> None:
         # The old wrapped key must not linger in the database's bytes. SQLite: secure_delete
