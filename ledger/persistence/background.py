@@ -31,9 +31,10 @@ import orjson
 class BackgroundInserts:
     """A FIFO of bulk inserts on one transaction's connection, run by one worker thread."""
 
-    def __init__(self, driver: Any, is_sqlite: bool) -> None:
+    def __init__(self, driver: Any, is_sqlite: bool, integrity_error: type[Exception]) -> None:
         self._driver = driver
         self._is_sqlite = is_sqlite
+        self._integrity_error = integrity_error
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="consent-ledger-insert")
         self._pending: list[Future[None]] = []
 
@@ -46,19 +47,35 @@ class BackgroundInserts:
             if statement is None:
                 return False
             sql, params = statement
-            job = _guarded(table, lambda: self._driver.execute(sql, params).close())
+            job = self._guarded(table, lambda: self._driver.execute(sql, params).close())
         else:
-            job = _guarded(table, lambda: _copy(self._driver, table, columns, rows))
+            job = self._guarded(table, lambda: _copy(self._driver, table, columns, rows))
         self._pending.append(self._executor.submit(job))
         return True
 
     def submit_statement(self, sql: str, params: tuple[Any, ...]) -> None:
         """Queue one statement, written for the driver (its own parameter marks)."""
         if self._is_sqlite:
-            job = _guarded("statement", lambda: self._driver.execute(sql, params).close())
+            job = self._guarded("statement", lambda: self._driver.execute(sql, params).close())
         else:
-            job = _guarded("statement", lambda: _execute(self._driver, sql, params))
+            job = self._guarded("statement", lambda: _execute(self._driver, sql, params))
         self._pending.append(self._executor.submit(job))
+
+    def _guarded(self, table: str, job: Callable[[], None]) -> Callable[[], None]:
+        """`job`, the driver's integrity errors raised as eventsourcing's (as a synchronous
+        insert raises them)."""
+        integrity_error = self._integrity_error
+
+        def run() -> None:
+            try:
+                job()
+            except integrity_error as error:
+                from eventsourcing.persistence import IntegrityError
+
+                first = (str(error).strip().splitlines() or ["integrity error"])[0]
+                raise IntegrityError(f"{table}: {first}") from None
+
+        return run
 
     def settle(self) -> None:
         """Wait for every queued insert; raise the first one's error, if any failed."""
@@ -79,23 +96,6 @@ class BackgroundInserts:
             pass
         finally:
             self._executor.shutdown(wait=True)
-
-
-def _guarded(table: str, job: Callable[[], None]) -> Callable[[], None]:
-    """`job`, its integrity errors raised as eventsourcing's (as a synchronous insert does)."""
-
-    def run() -> None:
-        try:
-            job()
-        except Exception as error:
-            if type(error).__name__ not in ("IntegrityError", "UniqueViolation"):
-                raise
-            from eventsourcing.persistence import IntegrityError
-
-            first = (str(error).strip().splitlines() or ["integrity error"])[0]
-            raise IntegrityError(f"{table}: {first}") from None
-
-    return run
 
 
 def _execute(driver: Any, sql: str, params: tuple[Any, ...]) -> None:

@@ -103,7 +103,8 @@ class WriteTransaction:
             from ledger.persistence.background import BackgroundInserts
 
             driver = self._connection.connection.dbapi_connection
-            self.background = BackgroundInserts(driver, self.database.is_sqlite)
+            integrity_error = self._connection.dialect.loaded_dbapi.IntegrityError
+            self.background = BackgroundInserts(driver, self.database.is_sqlite, integrity_error)
 
     def end_background(self, *, settle: bool) -> None:
         """Stop the worker: after waiting for its inserts (raising their error) if `settle`;
