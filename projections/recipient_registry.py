@@ -134,6 +134,13 @@ class RecipientRegistry(ReadModel):
             writer.delete_streams(links, [s.key for s in streams])
         writer.insert(links, produced)
 
+    def handover(self) -> dict[tuple[str, str], Figures]:
+        return self.delta
+
+    def take_over(self, accumulated: dict[tuple[str, str], Figures]) -> None:
+        for key, change in accumulated.items():
+            self.delta.setdefault(key, Figures()).merge(change)
+
     def finish(self, writer: Writer) -> None:
         if not self.delta:
             return
