@@ -23,6 +23,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ RANGES = 64  # ranges of stream ids (a range is about 1,000 streams at 1M facts)
 _SPAN = 16**3  # the ranges cut the space of the ids' first three hex digits
 _STREAMS_PER_BATCH = 1000
 _HEADER = struct.Struct("<Q")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EVENTS_SQL = (
     "SELECT originator_id, originator_version, topic, state FROM ledger_events "
     "WHERE {where} AND notification_id <= ? ORDER BY originator_id, originator_version"
@@ -90,6 +92,9 @@ class Workers:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "projections.parallel", str(write_fd)],
+                    # Run from the folder this package was imported from, so that the
+                    # worker imports the same code (`-m` looks in its working folder first).
+                    cwd=_ROOT,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -157,7 +162,7 @@ class Workers:
         dealt: list[tuple[str | None, str | None]],
     ) -> dict[str, Any]:
         return {
-            "path": str(path),
+            "path": os.path.abspath(path),
             "head": head,
             "models": names,
             "folder": folder_flags,
@@ -224,7 +229,7 @@ def _work(task: dict[str, Any], send: Any) -> None:
     folder = Folder(LedgerMapper(LedgerTranscoder()), **task["folder"])
     head = task["head"]
     skip = set(task["skip"])
-    uri = f"file:{task['path']}?mode=ro"
+    uri = f"file:{urllib.parse.quote(task['path'])}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=120)
     try:
         conn.execute("PRAGMA cache_size=-65536")
