@@ -183,6 +183,9 @@ def registry(conn: Connection, slot: str) -> list[dict[str, Any]]:
 
 
 def _join(values: set[str]) -> str:
+    if len(values) == 1:  # the usual case (one purpose, one basis): no list to sort
+        for value in values:
+            return value
     return ",".join(sorted(values))
 
 

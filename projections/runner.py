@@ -9,6 +9,10 @@ A catch-up holds the model's writer lock (SQLite: the database write lock; Postg
 tracking rows `FOR UPDATE`, never the event table's lock, so imports carry on), reads the head
 once and derives everything from events up to that head. Queries call `snapshot()`, which
 costs one indexed query when the models are already at the head.
+
+A pass from event zero over a large SQLite log (a rebuild, or a model caught up from zero) is
+folded by worker processes, one per core (`projections.parallel`); this process writes what
+they derive, in the same one transaction.
 """
 
 from __future__ import annotations
