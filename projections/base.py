@@ -203,3 +203,11 @@ class ReadModel:
 
     def finish(self, writer: Writer) -> None:
         """End of a pass: write anything accumulated across streams."""
+
+    def handover(self) -> Any:
+        """What `replace` accumulated across streams (a worker's share of a pass, see
+        `projections.parallel`), for `take_over` in the pass's own process."""
+        return None
+
+    def take_over(self, accumulated: Any) -> None:
+        """Merge a worker's `handover` into this model's pass."""

@@ -134,6 +134,13 @@ class RecipientRegistry(ReadModel):
             writer.delete_streams(links, [s.key for s in streams])
         writer.insert(links, produced)
 
+    def handover(self) -> dict[tuple[str, str], Figures]:
+        return self.delta
+
+    def take_over(self, accumulated: dict[tuple[str, str], Figures]) -> None:
+        for key, change in accumulated.items():
+            self.delta.setdefault(key, Figures()).merge(change)
+
     def finish(self, writer: Writer) -> None:
         if not self.delta:
             return
@@ -176,6 +183,9 @@ def registry(conn: Connection, slot: str) -> list[dict[str, Any]]:
 
 
 def _join(values: set[str]) -> str:
+    if len(values) == 1:  # the usual case (one purpose, one basis): no list to sort
+        for value in values:
+            return value
     return ",".join(sorted(values))
 
 

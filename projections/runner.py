@@ -9,6 +9,10 @@ A catch-up holds the model's writer lock (SQLite: the database write lock; Postg
 tracking rows `FOR UPDATE`, never the event table's lock, so imports carry on), reads the head
 once and derives everything from events up to that head. Queries call `snapshot()`, which
 costs one indexed query when the models are already at the head.
+
+A pass from event zero over a large SQLite log (a rebuild, or a model caught up from zero) is
+folded by worker processes, one per core (`projections.parallel`); this process writes what
+they derive, in the same one transaction.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from ledger.errors import InputError
 from ledger.feed import iso
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL
+from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder
 from ledger.rules import Violation
+from projections import parallel
 from projections.base import Pass, ReadModel, Writer, chunks, stamp_to_iso, tracking
 from projections.consent_history import ConsentHistory, consent_changes_by_month
 from projections.current_consent import CurrentConsent, consent_totals
@@ -44,6 +50,7 @@ from projections.disclosure_trail import (
 )
 from projections.fold import Folder, Stream
 from projections.order_status import OrderStatus, order_totals
+from projections.parallel import Workers, worker_count
 from projections.recipient_registry import RecipientRegistry, registry
 from projections.violations import (
     Violations,
@@ -440,6 +447,38 @@ class ReadModels:
         progress: Progress | None,
     ) -> int:
         fresh = since == 0
+        workers = self._workers(head) if fresh else None
+        try:
+            return self._derive_with(conn, targets, head, since, progress, workers)
+        finally:
+            if workers is not None:
+                workers.close()
+
+    def _workers(self, head: int) -> Workers | None:
+        """Worker processes for a pass from event zero (`projections.parallel`): SQLite, a
+        large log, two or more cores, and the ledger's own plain mapper (the workers make
+        theirs)."""
+        mapper = self.mapper
+        path = self.database.sqlite_path
+        count = worker_count()
+        if path is None or head < parallel.MIN_EVENTS or count == 0:
+            return None
+        if type(mapper) is not LedgerMapper or type(mapper.transcoder) is not LedgerTranscoder:
+            return None
+        if mapper.cipher is not None or mapper.compressor is not None:
+            return None
+        return Workers(count)
+
+    def _derive_with(
+        self,
+        conn: Connection,
+        targets: list[_Target],
+        head: int,
+        since: int,
+        progress: Progress | None,
+        workers: Workers | None,
+    ) -> int:
+        fresh = since == 0
         if fresh:
             acquirer_ids = self._acquirer_ids(conn, head)
             changed: set[UUID] = set()
@@ -464,11 +503,23 @@ class ReadModels:
                     dropped.extend(writer.drop_indexes(table))
             extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
             target.model.replace(writer, acquirers, fresh=fresh)
-        if fresh:
+        count = len(acquirers)
+        if workers is not None:
+            assert self.database.sqlite_path is not None
+            count += workers.run(
+                self.database.sqlite_path,
+                head,
+                [t.model for t in targets],
+                [writers[id(t)] for t in targets],
+                {"timelines": folder.timelines, "links": folder.links, "stamps": folder.stamps},
+                acquirer_ids,
+                progress,
+            )
+            batches: Iterable[list[Stream]] = ()
+        elif fresh:
             batches = self._scan(folder, conn, head, skip=acquirer_ids)
         else:
             batches = self._folded_batches(folder, conn, (changed | extra) - acquirer_ids, head)
-        count = len(acquirers)
         for batch in batches:
             for target in targets:
                 target.model.replace(writers[id(target)], batch, fresh=fresh)
