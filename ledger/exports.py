@@ -74,7 +74,7 @@ from ledger.feed import iso
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.keys import load_master_key
-from ledger.rules import JUDGED_TYPES, Judged, broken_rules
+from ledger.rules import JUDGED_TYPES, RULED_TYPES, Judged, broken_rules
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -550,6 +550,24 @@ _PURPOSE_CHANNEL_ORDER = {
 
 _TRIGGERS = (Customer.Erased, Customer.DetailsUpdated)  # what calls for notifications
 
+
+def _may_notify(events: list[FactEvent]) -> bool:
+    """False when no notification can be due (so `privacy.notifications` need not run): no
+    erasure, and no rectification changed a category any disclosure of the customer ever
+    carried (a rectification concerns only the recipients of a category it changed)."""
+    changed: set[str] = set()
+    disclosed: set[str] = set()
+    categories = privacy.FIELD_CATEGORY
+    for event in events:
+        if isinstance(event, DisclosureEvent):
+            disclosed.update(event.categories)
+        elif isinstance(event, Customer.DetailsUpdated):
+            changed.update(categories[f] for f in event.fields_updated if f in categories)
+        elif isinstance(event, Customer.Erased):
+            return True
+    return not changed.isdisjoint(disclosed)
+
+
 # What the one pass needs to know of an event's class (memoised per class).
 _OTHER, _CONSENT, _DISCLOSURE = range(3)
 _KINDS: dict[type, int] = {}
@@ -974,26 +992,33 @@ class Exporter:
         for rule in self._broken_rules(customer, events):
             violations[rule] += 1
 
-    def _broken_rules(self, customer: Customer, events: list[FactEvent]) -> Iterator[str]:
+    def _broken_rules(self, customer: Customer, events: list[FactEvent]) -> list[str]:
         """The rule each violation among the customer's facts breaks, as
         `ConsentLedger.audit_events` finds them (`tests/integration/test_export.py` holds
         the summary to `audit`): `rules.broken_rules` for each judged fact, and the
         notification rule only for a customer with an erasure or a rectification (no other
         fact calls for a notification), without building a `Violation` for each."""
         initiated = self._initiated
+        found: list[str] = []
+        # A customer never erased breaks only the rules of `RULED_TYPES` (no fact of another
+        # type need be judged).
+        judged_types = JUDGED_TYPES if customer.erased_at is not None else RULED_TYPES
         triggers = False
         for event in events:
             fact_type = event.FACT_TYPE
-            if fact_type in JUDGED_TYPES:
+            if fact_type in judged_types:
                 facts = event.__dict__  # the fields broken_rules reads (channel, order, ...)
-                judged = Judged(fact_type, event.fact_id, event.at, event.originator_version, facts)
-                yield from broken_rules(customer, judged, initiated)
+                judged = Judged(
+                    fact_type, facts["fact_id"], facts["at"], facts["originator_version"], facts
+                )
+                found += broken_rules(customer, judged, initiated)
             elif not triggers and isinstance(event, _TRIGGERS):
                 triggers = True
-        if triggers:
+        if triggers and _may_notify(events):
             as_of = self.request.as_of
             for violation in privacy.notification_violations(customer.ref, events, self.now, as_of):
-                yield violation.rule
+                found.append(violation.rule)
+        return found
 
     def _initiated(self, acquirer: str, moment: datetime) -> bool:
         return any(at <= moment for at in self.initiations.get(acquirer, ()))
