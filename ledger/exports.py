@@ -571,6 +571,7 @@ _PURPOSE_CHANNEL_ORDER = {
 }  # as `views.consent_history` orders them
 
 _TRIGGERS = (Customer.Erased, Customer.DetailsUpdated)  # what calls for notifications
+_TRIGGER_TYPES = frozenset(cls.FACT_TYPE for cls in _TRIGGERS)
 
 
 def _may_notify(events: list[FactEvent]) -> bool:
@@ -1033,7 +1034,7 @@ class Exporter:
                     fact_type, facts["fact_id"], facts["at"], facts["originator_version"], facts
                 )
                 found += broken_rules(customer, judged, initiated)
-            elif not triggers and isinstance(event, _TRIGGERS):
+            elif fact_type in _TRIGGER_TYPES:
                 triggers = True
         if triggers and _may_notify(events):
             as_of = self.request.as_of
