@@ -575,20 +575,28 @@ _TRIGGER_TYPES = frozenset(cls.FACT_TYPE for cls in _TRIGGERS)
 
 
 def _may_notify(events: list[FactEvent]) -> bool:
-    """False when no notification can be due (so `privacy.notifications` need not run): no
-    erasure, and no rectification changed a category any disclosure of the customer ever
-    carried (a rectification concerns only the recipients of a category it changed)."""
-    changed: set[str] = set()
-    disclosed: set[str] = set()
+    """False when no notification can be due, so `privacy.notifications` need not run: a
+    recipient is owed one only for what it received before an erasure (any category) or a
+    rectification (a category it changed), so some disclosure must come at or before such
+    a fact (by business time, ties either way). Most rectifications precede the
+    disclosures of what they change, if any."""
+    disclosures = [e for e in events if isinstance(e, DisclosureEvent)]
+    if not disclosures:
+        return False
     categories = privacy.FIELD_CATEGORY
     for event in events:
-        if isinstance(event, DisclosureEvent):
-            disclosed.update(event.categories)
+        if isinstance(event, Customer.Erased):
+            at = event.at
+            if any(d.at <= at for d in disclosures):
+                return True
         elif isinstance(event, Customer.DetailsUpdated):
-            changed.update(categories[f] for f in event.fields_updated if f in categories)
-        elif isinstance(event, Customer.Erased):
-            return True
-    return not changed.isdisjoint(disclosed)
+            changed = {categories[f] for f in event.fields_updated if f in categories}
+            at = event.at
+            if changed and any(
+                d.at <= at and not changed.isdisjoint(d.categories) for d in disclosures
+            ):
+                return True
+    return False
 
 
 # What the one pass needs to know of an event's class (memoised per class).
