@@ -470,31 +470,31 @@ def customer_rows(
     for (purpose, channel), entries in sorted(
         consent_facts.items(), key=lambda kv: _PURPOSE_CHANNEL_ORDER[kv[0]]
     ):
-        last = entries[-1]
-        given = isinstance(last, given_class)
-        since = last.at
-        for entry in reversed(entries):
-            if isinstance(entry, given_class) is not given:
-                break
-            since = entry.at
+        times = [_iso(entry.at) for entry in entries]  # each once: `since` is one of them
+        statuses = [isinstance(entry, given_class) for entry in entries]
+        given = statuses[-1]
+        # Since the first of the latest run of entries with the current status.
+        first = len(entries) - 1
+        while first and statuses[first - 1] is given:
+            first -= 1
         consents.append(
             {
                 "customer": alias,
                 "purpose": purpose,
                 "channel": channel,
                 "status": "given" if given else "withdrawn",
-                "since": _iso(since),
+                "since": times[first],
             }
         )
-        for entry in entries:
+        for entry, at, status in zip(entries, times, statuses, strict=True):
             facts = entry.__dict__
             history.append(
                 {
                     "customer": alias,
-                    "at": _iso(entry.at),
+                    "at": at,
                     "purpose": purpose,
                     "channel": channel,
-                    "status": "given" if isinstance(entry, given_class) else "withdrawn",
+                    "status": "given" if status else "withdrawn",
                     "method": facts["method"],
                     "policy_version": facts.get("policy_version"),
                 }
