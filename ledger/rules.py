@@ -38,6 +38,17 @@ DISCLOSURE_TYPES = frozenset(
     }
 )
 JUDGED_TYPES = CONTACT_TYPES | DISCLOSURE_TYPES
+# The judged types with a rule of their own in `broken_rules`: a fact of any other judged
+# type breaks only `after_erasure`, so it breaks nothing for a customer never erased.
+RULED_TYPES = frozenset(
+    {
+        "affiliate.disclosure",
+        "marketing.contact",
+        "research.contact",
+        "order.dispatched",
+        "transfer.disclosure",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -422,3 +422,20 @@ def test_every_row_is_the_views_answer(ledger: Any, feed_small: Path, tmp_path: 
         assert summary["consents_given"] == sum(
             1 for row in views.consent_rows(events) if row["status"] == "given"
         )
+
+
+def test_the_export_finds_the_transfer_initiations_the_application_does(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    """`exports.transfers_initiated` (from the fact index) is the application's answer for
+    every acquirer with an initiation; an acquirer without one (named by an export) has
+    none either way."""
+    from ledger import exports
+
+    _load(ledger, feed_small, customers=3)
+    _export(ledger, tmp_path / "dd", acquirer="Someone Without Initiation")
+    everyone = ledger.transfers_initiated()
+    assert everyone["Someone Without Initiation"] == []
+    found = exports.transfers_initiated(ledger)
+    assert found == {name: times for name, times in everyone.items() if times}
+    assert found, "the small feed initiates a transfer"

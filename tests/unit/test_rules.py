@@ -8,7 +8,7 @@ from typing import Any
 
 from ledger.domainmodel import Customer, FactEvent
 from ledger.feed import parse_time, validate
-from ledger.rules import Judged, audit_customer, broken_rules
+from ledger.rules import JUDGED_TYPES, RULED_TYPES, Judged, audit_customer, broken_rules
 from tests.examples import line
 
 
@@ -403,6 +403,22 @@ def test_preventive_check_reports_every_rule_a_candidate_breaks() -> None:
         "affiliate_without_consent",
         "after_erasure",
     ]
+
+
+def test_only_the_ruled_types_break_a_rule_for_a_customer_never_erased() -> None:
+    """`RULED_TYPES` (which the export trusts to judge only those facts of a customer never
+    erased): with no consent, order or initiation, a fact of each of them breaks its own
+    rule, a fact of any other judged type breaks none, and every one breaks
+    `after_erasure` once the customer is erased."""
+    assert RULED_TYPES < JUDGED_TYPES
+    bare, _ = customer_from([registered()])
+    gone, _ = customer_from([registered(), erased(5)])
+    for kind in sorted(JUDGED_TYPES):
+        broken = broken_rules(bare, judged(line(kind, "x", 10), bare), initiated_at())
+        assert bool(broken) is (kind in RULED_TYPES), kind
+        assert "after_erasure" not in broken
+        after = broken_rules(gone, judged(line(kind, "x", 10), gone), initiated_at())
+        assert after[-1:] == ["after_erasure"], kind
 
 
 def test_facts_that_are_neither_contacts_nor_disclosures_are_never_judged() -> None:
