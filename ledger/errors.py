@@ -100,3 +100,17 @@ class IntegrityFailure(LedgerError):
 
 class ConcurrencyError(LedgerError):
     """Another writer recorded the same facts at the same moment; retry (exit 1)."""
+
+
+# The number of worker processes a large read-model pass may use (see projections.parallel).
+WORKERS_ENV = "CONSENT_LEDGER_WORKERS"
+
+
+class ReadModelWorkerError(LedgerError):
+    """A worker process folding a read-model pass failed; the pass was rolled back (exit 1)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason}; nothing was changed: queries answer from the read models as they were "
+            f"(set {WORKERS_ENV}=0 to fold in this process only)"
+        )

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from ledger.errors import WORKERS_ENV, ConfigurationError, ReadModelWorkerError
 from projections.base import Pass, SlotTable
 
 if TYPE_CHECKING:
@@ -51,7 +52,16 @@ _EVENTS_SQL = (
 
 
 def worker_count() -> int:
-    """Workers for a pass: one per core this process may run on, if there are two or more."""
+    """Workers for a pass: one per core this process may run on, if there are two or more
+    (at most 4); `CONSENT_LEDGER_WORKERS` sets the number (0: fold in this process)."""
+    configured = os.environ.get(WORKERS_ENV, "").strip()
+    if configured:
+        try:
+            return max(int(configured), 0)
+        except ValueError:
+            raise ConfigurationError(
+                f"{WORKERS_ENV} must be a whole number of worker processes, not {configured!r}"
+            ) from None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -138,7 +148,7 @@ class Workers:
         for index in range(len(dealt)):
             kind, *body = self._receive(index % count)
             if kind != "range":
-                raise RuntimeError("read-model worker: unexpected message")
+                raise ReadModelWorkerError("a read-model worker sent an unexpected message")
             folded, events, payload = body
             for target, name, rows in orjson.loads(payload):
                 writers[target].insert(tables[target][name], rows)
@@ -148,7 +158,7 @@ class Workers:
         for index in range(count):
             kind, *body = self._receive(index)
             if kind != "end":
-                raise RuntimeError("read-model worker: unexpected message")
+                raise ReadModelWorkerError("a read-model worker sent an unexpected message")
             for model, state in zip(models, body[0], strict=True):
                 model.take_over(state)
         return streams
@@ -176,10 +186,10 @@ class Workers:
         header = stream.read(_HEADER.size)
         if len(header) < _HEADER.size:
             code = self.processes[index].wait()
-            raise RuntimeError(f"read-model worker ended early (exit status {code})")
+            raise ReadModelWorkerError(f"a read-model worker ended early (exit status {code})")
         message: list[Any] = pickle.loads(stream.read(_HEADER.unpack(header)[0]))
         if message[0] == "error":
-            raise RuntimeError(f"read-model worker failed: {message[1]}")
+            raise ReadModelWorkerError(f"a read-model worker failed: {message[1]}")
         return message
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ def _isolated_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "CONSENT_LEDGER_DB",
         "CONSENT_LEDGER_MASTER_KEY",
         "CONSENT_LEDGER_MASTER_KEY_FILE",
+        "CONSENT_LEDGER_WORKERS",
     ):
         monkeypatch.delenv(name, raising=False)
 

@@ -69,6 +69,21 @@ def test_projections_rebuild_of_an_unknown_model_is_an_error(url: str) -> None:
     assert error_line(result).startswith("Error: no read model 'nonsense' (known: current_consent")
 
 
+def test_a_bad_number_of_read_model_workers_is_one_error_line(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not url.startswith("sqlite"):
+        pytest.skip("worker processes fold SQLite passes only")
+    monkeypatch.setenv("CONSENT_LEDGER_WORKERS", "two")
+    result = run(url, "projections", "rebuild")
+    assert result.exit_code == 1
+    assert error_line(result) == (
+        "Error: CONSENT_LEDGER_WORKERS must be a whole number of worker processes, not 'two'"
+    )
+    monkeypatch.setenv("CONSENT_LEDGER_WORKERS", "0")
+    assert run_json(url, "projections", "rebuild")["rebuilt"] == list(NAMES)
+
+
 def test_known_at_answers_as_the_ledger_knew_it(url: str, tmp_path: Path) -> None:
     time.sleep(0.01)
     before_late = iso(datetime.now(UTC))

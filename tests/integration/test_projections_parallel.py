@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 
+from ledger.errors import ConfigurationError, ReadModelWorkerError
 from projections import parallel, runner
 from tests.integration.test_projections_properties import (
     _import,
@@ -104,7 +105,7 @@ def test_a_failing_worker_fails_the_rebuild_and_queries_keep_the_old_model(
         return {**task(self, *args), "models": ["no_such_model"]}
 
     monkeypatch.setattr(parallel.Workers, "_task", unknown_model)
-    with pytest.raises(RuntimeError, match="read-model worker failed: KeyError"):
+    with pytest.raises(ReadModelWorkerError, match="read-model worker failed: KeyError"):
         small.read_models.rebuild()
     assert {s.slot for s in small.read_models.status()} == {"a"}
     assert _exact(small) == before
@@ -131,7 +132,7 @@ def test_killed_workers_fail_the_rebuild_and_queries_keep_the_old_model(
             os.kill(process.pid, signal.SIGKILL)
 
     monkeypatch.setattr(parallel.Workers, "__init__", killed)
-    with pytest.raises(RuntimeError, match="read-model worker ended early"):
+    with pytest.raises(ReadModelWorkerError, match="read-model worker ended early"):
         small.read_models.rebuild()
     assert all(process.poll() is not None for process in started[0].processes)
     assert {s.slot for s in small.read_models.status()} == {"a"}
@@ -176,3 +177,15 @@ def test_incremental_equals_rebuilt_by_workers_and_audit_by_workers_equals_evalu
             )
         assert spec_rules(ledger.audit()) == evaluate(recorded)
         assert dump(ledger) == incremental
+
+
+def test_the_number_of_workers_can_be_set_and_a_bad_setting_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONSENT_LEDGER_WORKERS", "0")
+    assert parallel.worker_count() == 0
+    monkeypatch.setenv("CONSENT_LEDGER_WORKERS", "3")
+    assert parallel.worker_count() == 3
+    monkeypatch.setenv("CONSENT_LEDGER_WORKERS", "many")
+    with pytest.raises(ConfigurationError, match="CONSENT_LEDGER_WORKERS must be a whole number"):
+        parallel.worker_count()
