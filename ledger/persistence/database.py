@@ -252,10 +252,14 @@ class Database:
         return self._engine
 
     def background_inserts_work(self, connection: Connection) -> bool:
-        """Whether an import may queue its inserts on a worker thread (SQLite's need its
-        JSON functions, built in since 3.38 and in most builds before)."""
+        """Whether an import may queue its inserts on a worker thread: with two cores or
+        more to run it on (on one, the overlap gains nothing and SQLite's JSON statement
+        costs more than its executemany); SQLite's need its JSON functions, built in since
+        3.38 and in most builds before."""
         if self._background_ok is None:
-            if not self.is_sqlite:
+            if _usable_cores() < 2:
+                self._background_ok = False
+            elif not self.is_sqlite:
                 self._background_ok = True
             else:
                 try:
@@ -528,6 +532,13 @@ def _rowcount(cursor: Any) -> int:
 
 def _sqlite_uuid(value: UUID) -> str:
     return value.hex
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -16,6 +16,12 @@ from tests.examples import jsonl, story
 _META = ("name", "value")
 
 
+@pytest.fixture(autouse=True)
+def _two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker thread is used with two cores or more: test it on any machine."""
+    monkeypatch.setattr("ledger.persistence.database._usable_cores", lambda: 2)
+
+
 def _names(ledger: Any) -> list[str]:
     with ledger.database.reading() as conn:
         query = sa.select(tables.meta.c.name).where(tables.meta.c.name.like("bg-%"))
@@ -51,6 +57,15 @@ def test_a_queued_insert_fails_before_commit_even_with_nothing_after_it(ledger: 
     # The database is usable afterwards: the worker has stopped and released it.
     with ledger.database.writing() as tx:
         tx.overlap_inserts()
+        tx.insert_many(tables.meta, _META, [("bg-1", "one")])
+    assert _names(ledger) == ["bg-1"]
+
+
+def test_with_one_core_inserts_run_in_turn(ledger: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ledger.persistence.database._usable_cores", lambda: 1)
+    with ledger.database.writing() as tx:
+        tx.overlap_inserts()
+        assert tx.background is None
         tx.insert_many(tables.meta, _META, [("bg-1", "one")])
     assert _names(ledger) == ["bg-1"]
 
