@@ -38,6 +38,7 @@ from ledger.errors import (
     RuleViolationError,
 )
 from ledger.feed import Fact, iso, parse_line, validate
+from ledger.iterables import batched
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.recorder import LedgerEventStore, LedgerInfrastructure, LedgerRecorder
 from ledger.rules import (
@@ -454,7 +455,7 @@ class Recording:
         its inserts, queued on the transaction's worker by an import, run while this chunk
         is applied."""
         unsaved = False
-        for chunk in _chunks(items):
+        for chunk in batched(items, CHUNK):
             facts = [item for _, item in chunk if isinstance(item, Fact)]
             known = self._prefetch(facts)
             if unsaved:
@@ -705,19 +706,6 @@ class Recording:
         self.new_orders.clear()
         self.new_customers.clear()
         self.dirty.clear()
-
-
-def _chunks(
-    items: Iterator[tuple[int, Fact | InvalidFactError]],
-) -> Iterator[list[tuple[int, Fact | InvalidFactError]]]:
-    chunk: list[tuple[int, Fact | InvalidFactError]] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 _CUSTOMER_CACHE = 20_000

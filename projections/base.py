@@ -14,7 +14,7 @@ and times: never names, emails, phones or addresses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
@@ -22,11 +22,15 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger.iterables import batched
+
 if TYPE_CHECKING:
     from projections.fold import Stream
 
 metadata = sa.MetaData()
 SLOTS = ("a", "b")
+# Streams folded and written per batch by a pass (in its own process or a worker).
+STREAMS_PER_BATCH = 1000
 
 tracking = sa.Table(
     "rm_tracking",
@@ -123,13 +127,13 @@ class Writer:
 
     def delete_streams(self, logical: SlotTable, keys: Sequence[str]) -> None:
         table = logical[self.slot]
-        for chunk in chunks(keys, 500):
+        for chunk in batched(keys, 500):
             self.connection.execute(table.delete().where(table.c.stream_id.in_(chunk)))
 
     def select_streams(self, logical: SlotTable, keys: Sequence[str]) -> list[Any]:
         table = logical[self.slot]
         found: list[Any] = []
-        for chunk in chunks(keys, 500):
+        for chunk in batched(keys, 500):
             found.extend(
                 self.connection.execute(table.select().where(table.c.stream_id.in_(chunk)))
             )
@@ -149,11 +153,6 @@ class Writer:
             self.connection.exec_driver_sql(f"DELETE FROM {table.name}")
         else:
             self.connection.exec_driver_sql(f"TRUNCATE {table.name}")
-
-
-def chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 class Pass:

@@ -24,13 +24,14 @@ import struct
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from ledger.errors import WORKERS_ENV, ConfigurationError, ReadModelWorkerError
-from projections.base import Pass, SlotTable
+from ledger.iterables import batched
+from projections.base import STREAMS_PER_BATCH, Pass, SlotTable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 MIN_EVENTS = 200_000
 RANGES = 64  # ranges of stream ids (a range is about 1,000 streams at 1M facts)
 _SPAN = 16**3  # the ranges cut the space of the ids' first three hex digits
-_STREAMS_PER_BATCH = 1000
 _HEADER = struct.Struct("<Q")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EVENTS_SQL = (
@@ -192,6 +192,12 @@ class Workers:
             raise ReadModelWorkerError(f"a read-model worker failed: {message[1]}")
         return message
 
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop the workers (at once, if they have not finished) and reap them."""
         for stream in self.results:
@@ -259,7 +265,9 @@ def _work(task: dict[str, Any], send: Any) -> None:
         for low, high in task["ranges"]:
             sql, params = _range_sql(low, high)
             folded = events = 0
-            for batch in _batches(folder.fold(conn.execute(sql, (*params, head))), skip):
+            streams = folder.fold(conn.execute(sql, (*params, head)))
+            unskipped = (stream for stream in streams if stream.key not in skip)
+            for batch in batched(unskipped, STREAMS_PER_BATCH):
                 for target, model in enumerate(models):
                     capture.target = target
                     model.replace(capture, batch, fresh=True)  # type: ignore[arg-type]
@@ -270,19 +278,6 @@ def _work(task: dict[str, Any], send: Any) -> None:
         send(["end", [model.handover() for model in models]])
     finally:
         conn.close()
-
-
-def _batches(streams: Iterator[Any], skip: set[str]) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for stream in streams:
-        if stream.key in skip:
-            continue
-        batch.append(stream)
-        if len(batch) >= _STREAMS_PER_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def main() -> None:

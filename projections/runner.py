@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,12 +35,20 @@ from ledger import privacy
 from ledger.domainmodel import Acquirer, Customer, FactEvent
 from ledger.errors import InputError
 from ledger.feed import iso
+from ledger.iterables import batched
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL
 from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder
 from ledger.rules import Violation
 from projections import parallel
-from projections.base import Pass, ReadModel, Writer, chunks, stamp_to_iso, tracking
+from projections.base import (
+    STREAMS_PER_BATCH,
+    Pass,
+    ReadModel,
+    Writer,
+    stamp_to_iso,
+    tracking,
+)
 from projections.consent_history import ConsentHistory, consent_changes_by_month
 from projections.current_consent import CurrentConsent, consent_totals
 from projections.disclosure_trail import (
@@ -83,7 +91,6 @@ _STREAM_COLUMNS = (
     _E.c.state,
 )
 _UNSEEN: Any = object()
-_STREAMS_PER_BATCH = 1000
 _FETCH = 10_000
 _REBUILD_CACHE_KIB = 256 * 1024
 
@@ -285,7 +292,7 @@ class ReadModels:
     def _fact_types(self, conn: Connection, fact_ids: Sequence[str]) -> dict[str, str]:
         facts = ledger_tables.facts
         found: dict[str, str] = {}
-        for chunk in chunks(sorted(set(fact_ids)), 500):
+        for chunk in batched(sorted(set(fact_ids)), 500):
             query = sa.select(facts.c.fact_id, facts.c.fact_type).where(facts.c.fact_id.in_(chunk))
             found.update({str(a): str(b) for a, b in conn.execute(query)})
         return found
@@ -437,23 +444,6 @@ class ReadModels:
             conn.exec_driver_sql(f"PRAGMA secure_delete={int(secure or 0)}")
             conn.exec_driver_sql(f"PRAGMA cache_size={int(cache or -2000)}")
 
-    def _derive(
-        self,
-        conn: Connection,
-        targets: list[_Target],
-        head: int,
-        *,
-        since: int,
-        progress: Progress | None,
-    ) -> int:
-        fresh = since == 0
-        workers = self._workers(head) if fresh else None
-        try:
-            return self._derive_with(conn, targets, head, since, progress, workers)
-        finally:
-            if workers is not None:
-                workers.close()
-
     def _workers(self, head: int) -> Workers | None:
         """Worker processes for a pass from event zero (`projections.parallel`): SQLite, a
         large log, two or more cores, and the ledger's own plain mapper (the workers make
@@ -469,68 +459,70 @@ class ReadModels:
             return None
         return Workers(count)
 
-    def _derive_with(
+    def _derive(
         self,
         conn: Connection,
         targets: list[_Target],
         head: int,
+        *,
         since: int,
         progress: Progress | None,
-        workers: Workers | None,
     ) -> int:
         fresh = since == 0
-        if fresh:
-            acquirer_ids = self._acquirer_ids(conn, head)
-            changed: set[UUID] = set()
-        else:
-            changed, acquirer_ids = self._changed_streams(conn, since, head)
-        folder = Folder(
-            self.mapper,
-            timelines=any(t.model.uses_timelines for t in targets),
-            links=any(t.model.uses_links for t in targets),
-            stamps=any(t.model.uses_stamps for t in targets),
-        )
-        acquirers = self._folded(folder, conn, acquirer_ids, head)
-        writers = {id(t): Writer(conn, t.slot) for t in targets}
-        extra: set[UUID] = set()
-        dropped: list[sa.Index] = []
-        for target in targets:
-            writer = writers[id(target)]
+        workers = self._workers(head) if fresh else None
+        with workers or nullcontext():
             if fresh:
-                for table in target.model.all_tables():
-                    writer.truncate(table)
-                    # Filled from empty: indexes are built once at the end, not row by row.
-                    dropped.extend(writer.drop_indexes(table))
-            extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
-            target.model.replace(writer, acquirers, fresh=fresh)
-        count = len(acquirers)
-        if workers is not None:
-            assert self.database.sqlite_path is not None
-            count += workers.run(
-                self.database.sqlite_path,
-                head,
-                [t.model for t in targets],
-                [writers[id(t)] for t in targets],
-                {"timelines": folder.timelines, "links": folder.links, "stamps": folder.stamps},
-                acquirer_ids,
-                progress,
+                acquirer_ids = self._acquirer_ids(conn, head)
+                changed: set[UUID] = set()
+            else:
+                changed, acquirer_ids = self._changed_streams(conn, since, head)
+            folder = Folder(
+                self.mapper,
+                timelines=any(t.model.uses_timelines for t in targets),
+                links=any(t.model.uses_links for t in targets),
+                stamps=any(t.model.uses_stamps for t in targets),
             )
-            batches: Iterable[list[Stream]] = ()
-        elif fresh:
-            batches = self._scan(folder, conn, head, skip=acquirer_ids)
-        else:
-            batches = self._folded_batches(folder, conn, (changed | extra) - acquirer_ids, head)
-        for batch in batches:
+            acquirers = self._folded(folder, conn, acquirer_ids, head)
+            writers = {id(t): Writer(conn, t.slot) for t in targets}
+            extra: set[UUID] = set()
+            dropped: list[sa.Index] = []
             for target in targets:
-                target.model.replace(writers[id(target)], batch, fresh=fresh)
-            count += len(batch)
-            if progress is not None:
-                progress(sum(s.events for s in batch))
-        for target in targets:
-            target.model.finish(writers[id(target)])
-        for index in dropped:
-            index.create(conn)
-        return count
+                writer = writers[id(target)]
+                if fresh:
+                    for table in target.model.all_tables():
+                        writer.truncate(table)
+                        # Filled from empty: indexes are built once at the end, not row by row.
+                        dropped.extend(writer.drop_indexes(table))
+                extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
+                target.model.replace(writer, acquirers, fresh=fresh)
+            count = len(acquirers)
+            if workers is not None:
+                assert self.database.sqlite_path is not None
+                count += workers.run(
+                    self.database.sqlite_path,
+                    head,
+                    [t.model for t in targets],
+                    [writers[id(t)] for t in targets],
+                    {"timelines": folder.timelines, "links": folder.links, "stamps": folder.stamps},
+                    acquirer_ids,
+                    progress,
+                )
+                batches: Iterable[list[Stream]] = ()
+            elif fresh:
+                batches = self._scan(folder, conn, head, skip=acquirer_ids)
+            else:
+                batches = self._folded_batches(folder, conn, (changed | extra) - acquirer_ids, head)
+            for batch in batches:
+                for target in targets:
+                    target.model.replace(writers[id(target)], batch, fresh=fresh)
+                count += len(batch)
+                if progress is not None:
+                    progress(sum(s.events for s in batch))
+            for target in targets:
+                target.model.finish(writers[id(target)])
+            for index in dropped:
+                index.create(conn)
+            return count
 
     def _changed_streams(
         self, conn: Connection, since: int, head: int
@@ -563,7 +555,7 @@ class ReadModels:
     def _folded_batches(
         self, folder: Folder, conn: Connection, ids: Iterable[UUID], head: int
     ) -> Iterator[list[Stream]]:
-        for chunk in chunks(sorted(ids), 500):
+        for chunk in batched(sorted(ids), 500):
             yield list(folder.fold(self._stream_rows(conn, chunk, head)))
 
     def _stream_rows(self, conn: Connection, ids: list[UUID], head: int) -> Any:
@@ -578,16 +570,8 @@ class ReadModels:
         self, folder: Folder, conn: Connection, head: int, *, skip: set[UUID]
     ) -> Iterator[list[Stream]]:
         """Every stream up to `head` (but `skip`), folded, in batches: read on the driver."""
-        batch: list[Stream] = []
-        for stream in folder.fold(self._all_rows(conn, head)):
-            if stream.id in skip:
-                continue
-            batch.append(stream)
-            if len(batch) >= _STREAMS_PER_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        streams = folder.fold(self._all_rows(conn, head))
+        yield from batched((s for s in streams if s.id not in skip), STREAMS_PER_BATCH)
 
     def _all_rows(self, conn: Connection, head: int) -> Iterator[tuple[Any, ...]]:
         """(stream id, version, topic, state) of every event up to `head`, by stream then
@@ -617,7 +601,7 @@ class ReadModels:
         self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
     ) -> list[Replayed]:
         found: list[Replayed] = []
-        for chunk in chunks(sorted(ids), 500):
+        for chunk in batched(sorted(ids), 500):
             found.extend(self._replay(self._stream_rows(conn, chunk, head), known_at))
         return found
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, cast
 from uuid import UUID
@@ -49,6 +48,7 @@ from sqlalchemy.engine import Connection
 from ledger import integrity
 from ledger.errors import ConfigurationError, FactNotFoundError, InputError, IntegrityFailure
 from ledger.integrity import Checkpoint, Frontier, LogAudit, LogAuditor, Problem
+from ledger.iterables import batched
 from ledger.persistence import tables
 from ledger.persistence.database import (
     Database,
@@ -239,8 +239,7 @@ class Sealer:
         Stores each leaf hash and the complete nodes from level `_FIRST_STORED_LEVEL` up
         (1.07 rows per event instead of 2; the levels between are rehashed from at most
         2**(_FIRST_STORED_LEVEL - 1) leaves when a proof needs them)."""
-        remaining = iter(rows)
-        while batch := list(islice(remaining, _SEAL_BATCH)):
+        for batch in batched(rows, _SEAL_BATCH):
             self._add_batch(batch)
 
     def _add_batch(self, batch: list[Sequence[Any]]) -> None:

@@ -143,7 +143,7 @@ def test_a_rebuild_that_fails_halfway_leaves_queries_on_the_old_model(
     small.read_models.catch_up()
     before = _positions(small)
     figures = small.read_models.figures()
-    monkeypatch.setattr(runner, "_STREAMS_PER_BATCH", 1)
+    monkeypatch.setattr(runner, "STREAMS_PER_BATCH", 1)
     seen: list[int] = []
 
     def progress(events: int) -> None:
@@ -170,7 +170,7 @@ def test_queries_answer_from_the_old_model_while_a_rebuild_runs(
 ) -> None:
     expected = _rules(small)
     small.read_models.catch_up()
-    monkeypatch.setattr(runner, "_STREAMS_PER_BATCH", 1)
+    monkeypatch.setattr(runner, "STREAMS_PER_BATCH", 1)
     during: list[set[tuple[str, str]]] = []
 
     def progress(_events: int) -> None:
@@ -191,7 +191,7 @@ _KILL_HALFWAY = """
 import os, signal, sys
 from ledger.config import open_ledger
 from projections import runner
-runner._STREAMS_PER_BATCH = 1
+runner.STREAMS_PER_BATCH = 1
 ledger = open_ledger(sys.argv[1])
 seen = []
 def progress(events):
