@@ -252,13 +252,13 @@ class ConsentLedger(Application[UUID]):
         return extra if isinstance(extra, dict) else {}
 
     def transfers_initiated(self) -> dict[str, list[datetime]]:
-        """Acquirer name -> business times of its transfer initiations."""
-        topic = "ledger.domainmodel:Acquirer.Named"
+        """Acquirer name -> business times of its transfer initiations, for each acquirer
+        that initiated one (found in the fact index, not by a scan of every event)."""
         found: dict[str, list[datetime]] = {}
         from ledger.persistence import indexes
 
         with self.database.reading() as conn:
-            ids = indexes.originator_ids(conn, topic)
+            ids = indexes.initiating_acquirers(conn)
         for aggregate_id in ids:
             acquirer: Any = self.repository.get(aggregate_id)
             assert isinstance(acquirer, Acquirer)

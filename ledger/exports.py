@@ -679,7 +679,7 @@ class Exporter:
         if not out.parent.is_dir():
             raise InputError(f"folder {out.parent} does not exist")
         if request.identified:
-            initiations = transfers_initiated(self.app).get(request.acquirer, [])
+            initiations = self.app.transfers_initiated().get(request.acquirer, [])
             if not any(at <= self.now for at in initiations):
                 raise RuleViolationError(
                     ["transfer_without_initiation"],
@@ -704,7 +704,7 @@ class Exporter:
         signing_key = seals.load_signing_key(self.app.database)
         checkpoint = seals.checkpoint_by_size(self.app, verified.events)
         checkpoint["public_key"] = public_key_pem(signing_key.public_key())
-        self.initiations = transfers_initiated(self.app)
+        self.initiations = self.app.transfers_initiated()
         try:
             self.staging.mkdir()
             files = self._write_tables(verified.events)
@@ -1210,19 +1210,6 @@ def _personal_of(rows: CustomerRows) -> dict[str, Any]:
         "phone": row.get("phone"),
         "address": row.get("address_line1") or row.get("address_postcode"),
     }
-
-
-def transfers_initiated(app: ConsentLedger) -> dict[str, list[datetime]]:
-    """`ConsentLedger.transfers_initiated` for the acquirers that initiated a transfer (an
-    acquirer without one has no initiation to find either way), found in the fact index:
-    the application's scans every event for the acquirers' streams, a third of a second
-    at a million events while the export waits."""
-    found: dict[str, list[datetime]] = {}
-    for ident in export_store.initiating_acquirers(app.database):
-        acquirer: Any = app.repository.get(ident)
-        assert isinstance(acquirer, Acquirer)
-        found[acquirer.name] = sorted(acquirer.initiations)
-    return found
 
 
 def _acquirer(app: ConsentLedger, name: str) -> Acquirer:

@@ -36,6 +36,7 @@ from ledger.domainmodel import Acquirer, Customer, FactEvent
 from ledger.errors import InputError
 from ledger.feed import iso
 from ledger.iterables import batched
+from ledger.persistence import indexes
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL
 from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder
@@ -539,13 +540,7 @@ class ReadModels:
         return changed, acquirers
 
     def _acquirer_ids(self, conn: Connection, head: int) -> set[UUID]:
-        facts = ledger_tables.facts
-        query = (
-            sa.select(facts.c.originator_id)
-            .where(facts.c.fact_type == "transfer.initiated", facts.c.notification_id <= head)
-            .distinct()
-        )
-        return {row[0] for row in conn.execute(query)}
+        return set(indexes.initiating_acquirers(conn, head))
 
     def _folded(
         self, folder: Folder, conn: Connection, ids: Iterable[UUID], head: int

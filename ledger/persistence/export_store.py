@@ -126,19 +126,6 @@ def customer_count(database: Database) -> int:
     return int(count or 0)
 
 
-def initiating_acquirers(database: Database) -> list[UUID]:
-    """The acquirers with a `transfer.initiated` fact, from the fact index (not a scan of
-    every event for the acquirers' streams)."""
-    facts = tables.facts
-    with database.reading() as conn:
-        rows = conn.execute(
-            sa.select(facts.c.originator_id)
-            .where(facts.c.fact_type == "transfer.initiated")
-            .distinct()
-        )
-        return sorted(row[0] for row in rows)
-
-
 def erased_after(database: Database, position: int) -> set[UUID]:
     """Customers erased by a fact recorded after event `position`."""
     facts = tables.facts

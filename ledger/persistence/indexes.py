@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from ledger.persistence import tables
 from ledger.persistence.database import WriteTransaction
 
-_F, _C, _O, _E = tables.facts, tables.customers, tables.orders, tables.events
+_F, _C, _O = tables.facts, tables.customers, tables.orders
 
 _SELECT_ORDER_CUSTOMER = (
     sa.select(_C.c.customer_ref)
@@ -21,7 +21,12 @@ _SELECT_ORDER_CUSTOMER = (
     .where(_O.c.order_ref == sa.bindparam("order_ref"))
 )
 _SELECT_CUSTOMER_REFS = sa.select(_C.c.customer_ref).order_by(_C.c.notification_id)
-_SELECT_ORIGINATORS = sa.select(_E.c.originator_id).where(_E.c.topic == sa.bindparam("topic"))
+_SELECT_INITIATING = (
+    sa.select(_F.c.originator_id)
+    .where(_F.c.fact_type == "transfer.initiated", _F.c.notification_id <= sa.bindparam("upto"))
+    .distinct()
+    .order_by(_F.c.originator_id)
+)
 
 
 def recorded_fact_ids(tx: WriteTransaction, ids: Collection[str]) -> set[str]:
@@ -58,6 +63,7 @@ def customer_refs(conn: Connection) -> Iterator[str]:
         yield str(row[0])
 
 
-def originator_ids(conn: Connection, topic: str) -> list[UUID]:
-    """The streams that hold an event of `topic` (e.g. every acquirer's creation)."""
-    return [row[0] for row in conn.execute(_SELECT_ORIGINATORS, {"topic": topic})]
+def initiating_acquirers(conn: Connection, upto: int | None = None) -> list[UUID]:
+    """The acquirers' streams with a `transfer.initiated` fact (recorded by event `upto`)."""
+    limit = upto if upto is not None else 2**63 - 1
+    return [row[0] for row in conn.execute(_SELECT_INITIATING, {"upto": limit})]
