@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.iterables import batched
+from ledger.persistence.database import bulk_insert
 
 if TYPE_CHECKING:
     from projections.fold import Stream
@@ -111,19 +112,8 @@ class Writer:
         executemany, PostgreSQL's COPY."""
         if not rows:
             return
-        table = logical[self.slot]
-        columns = ", ".join(logical.columns)
-        driver: Any = self.connection.connection.dbapi_connection
-        if self.is_sqlite:
-            marks = ", ".join("?" for _ in logical.columns)
-            driver.executemany(f"INSERT INTO {table.name} ({columns}) VALUES ({marks})", rows)
-            return
-        with (
-            driver.cursor() as cursor,
-            cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
+        driver = self.connection.connection.dbapi_connection
+        bulk_insert(driver, self.is_sqlite, logical[self.slot].name, logical.columns, rows)
 
     def delete_streams(self, logical: SlotTable, keys: Sequence[str]) -> None:
         table = logical[self.slot]

@@ -30,6 +30,8 @@ from uuid import UUID
 
 import orjson
 
+from ledger.persistence.database import bulk_insert
+
 
 class BackgroundInserts:
     """A FIFO of bulk inserts on one transaction's connection, run by one worker thread."""
@@ -52,7 +54,9 @@ class BackgroundInserts:
             sql, params = statement
             job = self._guarded(table, lambda: self._driver.execute(sql, params).close())
         else:
-            job = self._guarded(table, lambda: _copy(self._driver, table, columns, rows))
+            job = self._guarded(
+                table, lambda: bulk_insert(self._driver, False, table, columns, rows)
+            )
         self._pending.append(self._executor.submit(job))
         return True
 
@@ -104,15 +108,6 @@ class BackgroundInserts:
 def _execute(driver: Any, sql: str, params: tuple[Any, ...]) -> None:
     with driver.cursor() as cursor:
         cursor.execute(sql, params)
-
-
-def _copy(driver: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-    with (
-        driver.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
-    ):
-        for row in rows:
-            copy.write_row(row)
 
 
 def json_insert(

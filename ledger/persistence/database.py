@@ -181,26 +181,16 @@ class WriteTransaction:
             return
         if self.background is not None and self.background.submit(table.name, columns, rows):
             return
-        dbapi = self.connection.dialect.loaded_dbapi
-        cursor = self.connection.connection.cursor()
+        connection = self.connection
+        dbapi = connection.dialect.loaded_dbapi
+        driver = connection.connection.dbapi_connection
         try:
-            if self.database.is_sqlite:
-                marks = ", ".join("?" for _ in columns)
-                sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
-                cursor.executemany(sql, rows)
-            else:
-                # COPY: one stream instead of a statement per row (executemany cost ~50 us a
-                # row on PostgreSQL, most of an import). Constraints and triggers still apply.
-                with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+            bulk_insert(driver, self.database.is_sqlite, table.name, columns, rows)
         except dbapi.IntegrityError as error:
             # Imported here: a query reads without loading eventsourcing.
             from eventsourcing.persistence import IntegrityError
 
             raise IntegrityError(f"{table.name}: {_first_line(error)}") from None
-        finally:
-            cursor.close()
 
 
 class Database:
@@ -532,6 +522,22 @@ def _rowcount(cursor: Any) -> int:
 
 def _sqlite_uuid(value: UUID) -> str:
     return value.hex
+
+
+def bulk_insert(
+    driver: Any, is_sqlite: bool, table: str, columns: Sequence[str], rows: Sequence[Any]
+) -> None:
+    """Rows inserted on a driver connection (sqlite3's or psycopg's): SQLite's executemany,
+    PostgreSQL's COPY (one stream instead of a statement per row: executemany cost ~50 us a
+    row there, most of an import). Constraints and triggers apply as to any insert."""
+    names = ", ".join(columns)
+    if is_sqlite:
+        marks = ", ".join("?" for _ in columns)
+        driver.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+        return
+    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _usable_cores() -> int:
