@@ -143,13 +143,8 @@ class WriteTransaction:
         if self.database.is_sqlite:
             sql = sql.format(in_values=f"IN ({', '.join('?' * len(values))})")
             return _on_driver(self.connection, True, sql, values, list)
-        cursor: Any = self.connection.connection.cursor()  # psycopg's, which can prepare
-        try:
-            sql = sql.format(in_values="= ANY(%s)")
-            cursor.execute(sql, (values,), prepare=False)
-            return list(cursor)
-        finally:
-            cursor.close()
+        sql = sql.format(in_values="= ANY(?)")
+        return _on_driver(self.connection, False, sql, (values,), list, unprepared=True)
 
     def execute_later(self, sql: str, params: tuple[Any, ...]) -> None:
         """One write statement (`?` marks), queued after the inserts on the worker thread if
@@ -500,12 +495,17 @@ def _on_driver(
     sql: str,
     params: Sequence[Any],
     result: Callable[[Any], _R],
+    *,
+    unprepared: bool = False,
 ) -> _R:
     """Run one statement (`?` marks) on the connection's driver cursor; `result` reads the
-    cursor (`list`: its rows) before it is closed."""
-    cursor = conn.connection.cursor()
+    cursor (`list`: its rows) before it is closed. `unprepared`: psycopg plans it afresh
+    (never as a prepared statement's generic plan)."""
+    cursor: Any = conn.connection.cursor()
+    options = {"prepare": False} if unprepared else {}
     try:
-        cursor.execute(sqlite_reads.for_driver(sql, "qmark" if is_sqlite else "pyformat"), params)
+        sql = sqlite_reads.for_driver(sql, "qmark" if is_sqlite else "pyformat")
+        cursor.execute(sql, params, **options)
         return result(cursor)
     finally:
         cursor.close()
