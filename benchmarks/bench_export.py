@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import watched
+
 
 def build(path: Path, customers: int) -> None:
     from ledger.config import open_ledger
@@ -112,4 +114,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with watched("--export-only" not in sys.argv):
+        main()

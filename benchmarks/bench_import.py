@@ -17,15 +17,17 @@ import sys
 import time
 from pathlib import Path
 
+from machine import watched
+
 WORK = Path("/tmp/consent-ledger-bench")
 
 
-def feed(facts: int) -> Path:
+def feed(work: Path, facts: int) -> Path:
     from ledger.samplefeed import generate_lines
 
-    path = WORK / f"import-{facts}.jsonl"
+    path = work / f"import-{facts}.jsonl"
     if not path.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         with partial.open("wb") as handle:
             for count, line in enumerate(generate_lines(facts // 14 + 10), start=1):
@@ -36,9 +38,9 @@ def feed(facts: int) -> Path:
     return path
 
 
-def fresh_url(postgres: str | None) -> str:
+def fresh_url(work: Path, postgres: str | None) -> str:
     if postgres is None:
-        path = WORK / "import-bench.db"
+        path = work / "import-bench.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return f"sqlite:///{path}"
@@ -84,20 +86,22 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--postgres", help="a PostgreSQL database to drop and recreate")
+    parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         path, url, overlap = args.child
         child(path, url, overlap == "on")
         return
-    path = feed(args.facts)
+    path = feed(args.work, args.facts)
     for _ in range(args.rounds):
         for overlap in ("on", "off"):
-            url = fresh_url(args.postgres)
+            url = fresh_url(args.work, args.postgres)
             subprocess.run(
                 [sys.executable, __file__, "--child", str(path), url, overlap], check=True
             )
 
 
 if __name__ == "__main__":
-    main()
+    with watched("--child" not in sys.argv):
+        main()

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import watched
+
 
 def fresh(work: Path, name: str) -> str:
     path = work / name
@@ -153,4 +155,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with watched():
+        main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from machine import watched
 
 
 @contextmanager
@@ -93,7 +95,9 @@ def main() -> None:
         rotation = timed("keys rotate", ledger.rotate_master_key)
         print(f"data keys re-wrapped: {rotation.data_keys}")
         ledger.database.dispose()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    with watched():
+        main()

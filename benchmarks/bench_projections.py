@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import watched
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -129,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with watched():
+        main()

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from machine import watched
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = Path(sys.executable).with_name("consent-ledger")
@@ -450,4 +451,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with watched("--worker-import" not in sys.argv):
+        main()

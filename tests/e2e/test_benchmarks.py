@@ -1,0 +1,102 @@
+"""The benchmark scripts still run, at tiny sizes (the README tells users to run them).
+
+Speed is never asserted here: each script must finish, print the figures it promises and
+the machine's state at its end, and `benchmarks/run.py --out` must write every figure of
+the README's table, each a positive number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import postgres_server
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
+
+# script -> (arguments at a tiny size, a line its output must hold)
+SCRIPTS = {
+    "bench_projections.py": (["--customers", "120"], "1. rebuild of every read model"),
+    "bench_export.py": (["--customers", "120"], "export verify      ok"),
+    "bench_integrity.py": (["--facts", "1500", "--proofs", "20"], "inclusion proof"),
+    "bench_import.py": (["--facts", "1500", "--rounds", "1"], "worker thread"),
+    "bench_privacy.py": (["--customers", "80"], "data keys re-wrapped"),
+}
+
+# Every row of the README's performance table (`benchmarks/run.py`'s figures).
+FIGURES = {
+    "raw sqlite executemany",
+    "import",
+    "import peak RSS",
+    "projections rebuild",
+    "verify",
+    "customer trail p50",
+    "customer trail p99",
+    "consent show --as-of p50",
+    "consent show --as-of p99",
+    "CLI customer trail (process)",
+    "export due-diligence",
+    "export peak RSS",
+}
+
+
+def _postgres_url(server: str) -> sa.URL:
+    return sa.engine.make_url(server).set(drivername="postgresql+psycopg")
+
+
+def _run(script: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_LEDGER_")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+    assert "machine at start: reference workload" in done.stdout
+    assert "machine at end:   reference workload" in done.stdout
+    return done.stdout
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_runs(script: str, tmp_path: Path) -> None:
+    args, expected = SCRIPTS[script]
+    if script != "bench_privacy.py":  # it works in a temporary folder of its own
+        args = [*args, "--work", str(tmp_path)]
+    assert expected in _run(script, *args)
+
+
+def test_run_writes_every_figure_of_the_table(tmp_path: Path) -> None:
+    backends = ["sqlite"]
+    extra: list[str] = []
+    server = postgres_server()
+    if server is not None:
+        backends.append("postgresql")
+        extra = ["--postgres", server]
+    out = tmp_path / "figures.json"
+    args = ["--facts", "1500", "--backends", ",".join(backends), "--work", str(tmp_path)]
+    try:
+        _run("run.py", *args, *extra, "--out", str(out))
+    finally:
+        if server is not None:  # the schema run.py made for its PostgreSQL ledger
+            engine = sa.create_engine(_postgres_url(server))
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DROP SCHEMA IF EXISTS bench_1500 CASCADE")
+            engine.dispose()
+    figures = json.loads(out.read_text())
+    for backend in backends:
+        found = {f["name"] for f in figures if f["backend"] == backend}
+        expected = FIGURES if backend == "sqlite" else FIGURES - {"raw sqlite executemany"}
+        assert found == expected, backend
+    assert all(f["value"] > 0 and f["facts"] == 1500 for f in figures)
+    ratios = [f for f in figures if f["name"] == "import"]
+    assert all(f["ratio"] is not None and f["ratio"] > 0 for f in ratios)
