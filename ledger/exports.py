@@ -706,7 +706,10 @@ class Exporter:
         checkpoint["public_key"] = public_key_pem(signing_key.public_key())
         self.initiations = self.app.transfers_initiated()
         try:
-            self.staging.mkdir()
+            # An identified export holds names, emails, phones and addresses: its folder and
+            # files are the owner's alone (as a subject-access pack is). A pseudonymous one
+            # is made to be shared, with the usual permissions.
+            self.staging.mkdir(mode=0o700 if self.request.identified else 0o777)
             files = self._write_tables(verified.events)
             summary_path = self.staging / SUMMARY_NAME
             summary_path.write_bytes(
@@ -758,6 +761,9 @@ class Exporter:
     def _publish(self) -> None:
         """Move the finished folder into place: the export is recorded by now, so a failure
         here keeps the files where they are and says so."""
+        if self.request.identified:
+            for path in self.staging.rglob("*"):
+                path.chmod(0o700 if path.is_dir() else 0o600)
         try:
             self.staging.replace(self.request.out)
         except OSError as error:

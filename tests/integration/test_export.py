@@ -3,6 +3,7 @@ recording, and `export verify` through the command line."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,23 @@ def test_identified_export_after_initiation_names_living_customers_only(
     ]
     assert not [v for v in ledger.audit() if v.fact_id.startswith(result.fact_id)]
     assert verify_export_dir(out).ok
+    # Personal data: the folder and its files are the owner's alone.
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in out.rglob("*")} == {0o600}
+
+
+def test_pseudonymous_export_keeps_the_usual_permissions(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    _load(ledger, feed_small, customers=2)
+    out = tmp_path / "dd"
+    umask = os.umask(0o022)  # the usual one: the export takes what the user's umask allows
+    try:
+        _export(ledger, out)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o077  # shareable in a data room: others may read
+    assert all(path.stat().st_mode & 0o044 for path in out.rglob("*"))
 
 
 def test_as_of_limits_rows_to_facts_then(ledger: Any, feed_small: Path, tmp_path: Path) -> None:
