@@ -54,7 +54,12 @@ class Moment(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{text!r} is not an ISO 8601 time or date", param, ctx)
         if moment.tzinfo is None:
             self.fail(f"{text!r} has no UTC offset (add Z or +00:00)", param, ctx)
-        return moment.astimezone(UTC)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            self.fail(
+                f"{text!r} is out of range: in UTC it must fall in the years 1 to 9999", param, ctx
+            )
 
 
 MOMENT = Moment()

@@ -236,7 +236,12 @@ def parse_time(value: Any, name: str = "at") -> datetime:
         return moment
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidFactError(f"field {name!r} has no UTC offset (add Z or +00:00)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is in the year 10000 in UTC
+        raise InvalidFactError(
+            f"field {name!r} is out of range: in UTC it must fall in the years 1 to 9999"
+        ) from None
 
 
 def validate(obj: Mapping[str, Any]) -> Fact:

@@ -109,6 +109,12 @@ def test_at_that_is_not_a_time_is_invalid(text: Any) -> None:
         parse_time(text)
 
 
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"])
+def test_at_beyond_the_years_python_keeps_once_in_utc_is_invalid(text: str) -> None:
+    with pytest.raises(InvalidFactError, match="field 'at' is out of range"):
+        parse_time(text)
+
+
 def test_channel_must_belong_to_the_purpose() -> None:
     obj = line("consent.given", "f-1", purpose="personalisation", channel="email")
     assert _invalid(obj) == "purpose 'personalisation' has no channel 'email'"
