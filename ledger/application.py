@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 CHUNK = 2000
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 @dataclass
 class ImportSummary:
     accepted: int = 0
@@ -126,6 +129,11 @@ class ConsentLedger(Application[UUID]):
             for number, raw in enumerate(lines, start=1):
                 if progress is not None:
                     progress(len(raw))
+                if number == 1:  # a byte order mark, as some editors begin UTF-8 files
+                    if isinstance(raw, bytes):
+                        raw = raw.removeprefix(_BOM)
+                    else:
+                        raw = raw.removeprefix("\ufeff")
                 if not raw.strip():
                     continue
                 try:

@@ -182,6 +182,11 @@ def disclose(
     The rules are applied first: a disclosure that would break one is refused (exit 3).
     """
     fact_type = _DISCLOSURE_TYPES[kind]
+    if categories is not None and kind not in ("affiliate", "acquirer"):
+        raise click.UsageError(
+            f"--categories is for affiliate and acquirer disclosures; a {kind} disclosure's "
+            "categories are fixed by its type (SPEC §2)"
+        )
     fact: dict[str, Any] = {"type": fact_type, _RECIPIENT_FIELD[fact_type]: recipient}
     optional = {
         "customer": customer,
