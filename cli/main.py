@@ -21,6 +21,7 @@ from ledger.errors import (
     IntegrityFailure,
     LedgerError,
     RuleViolationError,
+    UnexpectedError,
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_INTEGRITY = 0, 1, 2, 3, 4
@@ -47,6 +48,23 @@ def _is_database_error(error: Exception) -> bool:
     """
     exc = sys.modules.get("sqlalchemy.exc")
     return exc is not None and isinstance(error, exc.DBAPIError)
+
+
+def _unexpected(error: Exception) -> UnexpectedError:
+    """One line for a failure the ledger did not raise on purpose, instead of a traceback:
+    its type and the innermost place it was raised (not its message: it could quote data)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    where = ""
+    if frames:
+        path = frames[-1].filename.replace("\\", "/").split("/")
+        where = f" at {'/'.join(path[-2:])}:{frames[-1].lineno}"
+    return UnexpectedError(
+        f"unexpected {type(error).__name__}{where}; the command's transaction was rolled "
+        "back. If the database was changed outside consent-ledger, 'consent-ledger verify' "
+        "names what was altered; otherwise this is a bug: please report it with this line"
+    )
 
 
 class LedgerContext:
@@ -91,6 +109,8 @@ class LedgerContext:
 
             rows = self.database.fetch_on_driver(SELECT_CUSTOMER_STREAM, (ref,))
             facts = views.stored_facts(rows)
+            if facts:
+                views.check_registration(ref, facts[0])
             if facts is not None:
                 if known_at is not None:
                     facts = [fact for fact in facts if fact.timestamp <= known_at]
@@ -127,13 +147,16 @@ class LedgerGroup(LazyGroup):
                 result = super().invoke(ctx)
             except LedgerError as error:
                 failure = error
+            except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
             except Exception as error:
-                if not _is_database_error(error):
-                    raise
-                failure = DatabaseUnavailableError(
-                    f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
-                    "the command's transaction was rolled back"
-                )
+                if _is_database_error(error):
+                    failure = DatabaseUnavailableError(
+                        f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
+                        "the command's transaction was rolled back"
+                    )
+                else:
+                    failure = _unexpected(error)
         fields["command"] = ctx.meta.get("consent_ledger.command", "")
         fields["seconds"] = round(time.perf_counter() - started, 3)
         if failure is None:

@@ -10,6 +10,12 @@ class LedgerError(Exception):
     """Base of every error the ledger raises on purpose."""
 
 
+class UnexpectedError(LedgerError):
+    """A failure the ledger did not raise on purpose: a bug, or a database changed outside
+    the ledger (exit 1). Named by the exception's type and where it was raised, never by its
+    message, which could quote the data it failed on."""
+
+
 class InputError(LedgerError):
     """Bad input: the user can fix the request or the feed (exit 1)."""
 

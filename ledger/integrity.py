@@ -99,6 +99,42 @@ def event_leaf_hash(
     ).digest()
 
 
+# What hashing a stored row raises when its columns no longer hold what was recorded: text
+# where bytes were stored (SQLite's `replace()` turns a blob into text), a version out of
+# range, an originator id that is not 32 hex digits (`binascii.Error` is a ValueError).
+MALFORMED = (TypeError, ValueError, OverflowError, struct.error)
+_POSITION = struct.Struct(">Q")
+
+
+def malformed_leaf(position: int) -> bytes:
+    """The leaf of an event row that cannot be hashed as stored. Its prefix 0x02 is neither a
+    leaf's (0x00) nor a node's (0x01), so it equals no event's leaf: the signed roots then
+    disagree, and `verify` names the event as altered instead of failing on it."""
+    return _sha256(b"\x02" + _POSITION.pack(position)).digest()
+
+
+def stored_leaf_hash(
+    row: tuple[int, Any, int, Any, Any], originator_bytes: Callable[[Any], bytes]
+) -> bytes:
+    """The leaf hash of one event row read back from the database, or `malformed_leaf`."""
+    position, originator, version, topic, state = row
+    try:
+        return event_leaf_hash(position, originator_bytes(originator), version, topic, state)
+    except MALFORMED:
+        return malformed_leaf(position)
+
+
+def stored_leaf_hashes(
+    rows: Sequence[tuple[int, Any, int, Any, Any]], originator_bytes: Callable[[Any], bytes]
+) -> list[bytes]:
+    """`event_leaf_hashes` of rows read back from the database (`verify`), where a row an
+    attacker changed may no longer hash at all: that row's leaf is `malformed_leaf`."""
+    try:
+        return event_leaf_hashes(rows, originator_bytes)
+    except MALFORMED:
+        return [stored_leaf_hash(row, originator_bytes) for row in rows]
+
+
 def event_leaf_hashes(
     rows: Iterable[tuple[int, Any, int, Any, bytes]],
     originator_bytes: Callable[[Any], bytes],
@@ -619,15 +655,18 @@ def fold_events(
             if originator is None:
                 stack.append(state)
             else:
-                stack.append(
-                    sha(
-                        b"\x00"
-                        + head(position, originator_bytes(originator), version, len(topic))
-                        + topic
-                        + length(len(state))
-                        + state
-                    ).digest()
-                )
+                try:
+                    stack.append(
+                        sha(
+                            b"\x00"
+                            + head(position, originator_bytes(originator), version, len(topic))
+                            + topic
+                            + length(len(state))
+                            + state
+                        ).digest()
+                    )
+                except MALFORMED:
+                    stack.append(malformed_leaf(position))
             size += 1
             done = size
             while not done & 1:
@@ -669,7 +708,7 @@ def hash_block(
         if not ids_follow(batch, start + 1 + len(leaves)):
             block.gapless = False
             break
-        leaves += event_leaf_hashes(batch, originator_bytes)
+        leaves += stored_leaf_hashes(batch, originator_bytes)
     local = Frontier()
     snapshots = local.extend_leaves(leaves, [stop - start for stop in stops])
     block.at_stops = {start + snapshot.size: snapshot.hashes for snapshot in snapshots}
@@ -757,7 +796,7 @@ class LogAuditor:
         leaves: list[bytes] = []
         for batch in batches:
             if ids_follow(batch, self._next_position + len(leaves)):
-                leaves += event_leaf_hashes(batch, originator_bytes)
+                leaves += stored_leaf_hashes(batch, originator_bytes)
                 if len(leaves) < _LEVELLED:
                     continue
             else:
@@ -849,7 +888,9 @@ class LogAuditor:
                     tree_size=first.tree_size,
                 )
             )
-        if self._pending:
+        # After a gap, positions run ahead of the size: the log goes on to `end`.
+        end = max(size, self._next_position - 1)
+        if self._pending and self._pending[0].tree_size > end:
             beyond = self._pending[0]
             self.problems.append(
                 Problem(

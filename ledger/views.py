@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ledger.errors import IntegrityFailure
 from ledger.feed import iso
 from ledger.persistence.stored_state import decode_state
 from ledger.vocabulary import PURPOSE_CHANNELS
@@ -65,6 +66,17 @@ def stored_facts(rows: Iterable[Sequence[Any]]) -> list[StoredFact] | None:
         decoded["originator_version"] = version
         facts.append(StoredFact(topic[len(_TOPIC_PREFIX) :], decoded))
     return facts
+
+
+def check_registration(ref: str, first: StoredFact) -> None:
+    """The first event of the stream the customer index found for `ref` must be that
+    customer's registration: an altered index row would otherwise answer with another
+    customer's facts."""
+    if first.event_name != "Customer.Registered" or first.__dict__.get("ref") != ref:
+        raise IntegrityFailure(
+            f"the customer index does not lead to the registration of customer {ref!r}: it "
+            "was altered outside consent-ledger; 'consent-ledger verify' names what changed"
+        )
 
 
 def event_name(event: Any) -> str:

@@ -56,6 +56,7 @@ from ledger.persistence.database import (
     default_key_dir,
     fetch_rows,
 )
+from ledger.persistence.index_audit import Indexed, IndexLookup, IndexRows, audit_indexes
 from ledger.persistence.keys import write_key_file
 
 SIGNING_KEY_FILE = "signing.key"
@@ -589,6 +590,12 @@ def verify_ledger(
         stored = _all_checkpoints(conn, first)
         audit = None
         index: list[tuple[int, int]] = []  # the facts' count, read while workers hash
+        # The customer and order indexes, held against the events (a whole log only):
+        # read before the workers fork, so that they inherit them (`index_audit`).
+        index_rows = IndexRows()
+        if start is None:
+            index_rows.read(conn)
+        index_problems: list[Problem] = []
         if start is None and workers > 1:
             audit = _parallel_audit(
                 conn,
@@ -597,14 +604,19 @@ def verify_ledger(
                 key,
                 workers,
                 block_level,
+                IndexLookup(index_rows),
                 meanwhile=lambda: index.append(_fact_index(conn)),
             )
         if audit is None:  # sequential: the reference, and the one that names problems
             auditor = LogAuditor(stored, key, start)
-            auditor.add_batches(
-                _event_batches(conn, database, first + 1), _ORIGINATOR_BYTES[database.backend]
-            )
+            indexed = Indexed()
+            batches = _event_batches(conn, database, first + 1)
+            if start is None:
+                batches = indexed.take(batches)
+            auditor.add_batches(batches, _ORIGINATOR_BYTES[database.backend])
             audit = auditor.finish()
+            if start is None:
+                index_problems = audit_indexes(index_rows, indexed)
         problems.extend(audit.problems)
         if audit.problems:
             problems.extend(_locate(conn, database, first))
@@ -615,13 +627,16 @@ def verify_ledger(
                     "the stored tree nodes disagree with the events: proofs from them fail",
                 )
             )
+        problems.extend(_before_first(conn))
+        problems.extend(index_problems)
         facts, highest = index[0] if index else _fact_index(conn)
-        if highest > audit.size:
+        last = _last_event(conn)
+        if highest > last:
             problems.append(
                 Problem(
                     "log_truncated",
                     f"a recorded fact points at event {highest} but the log ends at "
-                    f"{audit.size}: events were removed from its end",
+                    f"{last}: events were removed from its end",
                     highest,
                 )
             )
@@ -635,6 +650,7 @@ def _parallel_audit(
     key: Ed25519PublicKey,
     workers: int,
     block_level: int,
+    lookup: IndexLookup,
     meanwhile: Callable[[], None] = lambda: None,
 ) -> LogAudit | None:
     """The whole log hashed in aligned blocks by worker processes, each reading its blocks
@@ -646,7 +662,7 @@ def _parallel_audit(
 
     Each block checks itself: its ids must run from its start to its end without a gap, so
     the log is whole without counting it first."""
-    global _FORKED_DATABASE, _FORKED_STOP
+    global _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP
     if database.is_sqlite and database.sqlite_path is None:
         return None
     last = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id))).scalar()
@@ -662,7 +678,8 @@ def _parallel_audit(
     context = multiprocessing.get_context("fork")
     stop = context.Event()
     # The workers inherit these: a Database is not pickled.
-    _FORKED_DATABASE, _FORKED_STOP = database, stop
+    _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = database, stop, lookup
+    counts: list[tuple[int, int, int, int]] = []
     whole, failure = True, None
     try:
         with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
@@ -671,21 +688,26 @@ def _parallel_audit(
             # Every result is taken and the pool closed and joined before it is left: a
             # pool terminated with tasks in flight can hang (its task thread blocked on its
             # queue). Once a block fails, the blocks not begun are skipped by the workers.
-            for hashed in hashed_blocks:
-                if isinstance(hashed, BaseException):
-                    failure = failure or hashed
-                elif whole and hashed.gapless and hashed.count == min(block, last - hashed.start):
+            for result in hashed_blocks:
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    whole = False
+                    stop.set()
+                    continue
+                hashed, matched = result
+                if whole and hashed.gapless and hashed.count == min(block, last - hashed.start):
                     auditor.add_block(hashed, block_level)
+                    counts.append(matched)
                     continue
                 whole = False
                 stop.set()
             pool.close()
             pool.join()
     finally:
-        _FORKED_DATABASE, _FORKED_STOP = None, None
+        _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = None, None, None
     if failure is not None:
         raise failure
-    if not whole:
+    if not whole or not lookup.agrees(counts):
         return None
     audit = auditor.finish()
     return None if audit.problems else audit
@@ -693,6 +715,7 @@ def _parallel_audit(
 
 _FORKED_DATABASE: Database | None = None
 _FORKED_STOP: Any = None  # a multiprocessing Event: set, the workers skip their blocks
+_FORKED_LOOKUP: IndexLookup | None = None  # the index rows the workers hold events against
 
 
 def _start_worker() -> None:
@@ -705,7 +728,9 @@ def _start_worker() -> None:
         database.engine.dispose(close=False)
 
 
-def _hash_block(task: tuple[int, int, list[int]]) -> integrity.Block | BaseException:
+def _hash_block(
+    task: tuple[int, int, list[int]],
+) -> tuple[integrity.Block, tuple[int, int, int, int]] | BaseException:
     """A worker's task: the block of events start + 1 to end hashed, or what went wrong
     (returned, not raised: the parent takes every result before it closes the pool)."""
     try:
@@ -718,21 +743,26 @@ def _hash_block(task: tuple[int, int, list[int]]) -> integrity.Block | BaseExcep
         return error
 
 
-def _hash_block_of(start: int, end: int, stops: list[int]) -> integrity.Block:
+def _hash_block_of(
+    start: int, end: int, stops: list[int]
+) -> tuple[integrity.Block, tuple[int, int, int, int]]:
     """Hash the events of ids start + 1 to end, read in binary: on SQLite on a read-only
     stdlib connection of its own, memory-mapped; on PostgreSQL on a new connection, as one
-    client-side result of at most a block."""
-    database = _FORKED_DATABASE
-    assert database is not None
+    client-side result of at most a block. With it, how many of the block's registrations
+    and placings match their index rows (`index_audit.IndexLookup.matches`)."""
+    database, lookup = _FORKED_DATABASE, _FORKED_LOOKUP
+    assert database is not None and lookup is not None
+    indexed = Indexed()
     if _FORKED_STOP is not None and _FORKED_STOP.is_set():
-        return integrity.Block(start, gapless=False)  # another block failed: not needed
+        return integrity.Block(start, gapless=False), (0, 0, 0, 0)  # another block failed
     if database.is_sqlite:
         connection = sqlite3.connect(f"file:{database.sqlite_path}?mode=ro", uri=True)
         try:
             connection.execute(f"PRAGMA mmap_size = {_MMAP_SIZE}")
             cursor = connection.execute(_EVENT_SQL["sqlite"], (start + 1, end))
-            batches = iter(lambda: cursor.fetchmany(_SMALL_BATCH), [])
-            return integrity.hash_block(batches, binascii.unhexlify, start, stops)
+            batches = indexed.take(iter(lambda: cursor.fetchmany(_SMALL_BATCH), []))
+            block = integrity.hash_block(batches, binascii.unhexlify, start, stops)
+            return block, lookup.matches(indexed)
         finally:
             connection.close()
     raw = database.engine.raw_connection()
@@ -743,10 +773,36 @@ def _hash_block_of(start: int, end: int, stops: list[int]) -> integrity.Block:
         # (This transaction's own setting; the connection is the worker's.)
         cursor.execute("SET LOCAL enable_sort = off")
         cursor.execute(_EVENT_SQL["postgresql"], (start + 1, end))
-        batches = iter(lambda: cursor.fetchmany(_SMALL_BATCH), [])
-        return integrity.hash_block(batches, bytes, start, stops)
+        batches = indexed.take(iter(lambda: cursor.fetchmany(_SMALL_BATCH), []))
+        block = integrity.hash_block(batches, bytes, start, stops)
+        return block, lookup.matches(indexed)
     finally:
         raw.close()
+
+
+def _last_event(conn: Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.max(tables.events.c.notification_id))).scalar() or 0)
+
+
+def _before_first(conn: Connection) -> list[Problem]:
+    """Events stored at ids below 1, where no position of the log is (its positions count
+    from 1): every other read would take them for recorded facts, and the tree never hashes
+    them. One range read of the primary key."""
+    ids = tables.events.c.notification_id
+    count, lowest, highest = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(ids), sa.func.max(ids)).where(ids < 1)
+    ).one()
+    if not count:
+        return []
+    which = f"id {lowest}" if count == 1 else f"{count} events, ids {lowest} to {highest},"
+    return [
+        Problem(
+            "event_inserted",
+            f"{which} stored before event 1, outside the log's positions: inserted behind the "
+            "ledger's back, and covered by no signed checkpoint",
+            int(lowest),
+        )
+    ]
 
 
 def _fact_index(conn: Connection) -> tuple[int, int]:
@@ -808,10 +864,28 @@ def _stored_frontier_matches(conn: Connection, size: int, frontier: Frontier) ->
         return False
 
 
+def _content(
+    originator_bytes: Callable[[Any], bytes], originator: Any, version: Any, topic: Any, state: Any
+) -> tuple[bytes, int, bytes, bytes] | None:
+    """An event row's hashed fields, or None if they no longer hold the recorded types (an
+    originator id of 16 bytes, a version in range, bytes for the topic and state)."""
+    if not isinstance(topic, bytes | memoryview) or not isinstance(state, bytes | memoryview):
+        return None
+    if not isinstance(version, int) or not 0 <= version < 2**64:
+        return None
+    try:
+        ident = originator_bytes(originator)
+    except integrity.MALFORMED:
+        return None
+    if len(ident) != 16:
+        return None
+    return ident, version, bytes(topic), bytes(state)
+
+
 def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
     """Name the events whose recomputed leaf differs from the leaf sealed when recorded, and
     recognise two events that traded places."""
-    altered: dict[int, tuple[bytes, int, bytes, bytes]] = {}
+    altered: dict[int, tuple[bytes, int, bytes, bytes] | None] = {}
     sealed: dict[int, bytes] = {}
     more = 0
     originator_bytes = _ORIGINATOR_BYTES[database.backend]
@@ -822,9 +896,15 @@ def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
         )
         leaves = {int(idx): bytes(digest) for idx, digest in conn.execute(query)}
         for nid, originator, version, topic, state in batch:
-            content = (originator_bytes(originator), version, bytes(topic), bytes(state))
             expected = leaves.get(nid - 1)
-            if expected is not None and expected != integrity.event_leaf_hash(nid, *content):
+            if expected is None:
+                continue
+            content = _content(originator_bytes, originator, version, topic, state)
+            if content is None:  # no longer of the recorded types: altered, not moved
+                leaf = integrity.malformed_leaf(nid)
+            else:
+                leaf = integrity.event_leaf_hash(nid, *content)
+            if expected != leaf:
                 if len(altered) < _LISTED * 2:
                     altered[nid], sealed[nid] = content, expected
                 else:
@@ -834,7 +914,10 @@ def _locate(conn: Connection, database: Database, first: int) -> list[Problem]:
     candidates = list(altered)
 
     def sealed_as(content_of: int, position: int) -> bool:
-        return integrity.event_leaf_hash(position, *altered[content_of]) == sealed[position]
+        content = altered[content_of]
+        if content is None:
+            return False
+        return integrity.event_leaf_hash(position, *content) == sealed[position]
 
     for here in candidates:
         for there in candidates:

@@ -120,6 +120,23 @@ def test_import_plain_output_is_one_readable_sentence(url: str, tmp_path: Path) 
     )
 
 
+def test_import_of_a_file_that_begins_with_a_byte_order_mark(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    run_json(ledger_url, "db", "upgrade")
+    feed = tmp_path / "bom.jsonl"
+    feed.write_bytes(b"\xef\xbb\xbf" + SMALL.read_bytes())
+    assert run_json(ledger_url, "import", str(feed))["accepted"] == 26
+
+
+def test_disclose_categories_are_refused_where_the_type_fixes_them(shared: str) -> None:
+    result = run(
+        shared, "disclose", "card_issuer", "Visa", "--order", "O500", "--categories", "name"
+    )
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "--categories is for affiliate and acquirer disclosures" in result.stderr
+
+
 def test_import_dry_run_counts_and_records_nothing(ledger_url: str) -> None:
     run_json(ledger_url, "db", "upgrade")
     dry = run_json(ledger_url, "import", "--dry-run", str(SMALL))
@@ -137,6 +154,7 @@ def test_import_of_an_invalid_file_reports_every_bad_line_and_records_nothing(
         orjson.dumps(line("consent.given", "n-3", 1, customer="C900")),
         orjson.dumps(line("marketing.contact", "n-4", 2, customer="C999")),
         orjson.dumps(line("order.delivered", "n-5", 3, at="2025-01-10T09:00:00")),
+        orjson.dumps(line("order.delivered", "n-6", 3, at="9999-12-31T23:59:59-05:00")),
     ]
     feed = tmp_path / "bad.jsonl"
     feed.write_bytes(b"\n".join(lines) + b"\n")
@@ -145,19 +163,23 @@ def test_import_of_an_invalid_file_reports_every_bad_line_and_records_nothing(
     assert orjson.loads(result.stdout) == {
         "accepted": 0,
         "duplicates": 0,
-        "rejected": 3,
+        "rejected": 4,
         "errors": [
             {"line": 2, "error": "not valid JSON"},
             {"line": 4, "error": "unknown customer 'C999'"},
             {"line": 5, "error": "field 'at' has no UTC offset (add Z or +00:00)"},
+            {
+                "line": 6,
+                "error": "field 'at' is out of range: in UTC it must fall in the years 1 to 9999",
+            },
         ],
     }
     assert error_line(result) == (
-        "Error: line 2: not valid JSON (and 2 more invalid lines); "
+        "Error: line 2: not valid JSON (and 3 more invalid lines); "
         "nothing from the file was recorded"
     )
     entry = assert_one_clean_log_line(result, "import")
-    assert (entry["level"], entry["exit"], entry["rejected"]) == ("warning", 1, 3)
+    assert (entry["level"], entry["exit"], entry["rejected"]) == ("warning", 1, 4)
     assert run(shared, "customer", "show", "C900").exit_code == 1
 
 
@@ -362,6 +384,8 @@ def test_consent_give_to_an_erased_customer_exits_1(shared: str) -> None:
             "1",
         ],
         ["consent", "show", "C100", "--as-of", "2025-01-01T00:00:00"],
+        ["consent", "show", "C100", "--as-of", "9999-12-31T23:59:59-05:00"],
+        ["audit", "check", "--as-of", "0001-01-01T00:00:00+01:00"],
         ["disclose", "pigeon", "Bob", "--customer", "C100"],
         ["customer", "teleport", "C100"],
     ],

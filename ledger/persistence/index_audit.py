@@ -1,0 +1,179 @@
+"""`verify`'s check of the indexes the ledger answers from, against the events they index.
+
+The events are the record, and the Merkle tree proves them unaltered; the index tables beside
+them (which stream a customer reference names, which customer an order belongs to) are how
+the ledger finds a customer's events. An intruder who rewrites an index row without touching
+an event could make `customer trail C1` answer with another customer's disclosures, or have
+a later payment judged against the wrong customer, and the tree would still verify. So
+`verify` holds the two indexes against the events:
+
+- `ledger_customers`: each row's event is a registration, in the row's stream, of the row's
+  reference; and every registration has its row.
+- `ledger_orders`: each row's order was placed in the row's stream; and every placing has
+  its row.
+
+The registrations and placings are picked out of the event rows `verify` reads to hash them
+anyway (`Indexed.take`, in its hashing processes too), and the index tables are read while
+those processes hash (`IndexRows.read`): the check costs the decoding of those events and
+one comparison each. A problem names the reference (customer and order references are
+identifiers, never personal data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy.engine import Connection
+
+from ledger.integrity import Problem
+from ledger.persistence.database import fetch_rows
+
+_REGISTERED = b"ledger.domainmodel:Customer.Registered"
+_PLACED = b"ledger.domainmodel:Customer.OrderPlaced"
+_WANTED = frozenset({_REGISTERED, _PLACED})
+_LISTED = 10  # problems named one by one; the rest are counted
+
+# Stream ids are compared as `verify` reads an event's (`seals._EVENT_SQL`): on SQLite its 32
+# hex digits as bytes, on PostgreSQL its 16 bytes; the index rows are read in the same form.
+_INDEX_SQL = {
+    "sqlite": (
+        "SELECT notification_id, CAST(customer_id AS BLOB), customer_ref FROM ledger_customers",
+        "SELECT order_ref, CAST(customer_id AS BLOB) FROM ledger_orders",
+    ),
+    "postgresql": (
+        "SELECT notification_id, uuid_send(customer_id), customer_ref FROM ledger_customers",
+        "SELECT order_ref, uuid_send(customer_id) FROM ledger_orders",
+    ),
+}
+
+
+class Indexed:
+    """The registrations and placings among event rows, as they are read for hashing."""
+
+    def __init__(self) -> None:
+        self.registrations: list[tuple[int, Any, Any]] = []  # (position, stream id, ref)
+        self.placings: list[tuple[Any, Any, int]] = []  # (order ref, stream id, position)
+
+    def take(
+        self, batches: Iterable[Sequence[tuple[Any, ...]]]
+    ) -> Iterator[Sequence[tuple[Any, ...]]]:
+        """Pass event batches (position, originator, version, topic as bytes, state) through,
+        keeping what the indexes are checked against. Kept lean: it runs on every event row
+        `verify` reads."""
+        wanted, loads, registered = _WANTED, orjson.loads, _REGISTERED
+        registrations, placings = self.registrations, self.placings
+        for batch in batches:
+            for position, stream, _version, topic, state in [r for r in batch if r[3] in wanted]:
+                registration = topic == registered
+                try:
+                    reference = loads(state).get("ref" if registration else "order")
+                except (orjson.JSONDecodeError, TypeError, AttributeError):
+                    reference = None  # not what was recorded: no index row matches it
+                if type(reference) is not str:
+                    reference = None
+                if registration:
+                    registrations.append((position, stream, reference))
+                else:
+                    placings.append((reference, stream, position))
+            yield batch
+
+
+class IndexRows:
+    """The customer and order indexes' rows, read (`read`) while the events are hashed."""
+
+    def __init__(self) -> None:
+        self.customers: list[tuple[Any, ...]] = []  # (position, stream id, ref)
+        self.orders: list[tuple[Any, ...]] = []  # (order ref, stream id)
+
+    def read(self, conn: Connection) -> None:
+        customers, orders = _INDEX_SQL[conn.dialect.name]
+        self.customers = fetch_rows(conn, customers, ())
+        self.orders = fetch_rows(conn, orders, ())
+
+
+class IndexLookup:
+    """The index rows as lookups, made before `verify`'s hashing processes fork: each holds
+    the registrations and placings of its blocks against them (`matches`), so only counts
+    travel back; the parent adds them up (`agrees`)."""
+
+    def __init__(self, index: IndexRows) -> None:
+        self.rows = (len(index.customers), len(index.orders))
+        self.customers = {position: (stream, ref) for position, stream, ref in index.customers}
+        self.orders = dict(index.orders)
+
+    def matches(self, found: Indexed) -> tuple[int, int, int, int]:
+        """(registrations that match their index row, registrations, placings that match
+        theirs, placings)."""
+        customers, orders = self.customers, self.orders
+        registrations = sum(
+            1 for position, stream, ref in found.registrations
+            if customers.get(position) == (stream, ref)
+        )  # fmt: skip
+        placings = sum(
+            1 for order, stream, _position in found.placings if orders.get(order) == stream
+        )
+        return registrations, len(found.registrations), placings, len(found.placings)
+
+    def agrees(self, counts: Iterable[tuple[int, int, int, int]]) -> bool:
+        """Whether every event matched its index row and every index row was matched: each
+        event matches at most one row (a position, an order reference), so equal counts
+        mean one row per event and one event per row."""
+        totals = [sum(column) for column in zip(*counts, strict=True)] or [0, 0, 0, 0]
+        customers, orders = self.rows
+        return totals == [customers, customers, orders, orders]
+
+
+def audit_indexes(index: IndexRows, found: Indexed) -> list[Problem]:
+    """Every disagreement between the customer and order indexes and the events `found`:
+    each index row is looked up among the events' (one dict lookup a row)."""
+    problems: list[Problem] = []
+    registered = {position: (stream, ref) for position, stream, ref in found.registrations}
+    for position, stream, ref in index.customers:
+        if registered.pop(position, None) != (stream, ref):
+            problems.append(
+                Problem(
+                    "index_altered",
+                    f"the customer index names customer {ref!r} at event {position}, which "
+                    "is not that customer's registration: queries of that customer would "
+                    "answer from another stream",
+                    int(position),
+                )
+            )
+    for position, (_stream, ref) in sorted(registered.items()):
+        problems.append(
+            Problem(
+                "index_altered",
+                f"the registration of customer {ref!r} at event {position} has no row in the "
+                "customer index: the ledger no longer finds that customer",
+                position,
+            )
+        )
+    placed = {order: (stream, position) for order, stream, position in found.placings}
+    for order, stream in index.orders:
+        placing = placed.pop(order, None)
+        if placing is None or placing[0] != stream:
+            where = f", placed at event {placing[1]}," if placing is not None else ""
+            problems.append(
+                Problem(
+                    "index_altered",
+                    f"the order index puts order {order!r}{where} with a customer whose "
+                    "stream did not place it: its facts would be judged against another "
+                    "customer",
+                    placing[1] if placing is not None else None,
+                )
+            )
+    for order, (_stream, position) in sorted(placed.items(), key=lambda item: item[1][1]):
+        problems.append(
+            Problem(
+                "index_altered",
+                f"the placing of order {order!r} at event {position} has no row in the order "
+                "index: the ledger no longer finds that order",
+                position,
+            )
+        )
+    if len(problems) > _LISTED:
+        more = len(problems) - _LISTED
+        problems = [*problems[:_LISTED], Problem("index_altered", f"{more} more disagree")]
+    return problems
