@@ -105,15 +105,17 @@ class LedgerContext:
         """
         if self._ledger is None:
             from ledger import views
-            from ledger.persistence.sqlite_reads import SELECT_CUSTOMER_STREAM
+            from ledger.persistence import sqlite_reads as reads
 
-            rows = self.database.fetch_on_driver(SELECT_CUSTOMER_STREAM, (ref,))
+            if known_at is None:
+                rows = self.database.fetch_on_driver(reads.SELECT_CUSTOMER_STREAM, (ref,))
+            else:
+                known = (ref, reads.known_stamp(known_at))
+                rows = self.database.fetch_on_driver(reads.SELECT_CUSTOMER_STREAM_KNOWN, known)
             facts = views.stored_facts(rows)
             if facts:
                 views.check_registration(ref, facts[0])
             if facts is not None:
-                if known_at is not None:
-                    facts = [fact for fact in facts if fact.timestamp <= known_at]
                 if not facts:
                     raise CustomerNotFoundError(ref)
                 return facts

@@ -203,8 +203,9 @@ class ConsentLedger(Application[UUID]):
         """The customer's aggregate and its events, read once (optionally only the events
         recorded by `known_at`: the ledger as it stood then)."""
         events: list[Any] = list(self.events.get(customer_id(ref)))
-        if known_at is not None:
-            events = [e for e in events if e.timestamp <= known_at]
+        if known_at is not None:  # the events of the writes committed by then
+            last = self._version_at(ref, self.known_size(known_at))
+            events = [e for e in events if e.originator_version <= last]
         if not events:
             raise CustomerNotFoundError(ref)
         aggregate: Any = None
@@ -212,6 +213,26 @@ class ConsentLedger(Application[UUID]):
             aggregate = event.mutate(aggregate)
         assert isinstance(aggregate, Customer)
         return aggregate, [e for e in events if isinstance(e, FactEvent)]
+
+    def known_size(self, known_at: datetime) -> int:
+        """How much of the log the ledger knew at recorded time `known_at`: the events of
+        every write committed by then (`sqlite_reads.SELECT_KNOWN_SIZE`)."""
+        from ledger.persistence import sqlite_reads as reads
+
+        rows = self.database.fetch_on_driver(
+            reads.SELECT_KNOWN_SIZE, (reads.known_stamp(known_at),)
+        )
+        return int(rows[0][0] or 0)
+
+    def _version_at(self, ref: str, size: int) -> int:
+        """The last version of customer `ref`'s stream among the first `size` events."""
+        ident = customer_id(ref)
+        rows = self.database.fetch_on_driver(
+            "SELECT coalesce(max(originator_version), 0) FROM ledger_events "
+            "WHERE originator_id = ? AND notification_id <= ?",
+            (ident.hex if self.database.is_sqlite else ident, size),
+        )
+        return int(rows[0][0] or 0)
 
     def customer_of_order(self, order_ref: str) -> str:
         from ledger.persistence import indexes

@@ -231,15 +231,16 @@ class ReadModels:
         as `ConsentLedger.audit_events` judges one customer, with `known_at` as now."""
         model = Violations()
         found: list[Violation] = []
+        known = self.app.known_size(known_at)  # the writes committed by then
         with self.database.reading() as conn, _without_cyclic_gc():
-            head = self._head(conn)
-            acquirers = self._load(conn, self._acquirer_ids(conn, head), head, known_at)
+            head = min(self._head(conn), known)
+            acquirers = self._load(conn, self._acquirer_ids(conn, head), head)
             model.know_acquirers(
                 (s.aggregate.name, s.aggregate.initiations)
                 for s in acquirers
                 if isinstance(s.aggregate, Acquirer)
             )
-            for stream in self._scan_replayed(conn, head, known_at):
+            for stream in self._scan_replayed(conn, head):
                 if isinstance(stream.aggregate, Customer):
                     found.extend(
                         self.app.audit_events(
@@ -592,26 +593,22 @@ class ReadModels:
 
     # -- direct folds on domain objects (Art. 19 now, and the ledger as known at a time) --
 
-    def _load(
-        self, conn: Connection, ids: Iterable[UUID], head: int, known_at: datetime | None = None
-    ) -> list[Replayed]:
+    def _load(self, conn: Connection, ids: Iterable[UUID], head: int) -> list[Replayed]:
         found: list[Replayed] = []
         for chunk in batched(sorted(ids), 500):
-            found.extend(self._replay(self._stream_rows(conn, chunk, head), known_at))
+            found.extend(self._replay(self._stream_rows(conn, chunk, head)))
         return found
 
-    def _scan_replayed(
-        self, conn: Connection, head: int, known_at: datetime | None
-    ) -> Iterator[Replayed]:
+    def _scan_replayed(self, conn: Connection, head: int) -> Iterator[Replayed]:
         query = (
             sa.select(*_STREAM_COLUMNS)
             .where(_E.c.notification_id <= head)
             .order_by(_E.c.originator_id, _E.c.originator_version)
         )
         rows = conn.execute(query.execution_options(yield_per=20_000))
-        return self._replay(rows, known_at)
+        return self._replay(rows)
 
-    def _replay(self, rows: Iterable[Any], known_at: datetime | None) -> Iterator[Replayed]:
+    def _replay(self, rows: Iterable[Any]) -> Iterator[Replayed]:
         """Rows ordered by stream then version -> one replayed aggregate per stream."""
         to_domain_event = self._decoder()
         current: Any = None
@@ -625,8 +622,6 @@ class ReadModels:
                 current, aggregate, events = raw_id, None, []
                 ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
             event: Any = to_domain_event(ident, version, topic, state)
-            if known_at is not None and event.timestamp > known_at:
-                continue  # recorded later: a stream's later events are all later still
             aggregate = event.mutate(aggregate)
             if isinstance(event, FactEvent):
                 events.append(event)

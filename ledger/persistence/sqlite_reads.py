@@ -34,6 +34,29 @@ SELECT_CUSTOMER_STREAM = (
     "JOIN ledger_events e ON e.originator_id = c.customer_id "
     "WHERE c.customer_ref = ? ORDER BY e.originator_version"
 )
+# The ledger as it stood at a recorded time K: the events of every write committed by K.
+# Each write (an import, a command) ends by signing a checkpoint of the whole log in its own
+# transaction, so the log as known at K is the largest checkpoint signed at or before K
+# (`signed_at` is fixed-width UTC text: it sorts as the time). A write still running at K
+# counts as unknown, all of it, though its events were stamped one by one as it ran.
+SELECT_KNOWN_SIZE = (
+    "SELECT coalesce(max(tree_size), 0) FROM ledger_checkpoints WHERE signed_at <= ?"
+)
+SELECT_CUSTOMER_STREAM_KNOWN = (
+    "SELECT e.originator_version, e.topic, e.state FROM ledger_customers c "
+    "JOIN ledger_events e ON e.originator_id = c.customer_id "
+    f"WHERE c.customer_ref = ? AND e.notification_id <= ({SELECT_KNOWN_SIZE}) "
+    "ORDER BY e.originator_version"
+)
+
+
+def known_stamp(moment: Any) -> str:
+    """A recorded time as `SELECT_KNOWN_SIZE` compares it (as checkpoints' times are signed)."""
+    from datetime import UTC
+
+    return str(moment.astimezone(UTC).isoformat(timespec="microseconds")).replace("+00:00", "Z")
+
+
 _TABLE_NAMES = (
     "SELECT name FROM sqlite_master WHERE type = 'table' "
     "AND name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY name"

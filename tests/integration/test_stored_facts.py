@@ -3,6 +3,7 @@ computed from the domain's events, on each backend."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,18 +53,30 @@ def test_stored_facts_give_every_answer_the_domain_gives(recorded: Any) -> None:
         context.close()
 
 
-def test_known_at_keeps_only_what_was_recorded_by_then(recorded: Any) -> None:
-    context = LedgerContext(recorded.database._raw_url)
+def test_known_at_counts_the_writes_committed_by_then(ledger: Any, feed_small: Path) -> None:
+    ledger.import_lines(feed_small.read_bytes().splitlines())
+    imported = [e.fact_id for e in ledger.customer_events("C100")]
+    between = datetime.now(UTC)
+    time.sleep(0.002)
+    late = {"type": "consent.withdrawn", "customer": "C100", "purpose": "marketing"}
+    ledger.record_fact({**late, "channel": "email", "method": "web", "id": "late-1"})
+    after = datetime.now(UTC)
+    context = LedgerContext(ledger.database._raw_url)
     try:
-        ref = refs(recorded)[0]
-        events = recorded.customer_events(ref)
-        middle = events[len(events) // 2].timestamp
-        stored = context.customer_facts(ref, middle)
-        assert [f.fact_id for f in stored] == [
-            e.fact_id for e in recorded.customer_with_events(ref, middle)[1]
-        ]
+        for known_at, expected in ((between, imported), (after, [*imported, "late-1"])):
+            stored = context.customer_facts("C100", known_at)
+            assert [f.fact_id for f in stored] == expected
+            assert [e.fact_id for e in ledger.customer_with_events("C100", known_at)[1]] == (
+                expected
+            )
+        # A time inside the import: its events were stamped one by one as it ran, but none
+        # was known before the import committed, so none counts (never a part of it).
+        inside = ledger.customer_events("C100")[3].timestamp
         with pytest.raises(CustomerNotFoundError):
-            context.customer_facts(ref, events[0].timestamp - timedelta(microseconds=1))
+            context.customer_facts("C100", inside)
+        with pytest.raises(CustomerNotFoundError):
+            ledger.customer_with_events("C100", inside)
+        assert ledger.audit(None, inside) == []
         with pytest.raises(CustomerNotFoundError):
             context.customer_facts("no-such-customer")
     finally:
