@@ -117,7 +117,7 @@ class LedgerContext:
                 views.check_registration(ref, facts[0])
             if facts is not None:
                 if not facts:
-                    raise CustomerNotFoundError(ref)
+                    raise CustomerNotFoundError(ref, known_at)
                 return facts
         events: list[Any] = self.ledger.customer_with_events(ref, known_at)[1]
         return events
@@ -150,6 +150,8 @@ class LedgerGroup(LazyGroup):
             except LedgerError as error:
                 failure = error
             except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except BrokenPipeError:  # stdout's reader left (`| head`): click exits quietly
                 raise
             except Exception as error:
                 if _is_database_error(error):

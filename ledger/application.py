@@ -207,7 +207,7 @@ class ConsentLedger(Application[UUID]):
             last = self._version_at(ref, self.known_size(known_at))
             events = [e for e in events if e.originator_version <= last]
         if not events:
-            raise CustomerNotFoundError(ref)
+            raise CustomerNotFoundError(ref, known_at)
         aggregate: Any = None
         for event in events:
             aggregate = event.mutate(aggregate)

@@ -5,6 +5,8 @@ Messages never contain personal data: they name fields, references and fact ids,
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LedgerError(Exception):
     """Base of every error the ledger raises on purpose."""
@@ -42,9 +44,15 @@ class InvalidFeedError(InputError):
 
 
 class CustomerNotFoundError(InputError):
-    def __init__(self, ref: str) -> None:
+    def __init__(self, ref: str, known_at: Any = None) -> None:
         self.ref = ref
-        super().__init__(f"customer {ref!r} is not in the ledger")
+        if known_at is None:
+            super().__init__(f"customer {ref!r} is not in the ledger")
+        else:  # --known-at: the ledger as it stood then
+            super().__init__(
+                f"customer {ref!r} was not in the ledger as known at {known_at.isoformat()}: "
+                "nothing about them had been recorded by then"
+            )
 
 
 class OrderNotFoundError(InputError):

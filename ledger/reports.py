@@ -55,6 +55,8 @@ def to_markdown(doc: Document) -> str:
             out += ["#" * level + " " + text, ""]
         elif kind == "para":
             out += [value, ""]
+        elif kind == "table" and not value[1]:
+            out += ["(none)", ""]
         elif kind == "table":
             columns, rows = value
             out.append("| " + " | ".join(columns) + " |")
@@ -91,7 +93,9 @@ def to_html(doc: Document) -> str:
             level, text = value
             out.append(f"<h{level}>{esc(text)}</h{level}>")
         elif kind == "para":
-            out.append(f"<p>{esc(value)}</p>")
+            out.append(f"<p>{_code_spans(esc(value))}</p>")
+        elif kind == "table" and not value[1]:
+            out.append("<p><em>None.</em></p>")
         elif kind == "table":
             columns, rows = value
             out.append("<table><thead><tr>")
@@ -113,6 +117,14 @@ def to_html(doc: Document) -> str:
             )
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _code_spans(escaped: str) -> str:
+    """Markdown's `code` spans of a paragraph (already escaped) as HTML <code>."""
+    parts = escaped.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backquote: leave the text as it is
+        return escaped
+    return "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
 
 
 def _cell(value: Any) -> str:
@@ -216,7 +228,7 @@ def auditor_report(
             ["customers erased", figures.erased_customers],
             ["orders", sum(n for _, n in figures.orders_by_status)],
             ["disclosures of personal data", figures.disclosures],
-            ["recipients", len(figures.recipients)],
+            ["recipients (by name and kind)", len(figures.recipients)],
             ["violations", len(violations)],
         ],
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
@@ -24,7 +25,8 @@ from ledger.feed import iso
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("consent-ledger-demo.db"),
     show_default=True,
-    help="The SQLite file to build (replaced if it exists).",
+    help="The SQLite file to build (replaced if it exists). Without --path, a global "
+    "--db sqlite:///FILE names it.",
 )
 @click.option(
     "--customers",
@@ -37,12 +39,24 @@ from ledger.feed import iso
     "--seed", type=int, default=7, show_default=True, help="The same seed builds the same ledger."
 )
 @json_option
-def demo(path: Path, customers: int, seed: int, as_json: bool) -> None:
+@click.pass_context
+def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: bool) -> None:
     """Build a sample ledger (customers, orders, consents, disclosures, rule breaks, late
     facts, an erasure, a merger) and show what an auditor and a support agent can ask."""
     from ledger import views
     from ledger.config import open_ledger
+    from ledger.persistence.sqlite_reads import plain_sqlite_file
     from ledger.samplefeed import generate_lines
+
+    given = ctx.find_root().params.get("db")
+    if given is not None and ctx.get_parameter_source("path") is ParameterSource.DEFAULT:
+        # The global --db, given on the command line (and no --path): the file to build.
+        named = plain_sqlite_file(given)
+        if named is None or not named or named == ":memory:":
+            raise click.UsageError(
+                "the demo builds an SQLite file: give --db sqlite:///FILE or --path FILE"
+            )
+        path = Path(named)
 
     for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         stale.unlink(missing_ok=True)

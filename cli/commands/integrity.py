@@ -142,7 +142,14 @@ def prove(
 
 @click.command("verify-proof")
 @click.argument("proof")
-@PUBLIC_KEY
+@click.option(
+    "--public-key",
+    "public_key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The ledger's public key (signing.pub) as you got it from the ledger's owner. "
+    "Without it the key inside the proof is used: that shows the proof is whole, not that "
+    "the ledger signed it (compare the key id printed).",
+)
 @json_option
 def verify_proof(proof: str, public_key: Path | None, as_json: bool) -> None:
     """Check a proof (file or JSON) offline, without any database (exit 4 if it fails).
@@ -168,8 +175,16 @@ def verify_proof(proof: str, public_key: Path | None, as_json: bool) -> None:
         "ok": not problems,
         "type": document.get("type") if isinstance(document, dict) else None,
         "key_id": integrity.key_id(loaded),
+        "key_pinned": public_key is not None,
         "problems": problems,
     }
+    if public_key is None:
+        click.echo(
+            f"Warning: no --public-key: checked against the key inside the proof (key id "
+            f"{result['key_id']}), which whoever made the proof chose; compare that key id "
+            "with the ledger's signing.pub",
+            err=True,
+        )
     if as_json:
         emit_json(result)
     elif problems:

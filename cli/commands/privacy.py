@@ -18,7 +18,7 @@ from ledger.errors import InputError
 from ledger.feed import iso
 
 
-@customer.command("access-export")
+@customer.command("access-export", short_help="GDPR Art. 15 subject-access pack of customer REF.")
 @click.argument("ref")
 @click.option(
     "--out",
@@ -70,7 +70,9 @@ def _write_private(path: Path, content: bytes) -> None:
         raise InputError(f"cannot write {path}: {error.strerror}") from None
 
 
-@click.group("recipients")
+@click.group(
+    "recipients", short_help="Recipients of personal data: Art. 19 notifications of erasure."
+)
 def recipients() -> None:
     """Recipients of personal data: Art. 19 notifications of erasure and rectification."""
 
@@ -124,7 +126,7 @@ def notified(
         )
 
 
-@click.group("suppression")
+@click.group("suppression", short_help="Art. 21: emails whose owner objected to direct marketing.")
 def suppression() -> None:
     """Art. 21: emails whose owner objected to direct marketing (kept as keyed hashes)."""
 

@@ -40,6 +40,9 @@ def rebuild(context: Any, name: str | None, as_json: bool) -> None:
     """Rebuild NAME (default: every read model) from event zero, beside the one in use;
     queries switch to it only when it is complete."""
     models = context.ledger.read_models
+    if name is not None and name not in models.models:
+        known = ", ".join(sorted(models.models))
+        raise click.BadParameter(f"no read model {name!r} (known: {known})", param_hint="NAME")
     names = [models.model(name).name] if name else list(models.models)
     total = models.status()[0].head
     if progress_enabled():
@@ -47,6 +50,7 @@ def rebuild(context: Any, name: str | None, as_json: bool) -> None:
             length=total, label=f"rebuilding {name or 'every read model'}", file=sys.stderr
         ) as bar:
             result = models.rebuild(names, progress=bar.update)
+            bar.update(max(0, total - bar.pos))  # the acquirers' streams, folded first
     else:
         result = models.rebuild(names)
     rate = result.events / result.seconds if result.seconds else 0.0

@@ -46,7 +46,7 @@ def report() -> None:
     """Reports for the data protection officer."""
 
 
-@report.command("processing")
+@report.command("processing", short_help="The records of processing activities (GDPR Art. 30).")
 @click.option(
     "--format",
     "fmt",
@@ -74,7 +74,7 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
         click.echo(text)
     else:
         out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}", err=True)
+        click.echo(f"wrote {out}")
 
 
 commands = [report]

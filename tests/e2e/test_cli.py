@@ -728,11 +728,36 @@ def test_demo_builds_a_ledger_and_answers(tmp_path: Path, monkeypatch: pytest.Mo
     assert "(verify): nothing altered;" in plain.stdout
 
 
+def test_demo_builds_the_file_the_global_db_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    document = run_json("sqlite:///mine.db", "demo", "--customers", "5")
+    assert document["database"] == "sqlite:///mine.db"
+    assert (tmp_path / "mine.db").exists()
+    assert not (tmp_path / "consent-ledger-demo.db").exists()
+    refused = run("postgresql://nobody@127.0.0.1:1/none", "demo", "--customers", "5")
+    assert (refused.exit_code, refused.stdout) == (2, "")
+    assert "the demo builds an SQLite file" in refused.stderr
+    # --path, when given, names the file whatever --db says.
+    assert run_json("sqlite:///mine.db", "demo", "--customers", "5", "--path", "other.db")[
+        "database"
+    ] == ("sqlite:///other.db")
+
+
 COMMANDS = [
     ["import"], ["record"], ["disclose"], ["consent", "give"], ["consent", "withdraw"],
     ["consent", "show"], ["customer", "show"], ["customer", "trail"], ["customer", "erase"],
     ["order", "show"], ["audit", "check"], ["db", "upgrade"], ["demo"],
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("group", [[], ["customer"], ["report"], ["recipients"], ["audit"]])
+def test_command_lists_show_whole_phrases(group: list[str]) -> None:
+    # click cuts a docstring's first line at its first full stop: "GDPR Art." was all it
+    # showed of some commands.
+    listed = run(None, *group, "--help").stdout.split("Commands:")[1]
+    assert not [line for line in listed.splitlines() if line.rstrip().endswith("Art.")]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -435,6 +435,12 @@ def test_prove_and_verify_proof_offline(recorded: Any, tmp_path: Path) -> None:
     )
     assert offline.exit_code == 0, offline.output
     assert offline.stdout.startswith("OK: consistency proof holds")
+    assert "Warning" not in offline.stderr
+    # Without the auditor's own key: the proof's key is used, and that is said plainly.
+    unpinned = CliRunner().invoke(cli, ["verify-proof", str(tmp_path / "proof.json"), "--json"])
+    assert unpinned.exit_code == 0
+    assert json.loads(unpinned.stdout)["key_pinned"] is False
+    assert "Warning: no --public-key: checked against the key inside the proof" in (unpinned.stderr)
 
 
 def test_verification_in_parallel_blocks_agrees_with_one_pass(recorded: Any) -> None:

@@ -71,6 +71,16 @@ def test_markdown_tables_escape_pipes_and_html_escapes_markup() -> None:
     assert "<script>" not in to_html(doc)
 
 
+def test_code_spans_and_empty_tables_read_as_prose() -> None:
+    doc = Document("T")
+    doc.para("run `export verify` on <their> copy")
+    doc.table(["a"], [])
+    page = to_html(doc)
+    assert "<p>run <code>export verify</code> on &lt;their&gt; copy</p>" in page
+    assert "<p><em>None.</em></p>" in page and "<table>" not in page
+    assert to_markdown(doc).splitlines()[4] == "(none)"
+
+
 def test_auditor_report_lists_every_rule_and_the_facts_that_broke_one() -> None:
     page = to_html(auditor_report(figures(), NOW))
     for rule in RULES:
