@@ -36,6 +36,7 @@ from ledger.errors import (
     MasterKeyError,
     OrderNotFoundError,
     RuleViolationError,
+    UnknownReferenceError,
 )
 from ledger.feed import Fact, iso, parse_line, validate
 from ledger.iterables import batched
@@ -61,6 +62,9 @@ if TYPE_CHECKING:
 # ledger/persistence/sqlite_reads.py), most of a query command's start-up.
 
 CHUNK = 2000
+# Facts of one import that may wait, in memory, for a customer or order registered later in
+# the file; beyond it, such a fact is refused as naming an unknown customer or order.
+_WAITING_LIMIT = 50_000
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -470,6 +474,11 @@ class Recording:
         self.new_orders: dict[str, UUID] = {}
         self.new_customers: dict[UUID, str] = {}
         self.recorded: dict[str, str] = {}
+        # Facts waiting for the customer or order they name, by (kind, reference), with
+        # their line numbers (`_attempt`).
+        self.waiting: dict[tuple[str, str], list[tuple[int, Fact]]] = {}
+        self.waiting_ids: set[str] = set()
+        self.copies: dict[str, list[tuple[int, Fact]]] = {}  # later lines with a waiting id
         self.known_customers: set[UUID] = set()
         self.order_owners: dict[str, UUID] = {}
         # Emails of customers registered in this recording, by (business time, version): the
@@ -491,6 +500,8 @@ class Recording:
                 self._flush()
             self._chunk(chunk, known)
             unsaved = True
+        if self.waiting:
+            self._unreleased()
         if unsaved:
             self._flush()
 
@@ -502,18 +513,65 @@ class Recording:
                 continue
             if item.id in known or item.id in self.chunk_ids:
                 self.summary.duplicates += 1
-                continue
-            try:
-                self._apply(item)
-            except InvalidFactError as error:
-                self._reject(error, number)
-            except LedgerError as error:
-                if self.preventive:
-                    raise
-                self._reject(InvalidFactError(str(error)), number)
+            elif item.id in self.waiting_ids:  # a duplicate only if the one waiting is recorded
+                self.copies.setdefault(item.id, []).append((number, item))
             else:
-                self.chunk_ids.add(item.id)
-                self.summary.accepted += 1
+                self._attempt(number, item)
+
+    def _attempt(self, number: int, fact: Fact) -> bool:
+        """Apply one fact; a fact of an import that names a customer or order not seen yet
+        waits for its registration or placing later in the file (SPEC §2: "never seen, in
+        the file or before"), and is applied right after it."""
+        try:
+            self._apply(fact)
+        except UnknownReferenceError as error:
+            if self.preventive or len(self.waiting_ids) >= _WAITING_LIMIT:
+                self._reject(error, number)
+                return False
+            self.waiting.setdefault((error.kind, error.ref), []).append((number, fact))
+            self.waiting_ids.add(fact.id)
+            return False
+        except InvalidFactError as error:
+            self._reject(error, number)
+            return False
+        except LedgerError as error:
+            if self.preventive:
+                raise
+            self._reject(InvalidFactError(str(error)), number)
+            return False
+        self.chunk_ids.add(fact.id)
+        self.summary.accepted += 1
+        if self.waiting:
+            if fact.type == "customer.registered":
+                self._release(("customer", str(fact.customer)))
+            elif fact.type == "order.placed":
+                self._release(("order", str(fact.data["order"])))
+        return True
+
+    def _release(self, key: tuple[str, str]) -> None:
+        for number, fact in self.waiting.pop(key, ()):
+            self.waiting_ids.discard(fact.id)
+            self._settle_copies(fact.id, self._attempt(number, fact))
+
+    def _settle_copies(self, fact_id: str, recorded: bool) -> None:
+        """Later lines with the id of a fact that waited: duplicates if it was recorded,
+        else each is a fact of its own (as if the first had been refused at once)."""
+        for number, copy in self.copies.pop(fact_id, ()):
+            if recorded:
+                self.summary.duplicates += 1
+            else:
+                recorded = self._attempt(number, copy)
+
+    def _unreleased(self) -> None:
+        """The end of the file: what still waits names a customer or order never seen."""
+        while self.waiting:
+            waiting, self.waiting = self.waiting, {}
+            self.waiting_ids.clear()
+            for (kind, ref), facts in waiting.items():
+                for number, fact in facts:
+                    self._reject(UnknownReferenceError(kind, ref), number)
+                    self._settle_copies(fact.id, recorded=False)
+        self.summary.errors.sort(key=lambda error: error.line or 0)
 
     def _reject(self, error: InvalidFactError, number: int) -> None:
         self.summary.rejected += 1
@@ -648,13 +706,13 @@ class Recording:
         if ref is not None:
             customer = self._load_customer(customer_id(ref))
             if customer is None:
-                raise InvalidFactError(f"unknown customer {ref!r}")
+                raise UnknownReferenceError("customer", ref)
             return customer
         order = fact.order
         assert order is not None
         owner = self._order_owner(order)
         if owner is None:
-            raise InvalidFactError(f"unknown order {order!r}")
+            raise UnknownReferenceError("order", order)
         customer = self._load_customer(owner)
         if customer is None:  # an order row without its customer: the index is damaged
             raise InvalidFactError(f"order {order!r} has no customer in the ledger")

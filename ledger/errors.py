@@ -31,6 +31,16 @@ class InvalidFactError(InputError):
         super().__init__(f"line {line}: {reason}" if line is not None else reason)
 
 
+class UnknownReferenceError(InvalidFactError):
+    """A fact names a customer or order the ledger has not seen (yet: an import waits for a
+    registration later in the same file)."""
+
+    def __init__(self, kind: str, ref: str) -> None:
+        self.kind = kind  # "customer" or "order"
+        self.ref = ref
+        super().__init__(f"unknown {kind} {ref!r}")
+
+
 class InvalidFeedError(InputError):
     """A feed file had invalid lines; nothing from it was recorded."""
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ledger import application
 from ledger.application import CHUNK
 from ledger.errors import InvalidFeedError
 from ledger.feed import SCHEMAS
@@ -161,11 +162,76 @@ def test_blank_lines_are_skipped_and_counted_in_line_numbers(ledger: Any) -> Non
     assert [e.line for e in error.errors] == [len(lines)]
 
 
-def test_a_reference_to_a_customer_registered_later_in_the_file_is_invalid(ledger: Any) -> None:
+def test_a_customer_or_order_registered_later_in_the_file_is_seen(ledger: Any) -> None:
+    # SPEC §2: invalid only if "never seen (in the file or before)". The registration and
+    # the order's placing come last; the facts naming them wait for them, chained.
     objs = story(prefix="l")
-    objs.insert(0, objs.pop(1))  # customer.updated before customer.registered
+    registration = objs.pop(0)
+    placing = next(o for o in objs if o["type"] == "order.placed")
+    objs.remove(placing)
+    objs += [placing, registration]
+    summary = import_objs(ledger, objs)
+    assert (summary.accepted, summary.rejected) == (len(objs), 0)
+    fold = ledger.customer_events("lC1")
+    assert fold[0].FACT_TYPE == "customer.registered"
+    streams = [o["id"] for o in objs if o["type"] != "transfer.initiated"]  # the acquirer's
+    assert sorted(e.fact_id for e in fold) == sorted(streams)
+    placed = [e.fact_id for e in fold].index(placing["id"])
+    order_facts = [i for i, e in enumerate(fold) if e.__dict__.get("order") == placing["order"]]
+    assert min(order_facts) == placed  # each of the order's facts after its placing
+    # The same facts in file order, in another ledger's stream, give the same answers.
+    in_order = story(prefix="k")
+    import_objs(ledger, in_order)
+    assert [v.rule for v in ledger.audit() if v.customer == "lC1"] == [
+        v.rule for v in ledger.audit() if v.customer == "kC1"
+    ]
+
+
+def test_a_reference_never_seen_in_the_file_is_invalid_at_its_line(ledger: Any) -> None:
+    objs = story(prefix="u")
+    stray = line("consent.given", "u-stray", 5, customer="uC9")
+    objs.insert(2, stray)
+    objs.append(line("customer.updated", "u-bad", 1, customer="uC1", email=7))
     error = refused(ledger, jsonl(objs).splitlines(keepends=True))
-    assert [(e.line, e.reason) for e in error.errors] == [(1, "unknown customer 'lC1'")]
+    # Reported in line order, though the stray line waited until the end of the file.
+    assert [(e.line, e.reason) for e in error.errors] == [
+        (3, "unknown customer 'uC9'"),
+        (len(objs), "field 'email' must be a string, got int"),
+    ]
+    assert count(ledger) == 0
+
+
+def test_facts_wait_for_their_customer_in_bounded_numbers(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(application, "_WAITING_LIMIT", 2)
+    objs = story(prefix="b")
+    registration = objs.pop(0)
+    error = refused(ledger, jsonl([*objs[:3], registration]).splitlines(keepends=True))
+    # Two wait; the third is refused as it comes, naming its customer.
+    assert [(e.line, e.reason) for e in error.errors] == [(3, "unknown customer 'bC1'")]
+
+
+def test_a_later_line_with_the_id_of_one_never_released_is_judged_on_its_own(
+    ledger: Any,
+) -> None:
+    objs = story(prefix="c")
+    stray = line("consent.given", "c-dup", 5, customer="cC9")
+    same_id = line("consent.given", "c-dup", 6, customer="cC1")
+    error = refused(ledger, jsonl([objs[0], stray, same_id]).splitlines(keepends=True))
+    # Line 2 never finds its customer; line 3, the same id for a customer that exists, is no
+    # duplicate of a fact never recorded, and is valid.
+    assert [(e.line, e.reason) for e in error.errors] == [(2, "unknown customer 'cC9'")]
+    assert (error.accepted, error.duplicates) == (2, 0)
+
+
+def test_a_waiting_fact_sent_twice_is_recorded_once(ledger: Any) -> None:
+    objs = story(prefix="w")
+    registration = objs.pop(0)
+    early = objs[0]
+    summary = import_objs(ledger, [early, early, *objs[1:], registration])
+    assert (summary.accepted, summary.duplicates) == (len(objs) + 1, 1)
+    assert count(ledger, "ledger_facts") == len(objs) + 1
 
 
 def test_registering_a_customer_twice_is_invalid(ledger: Any) -> None:
