@@ -126,6 +126,8 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
         f"\nAuditor: has anything been altered?  (verify): {state}; {integrity.facts} facts "
         f"under the signed root {integrity.head[:16]}..."
     )
+    # As it was run (`.venv/bin/consent-ledger`, say), so that each line can be pasted.
+    program = sys.argv[0] if Path(sys.argv[0]).name == "consent-ledger" else "consent-ledger"
     click.echo("\nTry next:")
     for command in (
         f"customer show {ref}",
@@ -135,7 +137,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
         "verify --json",
         "audit report --out audit.html",
     ):
-        click.echo(f"  consent-ledger {db} {command}")
+        click.echo(f"  {program} {db} {command}")
 
 
 def _busiest_customer(ledger: Any) -> str:
