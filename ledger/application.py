@@ -218,6 +218,22 @@ class ConsentLedger(Application[UUID]):
         assert isinstance(aggregate, Customer)
         return aggregate, [e for e in events if isinstance(e, FactEvent)]
 
+    def recorded_fact(self, fact_id: str) -> tuple[str, datetime] | None:
+        """(type, business time) of the fact recorded under `fact_id`, if any: what a
+        duplicate id already stands for."""
+        from ledger.persistence.stored_state import decode_state
+
+        rows = self.database.fetch_on_driver(
+            "SELECT f.fact_type, e.state FROM ledger_facts f JOIN ledger_events e "
+            "ON e.notification_id = f.notification_id WHERE f.fact_id = ?",
+            (fact_id,),
+        )
+        if not rows:
+            return None
+        fact_type, state = rows[0]
+        at: datetime = decode_state(bytes(state))["at"]
+        return str(fact_type), at
+
     def known_size(self, known_at: datetime) -> int:
         """How much of the log the ledger knew at recorded time `known_at`: the events of
         every write committed by then (`sqlite_reads.SELECT_KNOWN_SIZE`)."""

@@ -14,6 +14,7 @@ from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
 from cli.params import MOMENT, pass_ledger
 from ledger.errors import InputError, InvalidFeedError
+from ledger.feed import iso
 from ledger.vocabulary import DATA_CATEGORIES
 
 
@@ -88,6 +89,10 @@ def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = Fa
         "type": recorded_fact.type,
         "at": recorded_fact.to_json()["at"],
     }
+    if not fresh:  # the fact recorded under that id, not the one given now
+        found = ledger.recorded_fact(recorded_fact.id)
+        if found is not None:
+            document["type"], document["at"] = found[0], iso(found[1])
     if as_json:
         emit_json(document)
     elif not fresh:

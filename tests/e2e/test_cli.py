@@ -232,6 +232,15 @@ def test_record_records_one_fact_and_prints_what_it_recorded(url: str) -> None:
     }
     again = run_json(url, "record", orjson.dumps(fact).decode())
     assert (again["recorded"], again["duplicate"]) == (False, True)
+    # Another fact sent under that id: the answer names the fact recorded under it.
+    other = line("marketing.contact", "r-1", 0, customer="C100", at="2026-01-01T00:00:00Z")
+    assert run_json(url, "record", orjson.dumps(other).decode()) == {
+        "recorded": False,
+        "duplicate": True,
+        "fact_id": "r-1",
+        "type": "consent.given",
+        "at": "2025-04-01T08:00:00Z",
+    }
 
 
 def test_record_reads_the_fact_from_stdin(url: str) -> None:
