@@ -34,9 +34,10 @@ def _overlapping_files() -> list[list[bytes]]:
 def _import_at_once(url: str, files: list[Path]) -> list[dict[str, Any]]:
     """Start one importer per file at the same moment; their JSON summaries."""
     outs = [path.with_suffix(".out") for path in files]
+    errs = [path.with_suffix(".err") for path in files]
     pids = [
-        fork(url, "import", str(path), "--json", out=out)
-        for path, out in zip(files, outs, strict=True)
+        fork(url, "import", str(path), "--json", out=out, err=err)
+        for path, out, err in zip(files, outs, errs, strict=True)
     ]
     deadline = time.monotonic() + DEADLINE
     codes: dict[int, int] = {}
@@ -52,7 +53,10 @@ def _import_at_once(url: str, files: list[Path]) -> list[dict[str, Any]]:
                 os.waitpid(pid, 0)
             pytest.fail(f"importers still running after {DEADLINE}s: a deadlock")
         time.sleep(0.02)
-    assert [codes[pid] for pid in pids] == [0] * len(pids)
+    # A failure says what each importer that failed wrote on stderr.
+    assert [codes[pid] for pid in pids] == [0] * len(pids), [
+        err.read_text()[-2000:] for pid, err in zip(pids, errs, strict=True) if codes[pid]
+    ]
     return [orjson.loads(out.read_bytes()) for out in outs]
 
 
