@@ -110,7 +110,7 @@ class LedgerContext:
             if known_at is None:
                 rows = self.database.fetch_on_driver(reads.SELECT_CUSTOMER_STREAM, (ref,))
             else:
-                known = (ref, reads.known_stamp(known_at))
+                known = (ref, reads.checkpoint_time(known_at))
                 rows = self.database.fetch_on_driver(reads.SELECT_CUSTOMER_STREAM_KNOWN, known)
             facts = views.stored_facts(rows)
             if facts:

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from ledger.feed import in_utc
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -55,11 +57,9 @@ class Moment(click.ParamType):  # type: ignore[type-arg]
         if moment.tzinfo is None:
             self.fail(f"{text!r} has no UTC offset (add Z or +00:00)", param, ctx)
         try:
-            return moment.astimezone(UTC)
-        except OverflowError:
-            self.fail(
-                f"{text!r} is out of range: in UTC it must fall in the years 1 to 9999", param, ctx
-            )
+            return in_utc(moment)
+        except ValueError as error:
+            self.fail(f"{text!r} {error}", param, ctx)
 
 
 MOMENT = Moment()

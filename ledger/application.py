@@ -221,13 +221,10 @@ class ConsentLedger(Application[UUID]):
     def recorded_fact(self, fact_id: str) -> tuple[str, datetime] | None:
         """(type, business time) of the fact recorded under `fact_id`, if any: what a
         duplicate id already stands for."""
+        from ledger.persistence.sqlite_reads import SELECT_RECORDED_FACT
         from ledger.persistence.stored_state import decode_state
 
-        rows = self.database.fetch_on_driver(
-            "SELECT f.fact_type, e.state FROM ledger_facts f JOIN ledger_events e "
-            "ON e.notification_id = f.notification_id WHERE f.fact_id = ?",
-            (fact_id,),
-        )
+        rows = self.database.fetch_on_driver(SELECT_RECORDED_FACT, (fact_id,))
         if not rows:
             return None
         fact_type, state = rows[0]
@@ -240,17 +237,17 @@ class ConsentLedger(Application[UUID]):
         from ledger.persistence import sqlite_reads as reads
 
         rows = self.database.fetch_on_driver(
-            reads.SELECT_KNOWN_SIZE, (reads.known_stamp(known_at),)
+            reads.SELECT_KNOWN_SIZE, (reads.checkpoint_time(known_at),)
         )
         return int(rows[0][0] or 0)
 
     def _version_at(self, ref: str, size: int) -> int:
         """The last version of customer `ref`'s stream among the first `size` events."""
+        from ledger.persistence.sqlite_reads import SELECT_LAST_VERSION
+
         ident = customer_id(ref)
         rows = self.database.fetch_on_driver(
-            "SELECT coalesce(max(originator_version), 0) FROM ledger_events "
-            "WHERE originator_id = ? AND notification_id <= ?",
-            (ident.hex if self.database.is_sqlite else ident, size),
+            SELECT_LAST_VERSION, (ident.hex if self.database.is_sqlite else ident, size)
         )
         return int(rows[0][0] or 0)
 

@@ -224,6 +224,15 @@ _CHECKS: Final = {kind: {**optional, **required} for kind, (required, optional) 
 _ENVELOPE: Final = frozenset({"id", "type", "at"})
 
 
+def in_utc(moment: datetime) -> datetime:
+    """`moment` (with an offset) in UTC; ValueError, saying why, if that leaves the years
+    Python keeps (9999-12-31T23:59:59-05:00 is in the year 10000 in UTC)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range: in UTC it must fall in the years 1 to 9999") from None
+
+
 def parse_time(value: Any, name: str = "at") -> datetime:
     """An ISO 8601 time that carries a UTC offset, normalised to UTC."""
     if not isinstance(value, str):
@@ -237,11 +246,9 @@ def parse_time(value: Any, name: str = "at") -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidFactError(f"field {name!r} has no UTC offset (add Z or +00:00)")
     try:
-        return moment.astimezone(UTC)
-    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is in the year 10000 in UTC
-        raise InvalidFactError(
-            f"field {name!r} is out of range: in UTC it must fall in the years 1 to 9999"
-        ) from None
+        return in_utc(moment)
+    except ValueError as error:
+        raise InvalidFactError(f"field {name!r} {error}") from None
 
 
 def validate(obj: Mapping[str, Any]) -> Fact:

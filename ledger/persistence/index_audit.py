@@ -13,10 +13,11 @@ a later payment judged against the wrong customer, and the tree would still veri
   its row.
 
 The registrations and placings are picked out of the event rows `verify` reads to hash them
-anyway (`Indexed.take`, in its hashing processes too), and the index tables are read while
-those processes hash (`IndexRows.read`): the check costs the decoding of those events and
-one comparison each. A problem names the reference (customer and order references are
-identifiers, never personal data).
+anyway (`Indexed.take`, in its hashing processes too). The index rows are read once, before
+those processes fork, as lookups they inherit (`IndexLookup`): each process matches its
+blocks' events and sends back counts only; if the counts disagree, the one-process pass
+names every row that differs (`audit_indexes`). A problem names the reference (customer
+and order references are identifiers, never personal data).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _REGISTERED = b"ledger.domainmodel:Customer.Registered"
 _PLACED = b"ledger.domainmodel:Customer.OrderPlaced"
 _WANTED = frozenset({_REGISTERED, _PLACED})
 _LISTED = 10  # problems named one by one; the rest are counted
+# (registrations that match their index row, registrations, placings that match, placings)
+Counts = tuple[int, int, int, int]
 
 # Stream ids are compared as `verify` reads an event's (`seals._EVENT_SQL`): on SQLite its 32
 # hex digits as bytes, on PostgreSQL its 16 bytes; the index rows are read in the same form.
@@ -81,7 +84,7 @@ class Indexed:
 
 
 class IndexRows:
-    """The customer and order indexes' rows, read (`read`) while the events are hashed."""
+    """The customer and order indexes' rows (`read`), in the form the events are read in."""
 
     def __init__(self) -> None:
         self.customers: list[tuple[Any, ...]] = []  # (position, stream id, ref)
@@ -103,9 +106,8 @@ class IndexLookup:
         self.customers = {position: (stream, ref) for position, stream, ref in index.customers}
         self.orders = dict(index.orders)
 
-    def matches(self, found: Indexed) -> tuple[int, int, int, int]:
-        """(registrations that match their index row, registrations, placings that match
-        theirs, placings)."""
+    def matches(self, found: Indexed) -> Counts:
+        """How many of `found`'s registrations and placings match their index rows."""
         customers, orders = self.customers, self.orders
         registrations = sum(
             1 for position, stream, ref in found.registrations
@@ -116,7 +118,7 @@ class IndexLookup:
         )
         return registrations, len(found.registrations), placings, len(found.placings)
 
-    def agrees(self, counts: Iterable[tuple[int, int, int, int]]) -> bool:
+    def agrees(self, counts: Iterable[Counts]) -> bool:
         """Whether every event matched its index row and every index row was matched: each
         event matches at most one row (a position, an order reference), so equal counts
         mean one row per event and one event per row."""

@@ -56,8 +56,15 @@ from ledger.persistence.database import (
     default_key_dir,
     fetch_rows,
 )
-from ledger.persistence.index_audit import Indexed, IndexLookup, IndexRows, audit_indexes
+from ledger.persistence.index_audit import (
+    Counts,
+    Indexed,
+    IndexLookup,
+    IndexRows,
+    audit_indexes,
+)
 from ledger.persistence.keys import write_key_file
+from ledger.persistence.sqlite_reads import checkpoint_time
 
 SIGNING_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
@@ -179,7 +186,7 @@ def load_public_key(database: Database, path: Path | None = None) -> Ed25519Publ
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return checkpoint_time(datetime.now(UTC))
 
 
 def _uuid_bytes(value: Any) -> bytes:
@@ -665,7 +672,7 @@ def _parallel_audit(
     global _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP
     if database.is_sqlite and database.sqlite_path is None:
         return None
-    last = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id))).scalar()
+    last = _last_event(conn)
     block = 1 << block_level
     if not last or last < 2 * block:
         return None
@@ -679,7 +686,7 @@ def _parallel_audit(
     stop = context.Event()
     # The workers inherit these: a Database is not pickled.
     _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = database, stop, lookup
-    counts: list[tuple[int, int, int, int]] = []
+    counts: list[Counts] = []
     whole, failure = True, None
     try:
         with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
@@ -730,7 +737,7 @@ def _start_worker() -> None:
 
 def _hash_block(
     task: tuple[int, int, list[int]],
-) -> tuple[integrity.Block, tuple[int, int, int, int]] | BaseException:
+) -> tuple[integrity.Block, Counts] | BaseException:
     """A worker's task: the block of events start + 1 to end hashed, or what went wrong
     (returned, not raised: the parent takes every result before it closes the pool)."""
     try:
@@ -743,9 +750,7 @@ def _hash_block(
         return error
 
 
-def _hash_block_of(
-    start: int, end: int, stops: list[int]
-) -> tuple[integrity.Block, tuple[int, int, int, int]]:
+def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Block, Counts]:
     """Hash the events of ids start + 1 to end, read in binary: on SQLite on a read-only
     stdlib connection of its own, memory-mapped; on PostgreSQL on a new connection, as one
     client-side result of at most a block. With it, how many of the block's registrations

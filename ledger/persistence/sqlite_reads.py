@@ -14,6 +14,7 @@ The SQL of each read lives here once; `LedgerRecorder` runs the stream read on e
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,22 @@ SELECT_CUSTOMER_STREAM_KNOWN = (
     f"WHERE c.customer_ref = ? AND e.notification_id <= ({SELECT_KNOWN_SIZE}) "
     "ORDER BY e.originator_version"
 )
+# The last version of a stream among the first N events (SQLite: the id's 32 hex digits).
+SELECT_LAST_VERSION = (
+    "SELECT coalesce(max(originator_version), 0) FROM ledger_events "
+    "WHERE originator_id = ? AND notification_id <= ?"
+)
+# The type and the stored state of the fact recorded under an id.
+SELECT_RECORDED_FACT = (
+    "SELECT f.fact_type, e.state FROM ledger_facts f JOIN ledger_events e "
+    "ON e.notification_id = f.notification_id WHERE f.fact_id = ?"
+)
 
 
-def known_stamp(moment: Any) -> str:
-    """A recorded time as `SELECT_KNOWN_SIZE` compares it (as checkpoints' times are signed)."""
-    from datetime import UTC
-
-    return str(moment.astimezone(UTC).isoformat(timespec="microseconds")).replace("+00:00", "Z")
+def checkpoint_time(moment: datetime) -> str:
+    """A time as a checkpoint's `signed_at` holds it (fixed-width UTC text, sorting as the
+    time), and as `SELECT_KNOWN_SIZE` compares one."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 _TABLE_NAMES = (
