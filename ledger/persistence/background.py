@@ -19,10 +19,18 @@ with the import:
   the import thread computes). One statement instead inserts the whole chunk in one step:
   `INSERT ... SELECT json_extract(value, '$[i]') ... FROM json_each(?1)`, the rows as one
   JSON array; bytes values travel in a second parameter, one blob, taken out with `substr`.
+  Even so the worker needs the GIL for a moment before and after each statement, and with
+  Python's default switch interval (5 ms) each of those moments waited for the import thread
+  to be told to yield: at 1M facts the worker spent 10 s of wall time for 5 s of CPU on the
+  events' inserts alone. While the worker runs on SQLite the interval is 0.1 ms
+  (`_SWITCH_INTERVAL`): the import thread yields within that when the worker asks, which
+  costs it nothing otherwise (1M facts: 28.3 s instead of 31.2 s, `benchmarks/bench_import.py`).
+  PostgreSQL's `COPY` showed no gain from it, only more CPU, so there it stays as it was.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -42,6 +50,10 @@ class BackgroundInserts:
         self._integrity_error = integrity_error
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="consent-ledger-insert")
         self._pending: list[Future[None]] = []
+        self._interval: float | None = None
+        if is_sqlite:
+            self._interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._interval, _SWITCH_INTERVAL))
 
     def submit(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> bool:
         """Queue the insert; False if these rows cannot be inserted in the background (the
@@ -103,6 +115,12 @@ class BackgroundInserts:
             pass
         finally:
             self._executor.shutdown(wait=True)
+            if self._interval is not None:
+                sys.setswitchinterval(self._interval)
+                self._interval = None
+
+
+_SWITCH_INTERVAL = 0.0001  # seconds: see the module's docstring
 
 
 def _execute(driver: Any, sql: str, params: tuple[Any, ...]) -> None:

@@ -4,6 +4,8 @@ transaction, on both backends."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import sqlalchemy as sa
 from eventsourcing.persistence import IntegrityError
 
 from ledger.persistence import tables
+from ledger.persistence.background import _SWITCH_INTERVAL
 from tests.examples import jsonl, story
 
 _META = ("name", "value")
@@ -86,3 +89,23 @@ def test_an_import_of_many_small_chunks_with_a_tiny_customer_cache_records_every
         assert [fact for fact in recorded if fact in expected] == expected
     again = ledger.import_lines(jsonl(objs).splitlines(keepends=True))
     assert (again.accepted, again.duplicates) == (0, len(objs))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_switch_interval_is_short_while_the_worker_runs_and_restored_after(
+    ledger: Any, fails: bool
+) -> None:
+    """On SQLite the worker asks for the GIL around each statement: the import thread must
+    yield it quickly then (`_SWITCH_INTERVAL`), and the process gets its own interval back
+    when the transaction ends, committed or rolled back."""
+
+    before = sys.getswitchinterval()
+    during: list[float] = []
+    outcome = pytest.raises(IntegrityError) if fails else contextlib.nullcontext()
+    with outcome, ledger.database.writing() as tx:
+        tx.overlap_inserts()
+        during.append(sys.getswitchinterval())
+        tx.insert_many(tables.meta, _META, [("bg-1", "one")] * (2 if fails else 1))
+    assert sys.getswitchinterval() == before
+    expected = _SWITCH_INTERVAL if ledger.database.is_sqlite else before
+    assert during == [pytest.approx(expected)]
