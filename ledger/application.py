@@ -45,6 +45,7 @@ from ledger.persistence.recorder import LedgerEventStore, LedgerInfrastructure, 
 from ledger.rules import (
     JUDGED_TYPES,
     InitiationCheck,
+    Initiations,
     Judged,
     Violation,
     audit_customer,
@@ -297,19 +298,11 @@ class ConsentLedger(Application[UUID]):
         extra = _open(key, event.sealed).get("extra", {})
         return extra if isinstance(extra, dict) else {}
 
-    def transfers_initiated(self) -> dict[str, list[datetime]]:
-        """Acquirer name -> business times of its transfer initiations, for each acquirer
-        that initiated one (found in the fact index, not by a scan of every event)."""
-        found: dict[str, list[datetime]] = {}
-        from ledger.persistence import indexes
-
-        with self.database.reading() as conn:
-            ids = indexes.initiating_acquirers(conn)
-        for aggregate_id in ids:
-            acquirer: Any = self.repository.get(aggregate_id)
-            assert isinstance(acquirer, Acquirer)
-            found[acquirer.name] = sorted(acquirer.initiations)
-        return found
+    def transfers_initiated(self) -> Initiations:
+        """Each acquirer's transfer initiations, (business time, position in the log), as
+        the rules' `InitiationCheck` (the acquirers found in the fact index, not by a scan of
+        every event)."""
+        return self.read_models.initiations()
 
     @cached_property
     def read_models(self) -> ReadModels:
@@ -331,15 +324,21 @@ class ConsentLedger(Application[UUID]):
     def audit_events(
         customer: Customer,
         events: list[FactEvent],
+        positions: list[int],
         initiated: InitiationCheck,
         as_of: datetime | None,
         now: datetime,
     ) -> list[Violation]:
         """One customer's violations, as `audit` judges them (streaming readers such as the
-        due-diligence export call this per customer instead of `audit`)."""
-        judged = events if as_of is None else [e for e in events if e.at <= as_of]
+        due-diligence export call this per customer instead of `audit`); `positions`: each
+        event's position in the log."""
+        judged = [
+            (event, position)
+            for event, position in zip(events, positions, strict=True)
+            if as_of is None or event.at <= as_of
+        ]
         return [
-            *audit_customer(customer, judged, initiated),
+            *audit_customer(customer, [e for e, _ in judged], [p for _, p in judged], initiated),
             *privacy.notification_violations(customer.ref, events, now, as_of),
         ]
 
@@ -483,6 +482,10 @@ class Recording:
         self.customers: OrderedDict[UUID, Customer] = OrderedDict()
         self.acquirers: dict[UUID, Acquirer] = {}
         self.dirty: dict[UUID, Customer | Acquirer] = {}
+        # The aggregate of each event triggered, in the order the facts were applied: the
+        # events are recorded in that order across streams (`_flush`), so that positions in
+        # the log, which break ties at the same `at` between streams, follow the feed's lines.
+        self.applied: list[UUID] = []
         self.chunk_ids: set[str] = set()
         self.new_orders: dict[str, UUID] = {}
         self.new_customers: dict[UUID, str] = {}
@@ -620,6 +623,7 @@ class Recording:
             acquirer = self._acquirer(fact.data["acquirer"])
             acquirer.initiate_transfer(fact, self._seal_acquirer_extra(acquirer, fact))
             self.dirty[acquirer.id] = acquirer
+            self.applied.append(acquirer.id)
         else:
             customer = self._customer_for(fact)
             if kind == "order.placed":
@@ -630,6 +634,7 @@ class Recording:
                 self._prevent(customer, fact)
             key = self.app.keys.get(customer.id)
             customer.record(fact, self._seal(key, fact))
+            self.applied.append(customer.id)
             if kind in _CONSENT_TYPES and fact.data["purpose"] == "marketing":
                 self._keep_suppression(customer, fact, key)
             elif kind == "customer.updated" and "email" in fact.data and customer.id in self.emails:
@@ -654,6 +659,7 @@ class Recording:
         }
         sealed = key.seal({**personal, "extra": fact.extra})
         customer = Customer.register(fact, sealed)
+        self.applied.append(ident)
         self._remember(customer)
         self.new_customers[ident] = ref
         self.dirty[ident] = customer
@@ -700,14 +706,13 @@ class Recording:
             self.app.keys.update_suppression(email, channel, fact.at, suppressed=withdrawn)
 
     def _prevent(self, customer: Customer, fact: Fact) -> None:
-        initiations = self.app.transfers_initiated()
+        """The candidate is judged as if recorded now: after every initiation recorded,
+        those earlier in this recording included (their position, not known yet, is given
+        as 0: a candidate's is None, after every position)."""
+        initiated = self.app.transfers_initiated()
         for acquirer in self.acquirers.values():
-            initiations.setdefault(acquirer.name, []).extend(acquirer.initiations)
-
-        def initiated(name: str, moment: datetime) -> bool:
-            return any(at <= moment for at in initiations.get(name, ()))
-
-        item = Judged(fact.type, fact.id, fact.at, customer.version + 1, fact.data)
+            initiated.add(acquirer.name, [(at, 0) for at in acquirer.initiations])
+        item = Judged(fact.type, fact.id, fact.at, customer.version + 1, fact.data, None)
         rules = broken_rules(customer, item, initiated)
         if rules:
             raise RuleViolationError(rules, fact.id, f"{fact.type} for customer {customer.ref!r}")
@@ -767,6 +772,8 @@ class Recording:
                 acquirer = loaded
             except AggregateNotFoundError:
                 acquirer = Acquirer.create(name)
+                self.applied.append(ident)
+                self.dirty[ident] = acquirer
             self.acquirers[ident] = acquirer
         return acquirer
 
@@ -779,14 +786,19 @@ class Recording:
             # The transaction will be rolled back; keep validating, stop writing.
             self.dirty.clear()
             self.recorded.clear()
+            self.applied.clear()
             return
         if not self.dirty:
             return
         # What `Application.save` does for these aggregates (no snapshots, no cache here),
-        # without a `Recording` per event: an import only needs each event's position.
-        events = [
-            event for aggregate in self.dirty.values() for event in aggregate.collect_events()
-        ]
+        # without a `Recording` per event: an import only needs each event's position. The
+        # events go in the order they were triggered, across streams (see `applied`).
+        pending = {ident: aggregate.collect_events() for ident, aggregate in self.dirty.items()}
+        if sum(map(len, pending.values())) != len(self.applied):
+            raise AssertionError("an event was triggered without being ordered for recording")
+        streams = {ident: iter(events) for ident, events in pending.items()}
+        events = [next(streams[ident]) for ident in self.applied]
+        self.applied.clear()
         first = self.app.ledger_events.record(events)
         fact_rows = []
         customer_rows = []

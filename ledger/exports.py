@@ -74,7 +74,7 @@ from ledger.feed import iso
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.keys import load_master_key
-from ledger.rules import JUDGED_TYPES, RULED_TYPES, Judged, broken_rules
+from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -656,7 +656,7 @@ class Exporter:
         self.pseudonyms = Pseudonyms(self.secret)
         self.summary = Summary()
         self.categories: set[str] = set()
-        self.initiations: dict[str, list[datetime]] = {}
+        self.initiations = Initiations()
         out = request.out
         self.staging = out.parent / f".{out.name}.partial-{self.export_id.hex[:12]}"
         self.disclosure_feed = out.parent / f".{out.name}.disclosures-{self.export_id.hex[:12]}"
@@ -679,8 +679,8 @@ class Exporter:
         if not out.parent.is_dir():
             raise InputError(f"folder {out.parent} does not exist")
         if request.identified:
-            initiations = self.app.transfers_initiated().get(request.acquirer, [])
-            if not any(at <= self.now for at in initiations):
+            initiated = self.app.transfers_initiated()
+            if not initiated(request.acquirer, self.now, None):
                 raise RuleViolationError(
                     ["transfer_without_initiation"],
                     self.fact_id,
@@ -862,7 +862,7 @@ class Exporter:
                 if not isinstance(events[0], registered):
                     continue
                 customer = state_as_of(events, None)
-                rows = self._customer(customer, events)
+                rows = self._customer(customer, events, [row[4] for row in stored])
                 if progress is not None:
                     progress(1)
                 if rows is None:
@@ -976,20 +976,30 @@ class Exporter:
                     reported = total
         return results
 
-    def _customer(self, customer: Customer, events: list[FactEvent]) -> CustomerRows | None:
+    def _customer(
+        self, customer: Customer, events: list[FactEvent], positions: list[int]
+    ) -> CustomerRows | None:
+        """`positions`: each event's position in the log."""
         as_of = self.request.as_of
         if as_of is not None:
             if customer.registered_at > as_of:
                 return None
-            events = [e for e in events if e.at <= as_of]
+            kept = [i for i, event in enumerate(events) if event.at <= as_of]
+            events, positions = [events[i] for i in kept], [positions[i] for i in kept]
         personal = None
         if self.request.identified and not customer.erased:
             personal = self.app.personal_data(customer, events)
         rows = customer_rows(customer, events, self.pseudonyms, as_of, personal)
-        self._count(customer, events, rows)
+        self._count(customer, events, positions, rows)
         return rows
 
-    def _count(self, customer: Customer, events: list[FactEvent], rows: CustomerRows) -> None:
+    def _count(
+        self,
+        customer: Customer,
+        events: list[FactEvent],
+        positions: list[int],
+        rows: CustomerRows,
+    ) -> None:
         summary = self.summary
         summary.customers += 1
         summary.erased += customer.erased
@@ -1025,27 +1035,34 @@ class Exporter:
         if rows.orders:
             self.categories.add("order_details")
         violations = summary.violations
-        for rule in self._broken_rules(customer, events):
+        for rule in self._broken_rules(customer, events, positions):
             violations[rule] += 1
 
-    def _broken_rules(self, customer: Customer, events: list[FactEvent]) -> list[str]:
+    def _broken_rules(
+        self, customer: Customer, events: list[FactEvent], positions: list[int]
+    ) -> list[str]:
         """The rule each violation among the customer's facts breaks, as
         `ConsentLedger.audit_events` finds them (`tests/integration/test_export.py` holds
         the summary to `audit`): `rules.broken_rules` for each judged fact, and the
         notification rule only for a customer with an erasure or a rectification (no other
         fact calls for a notification), without building a `Violation` for each."""
-        initiated = self._initiated
+        initiated = self.initiations
         found: list[str] = []
         # A customer never erased breaks only the rules of `RULED_TYPES` (no fact of another
         # type need be judged).
         judged_types = JUDGED_TYPES if customer.erased_at is not None else RULED_TYPES
         triggers = False
-        for event in events:
+        for event, position in zip(events, positions, strict=True):
             fact_type = event.FACT_TYPE
             if fact_type in judged_types:
                 facts = event.__dict__  # the fields broken_rules reads (channel, order, ...)
                 judged = Judged(
-                    fact_type, facts["fact_id"], facts["at"], facts["originator_version"], facts
+                    fact_type,
+                    facts["fact_id"],
+                    facts["at"],
+                    facts["originator_version"],
+                    facts,
+                    position,
                 )
                 found += broken_rules(customer, judged, initiated)
             elif fact_type in _TRIGGER_TYPES:
@@ -1055,9 +1072,6 @@ class Exporter:
             for violation in privacy.notification_violations(customer.ref, events, self.now, as_of):
                 found.append(violation.rule)
         return found
-
-    def _initiated(self, acquirer: str, moment: datetime) -> bool:
-        return any(at <= moment for at in self.initiations.get(acquirer, ()))
 
     def _disclosure_line(self, customer: Customer, rows: CustomerRows) -> bytes:
         fact = {
@@ -1131,7 +1145,7 @@ class EventDecoder:
         )
 
     def decode(self, originator_id: UUID | str, version: int, topic: str, data: bytes) -> Any:
-        return self.stream(originator_id, [(None, version, topic, data)])[0]
+        return self.stream(originator_id, [(None, version, topic, data, 0)])[0]
 
     def stream(self, originator_id: UUID | str, rows: list[export_store.EventRow]) -> list[Any]:
         """Decode one stream's rows of `export_store.customer_event_rows` (one loop: this
@@ -1142,7 +1156,7 @@ class EventDecoder:
         new = object.__new__
         set_dict = object.__setattr__
         events: list[Any] = []
-        for _, version, topic, data in rows:
+        for _, version, topic, data, _position in rows:
             plan = classes.get(topic)
             if plan is None:
                 cls = resolve_topic(topic)

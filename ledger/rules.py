@@ -3,8 +3,9 @@
 One implementation serves both sides: `audit` judges every recorded contact and disclosure of
 a customer against everything the ledger knows now (so a late withdrawal dated earlier turns an
 earlier contact into a violation), and the preventive check judges a candidate fact against the
-state it would join. Ties at the same `at` are broken by recording order (the version in the
-customer's stream).
+state it would join. Ties at the same `at` are broken by recording order: within a customer's
+stream by the version, and between a transfer disclosure and its acquirer's initiations (two
+streams) by the position in the event log.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 from ledger.domainmodel import Customer, FactEvent
 
-# (acquirer name, business time, recorded time or None for "now") -> was a transfer initiated?
-InitiationCheck = Callable[[str, datetime], bool]
+# (acquirer name, business time, position in the log, None for a fact not recorded yet) ->
+# was a transfer to that acquirer initiated before it?
+InitiationCheck = Callable[[str, datetime, int | None], bool]
 
 CONTACT_TYPES = frozenset(
     {
@@ -68,12 +70,36 @@ class Judged:
     at: datetime
     seq: int
     data: dict[str, Any]
+    # The fact's position in the event log (recording order across streams); None for a
+    # candidate not recorded yet, which would be recorded after everything recorded.
+    position: int | None = None
 
 
-def judged_from_event(event: FactEvent) -> Judged:
+def judged_from_event(event: FactEvent, position: int | None) -> Judged:
     return Judged(
-        event.FACT_TYPE, event.fact_id, event.at, event.originator_version, event.fields()
+        event.FACT_TYPE, event.fact_id, event.at, event.originator_version, event.fields(), position
     )
+
+
+class Initiations:
+    """Each acquirer's transfer initiations (business time, position in the log), as the
+    `InitiationCheck` the rules call: an initiation counts for a disclosure if it is earlier
+    in business time, or at the same `at` and recorded first (SPEC §1: ties are broken by
+    recording order; a disclosure not recorded yet comes after every recorded initiation)."""
+
+    def __init__(self, found: Iterable[tuple[str, Iterable[tuple[datetime, int]]]] = ()) -> None:
+        self.by_acquirer: dict[str, list[tuple[datetime, int]]] = {}
+        for name, initiations in found:
+            self.add(name, initiations)
+
+    def add(self, name: str, initiations: Iterable[tuple[datetime, int]]) -> None:
+        self.by_acquirer.setdefault(name, []).extend(initiations)
+
+    def __call__(self, acquirer: str, moment: datetime, position: int | None) -> bool:
+        return any(
+            at < moment or (at == moment and (position is None or recorded < position))
+            for at, recorded in self.by_acquirer.get(acquirer, ())
+        )
 
 
 def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -> list[str]:
@@ -100,7 +126,7 @@ def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -
         checks = [c for c in (order.identity_checks if order else []) if (c[0], c[1]) < key]
         if checks and max(checks, key=lambda c: (c[0], c[1]))[2] == "fail":
             rules.append("dispatch_after_failed_verification")
-    elif kind == "transfer.disclosure" and not initiated(item.data["acquirer"], at):
+    elif kind == "transfer.disclosure" and not initiated(item.data["acquirer"], at, item.position):
         rules.append("transfer_without_initiation")
     if customer.erased_at is not None and at >= customer.erased_at and kind in JUDGED_TYPES:
         rules.append("after_erasure")
@@ -108,14 +134,18 @@ def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -
 
 
 def audit_customer(
-    customer: Customer, events: Iterable[FactEvent], initiated: InitiationCheck
+    customer: Customer,
+    events: Iterable[FactEvent],
+    positions: Iterable[int],
+    initiated: InitiationCheck,
 ) -> list[Violation]:
-    """Every violation among a customer's recorded contacts and disclosures."""
+    """Every violation among a customer's recorded contacts and disclosures (`positions`:
+    each event's position in the log)."""
     found: list[Violation] = []
-    for event in events:
+    for event, position in zip(events, positions, strict=True):
         if event.FACT_TYPE not in JUDGED_TYPES:
             continue
-        item = judged_from_event(event)
+        item = judged_from_event(event, position)
         for rule in broken_rules(customer, item, initiated):
             found.append(Violation(rule, customer.ref, item.fact_id, item.at))
     return found

@@ -136,12 +136,12 @@ class Stream:
         self.placed: dict[str, str] = {}  # order ref -> stamp of its placing
         self.links: dict[tuple[str, str], Figures] = {}
         # Contacts and disclosures to judge: (fact type, fact id, at, version, state, `at` as
-        # stored).
-        self.judged: list[tuple[str, str, datetime, int, dict[str, Any], str]] = []
+        # stored, position in the log).
+        self.judged: list[tuple[str, str, datetime, int, dict[str, Any], str, int]] = []
         self.acquirers: set[str] = set()  # acquirers the customer's data was transferred to
         self.notices = False  # an erasure or rectification calls for notifying recipients
         self.acquirer: str | None = None  # an acquirer's name
-        self.initiations: list[datetime] = []
+        self.initiations: list[tuple[datetime, int]] = []  # (at, position in the log)
 
     @property
     def ref(self) -> str:
@@ -161,8 +161,9 @@ def fast_stamp(raw: str) -> str:
 
 
 class Folder:
-    """Folds stored event rows (stream id, version, topic, state), ordered by stream then
-    version, into `Stream`s. `mapper` decodes what the fast path must not (see module)."""
+    """Folds stored event rows (stream id, version, topic, state, position in the log),
+    ordered by stream then version, into `Stream`s. `mapper` decodes what the fast path
+    must not (see module)."""
 
     def __init__(
         self,
@@ -226,9 +227,9 @@ class Folder:
         history: list[Row] = []
         trail: list[Row] = []
         links: dict[tuple[str, str], Figures] = {}
-        judged: list[tuple[str, str, datetime, int, dict[str, Any], str]] = []
+        judged: list[tuple[str, str, datetime, int, dict[str, Any], str, int]] = []
         ident = UUID(int=0)
-        for raw_id, version, topic, state in rows:
+        for raw_id, version, topic, state, position in rows:
             if raw_id != current:
                 if stream is not None:
                     stream.events = count
@@ -255,7 +256,9 @@ class Folder:
                 if code == NAMED:
                     stream.acquirer = data["name"]  # type: ignore[union-attr]
                 elif code == INITIATED:
-                    stream.initiations.append(parse(data["at"]))  # type: ignore[union-attr]
+                    stream.initiations.append(  # type: ignore[union-attr]
+                        (parse(data["at"]), position)
+                    )
                 continue
             raw_at = data["at"]
             if not stamps:  # no model of the pass reads them (the violations stamp their own)
@@ -378,7 +381,7 @@ class Folder:
                 continue
             fact_type = cls.FACT_TYPE
             if fact_type in judged_types:
-                judged.append((fact_type, data["fact_id"], moment, version, data, raw_at))
+                judged.append((fact_type, data["fact_id"], moment, version, data, raw_at, position))
         if stream is not None:
             stream.events = count
             self._close(stream, kept, triggered)

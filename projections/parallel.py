@@ -46,7 +46,7 @@ _SPAN = 16**3  # the ranges cut the space of the ids' first three hex digits
 _HEADER = struct.Struct("<Q")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EVENTS_SQL = (
-    "SELECT originator_id, originator_version, topic, state FROM ledger_events "
+    "SELECT originator_id, originator_version, topic, state, notification_id FROM ledger_events "
     "WHERE {where} AND notification_id <= ? ORDER BY originator_id, originator_version"
 )
 

@@ -40,7 +40,7 @@ from ledger.persistence import indexes
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL
 from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder
-from ledger.rules import Violation
+from ledger.rules import Initiations, Violation
 from projections import parallel
 from projections.base import (
     STREAMS_PER_BATCH,
@@ -90,6 +90,7 @@ _STREAM_COLUMNS = (
     _E.c.originator_version,
     _E.c.topic,
     _E.c.state,
+    _E.c.notification_id,  # recording order across streams (`ledger.rules.Initiations`)
 )
 _UNSEEN: Any = object()
 _FETCH = 10_000
@@ -168,6 +169,15 @@ class Replayed:
     id: UUID
     aggregate: Customer | Acquirer
     events: list[FactEvent]
+    positions: list[int]  # each event's position in the log
+
+    def initiations(self) -> list[tuple[datetime, int]]:
+        """An acquirer's transfer initiations: (business time, position in the log)."""
+        return [
+            (event.at, position)
+            for event, position in zip(self.events, self.positions, strict=True)
+            if isinstance(event, Acquirer.TransferInitiated)
+        ]
 
 
 @dataclass
@@ -229,25 +239,36 @@ class ReadModels:
         """Violations as the ledger knew them at recorded time `known_at`: a direct fold of
         the events recorded by then (the read model holds only what is known now), judged
         as `ConsentLedger.audit_events` judges one customer, with `known_at` as now."""
-        model = Violations()
         found: list[Violation] = []
         known = self.app.known_size(known_at)  # the writes committed by then
         with self.database.reading() as conn, _without_cyclic_gc():
             head = min(self._head(conn), known)
-            acquirers = self._load(conn, self._acquirer_ids(conn, head), head)
-            model.know_acquirers(
-                (s.aggregate.name, s.aggregate.initiations)
-                for s in acquirers
-                if isinstance(s.aggregate, Acquirer)
-            )
+            initiated = self._initiations(conn, head)
             for stream in self._scan_replayed(conn, head):
                 if isinstance(stream.aggregate, Customer):
                     found.extend(
                         self.app.audit_events(
-                            stream.aggregate, stream.events, model.initiated, as_of, known_at
+                            stream.aggregate,
+                            stream.events,
+                            stream.positions,
+                            initiated,
+                            as_of,
+                            known_at,
                         )
                     )
         return audit_order(found)
+
+    def initiations(self) -> Initiations:
+        """Each acquirer's transfer initiations recorded so far, with their positions."""
+        with self.database.reading() as conn:
+            return self._initiations(conn, self._head(conn))
+
+    def _initiations(self, conn: Connection, head: int) -> Initiations:
+        return Initiations(
+            (s.aggregate.name, s.initiations())
+            for s in self._load(conn, self._acquirer_ids(conn, head), head)
+            if isinstance(s.aggregate, Acquirer)
+        )
 
     def figures(self, *, with_violations: bool = True) -> LedgerFigures:
         """What the auditor's report and the records of processing are made of, from every
@@ -570,12 +591,13 @@ class ReadModels:
         yield from batched((s for s in streams if s.id not in skip), STREAMS_PER_BATCH)
 
     def _all_rows(self, conn: Connection, head: int) -> Iterator[tuple[Any, ...]]:
-        """(stream id, version, topic, state) of every event up to `head`, by stream then
-        version, fetched in large batches on the driver (SQLite: a plain cursor; PostgreSQL:
-        a server-side cursor, so memory stays flat)."""
+        """(stream id, version, topic, state, position) of every event up to `head`, by
+        stream then version, fetched in large batches on the driver (SQLite: a plain
+        cursor; PostgreSQL: a server-side cursor, so memory stays flat)."""
         sql = (
-            f"SELECT originator_id, originator_version, topic, state FROM {_E.name} "
-            "WHERE notification_id <= {mark} ORDER BY originator_id, originator_version"
+            "SELECT originator_id, originator_version, topic, state, notification_id "
+            f"FROM {_E.name} WHERE notification_id <= {{mark}} "
+            "ORDER BY originator_id, originator_version"
         )
         driver: Any = conn.connection.dbapi_connection
         if self.database.is_sqlite:
@@ -615,18 +637,20 @@ class ReadModels:
         ident = UUID(int=0)
         aggregate: Any = None
         events: list[FactEvent] = []
-        for raw_id, version, topic, state in rows:
+        positions: list[int] = []
+        for raw_id, version, topic, state, position in rows:
             if raw_id != current:
                 if aggregate is not None:
-                    yield Replayed(ident, aggregate, events)
-                current, aggregate, events = raw_id, None, []
+                    yield Replayed(ident, aggregate, events, positions)
+                current, aggregate, events, positions = raw_id, None, [], []
                 ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
             event: Any = to_domain_event(ident, version, topic, state)
             aggregate = event.mutate(aggregate)
             if isinstance(event, FactEvent):
                 events.append(event)
+                positions.append(position)
         if aggregate is not None:
-            yield Replayed(ident, aggregate, events)
+            yield Replayed(ident, aggregate, events, positions)
 
     def _decoder(self) -> Callable[[UUID, int, str, bytes], Any]:
         """The mapper's `to_domain_event` without its per-event generality: the ledger's

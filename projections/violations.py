@@ -4,19 +4,20 @@ When any event of a customer arrives, late ones included, the customer is judged
 their whole stream by `ledger.rules.audit_customer`, the one implementation of the rules. A
 `transfer.initiated` judges again every customer who disclosed to that acquirer. The model
 keeps, beside the violations, the acquirers each customer disclosed to and the initiations
-of each acquirer, which is all a judgement needs from outside the customer's stream.
+of each acquirer (business time and position in the log: a disclosure and an initiation at
+the same `at` are ordered by recording order), which is all a judgement needs from outside the
+customer's stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.rules import Judged, Violation, broken_rules
+from ledger.rules import Initiations, Judged, Violation, broken_rules
 from projections.base import (
     Pass,
     ReadModel,
@@ -47,6 +48,7 @@ transfer_initiations = SlotTable(
     stream_column(),
     text("acquirer"),
     time_column("at"),
+    sa.Column("position", sa.BigInteger, nullable=False),  # in the event log
     index=("stream_id",),
 )
 # Customers with an erasure or rectification that calls for notifying recipients (Art. 19):
@@ -61,25 +63,19 @@ class Violations(ReadModel):
     uses_stamps = False
 
     def __init__(self) -> None:
-        self.initiations: dict[str, list[datetime]] = {}
-
-    def initiated(self, acquirer: str, moment: datetime) -> bool:
-        return any(at <= moment for at in self.initiations.get(acquirer, ()))
-
-    def know_acquirers(self, acquirers: Iterable[tuple[str, list[datetime]]]) -> None:
-        """(name, initiations) of acquirers whose streams were read."""
-        for name, initiations in acquirers:
-            self.initiations[name] = sorted(initiations)
+        self.initiated = Initiations()
 
     def begin(self, run: Pass) -> set[UUID]:
-        self.initiations = {}
+        known: dict[str, list[tuple[datetime, int]]] = {}
         conn = run.writer.connection
         if not run.fresh:
             table = run.writer.table(transfer_initiations)
-            for row in conn.execute(sa.select(table.c.acquirer, table.c.at)):
-                self.initiations.setdefault(row.acquirer, []).append(unstamp(row.at))
+            query = sa.select(table.c.acquirer, table.c.at, table.c.position)
+            for row in conn.execute(query):
+                known.setdefault(row.acquirer, []).append((unstamp(row.at), row.position))
         named = [(s.acquirer, s.initiations) for s in run.acquirers if s.acquirer is not None]
-        self.know_acquirers(named)
+        known.update(named)  # the acquirers whose streams were read: all of their initiations
+        self.initiated = Initiations(known.items())
         names = [name for name, _initiations in named]
         if run.fresh or not names:
             return set()
@@ -91,7 +87,11 @@ class Violations(ReadModel):
         key = stream.key
         if stream.acquirer is not None:
             name = stream.acquirer
-            return {transfer_initiations: [(key, name, stamp(at)) for at in stream.initiations]}
+            return {
+                transfer_initiations: [
+                    (key, name, stamp(at), position) for at, position in stream.initiations
+                ]
+            }
         customer = stream.customer
         if customer is None:
             return {}
@@ -100,9 +100,9 @@ class Violations(ReadModel):
         initiated = self.initiated
         found = [
             (key, ref, rule, fact_id, fast_stamp(stored_at))
-            for fact_type, fact_id, at, version, data, stored_at in stream.judged
+            for fact_type, fact_id, at, version, data, stored_at, position in stream.judged
             for rule in broken_rules(
-                customer, Judged(fact_type, fact_id, at, version, data), initiated
+                customer, Judged(fact_type, fact_id, at, version, data, position), initiated
             )
         ]
         return {

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 NOTIFY_CHANNEL = "consent_ledger_events"
 
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 _ambient: contextvars.ContextVar[WriteTransaction | None] = contextvars.ContextVar(
     "consent_ledger_write_transaction", default=None

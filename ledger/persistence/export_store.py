@@ -30,7 +30,7 @@ _X = tables.export_secrets
 _BATCH = 5000
 _CUSTOMER_TOPIC = "ledger.domainmodel:Customer.%"
 _STREAMS_SQL = (
-    "SELECT originator_id, originator_version, topic, state FROM ledger_events "
+    "SELECT originator_id, originator_version, topic, state, notification_id FROM ledger_events "
     "WHERE notification_id <= {mark} AND topic LIKE {mark}{where} "
     "ORDER BY originator_id, originator_version"
 )
@@ -147,7 +147,7 @@ def customer_streams(database: Database, upto: int) -> Iterator[list[StoredEvent
 
 # A customer's event as the export reads it: (originator_id as stored, originator_version,
 # topic, state), the driver's row as it is.
-EventRow = tuple[Any, int, str, bytes]
+EventRow = tuple[Any, int, str, bytes, int]  # stream id, version, topic, state, position
 
 
 def customer_event_rows(

@@ -63,7 +63,10 @@ class Fold:
         default_factory=lambda: defaultdict(list)
     )
     owner: dict[str, str] = field(default_factory=dict)
-    initiations: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
+    # Acquirer -> (at, position) of its initiations.
+    initiations: dict[str, list[tuple[datetime, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     seen: set[str] = field(default_factory=set)
     position: int = 0
 
@@ -74,7 +77,7 @@ class Fold:
             self.seen.add(obj["id"])
             self.position += 1
             if obj["type"] == "transfer.initiated":
-                self.initiations[obj["acquirer"]].append(when(obj["at"]))
+                self.initiations[obj["acquirer"]].append((when(obj["at"]), self.position))
                 continue
             if obj["type"] == "order.placed":
                 self.owner[obj["order"]] = obj["customer"]
@@ -163,7 +166,7 @@ class Fold:
                     if checks and max(checks, key=lambda c: (c[0], c[1]))[2]["result"] == "fail":
                         broken.append("dispatch_after_failed_verification")
                 if kind == "transfer.disclosure" and not any(
-                    t <= at for t in self.initiations[obj["acquirer"]]
+                    initiation < key for initiation in self.initiations[obj["acquirer"]]
                 ):
                     broken.append("transfer_without_initiation")
                 if erasures and at >= min(erasures):

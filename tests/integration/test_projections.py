@@ -92,6 +92,55 @@ def test_a_late_initiation_clears_an_earlier_transfer_violation(ledger: Any) -> 
     assert _rules(ledger) == set()
 
 
+def test_an_initiation_at_the_same_at_counts_only_if_recorded_before_the_transfer(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """SPEC §1: ties at the same `at` are broken by recording order, across streams too (a
+    customer's transfer, an acquirer's initiation). The violations model, its rebuild, the
+    ledger as known at a time and the due-diligence export's summary all agree."""
+    from datetime import UTC, datetime
+
+    from ledger.exports import ExportRequest, export_due_diligence
+
+    at = "2025-02-01T00:00:00Z"
+
+    def transfer(fact_id: str, ref: str, acquirer: str) -> dict[str, Any]:
+        return {
+            "id": fact_id,
+            "type": "transfer.disclosure",
+            "customer": ref,
+            "acquirer": acquirer,
+            "categories": ["name"],
+            "at": at,
+        }
+
+    def initiation(fact_id: str, acquirer: str) -> dict[str, Any]:
+        return {"id": fact_id, "type": "transfer.initiated", "acquirer": acquirer, "scope": "all"}
+
+    _import(
+        ledger,
+        _register("C1", "r1"),
+        _register("C2", "r2"),
+        initiation("i2", "Contoso") | {"at": at},
+        transfer("t2", "C2", "Contoso"),  # after Contoso's initiation: lawful
+        transfer("t1", "C1", "Northwind"),  # before Northwind's, at the same `at`
+        initiation("i1", "Northwind") | {"at": at},
+    )
+    expected = {("transfer_without_initiation", "t1")}
+    assert _rules(ledger) == expected
+    known_now = {(v.rule, v.fact_id) for v in ledger.audit(None, datetime.now(UTC))}
+    assert known_now == expected
+    ledger.read_models.rebuild()
+    assert _rules(ledger) == expected
+    export_due_diligence(ledger, ExportRequest(out=tmp_path / "dd", acquirer="Fabrikam"))
+    summary = orjson.loads((tmp_path / "dd" / "summary.json").read_bytes())
+    by_rule = {rule: n for rule, n in summary["open_violations"]["by_rule"].items() if n}
+    assert by_rule == {"transfer_without_initiation": 1}
+    # An earlier initiation, recorded late, makes t1 lawful after all.
+    _import(ledger, initiation("i3", "Northwind") | {"at": "2025-01-31T23:59:59Z"})
+    assert _rules(ledger) == set()
+
+
 def test_a_late_withdrawal_dated_earlier_turns_a_contact_into_a_violation(ledger: Any) -> None:
     consent = {"customer": "C1", "purpose": "marketing", "channel": "email", "method": "web"}
     _import(

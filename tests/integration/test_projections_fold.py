@@ -21,7 +21,7 @@ from ledger.domainmodel import (
     acquirer_id,
     customer_id,
 )
-from ledger.rules import audit_customer
+from ledger.rules import Initiations, audit_customer
 from ledger.samplefeed import generate_lines
 from projections.base import stamp
 from projections.fold import EVENT_CODES, fast_stamp
@@ -40,7 +40,11 @@ def _model_rows(ledger: Any) -> dict[str, set[tuple[Any, ...]]]:
 
 def _reference(ledger: Any, acquirers: list[str]) -> dict[str, set[tuple[Any, ...]]]:
     """Every model's rows from replayed aggregates (the models' code before the fold)."""
-    initiations: dict[str, list[datetime]] = {}
+    # Each event's position in the log, and each acquirer's initiations with theirs.
+    positions: dict[tuple[Any, int], int] = {}
+    initiated = Initiations()
+    for notification in ledger.recorder.iter_notifications():
+        positions[(notification.originator_id, notification.originator_version)] = notification.id
     expected: dict[str, set[tuple[Any, ...]]] = {
         name: set()
         for name in (
@@ -59,13 +63,15 @@ def _reference(ledger: Any, acquirers: list[str]) -> dict[str, set[tuple[Any, ..
     for name in acquirers:
         aggregate = ledger.repository.get(acquirer_id(name))
         assert isinstance(aggregate, Acquirer)
-        initiations[name] = sorted(aggregate.initiations)
+        found = [
+            (event.at, positions[(aggregate.id, event.originator_version)])
+            for event in ledger.repository.event_store.get(aggregate.id)
+            if isinstance(event, Acquirer.TransferInitiated)
+        ]
+        initiated.add(name, found)
         expected["transfer_initiations"].update(
-            (aggregate.id.hex, name, stamp(at)) for at in aggregate.initiations
+            (aggregate.id.hex, name, stamp(at), position) for at, position in found
         )
-
-    def initiated(name: str, moment: datetime) -> bool:
-        return any(at <= moment for at in initiations.get(name, ()))
 
     totals: dict[tuple[str, str], list[Any]] = {}  # (recipient, kind) -> figures, customers
     for ref in ledger.customer_refs():
@@ -145,7 +151,8 @@ def _reference(ledger: Any, acquirers: list[str]) -> dict[str, set[tuple[Any, ..
             for index in (3, 4, 5):
                 total[index] |= link[index]
             total[6] += 1
-        for v in audit_customer(customer, events, initiated):
+        at_positions = [positions[(customer.id, e.originator_version)] for e in events]
+        for v in audit_customer(customer, events, at_positions, initiated):
             expected["violations"].add((key, v.customer, v.rule, v.fact_id, stamp(v.at)))
         for name in {e.acquirer for e in events if isinstance(e, Customer.TransferDisclosed)}:
             expected["violation_transfers"].add((key, name))

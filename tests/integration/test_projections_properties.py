@@ -174,12 +174,25 @@ def scenarios(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[int], list[bo
     per_customer = [
         draw(customer_facts(prefix, i, acquirers)) for i in range(draw(st.integers(1, 4)))
     ]
+    # An initiation is often at the very `at` of a transfer to its acquirer: a tie, broken
+    # by recording order (SPEC §1), which the interleaving below varies.
+    transfer_times = {
+        name: sorted(
+            f["at"]
+            for facts in per_customer
+            for f in facts
+            if f["type"] == "transfer.disclosure" and f["acquirer"] == name
+        )
+        for name in acquirers
+    }
     initiations = [
         {
             "type": "transfer.initiated",
             "acquirer": name,
             "scope": "all",
-            "at": iso(START + timedelta(minutes=draw(st.integers(0, 400)))),
+            "at": draw(st.sampled_from(transfer_times[name]))
+            if transfer_times[name] and draw(st.booleans())
+            else iso(START + timedelta(minutes=draw(st.integers(0, 400)))),
         }
         for name in acquirers
         if draw(st.booleans())
@@ -283,8 +296,10 @@ def evaluate(facts: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
             if checks and max(checks, key=lambda c: (c[0], c[1]))[2]["result"] == "fail":
                 broken.append("dispatch_after_failed_verification")
         if kind == "transfer.disclosure" and not any(
-            g["type"] == "transfer.initiated" and g["acquirer"] == f["acquirer"] and when(g) <= at
-            for g in facts
+            g["type"] == "transfer.initiated"
+            and g["acquirer"] == f["acquirer"]
+            and (when(g), j) < (at, i)  # a tie at the same `at`: recorded first
+            for j, g in enumerate(facts)
         ):
             broken.append("transfer_without_initiation")
         if customer in erased and at >= erased[customer]:

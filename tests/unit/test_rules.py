@@ -3,12 +3,18 @@ time, ties at the same `at` broken by recording order, late facts dated earlier.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from ledger.domainmodel import Customer, FactEvent
 from ledger.feed import parse_time, validate
-from ledger.rules import JUDGED_TYPES, RULED_TYPES, Judged, audit_customer, broken_rules
+from ledger.rules import (
+    JUDGED_TYPES,
+    RULED_TYPES,
+    Initiations,
+    Judged,
+    audit_customer,
+    broken_rules,
+)
 from tests.examples import line
 
 
@@ -22,18 +28,20 @@ def customer_from(objs: list[dict[str, Any]]) -> tuple[Customer, list[FactEvent]
     return customer, events
 
 
-def initiated_at(*moments: str) -> Any:
-    times = [parse_time(m) for m in moments]
+# `violations` places the customer's facts at positions 100, 101, ... of the log.
+FIRST_POSITION = 100
 
-    def initiated(acquirer: str, moment: datetime) -> bool:
-        return acquirer == "Northwind" and any(t <= moment for t in times)
 
-    return initiated
+def initiated_at(*moments: str, position: int = 0) -> Initiations:
+    """Northwind's transfer initiations at these times, recorded at `position` in the log
+    (by default before any of the customer's facts)."""
+    return Initiations([("Northwind", [(parse_time(m), position) for m in moments])])
 
 
 def violations(objs: list[dict[str, Any]], initiated: Any = None) -> set[tuple[str, str]]:
     customer, events = customer_from(objs)
-    found = audit_customer(customer, events, initiated or initiated_at())
+    positions = [FIRST_POSITION + event.originator_version for event in events]
+    found = audit_customer(customer, events, positions, initiated or initiated_at())
     return {(v.rule, v.fact_id) for v in found}
 
 
@@ -321,6 +329,29 @@ def test_transfer_disclosure_before_the_initiation_is_a_violation() -> None:
     }
 
 
+def test_an_initiation_at_the_same_at_counts_only_if_recorded_before_the_disclosure() -> None:
+    """SPEC §1: ties at the same `at` are broken by recording order, here across two
+    streams (the acquirer's and the customer's): their positions in the log."""
+    objs = [registered(), transfer("t", 10)]  # "t" is at position 102 (version 2)
+    same_at = "2025-01-10T09:10:00Z"
+    assert violations(objs, initiated_at(same_at, position=FIRST_POSITION)) == set()
+    assert violations(objs, initiated_at(same_at, position=FIRST_POSITION + 3)) == {
+        ("transfer_without_initiation", "t")
+    }
+    # A later initiation is no help, wherever it was recorded.
+    assert violations(objs, initiated_at("2025-01-10T09:10:01Z", position=0)) == {
+        ("transfer_without_initiation", "t")
+    }
+
+
+def test_a_candidate_disclosure_comes_after_every_recorded_initiation() -> None:
+    initiated = initiated_at("2025-01-10T09:10:00Z", position=10**9)
+    moment = parse_time("2025-01-10T09:10:00Z")
+    assert initiated("Northwind", moment, None)
+    assert not initiated("Northwind", moment, 10**9 - 1)
+    assert not initiated("Contoso", moment, None)
+
+
 # -- after_erasure -------------------------------------------------------------------------
 
 
@@ -380,7 +411,7 @@ def test_a_late_erasure_dated_earlier_turns_an_earlier_contact_into_a_violation(
 
 def judged(obj: dict[str, Any], customer: Customer) -> Judged:
     fact = validate(obj)
-    return Judged(fact.type, fact.id, fact.at, customer.version + 1, fact.data)
+    return Judged(fact.type, fact.id, fact.at, customer.version + 1, fact.data, None)
 
 
 def test_preventive_check_judges_a_candidate_against_the_state_it_would_join() -> None:

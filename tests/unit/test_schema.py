@@ -85,3 +85,82 @@ def test_a_new_sqlite_file_is_created_by_the_first_command(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path / 'new.db'}"
     assert run_json(url, "audit", "check") == {"violations": []}
     assert tables_of(url) >= CORE_TABLES
+
+
+def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_positions(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    """0006 adds each initiation's position in the log to the violations model, which an
+    older version left without it, judged by the older rule (an initiation at the same `at`
+    always counted): the model is emptied and set back to event zero, and the next query
+    rebuilds it and judges the tie by recording order."""
+    import orjson
+    from alembic import command
+
+    from migrations import alembic_config
+
+    at = "2025-02-01T00:00:00Z"
+    facts = [
+        {
+            "id": "r1",
+            "type": "customer.registered",
+            "customer": "C1",
+            "name": "Ada Lovelace",
+            "email": "ada@example.org",
+            "address": {"line1": "1 Way", "city": "Leeds", "postcode": "LS1", "country": "GB"},
+            "at": "2025-01-01T00:00:00Z",
+        },
+        {
+            "id": "t1",
+            "type": "transfer.disclosure",
+            "customer": "C1",
+            "acquirer": "Northwind",
+            "categories": ["name"],
+            "at": at,
+        },
+        {
+            "id": "i1",
+            "type": "transfer.initiated",
+            "acquirer": "Northwind",
+            "scope": "all",
+            "at": at,
+        },
+    ]
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in facts))
+    run_json(ledger_url, "db", "upgrade")
+    run_json(ledger_url, "import", str(feed))
+    expected = [
+        {"rule": "transfer_without_initiation", "customer": "C1", "fact_id": "t1", "at": at}
+    ]
+    assert run_json(ledger_url, "audit", "check")["violations"] == expected
+
+    # Back to 0005, with the model as an older version left it: at the head, Northwind's
+    # initiation kept without its position, and no violation (the older rule's answer).
+    database = Database(ledger_url)
+    try:
+        with database.connect() as conn, conn.begin():
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0005")
+            slot = conn.execute(
+                sa.text("SELECT slot FROM rm_tracking WHERE name = 'violations'")
+            ).scalar_one()
+            head = conn.execute(sa.text("SELECT max(notification_id) FROM ledger_events")).scalar()
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO rm_transfer_initiations_{slot} (stream_id, acquirer, at) "
+                    "VALUES ('0', 'Northwind', '2025-02-01T00:00:00.000000Z')"
+                )
+            )
+            conn.execute(
+                sa.text("UPDATE rm_tracking SET position = :head WHERE name = 'violations'"),
+                {"head": head},
+            )
+    finally:
+        database.dispose()
+    assert run(ledger_url, "audit", "check").exit_code == 1  # names db upgrade
+    document = run_json(ledger_url, "db", "upgrade")
+    assert (document["from"], document["to"]) == ("0005", SCHEMA_HEAD)
+    assert run_json(ledger_url, "audit", "check")["violations"] == expected
+    assert run_json(ledger_url, "verify")["ok"] is True

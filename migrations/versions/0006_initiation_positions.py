@@ -1,0 +1,60 @@
+"""violations read model: transfer initiations keep their position in the event log.
+
+SPEC §1 breaks ties at the same `at` by recording order. A transfer disclosure and its
+acquirer's initiation are in two streams, so their recording order is their position in the
+event log, which the model's `transfer_initiations` did not keep: a disclosure was judged
+initiated by an initiation at the same `at` recorded after it. The column is added and the
+model emptied and set back to event zero, so the next query that reads it rebuilds it from
+the events (read models are disposable: see 0002).
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-26
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+_SLOTS = ("a", "b")
+_TABLES = ("violations", "violation_transfers", "transfer_initiations", "violation_notices")
+
+
+def _reset() -> None:
+    """Empty the violations model in both slots and set it back to event zero."""
+    bind = op.get_bind()
+    present = set(sa.inspect(bind).get_table_names())
+    for name in _TABLES:
+        for slot in _SLOTS:
+            table = f"rm_{name}_{slot}"
+            if table in present:
+                op.execute(sa.text(f"DELETE FROM {table}"))
+    if "rm_tracking" in present:
+        op.execute(sa.text("UPDATE rm_tracking SET position = 0 WHERE name = 'violations'"))
+
+
+def _columns(table: str) -> set[str]:
+    return {column["name"] for column in sa.inspect(op.get_bind()).get_columns(table)}
+
+
+def upgrade() -> None:
+    _reset()
+    for slot in _SLOTS:
+        table = f"rm_transfer_initiations_{slot}"
+        if "position" not in _columns(table):  # 0002 made it from today's definition
+            op.add_column(
+                table, sa.Column("position", sa.BigInteger, nullable=False, server_default="0")
+            )
+
+
+def downgrade() -> None:
+    _reset()
+    for slot in _SLOTS:
+        with op.batch_alter_table(f"rm_transfer_initiations_{slot}") as batch:
+            batch.drop_column("position")
