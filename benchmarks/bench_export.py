@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import watched
+from machine import open_cached, watched
 
 
 def build(path: Path, customers: int) -> None:
@@ -44,13 +44,12 @@ def build(path: Path, customers: int) -> None:
 
 def export(path: Path, out: Path, file_format: str, sequential: bool) -> None:
     from ledger import exports, manifest
-    from ledger.config import open_ledger
     from ledger.exports import ExportRequest, export_due_diligence
     from ledger.persistence import seals
 
     if sequential:
         exports.PARALLEL_MIN_CUSTOMERS = 1 << 62
-    ledger = open_ledger(f"sqlite:///{path}")
+    ledger = open_cached(f"sqlite:///{path}")
     started = time.perf_counter()
     verified = seals.verify_ledger(ledger)
     verify_seconds = time.perf_counter() - started

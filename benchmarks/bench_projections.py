@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import watched
+from machine import open_cached, watched
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,11 +77,10 @@ def main() -> None:
 
     import sqlalchemy as sa
 
-    from ledger.config import open_ledger
     from projections.base import tracking
 
     url = f"sqlite:///{path}"
-    ledger = open_ledger(url)
+    ledger = open_cached(url)
     models = ledger.read_models
     head = models.status()[0].head
     print(f"ledger: {head} events, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

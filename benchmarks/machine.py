@@ -23,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 
@@ -109,3 +110,20 @@ def watched(enabled: bool = True) -> Iterator[None]:
 
 if __name__ == "__main__":
     Machine().start()
+
+
+def open_cached(url: str) -> Any:
+    """`open_ledger` of a database a benchmark built earlier and kept: one built by an older
+    version is upgraded first (`consent-ledger db upgrade`), as its owner would."""
+    from ledger.config import open_ledger, upgrade
+    from ledger.errors import SchemaOutOfDateError
+    from ledger.persistence.database import Database
+
+    try:
+        return open_ledger(url)
+    except SchemaOutOfDateError:
+        database = Database(url)
+        result = upgrade(database)
+        database.dispose()
+        print(f"upgraded the kept database from schema {result.before} to {result.after}")
+        return open_ledger(url)
