@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ledger.errors import MasterKeyError
 from ledger.persistence.database import Database
 
 if TYPE_CHECKING:  # imported where a ledger is opened: a stored-facts query needs none
@@ -32,8 +33,16 @@ def upgrade(database: Database) -> UpgradeResult:
     from ledger.persistence.seals import create_signing_key, seal_pending
 
     before, after = database.upgrade()
-    keys = KeyStore(database, create=True)
-    keys.record_master_key()
+    try:
+        keys = KeyStore(database, create=True)
+        keys.record_master_key()
+    except MasterKeyError as error:
+        if before == after:
+            raise
+        # The migrations are committed: say so, or the error reads as if nothing was done.
+        raise MasterKeyError(
+            f"the schema was upgraded from {before or 'nothing'} to {after}, but {error}"
+        ) from None
     create_signing_key(database)
     seal_pending(database)
     return UpgradeResult(before, after, keys.source)

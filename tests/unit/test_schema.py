@@ -41,6 +41,21 @@ def stamp_at(url: str, revision: str) -> None:
         database.dispose()
 
 
+def downgrade_to(url: str, revision: str) -> None:
+    from alembic import command
+
+    from migrations import alembic_config
+
+    database = Database(url)
+    try:
+        with database.connect() as conn, conn.begin():
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+    finally:
+        database.dispose()
+
+
 def test_the_code_needs_the_migrations_head() -> None:
     assert head_revision() == SCHEMA_HEAD
 
@@ -95,9 +110,6 @@ def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_position
     always counted): the model is emptied and set back to event zero, and the next query
     rebuilds it and judges the tie by recording order."""
     import orjson
-    from alembic import command
-
-    from migrations import alembic_config
 
     at = "2025-02-01T00:00:00Z"
     facts = [
@@ -137,12 +149,10 @@ def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_position
 
     # Back to 0005, with the model as an older version left it: at the head, Northwind's
     # initiation kept without its position, and no violation (the older rule's answer).
+    downgrade_to(ledger_url, "0005")
     database = Database(ledger_url)
     try:
         with database.connect() as conn, conn.begin():
-            config = alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0005")
             slot = conn.execute(
                 sa.text("SELECT slot FROM rm_tracking WHERE name = 'violations'")
             ).scalar_one()
@@ -164,3 +174,20 @@ def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_position
     assert (document["from"], document["to"]) == ("0005", SCHEMA_HEAD)
     assert run_json(ledger_url, "audit", "check")["violations"] == expected
     assert run_json(ledger_url, "verify")["ok"] is True
+
+
+def test_an_upgrade_without_the_master_key_says_the_schema_was_upgraded(
+    ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migrations commit before the keys are checked: an existing ledger upgraded
+    where its master key is not to be found is told both."""
+    run_json(ledger_url, "db", "upgrade")
+    downgrade_to(ledger_url, "0005")  # as if an older version had last upgraded it
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(tmp_path / "elsewhere"))
+    result = run(ledger_url, "db", "upgrade")
+    assert result.exit_code == 1
+    message = error_line(result)
+    assert message.startswith(f"Error: the schema was upgraded from 0005 to {SCHEMA_HEAD}, but ")
+    assert "no master key" in message
+    again = run(ledger_url, "db", "upgrade")  # nothing left to migrate: the key error alone
+    assert error_line(again).startswith("Error: no master key")
