@@ -24,7 +24,8 @@ with the import:
   to be told to yield: at 1M facts the worker spent 10 s of wall time for 5 s of CPU on the
   events' inserts alone. While the worker runs on SQLite the interval is 0.1 ms
   (`_SWITCH_INTERVAL`): the import thread yields within that when the worker asks, which
-  costs it nothing otherwise (1M facts: 28.3 s instead of 31.2 s, `benchmarks/bench_import.py`).
+  costs it nothing otherwise (1M facts: 28.3 s instead of 31.2 s;
+  `benchmarks/bench_import.py --switch` compares the two).
   PostgreSQL's `COPY` showed no gain from it, only more CPU, so there it stays as it was.
 """
 

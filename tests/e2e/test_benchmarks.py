@@ -75,6 +75,14 @@ def test_script_runs(script: str, tmp_path: Path) -> None:
     assert expected in _run(script, *args)
 
 
+def test_bench_import_compares_switch_intervals(tmp_path: Path) -> None:
+    out = _run(
+        "bench_import.py", "--facts", "1500", "--rounds", "1", "--switch", "--work", str(tmp_path)
+    )
+    assert "worker thread" in out and "worker, 5 ms switch" in out
+    assert "in turn" not in out
+
+
 def test_run_writes_every_figure_of_the_table(tmp_path: Path) -> None:
     backends = ["sqlite"]
     extra: list[str] = []
