@@ -320,9 +320,10 @@ class Customer(Aggregate):
         """Record one fact about this customer (any type but `customer.registered`)."""
         if fact.type == "customer.registered":
             raise InvalidFactError(f"customer {self.ref!r} is already registered")
-        if self.erased and fact.type in ("customer.updated", "consent.given"):
-            what = "a details update" if fact.type == "customer.updated" else "a new consent"
-            raise CustomerErasedError(self.ref, what)
+        if self.erased and fact.type == "customer.updated":
+            # SPEC §2: invalid, as there is no key left to seal the details with. Every other
+            # fact is recorded, a consent given after the erasure or reported late included.
+            raise CustomerErasedError(self.ref, "a details update")
         order_ref = fact.order
         if order_ref is not None and fact.type != "order.placed" and order_ref not in self.orders:
             raise InvalidFactError(f"order {order_ref!r} does not belong to customer {self.ref!r}")

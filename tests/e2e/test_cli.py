@@ -357,23 +357,14 @@ def test_consent_give_plain_output(url: str) -> None:
     assert (result.exit_code, result.stdout) == (0, "recorded consent.given cg-2\n")
 
 
-def test_consent_give_to_an_erased_customer_exits_1(shared: str) -> None:
+def test_a_details_update_of_an_erased_customer_exits_1(shared: str) -> None:
     result = run(
-        shared,
-        "consent",
-        "give",
-        "C101",
-        "marketing",
-        "post",
-        "--method",
-        "x",
-        "--policy-version",
-        "1",
+        shared, "record", '{"type": "customer.updated", "customer": "C101", "phone": "+1 555"}'
     )
     assert result.exit_code == 1
     assert (
         error_line(result)
-        == "Error: customer 'C101' has been erased: a new consent is not accepted"
+        == "Error: customer 'C101' has been erased: a details update is not accepted"
     )
 
 

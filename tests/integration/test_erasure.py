@@ -18,7 +18,7 @@ from ledger.domainmodel import customer_id
 from ledger.persistence import tables
 from ledger.persistence.database import normalise_url
 from ledger.persistence.seals import verify_ledger
-from tests.cli_helpers import error_line, run, run_json
+from tests.cli_helpers import run, run_json
 from tests.personal import (
     feed_values,
     found_in,
@@ -99,7 +99,7 @@ def test_erasure_hides_the_details_and_keeps_the_history(
         app.database.dispose()
 
 
-def test_after_erasure_new_consents_and_updates_are_refused_withdrawals_accepted(
+def test_after_erasure_updates_are_refused_consents_and_withdrawals_recorded(
     ledger_url: str, feed_small: Path
 ) -> None:
     _prepare(ledger_url, feed_small)
@@ -116,8 +116,9 @@ def test_after_erasure_new_consents_and_updates_are_refused_withdrawals_accepted
         "--policy-version",
         "2024-01",
     )
-    assert give.exit_code == 1
-    assert "has been erased: a new consent is not accepted" in error_line(give)
+    # SPEC §2 makes only a details update of an erased customer invalid: a consent is a fact
+    # like any other (no personal data), recorded for the auditor to see.
+    assert give.exit_code == 0, give.stderr
     update = run(
         ledger_url,
         "record",
@@ -176,3 +177,35 @@ def test_an_erasure_in_the_feed_destroys_the_key_like_the_command(
     shown: Any = run_json(ledger_url, "customer", "show", "C101")
     assert shown["details"] is None and shown["erased"] is True
     assert found_in(raw_database_bytes(ledger_url), feed_values(feed_small, {"C101"})) == []
+
+
+def test_a_consent_reported_after_the_erasure_but_dated_before_it_clears_a_violation(
+    ledger: Any,
+) -> None:
+    """A late fact dated earlier is judged in business time (SPEC §3), also for an erased
+    customer: the late consent makes the earlier contact lawful."""
+    registered = {
+        "id": "r1",
+        "type": "customer.registered",
+        "customer": "C1",
+        "name": "Ann A",
+        "email": "ann@example.org",
+        "address": {"line1": "1 St", "city": "X", "postcode": "AB1", "country": "GB"},
+        "at": "2025-01-01T00:00:00Z",
+    }
+    contact = {"id": "mc", "type": "marketing.contact", "customer": "C1", "channel": "post"}
+    erased = {"id": "e1", "type": "subject.erased", "customer": "C1"}
+    consent = {"id": "g0", "type": "consent.given", "customer": "C1", "purpose": "marketing"}
+    ledger.import_lines(
+        orjson.dumps(fact)
+        for fact in (
+            registered,
+            contact | {"campaign": "x", "at": "2025-06-02T00:00:00Z"},
+            erased | {"at": "2025-07-01T00:00:00Z"},
+        )
+    )
+    assert [(v.rule, v.fact_id) for v in ledger.audit()] == [("marketing_without_consent", "mc")]
+    late = consent | {"channel": "post", "method": "web", "policy_version": "v1"}
+    summary = ledger.import_lines([orjson.dumps(late | {"at": "2025-06-01T00:00:00Z"})])
+    assert (summary.accepted, summary.rejected) == (1, 0)
+    assert ledger.audit() == []

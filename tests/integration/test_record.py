@@ -107,8 +107,6 @@ def test_after_erasure_disclosures_and_contacts_are_refused(shop: Any) -> None:
     assert "after_erasure" in refused(shop, line("order.confirmation_sent", "c", 21)).rules
     with pytest.raises(CustomerErasedError):
         shop.record_fact(line("customer.updated", "u", 22))
-    with pytest.raises(CustomerErasedError):
-        shop.record_fact(line("consent.given", "g2", 22))
 
 
 def test_a_recorded_id_is_a_duplicate_and_changes_nothing(shop: Any) -> None:
