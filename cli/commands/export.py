@@ -11,7 +11,7 @@ import click
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
 from cli.params import MOMENT, pass_ledger
-from ledger.errors import InputError, IntegrityFailure
+from ledger.errors import ConfigurationError, InputError, IntegrityFailure
 
 
 @click.group("export")
@@ -102,7 +102,15 @@ def verify(folder: Path, public_key: Path | None, as_json: bool) -> None:
 
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
-    key = public_key.read_bytes() if public_key is not None else None
+    key = None
+    if public_key is not None:
+        from ledger.integrity import load_public_key
+
+        key = public_key.read_bytes()
+        try:
+            load_public_key(key)  # refused here, as `verify` refuses it, not mid-check
+        except ValueError as error:
+            raise ConfigurationError(f"cannot read the public key {public_key}: {error}") from None
     report = verify_export_dir(folder, key)
     logs.log.info("export.verify", ok=report.ok, problems=len(report.problems))
     if as_json:

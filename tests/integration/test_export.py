@@ -269,6 +269,9 @@ def test_cli_export_and_verify_exit_codes(
     key = seals.public_key_path(ledger.database)
     checked = run_json(None, "export", "verify", str(out), "--public-key", str(key))
     assert checked["ok"] is True and checked["key_pinned"] is True
+    not_a_key = run(None, "export", "verify", str(out), "--public-key", str(out / "summary.json"))
+    assert not_a_key.exit_code == 1
+    assert error_line(not_a_key).startswith(f"Error: cannot read the public key {out}")
     (out / "consents.jsonl").write_bytes((out / "consents.jsonl").read_bytes() + b" ")
     bad = run(None, "export", "verify", str(out))
     assert bad.exit_code == 4
