@@ -11,6 +11,14 @@ a later payment judged against the wrong customer, and the tree would still veri
   reference; and every registration has its row.
 - `ledger_orders`: each row's order was placed in the row's stream; and every placing has
   its row.
+- `ledger_facts`, the fact ids already recorded (what makes a fact "never recorded twice",
+  SPEC §2, and what `prove FACT_ID` finds): each row names the event that recorded its fact,
+  and every event that recorded a fact has its row. A deleted row would let the same line be
+  recorded again, sealed like any new fact; a row moved would prove another fact. This index
+  is as large as the log, so it is held against the events by a digest: the sum of a keyed
+  hash of (position, fact id) over the events (`Indexed.take`) and over the index's rows
+  (`FactDigest`); only when the two differ are the rows compared one by one
+  (`audit_fact_index`).
 
 The registrations and placings are picked out of the event rows `verify` reads to hash them
 anyway (`Indexed.take`, in its hashing processes too). The index rows are read once, before
@@ -23,6 +31,7 @@ and order references are identifiers, never personal data).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -35,8 +44,10 @@ _REGISTERED = b"ledger.domainmodel:Customer.Registered"
 _PLACED = b"ledger.domainmodel:Customer.OrderPlaced"
 _WANTED = frozenset({_REGISTERED, _PLACED})
 _LISTED = 10  # problems named one by one; the rest are counted
-# (registrations that match their index row, registrations, placings that match, placings)
-Counts = tuple[int, int, int, int]
+# (registrations that match their index row, registrations, placings that match, placings,
+# events that recorded a fact, the digest of their (position, fact id))
+Counts = tuple[int, int, int, int, int, int]
+_MASK = (1 << 64) - 1
 
 # Stream ids are compared as `verify` reads an event's (`seals._EVENT_SQL`): on SQLite its 32
 # hex digits as bytes, on PostgreSQL its 16 bytes; the index rows are read in the same form.
@@ -58,6 +69,7 @@ class Indexed:
     def __init__(self) -> None:
         self.registrations: list[tuple[int, Any, Any]] = []  # (position, stream id, ref)
         self.placings: list[tuple[Any, Any, int]] = []  # (order ref, stream id, position)
+        self.facts = FactDigest()  # of the events that recorded a fact
 
     def take(
         self, batches: Iterable[Sequence[tuple[Any, ...]]]
@@ -66,8 +78,9 @@ class Indexed:
         keeping what the indexes are checked against. Kept lean: it runs on every event row
         `verify` reads."""
         wanted, loads, registered = _WANTED, orjson.loads, _REGISTERED
-        registrations, placings = self.registrations, self.placings
+        registrations, placings, facts = self.registrations, self.placings, self.facts
         for batch in batches:
+            facts.add_events(batch)
             for position, stream, _version, topic, state in [r for r in batch if r[3] in wanted]:
                 registration = topic == registered
                 try:
@@ -81,6 +94,55 @@ class Indexed:
                 else:
                     placings.append((reference, stream, position))
             yield batch
+
+
+class FactDigest:
+    """How many (position, fact id) pairs, and the sum of their hashes (Python's `hash`:
+    keyed by a secret random to each run of `verify`, which its forked processes share, so
+    no one can make altered rows sum to the same digest in advance)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.digest = 0
+
+    def add(self, pairs: Iterable[tuple[int, str]]) -> None:
+        for pair in pairs:
+            self.count += 1
+            self.digest = (self.digest + hash(pair)) & _MASK
+
+    def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
+        """The facts recorded by event rows (position, originator, version, topic, state)."""
+        self.add(
+            (position, fact_id)
+            for position, fact_id in zip(map(_FIRST, batch), map(_fact_id, batch), strict=True)
+            if fact_id is not None
+        )
+
+    def read(self, conn: Connection) -> None:
+        """The fact index's rows (read on the driver, in batches)."""
+        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("SELECT notification_id, fact_id FROM ledger_facts")
+            while rows := cursor.fetchmany(10_000):
+                self.add(rows)
+        finally:
+            cursor.close()
+
+    def same(self, other: FactDigest) -> bool:
+        return (self.count, self.digest) == (other.count, other.digest)
+
+
+def _fact_id(row: tuple[Any, ...]) -> str | None:
+    """The fact id an event row's state records (None: an event of no fact, or a state
+    that is not what was recorded, which the tree's check names)."""
+    try:
+        found = orjson.loads(row[4]).get("fact_id")
+    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        return None
+    return found if type(found) is str else None
+
+
+_FIRST = itemgetter(0)  # an event row's position
 
 
 class IndexRows:
@@ -116,15 +178,33 @@ class IndexLookup:
         placings = sum(
             1 for order, stream, _position in found.placings if orders.get(order) == stream
         )
-        return registrations, len(found.registrations), placings, len(found.placings)
+        facts = found.facts
+        return (
+            registrations,
+            len(found.registrations),
+            placings,
+            len(found.placings),
+            facts.count,
+            facts.digest,
+        )
 
     def agrees(self, counts: Iterable[Counts]) -> bool:
-        """Whether every event matched its index row and every index row was matched: each
-        event matches at most one row (a position, an order reference), so equal counts
-        mean one row per event and one event per row."""
-        totals = [sum(column) for column in zip(*counts, strict=True)] or [0, 0, 0, 0]
+        """Whether every event matched its customer or order index row and every such row
+        was matched: each event matches at most one row (a position, an order reference), so
+        equal counts mean one row per event and one event per row. (The fact index is held
+        against `facts`, the events' digest.)"""
+        totals = [sum(column) for column in zip(*counts, strict=True)] or [0] * 6
         customers, orders = self.rows
-        return totals == [customers, customers, orders, orders]
+        return totals[:4] == [customers, customers, orders, orders]
+
+    @staticmethod
+    def facts(counts: Iterable[Counts]) -> FactDigest:
+        """The digest of the facts the events recorded, from the blocks' counts."""
+        total = FactDigest()
+        for block in counts:
+            total.count += block[4]
+            total.digest = (total.digest + block[5]) & _MASK
+        return total
 
 
 def audit_indexes(index: IndexRows, found: Indexed) -> list[Problem]:
@@ -172,6 +252,57 @@ def audit_indexes(index: IndexRows, found: Indexed) -> list[Problem]:
                 "index_altered",
                 f"the placing of order {order!r} at event {position} has no row in the order "
                 "index: the ledger no longer finds that order",
+                position,
+            )
+        )
+    if len(problems) > _LISTED:
+        more = len(problems) - _LISTED
+        problems = [*problems[:_LISTED], Problem("index_altered", f"{more} more disagree")]
+    return problems
+
+
+def audit_fact_index(
+    conn: Connection, events: Iterable[Sequence[tuple[Any, ...]]]
+) -> list[Problem]:
+    """Every disagreement between the fact index and the facts the event rows `events`
+    recorded, named one by one (run only when their digests differ: it holds every index
+    row in memory). A fact id is the feed's identifier of a line, never personal data."""
+    index = {
+        str(f): int(p)
+        for p, f in fetch_rows(conn, "SELECT notification_id, fact_id FROM ledger_facts", ())
+    }
+    problems: list[Problem] = []
+    for batch in events:
+        for row in batch:
+            fact_id = _fact_id(row)
+            if fact_id is None:
+                continue
+            position = int(row[0])
+            indexed = index.pop(fact_id, None)
+            if indexed is None:
+                problems.append(
+                    Problem(
+                        "index_altered",
+                        f"fact {fact_id!r}, recorded at event {position}, has no row in the "
+                        "fact index: the same fact could be recorded again",
+                        position,
+                    )
+                )
+            elif indexed != position:
+                problems.append(
+                    Problem(
+                        "index_altered",
+                        f"the fact index puts fact {fact_id!r} at event {indexed}, but it was "
+                        f"recorded at event {position}: its proof would be another event's",
+                        position,
+                    )
+                )
+    for fact_id, position in sorted(index.items(), key=lambda item: item[1]):
+        problems.append(
+            Problem(
+                "index_altered",
+                f"the fact index names fact {fact_id!r} at event {position}, which recorded "
+                "no such fact",
                 position,
             )
         )

@@ -58,9 +58,11 @@ from ledger.persistence.database import (
 )
 from ledger.persistence.index_audit import (
     Counts,
+    FactDigest,
     Indexed,
     IndexLookup,
     IndexRows,
+    audit_fact_index,
     audit_indexes,
 )
 from ledger.persistence.keys import write_key_file
@@ -603,6 +605,13 @@ def verify_ledger(
         if start is None:
             index_rows.read(conn)
         index_problems: list[Problem] = []
+        # The fact index's digest, and the events' (`index_audit.FactDigest`).
+        indexed_facts, recorded_facts = FactDigest(), FactDigest()
+
+        def meanwhile() -> None:  # while the workers hash
+            index.append(_fact_index(conn))
+            indexed_facts.read(conn)
+
         if start is None and workers > 1:
             audit = _parallel_audit(
                 conn,
@@ -612,7 +621,8 @@ def verify_ledger(
                 workers,
                 block_level,
                 IndexLookup(index_rows),
-                meanwhile=lambda: index.append(_fact_index(conn)),
+                recorded_facts,
+                meanwhile=meanwhile,
             )
         if audit is None:  # sequential: the reference, and the one that names problems
             auditor = LogAuditor(stored, key, start)
@@ -624,6 +634,15 @@ def verify_ledger(
             audit = auditor.finish()
             if start is None:
                 index_problems = audit_indexes(index_rows, indexed)
+                recorded_facts = indexed.facts
+        if start is None:
+            if not index:
+                meanwhile()
+            # Held against events the tree found whole: a removed or altered event is named
+            # as such, not again as the index rows it leaves without their event.
+            if not audit.problems and not recorded_facts.same(indexed_facts):
+                events = _event_batches(conn, database, 1)
+                index_problems.extend(audit_fact_index(conn, events))
         problems.extend(audit.problems)
         if audit.problems:
             problems.extend(_locate(conn, database, first))
@@ -658,6 +677,7 @@ def _parallel_audit(
     workers: int,
     block_level: int,
     lookup: IndexLookup,
+    recorded_facts: FactDigest,
     meanwhile: Callable[[], None] = lambda: None,
 ) -> LogAudit | None:
     """The whole log hashed in aligned blocks by worker processes, each reading its blocks
@@ -665,7 +685,8 @@ def _parallel_audit(
     end at the last event this snapshot sees, committed). None when it does not apply (a
     small log, an in-memory database) or when a block has a gap or the audit a problem:
     the one pass then names what is wrong. `meanwhile` runs in this process while the
-    workers hash (it would wait idle).
+    workers hash (it would wait idle). `recorded_facts` is given the digest of the facts the
+    events recorded (`index_audit.FactDigest`).
 
     Each block checks itself: its ids must run from its start to its end without a gap, so
     the log is whole without counting it first."""
@@ -716,6 +737,8 @@ def _parallel_audit(
         raise failure
     if not whole or not lookup.agrees(counts):
         return None
+    digest = IndexLookup.facts(counts)
+    recorded_facts.count, recorded_facts.digest = digest.count, digest.digest
     audit = auditor.finish()
     return None if audit.problems else audit
 
@@ -759,7 +782,7 @@ def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Bl
     assert database is not None and lookup is not None
     indexed = Indexed()
     if _FORKED_STOP is not None and _FORKED_STOP.is_set():
-        return integrity.Block(start, gapless=False), (0, 0, 0, 0)  # another block failed
+        return integrity.Block(start, gapless=False), (0, 0, 0, 0, 0, 0)  # another failed
     if database.is_sqlite:
         connection = sqlite3.connect(f"file:{database.sqlite_path}?mode=ro", uri=True)
         try:

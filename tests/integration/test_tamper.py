@@ -325,6 +325,67 @@ def test_an_order_moved_to_another_customer_in_the_index_is_caught(recorded: Any
     assert kind == "index_altered"
 
 
+def _fact_row(app: Any, fact_id: str) -> int:
+    with app.database.engine.connect() as conn:
+        query = "SELECT notification_id FROM ledger_facts WHERE fact_id = :f"
+        return int(conn.execute(sa.text(query), {"f": fact_id}).scalar_one())
+
+
+def test_a_fact_deleted_from_the_fact_index_is_caught_before_it_is_recorded_twice(
+    recorded: Any, feed_small: Path
+) -> None:
+    """The fact index is what keeps a line from being recorded twice (SPEC §2): a row
+    deleted from it would let the same line in again, sealed like a new fact."""
+    fact_id = json.loads(feed_small.read_bytes().splitlines()[8])["id"]
+    position = _fact_row(recorded, fact_id)
+    tamper(recorded, ("DELETE FROM ledger_facts WHERE fact_id = :f", {"f": fact_id}))
+    assert index_kinds(recorded) == [("index_altered", position)]
+    done = run(recorded.database.url, "verify", "--json")
+    assert done.exit_code == 4
+    [problem] = json.loads(done.stdout)["problems"]
+    assert problem["message"] == (
+        f"fact {fact_id!r}, recorded at event {position}, has no row in the fact index: "
+        "the same fact could be recorded again"
+    )
+
+
+def test_a_fact_index_row_moved_or_added_is_caught(recorded: Any, feed_small: Path) -> None:
+    lines = feed_small.read_bytes().splitlines()
+    first, second = (json.loads(lines[i])["id"] for i in (1, 2))
+    moved_to = _fact_row(recorded, second)
+    tamper(
+        recorded,
+        (
+            "UPDATE ledger_facts SET notification_id = :n WHERE fact_id = :f",
+            {"n": moved_to, "f": first},
+        ),
+    )
+    found = index_kinds(recorded)
+    assert found == [("index_altered", _position_of(recorded, first))]
+    tamper(
+        recorded,
+        (
+            "UPDATE ledger_facts SET notification_id = :n WHERE fact_id = :f",
+            {"n": _position_of(recorded, first), "f": first},
+        ),
+        (
+            "INSERT INTO ledger_facts (fact_id, notification_id, fact_type, originator_id) "
+            "SELECT 'made-up', notification_id, fact_type, originator_id FROM ledger_facts "
+            "WHERE fact_id = :f",
+            {"f": second},
+        ),
+    )
+    assert index_kinds(recorded) == [("index_altered", moved_to)]
+
+
+def _position_of(app: Any, fact_id: str) -> int:
+    """The event that recorded `fact_id`, found from the events themselves."""
+    with app.database.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT notification_id, state FROM ledger_events")).all()
+    [position] = [int(n) for n, state in rows if json.loads(bytes(state)).get("fact_id") == fact_id]
+    return position
+
+
 def _index_rows(app: Any, column: str) -> list[tuple[str, int]]:
     with app.database.engine.connect() as conn:
         query = f"SELECT {column}, notification_id FROM ledger_customers"
