@@ -50,6 +50,14 @@ def _is_database_error(error: Exception) -> bool:
     return exc is not None and isinstance(error, exc.DBAPIError)
 
 
+def _is_stream_gap(error: Exception) -> bool:
+    """eventsourcing's refusal to replay a stream with a version missing (only a database
+    changed outside the ledger has one: the log is append-only)."""
+    domain = sys.modules.get("eventsourcing.domain")  # never imported just to check
+    gap = getattr(domain, "OriginatorVersionError", None)
+    return gap is not None and isinstance(error, gap)
+
+
 def _unexpected(error: Exception) -> UnexpectedError:
     """One line for a failure the ledger did not raise on purpose, instead of a traceback:
     its type and the innermost place it was raised (not its message: it could quote data)."""
@@ -114,7 +122,7 @@ class LedgerContext:
                 rows = self.database.fetch_on_driver(reads.SELECT_CUSTOMER_STREAM_KNOWN, known)
             facts = views.stored_facts(rows)
             if facts:
-                views.check_registration(ref, facts[0])
+                views.check_stream(ref, facts)
             if facts is not None:
                 if not facts:
                     raise CustomerNotFoundError(ref, known_at)
@@ -158,6 +166,12 @@ class LedgerGroup(LazyGroup):
                     failure = DatabaseUnavailableError(
                         f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
                         "the command's transaction was rolled back"
+                    )
+                elif _is_stream_gap(error):
+                    failure = IntegrityFailure(
+                        "a stream of events is not whole (a version is missing): the ledger "
+                        "was altered outside consent-ledger; 'consent-ledger verify' names "
+                        "what changed"
                     )
                 else:
                     failure = _unexpected(error)

@@ -68,15 +68,23 @@ def stored_facts(rows: Iterable[Sequence[Any]]) -> list[StoredFact] | None:
     return facts
 
 
-def check_registration(ref: str, first: StoredFact) -> None:
-    """The first event of the stream the customer index found for `ref` must be that
-    customer's registration: an altered index row would otherwise answer with another
-    customer's facts."""
+def check_stream(ref: str, facts: Sequence[StoredFact]) -> None:
+    """The stream the customer index found for `ref` must begin with that customer's
+    registration (an altered index row would otherwise answer with another customer's
+    facts), and hold every version from 1 on (a deleted event would silently drop out of
+    the answer)."""
+    first = facts[0]
     if first.event_name != "Customer.Registered" or first.__dict__.get("ref") != ref:
         raise IntegrityFailure(
             f"the customer index does not lead to the registration of customer {ref!r}: it "
             "was altered outside consent-ledger; 'consent-ledger verify' names what changed"
         )
+    for expected, fact in enumerate(facts, start=1):
+        if fact.originator_version != expected:
+            raise IntegrityFailure(
+                f"event {expected} of customer {ref!r}'s stream is missing: the ledger was "
+                "altered outside consent-ledger; 'consent-ledger verify' names what changed"
+            )
 
 
 def event_name(event: Any) -> str:

@@ -552,3 +552,25 @@ def test_events_recorded_before_sealing_existed_are_sealed_by_upgrade(
     ledger.import_lines(lines[20:])  # the next sealed write seals what came before it
     assert problems(ledger) == []
     assert seals.verify_ledger(ledger).events == 27
+
+
+def test_queries_of_a_stream_with_an_event_deleted_exit_4_naming_verify(recorded: Any) -> None:
+    """A deleted event would drop out of `customer trail` unseen; the stream's versions
+    must run from 1 without a gap, on the fast read path and through the domain model."""
+    with recorded.database.engine.connect() as conn:
+        query = (
+            "SELECT e.notification_id FROM ledger_events e JOIN ledger_customers c "
+            "ON e.originator_id = c.customer_id WHERE c.customer_ref = 'C100' "
+            "AND e.originator_version = 3"
+        )
+        position = conn.execute(sa.text(query)).scalar_one()
+    tamper(recorded, ("DELETE FROM ledger_events WHERE notification_id = :n", {"n": position}))
+    url = recorded.database.url
+    for command in (
+        ("customer", "trail", "C100"),
+        ("consent", "show", "C100"),
+        ("customer", "show", "C100"),
+    ):
+        done = run(url, *command)
+        assert done.exit_code == 4, (command, done.stderr)
+        assert "consent-ledger verify" in done.stderr.splitlines()[-1], command
