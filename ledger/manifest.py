@@ -206,6 +206,15 @@ def verify_export_dir(
         report.add(MANIFEST_NAME, "malformed", f"{MANIFEST_NAME} is malformed: {error}")
         return report
     report.export_id = str(manifest.get("export_id"))
+    if raw != manifest_bytes(manifest):
+        # Same content, other bytes (reformatted): the SHA-256 the ledger recorded for this
+        # manifest no longer matches it, so any change to any file is reported.
+        report.add(
+            MANIFEST_NAME,
+            "rewritten",
+            f"{MANIFEST_NAME}'s bytes are not as the export wrote them (reformatted or "
+            "edited): its SHA-256 no longer matches the one the ledger recorded",
+        )
     key = _check_signature(manifest, public_key, report)
     _check_checkpoint(manifest, key, report)
     listed = _check_files(folder, files, report)

@@ -100,6 +100,20 @@ def test_a_removed_manifest_is_named(export: Path) -> None:
     assert problems(export) == [(m.MANIFEST_NAME, "missing")]
 
 
+@pytest.mark.parametrize(
+    "rewrite",
+    [lambda raw: raw + b" ", lambda raw: orjson.dumps(orjson.loads(raw))],
+    ids=["a space added", "re-serialised compactly"],
+)
+def test_a_manifest_with_the_same_content_in_other_bytes_is_named(
+    export: Path, rewrite: Any
+) -> None:
+    """The ledger records the manifest's SHA-256: any change to its bytes is a change."""
+    path = export / m.MANIFEST_NAME
+    path.write_bytes(rewrite(path.read_bytes()))
+    assert problems(export) == [(m.MANIFEST_NAME, "rewritten")]
+
+
 def test_a_manifest_edited_to_match_a_changed_file_fails_its_signature(export: Path) -> None:
     (export / "orders.jsonl").write_bytes(b'{"customer":"aa","total":"0.01"}\n')
     document = orjson.loads((export / m.MANIFEST_NAME).read_bytes())
