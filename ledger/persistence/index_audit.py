@@ -30,8 +30,8 @@ and order references are identifiers, never personal data).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -106,17 +106,14 @@ class FactDigest:
         self.digest = 0
 
     def add(self, pairs: Iterable[tuple[int, str]]) -> None:
-        for pair in pairs:
-            self.count += 1
-            self.digest = (self.digest + hash(pair)) & _MASK
+        hashes = list(map(hash, pairs))
+        self.count += len(hashes)
+        self.digest = (self.digest + sum(hashes)) & _MASK
 
     def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
         """The facts recorded by event rows (position, originator, version, topic, state)."""
-        self.add(
-            (position, fact_id)
-            for position, fact_id in zip(map(_FIRST, batch), map(_fact_id, batch), strict=True)
-            if fact_id is not None
-        )
+        fact_ids = list(map(_fact_id, batch))
+        self.add([(row[0], f) for row, f in zip(batch, fact_ids, strict=True) if f is not None])
 
     def read(self, conn: Connection) -> None:
         """The fact index's rows (read on the driver, in batches)."""
@@ -134,15 +131,27 @@ class FactDigest:
 
 def _fact_id(row: tuple[Any, ...]) -> str | None:
     """The fact id an event row's state records (None: an event of no fact, or a state
-    that is not what was recorded, which the tree's check names)."""
+    that is not what was recorded, which the tree's check names).
+
+    The state is JSON as the ledger wrote it, its top-level `fact_id` before any nested
+    object: the first `"fact_id":"` is that key, and its value, if it holds no escape, is
+    read there in C, in a third of the time of decoding the state. Any other state (an id
+    with an escape in it, a driver's memoryview) is decoded whole.
+    (Were the fast path ever wrong, the digests would differ and `audit_fact_index`, which
+    decodes every state, would find nothing to name: slower, never a false problem.)"""
+    state = row[4]
     try:
-        found = orjson.loads(row[4]).get("fact_id")
-    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        at = state.find(b'"fact_id":"') if type(state) is bytes else -1
+        found = _FACT_ID.match(state, at) if at >= 0 else None
+        if found is not None:
+            return found.group(1).decode()
+        value = orjson.loads(state).get("fact_id")
+    except (orjson.JSONDecodeError, TypeError, AttributeError, UnicodeDecodeError):
         return None
-    return found if type(found) is str else None
+    return value if type(value) is str else None
 
 
-_FIRST = itemgetter(0)  # an event row's position
+_FACT_ID = re.compile(rb'"fact_id":"([^"\\]*)"')
 
 
 class IndexRows:

@@ -1,0 +1,46 @@
+"""`verify`'s digest of the facts the events recorded (`index_audit.FactDigest`): the fast
+reading of an event's fact id agrees with decoding the state, whatever the id holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from ledger.persistence.index_audit import FactDigest, _fact_id
+
+
+def _row(position: int, state: dict[str, Any]) -> tuple[Any, ...]:
+    return (position, b"o" * 16, 1, b"topic", orjson.dumps(state))
+
+
+@pytest.mark.parametrize(
+    "fact_id",
+    ["s-0001", "ünïcødé-✓", 'a"quote', "back\\slash", "tab\there", "x" * 300, ""],
+)
+def test_the_fact_id_read_fast_is_the_decoded_one(fact_id: str) -> None:
+    nested = {"extra": {"fact_id": "not-this-one"}}
+    state = {"timestamp": "2025-01-01T00:00:00+00:00", "fact_id": fact_id, **nested}
+    assert _fact_id(_row(7, state)) == fact_id
+
+
+def test_an_event_of_no_fact_or_a_state_that_is_not_json_gives_none() -> None:
+    assert _fact_id(_row(1, {"timestamp": "t", "name": "Northwind"})) is None
+    assert _fact_id((1, b"o" * 16, 1, b"topic", b"\xff\xfe not json")) is None
+    assert _fact_id(_row(1, {"fact_id": 12})) is None
+
+
+def test_the_digest_ignores_order_and_sees_any_change() -> None:
+    pairs = [(i, f"f-{i}") for i in range(1, 50)]
+    one, other = FactDigest(), FactDigest()
+    one.add(pairs)
+    other.add(reversed(pairs))
+    assert one.same(other)
+    for changed in (pairs[:-1], [*pairs[:-1], (49, "f-50")], [*pairs[:-1], (50, "f-49")]):
+        third = FactDigest()
+        third.add(changed)
+        assert not one.same(third)
+    events = FactDigest()
+    events.add_events([_row(p, {"timestamp": "t", "fact_id": f}) for p, f in pairs])
+    assert events.same(one)
