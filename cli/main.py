@@ -15,6 +15,7 @@ import click
 
 from cli import logs
 from cli.commands import LazyGroup
+from cli.params import Choice
 from ledger.errors import (
     CustomerNotFoundError,
     DatabaseUnavailableError,
@@ -195,7 +196,7 @@ class LedgerGroup(LazyGroup):
 )
 @click.option(
     "--log-level",
-    type=click.Choice(logs.LEVELS),
+    type=Choice(logs.LEVELS),
     default="info",
     envvar="CONSENT_LEDGER_LOG_LEVEL",
     show_default=True,

@@ -53,13 +53,27 @@ class Moment(click.ParamType):  # type: ignore[type-arg]
                 return end
             moment = datetime.fromisoformat(text)
         except ValueError:
-            self.fail(f"{text!r} is not an ISO 8601 time or date", param, ctx)
+            # The value is not repeated: typed in the wrong place, it may be a name or an
+            # email (errors never echo personal data), and the user has it in front of them.
+            self.fail("not an ISO 8601 time or date (e.g. 2025-03-03T12:00:00Z)", param, ctx)
         if moment.tzinfo is None:
-            self.fail(f"{text!r} has no UTC offset (add Z or +00:00)", param, ctx)
+            self.fail("the time has no UTC offset (add Z or +00:00)", param, ctx)
         try:
             return in_utc(moment)
         except ValueError as error:
-            self.fail(f"{text!r} {error}", param, ctx)
+            self.fail(f"the time {error}", param, ctx)
 
 
 MOMENT = Moment()
+
+
+class Choice(click.Choice):  # type: ignore[type-arg]
+    """click's `Choice`, whose refusal names the choices but does not repeat the value given
+    (as `Moment`: it may be personal data typed in the wrong place)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            choices = ", ".join(str(choice) for choice in self.choices)
+            self.fail(f"not one of {choices}", param, ctx)

@@ -8,7 +8,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, table
-from cli.params import MOMENT, pass_context, pass_ledger
+from cli.params import MOMENT, Choice, pass_context, pass_ledger
 from ledger.feed import iso
 from ledger.vocabulary import CONSENT_CHANNELS, PURPOSES
 
@@ -79,8 +79,8 @@ def _change(
     return fact
 
 
-_purpose = click.argument("purpose", type=click.Choice(sorted(PURPOSES)))
-_channel = click.argument("channel", type=click.Choice(sorted(CONSENT_CHANNELS)))
+_purpose = click.argument("purpose", type=Choice(sorted(PURPOSES)))
+_channel = click.argument("channel", type=Choice(sorted(CONSENT_CHANNELS)))
 _at = click.option("--at", "at", type=MOMENT, help="Business time (default: now).")
 _id = click.option("--id", "fact_id", help="Fact id (default: a new one).")
 

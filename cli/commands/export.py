@@ -10,7 +10,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
-from cli.params import MOMENT, pass_ledger
+from cli.params import MOMENT, Choice, pass_ledger
 from ledger.errors import ConfigurationError, InputError, IntegrityFailure
 
 
@@ -37,7 +37,7 @@ def export() -> None:
 @click.option(
     "--format",
     "file_format",
-    type=click.Choice(["jsonl", "csv", "parquet"]),
+    type=Choice(["jsonl", "csv", "parquet"]),
     default="jsonl",
     show_default=True,
     help="parquet needs the 'parquet' extra (pyarrow).",

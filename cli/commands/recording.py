@@ -12,7 +12,7 @@ import orjson
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
-from cli.params import MOMENT, pass_ledger
+from cli.params import MOMENT, Choice, pass_ledger
 from ledger.errors import InputError, InvalidFeedError
 from ledger.feed import iso
 from ledger.vocabulary import DATA_CATEGORIES
@@ -143,7 +143,7 @@ _RECIPIENT_FIELD = {
 
 
 @click.command("disclose")
-@click.argument("kind", type=click.Choice(sorted(_DISCLOSURE_TYPES)))
+@click.argument("kind", type=Choice(sorted(_DISCLOSURE_TYPES)))
 @click.argument("recipient")
 @click.option("--customer", help="Customer reference (affiliate, acquirer).")
 @click.option(
@@ -158,7 +158,7 @@ _RECIPIENT_FIELD = {
 @click.option("--result", help="authorised/refused (card_issuer); pass/fail/refer (identity).")
 @click.option(
     "--source",
-    type=click.Choice(["electoral_roll", "credit_reference"]),
+    type=Choice(["electoral_roll", "credit_reference"]),
     help="Identity check source.",
 )
 @click.option("--at", "at", type=MOMENT, help="Business time (default: now).")

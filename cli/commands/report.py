@@ -12,6 +12,7 @@ import click
 from cli import logs
 from cli.commands.audit import audit
 from cli.output import emit_json, json_option
+from cli.params import Choice
 
 
 @audit.command("report")
@@ -50,7 +51,7 @@ def report() -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["markdown", "html"]),
+    type=Choice(["markdown", "html"]),
     default="markdown",
     show_default=True,
 )

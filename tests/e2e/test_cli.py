@@ -822,3 +822,22 @@ def test_logs_of_an_import_carry_no_personal_data_even_at_debug(ledger_url: str)
     assert_one_clean_log_line(result, "import")
     for value in personal:
         assert value not in result.stderr, value
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("consent", "give", "C1", "marketing", "Ignatius Flimwhistle", "--method", "x"),
+        ("consent", "show", "C1", "--as-of", "Ignatius Flimwhistle"),
+        ("audit", "check", "--known-at", "ignatius@bogglemail.example"),
+        ("disclose", "Ignatius Flimwhistle", "Offspring"),
+    ],
+)
+def test_a_usage_error_names_the_parameter_not_the_value_given(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Typed in the wrong place, a value may be a name or an email: errors never echo it."""
+    result = run(f"sqlite:///{tmp_path / 'x.db'}", *args)
+    assert result.exit_code == 2
+    assert "Flimwhistle" not in result.stderr and "bogglemail" not in result.stderr
+    assert "Error: Invalid value for" in result.stderr
