@@ -1,13 +1,15 @@
 """Logging: configured once, here, by the CLI. structlog to stderr; stdout carries data only.
 
 JSON lines when stderr is not a terminal (machines read it), a readable console otherwise.
-Log events carry ids and counts, never personal data: customer references are hashed.
+Log events carry ids and counts, never personal data: customer references are replaced by a
+keyed hash (`hashed`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
 import importlib
 import logging
 import sys
@@ -107,7 +109,9 @@ def _fold_into_summary(
 
 
 def summarise(**fields: Any) -> None:
-    """Add ids and counts (never personal data) to the command's one summary line."""
+    """Add ids and counts (never personal data) to the command's one summary line (a field
+    whose value is None is left out)."""
+    fields = {name: value for name, value in fields.items() if value is not None}
     current = _summary.get()
     if current is None:  # outside the CLI (a library caller): log it on its own
         log.info("summary", **fields)
@@ -115,9 +119,21 @@ def summarise(**fields: Any) -> None:
         current.update(fields)
 
 
-def hashed(ref: str) -> str:
-    """A stable stand-in for a customer reference in logs."""
-    return "h:" + hashlib.sha256(ref.encode()).hexdigest()[:12]
+def hashed(ref: str) -> str | None:
+    """The stand-in for a customer reference in a command's logs: `keyed_hash` under the
+    ledger's log key, so one customer's lines match each other, yet no one holding only the
+    logs can recover a reference by hashing likely ones. None (the field is left out) for a
+    ledger without a log key, or outside a command."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    source = getattr(ctx.find_root().obj, "log_key", None) if ctx is not None else None
+    key = source() if source is not None else None
+    return keyed_hash(ref, key) if key is not None else None
+
+
+def keyed_hash(ref: str, key: bytes) -> str:
+    return "k:" + hmac.new(key, ref.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 log = structlog.get_logger("consent_ledger")

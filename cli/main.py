@@ -86,6 +86,24 @@ class LedgerContext:
         self.url = database_url(db)
         self._database: Any = None
         self._ledger: Any = None
+        self._log_key: bytes | None = None
+        self._log_key_read = False
+
+    def log_key(self) -> bytes | None:
+        """The ledger's key of customer pseudonyms in logs (`logs.hashed`), read once; None
+        if it has none (made by `db upgrade`) or cannot be read now."""
+        if not self._log_key_read:
+            self._log_key_read = True
+            import base64
+
+            from ledger.persistence import sqlite_reads as reads
+
+            try:
+                rows = self.database.fetch_on_driver(reads.SELECT_META, (reads.LOG_KEY_NAME,))
+                self._log_key = base64.b64decode(rows[0][0]) if rows else None
+            except Exception:  # a log line is never worth failing a command that worked
+                self._log_key = None
+        return self._log_key
 
     @property
     def database(self) -> Any:

@@ -43,6 +43,7 @@ def upgrade(database: Database) -> UpgradeResult:
         raise MasterKeyError(
             f"the schema was upgraded from {before or 'nothing'} to {after}, but {error}"
         ) from None
+    KeyStore.create_log_key(database)
     create_signing_key(database)
     seal_pending(database)
     return UpgradeResult(before, after, keys.source)

@@ -28,3 +28,19 @@ def error_line(result: Result) -> str:
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error: ")]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def log_pseudonym(url: str, ref: str) -> str:
+    """How the ledger at `url` names customer `ref` in its logs (`cli.logs.hashed`)."""
+    import base64
+
+    from cli import logs
+    from ledger.persistence import sqlite_reads
+    from ledger.persistence.database import Database
+
+    database = Database(url)
+    try:
+        rows = database.fetch_on_driver(sqlite_reads.SELECT_META, (sqlite_reads.LOG_KEY_NAME,))
+    finally:
+        database.dispose()
+    return logs.keyed_hash(ref, base64.b64decode(rows[0][0]))

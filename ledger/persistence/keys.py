@@ -177,6 +177,19 @@ class KeyStore:
             )
         self._checked_tx = tx
 
+    @staticmethod
+    def create_log_key(database: Database) -> None:
+        """The key of the customer pseudonyms in logs, unless the ledger has one (`db
+        upgrade`). Kept in the database, not the key folder: whoever can read the database
+        reads the references themselves, and a query needs no key folder; whoever reads
+        only the logs cannot recover a reference by trying references."""
+        from ledger.persistence.sqlite_reads import LOG_KEY_NAME
+
+        with database.writing() as tx:
+            if _meta_value(tx.connection, LOG_KEY_NAME) is None:
+                value = base64.b64encode(os.urandom(32)).decode()
+                tx.insert(tables.meta, [{"name": LOG_KEY_NAME, "value": value}])
+
     def record_master_key(self) -> None:
         """Store the fingerprint on a new ledger (called by `db upgrade`)."""
         with self.database.writing() as tx:

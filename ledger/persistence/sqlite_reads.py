@@ -55,6 +55,11 @@ SELECT_LAST_VERSION = (
     "WHERE originator_id = ? AND notification_id <= ?"
 )
 # The type and the stored state of the fact recorded under an id.
+# The key of the customer pseudonyms in logs (`cli.logs.hashed`): random, made by `db
+# upgrade` (`keys.create_log_key`), base64 in `ledger_meta`.
+LOG_KEY_NAME = "log_pseudonym_key"
+SELECT_META = "SELECT value FROM ledger_meta WHERE name = ?"
+
 SELECT_RECORDED_FACT = (
     "SELECT f.fact_type, e.state FROM ledger_facts f JOIN ledger_events e "
     "ON e.notification_id = f.notification_id WHERE f.fact_id = ?"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import Result
 
-from cli import logs
 from ledger.samplefeed import generate_lines
 from ledger.vocabulary import RULES
-from tests.cli_helpers import error_line, run, run_json
+from tests.cli_helpers import error_line, log_pseudonym, run, run_json
 from tests.conftest import BACKENDS, POSTGRES_ENV, _postgres_schema_url, postgres_server
 from tests.examples import EMAIL, NAME, jsonl, line
 
@@ -308,7 +308,7 @@ def test_record_of_personal_data_never_logs_or_echoes_it(url: str) -> None:
     for value in (NAME, EMAIL):
         assert value not in result.stderr and value not in result.stdout
     entry = assert_one_clean_log_line(result, "record")
-    assert entry["customer"] == logs.hashed("C901")
+    assert entry["customer"] == log_pseudonym(url, "C901")
     assert "C901" not in result.stderr
 
 
@@ -496,7 +496,7 @@ def test_customer_trail_json_is_the_spec_document(shared: str) -> None:
         ],
     }  # fmt: skip
     entry = assert_one_clean_log_line(result, "customer trail")
-    assert (entry["customer"], entry["disclosures"]) == (logs.hashed("C100"), 6)
+    assert (entry["customer"], entry["disclosures"]) == (log_pseudonym(shared, "C100"), 6)
 
 
 def test_customer_trail_plain_output_is_a_table(shared: str) -> None:
@@ -563,7 +563,7 @@ def test_customer_show_plain_output(shared: str) -> None:
         "  O500   2025-01-10T09:02:00Z  89.99  GBP       delivered",
     ]
     entry = assert_one_clean_log_line(result, "customer show")
-    assert entry["customer"] == logs.hashed("C100")
+    assert entry["customer"] == log_pseudonym(shared, "C100")
 
 
 @pytest.mark.parametrize(
@@ -841,3 +841,22 @@ def test_a_usage_error_names_the_parameter_not_the_value_given(
     assert result.exit_code == 2
     assert "Flimwhistle" not in result.stderr and "bogglemail" not in result.stderr
     assert "Error: Invalid value for" in result.stderr
+
+
+def test_logs_name_a_customer_by_a_keyed_hash_stable_within_a_ledger_only(
+    tmp_path: Path,
+) -> None:
+    """Not an unkeyed hash of the reference, which anyone holding the logs could reverse by
+    hashing likely references (C1, C2, ...): one ledger's lines about a customer match each
+    other, and another ledger's do not."""
+    feed = Path(__file__).parents[1] / "data" / "feed-small.jsonl"
+    names = []
+    for ledger in ("a", "b"):
+        url = f"sqlite:///{tmp_path / ledger}.db"
+        assert run(url, "import", str(feed)).exit_code == 0
+        for command in (("customer", "show", "C100"), ("customer", "trail", "C100")):
+            entry = assert_one_clean_log_line(run(url, *command), " ".join(command[:2]))
+            names.append(entry["customer"])
+        assert names[-1] == log_pseudonym(url, "C100")
+    assert names[0] == names[1] and names[2] == names[3] and names[0] != names[2]
+    assert all(hashlib.sha256(b"C100").hexdigest()[:12] not in name for name in names)
