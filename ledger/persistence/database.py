@@ -363,6 +363,7 @@ class Database:
         with self.connect() as base:
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
             trans = conn.begin()
+            tx: WriteTransaction | None = None  # none yet if the lock or the head read fails
             try:
                 if not self.is_sqlite:
                     conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
@@ -375,7 +376,8 @@ class Database:
                 finally:
                     _ambient.reset(token)
             except BaseException:
-                tx.end_background(settle=False)
+                if tx is not None:
+                    tx.end_background(settle=False)
                 trans.rollback()
                 raise
             if tx.discard:

@@ -109,3 +109,26 @@ def test_the_switch_interval_is_short_while_the_worker_runs_and_restored_after(
     assert sys.getswitchinterval() == before
     expected = _SWITCH_INTERVAL if ledger.database.is_sqlite else before
     assert during == [pytest.approx(expected)]
+
+
+def test_a_failure_before_the_transaction_is_set_up_is_raised_as_itself(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost at the writer's lock or at the read of the log's head (a server
+    going away) is the error raised, and the transaction is rolled back; it once surfaced as
+    an UnboundLocalError from the cleanup."""
+    from ledger.persistence import database
+
+    class Lost(Exception):
+        pass
+
+    def lost(*_args: Any, **_kwargs: Any) -> None:
+        raise Lost("the server went away")
+
+    monkeypatch.setattr(database.WriteTransaction, "__init__", lost)
+    with pytest.raises(Lost), ledger.database.writing():
+        pass
+    monkeypatch.undo()
+    with ledger.database.writing() as tx:  # the database is usable afterwards
+        tx.insert_many(tables.meta, _META, [("bg-after", "ok")])
+    assert _names(ledger) == ["bg-after"]
