@@ -66,10 +66,11 @@ _INDEX_SQL = {
 class Indexed:
     """The registrations and placings among event rows, as they are read for hashing."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, facts: bool = True) -> None:
         self.registrations: list[tuple[int, Any, Any]] = []  # (position, stream id, ref)
         self.placings: list[tuple[Any, Any, int]] = []  # (order ref, stream id, position)
-        self.facts = FactDigest()  # of the events that recorded a fact
+        self.facts = FactDigest()  # of the events that recorded a fact (if `facts`)
+        self.with_facts = facts
 
     def take(
         self, batches: Iterable[Sequence[tuple[Any, ...]]]
@@ -79,8 +80,10 @@ class Indexed:
         `verify` reads."""
         wanted, loads, registered = _WANTED, orjson.loads, _REGISTERED
         registrations, placings, facts = self.registrations, self.placings, self.facts
+        with_facts = self.with_facts
         for batch in batches:
-            facts.add_events(batch)
+            if with_facts:
+                facts.add_events(batch)
             for position, stream, _version, topic, state in [r for r in batch if r[3] in wanted]:
                 registration = topic == registered
                 try:
@@ -172,7 +175,8 @@ class IndexLookup:
     the registrations and placings of its blocks against them (`matches`), so only counts
     travel back; the parent adds them up (`agrees`)."""
 
-    def __init__(self, index: IndexRows) -> None:
+    def __init__(self, index: IndexRows, *, facts: bool = True) -> None:
+        self.with_facts = facts  # whether the events' fact digest is wanted
         self.rows = (len(index.customers), len(index.orders))
         self.customers = {position: (stream, ref) for position, stream, ref in index.customers}
         self.orders = dict(index.orders)

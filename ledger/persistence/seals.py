@@ -570,6 +570,7 @@ def verify_ledger(
     public_key: Ed25519PublicKey | None = None,
     workers: int | None = None,
     block_level: int = _BLOCK_LEVEL,
+    fact_index: bool = True,
 ) -> VerifyResult:
     """Recompute the tree from the events and hold it against every signed checkpoint.
 
@@ -582,6 +583,9 @@ def verify_ledger(
     finds anything, the sequential pass runs to name it. Either way every event's leaf is
     recomputed from its stored row and the whole tree from the leaves (`Frontier`), and each
     signed checkpoint is held against the root of its size.
+
+    `fact_index=False` leaves out the fact index's check (`index_audit.FactDigest`), for a
+    caller that does not read that index (an export reads the events by stream).
     """
     if workers is None:
         workers = min(os.cpu_count() or 1, _MAX_WORKERS)
@@ -610,7 +614,8 @@ def verify_ledger(
 
         def meanwhile() -> None:  # while the workers hash
             index.append(_fact_index(conn))
-            indexed_facts.read(conn)
+            if fact_index:
+                indexed_facts.read(conn)
 
         if start is None and workers > 1:
             audit = _parallel_audit(
@@ -620,13 +625,13 @@ def verify_ledger(
                 key,
                 workers,
                 block_level,
-                IndexLookup(index_rows),
+                IndexLookup(index_rows, facts=fact_index),
                 recorded_facts,
                 meanwhile=meanwhile,
             )
         if audit is None:  # sequential: the reference, and the one that names problems
             auditor = LogAuditor(stored, key, start)
-            indexed = Indexed()
+            indexed = Indexed(facts=fact_index)
             batches = _event_batches(conn, database, first + 1)
             if start is None:
                 batches = indexed.take(batches)
@@ -640,7 +645,7 @@ def verify_ledger(
                 meanwhile()
             # Held against events the tree found whole: a removed or altered event is named
             # as such, not again as the index rows it leaves without their event.
-            if not audit.problems and not recorded_facts.same(indexed_facts):
+            if fact_index and not audit.problems and not recorded_facts.same(indexed_facts):
                 events = _event_batches(conn, database, 1)
                 index_problems.extend(audit_fact_index(conn, events))
         problems.extend(audit.problems)
@@ -780,7 +785,7 @@ def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Bl
     and placings match their index rows (`index_audit.IndexLookup.matches`)."""
     database, lookup = _FORKED_DATABASE, _FORKED_LOOKUP
     assert database is not None and lookup is not None
-    indexed = Indexed()
+    indexed = Indexed(facts=lookup.with_facts)
     if _FORKED_STOP is not None and _FORKED_STOP.is_set():
         return integrity.Block(start, gapless=False), (0, 0, 0, 0, 0, 0)  # another failed
     if database.is_sqlite:
