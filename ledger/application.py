@@ -484,7 +484,8 @@ class Recording:
         self.dirty: dict[UUID, Customer | Acquirer] = {}
         # The aggregate of each event triggered, in the order the facts were applied: the
         # events are recorded in that order across streams (`_flush`), so that positions in
-        # the log, which break ties at the same `at` between streams, follow the feed's lines.
+        # the log, which break ties at the same `at` between streams, follow the feed's lines
+        # (but for a fact that waited for a later line: it is recorded right after that line).
         self.applied: list[UUID] = []
         self.chunk_ids: set[str] = set()
         self.new_orders: dict[str, UUID] = {}

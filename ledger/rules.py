@@ -87,8 +87,17 @@ class Initiations:
     in business time, or at the same `at` and recorded first (SPEC §1: ties are broken by
     recording order; a disclosure not recorded yet comes after every recorded initiation)."""
 
-    def __init__(self, found: Iterable[tuple[str, Iterable[tuple[datetime, int]]]] = ()) -> None:
+    def __init__(
+        self,
+        found: Iterable[tuple[str, Iterable[tuple[datetime, int]]]] = (),
+        *,
+        stream_ordered_until: int = 0,
+    ) -> None:
         self.by_acquirer: dict[str, list[tuple[datetime, int]]] = {}
+        # Up to this position (a ledger's events before migration 0006), an import stored a
+        # chunk's events stream by stream: two facts both recorded by then and tied at the
+        # same `at` are judged as they were then, the initiation counting.
+        self.stream_ordered_until = stream_ordered_until
         for name, initiations in found:
             self.add(name, initiations)
 
@@ -96,8 +105,17 @@ class Initiations:
         self.by_acquirer.setdefault(name, []).extend(initiations)
 
     def __call__(self, acquirer: str, moment: datetime, position: int | None) -> bool:
+        legacy = self.stream_ordered_until
         return any(
-            at < moment or (at == moment and (position is None or recorded < position))
+            at < moment
+            or (
+                at == moment
+                and (
+                    position is None
+                    or recorded < position
+                    or (position <= legacy and recorded <= legacy)
+                )
+            )
             for at, recorded in self.by_acquirer.get(acquirer, ())
         )
 

@@ -148,10 +148,19 @@ class Writer:
 class Pass:
     """What a model learns at the start of a pass: its writer, and the acquirers that changed."""
 
-    def __init__(self, writer: Writer, acquirers: list[Stream], *, fresh: bool) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        acquirers: list[Stream],
+        *,
+        fresh: bool,
+        stream_ordered_until: int = 0,
+    ) -> None:
         self.writer = writer
         self.acquirers = acquirers
         self.fresh = fresh
+        # `ledger.rules.Initiations.stream_ordered_until`, from the ledger's meta.
+        self.stream_ordered_until = stream_ordered_until
 
 
 class ReadModel:

@@ -259,9 +259,15 @@ def _work(task: dict[str, Any], send: Any) -> None:
             if skip
             else ()
         )
+        from ledger.persistence import sqlite_reads as reads
+
+        meta = conn.execute(reads.SELECT_META, (reads.STREAM_ORDERED_NAME,)).fetchall()
+        ordered = reads.stream_ordered_until(meta)
         capture = _Capture()
         for model in models:
-            model.begin(Pass(capture, acquirers, fresh=True))  # type: ignore[arg-type]
+            model.begin(
+                Pass(capture, acquirers, fresh=True, stream_ordered_until=ordered)  # type: ignore[arg-type]
+            )
         for low, high in task["ranges"]:
             sql, params = _range_sql(low, high)
             folded = events = 0

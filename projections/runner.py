@@ -265,9 +265,12 @@ class ReadModels:
 
     def _initiations(self, conn: Connection, head: int) -> Initiations:
         return Initiations(
-            (s.aggregate.name, s.initiations())
-            for s in self._load(conn, self._acquirer_ids(conn, head), head)
-            if isinstance(s.aggregate, Acquirer)
+            (
+                (s.aggregate.name, s.initiations())
+                for s in self._load(conn, self._acquirer_ids(conn, head), head)
+                if isinstance(s.aggregate, Acquirer)
+            ),
+            stream_ordered_until=_stream_ordered_until(conn),
         )
 
     def figures(self, *, with_violations: bool = True) -> LedgerFigures:
@@ -506,6 +509,7 @@ class ReadModels:
                 stamps=any(t.model.uses_stamps for t in targets),
             )
             acquirers = self._folded(folder, conn, acquirer_ids, head)
+            ordered = _stream_ordered_until(conn)
             writers = {id(t): Writer(conn, t.slot) for t in targets}
             extra: set[UUID] = set()
             dropped: list[sa.Index] = []
@@ -516,7 +520,9 @@ class ReadModels:
                         writer.truncate(table)
                         # Filled from empty: indexes are built once at the end, not row by row.
                         dropped.extend(writer.drop_indexes(table))
-                extra |= target.model.begin(Pass(writer, acquirers, fresh=fresh))
+                extra |= target.model.begin(
+                    Pass(writer, acquirers, fresh=fresh, stream_ordered_until=ordered)
+                )
                 target.model.replace(writer, acquirers, fresh=fresh)
             count = len(acquirers)
             if workers is not None:
@@ -750,3 +756,13 @@ def _without_cyclic_gc() -> Iterator[None]:
 
 def _other(slot: str) -> str:
     return "b" if slot == "a" else "a"
+
+
+def _stream_ordered_until(conn: Connection) -> int:
+    """`ledger.rules.Initiations.stream_ordered_until` of this ledger (its meta)."""
+    from ledger.persistence import sqlite_reads as reads
+    from ledger.persistence.database import fetch_rows
+
+    return reads.stream_ordered_until(
+        fetch_rows(conn, reads.SELECT_META, (reads.STREAM_ORDERED_NAME,))
+    )

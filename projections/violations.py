@@ -75,7 +75,7 @@ class Violations(ReadModel):
                 known.setdefault(row.acquirer, []).append((unstamp(row.at), row.position))
         named = [(s.acquirer, s.initiations) for s in run.acquirers if s.acquirer is not None]
         known.update(named)  # the acquirers whose streams were read: all of their initiations
-        self.initiated = Initiations(known.items())
+        self.initiated = Initiations(known.items(), stream_ordered_until=run.stream_ordered_until)
         names = [name for name, _initiations in named]
         if run.fresh or not names:
             return set()

@@ -59,6 +59,16 @@ SELECT_LAST_VERSION = (
 # upgrade` (`keys.create_log_key`), base64 in `ledger_meta`.
 LOG_KEY_NAME = "log_pseudonym_key"
 SELECT_META = "SELECT value FROM ledger_meta WHERE name = ?"
+# The last position recorded before migration 0006: up to it, an import stored a chunk's
+# events stream by stream, so two positions in one import do not give the order of its lines
+# (`ledger.rules.Initiations`).
+STREAM_ORDERED_NAME = "stream_ordered_until"
+
+
+def stream_ordered_until(rows: list[Any]) -> int:
+    """The position from `SELECT_META` rows of `STREAM_ORDERED_NAME` (0: none)."""
+    return int(rows[0][0]) if rows else 0
+
 
 SELECT_RECORDED_FACT = (
     "SELECT f.fact_type, e.state FROM ledger_facts f JOIN ledger_events e "

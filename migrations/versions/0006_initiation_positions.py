@@ -7,6 +7,10 @@ initiated by an initiation at the same `at` recorded after it. The column is add
 model emptied and set back to event zero, so the next query that reads it rebuilds it from
 the events (read models are disposable: see 0002).
 
+Until this revision an import stored a chunk's events stream by stream, so positions within
+one import did not follow its lines: the log's end now is kept as `stream_ordered_until` in
+`ledger_meta`, and a tie between two facts both recorded by then is judged as before.
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-26
@@ -45,6 +49,17 @@ def _columns(table: str) -> set[str]:
 
 def upgrade() -> None:
     _reset()
+    # Up to the log's end now, an import stored a chunk's events stream by stream: their
+    # positions do not order an import's lines, and a tie between facts recorded by then is
+    # judged as before (`ledger.rules.Initiations.stream_ordered_until`).
+    bind = op.get_bind()
+    if "ledger_meta" in set(sa.inspect(bind).get_table_names()):
+        head = bind.execute(sa.text("SELECT max(notification_id) FROM ledger_events")).scalar()
+        if head:
+            bind.execute(
+                sa.text("INSERT INTO ledger_meta (name, value) VALUES (:name, :value)"),
+                {"name": "stream_ordered_until", "value": str(int(head))},
+            )
     for slot in _SLOTS:
         table = f"rm_transfer_initiations_{slot}"
         if "position" not in _columns(table):  # 0002 made it from today's definition
@@ -55,6 +70,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _reset()
+    op.execute(sa.text("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'"))
     for slot in _SLOTS:
         with op.batch_alter_table(f"rm_transfer_initiations_{slot}") as batch:
             batch.drop_column("position")

@@ -344,6 +344,19 @@ def test_an_initiation_at_the_same_at_counts_only_if_recorded_before_the_disclos
     }
 
 
+def test_a_tie_between_facts_both_recorded_before_0006_is_judged_as_it_was() -> None:
+    """Until migration 0006 an import stored a chunk's events stream by stream, so their
+    positions did not order its lines: a tie between two facts both recorded by then counts
+    the initiation, as the ledger judged it then; one after it is ordered by position."""
+    moment = parse_time("2025-01-10T09:10:00Z")
+    legacy = Initiations([("Northwind", [(moment, 50)])], stream_ordered_until=100)
+    assert legacy("Northwind", moment, 40)  # both by 100: the old reading
+    assert legacy("Northwind", moment, 101)  # the disclosure after 100 came later
+    later = Initiations([("Northwind", [(moment, 150)])], stream_ordered_until=100)
+    assert not later("Northwind", moment, 40)  # an initiation after 100 came later
+    assert not Initiations([("Northwind", [(moment, 50)])])("Northwind", moment, 40)
+
+
 def test_a_candidate_disclosure_comes_after_every_recorded_initiation() -> None:
     initiated = initiated_at("2025-01-10T09:10:00Z", position=10**9)
     moment = parse_time("2025-01-10T09:10:00Z")

@@ -102,13 +102,14 @@ def test_a_new_sqlite_file_is_created_by_the_first_command(tmp_path: Path) -> No
     assert tables_of(url) >= CORE_TABLES
 
 
-def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_positions(
+def test_a_violations_model_from_before_0006_is_rebuilt_and_old_ties_judged_as_then(
     ledger_url: str, tmp_path: Path
 ) -> None:
-    """0006 adds each initiation's position in the log to the violations model, which an
-    older version left without it, judged by the older rule (an initiation at the same `at`
-    always counted): the model is emptied and set back to event zero, and the next query
-    rebuilds it and judges the tie by recording order."""
+    """0006 adds each initiation's position in the log to the violations model: the model
+    is emptied and set back to event zero, and the next query rebuilds it. A tie at the same
+    `at` between facts recorded before 0006 is judged as it was then (an import stored its
+    events stream by stream, so their positions did not follow its lines); one recorded
+    since, by position."""
     import orjson
 
     at = "2025-02-01T00:00:00Z"
@@ -147,8 +148,8 @@ def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_position
     ]
     assert run_json(ledger_url, "audit", "check")["violations"] == expected
 
-    # Back to 0005, with the model as an older version left it: at the head, Northwind's
-    # initiation kept without its position, and no violation (the older rule's answer).
+    # Back to 0005, as an older version left it: its model at the head, holding a row the
+    # rebuild will not (a stale verdict).
     downgrade_to(ledger_url, "0005")
     database = Database(ledger_url)
     try:
@@ -159,8 +160,9 @@ def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_position
             head = conn.execute(sa.text("SELECT max(notification_id) FROM ledger_events")).scalar()
             conn.execute(
                 sa.text(
-                    f"INSERT INTO rm_transfer_initiations_{slot} (stream_id, acquirer, at) "
-                    "VALUES ('0', 'Northwind', '2025-02-01T00:00:00.000000Z')"
+                    f"INSERT INTO rm_violations_{slot} (stream_id, customer, rule, fact_id, at) "
+                    "VALUES ('0', 'C1', 'affiliate_without_consent', 'stale', "
+                    "'2025-02-01T00:00:00.000000Z')"
                 )
             )
             conn.execute(
@@ -172,7 +174,17 @@ def test_a_violations_model_from_before_0006_is_rebuilt_with_initiation_position
     assert run(ledger_url, "audit", "check").exit_code == 1  # names db upgrade
     document = run_json(ledger_url, "db", "upgrade")
     assert (document["from"], document["to"]) == ("0005", SCHEMA_HEAD)
-    assert run_json(ledger_url, "audit", "check")["violations"] == expected
+    # Rebuilt (the stale row is gone), and the tie recorded before 0006 judged as it was then:
+    # such an import's positions did not follow its lines.
+    assert run_json(ledger_url, "audit", "check")["violations"] == []
+    # A tie recorded since is ordered by position: the disclosure came first.
+    later = [
+        facts[1] | {"id": "t2", "acquirer": "Contoso"},
+        facts[2] | {"id": "i2", "acquirer": "Contoso"},
+    ]
+    feed.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in later))
+    run_json(ledger_url, "import", str(feed))
+    assert run_json(ledger_url, "audit", "check")["violations"] == [expected[0] | {"fact_id": "t2"}]
     assert run_json(ledger_url, "verify")["ok"] is True
 
 
