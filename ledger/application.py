@@ -298,11 +298,11 @@ class ConsentLedger(Application[UUID]):
         extra = _open(key, event.sealed).get("extra", {})
         return extra if isinstance(extra, dict) else {}
 
-    def transfers_initiated(self) -> Initiations:
+    def transfers_initiated(self, upto: int | None = None) -> Initiations:
         """Each acquirer's transfer initiations, (business time, position in the log), as
         the rules' `InitiationCheck` (the acquirers found in the fact index, not by a scan of
-        every event)."""
-        return self.read_models.initiations()
+        every event); only those recorded by event `upto`, if given."""
+        return self.read_models.initiations(upto)
 
     @cached_property
     def read_models(self) -> ReadModels:

@@ -707,7 +707,8 @@ class Exporter:
         signing_key = seals.load_signing_key(self.app.database)
         checkpoint = seals.checkpoint_by_size(self.app, verified.events)
         checkpoint["public_key"] = public_key_pem(signing_key.public_key())
-        self.initiations = self.app.transfers_initiated()
+        # As of the verified events the export reads, not of whatever is recorded meanwhile.
+        self.initiations = self.app.transfers_initiated(verified.events)
         try:
             # An identified export holds names, emails, phones and addresses: its folder and
             # files are the owner's alone (as a subject-access pack is). A pseudonymous one

@@ -258,10 +258,11 @@ class ReadModels:
                     )
         return audit_order(found)
 
-    def initiations(self) -> Initiations:
-        """Each acquirer's transfer initiations recorded so far, with their positions."""
+    def initiations(self, upto: int | None = None) -> Initiations:
+        """Each acquirer's transfer initiations recorded so far (by event `upto`, if given),
+        with their positions."""
         with self.database.reading() as conn:
-            return self._initiations(conn, self._head(conn))
+            return self._initiations(conn, self._head(conn) if upto is None else upto)
 
     def _initiations(self, conn: Connection, head: int) -> Initiations:
         return Initiations(

@@ -463,3 +463,8 @@ def test_the_transfer_initiations_found_in_the_fact_index_are_every_acquirers(
             replayed.setdefault(name, []).append((event.at, notification.id))
     assert replayed, "the small feed initiates a transfer"
     assert ledger.transfers_initiated().by_acquirer == replayed
+    # As of an earlier event (what an export reads): only those recorded by then.
+    (first, position), *_ = sorted((at, p) for found in replayed.values() for at, p in found)
+    assert ledger.transfers_initiated(position - 1).by_acquirer == {}
+    earlier = ledger.transfers_initiated(position).by_acquirer
+    assert [found for found in earlier.values()] == [[(first, position)]]
