@@ -119,8 +119,11 @@ class FactDigest:
         self.add([(row[0], f) for row, f in zip(batch, fact_ids, strict=True) if f is not None])
 
     def read(self, conn: Connection) -> None:
-        """The fact index's rows (read on the driver, in batches)."""
-        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        """The fact index's rows (read on the driver, in batches; on PostgreSQL through a
+        server-side cursor, so a large index never lands in memory at once)."""
+        raw: Any = conn.connection.dbapi_connection
+        is_sqlite = conn.dialect.name == "sqlite"
+        cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_fact_digest")
         try:
             cursor.execute("SELECT notification_id, fact_id FROM ledger_facts")
             while rows := cursor.fetchmany(10_000):
