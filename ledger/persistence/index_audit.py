@@ -125,7 +125,7 @@ class FactDigest:
         is_sqlite = conn.dialect.name == "sqlite"
         cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_fact_digest")
         try:
-            cursor.execute("SELECT notification_id, fact_id FROM ledger_facts")
+            cursor.execute(_FACT_INDEX_SQL)
             while rows := cursor.fetchmany(10_000):
                 self.add(rows)
         finally:
@@ -165,6 +165,7 @@ def _decoded_fact_id(row: tuple[Any, ...]) -> str | None:
     return value if type(value) is str else None
 
 
+_FACT_INDEX_SQL = "SELECT notification_id, fact_id FROM ledger_facts"
 _FACT_ID = re.compile(rb'"fact_id":"([^"\\]*)"')
 
 
@@ -279,10 +280,7 @@ def audit_indexes(index: IndexRows, found: Indexed) -> list[Problem]:
                 position,
             )
         )
-    if len(problems) > _LISTED:
-        more = len(problems) - _LISTED
-        problems = [*problems[:_LISTED], Problem("index_altered", f"{more} more disagree")]
-    return problems
+    return _capped(problems)
 
 
 def audit_fact_index(
@@ -291,10 +289,7 @@ def audit_fact_index(
     """Every disagreement between the fact index and the facts the event rows `events`
     recorded, named one by one (run only when their digests differ: it holds every index
     row in memory). A fact id is the feed's identifier of a line, never personal data."""
-    index = {
-        str(f): int(p)
-        for p, f in fetch_rows(conn, "SELECT notification_id, fact_id FROM ledger_facts", ())
-    }
+    index = {str(f): int(p) for p, f in fetch_rows(conn, _FACT_INDEX_SQL, ())}
     problems: list[Problem] = []
     for batch in events:
         for row in batch:
@@ -330,7 +325,12 @@ def audit_fact_index(
                 position,
             )
         )
-    if len(problems) > _LISTED:
-        more = len(problems) - _LISTED
-        problems = [*problems[:_LISTED], Problem("index_altered", f"{more} more disagree")]
-    return problems
+    return _capped(problems)
+
+
+def _capped(problems: list[Problem]) -> list[Problem]:
+    """The first `_LISTED` problems named, the rest counted."""
+    if len(problems) <= _LISTED:
+        return problems
+    more = len(problems) - _LISTED
+    return [*problems[:_LISTED], Problem("index_altered", f"{more} more disagree")]

@@ -40,6 +40,17 @@ _prefixes = itertools.count()
 CONSENTS = [(p, c) for p, channels in PURPOSE_CHANNELS.items() for c in sorted(channels)]
 
 
+def _registration(ref: str) -> dict[str, Any]:
+    return {
+        "type": "customer.registered",
+        "customer": ref,
+        "name": "Ada Lovelace",
+        "email": "ada@example.org",
+        "address": {"line1": "1 Way", "city": "Leeds", "postcode": "LS1 1AA", "country": "GB"},
+        "at": iso(START),
+    }
+
+
 @st.composite
 def customer_facts(draw: st.DrawFn, prefix: str, index: int, acquirers: list[str]) -> list[Any]:
     """One customer's facts as (recording key, fact) pairs: registration first, the rest in a
@@ -50,14 +61,7 @@ def customer_facts(draw: st.DrawFn, prefix: str, index: int, acquirers: list[str
     def at() -> str:
         return iso(START + timedelta(minutes=draw(minute)))
 
-    register = {
-        "type": "customer.registered",
-        "customer": ref,
-        "name": "Ada Lovelace",
-        "email": "ada@example.org",
-        "address": {"line1": "1 Way", "city": "Leeds", "postcode": "LS1 1AA", "country": "GB"},
-        "at": iso(START),
-    }
+    register = _registration(ref)
     facts: list[dict[str, Any]] = []
     for _ in range(draw(st.integers(0, 5))):
         purpose, channel = draw(st.sampled_from(CONSENTS))
@@ -392,14 +396,7 @@ def _tie_example() -> tuple[list[dict[str, Any]], list[int], list[bool]]:
     recorded after them (SPEC §1: ties are broken by recording order), and one recorded
     before them: found once by a saved Hypothesis example, now always run."""
     ref, at = "EX-C0", iso(START + timedelta(minutes=5))
-    register = {
-        "type": "customer.registered",
-        "customer": ref,
-        "name": "Ada Lovelace",
-        "email": "ada@example.org",
-        "address": {"line1": "1 Way", "city": "Leeds", "postcode": "LS1 1AA", "country": "GB"},
-        "at": iso(START),
-    }
+    register = _registration(ref)
     consent = {"type": "consent.given", "customer": ref, "method": "web", "policy_version": "1"}
     facts = [
         register,
