@@ -111,7 +111,6 @@ def test_a_server_that_goes_away_is_one_error_without_the_password(postgres_url:
         readers.close()
 
 
-
 def test_an_import_looks_fact_ids_up_by_key_whatever_the_planner_knows(
     postgres_url: str, ledger: ConsentLedger, feed_small: Path
 ) -> None:
