@@ -83,8 +83,9 @@ class WriteTransaction:
     deferred: dict[tuple[sa.Table, tuple[str, ...]], list[tuple[Any, ...]]] = field(
         default_factory=dict
     )
-    # PostgreSQL: whether this transaction's plans avoid sequential scans (`select_in`).
-    _keyed_plans: bool = False
+    # PostgreSQL: the transaction's own `enable_seqscan`, put back after each lookup of
+    # `select_in` (None until the first).
+    _seqscan: str | None = None
 
     # Bulk inserts queued on a worker thread (an import's; see `overlap_inserts`).
     background: BackgroundInserts | None = None
@@ -143,22 +144,25 @@ class WriteTransaction:
         Planned afresh, it still chose a sequential scan while the planner had no statistics
         (`reltuples` -1: an import into a new ledger, or one that autovacuum has not analysed
         yet), reading the whole table for 2,000 keys: 45 ms a chunk at 300k facts, growing
-        with the ledger, where the primary key answers in 6 ms. So the transaction's plans
-        avoid sequential scans (`SET LOCAL`: until it ends). Everything an import or a command
-        reads inside its write transaction is a lookup by key, so no plan that wants one is
-        lost (and a table without a usable index is still scanned: the setting only
-        discourages it).
+        with the ledger, where the primary key answers in 6 ms. So these lookups are planned
+        without sequential scans (`enable_seqscan` off for the statement, then put back as
+        the transaction had it: another statement of the transaction, such as the scan of
+        the fact index for transfer initiations that a preventive check makes, keeps the
+        plan it would have had).
         """
         if not values:
             return []
         if self.database.is_sqlite:
             sql = sql.format(in_values=f"IN ({', '.join('?' * len(values))})")
             return _on_driver(self.connection, True, sql, values, list)
-        if not self._keyed_plans:
-            self.execute_on_driver("SET LOCAL enable_seqscan = off", ())
-            self._keyed_plans = True
         sql = sql.format(in_values="= ANY(?)")
-        return _on_driver(self.connection, False, sql, (values,), list, unprepared=True)
+        conn = self.connection
+        if self._seqscan is None:
+            self._seqscan = _on_driver(conn, False, _SEQSCAN, (), _scalar)
+        _on_driver(conn, False, _SET_SEQSCAN, ("off",), list)
+        rows = _on_driver(conn, False, sql, (values,), list, unprepared=True)
+        _on_driver(conn, False, _SET_SEQSCAN, (self._seqscan,), list)  # (a failure ends the tx)
+        return rows
 
     def execute_later(self, sql: str, params: tuple[Any, ...]) -> None:
         """One write statement (`?` marks), queued after the inserts on the worker thread if
@@ -534,6 +538,14 @@ def fetch_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
 
 def _rowcount(cursor: Any) -> int:
     return int(cursor.rowcount)
+
+
+def _scalar(cursor: Any) -> Any:
+    return cursor.fetchone()[0]
+
+
+_SEQSCAN = "SELECT current_setting('enable_seqscan')"
+_SET_SEQSCAN = "SELECT set_config('enable_seqscan', ?, true)"  # true: until the transaction ends
 
 
 def _sqlite_uuid(value: UUID) -> str:
