@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import orjson
+
+from ledger.errors import InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,3 +49,28 @@ def _cell(value: Any) -> str:
 
 def progress_enabled() -> bool:
     return sys.stderr.isatty()
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, a file that cannot be written where it is asked for: its
+    folder missing or not a folder, or a folder in its place."""
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder")
+
+
+def write_file(path: Path, content: bytes, *, private: bool = False) -> None:
+    """Write `content` to `path`; `private`: readable by its owner only (personal data).
+    A failure is the user's to fix (a full disk, no permission): an input error naming the
+    file, not an internal one."""
+    try:
+        if private:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            os.chmod(path, 0o600)
+        else:
+            path.write_bytes(content)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -344,20 +344,33 @@ class ConsentLedger(Application[UUID]):
 
     # -- personal data: SPEC §4 and GDPR Art. 15, 19, 21 (see ledger/privacy.py) -------------
 
-    def access_pack(self, ref: str, *, record_request: bool = True) -> dict[str, Any]:
+    def access_pack(
+        self,
+        ref: str,
+        *,
+        record_request: bool = True,
+        deliver: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Art. 15: the subject-access pack. Answering is itself recorded, as the feed's
-        `subject.access_requested`, so the ledger proves when each request was served."""
+        `subject.access_requested`, so the ledger proves when each request was served.
+
+        `deliver` hands the pack over (writes its files) inside the transaction that records
+        the request: if it fails, the request is not recorded as served."""
         self.customer_with_events(ref)  # an unknown customer is an error before anything else
-        if record_request:
-            self.record_fact({"type": "subject.access_requested", "customer": ref})
-        customer, events = self.customer_with_events(ref)
-        other = []
-        for event in events:
-            fields = self.extra_fields(customer, event) if event.sealed else None
-            if fields:
-                other.append({"fact_id": event.fact_id, "fields": fields})
-        details = self.personal_data(customer, events)
-        return privacy.access_pack(customer, events, details, other, datetime.now(UTC))
+        with self.database.writing() if record_request else nullcontext():
+            if record_request:
+                self.record_fact({"type": "subject.access_requested", "customer": ref})
+            customer, events = self.customer_with_events(ref)
+            other = []
+            for event in events:
+                fields = self.extra_fields(customer, event) if event.sealed else None
+                if fields:
+                    other.append({"fact_id": event.fact_id, "fields": fields})
+            details = self.personal_data(customer, events)
+            pack = privacy.access_pack(customer, events, details, other, datetime.now(UTC))
+            if deliver is not None:
+                deliver(pack)
+        return pack
 
     def notifications(self) -> list[privacy.NotificationDue]:
         """Art. 19: every notification due for an erasure or rectification, answered or not."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,8 @@ import orjson
 
 from cli import logs
 from cli.commands.customer import customer
-from cli.output import emit_json, json_option, table
+from cli.output import check_writable, emit_json, json_option, table, write_file
 from cli.params import MOMENT, pass_ledger
-from ledger.errors import InputError
 from ledger.feed import iso
 
 
@@ -38,14 +36,27 @@ from ledger.feed import iso
 def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool) -> None:
     """GDPR Art. 15 subject-access pack of customer REF: personal data (or that it is
     erased), consents with history, orders, and every disclosure with its named recipient."""
-    if not out.parent.is_dir():  # checked first: nothing is recorded for a pack not written
-        raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    readable = out.with_name(out.name + ".md")
+    for path in (out, readable):  # checked first: nothing is recorded for a pack not written
+        check_writable(path)
     from ledger.privacy import access_pack_markdown
 
-    pack = ledger.access_pack(ref, record_request=record)
-    readable = out.with_name(out.name + ".md")
-    _write_private(out, orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n")
-    _write_private(readable, access_pack_markdown(pack).encode())
+    written: list[Path] = []
+
+    def deliver(pack: dict[str, Any]) -> None:
+        # Inside the transaction that records the request: a file that cannot be written
+        # leaves the request unrecorded (Art. 15: recorded as served only when it was).
+        json_text = orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n"
+        for path, content in ((out, json_text), (readable, access_pack_markdown(pack).encode())):
+            write_file(path, content, private=True)  # the pack holds personal data
+            written.append(path)
+
+    try:
+        pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
+    except BaseException:
+        for path in written:  # a pack whose request is not recorded is not handed over
+            path.unlink(missing_ok=True)
+        raise
     logs.summarise(customer=logs.hashed(ref), disclosures=len(pack["disclosures"]))
     document = {
         "customer": ref,
@@ -57,17 +68,6 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
         emit_json(document)
     else:
         click.echo(f"access pack of customer {ref}: {out} and {readable}")
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    """The pack holds personal data: readable by its owner only."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(path, 0o600)
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror}") from None
 
 
 @click.group(

@@ -11,7 +11,7 @@ import click
 
 from cli import logs
 from cli.commands.audit import audit
-from cli.output import emit_json, json_option
+from cli.output import check_writable, emit_json, json_option, write_file
 from cli.params import Choice
 
 
@@ -28,13 +28,14 @@ from cli.params import Choice
 def report_command(context: Any, out: Path, as_json: bool) -> None:
     """An auditor's report in one HTML file that opens offline: headline figures, violations
     by rule with their facts, charts of consent and disclosures over time, the recipients."""
+    check_writable(out)  # before the work of building it
     from ledger.exports import recorded_exports
     from ledger.reports import auditor_report, to_html
 
     figures = context.ledger.read_models.figures()
     exports = recorded_exports(context.ledger)
     document = auditor_report(figures, datetime.now(UTC), exports)
-    out.write_text(to_html(document), encoding="utf-8")
+    write_file(out, to_html(document).encode())
     logs.log.info("audit.report", violations=len(figures.violations), bytes=out.stat().st_size)
     if as_json:
         emit_json({"out": str(out), "violations": len(figures.violations), "head": figures.head})
@@ -65,6 +66,8 @@ def report() -> None:
 def processing(context: Any, fmt: str, out: Path | None) -> None:
     """The records of processing activities (GDPR Art. 30): purposes, data categories,
     recipients by kind and by name with counts, lawful bases, transfers."""
+    if out is not None:
+        check_writable(out)
     from ledger.reports import processing_records, to_html, to_markdown
 
     figures = context.ledger.read_models.figures(with_violations=False)
@@ -74,7 +77,7 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
     if out is None:
         click.echo(text)
     else:
-        out.write_text(text, encoding="utf-8")
+        write_file(out, text.encode())
         click.echo(f"wrote {out}")
 
 

@@ -200,3 +200,17 @@ def test_audit_report_lists_each_due_diligence_export(url: str, tmp_path: Path) 
     assert hashlib.sha256(manifest).hexdigest() in section
     assert "Northwind Retail Group" in section and "pseudonymous" in section
     assert made["customers"] == 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["audit", "report"], ["report", "processing"], ["report", "processing", "--format", "html"]],
+)
+def test_a_report_to_a_missing_folder_is_an_input_error(
+    url: str, tmp_path: Path, command: list[str]
+) -> None:
+    out = tmp_path / "missing" / "report.html"
+    result = run(url, *command, "--out", str(out))
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: cannot write {out}: folder {out.parent} does not exist"
+    assert not out.parent.exists()
