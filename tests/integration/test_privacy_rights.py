@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.cli_helpers import error_line, run, run_json
 
@@ -99,6 +100,36 @@ def test_access_export_of_an_unknown_customer_is_an_error(
     run_json(ledger_url, "customer", "access-export", "C100", "--out", str(pack), "--no-record")
     requests = orjson.loads(pack.read_bytes())["access_requests"]
     assert [r["fact_id"] for r in requests] == ["s-0024"]  # the failed export recorded nothing
+
+
+@pytest.mark.parametrize("blocked", ["the pack", "its rendering"])
+def test_an_access_pack_that_cannot_be_written_is_not_recorded_as_served(
+    ledger_url: str, feed_small: Path, tmp_path: Path, blocked: str
+) -> None:
+    """Art. 15: the request is recorded as answered only when the pack was handed over.
+    A folder where a file should go is caught before anything is done; a file that fails
+    while it is written (here: a link to a folder that does not exist) undoes the request's
+    record, and takes back the file written before it."""
+    _prepare(ledger_url, feed_small)
+    out = tmp_path / "pack.json"
+    target = out if blocked == "the pack" else out.with_name("pack.json.md")
+    target.mkdir()
+    result = run(ledger_url, "customer", "access-export", "C100", "--out", str(out))
+    if blocked == "the pack":  # click refuses a folder as --out itself: a usage error
+        assert result.exit_code == 2 and "is a directory" in result.stderr
+    else:
+        assert result.exit_code == 1
+        assert error_line(result) == f"Error: cannot write {target}: it is a folder"
+    target.rmdir()
+    target.symlink_to(tmp_path / "gone" / "file")
+    result = run(ledger_url, "customer", "access-export", "C100", "--out", str(out))
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: cannot write {target}: No such file or directory"
+    assert not out.exists()  # the pack, if written before its rendering failed, taken back
+    kept = tmp_path / "kept.json"
+    run_json(ledger_url, "customer", "access-export", "C100", "--out", str(kept), "--no-record")
+    requests = orjson.loads(kept.read_bytes())["access_requests"]
+    assert [r["fact_id"] for r in requests] == ["s-0024"]
 
 
 # -- Art. 19 -----------------------------------------------------------------------------------
