@@ -55,8 +55,17 @@ def normalise_url(raw: str) -> URL:
     return url
 
 
+def unreadable_url() -> DatabaseUnavailableError:
+    """The error for a URL that does not parse (never shown: it may hold a password)."""
+    return DatabaseUnavailableError(
+        "the database URL cannot be read (e.g. sqlite:///ledger.db or "
+        "postgresql://USER@HOST:5432/DATABASE)"
+    )
+
+
 def safe_url(url: URL | str) -> str:
-    """The URL without its password, fit for messages and logs."""
+    """The URL without its password, fit for messages and logs: the user's password and any
+    query parameter that carries one (libpq's `?password=`, `?sslpassword=`)."""
     if isinstance(url, str):
         import sqlalchemy as sa
 
@@ -64,7 +73,11 @@ def safe_url(url: URL | str) -> str:
             url = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
             return "<unparseable database URL>"
-    return url.render_as_string(hide_password=True)
+    hidden = {name: "***" for name in url.query if "password" in name.lower()}
+    if not hidden:
+        return url.render_as_string(hide_password=True)
+    rendered = url.update_query_dict(hidden).render_as_string(hide_password=True)
+    return rendered.replace("%2A%2A%2A", "***")  # as the user's password is shown
 
 
 @dataclass
@@ -221,8 +234,10 @@ class Database:
             self.backend = "sqlite"
         elif postgres_uri is not None:
             self.backend = "postgresql"
-        else:
+        elif self.url.get_driver_name() in ("pysqlite", "psycopg"):  # the drivers we have
             self.backend = self.url.get_backend_name()
+        else:
+            self.backend = "unsupported"
         if self.backend not in ("sqlite", "postgresql"):
             raise DatabaseUnavailableError(
                 f"unsupported database {safe_url(self.url)}: use sqlite:/// or postgresql://"
@@ -244,7 +259,12 @@ class Database:
     @property
     def url(self) -> URL:
         if self._url is None:
-            self._url = normalise_url(self._raw_url)
+            import sqlalchemy as sa
+
+            try:
+                self._url = normalise_url(self._raw_url)
+            except (sa.exc.ArgumentError, ValueError):  # not shown: it may hold a password
+                raise unreadable_url() from None
         return self._url
 
     @property
@@ -590,6 +610,9 @@ def default_key_dir(database: Database) -> Path:
         return path.with_name(path.name + ".keys")
     import hashlib
 
-    ident = hashlib.sha256(safe_url(database.url).encode()).hexdigest()[:16]
+    # As first written (a query string's password was not hidden then): the folder of an
+    # existing ledger's keys must not move.
+    rendered = database.url.render_as_string(hide_password=True)
+    ident = hashlib.sha256(rendered.encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
     return base / "consent-ledger" / "keys" / ident

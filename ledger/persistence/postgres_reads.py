@@ -55,9 +55,14 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
 
     def _safe(self) -> str:
         """The URL as `Database` names it in errors (driver named, password hidden)."""
-        from ledger.persistence.database import normalise_url, safe_url
+        import sqlalchemy as sa
 
-        return safe_url(normalise_url(self.url))
+        from ledger.persistence.database import normalise_url, safe_url, unreadable_url
+
+        try:
+            return safe_url(normalise_url(self.url))
+        except (sa.exc.ArgumentError, ValueError):
+            raise unreadable_url() from None
 
     def _usable(self, conn: psycopg.Connection[Any]) -> bool:
         return not conn.closed

@@ -1,0 +1,74 @@
+"""A database URL in messages: never its password, in whichever part of the URL it is given;
+a URL that cannot be used is one plain error (exit 1), not an internal one."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from ledger.persistence.database import Database, default_key_dir, safe_url
+from tests.cli_helpers import error_line, run
+
+SECRET = "S3cretQ"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"postgresql://u:{SECRET}@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (
+            f"postgresql://u@h/db?password={SECRET}&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        (f"postgresql://u@h/db?sslpassword={SECRET}", "postgresql://u@h/db?sslpassword=***"),
+        ("postgresql://u@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
+        ("sqlite:///ledger.db", "sqlite:///ledger.db"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert safe_url(url) == shown
+
+
+def test_the_key_folder_of_a_url_with_a_password_in_its_query_does_not_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The folder is named by a hash of the URL as it was first shown, query and all: hiding
+    the query's password in messages must not lose an existing ledger's keys."""
+    monkeypatch.delenv("CONSENT_LEDGER_KEY_DIR", raising=False)
+    url = f"postgresql://u@h/db?password={SECRET}"
+    first_shown = make_url("postgresql+psycopg" + url[len("postgresql") :])
+    ident = hashlib.sha256(first_shown.render_as_string(hide_password=True).encode()).hexdigest()
+    assert default_key_dir(Database(url)).name == ident[:16]
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        (
+            f"postgresql://u:{SECRET}@h:notaport/db",
+            "Error: the database URL cannot be read (e.g. sqlite:///ledger.db or "
+            "postgresql://USER@HOST:5432/DATABASE)",
+        ),
+        (
+            "garbage:x",
+            "Error: the database URL cannot be read (e.g. sqlite:///ledger.db or "
+            "postgresql://USER@HOST:5432/DATABASE)",
+        ),
+        (
+            f"postgresql+psycopg2://u:{SECRET}@h/db",
+            "Error: unsupported database postgresql+psycopg2://u:***@h/db: "
+            "use sqlite:/// or postgresql://",
+        ),
+        (
+            "mysql://u@h/db",
+            "Error: unsupported database mysql://u@h/db: use sqlite:/// or postgresql://",
+        ),
+    ],
+)
+def test_a_url_that_cannot_be_used_is_one_plain_error(url: str, error: str) -> None:
+    result = run(url, "verify", "--json")
+    assert result.exit_code == 1
+    assert error_line(result) == error
+    assert SECRET not in result.stdout + result.stderr
