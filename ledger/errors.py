@@ -110,6 +110,17 @@ class SchemaOutOfDateError(ConfigurationError):
         )
 
 
+class SchemaTooNewError(ConfigurationError):
+    """The database was upgraded by a newer consent-ledger: this one cannot read it, nor
+    take it back."""
+
+    def __init__(self, current: str, head: str) -> None:
+        super().__init__(
+            f"the database is at schema {current}, which this version of consent-ledger does "
+            f"not know (it knows up to {head}): use the newer consent-ledger that upgraded it"
+        )
+
+
 class DatabaseUnavailableError(ConfigurationError):
     pass
 

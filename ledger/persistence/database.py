@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError
+from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError, SchemaTooNewError
 from ledger.persistence import postgres_reads, sqlite_reads
 
 if TYPE_CHECKING:
@@ -509,6 +509,7 @@ class Database:
     def require_current_schema(self) -> None:
         revision = self.schema_revision()
         if revision != SCHEMA_HEAD:
+            _refuse_unknown(revision)
             raise SchemaOutOfDateError(revision, SCHEMA_HEAD)
 
     def upgrade(self) -> tuple[str | None, str]:
@@ -516,6 +517,7 @@ class Database:
         from migrations import upgrade_connection
 
         before = self.schema_revision()
+        _refuse_unknown(before)
         with self.connect() as base:
             # SQLite: take the write lock first, so that first commands racing on a new file
             # upgrade one after the other (the later ones find it done) instead of failing
@@ -524,6 +526,13 @@ class Database:
             with conn.begin():
                 upgrade_connection(conn)
         return before, SCHEMA_HEAD
+
+
+def _refuse_unknown(revision: str | None) -> None:
+    """A schema this code has no migration for (revisions are numbered 0001, 0002, …): one
+    made by a newer consent-ledger, which `db upgrade` cannot help with."""
+    if revision is not None and not (revision.isdigit() and revision <= SCHEMA_HEAD):
+        raise SchemaTooNewError(revision, SCHEMA_HEAD)
 
 
 _R = TypeVar("_R")

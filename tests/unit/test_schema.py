@@ -203,3 +203,26 @@ def test_an_upgrade_without_the_master_key_says_the_schema_was_upgraded(
     assert "no master key" in message
     again = run(ledger_url, "db", "upgrade")  # nothing left to migrate: the key error alone
     assert error_line(again).startswith("Error: no master key")
+
+
+@pytest.mark.parametrize("command", [["customer", "show", "C1"], ["db", "upgrade"]])
+def test_a_schema_from_a_newer_version_is_named_as_such(
+    ledger_url: str, command: list[str]
+) -> None:
+    """`db upgrade` cannot help with a database a newer consent-ledger upgraded: neither
+    advice to run it nor Alembic's error about a revision it does not know."""
+    newer = f"{int(SCHEMA_HEAD) + 1:04d}"
+    run_json(ledger_url, "db", "upgrade")
+    database = Database(ledger_url)
+    try:
+        with database.connect() as conn, conn.begin():  # as the newer version's migration
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": newer})
+    finally:
+        database.dispose()
+    result = run(ledger_url, *command, "--json")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert error_line(result) == (
+        f"Error: the database is at schema {newer}, which this version of consent-ledger does "
+        f"not know (it knows up to {SCHEMA_HEAD}): use the newer consent-ledger that upgraded it"
+    )
