@@ -93,13 +93,22 @@ def write_key_file(path: Path, content: bytes) -> None:
         aside.unlink(missing_ok=True)
 
 
-def load_master_key(database: Database, *, create: bool = False) -> tuple[bytes, str]:
-    """The master key and a description of where it came from (never the key itself)."""
+def load_master_key(
+    database: Database, *, create: bool = False, in_use: bool = False
+) -> tuple[bytes, str]:
+    """The master key and a description of where it came from (never the key itself).
+    `in_use`: the ledger already keeps data under a master key (a new one cannot be made)."""
     from_env = os.environ.get(MASTER_KEY_ENV)
     if from_env:
         return decode_master_key(from_env, MASTER_KEY_ENV), MASTER_KEY_ENV
     path = master_key_path(database)
     if not path.exists():
+        if in_use:
+            raise MasterKeyError(
+                f"no master key: this ledger's data keys are sealed under a master key that "
+                f"is neither in {MASTER_KEY_ENV} nor at {path}: restore that key (a new one "
+                "cannot open them)"
+            )
         if not create:
             raise MasterKeyError(
                 f"no master key: set {MASTER_KEY_ENV} or provide the key file {path} "
@@ -134,8 +143,9 @@ class KeyStore:
         if self._loaded is None:
             # A key file is only ever created for a ledger that has no master key yet: a
             # lost key file must stay an error, not be silently replaced by a new key.
-            create = self._create and self._stored_check() is None
-            self._loaded = load_master_key(self.database, create=create)
+            in_use = self._stored_check() is not None
+            create = self._create and not in_use
+            self._loaded = load_master_key(self.database, create=create, in_use=in_use)
             self._check(self._loaded[0], self._loaded[1])
         return self._loaded
 
