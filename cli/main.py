@@ -23,6 +23,7 @@ from ledger.errors import (
     LedgerError,
     RuleViolationError,
     UnexpectedError,
+    UnreadableEventError,
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_INTEGRITY = 0, 1, 2, 3, 4
@@ -57,6 +58,14 @@ def _is_stream_gap(error: Exception) -> bool:
     domain = sys.modules.get("eventsourcing.domain")  # never imported just to check
     gap = getattr(domain, "OriginatorVersionError", None)
     return gap is not None and isinstance(error, gap)
+
+
+def _is_unreadable_event(error: Exception) -> bool:
+    """eventsourcing's mapper wraps what a stored state's decoding raised (ours, when the
+    state is not what the ledger wrote: see `stored_state.decode_state`)."""
+    persistence = sys.modules.get("eventsourcing.persistence")
+    wrapper = getattr(persistence, "MapperDeserialisationError", None)
+    return wrapper is not None and isinstance(error, wrapper)
 
 
 def _unexpected(error: Exception) -> UnexpectedError:
@@ -186,6 +195,8 @@ class LedgerGroup(LazyGroup):
                         f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
                         "the command's transaction was rolled back"
                     )
+                elif _is_unreadable_event(error):
+                    failure = UnreadableEventError()
                 elif _is_stream_gap(error):
                     failure = IntegrityFailure(
                         "a stream of events is not whole (a version is missing): the ledger "

@@ -133,6 +133,17 @@ class IntegrityFailure(LedgerError):
     """The ledger or an export failed verification (exit 4)."""
 
 
+class UnreadableEventError(IntegrityFailure):
+    """A stored event's state is not what the ledger wrote (it only ever writes JSON it can
+    read back): the database was changed outside consent-ledger."""
+
+    def __init__(self, where: str = "") -> None:
+        super().__init__(
+            f"a stored event{where} cannot be read: the ledger was altered outside "
+            "consent-ledger; 'consent-ledger verify' names what changed"
+        )
+
+
 class ConcurrencyError(LedgerError):
     """Another writer recorded the same facts at the same moment; retry (exit 1)."""
 

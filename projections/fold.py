@@ -26,6 +26,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 from ledger.domainmodel import Acquirer, Customer, OrderState
+from ledger.errors import UnreadableEventError
 from ledger.rules import JUDGED_TYPES
 from projections.base import stamp
 
@@ -247,7 +248,10 @@ class Folder:
             found = codes.get(topic)
             if found is not None:
                 code, cls = found
-                data = loads(state)
+                try:
+                    data = loads(state)
+                except orjson.JSONDecodeError:  # (free when nothing is raised)
+                    raise UnreadableEventError(f" (stream {ident}, version {version})") from None
                 if "class_version" in data:
                     code, cls, data = self._slow(ident, version, topic, state)
             else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -594,10 +594,14 @@ class ReadModels:
         self, folder: Folder, conn: Connection, head: int, *, skip: set[UUID]
     ) -> Iterator[list[Stream]]:
         """Every stream up to `head` (but `skip`), folded, in batches: read on the driver."""
-        streams = folder.fold(self._all_rows(conn, head))
-        yield from batched((s for s in streams if s.id not in skip), STREAMS_PER_BATCH)
+        rows = self._all_rows(conn, head)
+        try:
+            streams = folder.fold(rows)
+            yield from batched((s for s in streams if s.id not in skip), STREAMS_PER_BATCH)
+        finally:  # its cursor closed now, while the connection is open, even on an error
+            rows.close()
 
-    def _all_rows(self, conn: Connection, head: int) -> Iterator[tuple[Any, ...]]:
+    def _all_rows(self, conn: Connection, head: int) -> Generator[tuple[Any, ...], None, None]:
         """(stream id, version, topic, state, position) of every event up to `head`, by
         stream then version, fetched in large batches on the driver (SQLite: a plain
         cursor; PostgreSQL: a server-side cursor, so memory stays flat)."""

@@ -12,15 +12,21 @@ from typing import Any
 
 import orjson
 
+from ledger.errors import UnreadableEventError
+
 DATETIME_FIELDS = frozenset({"timestamp", "at"})
 DECIMAL_FIELDS = frozenset({"total"})
 
 
 def decode_state(data: bytes) -> dict[str, Any]:
-    """A stored state as the event's fields (times as datetimes, totals as Decimals)."""
-    state: dict[str, Any] = orjson.loads(data)
-    for name in DATETIME_FIELDS.intersection(state):
-        state[name] = datetime.fromisoformat(state[name])
-    for name in DECIMAL_FIELDS.intersection(state):
-        state[name] = Decimal(state[name])
+    """A stored state as the event's fields (times as datetimes, totals as Decimals); a
+    state the ledger cannot have written is an `UnreadableEventError`."""
+    try:
+        state: dict[str, Any] = orjson.loads(data)
+        for name in DATETIME_FIELDS.intersection(state):
+            state[name] = datetime.fromisoformat(state[name])
+        for name in DECIMAL_FIELDS.intersection(state):
+            state[name] = Decimal(state[name])
+    except (ValueError, TypeError, ArithmeticError):  # (JSON, times and decimals)
+        raise UnreadableEventError() from None
     return state

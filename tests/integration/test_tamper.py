@@ -413,6 +413,33 @@ def test_a_read_of_a_row_rewritten_as_text_fails_in_one_line_naming_verify(
     assert "concat" not in errors[0]  # the exception's own message is left out
 
 
+def test_an_event_whose_state_is_not_json_fails_queries_with_exit_4_naming_verify(
+    recorded: Any,
+) -> None:
+    """Queries, the read models' rebuild and the audit meet an event the ledger cannot have
+    written: one line saying the ledger was altered (exit 4), on each read path."""
+    position = _position_of(recorded, "s-0003")
+    rewrite = "UPDATE ledger_events SET state = :s WHERE notification_id = :n"
+    tamper(recorded, (rewrite, {"s": b"not json", "n": position}))
+    url = recorded.database.url
+    for command in (
+        ("customer", "trail", "C100"),  # the driver's read path
+        ("consent", "show", "C100"),
+        ("customer", "show", "C100"),  # the domain model's (eventsourcing's mapper)
+        ("projections", "rebuild"),  # the read models' fold
+        ("audit", "check"),
+    ):
+        done = run(url, *command)
+        assert done.exit_code == 4, (command, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+        assert len(lines) == 1, (command, done.stderr)  # nothing else: no stray traceback
+        assert lines[0].startswith("Error: a stored event"), (command, lines)
+        assert lines[0].endswith(
+            "cannot be read: the ledger was altered outside consent-ledger; "
+            "'consent-ledger verify' names what changed"
+        ), (command, lines)
+
+
 # -- the database refuses ----------------------------------------------------------------------
 
 
