@@ -17,7 +17,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from ledger import views
@@ -26,6 +26,7 @@ from ledger.feed import iso
 from ledger.rules import Violation
 
 NOTIFICATION_DEADLINE: Final = timedelta(days=30)
+_LATEST: Final = datetime.max.replace(tzinfo=UTC)
 NOTIFICATION_RULE: Final = "recipient_not_notified"
 # A rectified detail, and the data category a recipient received it under.
 FIELD_CATEGORY: Final = {
@@ -78,6 +79,10 @@ class NotificationDue:
 
     @property
     def due_by(self) -> datetime:
+        """`NOTIFICATION_DEADLINE` after the fact; the last moment a time can name, for a fact
+        dated within the deadline of the year 9999's end (still a valid feed time)."""
+        if self.at > _LATEST - NOTIFICATION_DEADLINE:
+            return _LATEST
         return self.at + NOTIFICATION_DEADLINE
 
     def to_json(self) -> dict[str, Any]:

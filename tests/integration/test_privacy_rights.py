@@ -305,3 +305,26 @@ def test_withdrawals_by_command_and_late_facts_keep_the_list_right(
         ledger_url, "consent", "withdraw", "C100", "affiliate_sharing", "post", "--method", "x"
     )
     assert _check(ledger_url, "ada@example.org")["channels"] == ["email"]
+
+
+def test_facts_dated_at_the_end_of_time_leave_notifications_and_access_packs_working(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    """A rectification and an erasure within 30 days of the year 9999's end are valid feed
+    times; their Art. 19 deadline is the last time there is, not an overflow that would
+    take the notification list and the access pack away for good (the ledger is forever)."""
+    _prepare(ledger_url, feed_small)
+    late = tmp_path / "late.jsonl"
+    late.write_text(
+        '{"id":"z1","type":"customer.updated","at":"9999-12-20T00:00:00Z","customer":"C100",'
+        '"name":"Ada King"}\n'
+        '{"id":"z2","type":"subject.erased","at":"9999-12-31T00:00:00Z","customer":"C100"}\n'
+    )
+    assert run_json(ledger_url, "import", str(late))["accepted"] == 2
+    rows = run_json(ledger_url, "recipients", "notifications")["notifications"]
+    due = {row["due_by"] for row in rows if row["fact_id"] in ("z1", "z2")}
+    assert due == {"9999-12-31T23:59:59.999999Z"}
+    pack = tmp_path / "pack.json"
+    run_json(ledger_url, "customer", "access-export", "C100", "--out", str(pack))
+    assert orjson.loads(pack.read_bytes())["erased_at"] == "9999-12-31T00:00:00Z"
+    assert run(ledger_url, "audit", "check", "--as-of", "9999-12-31").exit_code == 0
