@@ -28,6 +28,7 @@ from ledger.vocabulary import (
 
 MAX_LINE_BYTES: Final = 64 * 1024
 MAX_TEXT: Final = 500
+MAX_NESTING: Final = 64  # levels of objects and lists in an unknown field's value
 _SAFE_ECHO = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -310,6 +311,10 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
                 continue
             data[name] = check(name, value)
         elif name not in _ENVELOPE:
+            if type(value) in (dict, list) and _too_deep(value):
+                raise InvalidFactError(
+                    f"field {_echo_name(name)} is nested more than {MAX_NESTING} levels deep"
+                )
             extra[name] = value
     if fact_type == "customer.updated" and len(data) == 1:
         raise InvalidFactError("customer.updated names none of name, email, phone, address")
@@ -318,6 +323,27 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
         if channel not in PURPOSE_CHANNELS[purpose]:
             raise InvalidFactError(f"purpose {purpose!r} has no channel {channel!r}")
     return Fact(fact_id, str(fact_type), at, data, extra, data.get("customer"), data.get("order"))
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether an unknown field's value nests objects and lists more than `MAX_NESTING`
+    levels (kept sealed as JSON, which has a depth limit of its own)."""
+    level: list[Any] = [value]
+    for _ in range(MAX_NESTING):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) in (dict, list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _echo_name(name: str) -> str:
+    """An unknown field's name, if it is short and plain (a name is not data)."""
+    return repr(name) if _SAFE_ECHO.match(name) else "an unknown field"
 
 
 def parse_line(raw: str | bytes, line: int | None = None) -> Fact:

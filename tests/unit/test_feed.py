@@ -9,7 +9,15 @@ import orjson
 import pytest
 
 from ledger.errors import InvalidFactError
-from ledger.feed import FACT_TYPES, SCHEMAS, iso, parse_line, parse_time, validate
+from ledger.feed import (
+    FACT_TYPES,
+    MAX_NESTING,
+    SCHEMAS,
+    iso,
+    parse_line,
+    parse_time,
+    validate,
+)
 from tests.examples import ENUM_FIELDS, EXAMPLES, NAME, PERSONAL_VALUES, line
 
 ALL_TYPES = sorted(EXAMPLES)
@@ -223,3 +231,24 @@ def test_short_identifiers_are_repeated_to_help_fix_a_typo() -> None:
     assert "unknown purpose 'marketting'" in _invalid(
         line("consent.given", "f-1", purpose="marketting")
     )
+
+
+def _nested(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_an_unknown_field_nested_too_deep_is_refused_with_its_line() -> None:
+    """Kept sealed as JSON, an unknown field's value must be one JSON can write back: past
+    its depth limit it failed inside the sealing, with no line number ('unexpected
+    TypeError'). Deep but within the limit, it is kept."""
+    deep = line("marketing.contact", "m1", extra_data=_nested(MAX_NESTING + 1))
+    with pytest.raises(InvalidFactError) as refused:
+        parse_line(orjson.dumps(deep), 7)
+    assert str(refused.value) == (
+        f"line 7: field 'extra_data' is nested more than {MAX_NESTING} levels deep"
+    )
+    kept = parse_line(orjson.dumps(line("marketing.contact", "m2", extra=_nested(MAX_NESTING))))
+    assert orjson.loads(orjson.dumps({"extra": kept.extra}))["extra"] == kept.extra
