@@ -8,8 +8,9 @@ feed line's personal data cannot leak into an error report.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple
@@ -59,11 +60,35 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _echo(value: object) -> str:
-    """A value safe to repeat in an error: short identifiers only, never free text."""
-    if isinstance(value, str) and _SAFE_ECHO.match(value):
-        return repr(value)
-    return f"a {type(value).__name__}" if not isinstance(value, str) else "the given value"
+# Every value a choice field accepts, and every fact type: words of the contract, which an
+# error may repeat (a value given where one of them belongs may be anything else: a shifted
+# column can put a phone number or a name there).
+_WORDS: set[str] = set(DATA_CATEGORIES)
+
+
+def _unknown(kind: str, value: Any, allowed: Collection[str], *, hint: str = "") -> str:
+    """The error for a value that is none of `allowed`. It repeats the value only if it is a
+    word of the contract, or so close to an allowed one that it is a typo of it (said so);
+    anything else, such as personal data in the wrong field, is not repeated."""
+    expected = f" ({hint or 'expected one of ' + ', '.join(sorted(allowed))})"
+    if not isinstance(value, str):
+        return f"unknown {kind}: {_json_kind(value)}, not text{expected}"
+    if value in _WORDS:
+        return f"unknown {kind} {value!r}{expected}"
+    close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.8)
+    if close and _SAFE_ECHO.match(value):
+        return f"unknown {kind} {value!r} (did you mean {close[0]!r}?)"
+    return f"unknown {kind}{expected}"
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 Validator = Callable[[str, Any], Any]
@@ -92,12 +117,11 @@ def _email(name: str, value: Any) -> str:
 
 def _one_of(*choices: str) -> Validator:
     allowed = frozenset(choices)
+    _WORDS.update(allowed)
 
     def check(name: str, value: Any) -> str:
         if not isinstance(value, str) or value not in allowed:
-            raise InvalidFactError(
-                f"unknown {name} {_echo(value)} (expected one of {', '.join(sorted(allowed))})"
-            )
+            raise InvalidFactError(_unknown(name, value, allowed))
         return str(value)
 
     return check
@@ -130,10 +154,7 @@ def _categories(name: str, value: Any) -> list[str]:
         raise InvalidFactError(f"field {name!r} must be a non-empty list of data categories")
     for item in value:
         if not isinstance(item, str) or item not in DATA_CATEGORIES:
-            raise InvalidFactError(
-                f"unknown data category {_echo(item)} "
-                f"(expected one of {', '.join(sorted(DATA_CATEGORIES))})"
-            )
+            raise InvalidFactError(_unknown("data category", item, DATA_CATEGORIES))
     return sorted(set(value))
 
 
@@ -145,7 +166,9 @@ def _address(name: str, value: Any) -> dict[str, str]:
         raise InvalidFactError(f"field {name!r} lacks {', '.join(missing)}")
     unknown = sorted(set(value) - set(ADDRESS_FIELDS))
     if unknown:
-        raise InvalidFactError(f"field {name!r} has unknown parts {', '.join(map(_echo, unknown))}")
+        raise InvalidFactError(
+            f"field {name!r} has unknown parts {', '.join(map(_echo_name, unknown))}"
+        )
     return {part: _text(f"{name}.{part}", value[part]) for part in ADDRESS_FIELDS}
 
 
@@ -220,6 +243,7 @@ SCHEMAS: Final[dict[str, tuple[dict[str, Validator], dict[str, Validator]]]] = {
     "subject.erased": ({"customer": _REF}, {}),
 }
 FACT_TYPES: Final = frozenset(SCHEMAS)
+_WORDS.update(FACT_TYPES)
 # One lookup per field: every field's validator, required or optional.
 _CHECKS: Final = {kind: {**optional, **required} for kind, (required, optional) in SCHEMAS.items()}
 _ENVELOPE: Final = frozenset({"id", "type", "at"})
@@ -293,7 +317,8 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
         raise InvalidFactError("missing required field 'type'")
     fact_type = obj["type"]
     if not isinstance(fact_type, str) or fact_type not in SCHEMAS:
-        raise InvalidFactError(f"unknown type {_echo(fact_type)}")
+        hint = f"none of the feed's {len(SCHEMAS)} types"
+        raise InvalidFactError(_unknown("type", fact_type, SCHEMAS, hint=hint))
     if "at" not in obj:
         raise InvalidFactError("missing required field 'at'")
     at = parse_time(obj["at"])

@@ -70,7 +70,7 @@ def corrupt(index: int, kind: str, pick: int) -> tuple[list[bytes], str]:
         names = ENUM_FIELDS[obj["type"]]
         field = names[pick % len(names)]
         obj[field] = ["telepathy"] if field == "categories" else "telepathy"
-        words = "'telepathy'"
+        words = "unknown data category" if field == "categories" else f"unknown {field}"
     elif kind == "strip_offset":
         obj["at"] = obj["at"].replace("+00:00", "")
         words = "no UTC offset"

@@ -125,7 +125,7 @@ def test_id_and_at_default_to_a_new_id_and_now(shop: Any) -> None:
 
 
 INVALID = [
-    (line("consent.given", "v", 1, purpose="telepathy"), "unknown purpose 'telepathy'"),
+    (line("consent.given", "v", 1, purpose="marketting"), "unknown purpose 'marketting'"),
     (line("subject.access_requested", "v", 1, customer="C9"), "unknown customer 'C9'"),
     (line("order.delivered", "v", 1, order="O9"), "unknown order 'O9'"),
     (line("order.delivered", "v", 1, at="2025-01-10T09:00:00"), "no UTC offset"),

@@ -67,11 +67,29 @@ def test_missing_envelope_field_is_invalid(field: str) -> None:
 
 
 @pytest.mark.parametrize(("fact_type", "field"), ENUMS)
-def test_unknown_enum_value_is_invalid(fact_type: str, field: str) -> None:
+@pytest.mark.parametrize("value", ["telepathy", "07700900001", "Lovelace", "ada.lovelace"])
+def test_an_unknown_choice_is_invalid_and_not_repeated(
+    fact_type: str, field: str, value: str
+) -> None:
+    """What stands where a choice belongs may be anything (a shifted column puts a phone
+    number or a name there, with no personal field on that line to recognise it by): the
+    error names the field and the choices, never the value."""
     obj = line(fact_type, "f-1")
-    obj[field] = ["telepathy"] if field == "categories" else "telepathy"
+    obj[field] = [value] if field == "categories" else value
     message = _invalid(obj)
-    assert "unknown" in message and "'telepathy'" in message
+    assert message.startswith("unknown ") and "(expected one of " in message
+    assert value not in message
+
+
+@pytest.mark.parametrize(("fact_type", "field"), ENUMS)
+def test_a_typo_of_a_choice_is_repeated_with_the_choice_it_misspells(
+    fact_type: str, field: str
+) -> None:
+    obj = line(fact_type, "f-1")
+    meant = obj[field][0] if field == "categories" else obj[field]
+    typo = meant[:-1] + meant[-1] * 2  # "email" -> "emaill"
+    obj[field] = [typo] if field == "categories" else typo
+    assert _invalid(obj).endswith(f"{typo!r} (did you mean {meant!r}?)")
 
 
 @pytest.mark.parametrize(
@@ -86,7 +104,13 @@ def test_wrong_type_of_required_field_is_invalid(fact_type: str, field: str) -> 
 
 def test_unknown_type_is_invalid() -> None:
     assert _invalid(line("order.delivered", "f-1", type="order.teleported")) == (
-        "unknown type 'order.teleported'"
+        f"unknown type (none of the feed's {len(FACT_TYPES)} types)"
+    )
+    assert _invalid(line("order.delivered", "f-1", type="order.deliverd")) == (
+        "unknown type 'order.deliverd' (did you mean 'order.delivered'?)"
+    )
+    assert _invalid(line("order.delivered", "f-1", type=7)) == (
+        f"unknown type: a number, not text (none of the feed's {len(FACT_TYPES)} types)"
     )
 
 
