@@ -555,8 +555,11 @@ class Recording:
         try:
             self._apply(fact)
         except UnknownReferenceError as error:
-            if self.preventive or len(self.waiting_ids) >= _WAITING_LIMIT:
+            if self.preventive:
                 self._reject(error, number)
+                return False
+            if len(self.waiting_ids) >= _WAITING_LIMIT:
+                self._reject(_too_many_waiting(error), number)
                 return False
             self.waiting.setdefault((error.kind, error.ref), []).append((number, fact))
             self.waiting_ids.add(fact.id)
@@ -840,6 +843,16 @@ _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
 _ORDER_COLUMNS = ("order_ref", "customer_id")
+
+
+def _too_many_waiting(error: UnknownReferenceError) -> InvalidFactError:
+    """The reason for a fact that could not wait for its customer or order: not that they
+    are unknown (they may come later in the file), but that too many facts already wait."""
+    return InvalidFactError(
+        f"{error.reason} so far, and {_WAITING_LIMIT:,} facts of this file already wait for "
+        "a customer or order that comes later in it (the most an import keeps): put the "
+        "registrations and orders first, or import the file in parts"
+    )
 
 
 def _seal_extra(key: DataKey | None, fact: Fact) -> str | None:

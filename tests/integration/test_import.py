@@ -208,8 +208,16 @@ def test_facts_wait_for_their_customer_in_bounded_numbers(
     objs = story(prefix="b")
     registration = objs.pop(0)
     error = refused(ledger, jsonl([*objs[:3], registration]).splitlines(keepends=True))
-    # Two wait; the third is refused as it comes, naming its customer.
-    assert [(e.line, e.reason) for e in error.errors] == [(3, "unknown customer 'bC1'")]
+    # Two wait; the third is refused as it comes, naming its customer and why it could not
+    # wait (the customer is registered later: "unknown" alone would be untrue).
+    assert [(e.line, e.reason) for e in error.errors] == [
+        (
+            3,
+            "unknown customer 'bC1' so far, and 2 facts of this file already wait for a "
+            "customer or order that comes later in it (the most an import keeps): put the "
+            "registrations and orders first, or import the file in parts",
+        )
+    ]
 
 
 def test_a_later_line_with_the_id_of_one_never_released_is_judged_on_its_own(
