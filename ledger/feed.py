@@ -374,7 +374,7 @@ def _echo_name(name: str) -> str:
 def parse_line(raw: str | bytes, line: int | None = None) -> Fact:
     """Parse one feed line; errors carry the line number."""
     try:
-        if len(raw) > MAX_LINE_BYTES:
+        if len(raw) > MAX_LINE_BYTES and _content_length(raw) > MAX_LINE_BYTES:
             raise InvalidFactError(f"line is longer than {MAX_LINE_BYTES} bytes")
         try:
             obj = orjson.loads(raw)
@@ -382,8 +382,53 @@ def parse_line(raw: str | bytes, line: int | None = None) -> Fact:
             raise InvalidFactError("not valid JSON") from None
         if not isinstance(obj, dict):
             raise InvalidFactError("a feed line must be a JSON object")
+        if _long_digits(raw):  # rare: only then is it checked
+            _refuse_inexact_integers(raw)
         return validate(obj)
     except InvalidFactError as error:
         if line is None:
             raise
         raise InvalidFactError(error.reason, line) from None
+
+
+# orjson keeps integers from -2**63 to 2**64 - 1 and reads any other as a float, silently
+# rounded; written out, such an integer has at least 19 digits.
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+_LONG_DIGITS_TEXT = re.compile(r"\d{19,}")
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _long_digits(raw: str | bytes) -> bool:
+    if isinstance(raw, bytes):
+        return _LONG_DIGITS.search(raw) is not None
+    return _LONG_DIGITS_TEXT.search(raw) is not None
+
+
+def _content_length(raw: str | bytes) -> int:
+    """A line's length without its line ending (the limit is on what it holds)."""
+    return len(raw.rstrip(b"\r\n")) if isinstance(raw, bytes) else len(raw.rstrip("\r\n"))
+
+
+def _refuse_inexact_integers(raw: str | bytes) -> None:
+    """Refuse a line with an integer that orjson would have rounded to a float: an unknown
+    field is kept as it was sent (SPEC §2), not approximately. Read again by the standard
+    library's parser, which keeps integers exact."""
+    import json
+
+    for name, value in json.loads(raw).items():
+        if _has_inexact_integer(value):
+            shown = _echo_name(name) if isinstance(name, str) else "a field"
+            raise InvalidFactError(
+                f"field {shown} holds an integer of more than 64 bits, which is not kept "
+                "exactly: send it as a string"
+            )
+
+
+def _has_inexact_integer(value: Any) -> bool:
+    if type(value) is int:
+        return value not in _INT_RANGE
+    if isinstance(value, dict):
+        return any(map(_has_inexact_integer, value.values()))
+    if isinstance(value, list):
+        return any(map(_has_inexact_integer, value))
+    return False

@@ -11,6 +11,7 @@ import pytest
 from ledger.errors import InvalidFactError
 from ledger.feed import (
     FACT_TYPES,
+    MAX_LINE_BYTES,
     MAX_NESTING,
     SCHEMAS,
     iso,
@@ -276,3 +277,51 @@ def test_an_unknown_field_nested_too_deep_is_refused_with_its_line() -> None:
     )
     kept = parse_line(orjson.dumps(line("marketing.contact", "m2", extra=_nested(MAX_NESTING))))
     assert orjson.loads(orjson.dumps({"extra": kept.extra}))["extra"] == kept.extra
+
+
+def _with_raw_field(obj: dict[str, Any], name: str, json_value: str) -> bytes:
+    """The line of `obj` with one more field, its value written as given (orjson cannot
+    write an integer beyond 64 bits)."""
+    return orjson.dumps(obj)[:-1] + f',"{name}":{json_value}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    "json_value",
+    ["123456789012345678901234567890", "-9223372036854775809", '[1, {"x": 18446744073709551616}]'],
+)
+def test_an_integer_beyond_64_bits_is_refused_not_rounded(json_value: str) -> None:
+    """orjson reads such an integer as a float, rounded: the unknown field would not be kept
+    as it was sent (SPEC §2). The line is refused instead, saying what to do."""
+    raw = _with_raw_field(line("marketing.contact", "m1"), "gateway_ref", json_value)
+    with pytest.raises(InvalidFactError) as refused:
+        parse_line(raw, 4)
+    assert str(refused.value) == (
+        "line 4: field 'gateway_ref' holds an integer of more than 64 bits, which is not kept "
+        "exactly: send it as a string"
+    )
+
+
+@pytest.mark.parametrize(
+    ("json_value", "kept"),
+    [
+        ("18446744073709551615", 2**64 - 1),
+        ("-9223372036854775808", -(2**63)),
+        ('"1234567890123456789012345"', "1234567890123456789012345"),
+        ("1.5e30", 1.5e30),
+    ],
+)
+def test_numbers_orjson_keeps_exactly_are_kept(json_value: str, kept: Any) -> None:
+    raw = _with_raw_field(line("marketing.contact", "m1"), "gateway_ref", json_value)
+    assert parse_line(raw, 4).extra == {"gateway_ref": kept}
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])
+def test_the_line_length_limit_is_on_what_the_line_holds(ending: bytes) -> None:
+    obj = line("order.delivered", "f-1")
+    short = orjson.dumps({**obj, "pad": ""})
+    pad = "a" * (MAX_LINE_BYTES - len(short))
+    full = orjson.dumps({**obj, "pad": pad})
+    assert len(full) == MAX_LINE_BYTES
+    assert parse_line(full + ending, 1).extra == {"pad": pad}
+    with pytest.raises(InvalidFactError, match="longer than"):
+        parse_line(orjson.dumps({**obj, "pad": pad + "a"}) + ending, 1)
