@@ -31,13 +31,16 @@ def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
     reason, nothing is recorded and the exit code is 1. A progress bar shows on stderr when
     it is a terminal.
     """
-    size = os.path.getsize(file)
-    with open(file, "rb") as handle:
-        if progress_enabled() and size > 0:
-            with click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
-                summary_or_error = _import(ledger, handle, dry_run, bar.update)
-        else:
-            summary_or_error = _import(ledger, handle, dry_run, None)
+    try:
+        size = os.path.getsize(file)
+        with open(file, "rb") as handle:
+            if progress_enabled() and size > 0:
+                with click.progressbar(length=size, label="importing", file=sys.stderr) as bar:
+                    summary_or_error = _import(ledger, handle, dry_run, bar.update)
+            else:
+                summary_or_error = _import(ledger, handle, dry_run, None)
+    except OSError as error:  # reading it failed (partway: the transaction was rolled back)
+        raise InputError(f"cannot read {file}: {error.strerror or error}") from None
     if isinstance(summary_or_error, InvalidFeedError):
         error = summary_or_error
         # All or nothing: nothing was accepted.
@@ -115,6 +118,7 @@ def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
     (exit 3) and nothing is recorded.
     """
     text = sys.stdin.read() if fact == "-" else fact
+    text = text.removeprefix("\ufeff")  # a byte order mark, as `import` accepts one
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -243,11 +243,25 @@ def test_record_records_one_fact_and_prints_what_it_recorded(url: str) -> None:
     }
 
 
-def test_record_reads_the_fact_from_stdin(url: str) -> None:
-    fact = line("subject.access_requested", "r-2", 0, customer="C100")
-    result = run(url, "record", "-", stdin=orjson.dumps(fact))
-    assert (result.exit_code, result.stdout) == (0, "recorded subject.access_requested r-2\n")
+@pytest.mark.parametrize("mark", [b"", "\ufeff".encode()])
+def test_record_reads_the_fact_from_stdin(url: str, mark: bytes) -> None:
+    """With or without a byte order mark (as `import` takes a file that begins with one)."""
+    fact = line("subject.access_requested", f"r-2{len(mark)}", 0, customer="C100")
+    result = run(url, "record", "-", stdin=mark + orjson.dumps(fact))
+    assert (result.exit_code, result.stdout) == (
+        0,
+        f"recorded subject.access_requested r-2{len(mark)}\n",
+    )
     assert_one_clean_log_line(result, "record")
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux's /proc")
+def test_a_file_that_fails_while_it_is_read_is_one_input_error(url: str) -> None:
+    """/proc/self/mem opens, then fails to read (EIO): mid-import, the transaction is rolled
+    back and the error names the file, not an internal 'unexpected OSError'."""
+    result = run(url, "import", "/proc/self/mem")
+    assert result.exit_code == 1
+    assert error_line(result) == "Error: cannot read /proc/self/mem: Input/output error"
 
 
 def test_record_defaults_id_and_at(url: str) -> None:
