@@ -39,8 +39,8 @@ def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
                     summary_or_error = _import(ledger, handle, dry_run, bar.update)
             else:
                 summary_or_error = _import(ledger, handle, dry_run, None)
-    except OSError as error:  # reading it failed (partway: the transaction was rolled back)
-        raise InputError(f"cannot read {file}: {error.strerror or error}") from None
+    except OSError as failure:  # reading it failed (partway: the transaction was rolled back)
+        raise InputError(f"cannot read {file}: {failure.strerror or failure}") from None
     if isinstance(summary_or_error, InvalidFeedError):
         error = summary_or_error
         # All or nothing: nothing was accepted.
