@@ -8,11 +8,11 @@ feed line's personal data cannot leak into an error report.
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import islice
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -29,7 +29,7 @@ from ledger.vocabulary import (
 
 MAX_LINE_BYTES: Final = 64 * 1024
 MAX_TEXT: Final = 500
-MAX_NESTING: Final = 64  # levels of objects and lists in an unknown field's value
+MAX_NESTING: Final = 200  # levels of objects and lists in an unknown field (JSON writes 254)
 _SAFE_ECHO = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -68,17 +68,33 @@ _WORDS: set[str] = set(DATA_CATEGORIES)
 
 def _unknown(kind: str, value: Any, allowed: Collection[str], *, hint: str = "") -> str:
     """The error for a value that is none of `allowed`. It repeats the value only if it is a
-    word of the contract, or so close to an allowed one that it is a typo of it (said so);
+    word of the contract, or one slip away from an allowed one, a typo of it (said so);
     anything else, such as personal data in the wrong field, is not repeated."""
     expected = f" ({hint or 'expected one of ' + ', '.join(sorted(allowed))})"
     if not isinstance(value, str):
         return f"unknown {kind}: {_json_kind(value)}, not text{expected}"
     if value in _WORDS:
         return f"unknown {kind} {value!r}{expected}"
-    close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.8)
+    close = [word for word in sorted(allowed) if _one_edit(value, word)]
     if close and _SAFE_ECHO.match(value):
         return f"unknown {kind} {value!r} (did you mean {close[0]!r}?)"
     return f"unknown {kind}{expected}"
+
+
+def _one_edit(typed: str, word: str) -> bool:
+    """Whether `typed` is `word` with one slip: a character left out, added or replaced, or
+    two neighbours swapped (a typo, not another word)."""
+    if typed == word or abs(len(typed) - len(word)) > 1:
+        return False
+    at = 0
+    while at < min(len(typed), len(word)) and typed[at] == word[at]:
+        at += 1
+    if len(typed) > len(word):
+        return typed[at + 1 :] == word[at:]
+    if len(typed) < len(word):
+        return typed[at:] == word[at + 1 :]
+    swapped = typed[at : at + 2] == word[at : at + 2][::-1]
+    return typed[at + 1 :] == word[at + 1 :] or (swapped and typed[at + 2 :] == word[at + 2 :])
 
 
 def _json_kind(value: Any) -> str:
@@ -353,17 +369,26 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
 def _too_deep(value: Any) -> bool:
     """Whether an unknown field's value nests objects and lists more than `MAX_NESTING`
     levels (kept sealed as JSON, which has a depth limit of its own)."""
-    level: list[Any] = [value]
-    for _ in range(MAX_NESTING):
+    nesting = (level for level in _levels([value]) if any(map(_is_container, level)))
+    return next(islice(nesting, MAX_NESTING, None), None) is not None
+
+
+def _levels(values: Iterable[Any]) -> Iterator[list[Any]]:
+    """`values`, then the values inside their objects and lists, level by level (iterative:
+    no recursion limit, however deep)."""
+    level = list(values)
+    while level:
+        yield level
         level = [
             child
-            for item in level
-            for child in (item.values() if type(item) is dict else item)
-            if type(child) in (dict, list)
+            for value in level
+            if _is_container(value)
+            for child in (value.values() if type(value) is dict else value)
         ]
-        if not level:
-            return False
-    return True
+
+
+def _is_container(value: Any) -> bool:
+    return type(value) is dict or type(value) is list
 
 
 def _echo_name(name: str) -> str:
@@ -382,26 +407,18 @@ def parse_line(raw: str | bytes, line: int | None = None) -> Fact:
             raise InvalidFactError("not valid JSON") from None
         if not isinstance(obj, dict):
             raise InvalidFactError("a feed line must be a JSON object")
-        if _long_digits(raw):  # rare: only then is it checked
-            _refuse_inexact_integers(raw)
-        return validate(obj)
+        fact = validate(obj)
+        if fact.extra and _leaves(fact.extra.values(), float):  # rare: only then read again
+            _refuse_inexact_integers(raw, fact.extra)
+        return fact
     except InvalidFactError as error:
         if line is None:
             raise
         raise InvalidFactError(error.reason, line) from None
 
 
-# orjson keeps integers from -2**63 to 2**64 - 1 and reads any other as a float, silently
-# rounded; written out, such an integer has at least 19 digits.
-_LONG_DIGITS = re.compile(rb"\d{19,}")
-_LONG_DIGITS_TEXT = re.compile(r"\d{19,}")
+# orjson keeps integers from -2**63 to 2**64 - 1 and reads any other as a float, rounded.
 _INT_RANGE = range(-(2**63), 2**64)
-
-
-def _long_digits(raw: str | bytes) -> bool:
-    if isinstance(raw, bytes):
-        return _LONG_DIGITS.search(raw) is not None
-    return _LONG_DIGITS_TEXT.search(raw) is not None
 
 
 def _content_length(raw: str | bytes) -> int:
@@ -409,26 +426,43 @@ def _content_length(raw: str | bytes) -> int:
     return len(raw.rstrip(b"\r\n")) if isinstance(raw, bytes) else len(raw.rstrip("\r\n"))
 
 
-def _refuse_inexact_integers(raw: str | bytes) -> None:
-    """Refuse a line with an integer that orjson would have rounded to a float: an unknown
-    field is kept as it was sent (SPEC §2), not approximately. Read again by the standard
-    library's parser, which keeps integers exact."""
+def load_object(raw: str | bytes) -> Any:
+    """A command's fact as JSON (`orjson.loads`), refused as a feed line would be if it holds
+    an integer that orjson would round. JSONDecodeError as orjson raises it."""
+    obj = orjson.loads(raw)
+    if isinstance(obj, dict) and _leaves(obj.values(), float, MAX_NESTING + 2):
+        _refuse_inexact_integers(raw, obj)
+    return obj
+
+
+def _refuse_inexact_integers(raw: str | bytes, fields: Mapping[str, Any]) -> None:
+    """Refuse a line whose unknown `fields` hold an integer that orjson read as a float:
+    such a field is kept as it was sent (SPEC §2), not approximately. The line is read again
+    by the standard library's parser, which keeps integers exact (its depth was checked)."""
     import json
 
-    for name, value in json.loads(raw).items():
-        if _has_inexact_integer(value):
-            shown = _echo_name(name) if isinstance(name, str) else "a field"
+    try:
+        exact = json.loads(raw)
+    except (ValueError, RecursionError):  # what orjson read, or deeper than a fact may be
+        return
+    for name in fields:
+        if _leaves([exact.get(name)], int, predicate=lambda v: v not in _INT_RANGE):
             raise InvalidFactError(
-                f"field {shown} holds an integer of more than 64 bits, which is not kept "
-                "exactly: send it as a string"
+                f"field {_echo_name(name)} holds an integer of more than 64 bits, which is "
+                "not kept exactly: send it as a string"
             )
 
 
-def _has_inexact_integer(value: Any) -> bool:
-    if type(value) is int:
-        return value not in _INT_RANGE
-    if isinstance(value, dict):
-        return any(map(_has_inexact_integer, value.values()))
-    if isinstance(value, list):
-        return any(map(_has_inexact_integer, value))
-    return False
+def _leaves(
+    values: Iterable[Any],
+    kind: type,
+    depth: int = MAX_NESTING + 1,
+    predicate: Callable[[Any], bool] = lambda _: True,
+) -> bool:
+    """Whether any value of `kind` (exactly) for which `predicate` holds lies in `values`,
+    or in their objects and lists down to `depth` levels."""
+    return any(
+        type(value) is kind and predicate(value)
+        for level in islice(_levels(values), depth)
+        for value in level
+    )

@@ -14,7 +14,7 @@ from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
 from cli.params import MOMENT, Choice, pass_ledger
 from ledger.errors import InputError, InvalidFeedError
-from ledger.feed import iso
+from ledger.feed import iso, load_object
 from ledger.vocabulary import DATA_CATEGORIES
 
 
@@ -120,7 +120,7 @@ def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
     text = sys.stdin.read() if fact == "-" else fact
     text = text.removeprefix("\ufeff")  # a byte order mark, as `import` accepts one
     try:
-        obj = orjson.loads(text)
+        obj = load_object(text)
     except orjson.JSONDecodeError:
         raise InputError("FACT is not valid JSON") from None
     if not isinstance(obj, dict):

@@ -15,6 +15,7 @@ from ledger.feed import (
     MAX_NESTING,
     SCHEMAS,
     iso,
+    load_object,
     parse_line,
     parse_time,
     validate,
@@ -325,3 +326,33 @@ def test_the_line_length_limit_is_on_what_the_line_holds(ending: bytes) -> None:
     assert parse_line(full + ending, 1).extra == {"pad": pad}
     with pytest.raises(InvalidFactError, match="longer than"):
         parse_line(orjson.dumps({**obj, "pad": pad + "a"}) + ending, 1)
+
+
+def test_a_deep_line_with_a_long_number_in_a_string_is_refused_for_its_depth() -> None:
+    """Depth is judged before anything reads the line again (a recursive reader would
+    overflow on it): one line error, no crash that hides the file's other errors."""
+    obj = line("order.dispatched", "d1", tracking="1234567890123456789012")
+    raw = _with_raw_field(obj, "deep", "[" * 600 + "]" * 600)
+    with pytest.raises(InvalidFactError) as refused:
+        parse_line(raw, 2)
+    assert str(refused.value) == (
+        f"line 2: field 'deep' is nested more than {MAX_NESTING} levels deep"
+    )
+
+
+def test_a_commands_fact_with_an_integer_beyond_64_bits_is_refused_as_a_lines_is() -> None:
+    text = _with_raw_field(line("marketing.contact", "m1"), "gateway_ref", "1" + "0" * 25)
+    with pytest.raises(InvalidFactError, match="field 'gateway_ref' holds an integer"):
+        load_object(text.decode())
+    assert load_object(_with_raw_field(line("marketing.contact", "m1"), "n", "7"))["n"] == 7
+
+
+def test_a_value_nested_to_the_limit_is_kept_and_can_be_sealed_and_exported() -> None:
+    """The limit leaves room for what wraps a kept field when it is sealed or exported."""
+    kept = parse_line(_with_raw_field(line("marketing.contact", "m1"), "x", _deep(MAX_NESTING)))
+    wrapped = {"pack": [{"fact_id": "m1", "fields": {"other": [kept.extra]}}]}
+    assert orjson.loads(orjson.dumps(wrapped)) == wrapped
+
+
+def _deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
