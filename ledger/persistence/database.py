@@ -55,6 +55,10 @@ def normalise_url(raw: str) -> URL:
     return url
 
 
+# The engines and drivers the ledger runs on, as `normalise_url` names them.
+_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql+psycopg"})
+
+
 def unreadable_url() -> DatabaseUnavailableError:
     """The error for a URL that does not parse (never shown: it may hold a password)."""
     return DatabaseUnavailableError(
@@ -234,7 +238,7 @@ class Database:
             self.backend = "sqlite"
         elif postgres_uri is not None:
             self.backend = "postgresql"
-        elif self.url.get_driver_name() in ("pysqlite", "psycopg"):  # the drivers we have
+        elif self.url.drivername in _DRIVERS:  # (named without loading a dialect for it)
             self.backend = self.url.get_backend_name()
         else:
             self.backend = "unsupported"

@@ -65,6 +65,14 @@ def test_the_key_folder_of_a_url_with_a_password_in_its_query_does_not_move(
             "mysql://u@h/db",
             "Error: unsupported database mysql://u@h/db: use sqlite:/// or postgresql://",
         ),
+        (  # a scheme SQLAlchemy has no dialect for: named, not loaded
+            f"postgress://u:{SECRET}@h/db",
+            "Error: unsupported database postgress://u:***@h/db: use sqlite:/// or postgresql://",
+        ),
+        (
+            "sqlite3:///x.db",
+            "Error: unsupported database sqlite3:///x.db: use sqlite:/// or postgresql://",
+        ),
     ],
 )
 def test_a_url_that_cannot_be_used_is_one_plain_error(url: str, error: str) -> None:
