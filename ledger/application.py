@@ -229,7 +229,7 @@ class ConsentLedger(Application[UUID]):
         if not rows:
             return None
         fact_type, state = rows[0]
-        at: datetime = decode_state(bytes(state))["at"]
+        at: datetime = decode_state(state)["at"]
         return str(fact_type), at
 
     def known_size(self, known_at: datetime) -> int:

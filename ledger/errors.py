@@ -138,9 +138,11 @@ class UnreadableEventError(IntegrityFailure):
     read back): the database was changed outside consent-ledger."""
 
     def __init__(self, where: str = "") -> None:
+        self.where = where
         super().__init__(
-            f"a stored event{where} cannot be read: the ledger was altered outside "
-            "consent-ledger; 'consent-ledger verify' names what changed"
+            f"a stored event{where} cannot be read as the ledger wrote it: the database was "
+            "changed outside consent-ledger; 'consent-ledger verify' names what changed (if "
+            "it finds nothing, this is a bug: please report it with this line)"
         )
 
 

@@ -60,7 +60,7 @@ def stored_facts(rows: Iterable[Sequence[Any]]) -> list[StoredFact] | None:
     an event needs the domain model to be read (an upcast: its state has a class version)."""
     facts = []
     for version, topic, state in rows:
-        decoded = decode_state(bytes(state))
+        decoded = decode_state(state)
         if "class_version" in decoded or not topic.startswith(_TOPIC_PREFIX):
             return None
         decoded["originator_version"] = version

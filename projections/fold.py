@@ -230,162 +230,169 @@ class Folder:
         links: dict[tuple[str, str], Figures] = {}
         judged: list[tuple[str, str, datetime, int, dict[str, Any], str, int]] = []
         ident = UUID(int=0)
-        for raw_id, version, topic, state, position in rows:
-            if raw_id != current:
-                if stream is not None:
-                    stream.events = count
-                    self._close(stream, kept, triggered)
-                    yield stream
-                current = raw_id
-                ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
-                stream = Stream(ident, ident.hex)
-                key, ref, customer, count, triggered = stream.key, "", None, 0, False
-                kept = []
-                orders, consents = {}, {}
-                stamped, history, trail = stream.consents, stream.history, stream.trail
-                links, judged = stream.links, stream.judged
-            count += 1
-            found = codes.get(topic)
-            if found is not None:
-                code, cls = found
-                try:
+        version = 0
+        try:  # (free when nothing is raised)
+            for raw_id, version, topic, state, position in rows:
+                if raw_id != current:
+                    if stream is not None:
+                        stream.events = count
+                        self._close(stream, kept, triggered)
+                        yield stream
+                    current = raw_id
+                    ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
+                    stream = Stream(ident, ident.hex)
+                    key, ref, customer, count, triggered = stream.key, "", None, 0, False
+                    kept = []
+                    orders, consents = {}, {}
+                    stamped, history, trail = stream.consents, stream.history, stream.trail
+                    links, judged = stream.links, stream.judged
+                count += 1
+                found = codes.get(topic)
+                if found is not None:
+                    code, cls = found
                     data = loads(state)
-                except orjson.JSONDecodeError:  # (free when nothing is raised)
-                    raise UnreadableEventError(f" (stream {ident}, version {version})") from None
-                if "class_version" in data:
-                    code, cls, data = self._slow(ident, version, topic, state)
-            else:
-                code, cls, data = self._slow(ident, version, topic, state)
-            if code >= NOTHING:
-                if code == NAMED:
-                    stream.acquirer = data["name"]  # type: ignore[union-attr]
-                elif code == INITIATED:
-                    stream.initiations.append(  # type: ignore[union-attr]
-                        (parse(data["at"]), position)
-                    )
-                continue
-            raw_at = data["at"]
-            if not stamps:  # no model of the pass reads them (the violations stamp their own)
-                at = raw_at
-            elif raw_at[-6:] == "+00:00" and len(raw_at) == 25:
-                at = raw_at[:19] + ".000000Z"
-            elif raw_at[-6:] == "+00:00" and len(raw_at) == 32:
-                at = raw_at[:26] + "Z"
-            else:
-                at = stamp(parse(raw_at))
-            if code in notice_codes:
-                kept.append((cls, version, data))
-            if code <= CONSENT_WITHDRAWN:
-                if code == REGISTERED:
-                    ref = data["ref"]
-                    customer = object.__new__(Customer)
-                    customer.__dict__.update(
-                        ref=ref,
-                        registered_at=parse(raw_at),
-                        erased=False,
-                        erased_at=None,
-                        orders=orders,
-                        consents=consents,
-                    )
-                    stream.customer = customer  # type: ignore[union-attr]
-                    continue
-                given = code == CONSENT_GIVEN
-                purpose = data["purpose"]
-                channel = data["channel"]
-                if timelines:
-                    history.append(
-                        (
-                            key,
-                            ref,
-                            at,
-                            version,
-                            purpose,
-                            channel,
-                            "given" if given else "withdrawn",
-                            data["method"],
-                            data.get("policy_version"),
-                            data["fact_id"],
-                            at[:7],
-                        )
-                    )
-                pair = (purpose, channel)
-                if pair in consents:
-                    consents[pair].append((parse(raw_at), version, given))
-                    stamped[pair].append((at, version, given))
+                    if type(data) is not dict:
+                        raise TypeError("not an object")
+                    if "class_version" in data:
+                        code, cls, data = self._slow(ident, version, topic, state)
                 else:
-                    consents[pair] = [(parse(raw_at), version, given)]
-                    stamped[pair] = [(at, version, given)]
-                continue
-            if code <= TRANSFER:  # a disclosure
-                recipient = data["recipient"]
-                kind = data["recipient_kind"]
-                categories = data["categories"]
-                purpose = data["purpose"]
-                basis = data["basis"]
-                if timelines:
-                    trail.append(
-                        (
-                            key,
-                            ref,
-                            at,
-                            version,
-                            recipient,
-                            kind,
-                            purpose,
-                            basis,
-                            ",".join(sorted(categories)),
-                            data.get("order"),
-                            data["fact_id"],
-                            at[:7],
+                    code, cls, data = self._slow(ident, version, topic, state)
+                if code >= NOTHING:
+                    if code == NAMED:
+                        stream.acquirer = data["name"]  # type: ignore[union-attr]
+                    elif code == INITIATED:
+                        stream.initiations.append(  # type: ignore[union-attr]
+                            (parse(data["at"]), position)
                         )
+                    continue
+                raw_at = data["at"]
+                if not stamps:  # no model of the pass reads them (the violations stamp their own)
+                    at = raw_at
+                elif raw_at[-6:] == "+00:00" and len(raw_at) == 25:
+                    at = raw_at[:19] + ".000000Z"
+                elif raw_at[-6:] == "+00:00" and len(raw_at) == 32:
+                    at = raw_at[:26] + "Z"
+                else:
+                    at = stamp(parse(raw_at))
+                if code in notice_codes:
+                    kept.append((cls, version, data))
+                if code <= CONSENT_WITHDRAWN:
+                    if code == REGISTERED:
+                        ref = data["ref"]
+                        customer = object.__new__(Customer)
+                        customer.__dict__.update(
+                            ref=ref,
+                            registered_at=parse(raw_at),
+                            erased=False,
+                            erased_at=None,
+                            orders=orders,
+                            consents=consents,
+                        )
+                        stream.customer = customer  # type: ignore[union-attr]
+                        continue
+                    given = code == CONSENT_GIVEN
+                    purpose = data["purpose"]
+                    channel = data["channel"]
+                    if timelines:
+                        history.append(
+                            (
+                                key,
+                                ref,
+                                at,
+                                version,
+                                purpose,
+                                channel,
+                                "given" if given else "withdrawn",
+                                data["method"],
+                                data.get("policy_version"),
+                                data["fact_id"],
+                                at[:7],
+                            )
+                        )
+                    pair = (purpose, channel)
+                    if pair in consents:
+                        consents[pair].append((parse(raw_at), version, given))
+                        stamped[pair].append((at, version, given))
+                    else:
+                        consents[pair] = [(parse(raw_at), version, given)]
+                        stamped[pair] = [(at, version, given)]
+                    continue
+                if code <= TRANSFER:  # a disclosure
+                    recipient = data["recipient"]
+                    kind = data["recipient_kind"]
+                    categories = data["categories"]
+                    purpose = data["purpose"]
+                    basis = data["basis"]
+                    if timelines:
+                        trail.append(
+                            (
+                                key,
+                                ref,
+                                at,
+                                version,
+                                recipient,
+                                kind,
+                                purpose,
+                                basis,
+                                ",".join(sorted(categories)),
+                                data.get("order"),
+                                data["fact_id"],
+                                at[:7],
+                            )
+                        )
+                    if with_links:
+                        figures = links.get((recipient, kind))
+                        if figures is None:
+                            figures = links[(recipient, kind)] = Figures()
+                            figures.first_at = figures.last_at = at
+                        elif at < figures.first_at:
+                            figures.first_at = at
+                        elif at > figures.last_at:
+                            figures.last_at = at
+                        figures.disclosures += 1
+                        figures.categories.update(categories)
+                        figures.purposes.add(purpose)
+                        figures.bases.add(basis)
+                    moment = parse(raw_at)
+                    if code == PAYMENT:
+                        orders[data["order"]].payments.append((moment, version, data["result"]))
+                    elif code == IDENTITY:
+                        checks = orders[data["order"]].identity_checks
+                        checks.append((moment, version, data["result"]))
+                    elif code == DISPATCHED:
+                        orders[data["order"]].status = "dispatched"
+                    elif code == TRANSFER:
+                        stream.acquirers.add(data["acquirer"])  # type: ignore[union-attr]
+                elif code == CONTACT:
+                    moment = parse(raw_at)
+                elif code == ORDER_PLACED:
+                    order = data["order"]
+                    orders[order] = OrderState(
+                        order, parse(raw_at), Decimal(data["total"]), data["currency"]
                     )
-                if with_links:
-                    figures = links.get((recipient, kind))
-                    if figures is None:
-                        figures = links[(recipient, kind)] = Figures()
-                        figures.first_at = figures.last_at = at
-                    elif at < figures.first_at:
-                        figures.first_at = at
-                    elif at > figures.last_at:
-                        figures.last_at = at
-                    figures.disclosures += 1
-                    figures.categories.update(categories)
-                    figures.purposes.add(purpose)
-                    figures.bases.add(basis)
-                moment = parse(raw_at)
-                if code == PAYMENT:
-                    orders[data["order"]].payments.append((moment, version, data["result"]))
-                elif code == IDENTITY:
-                    orders[data["order"]].identity_checks.append((moment, version, data["result"]))
-                elif code == DISPATCHED:
-                    orders[data["order"]].status = "dispatched"
-                elif code == TRANSFER:
-                    stream.acquirers.add(data["acquirer"])  # type: ignore[union-attr]
-            elif code == CONTACT:
-                moment = parse(raw_at)
-            elif code == ORDER_PLACED:
-                order = data["order"]
-                orders[order] = OrderState(
-                    order, parse(raw_at), Decimal(data["total"]), data["currency"]
-                )
-                stream.placed[order] = at  # type: ignore[union-attr]
-                continue
-            elif code == ORDER_STATUS:
-                orders[data["order"]].status = _ORDER_STATUS[cls]
-                continue
-            elif code == ERASED:
-                moment = parse(raw_at)
-                if customer.erased_at is None or moment < customer.erased_at:
-                    customer.erased_at = moment
-                customer.erased = True
-                triggered = True
-                continue
-            else:  # a rectification, or a notification sent (Art. 19)
-                triggered = triggered or code == UPDATED
-                continue
-            fact_type = cls.FACT_TYPE
-            if fact_type in judged_types:
-                judged.append((fact_type, data["fact_id"], moment, version, data, raw_at, position))
+                    stream.placed[order] = at  # type: ignore[union-attr]
+                    continue
+                elif code == ORDER_STATUS:
+                    orders[data["order"]].status = _ORDER_STATUS[cls]
+                    continue
+                elif code == ERASED:
+                    moment = parse(raw_at)
+                    if customer.erased_at is None or moment < customer.erased_at:
+                        customer.erased_at = moment
+                    customer.erased = True
+                    triggered = True
+                    continue
+                else:  # a rectification, or a notification sent (Art. 19)
+                    triggered = triggered or code == UPDATED
+                    continue
+                fact_type = cls.FACT_TYPE
+                if fact_type in judged_types:
+                    fact_id = data["fact_id"]
+                    judged.append((fact_type, fact_id, moment, version, data, raw_at, position))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # A state this loop cannot read (not JSON, not an object, a field missing or of
+            # another kind, a time that is not one): not what the ledger wrote.
+            raise UnreadableEventError(f" (stream {ident}, version {version})") from None
         if stream is not None:
             stream.events = count
             self._close(stream, kept, triggered)

@@ -29,7 +29,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from ledger.errors import WORKERS_ENV, ConfigurationError, ReadModelWorkerError
+from ledger.errors import (
+    WORKERS_ENV,
+    ConfigurationError,
+    ReadModelWorkerError,
+    UnreadableEventError,
+)
 from ledger.iterables import batched
 from projections.base import STREAMS_PER_BATCH, Pass, SlotTable
 
@@ -188,6 +193,8 @@ class Workers:
             code = self.processes[index].wait()
             raise ReadModelWorkerError(f"a read-model worker ended early (exit status {code})")
         message: list[Any] = pickle.loads(stream.read(_HEADER.unpack(header)[0]))
+        if message[0] == "unreadable":
+            raise UnreadableEventError(message[1])
         if message[0] == "error":
             raise ReadModelWorkerError(f"a read-model worker failed: {message[1]}")
         return message
@@ -300,6 +307,9 @@ def main() -> None:
         _work(task, send)
     except BrokenPipeError:  # the pass ended (or was killed) first
         return
+    except UnreadableEventError as error:  # the ledger's own finding, not the worker's fault
+        with contextlib.suppress(BrokenPipeError):
+            send(["unreadable", error.where])
     except BaseException as error:
         try:
             send(["error", f"{type(error).__name__}: {error}"])

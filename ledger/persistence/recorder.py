@@ -74,7 +74,9 @@ def _stored_from_driver(row: tuple[Any, ...]) -> StoredEvent:
     originator_id, version, topic, state = row
     if isinstance(originator_id, str):
         originator_id = UUID(hex=originator_id)
-    return StoredEvent(originator_id, version, topic, bytes(state))
+    if isinstance(state, memoryview):  # PostgreSQL's bytea (SQLite gives bytes, or text
+        state = bytes(state)  # if altered: the transcoder refuses that as unreadable)
+    return StoredEvent(originator_id, version, topic, state)
 
 
 class LedgerRecorder(ApplicationRecorder):

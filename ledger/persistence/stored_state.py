@@ -18,11 +18,16 @@ DATETIME_FIELDS = frozenset({"timestamp", "at"})
 DECIMAL_FIELDS = frozenset({"total"})
 
 
-def decode_state(data: bytes) -> dict[str, Any]:
+def decode_state(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
     """A stored state as the event's fields (times as datetimes, totals as Decimals); a
-    state the ledger cannot have written is an `UnreadableEventError`."""
+    state the ledger cannot have written (text where it writes bytes, not JSON, not an
+    object, a time that is not one) is an `UnreadableEventError`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise UnreadableEventError()  # e.g. SQLite text: the ledger stores a state as a blob
     try:
         state: dict[str, Any] = orjson.loads(data)
+        if type(state) is not dict:
+            raise TypeError("not an object")
         for name in DATETIME_FIELDS.intersection(state):
             state[name] = datetime.fromisoformat(state[name])
         for name in DECIMAL_FIELDS.intersection(state):

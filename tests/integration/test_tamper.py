@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -404,46 +405,67 @@ def _index_rows(app: Any, column: str) -> list[tuple[str, int]]:
 def test_a_read_of_a_row_rewritten_as_text_fails_in_one_line_naming_verify(
     recorded: Any,
 ) -> None:
-    # Not a traceback, and not the exception's message (it could quote the data it failed
-    # on): its type, where it was raised, and what to run.
+    # Not a traceback, and not a driver's message (it could quote the data it failed on):
+    # one line saying the database was changed, exit 4, on each read path.
     if not recorded.database.is_sqlite:
         pytest.skip("PostgreSQL's bytea column refuses text")
     tamper(recorded, ("UPDATE ledger_events SET state = CAST(state AS TEXT)", {}))
-    done = run(recorded.database.url, "customer", "trail", "C100", "--json")
-    assert (done.exit_code, done.stdout) == (1, "")
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1
-    assert errors[0].startswith("Error: unexpected TypeError at ledger/")
-    assert "'consent-ledger verify' names what was altered" in errors[0]
-    assert "concat" not in errors[0]  # the exception's own message is left out
+    for command in (("customer", "trail", "C100"), ("customer", "show", "C100")):
+        done = run(recorded.database.url, *command, "--json")
+        assert (done.exit_code, done.stdout) == (4, ""), (command, done.stderr)
+        assert "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1
+        assert errors[0].startswith("Error: a stored event cannot be read as the ledger wrote it")
+        assert "'consent-ledger verify' names what changed" in errors[0]
 
 
-def test_an_event_whose_state_is_not_json_fails_queries_with_exit_4_naming_verify(
-    recorded: Any,
+def _rewritten_state(app: Any, position: int, how: str) -> bytes:
+    state = orjson.loads(bytes(event_row(app, position).state))
+    if how == "not json":
+        return b"not json"
+    if how == "not an object":
+        return b"[]"
+    assert how == "a bad time"
+    return orjson.dumps({**state, "at": "garbage"})
+
+
+@pytest.mark.parametrize("how", ["not json", "not an object", "a bad time"])
+@pytest.mark.parametrize("workers", [False, True])
+def test_an_event_state_the_ledger_cannot_have_written_fails_reads_with_exit_4(
+    recorded: Any, monkeypatch: pytest.MonkeyPatch, how: str, workers: bool
 ) -> None:
-    """Queries, the read models' rebuild and the audit meet an event the ledger cannot have
-    written: one line saying the ledger was altered (exit 4), on each read path."""
+    """Queries, the read models' rebuild (in this process, or in worker processes) and the
+    audit meet an event the ledger cannot have written: one line saying the database was
+    changed outside it (exit 4), on each read path; never 'unexpected' (exit 1)."""
+    if workers:
+        if not recorded.database.is_sqlite:
+            pytest.skip("worker processes fold SQLite passes only")
+        from projections import parallel, runner
+
+        monkeypatch.setattr(parallel, "MIN_EVENTS", 0)
+        monkeypatch.setattr(runner, "worker_count", lambda: 2)
     position = _position_of(recorded, "s-0003")
     rewrite = "UPDATE ledger_events SET state = :s WHERE notification_id = :n"
-    tamper(recorded, (rewrite, {"s": b"not json", "n": position}))
+    tamper(recorded, (rewrite, {"s": _rewritten_state(recorded, position, how), "n": position}))
     url = recorded.database.url
-    for command in (
-        ("customer", "trail", "C100"),  # the driver's read path
-        ("consent", "show", "C100"),
-        ("customer", "show", "C100"),  # the domain model's (eventsourcing's mapper)
-        ("projections", "rebuild"),  # the read models' fold
-        ("audit", "check"),
-    ):
+    commands: list[tuple[str, ...]] = [("projections", "rebuild"), ("audit", "check")]
+    if not workers:
+        commands += [
+            ("customer", "trail", "C100"),  # the driver's read path
+            ("consent", "show", "C100"),
+            ("customer", "show", "C100"),  # the domain model's (eventsourcing's mapper)
+        ]
+    for command in commands:
         done = run(url, *command)
-        assert done.exit_code == 4, (command, done.stderr)
         lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+        assert done.exit_code == 4, (command, done.stderr)
         assert len(lines) == 1, (command, done.stderr)  # nothing else: no stray traceback
         assert lines[0].startswith("Error: a stored event"), (command, lines)
-        assert lines[0].endswith(
-            "cannot be read: the ledger was altered outside consent-ledger; "
-            "'consent-ledger verify' names what changed"
-        ), (command, lines)
+        assert (
+            "cannot be read as the ledger wrote it: the database was changed outside " in (lines[0])
+        )
+        assert "'consent-ledger verify' names what changed" in lines[0], (command, lines)
 
 
 # -- the database refuses ----------------------------------------------------------------------
