@@ -60,10 +60,12 @@ def check_writable(path: Path) -> None:
         raise InputError(f"cannot write {path}: it is a folder")
 
 
-def write_file(path: Path, content: bytes, *, private: bool = False) -> None:
+def write_file(
+    path: Path, content: bytes, *, private: bool = False, shown: Path | None = None
+) -> None:
     """Write `content` to `path`; `private`: readable by its owner only (personal data).
     A failure is the user's to fix (a full disk, no permission): an input error naming the
-    file, not an internal one."""
+    file (`shown`, if `path` is a temporary name for it), not an internal one."""
     try:
         if private:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -73,4 +75,4 @@ def write_file(path: Path, content: bytes, *, private: bool = False) -> None:
         else:
             path.write_bytes(content)
     except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+        raise InputError(f"cannot write {shown or path}: {error.strerror or error}") from None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +42,30 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
         check_writable(path)
     from ledger.privacy import access_pack_markdown
 
-    written: list[Path] = []
+    partial = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in (out, readable)]
+    placed: list[Path] = []
 
     def deliver(pack: dict[str, Any]) -> None:
         # Inside the transaction that records the request: a file that cannot be written
-        # leaves the request unrecorded (Art. 15: recorded as served only when it was).
+        # leaves the request unrecorded (Art. 15: recorded as served only when it was). Each
+        # file is written whole under a temporary name, then put in place.
         json_text = orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n"
-        for path, content in ((out, json_text), (readable, access_pack_markdown(pack).encode())):
-            write_file(path, content, private=True)  # the pack holds personal data
-            written.append(path)
+        contents = (json_text, access_pack_markdown(pack).encode())
+        for temporary, path, content in zip(partial, (out, readable), contents, strict=True):
+            write_file(temporary, content, private=True, shown=path)  # personal data
+        for temporary, path in zip(partial, (out, readable), strict=True):
+            os.replace(temporary, path)
+            placed.append(path)
 
     try:
         pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
     except BaseException:
-        for path in written:  # a pack whose request is not recorded is not handed over
+        for path in placed:  # a pack whose request is not recorded is not handed over
             path.unlink(missing_ok=True)
         raise
+    finally:
+        for temporary in partial:  # what a failure left half written
+            temporary.unlink(missing_ok=True)
     logs.summarise(customer=logs.hashed(ref), disclosures=len(pack["disclosures"]))
     document = {
         "customer": ref,

@@ -104,12 +104,16 @@ def test_access_export_of_an_unknown_customer_is_an_error(
 
 @pytest.mark.parametrize("blocked", ["the pack", "its rendering"])
 def test_an_access_pack_that_cannot_be_written_is_not_recorded_as_served(
-    ledger_url: str, feed_small: Path, tmp_path: Path, blocked: str
+    ledger_url: str,
+    feed_small: Path,
+    tmp_path: Path,
+    blocked: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Art. 15: the request is recorded as answered only when the pack was handed over.
     A folder where a file should go is caught before anything is done; a file that fails
-    while it is written (here: a link to a folder that does not exist) undoes the request's
-    record, and takes back the file written before it."""
+    while it is written (here: the disk full halfway through) undoes the request's record,
+    and leaves no part of the pack behind, written or half written."""
     _prepare(ledger_url, feed_small)
     out = tmp_path / "pack.json"
     target = out if blocked == "the pack" else out.with_name("pack.json.md")
@@ -121,11 +125,25 @@ def test_an_access_pack_that_cannot_be_written_is_not_recorded_as_served(
         assert result.exit_code == 1
         assert error_line(result) == f"Error: cannot write {target}: it is a folder"
     target.rmdir()
-    target.symlink_to(tmp_path / "gone" / "file")
+
+    from cli.commands import privacy
+    from ledger.errors import InputError
+
+    real = privacy.write_file
+
+    def disk_full(path: Path, content: bytes, **options: Any) -> None:
+        if options.get("shown") == target:
+            path.write_bytes(content[: len(content) // 2])  # half, then no space left
+            raise InputError(f"cannot write {target}: No space left on device")
+        real(path, content, **options)
+
+    monkeypatch.setattr(privacy, "write_file", disk_full)
     result = run(ledger_url, "customer", "access-export", "C100", "--out", str(out))
     assert result.exit_code == 1
-    assert error_line(result) == f"Error: cannot write {target}: No such file or directory"
-    assert not out.exists()  # the pack, if written before its rendering failed, taken back
+    assert error_line(result) == f"Error: cannot write {target}: No space left on device"
+    assert not out.exists() and not target.exists()
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".partial")]
+    monkeypatch.setattr(privacy, "write_file", real)
     kept = tmp_path / "kept.json"
     run_json(ledger_url, "customer", "access-export", "C100", "--out", str(kept), "--no-record")
     requests = orjson.loads(kept.read_bytes())["access_requests"]
