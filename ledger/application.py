@@ -196,6 +196,29 @@ class ConsentLedger(Application[UUID]):
 
     # -- reading -----------------------------------------------------------------------------
 
+    def erase(
+        self, ref: str, *, at: datetime | None = None, fact_id: str | None = None
+    ) -> tuple[str, bool]:
+        """Art. 17 (SPEC §4): record the customer's erasure; (its fact id, whether it was
+        recorded now). A customer already erased is not erased again, unless the erasure
+        given happened earlier than the one recorded (a late report of an earlier request
+        moves the time the rules judge from): the recorded erasure's fact id is returned."""
+        try:
+            customer, events = self.customer_with_events(ref)
+        except CustomerNotFoundError:  # refused below as any fact naming them would be
+            customer, events = None, []
+        erased_at = customer.erased_at if customer is not None else None
+        if erased_at is not None and (at is None or at >= erased_at):
+            first = min((e for e in events if isinstance(e, Customer.Erased)), key=lambda e: e.at)
+            return first.fact_id, False
+        fact: dict[str, Any] = {"type": "subject.erased", "customer": ref}
+        if at is not None:
+            fact["at"] = iso(at)
+        if fact_id is not None:
+            fact["id"] = fact_id
+        recorded, fresh = self.record_fact(fact)
+        return recorded.id, fresh
+
     def customer(self, ref: str) -> Customer:
         return self.customer_with_events(ref)[0]
 

@@ -53,6 +53,13 @@ class InvalidFeedError(InputError):
         super().__init__(f"{first}{more}; nothing from the file was recorded")
 
 
+def _utc(moment: Any) -> str:
+    """A time as the ledger prints every time: ISO 8601 in UTC, with a `Z`."""
+    from datetime import UTC
+
+    return str(moment.astimezone(UTC).isoformat()).replace("+00:00", "Z")
+
+
 class CustomerNotFoundError(InputError):
     def __init__(self, ref: str, known_at: Any = None) -> None:
         self.ref = ref
@@ -60,7 +67,7 @@ class CustomerNotFoundError(InputError):
             super().__init__(f"customer {ref!r} is not in the ledger")
         else:  # --known-at: the ledger as it stood then
             super().__init__(
-                f"customer {ref!r} was not in the ledger as known at {known_at.isoformat()}: "
+                f"customer {ref!r} was not in the ledger as known at {_utc(known_at)}: "
                 "nothing about them had been recorded by then"
             )
 

@@ -103,18 +103,19 @@ def trail(context: Any, ref: str, as_json: bool) -> None:
 @json_option
 @pass_ledger
 def erase(ledger: Any, ref: str, at: Any, fact_id: str | None, as_json: bool) -> None:
-    """Erase customer REF's personal data (destroys their key); history stays provable."""
-    fact: dict[str, Any] = {"type": "subject.erased", "customer": ref}
-    if at is not None:
-        fact["at"] = at.isoformat()
-    if fact_id is not None:
-        fact["id"] = fact_id
-    recorded, fresh = ledger.record_fact(fact)
-    logs.summarise(customer=logs.hashed(ref), fact_id=recorded.id)
+    """Erase customer REF's personal data (destroys their key); history stays provable.
+
+    A customer already erased is not erased again (nothing is recorded, and the erasure on
+    record is named), unless --at says the erasure happened earlier than the one recorded.
+    """
+    erasure, fresh = ledger.erase(ref, at=at, fact_id=fact_id)
+    logs.summarise(customer=logs.hashed(ref), fact_id=erasure, recorded=fresh)
     if as_json:
-        emit_json({"customer": ref, "erased": True, "fact_id": recorded.id, "recorded": fresh})
+        emit_json({"customer": ref, "erased": True, "fact_id": erasure, "recorded": fresh})
+    elif fresh:
+        click.echo(f"customer {ref} erased ({erasure}); their personal data is gone")
     else:
-        click.echo(f"customer {ref} erased ({recorded.id}); their personal data is gone")
+        click.echo(f"customer {ref} was already erased ({erasure}): nothing recorded")
 
 
 commands = [customer]

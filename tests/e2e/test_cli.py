@@ -874,3 +874,26 @@ def test_logs_name_a_customer_by_a_keyed_hash_stable_within_a_ledger_only(
         assert names[-1] == log_pseudonym(url, "C100")
     assert names[0] == names[1] and names[2] == names[3] and names[0] != names[2]
     assert all(hashlib.sha256(b"C100").hexdigest()[:12] not in name for name in names)
+
+
+def test_erasing_an_erased_customer_records_nothing_unless_it_was_earlier(url: str) -> None:
+    first = run_json(url, "customer", "erase", "C100", "--at", "2025-09-01T00:00:00Z")
+    assert first["recorded"] is True
+    facts = run_json(url, "verify")["facts"]
+    again = run(url, "customer", "erase", "C100")
+    assert (again.exit_code, again.stdout) == (
+        0,
+        f"customer C100 was already erased ({first['fact_id']}): nothing recorded\n",
+    )
+    later = run_json(url, "customer", "erase", "C100", "--at", "2025-10-01T00:00:00Z")
+    assert later == {
+        "customer": "C100",
+        "erased": True,
+        "fact_id": first["fact_id"],
+        "recorded": False,
+    }
+    assert run_json(url, "verify")["facts"] == facts
+    # An erasure reported late, that happened earlier, moves the time the rules judge from.
+    earlier = run_json(url, "customer", "erase", "C100", "--at", "2025-08-01T00:00:00Z")
+    assert earlier["recorded"] is True and earlier["fact_id"] != first["fact_id"]
+    assert run_json(url, "verify")["facts"] == facts + 1

@@ -118,7 +118,7 @@ def test_known_at_answers_as_the_ledger_knew_it(url: str, tmp_path: Path) -> Non
     refused = run(url, "consent", "show", "C100", "--known-at", "2000-01-01")
     assert refused.exit_code == 1
     assert error_line(refused) == (
-        "Error: customer 'C100' was not in the ledger as known at 2000-01-01T23:59:59.999999+00:00:"
+        "Error: customer 'C100' was not in the ledger as known at 2000-01-01T23:59:59.999999Z:"
         " nothing about them had been recorded by then"
     )
 
