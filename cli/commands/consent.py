@@ -106,7 +106,11 @@ def give(
     fact_id: str | None,
     as_json: bool,
 ) -> None:
-    """Record that customer REF gave consent for PURPOSE on CHANNEL."""
+    """Record that customer REF gave consent for PURPOSE on CHANNEL.
+
+    \b
+    Channels by purpose: marketing, affiliate_sharing and market_research on email or
+    post; personalisation on web."""
     from cli.commands.recording import _record
 
     fact = _change("consent.given", ref, purpose, channel, method, policy_version, at, fact_id)
@@ -132,7 +136,11 @@ def withdraw(
     fact_id: str | None,
     as_json: bool,
 ) -> None:
-    """Record that customer REF withdrew consent for PURPOSE on CHANNEL."""
+    """Record that customer REF withdrew consent for PURPOSE on CHANNEL.
+
+    \b
+    Channels by purpose: marketing, affiliate_sharing and market_research on email or
+    post; personalisation on web."""
     from cli.commands.recording import _record
 
     fact = _change("consent.withdrawn", ref, purpose, channel, method, None, at, fact_id)

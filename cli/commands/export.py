@@ -139,7 +139,7 @@ def list_exports(ledger: Any, as_json: bool) -> None:
     if as_json:
         emit_json({"exports": rows})
         return
-    columns = ["at", "recipient", "customers", "identified", "categories", "fact_id"]
+    columns = ["at", "export_id", "recipient", "customers", "identified", "categories"]
     click.echo(table(rows, columns, empty="(no exports)"))
 
 

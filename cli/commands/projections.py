@@ -38,7 +38,11 @@ def status(context: Any, as_json: bool) -> None:
 @click.pass_obj
 def rebuild(context: Any, name: str | None, as_json: bool) -> None:
     """Rebuild NAME (default: every read model) from event zero, beside the one in use;
-    queries switch to it only when it is complete."""
+    queries switch to it only when it is complete.
+
+    \b
+    NAME: current_consent, consent_history, disclosure_trail, recipient_registry,
+    order_status or violations."""
     models = context.ledger.read_models
     if name is not None and name not in models.models:
         known = ", ".join(sorted(models.models))

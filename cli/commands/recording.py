@@ -158,7 +158,7 @@ _RECIPIENT_FIELD = {
     "--categories",
     help=f"Comma-separated, of: {', '.join(sorted(DATA_CATEGORIES))} (affiliate, acquirer).",
 )
-@click.option("--tracking", help="Carrier tracking number.")
+@click.option("--tracking", help="Carrier tracking number (required for carrier).")
 @click.option("--result", help="authorised/refused (card_issuer); pass/fail/refer (identity).")
 @click.option(
     "--source",

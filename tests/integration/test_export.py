@@ -317,6 +317,9 @@ def test_the_seller_lists_exports_and_reidentifies_a_pseudonym(
     result = _export(ledger, tmp_path / "dd")
     listed = run_json(ledger_url, "export", "list")["exports"]
     assert [e["fact_id"] for e in listed] == [result.fact_id]
+    # The plain table shows the id that `export reidentify` takes.
+    table = run(ledger_url, "export", "list").stdout
+    assert "EXPORT_ID" in table.splitlines()[0] and result.export_id in table
     alias = next(r["customer"] for r in _rows(tmp_path / "dd", "customers"))
     found = run_json(ledger_url, "export", "reidentify", result.export_id, alias)
     assert found["customer"] in set(ledger.customer_refs())

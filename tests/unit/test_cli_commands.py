@@ -11,6 +11,7 @@ import click
 import pytest
 
 from cli.commands import COMMAND_MODULES, MODULES
+from tests.cli_helpers import run
 
 
 def defined() -> dict[str, set[str]]:
@@ -78,3 +79,18 @@ def test_help_lists_every_command() -> None:
         line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()
     }
     assert listed == set(COMMAND_MODULES)
+
+
+def test_help_names_every_read_model_and_every_purposes_channels() -> None:
+    """Help text written by hand, held to the vocabulary it names."""
+    from ledger.vocabulary import PURPOSE_CHANNELS
+    from projections.runner import NAMES
+
+    rebuild = " ".join(run(None, "projections", "rebuild", "--help").stdout.split())
+    assert all(name in rebuild for name in NAMES)
+    for command in ("give", "withdraw"):
+        text = " ".join(run(None, "consent", command, "--help").stdout.split())
+        assert "personalisation on web" in text and PURPOSE_CHANNELS["personalisation"] == {"web"}
+        others = sorted(set(PURPOSE_CHANNELS) - {"personalisation"})
+        assert all(PURPOSE_CHANNELS[p] == {"email", "post"} for p in others)
+        assert "marketing, affiliate_sharing and market_research on email or post" in text
