@@ -28,7 +28,10 @@ SCRIPTS = {
     "bench_integrity.py": (["--facts", "1500", "--proofs", "20"], "inclusion proof"),
     "bench_import.py": (["--facts", "1500", "--rounds", "1"], "worker thread"),
     "bench_privacy.py": (["--customers", "80"], "data keys re-wrapped"),
+    "bench_feed.py": (["--lines", "300", "--rounds", "1"], "us per line"),
 }
+# Scripts that keep no files (no --work folder).
+IN_MEMORY = {"bench_privacy.py", "bench_feed.py"}
 
 # Every row of the README's performance table (`benchmarks/run.py`'s figures).
 FIGURES = {
@@ -70,7 +73,7 @@ def _run(script: str, *args: str) -> str:
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_script_runs(script: str, tmp_path: Path) -> None:
     args, expected = SCRIPTS[script]
-    if script != "bench_privacy.py":  # it works in a temporary folder of its own
+    if script not in IN_MEMORY:  # (bench_privacy works in a temporary folder of its own)
         args = [*args, "--work", str(tmp_path)]
     assert expected in _run(script, *args)
 
