@@ -53,21 +53,16 @@ class InvalidFeedError(InputError):
         super().__init__(f"{first}{more}; nothing from the file was recorded")
 
 
-def _utc(moment: Any) -> str:
-    """A time as the ledger prints every time: ISO 8601 in UTC, with a `Z`."""
-    from datetime import UTC
-
-    return str(moment.astimezone(UTC).isoformat()).replace("+00:00", "Z")
-
-
 class CustomerNotFoundError(InputError):
     def __init__(self, ref: str, known_at: Any = None) -> None:
         self.ref = ref
         if known_at is None:
             super().__init__(f"customer {ref!r} is not in the ledger")
         else:  # --known-at: the ledger as it stood then
+            from ledger.feed import iso  # (the feed's module imports this one)
+
             super().__init__(
-                f"customer {ref!r} was not in the ledger as known at {_utc(known_at)}: "
+                f"customer {ref!r} was not in the ledger as known at {iso(known_at)}: "
                 "nothing about them had been recorded by then"
             )
 

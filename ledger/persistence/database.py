@@ -59,12 +59,18 @@ def normalise_url(raw: str) -> URL:
 _DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql+psycopg"})
 
 
-def unreadable_url() -> DatabaseUnavailableError:
-    """The error for a URL that does not parse (never shown: it may hold a password)."""
-    return DatabaseUnavailableError(
-        "the database URL cannot be read (e.g. sqlite:///ledger.db or "
-        "postgresql://USER@HOST:5432/DATABASE)"
-    )
+def parse_url(raw: str) -> URL:
+    """`normalise_url`, with a URL that does not parse as one plain error (the URL is not
+    shown: it may hold a password)."""
+    import sqlalchemy as sa
+
+    try:
+        return normalise_url(raw)
+    except (sa.exc.ArgumentError, ValueError):
+        raise DatabaseUnavailableError(
+            "the database URL cannot be read (e.g. sqlite:///ledger.db or "
+            "postgresql://USER@HOST:5432/DATABASE)"
+        ) from None
 
 
 def safe_url(url: URL | str) -> str:
@@ -263,12 +269,7 @@ class Database:
     @property
     def url(self) -> URL:
         if self._url is None:
-            import sqlalchemy as sa
-
-            try:
-                self._url = normalise_url(self._raw_url)
-            except (sa.exc.ArgumentError, ValueError):  # not shown: it may hold a password
-                raise unreadable_url() from None
+            self._url = parse_url(self._raw_url)
         return self._url
 
     @property

@@ -55,14 +55,9 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
 
     def _safe(self) -> str:
         """The URL as `Database` names it in errors (driver named, password hidden)."""
-        import sqlalchemy as sa
+        from ledger.persistence.database import parse_url, safe_url
 
-        from ledger.persistence.database import normalise_url, safe_url, unreadable_url
-
-        try:
-            return safe_url(normalise_url(self.url))
-        except (sa.exc.ArgumentError, ValueError):
-            raise unreadable_url() from None
+        return safe_url(parse_url(self.url))
 
     def _usable(self, conn: psycopg.Connection[Any]) -> bool:
         return not conn.closed
