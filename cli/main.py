@@ -119,8 +119,18 @@ class LedgerContext:
         if self._database is None:
             from ledger.config import open_database
 
-            self._database = open_database(self.url)
+            self._database = open_database(self.url, on_lock_wait=self.say_waiting)
         return self._database
+
+    def say_waiting(self) -> None:
+        """A write has waited a while for the writer's lock: say why it is not done yet."""
+        from ledger.persistence.database import safe_url
+
+        logs.log.warning(
+            "waiting for the write lock: another command is writing to this ledger, and this "
+            "one goes on when that one commits",
+            database=safe_url(self.url),
+        )
 
     @property
     def ledger(self) -> Any:

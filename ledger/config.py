@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,10 +50,14 @@ def upgrade(database: Database) -> UpgradeResult:
     return UpgradeResult(before, after, keys.source)
 
 
-def open_database(url: str, *, auto_upgrade: bool = True) -> Database:
+def open_database(
+    url: str, *, auto_upgrade: bool = True, on_lock_wait: Callable[[], None] | None = None
+) -> Database:
     """The database at `url`. A brand-new SQLite file is created on first use; any other
-    database must be at the current schema (else: run `consent-ledger db upgrade`)."""
+    database must be at the current schema (else: run `consent-ledger db upgrade`).
+    `on_lock_wait`: see `Database.on_lock_wait`."""
     database = Database(url)
+    database.on_lock_wait = on_lock_wait
     if auto_upgrade and database.is_sqlite and database.is_fresh():
         upgrade(database)
     else:

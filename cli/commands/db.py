@@ -21,7 +21,9 @@ def upgrade(obj: object, as_json: bool) -> None:
     from ledger.persistence.database import Database, safe_url
 
     url = obj.url  # type: ignore[attr-defined]
-    result = run_upgrade(Database(url))
+    database = Database(url)
+    database.on_lock_wait = obj.say_waiting  # type: ignore[attr-defined]
+    result = run_upgrade(database)
     document = {
         "database": safe_url(url),
         "from": result.before,

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 # Recordings committed on PostgreSQL are announced here (read models listen).
 NOTIFY_CHANNEL = "consent_ledger_events"
 
+# Seconds a write waits for the writer's lock before `Database.on_lock_wait` is told.
+LOCK_NOTICE_AFTER = 1.0
+
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
 SCHEMA_HEAD = "0006"
 
@@ -258,6 +261,9 @@ class Database:
                 f"cannot open {safe_url(self.url)}: folder {path.parent} does not exist"
             )
         self._background_ok: bool | None = None
+        # Called (on a timer thread) when a write has waited `LOCK_NOTICE_AFTER` seconds
+        # for the writer's lock: the CLI says so, rather than sit there silently.
+        self.on_lock_wait: Callable[[], None] | None = None
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -405,11 +411,16 @@ class Database:
 
         with self.connect() as base:
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
-            trans = conn.begin()
-            tx: WriteTransaction | None = None  # none yet if the lock or the head read fails
+            with self._lock_wait_notice():
+                trans = conn.begin()
+                try:
+                    if not self.is_sqlite:
+                        conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+                except BaseException:
+                    trans.rollback()
+                    raise
+            tx: WriteTransaction | None = None  # none yet if the head read fails
             try:
-                if not self.is_sqlite:
-                    conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
                 head = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id)))
                 first_id = (head.scalar() or 0) + 1
                 tx = WriteTransaction(self, conn, first_id)
@@ -442,6 +453,24 @@ class Database:
             trans.commit()
         for callback in tx.after_commit:
             callback()
+
+    @contextmanager
+    def _lock_wait_notice(self) -> Iterator[None]:
+        """Tell `on_lock_wait` if what this block waits for (the writer's lock, held by
+        another import or command until it commits) takes longer than `LOCK_NOTICE_AFTER`."""
+        callback = self.on_lock_wait
+        if callback is None:
+            yield
+            return
+        import threading
+
+        timer = threading.Timer(LOCK_NOTICE_AFTER, callback)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -528,7 +557,9 @@ class Database:
             # upgrade one after the other (the later ones find it done) instead of failing
             # with "database is locked" when a read lock cannot become a write lock.
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
+            with self._lock_wait_notice():
+                trans = conn.begin()
+            with trans:
                 upgrade_connection(conn)
         return before, SCHEMA_HEAD
 

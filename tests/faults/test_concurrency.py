@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,54 @@ def test_four_first_commands_racing_on_a_new_sqlite_file(tmp_path: Path) -> None
     summaries = _import_at_once(url, files)
     # Then one creates the schema, the others wait for it, and every fact is recorded once
     _check_each_fact_once(url, contents, summaries)
+
+
+def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    from ledger.persistence.database import LOCK_NOTICE_AFTER, Database
+
+    # Given a customer, and a write of this process holding the writer's lock
+    lines = feed_lines(1, prefix="w-")
+    ledger.import_lines(iter(lines))
+    customer = next(
+        fact["customer"]
+        for fact in map(orjson.loads, lines)
+        if fact["type"] == "customer.registered"
+    )
+    ledger.database.dispose()
+    give = ["consent", "give", customer, "marketing", "post", "--method", "web_form"]
+    give += ["--policy-version", "v1", "--json"]
+    # (a new process, not a fork: SQLite's state of this process's lock must not be copied)
+    command = [sys.executable, "-c", "from cli.main import main; main()", "--db", ledger_url]
+    holder = Database(ledger_url)
+    with holder.writing():
+        # When a command that records starts meanwhile, and waits longer than the notice's delay
+        process = subprocess.Popen(
+            [*command, *give], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(LOCK_NOTICE_AFTER + 2.0)
+        assert process.poll() is None  # still waiting
+    holder.dispose()
+    out, err = process.communicate(timeout=60)
+    # Then it said on stderr that it waits, and why, naming no personal data
+    waiting = [line for line in err.splitlines() if "write lock" in line]
+    assert len(waiting) == 1, err
+    assert "another command is writing to this ledger" in waiting[0]
+    assert customer not in waiting[0]
+    # And recorded once the lock was released
+    assert process.returncode == 0, err
+    assert orjson.loads(out)["recorded"] is True
+
+
+def test_a_command_that_gets_the_lock_at_once_says_nothing_of_waiting(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    write_feed(tmp_path / "feed.jsonl", feed_lines(1, prefix="n-"))
+    ledger.database.dispose()
+    out, err = tmp_path / "import.out", tmp_path / "import.err"
+    pid = fork(ledger_url, "import", str(tmp_path / "feed.jsonl"), "--json", out=out, err=err)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err.read_text()
+    assert orjson.loads(out.read_bytes())["accepted"] > 0
+    assert "write lock" not in err.read_text()
