@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
@@ -28,3 +29,25 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+_SLOTS = ("a", "b")
+_VIOLATIONS_TABLES = (
+    "violations",
+    "violation_transfers",
+    "transfer_initiations",
+    "violation_notices",
+)
+
+
+def reset_violations_model(bind: Connection) -> None:
+    """Empty the violations read model in both slots and set it back to event zero: the next
+    query that reads it rebuilds it from the events (read models are disposable: see 0002)."""
+    present = set(sa.inspect(bind).get_table_names())
+    for name in _VIOLATIONS_TABLES:
+        for slot in _SLOTS:
+            table = f"rm_{name}_{slot}"
+            if table in present:
+                bind.execute(sa.text(f"DELETE FROM {table}"))
+    if "rm_tracking" in present:
+        bind.execute(sa.text("UPDATE rm_tracking SET position = 0 WHERE name = 'violations'"))

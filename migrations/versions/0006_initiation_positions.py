@@ -21,26 +21,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations import reset_violations_model
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
 
 _SLOTS = ("a", "b")
-_TABLES = ("violations", "violation_transfers", "transfer_initiations", "violation_notices")
 
 
 def _reset() -> None:
     """Empty the violations model in both slots and set it back to event zero."""
-    bind = op.get_bind()
-    present = set(sa.inspect(bind).get_table_names())
-    for name in _TABLES:
-        for slot in _SLOTS:
-            table = f"rm_{name}_{slot}"
-            if table in present:
-                op.execute(sa.text(f"DELETE FROM {table}"))
-    if "rm_tracking" in present:
-        op.execute(sa.text("UPDATE rm_tracking SET position = 0 WHERE name = 'violations'"))
+    reset_violations_model(op.get_bind())
 
 
 def _columns(table: str) -> set[str]:

@@ -1,0 +1,176 @@
+"""Ledgers written by earlier versions upgrade, verify and answer as they did.
+
+`tests/data/legacy/` holds a ledger built by commit 223a2a8 (schema 0005), the same ledger
+after commit 448b0b8 upgraded it to its first 0006 (which kept no `stream_ordered_until`),
+that version's answers and its due-diligence export (see the README there). On PostgreSQL,
+where a file cannot be carried, the old import's order is reproduced instead: a chunk's
+events stored stream by stream, then the ledger set back to how the first 0006 left it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from ledger.persistence.database import SCHEMA_HEAD, Database
+from tests.cli_helpers import run, run_json
+
+LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
+
+# The questions 223a2a8 answered (`answers-223a2a8/<name>.json`).
+QUESTIONS: dict[str, list[str]] = {
+    **{f"show-{ref}": ["customer", "show", ref] for ref in ("C100", "C101", "C102", "C103")},
+    **{f"trail-{ref}": ["customer", "trail", ref] for ref in ("C100", "C101", "C102", "C103")},
+    "asof-C100-feb": ["consent", "show", "C100", "--as-of", "2025-02-15T00:00:00Z"],
+    "asof-C100-apr": ["consent", "show", "C100", "--as-of", "2025-04-01T00:00:00Z"],
+    "asof-C100-now": ["consent", "show", "C100"],
+    "asof-C102-now": ["consent", "show", "C102"],
+    "asof-C102-tie": ["consent", "show", "C102", "--as-of", "2025-09-02T10:00:00Z"],
+    "audit": ["audit", "check"],
+    "verify": ["verify"],
+    "order-O502": ["order", "show", "O502"],
+    "exportlist": ["export", "list"],
+}
+
+AT = "2025-10-01T00:00:00Z"
+
+
+def _legacy_ledger(name: str, tmp_path: Path) -> str:
+    """A copy of a fixture ledger, its keys where this test's key folder is."""
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(LEGACY / name, path)
+    keys = tmp_path / "keys"  # CONSENT_LEDGER_KEY_DIR (tests/conftest.py)
+    shutil.copytree(LEGACY / "keys", keys)
+    for key in keys.iterdir():
+        key.chmod(0o600)
+    return f"sqlite:///{path}"
+
+
+def _tie(prefix: str, *, initiation_first: bool = False) -> list[dict[str, Any]]:
+    """A customer's registration, a transfer disclosure and, on the next line at the same
+    `at`, its acquirer's initiation: recorded in line order, the disclosure comes first (SPEC
+    §1), a violation. With `initiation_first`, the two lines swapped: no violation."""
+    registered, disclosed, initiated = [
+        {
+            "id": f"{prefix}-r",
+            "type": "customer.registered",
+            "customer": f"{prefix}-C",
+            "name": "Ada Lovelace",
+            "email": "ada@example.org",
+            "address": {"line1": "1 Way", "city": "Leeds", "postcode": "LS1", "country": "GB"},
+            "at": "2025-01-01T00:00:00Z",
+        },
+        {
+            "id": f"{prefix}-d",
+            "type": "transfer.disclosure",
+            "customer": f"{prefix}-C",
+            "acquirer": f"{prefix} Holdings",
+            "categories": ["name"],
+            "at": AT,
+        },
+        {
+            "id": f"{prefix}-i",
+            "type": "transfer.initiated",
+            "acquirer": f"{prefix} Holdings",
+            "scope": "all",
+            "at": AT,
+        },
+    ]
+    if initiation_first:
+        return [registered, initiated, disclosed]
+    return [registered, disclosed, initiated]
+
+
+def _import(url: str, facts: list[dict[str, Any]], path: Path) -> None:
+    path.write_bytes(b"".join(orjson.dumps(fact) + b"\n" for fact in facts))
+    assert run_json(url, "import", str(path))["accepted"] == len(facts)
+
+
+def _transfer_violations(url: str) -> list[str]:
+    violations = run_json(url, "audit", "check")["violations"]
+    return [v["fact_id"] for v in violations if v["rule"] == "transfer_without_initiation"]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "schema"), [("at-0005-by-223a2a8.db", "0005"), ("at-0006-by-448b0b8.db", "0006")]
+)
+def test_a_ledger_an_earlier_version_wrote_upgrades_and_answers_as_that_version_did(
+    fixture: str, schema: str, tmp_path: Path
+) -> None:
+    url = _legacy_ledger(fixture, tmp_path)
+    # Given a ledger an earlier version wrote: commands ask for the upgrade first
+    assert run(url, "audit", "check").exit_code == 1
+    document = run_json(url, "db", "upgrade")
+    assert (document["from"], document["to"]) == (schema, SCHEMA_HEAD)
+    # Then every question gets the answer the version that built it gave, `verify` the
+    # same head; so does the tie it recorded out of line order (x-0005 then x-0006, at 31
+    # and 36): the initiation counts, as it did then
+    for name, command in QUESTIONS.items():
+        expected = orjson.loads((LEGACY / "answers-223a2a8" / f"{name}.json").read_bytes())
+        assert run_json(url, *command) == expected, name
+    # Its export still verifies
+    assert run(url, "export", "verify", str(LEGACY / "export-by-223a2a8")).exit_code == 0
+    # And a tie recorded since is judged by its position: the disclosure came first
+    _import(url, _tie("new"), tmp_path / "tie.jsonl")
+    assert _transfer_violations(url) == ["new-d"]
+    assert run_json(url, "verify")["ok"] is True
+
+
+def test_ties_an_import_stored_stream_by_stream_are_found_by_0007(
+    ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the first 0006 left a ledger it upgraded, on either backend: the ledger's events
+    stored as an import before 0006 stored them, and no `stream_ordered_until`."""
+    from ledger.application import Recording
+
+    run_json(ledger_url, "db", "upgrade")
+    in_line_order = Recording._flush
+
+    def stream_by_stream(self: Recording) -> None:  # the import before 0006
+        counts = Counter(self.applied)
+        self.applied[:] = [ident for ident in counts for _ in range(counts[ident])]
+        in_line_order(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Recording, "_flush", stream_by_stream)
+        # (stream by stream: the customer's two events, then the acquirer's)
+        _import(ledger_url, _tie("old", initiation_first=True), tmp_path / "old.jsonl")
+    database = Database(ledger_url)
+    try:
+        with database.connect() as conn, conn.begin():
+            conn.execute(sa.text("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'"))
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
+    finally:
+        database.dispose()
+    # When 0007 upgrades it
+    document = run_json(ledger_url, "db", "upgrade")
+    assert (document["from"], document["to"]) == ("0006", SCHEMA_HEAD)
+    # Then the old tie, its initiation stored after the disclosure though applied before
+    # it, is judged as then: the initiation counts (by position it would not)
+    assert _transfer_violations(ledger_url) == []
+    # And one recorded since by its position
+    _import(ledger_url, _tie("new"), tmp_path / "new.jsonl")
+    assert _transfer_violations(ledger_url) == ["new-d"]
+    assert run_json(ledger_url, "verify")["ok"] is True
+
+
+def test_a_ledger_recorded_in_line_order_gets_no_old_ties(ledger_url: str, tmp_path: Path) -> None:
+    """0007 on a ledger 0006 found empty (it kept no marker then): every event was stored
+    in the order it was applied, so no tie is judged as before 0006."""
+    run_json(ledger_url, "db", "upgrade")
+    _import(ledger_url, _tie("a"), tmp_path / "a.jsonl")
+    database = Database(ledger_url)
+    try:
+        with database.connect() as conn, conn.begin():
+            conn.execute(sa.text("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'"))
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
+    finally:
+        database.dispose()
+    run_json(ledger_url, "db", "upgrade")
+    assert _transfer_violations(ledger_url) == ["a-d"]
