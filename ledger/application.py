@@ -154,8 +154,15 @@ class ConsentLedger(Application[UUID]):
             raise InvalidFeedError(summary.errors, summary.accepted, summary.duplicates)
         return summary
 
-    def record_fact(self, obj: dict[str, Any], *, dry_run: bool = False) -> tuple[Fact, bool]:
-        """Record one fact, applying the preventive rules. Returns (fact, newly recorded)."""
+    def record_fact(
+        self, obj: dict[str, Any], *, dry_run: bool = False, retry_only: bool = False
+    ) -> tuple[Fact, bool]:
+        """Record one fact, applying the preventive rules. Returns (fact, newly recorded).
+
+        An id already recorded makes the fact a duplicate (SPEC §2), recorded no more. With
+        `retry_only` (a command's own facts, such as an erasure or a consent given) it must
+        also be that same fact, retried; an id that another fact has is refused
+        (`DuplicateFactError`), lest the command report as done what was never recorded."""
         obj = dict(obj)
         obj.setdefault("id", f"cmd-{uuid4()}")
         obj.setdefault("at", iso(datetime.now(UTC)))
@@ -164,7 +171,30 @@ class ConsentLedger(Application[UUID]):
         self._record_items(iter([(1, fact)]), summary, preventive=True, dry_run=dry_run)
         if summary.errors:
             raise InvalidFactError(summary.errors[0].reason)
+        if retry_only and summary.duplicates:  # (what an id stands for never changes)
+            self._refuse_another_fact(fact)
         return fact, summary.accepted == 1
+
+    def _refuse_another_fact(self, fact: Fact) -> None:
+        """Refuse `fact` if the fact recorded under its id is another one: of another type,
+        naming another customer, acquirer or order, or with other values in its fields."""
+        found = self._recorded(fact.id)
+        if found is None:
+            return
+        fact_type, state, originator = found
+        if fact.type == "transfer.initiated":
+            names_the_same = originator == acquirer_id(fact.data["acquirer"])
+        elif fact.customer is not None:
+            names_the_same = originator == customer_id(fact.customer)
+        else:
+            names_the_same = state.get("order") == fact.data.get("order")
+        says_the_same = all(
+            _same_value(value, state[name])
+            for name, value in fact.data.items()
+            if name in state  # (personal data is sealed: not compared)
+        )
+        if fact_type != fact.type or not names_the_same or not says_the_same:
+            raise DuplicateFactError(fact.id, fact_type)
 
     def _record_items(
         self,
@@ -203,21 +233,22 @@ class ConsentLedger(Application[UUID]):
         recorded now). A customer already erased is not erased again, unless the erasure
         given happened earlier than the one recorded (a late report of an earlier request
         moves the time the rules judge from): the recorded erasure's fact id is returned."""
-        try:
-            customer, events = self.customer_with_events(ref)
-        except CustomerNotFoundError:  # refused below as any fact naming them would be
-            customer, events = None, []
-        erased_at = customer.erased_at if customer is not None else None
-        if erased_at is not None and (at is None or at >= erased_at):
-            first = min((e for e in events if isinstance(e, Customer.Erased)), key=lambda e: e.at)
-            return first.fact_id, False
-        fact: dict[str, Any] = {"type": "subject.erased", "customer": ref}
-        if at is not None:
-            fact["at"] = iso(at)
-        if fact_id is not None:
-            fact["id"] = fact_id
-        recorded, fresh = self.record_fact(fact)
-        return recorded.id, fresh
+        with self.database.writing():  # what is on record, read under the writer's lock
+            try:
+                customer, events = self.customer_with_events(ref)
+            except CustomerNotFoundError:  # refused below as any fact naming them would be
+                customer, events = None, []
+            erased_at = customer.erased_at if customer is not None else None
+            if erased_at is not None and (at is None or at >= erased_at):
+                erasures = (e for e in events if isinstance(e, Customer.Erased))
+                return min(erasures, key=lambda e: e.at).fact_id, False
+            fact: dict[str, Any] = {"type": "subject.erased", "customer": ref}
+            if at is not None:
+                fact["at"] = iso(at)
+            if fact_id is not None:
+                fact["id"] = fact_id
+            recorded, fresh = self.record_fact(fact, retry_only=True)
+            return recorded.id, fresh
 
     def customer(self, ref: str) -> Customer:
         return self.customer_with_events(ref)[0]
@@ -245,15 +276,23 @@ class ConsentLedger(Application[UUID]):
     def recorded_fact(self, fact_id: str) -> tuple[str, datetime] | None:
         """(type, business time) of the fact recorded under `fact_id`, if any: what a
         duplicate id already stands for."""
+        found = self._recorded(fact_id)
+        if found is None:
+            return None
+        fact_type, state, _ = found
+        at: datetime = state["at"]
+        return fact_type, at
+
+    def _recorded(self, fact_id: str) -> tuple[str, dict[str, Any], UUID] | None:
+        """(type, decoded state, stream id) of the fact recorded under `fact_id`, if any."""
         from ledger.persistence.sqlite_reads import SELECT_RECORDED_FACT
         from ledger.persistence.stored_state import decode_state
 
         rows = self.database.fetch_on_driver(SELECT_RECORDED_FACT, (fact_id,))
         if not rows:
             return None
-        fact_type, state = rows[0]
-        at: datetime = decode_state(state)["at"]
-        return str(fact_type), at
+        fact_type, state, originator = rows[0]
+        return str(fact_type), decode_state(state), UUID(str(originator))
 
     def known_size(self, known_at: datetime) -> int:
         """How much of the log the ledger knew at recorded time `known_at`: the events of
@@ -866,6 +905,14 @@ _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
 _ORDER_COLUMNS = ("order_ref", "customer_id")
+
+
+def _same_value(given: Any, recorded: Any) -> bool:
+    """A fact's field as given and as recorded (a list of categories in any order; a total,
+    a Decimal given, as its text)."""
+    if isinstance(given, list) and isinstance(recorded, list):
+        return sorted(map(str, given)) == sorted(map(str, recorded))
+    return bool(given == recorded) or str(given) == str(recorded)
 
 
 def _too_many_waiting(error: UnknownReferenceError) -> InvalidFactError:

@@ -80,9 +80,15 @@ class FactNotFoundError(InputError):
 
 
 class DuplicateFactError(InputError):
-    def __init__(self, fact_id: str) -> None:
+    def __init__(self, fact_id: str, recorded_type: str | None = None) -> None:
         self.fact_id = fact_id
-        super().__init__(f"fact {fact_id!r} is already recorded")
+        if recorded_type is None:
+            super().__init__(f"fact {fact_id!r} is already recorded")
+        else:
+            super().__init__(
+                f"fact id {fact_id!r} is already taken by another fact ({recorded_type}): "
+                "nothing recorded; give this one a new id, or none"
+            )
 
 
 class CustomerErasedError(InputError):

@@ -80,8 +80,13 @@ def _import(ledger: Any, handle: Any, dry_run: bool, progress: Any) -> Any:
         return error
 
 
-def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
-    recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run)
+def _record(
+    ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = False, *, line: bool = False
+) -> None:
+    """Record a command's fact; `line`: a feed line given to `record`, whose id already
+    recorded makes it a duplicate whatever it says (SPEC §2), where a friendly command's
+    `--id` must name that same fact (a retry), not another."""
+    recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run, retry_only=not line)
     logs.summarise(fact_id=recorded_fact.id, type=recorded_fact.type, new=fresh)
     if recorded_fact.customer is not None:
         logs.summarise(customer=logs.hashed(recorded_fact.customer))
@@ -125,7 +130,7 @@ def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
         raise InputError("FACT is not valid JSON") from None
     if not isinstance(obj, dict):
         raise InputError("FACT must be a JSON object")
-    _record(ledger, obj, as_json, dry_run)
+    _record(ledger, obj, as_json, dry_run, line=True)
 
 
 _DISCLOSURE_TYPES = {

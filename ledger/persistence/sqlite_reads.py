@@ -71,7 +71,7 @@ def stream_ordered_until(rows: list[Any]) -> int:
 
 
 SELECT_RECORDED_FACT = (
-    "SELECT f.fact_type, e.state FROM ledger_facts f JOIN ledger_events e "
+    "SELECT f.fact_type, e.state, f.originator_id FROM ledger_facts f JOIN ledger_events e "
     "ON e.notification_id = f.notification_id WHERE f.fact_id = ?"
 )
 

@@ -22,6 +22,7 @@ from ledger.vocabulary import RULES
 from tests.cli_helpers import error_line, log_pseudonym, run, run_json
 from tests.conftest import BACKENDS, POSTGRES_ENV, _postgres_schema_url, postgres_server
 from tests.examples import EMAIL, NAME, jsonl, line
+from tests.faults.support import recorded_ids
 
 SMALL = Path(__file__).parents[1] / "data" / "feed-small.jsonl"
 PERSONAL = ("Ada", "Lovelace", "ada@example.org", "Alan Turing", "alan@example.org", "Analytical")
@@ -897,3 +898,51 @@ def test_erasing_an_erased_customer_records_nothing_unless_it_was_earlier(url: s
     earlier = run_json(url, "customer", "erase", "C100", "--at", "2025-08-01T00:00:00Z")
     assert earlier["recorded"] is True and earlier["fact_id"] != first["fact_id"]
     assert run_json(url, "verify")["facts"] == facts + 1
+
+
+GIVE_AFFILIATE_SHARING = ["consent", "give", "C100", "affiliate_sharing", "email"]
+GIVE_AFFILIATE_SHARING += ["--method", "checkout-checkbox", "--policy-version", "2024-01"]
+DISCLOSE_TO_OFFSPRING = ["disclose", "affiliate", "Offspring", "--customer", "C100"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["customer", "erase", "C100", "--id", "s-0002"],  # a consent.given of C100
+        ["consent", "withdraw", "C100", "marketing", "email", "--method", "x", "--id", "s-0004"],
+        # the same type and customer, another purpose
+        [*GIVE_AFFILIATE_SHARING, "--id", "s-0002"],
+        [*DISCLOSE_TO_OFFSPRING, "--categories", "email", "--id", "s-0011"],
+        ["disclose", "carrier", "DPD", "--order", "O501", "--tracking", "T1", "--id", "s-0009"],
+    ],
+)
+def test_a_command_given_an_id_another_fact_has_is_refused(shared: str, command: list[str]) -> None:
+    """An id is a fact's idempotency key: given again with another fact, the command must not
+    report as done (or as a duplicate) what it never recorded."""
+    before = recorded_ids(shared)
+    result = run(shared, *command)
+    assert result.exit_code == 1, result.stdout
+    fact_id = command[-1]
+    assert error_line(result).startswith(f"Error: fact id '{fact_id}' is already taken by ")
+    assert recorded_ids(shared) == before
+    assert run_json(shared, "customer", "show", "C100")["erased"] is False
+
+
+def test_a_fact_recorded_again_under_its_own_id_is_a_duplicate(shared: str) -> None:
+    """A retry of a recorded fact (each line of the feed, given to `record`, or retried by a
+    command whose id must name that same fact) records nothing and says so, whatever its
+    type. (That a line with a recorded id is a duplicate whatever it says is
+    `test_record_records_one_fact_and_prints_what_it_recorded`.)"""
+    from ledger.config import open_ledger
+
+    before = recorded_ids(shared)
+    ledger = open_ledger(shared)
+    try:
+        for fact in SMALL.read_text().splitlines():
+            document = run_json(shared, "record", fact)
+            assert (document["recorded"], document["duplicate"]) == (False, True), fact
+            assert document["type"] == orjson.loads(fact)["type"]
+            assert ledger.record_fact(orjson.loads(fact), retry_only=True)[1] is False
+    finally:
+        ledger.database.dispose()
+    assert recorded_ids(shared) == before

@@ -146,3 +146,29 @@ def test_a_command_that_gets_the_lock_at_once_says_nothing_of_waiting(
     assert os.waitstatus_to_exitcode(status) == 0, err.read_text()
     assert orjson.loads(out.read_bytes())["accepted"] > 0
     assert "write lock" not in err.read_text()
+
+
+def test_erasures_of_one_customer_at_once_record_one(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    # Given a customer
+    lines = feed_lines(1, prefix="e-")
+    ledger.import_lines(iter(lines))
+    customer = next(
+        fact["customer"]
+        for fact in map(orjson.loads, lines)
+        if fact["type"] == "customer.registered"
+    )
+    erased_before = recorded_ids(ledger_url)
+    ledger.database.dispose()
+    # When four processes erase them at the same moment
+    outs = [tmp_path / f"erase-{n}.out" for n in range(4)]
+    erase = ["customer", "erase", customer, "--json"]
+    pids = [fork(ledger_url, *erase, out=out, err=out.with_suffix(".err")) for out in outs]
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    assert codes == [0] * 4, [out.with_suffix(".err").read_text() for out in outs]
+    # Then one records the erasure; the others find it on record and name it
+    documents = [orjson.loads(out.read_bytes()) for out in outs]
+    assert sorted(d["recorded"] for d in documents) == [False, False, False, True]
+    assert len({d["fact_id"] for d in documents}) == 1
+    assert len(recorded_ids(ledger_url)) == len(erased_before) + 1
