@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,13 +52,30 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, *, keep_off: Sequence[Path] = ()) -> None:
     """Refuse, before any work, a file that cannot be written where it is asked for: its
-    folder missing or not a folder, or a folder in its place."""
+    folder missing or not a folder, a folder or anything but a file in its place (a device
+    would be replaced by a file), or one of `keep_off` (the ledger's own files, such as its
+    database and key folder: `ledger.persistence.database.own_files`) or inside one."""
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a folder")
+    if path.exists() and not path.is_file():
+        raise InputError(f"cannot write {path}: it is not a regular file")
+    target = path.resolve()
+    for own in keep_off:
+        own = own.resolve()
+        if target == own:
+            raise InputError(f"cannot write {path}: it is one of the ledger's own files")
+        if own in target.parents:
+            raise InputError(f"cannot write {path}: it is in the ledger's own folder {own}")
+
+
+def discard(path: Path) -> None:
+    """Remove what a failed write left, if it can be: a cleanup never hides the failure."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def write_file(

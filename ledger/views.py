@@ -138,23 +138,28 @@ def consent_rows(events: Iterable[Any], as_of: datetime | None = None) -> list[d
 
 def consent_history_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
     """Every consent fact with its method and policy version, in business order."""
-    rows = []
+    rows: list[tuple[datetime, dict[str, Any]]] = []
     for entries in consent_history(events).values():
         for event in entries:
             fields = event.__dict__
             rows.append(
-                {
-                    "at": iso(event.at),
-                    "purpose": fields["purpose"],
-                    "channel": fields["channel"],
-                    "status": consent_status(event),
-                    "method": fields["method"],
-                    "policy_version": fields.get("policy_version"),
-                    "fact_id": event.fact_id,
-                }
+                (
+                    event.at,
+                    {
+                        "at": iso(event.at),
+                        "purpose": fields["purpose"],
+                        "channel": fields["channel"],
+                        "status": consent_status(event),
+                        "method": fields["method"],
+                        "policy_version": fields.get("policy_version"),
+                        "fact_id": event.fact_id,
+                    },
+                )
             )
-    rows.sort(key=lambda r: r["at"])
-    return rows
+    # By time, not by its text ("10:00:00.5Z" sorts before "10:00:00Z" as text); stable:
+    # facts at the same time keep the order above.
+    rows.sort(key=lambda row: row[0])
+    return [row for _, row in rows]
 
 
 def disclosure_row(event: Any) -> dict[str, Any]:

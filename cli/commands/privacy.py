@@ -12,8 +12,9 @@ import orjson
 
 from cli import logs
 from cli.commands.customer import customer
-from cli.output import check_writable, emit_json, json_option, table, write_file
+from cli.output import check_writable, discard, emit_json, json_option, table, write_file
 from cli.params import MOMENT, pass_ledger
+from ledger.errors import InputError
 from ledger.feed import iso
 
 
@@ -37,9 +38,11 @@ from ledger.feed import iso
 def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool) -> None:
     """GDPR Art. 15 subject-access pack of customer REF: personal data (or that it is
     erased), consents with history, orders, and every disclosure with its named recipient."""
+    from ledger.persistence.database import own_files
+
     readable = out.with_name(out.name + ".md")
     for path in (out, readable):  # checked first: nothing is recorded for a pack not written
-        check_writable(path)
+        check_writable(path, keep_off=own_files(ledger.database))
     from ledger.privacy import access_pack_markdown
 
     partial = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in (out, readable)]
@@ -54,18 +57,21 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
         for temporary, path, content in zip(partial, (out, readable), contents, strict=True):
             write_file(temporary, content, private=True, shown=path)  # personal data
         for temporary, path in zip(partial, (out, readable), strict=True):
-            os.replace(temporary, path)
+            try:
+                os.replace(temporary, path)
+            except OSError as error:
+                raise InputError(f"cannot write {path}: {error.strerror or error}") from None
             placed.append(path)
 
     try:
         pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
     except BaseException:
         for path in placed:  # a pack whose request is not recorded is not handed over
-            path.unlink(missing_ok=True)
+            discard(path)
         raise
     finally:
         for temporary in partial:  # what a failure left half written
-            temporary.unlink(missing_ok=True)
+            discard(temporary)
     logs.summarise(customer=logs.hashed(ref), disclosures=len(pack["disclosures"]))
     document = {
         "customer": ref,

@@ -13,6 +13,7 @@ from cli import logs
 from cli.commands.audit import audit
 from cli.output import check_writable, emit_json, json_option, write_file
 from cli.params import Choice
+from ledger.persistence.database import own_files
 
 
 @audit.command("report")
@@ -28,7 +29,7 @@ from cli.params import Choice
 def report_command(context: Any, out: Path, as_json: bool) -> None:
     """An auditor's report in one HTML file that opens offline: headline figures, violations
     by rule with their facts, charts of consent and disclosures over time, the recipients."""
-    check_writable(out)  # before the work of building it
+    check_writable(out, keep_off=own_files(context.database))  # before building it
     from ledger.exports import recorded_exports
     from ledger.reports import auditor_report, to_html
 
@@ -67,7 +68,7 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
     """The records of processing activities (GDPR Art. 30): purposes, data categories,
     recipients by kind and by name with counts, lawful bases, transfers."""
     if out is not None:
-        check_writable(out)
+        check_writable(out, keep_off=own_files(context.database))
     from ledger.reports import processing_records, to_html, to_markdown
 
     figures = context.ledger.read_models.figures(with_violations=False)

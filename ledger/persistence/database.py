@@ -86,6 +86,8 @@ def safe_url(url: URL | str) -> str:
             url = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
             return "<unparseable database URL>"
+    if url.host and "@" in url.host:  # the rest of a password holding an '@' not written %40
+        url = url.set(host=url.host.rsplit("@", 1)[1], password=url.password or "***")
     hidden = {name: "***" for name in url.query if "password" in name.lower()}
     if not hidden:
         return url.render_as_string(hide_password=True)
@@ -377,7 +379,7 @@ class Database:
             conn = self.engine.connect()
         except (OperationalError, DBAPIError) as error:
             raise DatabaseUnavailableError(
-                f"cannot connect to {safe_url(self.url)}: {_first_line(error.orig)}"
+                f"cannot connect to {safe_url(self.url)}: {connect_failure(self.url, error.orig)}"
             ) from None
         try:
             yield conn
@@ -643,6 +645,27 @@ def _usable_cores() -> int:
 def _first_line(error: BaseException | None) -> str:
     text = str(error or "unknown error").strip().splitlines()
     return text[0] if text else "unknown error"
+
+
+def connect_failure(url: URL, error: BaseException | None) -> str:
+    """Why a connection failed, for its message: the driver's first line, unless the URL's
+    host holds an '@' (the rest of a password not written %40, which that line would show)."""
+    if url.host and "@" in url.host:
+        return "its password seems to hold an '@', which a URL writes as %40"
+    return _first_line(error)
+
+
+def own_files(database: Database) -> list[Path]:
+    """The ledger's own files, which no file a command writes may replace: an SQLite
+    database and its journals, the key folder, a master key file kept elsewhere."""
+    files = [default_key_dir(database)]
+    path = database.sqlite_path
+    if path is not None:
+        files += [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))]
+    configured = os.environ.get("CONSENT_LEDGER_MASTER_KEY_FILE")
+    if configured:
+        files.append(Path(configured))
+    return files
 
 
 def default_key_dir(database: Database) -> Path:

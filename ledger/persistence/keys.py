@@ -104,10 +104,17 @@ def load_master_key(
     path = master_key_path(database)
     if not path.exists():
         if in_use:
+            where = ""
+            if database.sqlite_path is None and "CONSENT_LEDGER_KEY_DIR" not in os.environ:
+                where = (
+                    "; the key folder is found by the URL as written (user, host, port and "
+                    "database), so a URL written otherwise than when the ledger was made "
+                    "needs CONSENT_LEDGER_KEY_DIR set to the ledger's folder"
+                )
             raise MasterKeyError(
                 f"no master key: this ledger's data keys are sealed under a master key that "
                 f"is neither in {MASTER_KEY_ENV} nor at {path}: restore that key (a new one "
-                "cannot open them)"
+                f"cannot open them){where}"
             )
         if not create:
             raise MasterKeyError(

@@ -59,6 +59,11 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
 
         return safe_url(parse_url(self.url))
 
+    def _connect_failure(self, error: BaseException) -> str:
+        from ledger.persistence.database import connect_failure, parse_url
+
+        return connect_failure(parse_url(self.url), error)
+
     def _usable(self, conn: psycopg.Connection[Any]) -> bool:
         return not conn.closed
 
@@ -69,7 +74,7 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
             return psycopg.connect(self.uri, autocommit=True, **CONNECT_ARGS)
         except psycopg.Error as error:
             raise DatabaseUnavailableError(
-                f"cannot connect to {self._safe()}: {first_line(error)}"
+                f"cannot connect to {self._safe()}: {self._connect_failure(error)}"
             ) from None
 
     def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:

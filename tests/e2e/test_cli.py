@@ -946,3 +946,32 @@ def test_a_fact_recorded_again_under_its_own_id_is_a_duplicate(shared: str) -> N
     finally:
         ledger.database.dispose()
     assert recorded_ids(shared) == before
+
+
+def test_no_command_writes_over_the_ledgers_own_files(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An access pack or a report given the database, a key or a device as its --out is
+    refused before any work, and nothing is recorded."""
+    monkeypatch.chdir(tmp_path)
+    keys = tmp_path / "keys"  # CONSENT_LEDGER_KEY_DIR (tests/conftest.py)
+    targets = [keys / "master.key", keys / "pack.json", Path("/dev/null")]
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        targets += [database, database.with_name(database.name + "-wal")]
+    before = recorded_ids(url)
+    # (the database's files are the ledger's to change, by a checkpoint: verify checks them)
+    kept = {path: path.read_bytes() for path in keys.iterdir()}
+    for target in targets:
+        for command in (
+            ["customer", "access-export", "C100", "--out", str(target)],
+            ["audit", "report", "--out", str(target)],
+            ["report", "processing", "--out", str(target)],
+        ):
+            result = run(url, *command)
+            assert result.exit_code == 1, (command, result.stdout)
+            assert error_line(result).startswith(f"Error: cannot write {target}: it is "), command
+    assert recorded_ids(url) == before
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert Path("/dev/null").is_char_device()
+    assert run_json(url, "verify")["ok"] is True

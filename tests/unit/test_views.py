@@ -85,3 +85,31 @@ def test_a_row_that_needs_the_domain_model_is_not_read_as_a_stored_fact() -> Non
     foreign = (1, "elsewhere:Thing", orjson.dumps({}))
     assert views.stored_facts([foreign]) is None
     assert views.stored_facts([plain]) is not None
+
+
+def test_consent_history_rows_are_in_time_order_not_text_order() -> None:
+    """A withdrawal half a second after a consent comes after it, though its time as text
+    ("…00.500000Z") sorts before the consent's ("…00Z")."""
+    consent = {"purpose": "marketing", "channel": "email", "method": "web"}
+    facts = views.stored_facts(
+        [
+            row(
+                1,
+                "Customer.ConsentGiven",
+                at="2025-01-02T10:00:00+00:00",
+                fact_id="g",
+                policy_version="v1",
+                **consent,
+            ),
+            row(
+                2,
+                "Customer.ConsentWithdrawn",
+                at="2025-01-02T10:00:00.500000+00:00",
+                fact_id="w",
+                **consent,
+            ),
+        ]
+    )
+    assert facts is not None
+    rows = views.consent_history_rows(facts)
+    assert [(r["fact_id"], r["status"]) for r in rows] == [("g", "given"), ("w", "withdrawn")]
