@@ -263,6 +263,7 @@ _WORDS.update(FACT_TYPES)
 # One lookup per field: every field's validator, required or optional.
 _CHECKS: Final = {kind: {**optional, **required} for kind, (required, optional) in SCHEMAS.items()}
 _ENVELOPE: Final = frozenset({"id", "type", "at"})
+_FIELD_NAMES: Final = _ENVELOPE.union(*(checks.keys() for checks in _CHECKS.values()))
 
 
 def in_utc(moment: datetime) -> datetime:
@@ -307,6 +308,8 @@ def _scrub(reason: str, obj: Mapping[str, Any]) -> str:
     """Errors echo short identifiers to help fix a typo; never one that is the line's
     personal data (a shifted column can put a name where a channel belongs)."""
     for value in _personal_words(obj):
+        if value in _WORDS or value in _FIELD_NAMES:  # the contract's own words, not a person's
+            continue  # (an email 'email' is no secret, and 'email' names a field in reasons)
         reason = reason.replace(repr(value), "the given value")
     return reason
 

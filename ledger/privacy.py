@@ -112,34 +112,36 @@ class _Received:
 def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue]:
     """Every notification the customer's erasure and rectifications call for, answered or not.
 
-    An erasure concerns every recipient that received any of the customer's data before it
-    (by business time, ties by recording order); a rectification, those that received a
-    category it changed. A notification to a recipient answers each one due to it at or
-    before the notification's time. Only the first erasure counts: there is nothing left
-    to erase after it.
+    An erasure concerns every recipient that received any of the customer's data, before it
+    or after it (a disclosure after the erasure broke a rule, but that recipient holds the
+    data all the same, and must be told too); a rectification, those that received a
+    category it changed before it (by business time, ties by recording order: a later one
+    received the details as changed). A notification to a recipient answers each one due
+    to it at or before the notification's time. Only the first erasure counts: there is
+    nothing left to erase after it.
     """
     if not any(isinstance(e, _TRIGGERS) for e in events):
         return []  # the common case, kept cheap: audit asks this of every customer
     ordered = views.business_order(events)
     sent = [e for e in ordered if isinstance(e, Customer.RecipientNotified)]
     found: list[NotificationDue] = []
-    received: dict[str, _Received] = {}
+    ever = _receipts(e for e in ordered if isinstance(e, DisclosureEvent))  # whenever
+    received: dict[str, _Received] = {}  # so far, in business order
     erased = False
     for event in ordered:
         if isinstance(event, DisclosureEvent):
-            entry = received.setdefault(event.recipient, _Received())
-            entry.kinds.add(event.recipient_kind)
-            entry.categories.update(event.categories)
+            _receive(received, event)
             continue
         if isinstance(event, Customer.Erased) and not erased:
             erased = True
-            reason, changed = "erasure", None
+            reason, changed, holders = "erasure", None, ever
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
+            holders = received
         else:
             continue
-        for recipient, entry in sorted(received.items()):
+        for recipient, entry in sorted(holders.items()):
             affected = entry.categories if changed is None else entry.categories & changed
             if not affected:
                 continue
@@ -158,6 +160,19 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
                 )
             )
     return found
+
+
+def _receive(received: dict[str, _Received], disclosure: DisclosureEvent) -> None:
+    entry = received.setdefault(disclosure.recipient, _Received())
+    entry.kinds.add(disclosure.recipient_kind)
+    entry.categories.update(disclosure.categories)
+
+
+def _receipts(disclosures: Iterable[DisclosureEvent]) -> dict[str, _Received]:
+    received: dict[str, _Received] = {}
+    for disclosure in disclosures:
+        _receive(received, disclosure)
+    return received
 
 
 def outstanding(dues: Iterable[NotificationDue]) -> list[NotificationDue]:

@@ -253,6 +253,13 @@ def test_errors_never_repeat_personal_data_from_the_line() -> None:
         assert first_name not in _invalid(obj)
 
 
+def test_a_personal_value_that_is_a_word_of_the_contract_leaves_the_reason_whole() -> None:
+    """An email 'email' is no secret, and hiding it hid the field's name in the reason."""
+    assert _invalid(line("customer.registered", "f-1", email="email")) == (
+        "field 'email' is not an email address"
+    )
+
+
 def test_short_identifiers_are_repeated_to_help_fix_a_typo() -> None:
     assert "unknown purpose 'marketting'" in _invalid(
         line("consent.given", "f-1", purpose="marketting")

@@ -104,7 +104,10 @@ def _shop(b: Builder) -> None:
     b.add("affiliate.disclosure", 5, affiliate="Offspring", categories=["email", "name"])
 
 
-def test_erasure_is_due_to_every_recipient_before_it_and_only_those() -> None:
+def test_erasure_is_due_to_every_recipient_of_the_data_also_one_after_it() -> None:
+    """A disclosure after the erasure broke a rule (`after_erasure`), but that recipient
+    holds the data all the same: it must be told too (Art. 19), and an erasure recorded
+    late, dated before every disclosure, still calls for every notification."""
     b = Builder()
     _shop(b)
     erased = b.add("subject.erased", 100)
@@ -112,10 +115,12 @@ def test_erasure_is_due_to_every_recipient_before_it_and_only_those() -> None:
     b.add("payment.authorisation", 102, order="O2", issuer="Amex", result="authorised")
     dues = privacy.notifications("C1", b.events)
     assert [(d.recipient, d.reason, d.fact_id) for d in dues] == [
+        ("Amex", "erasure", erased),
         ("DPD", "erasure", erased),
         ("Offspring", "erasure", erased),
         ("Visa", "erasure", erased),
     ]
+    dues = dues[1:]  # (the carrier's, first below)
     assert dues[0].recipient_kinds == ("carrier",)
     assert dues[0].categories == ("name", "phone", "postal_address")
     assert all(d.notified_at is None and d.due_by == at(100) + timedelta(days=30) for d in dues)
@@ -296,3 +301,16 @@ def test_markdown_escapes_table_breaking_values() -> None:
     pack = privacy.access_pack(b.customer, b.events, {"name": "A|B"}, [], at(10))
     text = privacy.access_pack_markdown(pack)
     assert "Pipe \\| Co" in text and "A\\|B" in text
+
+
+def test_an_erasure_dated_before_every_disclosure_is_due_to_all_their_recipients() -> None:
+    b = Builder()
+    _shop(b)
+    b.add("subject.erased", 100)
+    earlier = b.add("subject.erased", 0.5)  # the first erasure, reported late
+    dues = privacy.notifications("C1", b.events)
+    assert [(d.recipient, d.fact_id) for d in dues] == [
+        ("DPD", earlier),
+        ("Offspring", earlier),
+        ("Visa", earlier),
+    ]
