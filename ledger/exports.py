@@ -576,20 +576,18 @@ _TRIGGER_TYPES = frozenset(cls.FACT_TYPE for cls in _TRIGGERS)
 
 def _may_notify(events: list[FactEvent]) -> bool:
     """False when no notification can be due, so `privacy.notifications` need not run: a
-    recipient is owed one only for what it received before an erasure (any category) or a
-    rectification (a category it changed), so some disclosure must come at or before such
-    a fact (by business time, ties either way). Most rectifications precede the
-    disclosures of what they change, if any."""
+    recipient is owed one for anything it received, whenever, once the customer is erased,
+    and for a category a rectification changed if it received that before (by business
+    time, ties either way). Most rectifications precede the disclosures of what they
+    change, if any."""
     disclosures = [e for e in events if isinstance(e, DisclosureEvent)]
     if not disclosures:
         return False
     categories = privacy.FIELD_CATEGORY
     for event in events:
         if isinstance(event, Customer.Erased):
-            at = event.at
-            if any(d.at <= at for d in disclosures):
-                return True
-        elif isinstance(event, Customer.DetailsUpdated):
+            return True
+        if isinstance(event, Customer.DetailsUpdated):
             changed = {categories[f] for f in event.fields_updated if f in categories}
             at = event.at
             if changed and any(

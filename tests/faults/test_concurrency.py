@@ -97,6 +97,12 @@ def test_four_first_commands_racing_on_a_new_sqlite_file(tmp_path: Path) -> None
     _check_each_fact_once(url, contents, summaries)
 
 
+def _registered(lines: list[bytes]) -> str:
+    """The customer the feed's lines register."""
+    facts = map(orjson.loads, lines)
+    return str(next(fact["customer"] for fact in facts if fact["type"] == "customer.registered"))
+
+
 def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
     ledger: Any, ledger_url: str, tmp_path: Path
 ) -> None:
@@ -105,11 +111,7 @@ def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
     # Given a customer, and a write of this process holding the writer's lock
     lines = feed_lines(1, prefix="w-")
     ledger.import_lines(iter(lines))
-    customer = next(
-        fact["customer"]
-        for fact in map(orjson.loads, lines)
-        if fact["type"] == "customer.registered"
-    )
+    customer = _registered(lines)
     ledger.database.dispose()
     give = ["consent", "give", customer, "marketing", "post", "--method", "web_form"]
     give += ["--policy-version", "v1", "--json"]
@@ -154,11 +156,7 @@ def test_erasures_of_one_customer_at_once_record_one(
     # Given a customer
     lines = feed_lines(1, prefix="e-")
     ledger.import_lines(iter(lines))
-    customer = next(
-        fact["customer"]
-        for fact in map(orjson.loads, lines)
-        if fact["type"] == "customer.registered"
-    )
+    customer = _registered(lines)
     erased_before = recorded_ids(ledger_url)
     ledger.database.dispose()
     # When four processes erase them at the same moment

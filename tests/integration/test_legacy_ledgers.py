@@ -97,6 +97,17 @@ def _transfer_violations(url: str) -> list[str]:
     return [v["fact_id"] for v in violations if v["rule"] == "transfer_without_initiation"]
 
 
+def _as_the_first_0006_left_it(url: str) -> None:
+    """The ledger at schema 0006 with no `stream_ordered_until`."""
+    database = Database(url)
+    try:
+        with database.connect() as conn, conn.begin():
+            conn.execute(sa.text("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'"))
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
+    finally:
+        database.dispose()
+
+
 @pytest.mark.parametrize(
     ("fixture", "schema"), [("at-0005-by-223a2a8.db", "0005"), ("at-0006-by-448b0b8.db", "0006")]
 )
@@ -141,13 +152,7 @@ def test_ties_an_import_stored_stream_by_stream_are_found_by_0007(
         patch.setattr(Recording, "_flush", stream_by_stream)
         # (stream by stream: the customer's two events, then the acquirer's)
         _import(ledger_url, _tie("old", initiation_first=True), tmp_path / "old.jsonl")
-    database = Database(ledger_url)
-    try:
-        with database.connect() as conn, conn.begin():
-            conn.execute(sa.text("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'"))
-            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
-    finally:
-        database.dispose()
+    _as_the_first_0006_left_it(ledger_url)
     # When 0007 upgrades it
     document = run_json(ledger_url, "db", "upgrade")
     assert (document["from"], document["to"]) == ("0006", SCHEMA_HEAD)
@@ -165,12 +170,6 @@ def test_a_ledger_recorded_in_line_order_gets_no_old_ties(ledger_url: str, tmp_p
     in the order it was applied, so no tie is judged as before 0006."""
     run_json(ledger_url, "db", "upgrade")
     _import(ledger_url, _tie("a"), tmp_path / "a.jsonl")
-    database = Database(ledger_url)
-    try:
-        with database.connect() as conn, conn.begin():
-            conn.execute(sa.text("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'"))
-            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
-    finally:
-        database.dispose()
+    _as_the_first_0006_left_it(ledger_url)
     run_json(ledger_url, "db", "upgrade")
     assert _transfer_violations(ledger_url) == ["a-d"]

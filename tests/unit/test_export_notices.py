@@ -38,17 +38,17 @@ def test_a_disclosure_at_the_same_time_recorded_first_counts_as_before() -> None
     assert _may_notify(b.events)
 
 
-def test_an_erasure_calls_for_notices_only_after_a_disclosure() -> None:
-    before = Builder()
-    before.add("affiliate.disclosure", 5, affiliate="Offspring", categories=["name"])
-    before.add("subject.erased", 50)
-    assert privacy.notifications(before.ref, before.events)
-    assert _may_notify(before.events)
-    first = Builder()
-    first.add("subject.erased", 5)
-    first.add("affiliate.disclosure", 50, affiliate="Offspring", categories=["name"])
-    assert privacy.notifications(first.ref, first.events) == []
-    assert not _may_notify(first.events)
+def test_an_erasure_calls_for_notices_once_anything_was_disclosed_whenever() -> None:
+    for erased_at, disclosed_at in ((50, 5), (5, 50)):
+        b = Builder()
+        b.add("affiliate.disclosure", disclosed_at, affiliate="Offspring", categories=["name"])
+        b.add("subject.erased", erased_at)
+        assert privacy.notifications(b.ref, b.events)
+        assert _may_notify(b.events)
+    nothing = Builder()
+    nothing.add("subject.erased", 5)
+    assert privacy.notifications(nothing.ref, nothing.events) == []
+    assert not _may_notify(nothing.events)
 
 
 _DETAILS = st.lists(
