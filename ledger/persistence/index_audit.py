@@ -13,12 +13,13 @@ a later payment judged against the wrong customer, and the tree would still veri
   its row.
 - `ledger_facts`, the fact ids already recorded (what makes a fact "never recorded twice",
   SPEC §2, and what `prove FACT_ID` finds): each row names the event that recorded its fact,
-  and every event that recorded a fact has its row. A deleted row would let the same line be
-  recorded again, sealed like any new fact; a row moved would prove another fact. This index
-  is as large as the log, so it is held against the events by a digest: the sum of a keyed
-  hash of (position, fact id) over the events (`Indexed.take`) and over the index's rows
-  (`FactDigest`); only when the two differ are the rows compared one by one
-  (`audit_fact_index`).
+  and every event that recorded a fact has its row, of that fact's type and stream. A deleted
+  row would let the same line be recorded again, sealed like any new fact; a row moved would
+  prove another fact; a type changed would turn a transfer initiation into something the
+  rules do not count. This index is as large as the log, so it is held against the events by
+  a digest: the sum of a keyed hash of each (position, fact id, type, stream) over the
+  events (`Indexed.take`) and over the index's rows (`FactDigest`); only when the two differ
+  are the rows compared one by one (`audit_fact_index`).
 
 The registrations and placings are picked out of the event rows `verify` reads to hash them
 anyway (`Indexed.take`, in its hashing processes too). The index rows are read once, before
@@ -100,23 +101,34 @@ class Indexed:
 
 
 class FactDigest:
-    """How many (position, fact id) pairs, and the sum of their hashes (Python's `hash`:
-    keyed by a secret random to each run of `verify`, which its forked processes share, so
-    no one can make altered rows sum to the same digest in advance)."""
+    """How many facts, and the sum of a hash of each one's (position, fact id, type, stream)
+    as one string of bytes: Python's `hash` of bytes is SipHash, keyed by a secret random to
+    each run of `verify` (which its forked processes share), so no one can make altered rows
+    sum to the same digest in advance. (A hash of the tuple would not do: a tuple's hash is
+    not a keyed function of its items together, and two rows' fact ids swapped summed to
+    the same digest about half the time.)"""
 
     def __init__(self) -> None:
         self.count = 0
         self.digest = 0
 
-    def add(self, pairs: Iterable[tuple[int, str]]) -> None:
-        hashes = list(map(hash, pairs))
+    def add(self, rows: Iterable[tuple[Any, Any, Any, Any]]) -> None:
+        """Facts as (position, fact id, type, stream id in `verify`'s form)."""
+        hashes = [hash(_fact_key(*row)) for row in rows]
         self.count += len(hashes)
         self.digest = (self.digest + sum(hashes)) & _MASK
 
     def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
         """The facts recorded by event rows (position, originator, version, topic, state)."""
         fact_ids = list(map(_fact_id, batch))
-        self.add([(row[0], f) for row, f in zip(batch, fact_ids, strict=True) if f is not None])
+        types = _TOPIC_TYPES
+        self.add(
+            [
+                (row[0], f, types.get(bytes(row[3])), row[1])
+                for row, f in zip(batch, fact_ids, strict=True)
+                if f is not None
+            ]
+        )
 
     def read(self, conn: Connection) -> None:
         """The fact index's rows (read on the driver, in batches; on PostgreSQL through a
@@ -125,11 +137,21 @@ class FactDigest:
         is_sqlite = conn.dialect.name == "sqlite"
         cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_fact_digest")
         try:
-            cursor.execute(_FACT_INDEX_SQL)
+            cursor.execute(_FACT_INDEX_SQL[conn.dialect.name])
             while rows := cursor.fetchmany(10_000):
                 self.add(rows)
         finally:
             cursor.close()
+
+    def same(self, other: FactDigest) -> bool:
+        return (self.count, self.digest) == (other.count, other.digest)
+
+
+def _fact_key(position: Any, fact_id: Any, fact_type: Any, stream: Any) -> bytes:
+    """One fact's row as one string of bytes (its fields apart, each one's kind kept: an
+    integer is not its text)."""
+    fields = (repr(position), repr(fact_id), repr(fact_type))
+    return "\x1f".join(fields).encode() + b"\x1f" + bytes(stream)
 
     def same(self, other: FactDigest) -> bool:
         return (self.count, self.digest) == (other.count, other.digest)
@@ -165,7 +187,44 @@ def _decoded_fact_id(row: tuple[Any, ...]) -> str | None:
     return value if type(value) is str else None
 
 
-_FACT_INDEX_SQL = "SELECT notification_id, fact_id FROM ledger_facts"
+# The fact index's rows, their stream ids in the form `verify` reads an event's (see
+# `_INDEX_SQL`).
+_FACT_INDEX_SQL = {
+    "sqlite": "SELECT notification_id, fact_id, fact_type, CAST(originator_id AS BLOB) "
+    "FROM ledger_facts",
+    "postgresql": "SELECT notification_id, fact_id, fact_type, uuid_send(originator_id) "
+    "FROM ledger_facts",
+}
+# The fact index's type of each event class that records a fact (a feed fact's type, or
+# the type of a command-only record); `tests/unit/test_integrity.py` holds it to the domain
+# model's classes.
+_TOPIC_TYPES: dict[bytes, str] = {
+    b"ledger.domainmodel:" + name.encode(): fact_type
+    for name, fact_type in {
+        "Customer.Registered": "customer.registered",
+        "Customer.DetailsUpdated": "customer.updated",
+        "Customer.ConsentGiven": "consent.given",
+        "Customer.ConsentWithdrawn": "consent.withdrawn",
+        "Customer.OrderPlaced": "order.placed",
+        "Customer.ConfirmationSent": "order.confirmation_sent",
+        "Customer.VerificationContacted": "order.verification_contact",
+        "Customer.PaymentAuthorisationRecorded": "payment.authorisation",
+        "Customer.IdentityChecked": "identity.check",
+        "Customer.CreditReferenceDisclosed": "cra.disclosure",
+        "Customer.OrderDispatched": "order.dispatched",
+        "Customer.OrderDelivered": "order.delivered",
+        "Customer.OrderCancelled": "order.cancelled",
+        "Customer.AffiliateDisclosed": "affiliate.disclosure",
+        "Customer.MarketingContacted": "marketing.contact",
+        "Customer.ResearchContacted": "research.contact",
+        "Customer.TransferDisclosed": "transfer.disclosure",
+        "Customer.AccessRequested": "subject.access_requested",
+        "Customer.Erased": "subject.erased",
+        "Customer.RecipientNotified": "recipient.notified",
+        "Acquirer.TransferInitiated": "transfer.initiated",
+        "Acquirer.DueDiligenceExported": "export.due_diligence",
+    }.items()
+}
 _FACT_ID = re.compile(rb'"fact_id":"([^"\\]*)"')
 
 
@@ -289,7 +348,10 @@ def audit_fact_index(
     """Every disagreement between the fact index and the facts the event rows `events`
     recorded, named one by one (run only when their digests differ: it holds every index
     row in memory). A fact id is the feed's identifier of a line, never personal data."""
-    index = {str(f): int(p) for p, f in fetch_rows(conn, _FACT_INDEX_SQL, ())}
+    index = {
+        str(f): (int(p), t, bytes(s))
+        for p, f, t, s in fetch_rows(conn, _FACT_INDEX_SQL[conn.dialect.name], ())
+    }
     problems: list[Problem] = []
     for batch in events:
         for row in batch:
@@ -297,8 +359,9 @@ def audit_fact_index(
             if fact_id is None:
                 continue
             position = int(row[0])
-            indexed = index.pop(fact_id, None)
-            if indexed is None:
+            entry = index.pop(fact_id, None)
+            indexed = entry[0] if entry is not None else None
+            if entry is None:
                 problems.append(
                     Problem(
                         "index_altered",
@@ -316,7 +379,27 @@ def audit_fact_index(
                         position,
                     )
                 )
-    for fact_id, position in sorted(index.items(), key=lambda item: item[1]):
+            elif entry[1] != _TOPIC_TYPES.get(bytes(row[3])):
+                problems.append(
+                    Problem(
+                        "index_altered",
+                        f"the fact index gives fact {fact_id!r}, recorded at event {position}, "
+                        f"the type {entry[1]!r}, which is not the type it was recorded as: "
+                        "the rules would judge it as another kind of fact",
+                        position,
+                    )
+                )
+            elif entry[2] != bytes(row[1]):
+                problems.append(
+                    Problem(
+                        "index_altered",
+                        f"the fact index puts fact {fact_id!r}, recorded at event {position}, "
+                        "in another stream than its event's: it would be read as another "
+                        "customer's",
+                        position,
+                    )
+                )
+    for fact_id, (position, _type, _stream) in sorted(index.items(), key=lambda item: item[1]):
         problems.append(
             Problem(
                 "index_altered",

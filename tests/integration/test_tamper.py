@@ -388,6 +388,39 @@ def test_a_fact_index_row_moved_or_added_is_caught(recorded: Any, feed_small: Pa
     assert index_kinds(recorded) == [("index_altered", moved_to)]
 
 
+def test_two_fact_ids_swapped_in_the_fact_index_are_caught_every_time(recorded: Any) -> None:
+    """Each row moved onto the other's event: a digest summing a hash of each (position,
+    fact id) tuple missed that about half the time (a tuple's hash is no keyed function of
+    its items together)."""
+    first, second = "s-0012", "s-0013"
+    tamper(
+        recorded,
+        ("UPDATE ledger_facts SET fact_id = 'swapping' WHERE fact_id = :f", {"f": first}),
+        ("UPDATE ledger_facts SET fact_id = :a WHERE fact_id = :b", {"a": first, "b": second}),
+        ("UPDATE ledger_facts SET fact_id = :b WHERE fact_id = 'swapping'", {"b": second}),
+    )
+    expected = sorted(("index_altered", _position_of(recorded, f)) for f in (first, second))
+    for _ in range(5):  # a new key each time
+        assert sorted(index_kinds(recorded)) == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("fact_type", "'order.placed'"), ("originator_id", "another")]
+)
+def test_a_fact_index_row_of_another_type_or_stream_is_caught(
+    recorded: Any, column: str, value: str
+) -> None:
+    """The type drives the rules (the transfer initiations are found by it), the stream
+    which customer's the fact is."""
+    fact_id = "s-0022"  # the transfer initiation
+    if value == "another":  # another stream: C101's
+        value = "(SELECT customer_id FROM ledger_customers WHERE customer_ref = 'C101')"
+    tamper(
+        recorded, (f"UPDATE ledger_facts SET {column} = {value} WHERE fact_id = :f", {"f": fact_id})
+    )
+    assert index_kinds(recorded) == [("index_altered", _position_of(recorded, fact_id))]
+
+
 def _position_of(app: Any, fact_id: str) -> int:
     """The event that recorded `fact_id`, found from the events themselves."""
     with app.database.engine.connect() as conn:

@@ -516,3 +516,19 @@ def test_a_block_with_a_gap_is_not_gapless() -> None:
     rows = [(i, bytes(16), 1, b"topic", b"state") for i in (1, 2, 4, 5)]
     assert not integrity.hash_block([rows[:2], rows[2:]], bytes, 0, []).gapless
     assert integrity.hash_block([rows[:2]], bytes, 0, []).gapless
+
+
+def test_the_fact_index_types_verify_expects_are_the_domain_models() -> None:
+    """`verify` holds each fact index row's type to its event's class without loading the
+    domain model: its table must say what the classes and the recorders say."""
+    from eventsourcing.utils import get_topic
+
+    from ledger.application import _NOTIFIED_TYPE
+    from ledger.domainmodel import EVENT_FOR_FACT, Acquirer, Customer
+    from ledger.persistence.export_store import EXPORT_FACT_TYPE
+    from ledger.persistence.index_audit import _TOPIC_TYPES
+
+    expected = {get_topic(cls).encode(): fact_type for fact_type, cls in EVENT_FOR_FACT.items()}
+    expected[get_topic(Customer.RecipientNotified).encode()] = _NOTIFIED_TYPE
+    expected[get_topic(Acquirer.DueDiligenceExported).encode()] = EXPORT_FACT_TYPE
+    assert expected == _TOPIC_TYPES
