@@ -670,6 +670,7 @@ def verify_ledger(
                     highest,
                 )
             )
+        problems.extend(_traces_beyond(conn, last))
     return VerifyResult(facts, audit.head.hex(), [p.to_json() for p in problems], audit.size)
 
 
@@ -835,6 +836,38 @@ def _before_first(conn: Connection) -> list[Problem]:
             int(lowest),
         )
     ]
+
+
+def _traces_beyond(conn: Connection, last: int) -> list[Problem]:
+    """What a longer log left behind when its end was cut off along with its checkpoints:
+    leaves of the tree, or a read model's position, past the log's last event. (One who
+    knew to remove those too would go unseen here: a head kept elsewhere, `verify --since`,
+    or an export's manifest, is what catches that.)"""
+    problems: list[Problem] = []
+    leaves = conn.execute(sa.select(sa.func.max(_N.c.idx)).where(_N.c.level == 0)).scalar()
+    if leaves is not None and int(leaves) + 1 > last:
+        problems.append(
+            Problem(
+                "log_truncated",
+                f"the integrity tree holds a leaf for event {int(leaves) + 1} but the log "
+                f"ends at {last}: events were removed from its end",
+                int(leaves) + 1,
+            )
+        )
+    if "rm_tracking" in sa.inspect(conn).get_table_names():
+        name, position = conn.execute(
+            sa.text("SELECT name, position FROM rm_tracking ORDER BY position DESC LIMIT 1")
+        ).one_or_none() or (None, 0)
+        if int(position or 0) > last:
+            problems.append(
+                Problem(
+                    "log_truncated",
+                    f"the read model {name} has applied events up to {int(position)} but the "
+                    f"log ends at {last}: events were removed from its end",
+                    int(position),
+                )
+            )
+    return problems
 
 
 def _fact_index(conn: Connection) -> tuple[int, int]:

@@ -192,6 +192,27 @@ def test_a_truncated_tail_is_caught(recorded: Any) -> None:
     assert ("log_truncated", 25) in problems(recorded)
 
 
+def test_a_tail_cut_off_with_its_checkpoint_and_fact_row_is_caught_by_what_it_left(
+    recorded: Any,
+) -> None:
+    """The last write cut off whole (event, checkpoint, fact index row): its leaf in the
+    tree, and a read model that had applied it, still show the log was longer."""
+    recorded.read_models.violations()  # caught up: applied every event
+    last = seals.latest_checkpoint(recorded)["tree_size"]
+    cut = (
+        ("DELETE FROM ledger_events WHERE notification_id = :n", {"n": last}),
+        ("DELETE FROM ledger_checkpoints WHERE tree_size >= :n", {"n": last}),
+        ("DELETE FROM ledger_facts WHERE notification_id = :n", {"n": last}),
+    )
+    tamper(recorded, *cut)
+    found = problems(recorded)
+    assert found.count(("log_truncated", last)) == 2, found  # the leaf, the read model
+    tamper(
+        recorded, ("DELETE FROM ledger_tree_nodes WHERE level = 0 AND idx >= :i", {"i": last - 1})
+    )
+    assert ("log_truncated", last) in problems(recorded)  # the read model's position
+
+
 def test_a_clean_rollback_to_an_earlier_checkpoint_is_caught(recorded: Any) -> None:
     kept = seals.latest_checkpoint(recorded)
     # Events, seals and checkpoints all cut back to the first import, consistently.
