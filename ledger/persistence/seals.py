@@ -659,6 +659,8 @@ def verify_ledger(
             )
         problems.extend(_before_first(conn))
         problems.extend(index_problems)
+        if start is None:
+            problems.extend(_keys_against_erasures(conn))
         facts, highest = index[0] if index else _fact_index(conn)
         last = _last_event(conn)
         if highest > last:
@@ -820,6 +822,40 @@ def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Bl
 
 def _last_event(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.max(tables.events.c.notification_id))).scalar() or 0)
+
+
+def _keys_against_erasures(conn: Connection) -> list[Problem]:
+    """Each customer's data key against their erasure (`key_altered`): a key destroyed, or
+    gone, with no erasure recorded would make them read as erased though they never were
+    (and their data unreadable for good). Names the customer reference (an identifier)."""
+    keys, customers, facts = tables.data_keys, tables.customers, tables.facts
+    erased = set(
+        conn.execute(
+            sa.select(facts.c.originator_id).where(facts.c.fact_type == "subject.erased")
+        ).scalars()
+    )
+    destroyed = conn.execute(
+        sa.select(customers.c.customer_ref, customers.c.customer_id)
+        .select_from(customers.outerjoin(keys, keys.c.customer_id == customers.c.customer_id))
+        .where(keys.c.wrapped_key.is_(None))
+        .order_by(customers.c.notification_id)
+    ).all()
+    problems = [
+        Problem(
+            "key_altered",
+            f"customer {ref!r} has no data key, or a destroyed one, but no erasure of theirs "
+            "is recorded: they would read as erased though they never were",
+        )
+        for ref, ident in destroyed
+        if ident not in erased
+    ]
+    if len(problems) > _LISTED_KEYS:
+        more = len(problems) - _LISTED_KEYS
+        problems = [*problems[:_LISTED_KEYS], Problem("key_altered", f"{more} more such")]
+    return problems
+
+
+_LISTED_KEYS = 10
 
 
 def _event_count(conn: Connection) -> int:

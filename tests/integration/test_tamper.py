@@ -442,6 +442,25 @@ def test_a_fact_index_row_of_another_type_or_stream_is_caught(
     assert index_kinds(recorded) == [("index_altered", _position_of(recorded, fact_id))]
 
 
+@pytest.mark.parametrize(
+    "how",
+    [
+        "UPDATE ledger_data_keys SET wrapped_key = NULL WHERE customer_id = ({who})",
+        "DELETE FROM ledger_data_keys WHERE customer_id = ({who})",
+    ],
+)
+def test_an_erasure_faked_on_the_key_rows_is_caught(recorded: Any, how: str) -> None:
+    """C100 would read as erased (and their data be lost for good) with no erasure recorded;
+    C101's key, destroyed by the erasure the feed records, is as it should be."""
+    who = "SELECT customer_id FROM ledger_customers WHERE customer_ref = 'C100'"
+    assert problems(recorded) == []
+    tamper(recorded, (how.format(who=who), {}))
+    result = seals.verify_ledger(recorded)
+    assert [(p["kind"], p["message"].split(" has ")[0]) for p in result.problems] == [
+        ("key_altered", "customer 'C100'")
+    ]
+
+
 def _position_of(app: Any, fact_id: str) -> int:
     """The event that recorded `fact_id`, found from the events themselves."""
     with app.database.engine.connect() as conn:
