@@ -1291,8 +1291,8 @@ def recorded_exports(app: ConsentLedger) -> list[dict[str, Any]]:
     """Every due-diligence export recorded, oldest first, as the disclosure it is (for the
     auditor's report): when, to whom, what, how many customers, the manifest's hash."""
     found = []
-    for name in sorted({str(row["acquirer"]) for row in export_store.export_rows(app.database)}):
-        for event in app.events.get(acquirer_id(name)):
+    for stream in export_store.exporting_streams(app.database):
+        for event in app.events.get(stream):
             if isinstance(event, Acquirer.DueDiligenceExported):
                 found.append(
                     {

@@ -85,6 +85,19 @@ def export_secret(database: Database, master: bytes, export_id: UUID) -> bytes |
         raise MasterKeyError("the master key does not open this export's secret") from None
 
 
+def exporting_streams(database: Database) -> list[UUID]:
+    """The acquirers' streams that recorded an export, from the fact index (which `verify`
+    holds against the events), not from the export secrets (which it does not)."""
+    facts = tables.facts
+    with database.reading() as conn:
+        rows = conn.execute(
+            sa.select(facts.c.originator_id)
+            .where(facts.c.fact_type == EXPORT_FACT_TYPE)
+            .distinct()
+        ).scalars()
+        return [UUID(str(ident)) for ident in rows]
+
+
 def export_rows(database: Database) -> list[dict[str, Any]]:
     """Every export recorded, oldest first (no secrets)."""
     columns = [c for c in _X.c if c.name != "wrapped_secret"]

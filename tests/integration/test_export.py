@@ -184,6 +184,11 @@ def test_pseudonymous_export_before_initiation_is_a_recorded_disclosure_breaking
     assert verified.ok
     proof = seals.prove_fact(ledger, result.fact_id)
     assert proof["fact_id"] == result.fact_id
+    # Listed from the record, not from the export secrets beside it: with those gone (only
+    # the seller's re-identification needs them), the disclosure is still listed.
+    with ledger.database.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM ledger_export_secrets")
+    assert recorded_exports(ledger) == [recorded]
 
 
 def test_identified_export_after_initiation_names_living_customers_only(
