@@ -31,16 +31,34 @@ def test_an_event_of_no_fact_or_a_state_that_is_not_json_gives_none() -> None:
     assert _fact_id(_row(1, {"fact_id": 12})) is None
 
 
+_TOPIC = b"ledger.domainmodel:Customer.ConsentGiven"
+
+
 def test_the_digest_ignores_order_and_sees_any_change() -> None:
-    pairs = [(i, f"f-{i}") for i in range(1, 50)]
+    stream = b"o" * 16
+    rows = [(i, f"f-{i}", "consent.given", stream) for i in range(1, 50)]
     one, other = FactDigest(), FactDigest()
-    one.add(pairs)
-    other.add(reversed(pairs))
+    one.add(rows)
+    other.add(reversed(rows))
     assert one.same(other)
-    for changed in (pairs[:-1], [*pairs[:-1], (49, "f-50")], [*pairs[:-1], (50, "f-49")]):
+    last = rows[-1]
+    swapped = [*rows[:-2], (48, "f-49", *last[2:]), (49, "f-48", *last[2:])]
+    for changed in (
+        rows[:-1],
+        [*rows[:-1], (49, "f-50", *last[2:])],
+        [*rows[:-1], (50, "f-49", *last[2:])],
+        [*rows[:-1], (49, "f-49", "order.placed", stream)],
+        [*rows[:-1], (49, "f-49", "consent.given", b"p" * 16)],
+        swapped,
+    ):
         third = FactDigest()
         third.add(changed)
         assert not one.same(third)
     events = FactDigest()
-    events.add_events([_row(p, {"timestamp": "t", "fact_id": f}) for p, f in pairs])
+    events.add_events(
+        [
+            (p, stream, 1, _TOPIC, orjson.dumps({"timestamp": "t", "fact_id": f}))
+            for p, f, _type, _stream in rows
+        ]
+    )
     assert events.same(one)
