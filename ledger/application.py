@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
@@ -233,6 +233,13 @@ class ConsentLedger(Application[UUID]):
         recorded now). A customer already erased is not erased again, unless the erasure
         given happened earlier than the one recorded (a late report of an earlier request
         moves the time the rules judge from): the recorded erasure's fact id is returned."""
+        if at is not None and at > datetime.now(UTC) + _CLOCK_SKEW:
+            # The key is destroyed now: an erasure dated later would let the rules judge
+            # disclosures until then as made before it, of data already gone.
+            raise InputError(
+                f"an erasure cannot be dated in the future ({iso(at)}): it is carried out "
+                "now; --at may say when it happened or was requested, up to now"
+            )
         with self.database.writing():  # what is on record, read under the writer's lock
             try:
                 customer, events = self.customer_with_events(ref)
@@ -900,6 +907,8 @@ class Recording:
 
 
 _CUSTOMER_CACHE = 20_000
+# How far ahead of this machine's clock a command's time may be (another machine's clock).
+_CLOCK_SKEW = timedelta(minutes=5)
 _CONSENT_TYPES = frozenset({"consent.given", "consent.withdrawn"})
 _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art. 19 record
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")

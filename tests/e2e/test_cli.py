@@ -975,3 +975,16 @@ def test_no_command_writes_over_the_ledgers_own_files(
     assert {path: path.read_bytes() for path in kept} == kept
     assert Path("/dev/null").is_char_device()
     assert run_json(url, "verify")["ok"] is True
+
+
+def test_an_erasure_dated_in_the_future_is_refused(shared: str) -> None:
+    """The key is destroyed now: dated in 2999, the rules would judge disclosures until
+    then as made before the erasure."""
+    before = recorded_ids(shared)
+    result = run(shared, "customer", "erase", "C100", "--at", "2999-01-01T00:00:00Z")
+    assert result.exit_code == 1
+    assert error_line(result).startswith(
+        "Error: an erasure cannot be dated in the future (2999-01-01T00:00:00Z)"
+    )
+    assert recorded_ids(shared) == before
+    assert run_json(shared, "customer", "show", "C100")["erased"] is False
