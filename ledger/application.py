@@ -164,6 +164,7 @@ class ConsentLedger(Application[UUID]):
         also be that same fact, retried; an id that another fact has is refused
         (`DuplicateFactError`), lest the command report as done what was never recorded."""
         obj = dict(obj)
+        at_given = "at" in obj
         obj.setdefault("id", f"cmd-{uuid4()}")
         obj.setdefault("at", iso(datetime.now(UTC)))
         fact = validate(obj)
@@ -172,12 +173,13 @@ class ConsentLedger(Application[UUID]):
         if summary.errors:
             raise InvalidFactError(summary.errors[0].reason)
         if retry_only and summary.duplicates:  # (what an id stands for never changes)
-            self._refuse_another_fact(fact)
+            self._refuse_another_fact(fact, at_given=at_given)
         return fact, summary.accepted == 1
 
-    def _refuse_another_fact(self, fact: Fact) -> None:
+    def _refuse_another_fact(self, fact: Fact, *, at_given: bool) -> None:
         """Refuse `fact` if the fact recorded under its id is another one: of another type,
-        naming another customer, acquirer or order, or with other values in its fields."""
+        naming another customer, acquirer or order, with other values in its fields, or at
+        another time if one was given (a retry without one is dated now, and matches)."""
         found = self._recorded(fact.id)
         if found is None:
             return
@@ -193,7 +195,8 @@ class ConsentLedger(Application[UUID]):
             for name, value in fact.data.items()
             if name in state  # (personal data is sealed: not compared)
         )
-        if fact_type != fact.type or not names_the_same or not says_the_same:
+        at_the_same_time = not at_given or state["at"] == fact.at
+        if fact_type != fact.type or not (names_the_same and says_the_same and at_the_same_time):
             raise DuplicateFactError(fact.id, fact_type)
 
     def _record_items(
@@ -245,15 +248,18 @@ class ConsentLedger(Application[UUID]):
                 customer, events = self.customer_with_events(ref)
             except CustomerNotFoundError:  # refused below as any fact naming them would be
                 customer, events = None, []
-            erased_at = customer.erased_at if customer is not None else None
-            if erased_at is not None and (at is None or at >= erased_at):
-                erasures = (e for e in events if isinstance(e, Customer.Erased))
-                return min(erasures, key=lambda e: e.at).fact_id, False
             fact: dict[str, Any] = {"type": "subject.erased", "customer": ref}
             if at is not None:
                 fact["at"] = iso(at)
             if fact_id is not None:
                 fact["id"] = fact_id
+                if self._recorded(fact_id) is not None:  # only a retry of that erasure
+                    retried = validate({"at": iso(datetime.now(UTC)), **fact})
+                    self._refuse_another_fact(retried, at_given=at is not None)
+            erased_at = customer.erased_at if customer is not None else None
+            if erased_at is not None and (at is None or at >= erased_at):
+                erasures = (e for e in events if isinstance(e, Customer.Erased))
+                return min(erasures, key=lambda e: e.at).fact_id, False
             recorded, fresh = self.record_fact(fact, retry_only=True)
             return recorded.id, fresh
 
@@ -472,7 +478,7 @@ class ConsentLedger(Application[UUID]):
             answered = [
                 due
                 for due in privacy.outstanding(privacy.notifications(ref, events))
-                if due.recipient == recipient and due.at <= at
+                if due.recipient == recipient and due.due_from <= at
             ]
             if not answered:
                 raise InputError(

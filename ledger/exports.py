@@ -1295,21 +1295,25 @@ def recorded_exports(app: ConsentLedger) -> list[dict[str, Any]]:
         for event in app.events.get(stream):
             if isinstance(event, Acquirer.DueDiligenceExported):
                 found.append(
-                    {
-                        "at": iso(event.at),
-                        "fact_id": event.fact_id,
-                        "export_id": event.export_id,
-                        "recipient": event.recipient,
-                        "recipient_kind": event.recipient_kind,
-                        "purpose": event.purpose,
-                        "basis": event.basis,
-                        "categories": list(event.categories),
-                        "customers": event.customers,
-                        "identified": event.identified,
-                        "as_of": event.as_of,
-                        "format": event.export_format,
-                        "manifest_sha256": event.manifest_sha256,
-                    }
+                    (
+                        event.at,
+                        event.fact_id,
+                        {
+                            "at": iso(event.at),
+                            "fact_id": event.fact_id,
+                            "export_id": event.export_id,
+                            "recipient": event.recipient,
+                            "recipient_kind": event.recipient_kind,
+                            "purpose": event.purpose,
+                            "basis": event.basis,
+                            "categories": list(event.categories),
+                            "customers": event.customers,
+                            "identified": event.identified,
+                            "as_of": event.as_of,
+                            "format": event.export_format,
+                            "manifest_sha256": event.manifest_sha256,
+                        },
+                    )
                 )
-    found.sort(key=lambda row: (row["at"], row["fact_id"]))
-    return found
+    found.sort(key=lambda item: (item[0], item[1]))  # by time, not by its text
+    return [row for _, _, row in found]

@@ -76,14 +76,21 @@ class NotificationDue:
     at: datetime
     notified_at: datetime | None = None
     notified_fact_id: str | None = None
+    # The recipient's last receipt of the data, when later than the fact (a disclosure after
+    # the erasure): the notice is due from then, and only one sent since answers it.
+    received_since: datetime | None = None
+
+    @property
+    def due_from(self) -> datetime:
+        return self.received_since or self.at
 
     @property
     def due_by(self) -> datetime:
-        """`NOTIFICATION_DEADLINE` after the fact; the last moment a time can name, for a fact
-        dated within the deadline of the year 9999's end (still a valid feed time)."""
-        if self.at > _LATEST - NOTIFICATION_DEADLINE:
+        """`NOTIFICATION_DEADLINE` after it is due; the last moment a time can name, for one
+        due within the deadline of the year 9999's end (still a valid feed time)."""
+        if self.due_from > _LATEST - NOTIFICATION_DEADLINE:
             return _LATEST
-        return self.at + NOTIFICATION_DEADLINE
+        return self.due_from + NOTIFICATION_DEADLINE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,8 +124,9 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
     data all the same, and must be told too); a rectification, those that received a
     category it changed before it (by business time, ties by recording order: a later one
     received the details as changed). A notification to a recipient answers each one due
-    to it at or before the notification's time. Only the first erasure counts: there is
-    nothing left to erase after it.
+    to it at or before the notification's time: for a recipient that received the data
+    after the erasure, due from its last receipt (told before it, it got more since). Only
+    the first erasure counts: there is nothing left to erase after it.
     """
     if not any(isinstance(e, _TRIGGERS) for e in events):
         return []  # the common case, kept cheap: audit asks this of every customer
@@ -126,6 +134,7 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
     sent = [e for e in ordered if isinstance(e, Customer.RecipientNotified)]
     found: list[NotificationDue] = []
     ever = _receipts(e for e in ordered if isinstance(e, DisclosureEvent))  # whenever
+    last_receipt = {e.recipient: e.at for e in ordered if isinstance(e, DisclosureEvent)}
     received: dict[str, _Received] = {}  # so far, in business order
     erased = False
     for event in ordered:
@@ -145,7 +154,9 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
             affected = entry.categories if changed is None else entry.categories & changed
             if not affected:
                 continue
-            answer = next((n for n in sent if n.recipient == recipient and n.at >= event.at), None)
+            since = last_receipt[recipient] if changed is None else event.at
+            since = max(since, event.at)
+            answer = next((n for n in sent if n.recipient == recipient and n.at >= since), None)
             found.append(
                 NotificationDue(
                     customer=ref,
@@ -157,6 +168,7 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
                     at=event.at,
                     notified_at=answer.at if answer else None,
                     notified_fact_id=answer.fact_id if answer else None,
+                    received_since=since if since > event.at else None,
                 )
             )
     return found

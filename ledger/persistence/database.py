@@ -86,8 +86,9 @@ def safe_url(url: URL | str) -> str:
             url = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
             return "<unparseable database URL>"
-    if url.host and "@" in url.host:  # the rest of a password holding an '@' not written %40
-        url = url.set(host=url.host.rsplit("@", 1)[1], password=url.password or "***")
+    spill = _password_spill(url)
+    if spill is not None:  # where the URL is read, none of it can be trusted to be no secret
+        return f"{url.drivername}://***@{spill}"
     hidden = {name: "***" for name in url.query if "password" in name.lower()}
     if not hidden:
         return url.render_as_string(hide_password=True)
@@ -647,10 +648,21 @@ def _first_line(error: BaseException | None) -> str:
     return text[0] if text else "unknown error"
 
 
+def _password_spill(url: URL) -> str | None:
+    """For a URL whose password holds an '@' not written %40 (so that the rest of it was
+    read as the host, and maybe the database): what follows the last '@', the server and
+    database meant. None for any other URL."""
+    port = f":{url.port}" if url.port else ""
+    where = f"{url.host or ''}{port}/{url.database or ''}"
+    if "@" not in where:
+        return None
+    return where.rsplit("@", 1)[1]
+
+
 def connect_failure(url: URL, error: BaseException | None) -> str:
     """Why a connection failed, for its message: the driver's first line, unless the URL's
-    host holds an '@' (the rest of a password not written %40, which that line would show)."""
-    if url.host and "@" in url.host:
+    password holds an '@' (the rest of it, read as the host, is in that line)."""
+    if _password_spill(url) is not None:
         return "its password seems to hold an '@', which a URL writes as %40"
     return _first_line(error)
 

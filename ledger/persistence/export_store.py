@@ -91,9 +91,7 @@ def exporting_streams(database: Database) -> list[UUID]:
     facts = tables.facts
     with database.reading() as conn:
         rows = conn.execute(
-            sa.select(facts.c.originator_id)
-            .where(facts.c.fact_type == EXPORT_FACT_TYPE)
-            .distinct()
+            sa.select(facts.c.originator_id).where(facts.c.fact_type == EXPORT_FACT_TYPE).distinct()
         ).scalars()
         return [UUID(str(ident)) for ident in rows]
 

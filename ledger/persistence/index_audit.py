@@ -153,9 +153,6 @@ def _fact_key(position: Any, fact_id: Any, fact_type: Any, stream: Any) -> bytes
     fields = (repr(position), repr(fact_id), repr(fact_type))
     return "\x1f".join(fields).encode() + b"\x1f" + bytes(stream)
 
-    def same(self, other: FactDigest) -> bool:
-        return (self.count, self.digest) == (other.count, other.digest)
-
 
 def _fact_id(row: tuple[Any, ...]) -> str | None:
     """The fact id an event row's state records (None: an event of no fact, or a state

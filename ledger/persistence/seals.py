@@ -827,7 +827,8 @@ def _last_event(conn: Connection) -> int:
 def _keys_against_erasures(conn: Connection) -> list[Problem]:
     """Each customer's data key against their erasure (`key_altered`): a key destroyed, or
     gone, with no erasure recorded would make them read as erased though they never were
-    (and their data unreadable for good). Names the customer reference (an identifier)."""
+    (and their data unreadable for good); a key whole again after their erasure would make
+    their data read again. Names the customer reference (an identifier)."""
     keys, customers, facts = tables.data_keys, tables.customers, tables.facts
     erased = set(
         conn.execute(
@@ -849,6 +850,22 @@ def _keys_against_erasures(conn: Connection) -> list[Problem]:
         for ref, ident in destroyed
         if ident not in erased
     ]
+    if erased:
+        whole = conn.execute(
+            sa.select(customers.c.customer_ref, keys.c.customer_id)
+            .select_from(keys.join(customers, keys.c.customer_id == customers.c.customer_id))
+            .where(keys.c.wrapped_key.is_not(None))
+            .order_by(customers.c.notification_id)
+        ).all()
+        problems += [
+            Problem(
+                "key_altered",
+                f"customer {ref!r} was erased, but has a whole data key again (put back, as "
+                "from a backup): their personal data would read again",
+            )
+            for ref, ident in whole
+            if ident in erased
+        ]
     if len(problems) > _LISTED_KEYS:
         more = len(problems) - _LISTED_KEYS
         problems = [*problems[:_LISTED_KEYS], Problem("key_altered", f"{more} more such")]

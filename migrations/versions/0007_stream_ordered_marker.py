@@ -17,8 +17,8 @@ on every ledger keeps the marker and its absence means nothing. (A system clock 
 while the ledger recorded would also show as such a position; the ties before it would then
 be judged as before 0006, the initiation counting.)
 
-A ledger whose marker 0006 kept is left as it is. Where a marker is set here, the violations
-model is emptied and set back to event zero, as in 0006, so the next query rebuilds it.
+A ledger whose marker 0006 kept is left as it is. The violations model is emptied and set
+back to event zero, as in 0006, so the next query rebuilds it with this version's verdicts.
 
 Revision ID: 0007
 Revises: 0006
@@ -64,18 +64,19 @@ def _last_out_of_order(bind: Connection) -> int:
 
 def upgrade() -> None:
     bind = op.get_bind()
+    # The violations model is rebuilt by the next query that reads it, in any case: its
+    # verdicts may differ from this version's (the marker set here; since this version, an
+    # erasure calls for notices to every recipient of the data, also after it).
+    reset_violations_model(bind)
     kept = bind.execute(
         sa.text("SELECT value FROM ledger_meta WHERE name = :name"), {"name": _MARKER}
     ).scalar()
     if kept is not None:
         return
-    marker = _last_out_of_order(bind)
     bind.execute(
         sa.text("INSERT INTO ledger_meta (name, value) VALUES (:name, :value)"),
-        {"name": _MARKER, "value": str(marker)},
+        {"name": _MARKER, "value": str(_last_out_of_order(bind))},
     )
-    if marker:
-        reset_violations_model(bind)
 
 
 def downgrade() -> None:

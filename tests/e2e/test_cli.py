@@ -903,12 +903,17 @@ def test_erasing_an_erased_customer_records_nothing_unless_it_was_earlier(url: s
 GIVE_AFFILIATE_SHARING = ["consent", "give", "C100", "affiliate_sharing", "email"]
 GIVE_AFFILIATE_SHARING += ["--method", "checkout-checkbox", "--policy-version", "2024-01"]
 DISCLOSE_TO_OFFSPRING = ["disclose", "affiliate", "Offspring", "--customer", "C100"]
+GIVE_MARKETING = ["consent", "give", "C100", "marketing", "email"]
+GIVE_MARKETING += ["--method", "checkout-checkbox", "--policy-version", "2024-01"]
 
 
 @pytest.mark.parametrize(
     "command",
     [
         ["customer", "erase", "C100", "--id", "s-0002"],  # a consent.given of C100
+        ["customer", "erase", "C101", "--id", "s-0002"],  # C101 already erased: still refused
+        # the same fact but for its time, given
+        [*GIVE_MARKETING, "--at", "2030-01-01T00:00:00Z", "--id", "s-0002"],
         ["consent", "withdraw", "C100", "marketing", "email", "--method", "x", "--id", "s-0004"],
         # the same type and customer, another purpose
         [*GIVE_AFFILIATE_SHARING, "--id", "s-0002"],

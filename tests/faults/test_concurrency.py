@@ -118,15 +118,19 @@ def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
     # (a new process, not a fork: SQLite's state of this process's lock must not be copied)
     command = [sys.executable, "-c", "from cli.main import main; main()", "--db", ledger_url]
     holder = Database(ledger_url)
-    with holder.writing():
+    err_file = tmp_path / "give.err"
+    with holder.writing(), err_file.open("w") as err_handle:
         # When a command that records starts meanwhile, and waits longer than the notice's delay
         process = subprocess.Popen(
-            [*command, *give], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*command, *give], stdout=subprocess.PIPE, stderr=err_handle, text=True
         )
-        time.sleep(LOCK_NOTICE_AFTER + 2.0)
+        deadline = time.monotonic() + LOCK_NOTICE_AFTER + 30  # its start-up, on a slow day
+        while "write lock" not in err_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert process.poll() is None  # still waiting
     holder.dispose()
-    out, err = process.communicate(timeout=60)
+    out, _ = process.communicate(timeout=60)
+    err = err_file.read_text()
     # Then it said on stderr that it waits, and why, naming no personal data
     waiting = [line for line in err.splitlines() if "write lock" in line]
     assert len(waiting) == 1, err

@@ -26,7 +26,8 @@ SECRET = "S3cretQ"
         ("postgresql://u@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
         ("sqlite:///ledger.db", "sqlite:///ledger.db"),
         # a password holding an '@' not written %40: the rest of it is read as the host's
-        (f"postgresql://u:p@{SECRET}@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (f"postgresql://u:p@{SECRET}@h:5432/db", "postgresql://***@h:5432/db"),
+        (f"postgresql://u:p@{SECRET}/x@h/db", "postgresql://***@h/db"),
     ],
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
@@ -85,13 +86,16 @@ def test_a_url_that_cannot_be_used_is_one_plain_error(url: str, error: str) -> N
 
 
 @pytest.mark.parametrize("command", [["customer", "show", "C1"], ["db", "upgrade"]])
-def test_a_password_with_an_at_sign_is_named_as_the_cause_not_shown(command: list[str]) -> None:
+@pytest.mark.parametrize("rest", [SECRET, f"{SECRET}/x"])
+def test_a_password_with_an_at_sign_is_named_as_the_cause_not_shown(
+    command: list[str], rest: str
+) -> None:
     """The driver's reason ("failed to resolve host 'S3cretQ@127.0.0.1'") would show the
     part of the password after its '@'."""
-    result = run(f"postgresql://u:p@{SECRET}@127.0.0.1:1/db", *command)
+    result = run(f"postgresql://u:p@{rest}@127.0.0.1:1/db", *command)
     assert result.exit_code == 1
     assert error_line(result) == (
-        "Error: cannot connect to postgresql+psycopg://u:***@127.0.0.1:1/db: its password "
+        "Error: cannot connect to postgresql+psycopg://***@127.0.0.1:1/db: its password "
         "seems to hold an '@', which a URL writes as %40"
     )
     assert SECRET not in result.stdout + result.stderr

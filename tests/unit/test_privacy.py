@@ -314,3 +314,26 @@ def test_an_erasure_dated_before_every_disclosure_is_due_to_all_their_recipients
         ("Offspring", earlier),
         ("Visa", earlier),
     ]
+
+
+def test_a_recipient_told_of_the_erasure_and_given_more_since_is_owed_a_notice_again() -> None:
+    b = Builder()
+    b.add(
+        "consent.given",
+        0.5,
+        purpose="affiliate_sharing",
+        channel="post",
+        method="m",
+        policy_version="1",
+    )
+    erased = b.add("subject.erased", 10)
+    b.add("affiliate.disclosure", 20, affiliate="Offspring", categories=["name"])
+    b.notify("Offspring", 30, [erased])
+    b.add("affiliate.disclosure", 40, affiliate="Offspring", categories=["email", "phone"])
+    [due] = privacy.notifications("C1", b.events)
+    assert (due.recipient, due.fact_id, due.at) == ("Offspring", erased, at(10))
+    assert due.notified_at is None  # told at 30, before it received email and phone at 40
+    assert due.due_by == at(40) + timedelta(days=30)
+    b.notify("Offspring", 50, [erased])
+    [due] = privacy.notifications("C1", b.events)
+    assert due.notified_at == at(50)
