@@ -101,34 +101,28 @@ class Indexed:
 
 
 class FactDigest:
-    """How many facts, and the sum of a hash of each one's (position, fact id, type, stream)
-    as one string of bytes: Python's `hash` of bytes is SipHash, keyed by a secret random to
-    each run of `verify` (which its forked processes share), so no one can make altered rows
-    sum to the same digest in advance. (A hash of the tuple would not do: a tuple's hash is
-    not a keyed function of its items together, and two rows' fact ids swapped summed to
-    the same digest about half the time.)"""
+    """How many facts, and the sum of a hash of each one's (position, fact id) as one
+    string: Python's `hash` of a string is SipHash, keyed by a secret random to each run of
+    `verify` (which its forked processes share), so no one can make altered rows sum to the
+    same digest in advance. (A hash of the tuple would not do: a tuple's hash is not a keyed
+    function of its items together, and two rows' fact ids swapped summed to the same digest
+    about half the time.) Each row's type and stream are held against its event's by
+    `facts_of_another_kind`."""
 
     def __init__(self) -> None:
         self.count = 0
         self.digest = 0
 
-    def add(self, rows: Iterable[tuple[Any, Any, Any, Any]]) -> None:
-        """Facts as (position, fact id, type, stream id in `verify`'s form)."""
-        hashes = [hash(_fact_key(*row)) for row in rows]
+    def add(self, rows: Iterable[tuple[Any, Any]]) -> None:
+        """Facts as (position, fact id), each hashed as one string."""
+        hashes = [hash(f"{p!r}\x1f{f!r}") for p, f in rows]
         self.count += len(hashes)
         self.digest = (self.digest + sum(hashes)) & _MASK
 
     def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
         """The facts recorded by event rows (position, originator, version, topic, state)."""
         fact_ids = list(map(_fact_id, batch))
-        types = _TOPIC_TYPES
-        self.add(
-            [
-                (row[0], f, types.get(bytes(row[3])), row[1])
-                for row, f in zip(batch, fact_ids, strict=True)
-                if f is not None
-            ]
-        )
+        self.add([(row[0], f) for row, f in zip(batch, fact_ids, strict=True) if f is not None])
 
     def read(self, conn: Connection) -> None:
         """The fact index's rows (read on the driver, in batches; on PostgreSQL through a
@@ -137,7 +131,7 @@ class FactDigest:
         is_sqlite = conn.dialect.name == "sqlite"
         cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_fact_digest")
         try:
-            cursor.execute(_FACT_INDEX_SQL[conn.dialect.name])
+            cursor.execute(_FACT_POSITIONS_SQL)
             while rows := cursor.fetchmany(10_000):
                 self.add(rows)
         finally:
@@ -147,11 +141,21 @@ class FactDigest:
         return (self.count, self.digest) == (other.count, other.digest)
 
 
-def _fact_key(position: Any, fact_id: Any, fact_type: Any, stream: Any) -> bytes:
-    """One fact's row as one string of bytes (its fields apart, each one's kind kept: an
-    integer is not its text)."""
-    fields = (repr(position), repr(fact_id), repr(fact_type))
-    return "\x1f".join(fields).encode() + b"\x1f" + bytes(stream)
+def facts_of_another_kind(conn: Connection) -> int:
+    """How many fact index rows give their fact another type or stream than its event's
+    (one join, run by the database: the digest holds positions and ids only)."""
+    postgres = conn.dialect.name == "postgresql"
+    differs = "IS DISTINCT FROM" if postgres else "IS NOT"
+    cases = " ".join(
+        f"WHEN '{topic.decode()}' THEN '{fact_type}'" for topic, fact_type in _TOPIC_TYPES.items()
+    )
+    sql = (
+        "SELECT count(*) FROM ledger_facts f JOIN ledger_events e "
+        "ON e.notification_id = f.notification_id "
+        f"WHERE f.originator_id {differs} e.originator_id "
+        f"OR f.fact_type {differs} (CASE e.topic {cases} END)"
+    )
+    return int(fetch_rows(conn, sql, ())[0][0])
 
 
 def _fact_id(row: tuple[Any, ...]) -> str | None:
@@ -184,6 +188,7 @@ def _decoded_fact_id(row: tuple[Any, ...]) -> str | None:
     return value if type(value) is str else None
 
 
+_FACT_POSITIONS_SQL = "SELECT notification_id, fact_id FROM ledger_facts"
 # The fact index's rows, their stream ids in the form `verify` reads an event's (see
 # `_INDEX_SQL`).
 _FACT_INDEX_SQL = {

@@ -97,8 +97,12 @@ def test_four_first_commands_racing_on_a_new_sqlite_file(tmp_path: Path) -> None
     _check_each_fact_once(url, contents, summaries)
 
 
-def _registered(lines: list[bytes]) -> str:
-    """The customer the feed's lines register."""
+def _one_customer(ledger: Any, prefix: str) -> str:
+    """A customer recorded (with their facts) by this process, which then lets go of the
+    database: the customer's reference."""
+    lines = feed_lines(1, prefix=prefix)
+    ledger.import_lines(iter(lines))
+    ledger.database.dispose()
     facts = map(orjson.loads, lines)
     return str(next(fact["customer"] for fact in facts if fact["type"] == "customer.registered"))
 
@@ -109,10 +113,7 @@ def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
     from ledger.persistence.database import LOCK_NOTICE_AFTER, Database
 
     # Given a customer, and a write of this process holding the writer's lock
-    lines = feed_lines(1, prefix="w-")
-    ledger.import_lines(iter(lines))
-    customer = _registered(lines)
-    ledger.database.dispose()
+    customer = _one_customer(ledger, "w-")
     give = ["consent", "give", customer, "marketing", "post", "--method", "web_form"]
     give += ["--policy-version", "v1", "--json"]
     # (a new process, not a fork: SQLite's state of this process's lock must not be copied)
@@ -158,11 +159,8 @@ def test_erasures_of_one_customer_at_once_record_one(
     ledger: Any, ledger_url: str, tmp_path: Path
 ) -> None:
     # Given a customer
-    lines = feed_lines(1, prefix="e-")
-    ledger.import_lines(iter(lines))
-    customer = _registered(lines)
+    customer = _one_customer(ledger, "e-")
     erased_before = recorded_ids(ledger_url)
-    ledger.database.dispose()
     # When four processes erase them at the same moment
     outs = [tmp_path / f"erase-{n}.out" for n in range(4)]
     erase = ["customer", "erase", customer, "--json"]
