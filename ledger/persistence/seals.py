@@ -709,10 +709,11 @@ def _parallel_audit(
     block = 1 << block_level
     if not last or last < 2 * block:
         return None
-    if _event_count(conn) != last:
-        # Ids with a gap (an event removed, or one moved far past the end): the blocks
+    if _stored_size(conn) != last:
+        # The log's end is not the tree's (an event moved far past the end, say): the blocks
         # would span the gap, up to 2**63 ids; the one pass reads only the rows there are,
-        # and names what is wrong.
+        # and names what is wrong. (The tree's size is one read of an index; a count of the
+        # events would read the whole table into this process's cache before it forks.)
         return None
     sizes = [c.tree_size for c in stored]
     tasks = [
@@ -862,12 +863,6 @@ _KEY_STATE_SQL = (
 )
 
 
-def _event_count(conn: Connection) -> int:
-    """How many events sit at the log's positions (ids from 1)."""
-    ids = tables.events.c.notification_id
-    return int(conn.execute(sa.select(sa.func.count()).where(ids >= 1)).scalar() or 0)
-
-
 def _before_first(conn: Connection) -> list[Problem]:
     """Events stored at ids below 1, where no position of the log is (its positions count
     from 1): every other read would take them for recorded facts, and the tree never hashes
@@ -895,14 +890,14 @@ def _traces_beyond(conn: Connection, last: int) -> list[Problem]:
     knew to remove those too would go unseen here: a head kept elsewhere, `verify --since`,
     or an export's manifest, is what catches that.)"""
     problems: list[Problem] = []
-    leaves = conn.execute(sa.select(sa.func.max(_N.c.idx)).where(_N.c.level == 0)).scalar()
-    if leaves is not None and int(leaves) + 1 > last:
+    leaves = _stored_size(conn)
+    if leaves > last:
         problems.append(
             Problem(
                 "log_truncated",
-                f"the integrity tree holds a leaf for event {int(leaves) + 1} but the log "
-                f"ends at {last}: events were removed from its end",
-                int(leaves) + 1,
+                f"the integrity tree holds a leaf for event {leaves} but the log ends at "
+                f"{last}: events were removed from its end",
+                leaves,
             )
         )
     if "rm_tracking" in sa.inspect(conn).get_table_names():
