@@ -872,6 +872,8 @@ def _small_cache(conn: Connection) -> Iterator[None]:
         yield
     finally:
         conn.exec_driver_sql(f"PRAGMA cache_size = {int(size or -2000)}")
+
+
 # (Stream ids as the driver gives them, the same on both sides: compared as text.)
 _ERASED_SQL = "SELECT originator_id FROM ledger_facts WHERE fact_type = 'subject.erased'"
 _KEY_STATE_SQL = (
