@@ -141,6 +141,18 @@ class IntegrityFailure(LedgerError):
     """The ledger or an export failed verification (exit 4)."""
 
 
+class UnreadableRowError(IntegrityFailure):
+    """A row beside the events (a checkpoint, an index row) holds a value of a type the
+    ledger never writes, which `verify` cannot read as anything it checks."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(
+            "verify cannot read a row of the ledger's tables: it holds a value of a type the "
+            f"ledger never writes ({kind}); the database was changed outside consent-ledger "
+            "(if it was not, this is a bug: please report it with this line)"
+        )
+
+
 class UnreadableEventError(IntegrityFailure):
     """A stored event's state is not what the ledger wrote (it only ever writes JSON it can
     read back): the database was changed outside consent-ledger."""

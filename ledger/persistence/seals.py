@@ -46,7 +46,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from sqlalchemy.engine import Connection
 
 from ledger import integrity
-from ledger.errors import ConfigurationError, FactNotFoundError, InputError, IntegrityFailure
+from ledger.errors import (
+    ConfigurationError,
+    FactNotFoundError,
+    InputError,
+    IntegrityFailure,
+    UnreadableRowError,
+)
 from ledger.integrity import Checkpoint, Frontier, LogAudit, LogAuditor, Problem
 from ledger.iterables import batched
 from ledger.persistence import tables
@@ -573,6 +579,40 @@ def verify_ledger(
     block_level: int = _BLOCK_LEVEL,
     fact_index: bool = True,
 ) -> VerifyResult:
+    """`_verify_ledger`; a row beside the events that holds a value of a type the ledger
+    never writes (text in a checkpoint's signature, say: SQLite keeps any type in any
+    column) is an `UnreadableRowError` (an integrity failure), not an internal error.
+    Event rows of any type are named as problems, as always."""
+    try:
+        return _verify_ledger(
+            app,
+            since=since,
+            public_key=public_key,
+            workers=workers,
+            block_level=block_level,
+            fact_index=fact_index,
+        )
+    except _WorkerFailed as failed:
+        assert failed.__cause__ is not None
+        raise failed.__cause__ from None  # a worker's own failure, as it was
+    except (TypeError, ValueError, OverflowError) as error:
+        raise UnreadableRowError(type(error).__name__) from None
+
+
+class _WorkerFailed(Exception):
+    """A hashing worker failed (its exception is the cause): raised as it was, not read as
+    a row of another type."""
+
+
+def _verify_ledger(
+    app: HasDatabase,
+    *,
+    since: dict[str, Any] | None,
+    public_key: Ed25519PublicKey | None,
+    workers: int | None,
+    block_level: int,
+    fact_index: bool,
+) -> VerifyResult:
     """Recompute the tree from the events and hold it against every signed checkpoint.
 
     With `since` (a checkpoint an auditor kept) only the growth after it is recomputed, from
@@ -752,7 +792,7 @@ def _parallel_audit(
     finally:
         _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = None, None, None
     if failure is not None:
-        raise failure
+        raise _WorkerFailed() from failure
     if not whole or not lookup.agrees(counts):
         return None
     digest = IndexLookup.facts(counts)

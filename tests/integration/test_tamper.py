@@ -511,6 +511,30 @@ def test_a_read_of_a_row_rewritten_as_text_fails_in_one_line_naming_verify(
         assert "'consent-ledger verify' names what changed" in errors[0]
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE ledger_checkpoints SET signature = 'abc' WHERE tree_size = 13",
+        "UPDATE ledger_checkpoints SET tree_size = 'x' WHERE tree_size = 13",
+        "UPDATE ledger_facts SET notification_id = 'abc' WHERE fact_id = 's-0002'",
+        "UPDATE ledger_customers SET notification_id = 'x' WHERE customer_ref = 'C100'",
+    ],
+)
+def test_a_row_beside_the_events_of_another_type_fails_verify_with_exit_4(
+    recorded: Any, sql: str
+) -> None:
+    """SQLite keeps any type in any column: `verify` meeting such a row says the database was
+    changed (exit 4), not 'unexpected TypeError' (exit 1)."""
+    if not recorded.database.is_sqlite:
+        pytest.skip("PostgreSQL's columns refuse values of another type")
+    tamper(recorded, (sql, {}))
+    done = run(str(recorded.database.url), "verify", "--json")
+    assert (done.exit_code, done.stdout) == (4, ""), done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("Error: verify cannot read a row of the ledger's tables")
+
+
 def _rewritten_state(app: Any, position: int, how: str) -> bytes:
     state = orjson.loads(bytes(event_row(app, position).state))
     if how == "not json":
