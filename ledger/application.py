@@ -163,20 +163,16 @@ class ConsentLedger(Application[UUID]):
         `retry_only` (a command's own facts, such as an erasure or a consent given) it must
         also be that same fact, retried; an id that another fact has is refused
         (`DuplicateFactError`), lest the command report as done what was never recorded."""
-        obj = dict(obj)
-        at_given = "at" in obj
-        obj.setdefault("id", f"cmd-{uuid4()}")
-        obj.setdefault("at", iso(datetime.now(UTC)))
-        fact = validate(obj)
+        fact, at_given = _command_fact(obj)
         summary = ImportSummary(dry_run=dry_run)
         self._record_items(iter([(1, fact)]), summary, preventive=True, dry_run=dry_run)
         if summary.errors:
             raise InvalidFactError(summary.errors[0].reason)
         if retry_only and summary.duplicates:  # (what an id stands for never changes)
-            self._refuse_another_fact(fact, at_given=at_given)
+            self._refuse_another_fact(fact, at_given)
         return fact, summary.accepted == 1
 
-    def _refuse_another_fact(self, fact: Fact, *, at_given: bool) -> None:
+    def _refuse_another_fact(self, fact: Fact, at_given: bool) -> None:
         """Refuse `fact` if the fact recorded under its id is another one: of another type,
         naming another customer, acquirer or order, with other values in its fields, or at
         another time if one was given (a retry without one is dated now, and matches)."""
@@ -254,8 +250,7 @@ class ConsentLedger(Application[UUID]):
             if fact_id is not None:
                 fact["id"] = fact_id
                 if self._recorded(fact_id) is not None:  # only a retry of that erasure
-                    retried = validate({"at": iso(datetime.now(UTC)), **fact})
-                    self._refuse_another_fact(retried, at_given=at is not None)
+                    self._refuse_another_fact(*_command_fact(fact))
             erased_at = customer.erased_at if customer is not None else None
             if erased_at is not None and (at is None or at >= erased_at):
                 erasures = (e for e in events if isinstance(e, Customer.Erased))
@@ -920,6 +915,16 @@ _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")
 _ORDER_COLUMNS = ("order_ref", "customer_id")
+
+
+def _command_fact(obj: dict[str, Any]) -> tuple[Fact, bool]:
+    """A command's fact, its `id` and `at` defaulting to a new id and now; and whether `at`
+    was given."""
+    obj = dict(obj)
+    obj.setdefault("id", f"cmd-{uuid4()}")
+    at_given = "at" in obj
+    obj.setdefault("at", iso(datetime.now(UTC)))
+    return validate(obj), at_given
 
 
 def _same_value(given: Any, recorded: Any) -> bool:

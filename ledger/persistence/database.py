@@ -670,14 +670,19 @@ def connect_failure(url: URL, error: BaseException | None) -> str:
 def own_files(database: Database) -> list[Path]:
     """The ledger's own files, which no file a command writes may replace: an SQLite
     database and its journals, the key folder, a master key file kept elsewhere."""
-    files = [default_key_dir(database)]
+    files = [default_key_dir(database), master_key_path(database)]
     path = database.sqlite_path
     if path is not None:
         files += [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))]
-    configured = os.environ.get("CONSENT_LEDGER_MASTER_KEY_FILE")
-    if configured:
-        files.append(Path(configured))
     return files
+
+
+MASTER_KEY_FILE_ENV = "CONSENT_LEDGER_MASTER_KEY_FILE"
+
+
+def master_key_path(database: Database) -> Path:
+    configured = os.environ.get(MASTER_KEY_FILE_ENV)
+    return Path(configured) if configured else default_key_dir(database) / "master.key"
 
 
 def default_key_dir(database: Database) -> Path:

@@ -96,14 +96,6 @@ def exporting_streams(database: Database) -> list[UUID]:
         return [UUID(str(ident)) for ident in rows]
 
 
-def export_rows(database: Database) -> list[dict[str, Any]]:
-    """Every export recorded, oldest first (no secrets)."""
-    columns = [c for c in _X.c if c.name != "wrapped_secret"]
-    with database.reading() as conn:
-        rows = conn.execute(sa.select(*columns).order_by(_X.c.created_at)).mappings().all()
-    return [dict(row) for row in rows]
-
-
 def rewrap_export_secrets(conn: Connection, old: bytes, new: bytes) -> int:
     """Re-wrap every export secret under a new master key (for key rotation)."""
     rows = conn.execute(

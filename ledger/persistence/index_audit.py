@@ -17,9 +17,10 @@ a later payment judged against the wrong customer, and the tree would still veri
   row would let the same line be recorded again, sealed like any new fact; a row moved would
   prove another fact; a type changed would turn a transfer initiation into something the
   rules do not count. This index is as large as the log, so it is held against the events by
-  a digest: the sum of a keyed hash of each (position, fact id, type, stream) over the
-  events (`Indexed.take`) and over the index's rows (`FactDigest`); only when the two differ
-  are the rows compared one by one (`audit_fact_index`).
+  a digest: the sum of a keyed hash of each (position, fact id) over the events
+  (`Indexed.take`) and over the index's rows (`FactDigest`), and each row's type and stream
+  by one join the database runs (`facts_of_another_kind`); only when either disagrees are
+  the rows compared one by one (`audit_fact_index`).
 
 The registrations and placings are picked out of the event rows `verify` reads to hash them
 anyway (`Indexed.take`, in its hashing processes too). The index rows are read once, before

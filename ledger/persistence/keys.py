@@ -32,12 +32,15 @@ from sqlalchemy.engine import Connection
 from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wrap_key
 from ledger.errors import MasterKeyError
 from ledger.persistence import tables
-from ledger.persistence.database import Database, WriteTransaction, default_key_dir
+from ledger.persistence.database import (
+    Database,
+    WriteTransaction,
+    master_key_path,
+)
 from ledger.persistence.export_store import rewrap_export_secrets
 from ledger.privacy import normalise_email
 
 MASTER_KEY_ENV = "CONSENT_LEDGER_MASTER_KEY"
-MASTER_KEY_FILE_ENV = "CONSENT_LEDGER_MASTER_KEY_FILE"
 _CHECK = "master_key_check"
 _K = tables.data_keys
 _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
@@ -56,11 +59,6 @@ def _now_text(database: Database) -> datetime | str:
         return now
     # SQLAlchemy's SQLite storage form, "%Y-%m-%d %H:%M:%S.%f" (isoformat: ~10x strftime's speed)
     return now.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def master_key_path(database: Database) -> Path:
-    configured = os.environ.get(MASTER_KEY_FILE_ENV)
-    return Path(configured) if configured else default_key_dir(database) / "master.key"
 
 
 def decode_master_key(text: str, source: str) -> bytes:
