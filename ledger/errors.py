@@ -141,6 +141,22 @@ class IntegrityFailure(LedgerError):
     """The ledger or an export failed verification (exit 4)."""
 
 
+class DataKeyAlteredError(IntegrityFailure):
+    """A customer's wrapped data key does not open with the ledger's master key, although
+    that key is the ledger's own (its fingerprint matches): the key row, not the master key,
+    was changed outside consent-ledger (damaged, or another customer's key put in its place:
+    each data key is bound to its customer). `verify` runs without the master key and cannot
+    see this; the command that needed the key does."""
+
+    def __init__(self, doing: str = "") -> None:
+        super().__init__(
+            "a customer's data key does not open with this ledger's master key, which is the "
+            "right one (its fingerprint matches): the key row was changed outside "
+            f"consent-ledger (damaged, or another customer's key put in its place){doing}; "
+            "restore the ledger_data_keys table from a backup"
+        )
+
+
 class UnreadableRowError(IntegrityFailure):
     """A row beside the events (a checkpoint, an index row) holds a value of a type the
     ledger never writes, which `verify` cannot read as anything it checks."""

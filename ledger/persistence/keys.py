@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wrap_key
-from ledger.errors import MasterKeyError
+from ledger.errors import DataKeyAlteredError, MasterKeyError
 from ledger.persistence import tables
 from ledger.persistence.database import (
     Database,
@@ -244,6 +244,8 @@ class KeyStore:
                     unwrap_key(self._master, wrapped, customer_id.bytes), customer_id.bytes
                 )
             except SealError:
+                if self._stored_check() is not None:  # the master key is the right one
+                    raise DataKeyAlteredError() from None
                 raise MasterKeyError(
                     f"the master key from {self.source} does not open this ledger's data keys"
                 ) from None
@@ -428,6 +430,8 @@ class KeyStore:
                 try:
                     raw = unwrap_key(old, wrapped, ident.bytes)
                 except SealError:
+                    if _meta_value(conn, _CHECK) is not None:  # checked: the right key
+                        raise DataKeyAlteredError("; nothing rotated") from None
                     raise MasterKeyError(
                         "a data key does not open with the current master key; nothing rotated"
                     ) from None

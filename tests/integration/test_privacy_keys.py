@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger.crypto import new_key
+from ledger.domainmodel import customer_id
 from ledger.persistence import tables
 from ledger.persistence.database import normalise_url
 from tests.cli_helpers import error_line, run, run_json
@@ -147,3 +148,55 @@ def test_rotation_with_the_key_in_the_environment_hands_over_a_new_key_file(
     assert run_json(ledger_url, "customer", "show", "C100")["details"]["name"] == "Ada Lovelace"
     # An unfinished earlier rotation (the file still there) is not overwritten.
     assert "did not finish" in _refused(ledger_url, "keys", "rotate")
+
+
+def _set_wrapped(url: str, values: dict[object, object]) -> None:
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.begin() as conn:
+            for ident, wrapped in values.items():
+                conn.execute(
+                    tables.data_keys.update()
+                    .where(tables.data_keys.c.customer_id == ident)
+                    .values(wrapped_key=wrapped)
+                )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("change", ["swapped", "damaged"])
+def test_an_altered_data_key_row_is_named_as_such_not_blamed_on_the_master_key(
+    ledger_url: str, feed_small: Path, change: str
+) -> None:
+    """The master key is the ledger's own (its fingerprint matches), so a data key that does
+    not open with it was changed in the database: an integrity failure (exit 4) naming the
+    key row, not a 'wrong master key' that would send support after the wrong thing."""
+    _prepare(ledger_url, feed_small)
+    second = (
+        '{"id": "reg-c102", "type": "customer.registered", "customer": "C102", "name": "Second '
+        'Key", "email": "second.key@example.org", "address": {"line1": "2 Way", "city": "Leeds", '
+        '"postcode": "LS2 2BB", "country": "GB"}, "at": "2025-06-01T09:00:00Z"}'
+    )
+    assert run(ledger_url, "record", second).exit_code == 0
+    live = {r[0]: r[1] for r in _rows(ledger_url, tables.data_keys) if r[1] is not None}
+    first, other = customer_id("C100"), customer_id("C102")
+    assert live.keys() == {first, other}
+    if change == "swapped":
+        _set_wrapped(ledger_url, {first: live[other], other: live[first]})
+    else:
+        damaged = bytearray(live[first])  # type: ignore[arg-type]
+        damaged[-1] ^= 1
+        _set_wrapped(ledger_url, {first: bytes(damaged)})
+    keys_before = _rows(ledger_url, tables.data_keys)
+
+    shown = run(ledger_url, "customer", "show", "C100", "--json")
+    assert shown.exit_code == 4, (shown.stdout, shown.stderr)
+    assert shown.stdout == ""
+    line = error_line(shown)
+    assert "the key row was changed outside consent-ledger" in line
+    assert "master key, which is the right one" in line
+    rotated = run(ledger_url, "keys", "rotate", "--json")
+    assert rotated.exit_code == 4, (rotated.stdout, rotated.stderr)
+    assert "nothing rotated" in error_line(rotated)
+    assert _rows(ledger_url, tables.data_keys) == keys_before
+    assert not list(_key_dir().glob("*.new"))  # the pending new key is removed
