@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,7 +100,8 @@ class Machine:
 @contextmanager
 def watched(enabled: bool = True) -> Iterator[None]:
     """The machine's state printed before and after the body (the end only if it succeeds);
-    nothing if not `enabled` (a script's own child processes)."""
+    nothing if not `enabled` (a script's own child processes) or if only help was asked for."""
+    enabled = enabled and not {"-h", "--help"} & set(sys.argv[1:])
     machine = Machine()
     if enabled:
         machine.start()

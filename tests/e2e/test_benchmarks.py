@@ -78,6 +78,20 @@ def test_script_runs(script: str, tmp_path: Path) -> None:
     assert expected in _run(script, *args)
 
 
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "run.py"])
+def test_help_prints_usage_without_running_anything(script: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {script}")
+    assert "reference workload" not in done.stdout  # the machine check is work too
+
+
 def test_bench_import_compares_switch_intervals(tmp_path: Path) -> None:
     out = _run(
         "bench_import.py", "--facts", "1500", "--rounds", "1", "--switch", "--work", str(tmp_path)
