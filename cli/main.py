@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -85,6 +85,15 @@ def _unexpected(error: Exception) -> UnexpectedError:
     )
 
 
+# The commands that may create a new SQLite ledger where its file does not exist yet: those
+# that record facts (a shop's first import, say) and `db upgrade`. Any other command pointed
+# at a missing file is refused (`LedgerNotFoundError`): a mistyped path would otherwise
+# answer as an empty ledger, `verify` "ok" with 0 facts, and leave a new file behind.
+_CREATING: Final = frozenset(
+    {"import", "record", "disclose", "consent give", "consent withdraw", "db upgrade"}
+)
+
+
 class LedgerContext:
     """What every command gets: the database URL and, opened on first use, the database and
     the ledger (the application, on that database)."""
@@ -119,7 +128,13 @@ class LedgerContext:
         if self._database is None:
             from ledger.config import open_database
 
-            self._database = open_database(self.url, on_lock_wait=self.say_waiting)
+            ctx = click.get_current_context(silent=True)
+            command = ctx.meta.get("consent_ledger.command") if ctx is not None else None
+            self._database = open_database(
+                self.url,
+                on_lock_wait=self.say_waiting,
+                create=command is None or command in _CREATING,
+            )
         return self._database
 
     def say_waiting(self) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ledger.errors import MasterKeyError
+from ledger.errors import LedgerNotFoundError, MasterKeyError
 from ledger.persistence.database import Database
 
 if TYPE_CHECKING:  # imported where a ledger is opened: a stored-facts query needs none
@@ -51,12 +51,23 @@ def upgrade(database: Database) -> UpgradeResult:
 
 
 def open_database(
-    url: str, *, auto_upgrade: bool = True, on_lock_wait: Callable[[], None] | None = None
+    url: str,
+    *,
+    auto_upgrade: bool = True,
+    on_lock_wait: Callable[[], None] | None = None,
+    create: bool = True,
 ) -> Database:
-    """The database at `url`. A brand-new SQLite file is created on first use; any other
-    database must be at the current schema (else: run `consent-ledger db upgrade`).
+    """The database at `url`. A brand-new SQLite file is created on first use (unless not
+    `create`: then a missing file is `LedgerNotFoundError`); any other database must be at
+    the current schema (else: run `consent-ledger db upgrade`).
     `on_lock_wait`: see `Database.on_lock_wait`."""
     database = Database(url)
+    path = database.sqlite_path
+    if not create and path is not None and not path.exists():
+        from ledger.persistence.database import safe_url
+
+        database.dispose()
+        raise LedgerNotFoundError(safe_url(url), str(path))
     database.on_lock_wait = on_lock_wait
     if auto_upgrade and database.is_sqlite and database.is_fresh():
         upgrade(database)

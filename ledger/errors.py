@@ -133,6 +133,18 @@ class DatabaseUnavailableError(ConfigurationError):
     pass
 
 
+class LedgerNotFoundError(ConfigurationError):
+    """A command that only reads (or changes what is recorded) was pointed at an SQLite file
+    that does not exist: a mistyped path must not answer as an empty ledger ("ok, 0 facts")."""
+
+    def __init__(self, url: str, path: str) -> None:
+        super().__init__(
+            f"no ledger at {url}: the file {path} does not exist (check the path, --db or "
+            "CONSENT_LEDGER_DB); a first import or record, or 'consent-ledger db upgrade', "
+            "creates a new ledger"
+        )
+
+
 class MasterKeyError(ConfigurationError):
     """The master key is missing, unreadable or does not open this ledger's data keys."""
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,9 @@ from ledger.feed import iso
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("consent-ledger-demo.db"),
     show_default=True,
-    help="The SQLite file to build (replaced if it exists). Without --path, a global "
-    "--db sqlite:///FILE names it.",
+    help="The SQLite file to build (replaced if an earlier demo built it; any other file is "
+    "refused). Without --path, a global --db sqlite:///FILE names it (not CONSENT_LEDGER_DB: "
+    "the demo never builds in the ledger your environment names).",
 )
 @click.option(
     "--customers",
@@ -45,7 +50,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
     facts, an erasure, a merger) and show what an auditor and a support agent can ask."""
     from ledger import views
     from ledger.config import open_ledger
-    from ledger.persistence.sqlite_reads import plain_sqlite_file
+    from ledger.persistence.sqlite_reads import DEMO_MARK, DEMO_MARK_VALUE, plain_sqlite_file
     from ledger.samplefeed import generate_lines
 
     given = ctx.find_root().params.get("db")
@@ -58,34 +63,43 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
             )
         path = Path(named)
 
-    for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(f"{path}.keys", ignore_errors=True)
-    ledger = open_ledger(f"sqlite:///{path}")
-    started = time.perf_counter()
-    lines = generate_lines(customers, seed=seed)
-    if progress_enabled():
-        with click.progressbar(
-            lines,
-            length=customers * 15,
-            label="building the demo ledger",
-            file=sys.stderr,
-        ) as bar:
-            summary = ledger.import_lines(bar)
-    else:
-        summary = ledger.import_lines(lines)
-    seconds = time.perf_counter() - started
-    violations = ledger.audit()
-    by_rule = Counter(v.rule for v in violations)
-    ref = _busiest_customer(ledger)
-    events = ledger.customer_events(ref)
-    trail = views.trail_rows(events)
-    first_consent = min((e.at for e in events if e.FACT_TYPE.startswith("consent.")), default=None)
-    as_of = (first_consent + timedelta(days=30)) if first_consent else None
-    consents_then = views.consent_rows(events, as_of) if as_of else []
-    from ledger.persistence.seals import verify_ledger
+    keys = Path(f"{path}.keys")
+    if path.exists() or path.is_symlink() or keys.exists():
+        _refuse_unless_demo(path, keys)
+    with _keys_beside(keys):
+        # The key folder first: a demo stopped between the two leaves a marked ledger behind,
+        # which the next demo replaces, never a key folder without the ledger it opens.
+        shutil.rmtree(keys, ignore_errors=True)
+        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            stale.unlink(missing_ok=True)
+        ledger = open_ledger(f"sqlite:///{path}")
+        ledger.database.set_meta(DEMO_MARK, DEMO_MARK_VALUE)
+        started = time.perf_counter()
+        lines = generate_lines(customers, seed=seed)
+        if progress_enabled():
+            with click.progressbar(
+                lines,
+                length=customers * 15,
+                label="building the demo ledger",
+                file=sys.stderr,
+            ) as bar:
+                summary = ledger.import_lines(bar)
+        else:
+            summary = ledger.import_lines(lines)
+        seconds = time.perf_counter() - started
+        violations = ledger.audit()
+        by_rule = Counter(v.rule for v in violations)
+        ref = _busiest_customer(ledger)
+        events = ledger.customer_events(ref)
+        trail = views.trail_rows(events)
+        first_consent = min(
+            (e.at for e in events if e.FACT_TYPE.startswith("consent.")), default=None
+        )
+        as_of = (first_consent + timedelta(days=30)) if first_consent else None
+        consents_then = views.consent_rows(events, as_of) if as_of else []
+        from ledger.persistence.seals import verify_ledger
 
-    integrity = verify_ledger(ledger)
+        integrity = verify_ledger(ledger)
     document: dict[str, Any] = {
         "database": f"sqlite:///{path}",
         "facts": summary.accepted,
@@ -128,6 +142,10 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
     )
     # As it was run (`.venv/bin/consent-ledger`, say), so that each line can be pasted.
     program = sys.argv[0] if Path(sys.argv[0]).name == "consent-ledger" else "consent-ledger"
+    configured = [name for name in _KEY_SETTINGS if name in os.environ]
+    if configured:  # your ledgers' key settings would not open the demo's: set its own
+        unset = "".join(f"-u {name} " for name in configured)
+        program = f"env {unset}CONSENT_LEDGER_KEY_DIR={shlex.quote(str(keys))} {program}"
     click.echo("\nTry next:")
     for command in (
         f"customer show {ref}",
@@ -138,6 +156,48 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
         "audit report --out audit.html",
     ):
         click.echo(f"  {program} {db} {command}")
+
+
+_KEY_SETTINGS = (
+    "CONSENT_LEDGER_KEY_DIR",
+    "CONSENT_LEDGER_MASTER_KEY",
+    "CONSENT_LEDGER_MASTER_KEY_FILE",
+)
+
+
+@contextmanager
+def _keys_beside(keys: Path) -> Iterator[None]:
+    """The demo's ledger keeps its keys in its own folder, whatever key folder or master key
+    the environment names for your ledgers: a sample must not be sealed or signed with them."""
+    saved = {name: os.environ.pop(name, None) for name in _KEY_SETTINGS}
+    os.environ["CONSENT_LEDGER_KEY_DIR"] = str(keys)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _refuse_unless_demo(path: Path, keys: Path) -> None:
+    """The demo replaces its file and that file's key folder: only ones it built itself.
+    Anything else there (a real ledger, its keys, any other file) is left as it is."""
+    from ledger.errors import InputError
+    from ledger.persistence.sqlite_reads import built_by_demo
+
+    if path.is_file() and not path.is_symlink() and built_by_demo(path):
+        return
+    what = (
+        f"{path} holds something the demo did not build"
+        if path.exists()
+        else (f"{keys} holds keys of a ledger the demo did not build")
+    )
+    raise InputError(
+        f"{what}; the demo replaces its file and key folder, so it leaves these alone: "
+        "give --path a new file name (or remove them yourself)"
+    )
 
 
 def _busiest_customer(ledger: Any) -> str:

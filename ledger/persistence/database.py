@@ -517,6 +517,14 @@ class Database:
         with self.reading_statement() as conn:
             return _on_driver(conn, self.is_sqlite, sql, params, list)
 
+    def set_meta(self, name: str, value: str) -> None:
+        """Keep one named value in `ledger_meta` (replacing any), in a write of its own."""
+        with self.writing() as tx:
+            tx.execute_on_driver("DELETE FROM ledger_meta WHERE name = ?", (name,))
+            tx.execute_on_driver(
+                "INSERT INTO ledger_meta (name, value) VALUES (?, ?)", (name, value)
+            )
+
     # -- schema ------------------------------------------------------------------------------
 
     def schema_revision(self) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -725,6 +726,10 @@ def test_demo_builds_a_ledger_and_answers(tmp_path: Path, monkeypatch: pytest.Mo
     assert document["customers"] == 20
     assert document["database"] == "sqlite:///consent-ledger-demo.db"
     demo_url = document["database"]
+    # The demo keeps its keys beside its file, whatever key folder the environment names.
+    assert (tmp_path / "consent-ledger-demo.db.keys" / "signing.pub").exists()
+    assert not (tmp_path / "keys").exists()
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(tmp_path / "consent-ledger-demo.db.keys"))
     ref = document["customer"]
     assert run_json(demo_url, "customer", "trail", ref)["disclosures"] == document["trail"]
     violations = run_json(demo_url, "audit", "check")["violations"]
@@ -740,6 +745,11 @@ def test_demo_builds_a_ledger_and_answers(tmp_path: Path, monkeypatch: pytest.Mo
         f"Built consent-ledger-demo.db: {expected_facts} facts about 20 customers"
     )
     assert "Try next:" in plain.stdout
+    # (The environment names a key folder: each line sets the demo's own, as --db does.)
+    assert (
+        "  env -u CONSENT_LEDGER_KEY_DIR CONSENT_LEDGER_KEY_DIR=consent-ledger-demo.db.keys "
+        "consent-ledger --db sqlite:///consent-ledger-demo.db verify --json"
+    ) in plain.stdout
     assert "(verify): nothing altered;" in plain.stdout
 
 
@@ -758,6 +768,49 @@ def test_demo_builds_the_file_the_global_db_names(
     assert run_json("sqlite:///mine.db", "demo", "--customers", "5", "--path", "other.db")[
         "database"
     ] == ("sqlite:///other.db")
+
+
+def test_demo_replaces_only_a_ledger_it_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, feed_small: Path
+) -> None:
+    """The demo replaces its file and key folder: a real ledger (or any other file) named by
+    --db or --path is refused, exit 1, and left exactly as it was."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONSENT_LEDGER_KEY_DIR")  # each ledger's keys beside its file
+    assert run_json("sqlite:///real.db", "import", str(feed_small))["accepted"] == 26
+    keys = sorted(p.name for p in (tmp_path / "real.db.keys").iterdir())
+    before = (tmp_path / "real.db").read_bytes()
+    for args in (["--path", "real.db"], []):
+        refused = run("sqlite:///real.db", "demo", "--customers", "5", *args)
+        assert (refused.exit_code, refused.stdout) == (1, "")
+        assert "real.db holds something the demo did not build" in error_line(refused)
+    assert (tmp_path / "real.db").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "real.db.keys").iterdir()) == keys
+    assert run_json("sqlite:///real.db", "verify")["facts"] == 26
+    (tmp_path / "notes.txt").write_text("not a ledger")
+    refused = run(None, "demo", "--path", "notes.txt")
+    assert refused.exit_code == 1 and "notes.txt holds something" in error_line(refused)
+    assert (tmp_path / "notes.txt").read_text() == "not a ledger"
+    (tmp_path / "orphan.db.keys").mkdir()
+    (tmp_path / "orphan.db.keys" / "master.key").write_text("kept")
+    refused = run(None, "demo", "--path", "orphan.db")
+    assert refused.exit_code == 1 and "orphan.db.keys holds keys" in error_line(refused)
+    assert (tmp_path / "orphan.db.keys" / "master.key").read_text() == "kept"
+
+    # Its own ledger it replaces, as a demo built before the mark (the sample's facts only).
+    assert run_json(None, "demo", "--customers", "5")["facts"] > 0
+    demo_db = tmp_path / "consent-ledger-demo.db"
+    with sqlite3.connect(demo_db) as conn:
+        conn.execute("DELETE FROM ledger_meta WHERE name = 'built_by'")
+    assert run_json(None, "demo", "--customers", "6")["customers"] == 6
+    assert (tmp_path / "consent-ledger-demo.db.keys" / "master.key").exists()
+    assert sorted(p.name for p in (tmp_path / "real.db.keys").iterdir()) == keys
+    # ...but not once a fact of someone's own is in it.
+    fact = '{"id": "mine-1", "type": "subject.access_requested", "customer": "C0000001"}'
+    assert run(f"sqlite:///{demo_db}", "record", fact).exit_code == 0
+    with sqlite3.connect(demo_db) as conn:
+        conn.execute("DELETE FROM ledger_meta WHERE name = 'built_by'")
+    assert run(None, "demo", "--customers", "5").exit_code == 1
 
 
 COMMANDS = [

@@ -89,17 +89,38 @@ def test_a_command_on_an_out_of_date_schema_refuses_and_names_db_upgrade(ledger_
 
 def test_postgresql_is_never_upgraded_behind_the_users_back(ledger_url: str) -> None:
     if not ledger_url.startswith("postgresql"):
-        pytest.skip("a new SQLite file is created by the first command, by design")
+        pytest.skip("a new SQLite file is created by the first import or record, by design")
     result = run(ledger_url, "audit", "check")
     assert result.exit_code == 1
     assert "has no ledger schema" in error_line(result)
     assert "db upgrade" in error_line(result)
 
 
-def test_a_new_sqlite_file_is_created_by_the_first_command(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    assert run_json(url, "audit", "check") == {"violations": []}
+def test_a_new_sqlite_file_is_created_by_the_first_record_never_by_a_question(
+    tmp_path: Path, feed_small: Path
+) -> None:
+    """A mistyped path must not answer as an empty ledger (`verify` "ok", 0 facts) nor leave
+    a file behind: a command that does not record is refused, exit 1. A shop's first import
+    (or record, or `db upgrade`) creates the ledger."""
+    path = tmp_path / "new.db"
+    url = f"sqlite:///{path}"
+    for command in (
+        ["verify"],
+        ["audit", "check"],
+        ["customer", "show", "C100"],
+        ["keys", "rotate"],
+    ):
+        refused = run(url, *command, "--json")
+        assert (refused.exit_code, refused.stdout) == (1, ""), command
+        assert error_line(refused) == (
+            f"Error: no ledger at {url}: the file {path} does not exist (check the path, --db or "
+            "CONSENT_LEDGER_DB); a first import or record, or 'consent-ledger db upgrade', "
+            "creates a new ledger"
+        )
+        assert list(tmp_path.iterdir()) == [], command
+    assert run_json(url, "import", str(feed_small))["accepted"] == 26
     assert tables_of(url) >= CORE_TABLES
+    assert run_json(url, "verify")["facts"] == 26
 
 
 def test_a_violations_model_from_before_0006_is_rebuilt_and_old_ties_judged_as_then(
