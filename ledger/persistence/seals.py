@@ -133,12 +133,19 @@ def public_key_path(database: Database) -> Path:
 
 
 def create_signing_key(database: Database) -> bool:
-    """Create the key pair in the key folder unless it exists (`db upgrade`). True if new."""
+    """Create the key pair in the key folder unless it exists (`db upgrade`). True if new.
+
+    Only for a ledger that has signed nothing yet: one whose checkpoints are signed by a key
+    that is not in this key folder (another machine's, say) is refused, as a new key would
+    make every checkpoint signed from now on fail `verify`, for good."""
     private_path, public_path = signing_key_path(database), public_key_path(database)
     if private_path.exists():
         if not public_path.exists():
             _write_public_key(public_path, load_signing_key(database).public_key())
         return False
+    signed_by = _latest_key_id(database)
+    if signed_by is not None:
+        raise ConfigurationError(_missing_key_message(private_path, signed_by))
     key = Ed25519PrivateKey.generate()
     try:
         write_key_file(
@@ -153,6 +160,26 @@ def create_signing_key(database: Database) -> bool:
         return create_signing_key(database)
     _write_public_key(public_path, key.public_key())
     return True
+
+
+def _latest_key_id(database: Database) -> str | None:
+    """The key id of the ledger's latest checkpoint; None if it has signed none."""
+    with database.reading() as conn:
+        return _latest_key_id_on(conn)
+
+
+def _latest_key_id_on(conn: Connection) -> str | None:
+    row = conn.execute(sa.select(_C.c.key_id).order_by(_C.c.tree_size.desc()).limit(1)).first()
+    return None if row is None else str(row[0])
+
+
+def _missing_key_message(path: Path, signed_by: str) -> str:
+    return (
+        f"no signing key at {path}, and this ledger's checkpoints are signed by key {signed_by}: "
+        "copy its signing.key and signing.pub into that folder from where the ledger was "
+        "created (or set CONSENT_LEDGER_KEY_DIR to that folder); a new key would make every "
+        "checkpoint signed from now on fail verify"
+    )
 
 
 def _write_public_key(path: Path, key: Ed25519PublicKey) -> None:
@@ -236,8 +263,8 @@ class Sealer:
 
     def __init__(self, tx: WriteTransaction) -> None:
         self.tx = tx
-        self.key = _signing_key(tx.database)
         conn = tx.connection
+        self.key = _ledgers_signing_key(tx.database, conn)
         size = _stored_size(conn)
         self.frontier = _load_frontier(conn, size)
         self.first = size
@@ -303,6 +330,29 @@ def _signing_key(database: Database) -> Ed25519PrivateKey:
     key = _KEYS.get(database)
     if key is None:
         key = _KEYS[database] = load_signing_key(database)
+    return key
+
+
+def _ledgers_signing_key(database: Database, conn: Connection) -> Ed25519PrivateKey:
+    """The key folder's signing key, if it is the one this ledger's checkpoints are signed
+    by (checked in each write, under the writer's lock: one indexed read). A key of another
+    ledger, or one made anew on another machine, would sign checkpoints that never verify."""
+    signed_by = _latest_key_id_on(conn)
+    try:
+        key = _signing_key(database)
+    except ConfigurationError:
+        if signed_by is None:
+            raise
+        raise ConfigurationError(
+            _missing_key_message(signing_key_path(database), signed_by)
+        ) from None
+    if signed_by is not None and integrity.key_id(key.public_key()) != signed_by:
+        raise ConfigurationError(
+            f"the signing key at {signing_key_path(database)} (key "
+            f"{integrity.key_id(key.public_key())}) is not this ledger's: its checkpoints are "
+            f"signed by key {signed_by}; use that key's signing.key (CONSENT_LEDGER_KEY_DIR "
+            "names the folder), as checkpoints signed by another never verify"
+        )
     return key
 
 

@@ -200,3 +200,52 @@ def test_an_altered_data_key_row_is_named_as_such_not_blamed_on_the_master_key(
     assert "nothing rotated" in error_line(rotated)
     assert _rows(ledger_url, tables.data_keys) == keys_before
     assert not list(_key_dir().glob("*.new"))  # the pending new key is removed
+
+
+def test_a_second_machine_without_the_signing_key_is_refused_never_given_a_new_one(
+    ledger_url: str, feed_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another machine (another key folder) that has the master key but not the ledger's
+    signing key: `db upgrade` must not make a new key pair, nor may any write sign with one,
+    or every checkpoint signed from then on fails `verify`, for good."""
+    _prepare(ledger_url, feed_small)
+    first = _key_dir()
+    master = (first / "master.key").read_text().strip()
+    checkpoints = _rows(ledger_url, tables_checkpoints())
+    elsewhere = tmp_path / "machine-b-keys"
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(elsewhere))
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", master)
+    consent = ("consent", "give", "C100", "market_research", "email", "--method", "web")
+    consent += ("--policy-version", "v3")
+
+    for args in (("db", "upgrade"), consent):
+        line = _refused(ledger_url, *args)
+        assert "this ledger's checkpoints are signed by key" in line, args
+        assert "copy its signing.key and signing.pub into that folder" in line
+    assert not (elsewhere / "signing.key").exists()
+    # A signing key of its own there (another ledger's, or made by hand) is refused too.
+    elsewhere.mkdir(exist_ok=True)
+    (elsewhere / "signing.key").write_bytes(_new_signing_key_pem())
+    assert "is not this ledger's: its checkpoints are signed by key" in _refused(
+        ledger_url, *consent
+    )
+    assert _rows(ledger_url, tables_checkpoints()) == checkpoints  # nothing signed
+
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(first))
+    assert run(ledger_url, *consent).exit_code == 0
+    assert run_json(ledger_url, "verify")["ok"] is True
+
+
+def tables_checkpoints() -> sa.Table:
+    from ledger.persistence.seals import checkpoints
+
+    return checkpoints
+
+
+def _new_signing_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
