@@ -188,6 +188,18 @@ class LedgerContext:
             self._database.dispose()
 
 
+def _say_leftover(context: Any) -> None:
+    """A write destroyed or re-wrapped keys, but another session held back the clean-up of
+    their old bytes (`KeyStore.shred`): say so, and how to finish it."""
+    ledger = getattr(context, "_ledger", None)
+    keys = getattr(ledger, "_keys", None)
+    if keys is not None and keys.leftover:
+        logs.log.warning(
+            "old key bytes remain in the database: another session reads a snapshot from "
+            "before this command; run 'consent-ledger keys shred' once it ends"
+        )
+
+
 class LedgerGroup(LazyGroup):
     """Runs a command, logs its one summary line and turns the ledger's errors into one
     `Error: …` line on stderr and an exit code."""
@@ -233,6 +245,7 @@ class LedgerGroup(LazyGroup):
         fields["command"] = ctx.meta.get("consent_ledger.command", "")
         fields["seconds"] = round(time.perf_counter() - started, 3)
         if failure is None:
+            _say_leftover(ctx.obj)
             logs.log.info("command.done", **fields)
             return result
         code = exit_code_for(failure)

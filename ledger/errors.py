@@ -194,6 +194,19 @@ class UnreadableEventError(IntegrityFailure):
         )
 
 
+class ShredPendingError(LedgerError):
+    """The database still holds old bytes of destroyed keys: another session held the
+    clean-up back (exit 1; run it again once that session ends)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database still holds the old bytes of a destroyed key: another session reads "
+            "a snapshot from before the erasure (an export, a verify, a backup), or on "
+            "PostgreSQL this role does not own ledger_data_keys and cannot VACUUM it; run "
+            "'consent-ledger keys shred' again once that session ends"
+        )
+
+
 class ConcurrencyError(LedgerError):
     """Another writer recorded the same facts at the same moment; retry (exit 1)."""
 

@@ -109,13 +109,33 @@ def erase(ledger: Any, ref: str, at: Any, fact_id: str | None, as_json: bool) ->
     record is named), unless --at says the erasure happened earlier than the one recorded.
     """
     erasure, fresh = ledger.erase(ref, at=at, fact_id=fact_id)
-    logs.summarise(customer=logs.hashed(ref), fact_id=erasure, recorded=fresh)
+    # A repeat tries the clean-up again: an earlier one may have been held back.
+    shredded = not ledger.keys.leftover if fresh else ledger.keys.shred()
+    ledger.keys.leftover = False  # said below, not again in the command's log line
+    logs.summarise(customer=logs.hashed(ref), fact_id=erasure, recorded=fresh, shredded=shredded)
     if as_json:
-        emit_json({"customer": ref, "erased": True, "fact_id": erasure, "recorded": fresh})
-    elif fresh:
-        click.echo(f"customer {ref} erased ({erasure}); their personal data is gone")
+        emit_json(
+            {
+                "customer": ref,
+                "erased": True,
+                "fact_id": erasure,
+                "recorded": fresh,
+                "shredded": shredded,
+            }
+        )
+        return
+    if fresh:
+        click.echo(f"customer {ref} erased ({erasure}); their data key is destroyed")
     else:
         click.echo(f"customer {ref} was already erased ({erasure}): nothing recorded")
+    if shredded:
+        click.echo("their personal data is gone: the database holds no readable copy")
+    else:
+        click.echo(
+            "but the database file still holds the old key's bytes: another session reads a "
+            "snapshot from before the erasure; run 'consent-ledger keys shred' once it ends "
+            "(or this command again)"
+        )
 
 
 commands = [customer]

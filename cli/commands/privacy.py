@@ -203,4 +203,24 @@ def rotate(ledger: Any, as_json: bool) -> None:
         )
 
 
+@keys.command("shred")
+@json_option
+@pass_ledger
+def shred(ledger: Any, as_json: bool) -> None:
+    """Remove what the database file still holds of destroyed keys' old bytes.
+
+    An erasure (or a rotation) does this itself; a session that was reading an older
+    snapshot meanwhile (an export, a verify, a backup) can hold it back, and the command
+    then says so. Run this once that session ends. Exit 1 if it is still held back."""
+    from ledger.errors import ShredPendingError
+
+    if not ledger.keys.shred():
+        raise ShredPendingError()
+    logs.summarise(shredded=True)
+    if as_json:
+        emit_json({"shredded": True})
+    else:
+        click.echo("no old key bytes left in the database")
+
+
 commands = [recipients, suppression, keys]

@@ -42,6 +42,7 @@ from ledger.privacy import normalise_email
 
 MASTER_KEY_ENV = "CONSENT_LEDGER_MASTER_KEY"
 _CHECK = "master_key_check"
+_SHRED_WAIT = 5.0  # seconds a clean-up of old key bytes waits for readers to finish
 _K = tables.data_keys
 _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
 _S = tables.suppressions
@@ -141,6 +142,9 @@ class KeyStore:
         self._cache: OrderedDict[UUID, DataKey | None] = OrderedDict()
         self._checked_tx: WriteTransaction | None = None
         self._suppression_key: bytes | None = None
+        # Set after a write that destroyed or re-wrapped keys: whether the database still
+        # holds their old bytes (another session held the clean-up back; see `shred`).
+        self.leftover = False
 
     def _load(self) -> tuple[bytes, str]:
         # Loaded on first use: commands that never open personal data (verify, audit) do not
@@ -272,18 +276,35 @@ class KeyStore:
         self._cache[customer_id] = None
 
     def _after_destroy(self) -> None:
-        # The old wrapped key must not linger in the database's bytes. SQLite: secure_delete
-        # zeroes it in the file, and a checkpoint empties the WAL that still holds the old
-        # page. PostgreSQL keeps the old row version until VACUUM prunes it; its own WAL
-        # (pg_wal) and any backups still hold it: rotate the master key and destroy the old
-        # one to make those copies useless too.
+        self.leftover = not self.shred()
+
+    def shred(self) -> bool:
+        """Remove what the database still holds of destroyed (or re-wrapped) keys' old bytes;
+        True if it could, False if another session holds it back (try again once it ends).
+
+        SQLite: secure_delete zeroes an old key in the page, and a checkpoint copies that
+        page over the file's and empties the WAL; a reader's snapshot older than the erasure
+        keeps the checkpoint from finishing (waited for `_SHRED_WAIT` at most). PostgreSQL
+        keeps the old row version until VACUUM prunes it, which it cannot while a snapshot
+        older than the erasure is open (or as a role that does not own the table): the dead
+        row versions it leaves are counted. Its own WAL (pg_wal) and any backups still hold
+        the old key: rotate the master key and destroy the old one to make those useless.
+        """
         with self.database.connect() as conn:
             if self.database.is_sqlite:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            else:
-                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                    f"VACUUM {_K.name}"
-                )
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(_SHRED_WAIT * 1000)}")
+                try:
+                    row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                finally:
+                    conn.exec_driver_sql("PRAGMA busy_timeout = 120000")
+                return row is not None and row[0] == 0
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            auto.exec_driver_sql(f"VACUUM {_K.name}")
+            dead = auto.exec_driver_sql(
+                "SELECT n_dead_tup FROM pg_stat_user_tables "
+                f"WHERE relid = CAST('{_K.name}' AS regclass)"
+            ).scalar()
+            return not dead
 
     def forget_cache(self) -> None:
         self._cache.clear()

@@ -605,7 +605,13 @@ def test_customer_erase(url: str) -> None:
     document = run_json(
         url, "customer", "erase", "C100", "--at", "2025-09-01T00:00:00Z", "--id", "x-1"
     )
-    assert document == {"customer": "C100", "erased": True, "fact_id": "x-1", "recorded": True}
+    assert document == {
+        "customer": "C100",
+        "erased": True,
+        "fact_id": "x-1",
+        "recorded": True,
+        "shredded": True,
+    }
     shown = run_json(url, "customer", "show", "C100")
     assert (shown["erased"], shown["details"]) == (True, None)
     # History stays: the trail and the consents are still answered.
@@ -937,7 +943,8 @@ def test_erasing_an_erased_customer_records_nothing_unless_it_was_earlier(url: s
     again = run(url, "customer", "erase", "C100")
     assert (again.exit_code, again.stdout) == (
         0,
-        f"customer C100 was already erased ({first['fact_id']}): nothing recorded\n",
+        f"customer C100 was already erased ({first['fact_id']}): nothing recorded\n"
+        "their personal data is gone: the database holds no readable copy\n",
     )
     later = run_json(url, "customer", "erase", "C100", "--at", "2025-10-01T00:00:00Z")
     assert later == {
@@ -945,6 +952,7 @@ def test_erasing_an_erased_customer_records_nothing_unless_it_was_earlier(url: s
         "erased": True,
         "fact_id": first["fact_id"],
         "recorded": False,
+        "shredded": True,
     }
     assert run_json(url, "verify")["facts"] == facts
     # An erasure reported late, that happened earlier, moves the time the rules judge from.

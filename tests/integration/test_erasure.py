@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from ledger.config import open_ledger
@@ -209,3 +210,45 @@ def test_a_consent_reported_after_the_erasure_but_dated_before_it_clears_a_viola
     summary = ledger.import_lines([orjson.dumps(late | {"at": "2025-06-01T00:00:00Z"})])
     assert (summary.accepted, summary.rejected) == (1, 0)
     assert ledger.audit() == []
+
+
+def test_a_reader_holding_back_the_shredding_is_said_and_keys_shred_finishes_it(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session reading a snapshot from before the erasure (an export, a backup) keeps the
+    old key's bytes in the database (SQLite: the checkpoint cannot finish; PostgreSQL:
+    VACUUM cannot prune the old row version). The erasure still records and destroys the
+    key, but says the bytes remain instead of "gone"; `keys shred` refuses (exit 1) while
+    the reader lasts and removes them once it ends."""
+    from ledger.persistence import keys
+
+    monkeypatch.setattr(keys, "_SHRED_WAIT", 0.2)
+    _prepare(ledger_url, feed_small)
+    old_key = _wrapped_key(ledger_url, "C100")
+    assert old_key is not None
+    engine = sa.create_engine(normalise_url(ledger_url))
+    try:
+        with engine.connect() as reader:
+            if engine.dialect.name == "postgresql":
+                reader.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            else:  # pysqlite would begin no transaction for a SELECT
+                reader.connection.dbapi_connection.isolation_level = None  # type: ignore[union-attr]
+                reader.exec_driver_sql("BEGIN")
+            assert reader.exec_driver_sql("SELECT count(*) FROM ledger_data_keys").scalar()
+
+            erased = run(ledger_url, "customer", "erase", "C100")
+            assert erased.exit_code == 0, erased.stderr
+            assert "their data key is destroyed" in erased.stdout
+            assert "still holds the old key's bytes" in erased.stdout
+            assert "gone" not in erased.stdout
+            assert _wrapped_key(ledger_url, "C100") is None  # destroyed in the ledger
+            held = run(ledger_url, "keys", "shred", "--json")
+            assert (held.exit_code, held.stdout) == (1, "")
+            assert "run 'consent-ledger keys shred' again" in held.stderr
+        # The reader's transaction ends with its connection.
+        assert run_json(ledger_url, "keys", "shred") == {"shredded": True}
+        assert old_key not in raw_bytes_once_pruned(ledger_url, old_key)
+        again = run_json(ledger_url, "customer", "erase", "C100")
+        assert (again["recorded"], again["shredded"]) == (False, True)
+    finally:
+        engine.dispose()
