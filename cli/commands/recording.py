@@ -80,13 +80,11 @@ def _import(ledger: Any, handle: Any, dry_run: bool, progress: Any) -> Any:
         return error
 
 
-def _record(
-    ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = False, *, line: bool = False
-) -> None:
-    """Record a command's fact; `line`: a feed line given to `record`, whose id already
-    recorded makes it a duplicate whatever it says (SPEC §2), where a friendly command's
-    `--id` must name that same fact (a retry), not another."""
-    recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run, retry_only=not line)
+def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
+    """Record a command's fact. An id already recorded must name that same fact (a retry:
+    a duplicate, nothing changes); another fact under it is refused (`DuplicateFactError`),
+    lest a withdrawal sent under a reused id be reported as done and never recorded."""
+    recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run, retry_only=True)
     logs.summarise(fact_id=recorded_fact.id, type=recorded_fact.type, new=fresh)
     if recorded_fact.customer is not None:
         logs.summarise(customer=logs.hashed(recorded_fact.customer))
@@ -120,7 +118,8 @@ def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
     """Record one fact, given as a feed line's JSON (or - to read it from stdin).
 
     `id` and `at` default to a new id and now. A fact that would break a rule is refused
-    (exit 3) and nothing is recorded.
+    (exit 3) and nothing is recorded. An id already recorded: the same fact again is a
+    duplicate (nothing changes, exit 0); another fact under that id is refused (exit 1).
     """
     text = sys.stdin.read() if fact == "-" else fact
     text = text.removeprefix("\ufeff")  # a byte order mark, as `import` accepts one
@@ -130,7 +129,7 @@ def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
         raise InputError("FACT is not valid JSON") from None
     if not isinstance(obj, dict):
         raise InputError("FACT must be a JSON object")
-    _record(ledger, obj, as_json, dry_run, line=True)
+    _record(ledger, obj, as_json, dry_run)
 
 
 _DISCLOSURE_TYPES = {

@@ -53,8 +53,12 @@ def _shared_ledger(
     costs more than most tests here."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CONSENT_LEDGER_MASTER_KEY", _SHARED_KEY)
+        keys = str(tmp_path_factory.mktemp("shared-keys"))
+        env.setenv("CONSENT_LEDGER_KEY_DIR", keys)
         if request.param == "sqlite":
-            yield build(f"sqlite:///{tmp_path_factory.mktemp('shared') / 'ledger.db'}")
+            url = f"sqlite:///{tmp_path_factory.mktemp('shared') / 'ledger.db'}"
+            _SHARED_KEY_DIRS[url] = keys
+            yield build(url)
             return
         server = postgres_server()
         if server is None:
@@ -64,7 +68,9 @@ def _shared_ledger(
         with admin.begin() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
         try:
-            yield build(_postgres_schema_url(server, schema))
+            url = _postgres_schema_url(server, schema)
+            _SHARED_KEY_DIRS[url] = keys
+            yield build(url)
         finally:
             with admin.begin() as conn:
                 conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
@@ -75,7 +81,12 @@ def _shared_ledger(
 def shared(_shared_ledger: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The shared feed-small ledger; a test using it must leave it as it found it."""
     monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", _SHARED_KEY)
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", _SHARED_KEY_DIRS[_shared_ledger])
     return _shared_ledger
+
+
+# Each shared ledger's own key folder (its signing key), whatever test uses it.
+_SHARED_KEY_DIRS: dict[str, str] = {}
 
 
 def log_lines(result: Result) -> list[dict[str, Any]]:
@@ -234,15 +245,17 @@ def test_record_records_one_fact_and_prints_what_it_recorded(url: str) -> None:
     }
     again = run_json(url, "record", orjson.dumps(fact).decode())
     assert (again["recorded"], again["duplicate"]) == (False, True)
-    # Another fact sent under that id: the answer names the fact recorded under it.
-    other = line("marketing.contact", "r-1", 0, customer="C100", at="2026-01-01T00:00:00Z")
-    assert run_json(url, "record", orjson.dumps(other).decode()) == {
-        "recorded": False,
-        "duplicate": True,
-        "fact_id": "r-1",
-        "type": "consent.given",
-        "at": "2025-04-01T08:00:00Z",
-    }
+    # Another fact sent under that id (a withdrawal, say) is refused, not reported as done.
+    facts = run_json(url, "verify")["facts"]
+    for other in (
+        line("consent.withdrawn", "r-1", 0, customer="C100", channel="post"),
+        line("consent.given", "r-1", 0, customer="C100", channel="email"),
+        {**fact, "at": "2025-04-02T10:00:00Z"},
+    ):
+        refused = run(url, "record", orjson.dumps(other).decode(), "--json")
+        assert (refused.exit_code, refused.stdout) == (1, ""), other
+        assert "r-1" in error_line(refused) and "consent.given" in error_line(refused)
+    assert run_json(url, "verify")["facts"] == facts
 
 
 @pytest.mark.parametrize("mark", [b"", "\ufeff".encode()])
