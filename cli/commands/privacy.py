@@ -187,9 +187,17 @@ def rotate(ledger: Any, as_json: bool) -> None:
         "data_keys": result.data_keys,
         "key_file": str(result.new_key_file),
         "old_key_file": str(result.backup) if result.backup else None,
+        "finished_earlier": result.finished_earlier,
     }
     if as_json:
         emit_json(document)
+    elif result.finished_earlier:
+        kept = f"; the old one kept in {result.backup}" if result.backup else ""
+        click.echo(
+            "an earlier rotation had committed without installing its key: nothing rotated "
+            f"now; this ledger's master key is in {result.new_key_file}{kept}"
+            + (f" (set {'CONSENT_LEDGER_MASTER_KEY'} to its content)" if result.env else "")
+        )
     elif result.env:
         click.echo(
             f"re-wrapped {result.data_keys} data keys; the new master key is in "

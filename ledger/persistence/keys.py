@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,8 +155,25 @@ class KeyStore:
             # lost key file must stay an error, not be silently replaced by a new key.
             in_use = self._stored_check() is not None
             create = self._create and not in_use
-            self._loaded = load_master_key(self.database, create=create, in_use=in_use)
-            self._check(self._loaded[0], self._loaded[1])
+            try:
+                loaded = load_master_key(self.database, create=create, in_use=in_use)
+                self._check(*loaded)
+            except MasterKeyError:
+                pending = self.interrupted_rotation() if in_use else None
+                if pending is None:
+                    raise
+                if MASTER_KEY_ENV in os.environ:  # the handover of a rotation
+                    raise MasterKeyError(
+                        f"the master key from {MASTER_KEY_ENV} is not this ledger's master key: "
+                        f"'keys rotate' left the new one in {pending}; set {MASTER_KEY_ENV} to "
+                        "its content, then delete that file"
+                    ) from None
+                raise MasterKeyError(
+                    "a 'keys rotate' was cut off after it committed: this ledger's master key "
+                    f"is now the one in {pending}; run 'consent-ledger keys rotate' to install "
+                    f"it (it rotates nothing more), or move it to {master_key_path(self.database)}"
+                ) from None
+            self._loaded = loaded
         return self._loaded
 
     @property
@@ -290,6 +308,12 @@ class KeyStore:
         row versions it leaves are counted. Its own WAL (pg_wal) and any backups still hold
         the old key: rotate the master key and destroy the old one to make those useless.
         """
+        try:
+            return self._shred()
+        except sa.exc.SQLAlchemyError:  # e.g. a lock timeout: the write is committed anyway
+            return False
+
+    def _shred(self) -> bool:
         with self.database.connect() as conn:
             if self.database.is_sqlite:
                 conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(_SHRED_WAIT * 1000)}")
@@ -379,54 +403,137 @@ class KeyStore:
         master key, in one write transaction.
 
         Events are not touched: the data keys stay the same, only their wrapping changes. The
-        new key is written to a file before the database changes, so a failure at any point
-        leaves a key that opens the ledger: the old one until the commit, the new one after.
+        new key is written to `master.key.new` before the database changes, so a failure at
+        any point leaves a key that opens the ledger: the old one until the commit, the new
+        one after. That file is removed only if the ledger is seen still to hold the old key;
+        the commit and the swap of the key files run with Ctrl-C and SIGTERM held off. A
+        rotation cut off after its commit (kill -9, power) is finished by the next `keys
+        rotate`, which installs that key instead of rotating again.
         """
+        path = master_key_path(self.database)
+        pending = path.with_name(path.name + ".new")
+        if pending.exists():
+            finished = self._finish_interrupted(path, pending)
+            if finished is not None:
+                return finished
         old_master, source = self._load()
         self._suppression_hmac_key()  # make sure there is one to re-wrap
         master = new_key()
-        path = master_key_path(self.database)
-        pending = path.with_name(path.name + ".new")
         try:
             write_key_file(pending, base64.b64encode(master) + b"\n")
         except FileExistsError:
             raise MasterKeyError(
-                f"{pending} exists: an earlier rotation did not finish; "
-                "check which key opens the ledger, then remove that file"
+                f"{pending} exists: another rotation is running; try again when it is done"
             ) from None
-        try:
-            with self.database.writing() as tx:
-                self._check_writer(tx)
-                count = self._rewrap(tx, old_master, master)
-                # The old wrappings go the way of a destroyed key (WAL checkpoint, VACUUM).
-                tx.after_commit.append(self._after_destroy)
-                conn = tx.connection
-                rewrap_export_secrets(conn, old_master, master)
-                wrapped = base64.b64decode(_meta_value(conn, _SUPPRESSION_KEY) or "")
-                rewrapped = wrap_key(
-                    master,
-                    unwrap_key(old_master, wrapped, _SUPPRESSION_CONTEXT),
-                    _SUPPRESSION_CONTEXT,
-                )
-                for name, value in (
-                    (_SUPPRESSION_KEY, base64.b64encode(rewrapped).decode("ascii")),
-                    (_CHECK, key_check(master)),
-                ):
-                    conn.execute(
-                        tables.meta.update().where(tables.meta.c.name == name).values(value=value)
+        with contextlib.ExitStack() as held:
+            try:
+                with self.database.writing() as tx:
+                    self._check_writer(tx)
+                    count = self._rewrap(tx, old_master, master)
+                    conn = tx.connection
+                    rewrap_export_secrets(conn, old_master, master)
+                    wrapped = base64.b64decode(_meta_value(conn, _SUPPRESSION_KEY) or "")
+                    rewrapped = wrap_key(
+                        master,
+                        unwrap_key(old_master, wrapped, _SUPPRESSION_CONTEXT),
+                        _SUPPRESSION_CONTEXT,
                     )
-        except BaseException:
-            pending.unlink(missing_ok=True)
-            raise
-        self._loaded = None
-        self._checked_tx = None
-        if source == MASTER_KEY_ENV:
+                    for name, value in (
+                        (_SUPPRESSION_KEY, base64.b64encode(rewrapped).decode("ascii")),
+                        (_CHECK, key_check(master)),
+                    ):
+                        conn.execute(
+                            tables.meta.update()
+                            .where(tables.meta.c.name == name)
+                            .values(value=value)
+                        )
+                    # The commit and the key files' swap: not cut by Ctrl-C or SIGTERM.
+                    held.enter_context(_signals_held())
+            except BaseException as error:
+                if self._holds(master) is False:  # not committed: the new key opens nothing
+                    pending.unlink(missing_ok=True)
+                    raise
+                if self._holds(master) is None:
+                    raise MasterKeyError(
+                        f"the rotation failed, and whether it committed cannot be told now: "
+                        f"keep {pending}, which holds the new key, and run 'consent-ledger "
+                        "keys rotate' again: it installs that key if it opens the ledger, "
+                        "or removes it if not"
+                    ) from error
+                # Committed: what failed came after; the new key is the ledger's now.
+            self._loaded = None
+            self._checked_tx = None
+            try:
+                rotation = self._install(path, pending, count, source == MASTER_KEY_ENV)
+            except OSError as error:
+                raise MasterKeyError(
+                    f"the rotation committed, but its key could not be put in place "
+                    f"({error.strerror}): this ledger's master key is now the one in {pending}; "
+                    "keep that file, and run 'consent-ledger keys rotate' again to install it"
+                ) from None
+        # The old wrappings go the way of a destroyed key (WAL checkpoint, VACUUM).
+        self.leftover = not self.shred()
+        return rotation
+
+    def _install(self, path: Path, pending: Path, count: int, env: bool) -> Rotation:
+        """Put the committed new key in place of the old one (kept beside it, 0600)."""
+        if env:  # the environment's key: the new one is handed over in the pending file
             return Rotation(count, new_key_file=pending, backup=None, env=True)
-        backup = path.with_name(f"{path.name}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}.old")
-        os.replace(path, backup)
-        os.chmod(backup, 0o600)
+        backup = None
+        if path.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            backup = path.with_name(f"{path.name}.{stamp}.old")
+            os.replace(path, backup)
+            os.chmod(backup, 0o600)
         os.replace(pending, path)
         return Rotation(count, new_key_file=path, backup=backup, env=False)
+
+    def _holds(self, master: bytes) -> bool | None:
+        """Whether the ledger's stored fingerprint is `master`'s; None if it cannot be read."""
+        try:
+            return self._stored_check() == key_check(master)
+        except Exception:  # the database failed: cannot tell
+            return None
+
+    def _finish_interrupted(self, path: Path, pending: Path) -> Rotation | None:
+        """A `master.key.new` left by a rotation cut off: if the ledger holds that key (it
+        committed), install it and say so; if it holds the current key (it never
+        committed), remove the file and go on. Neither: refuse, touching nothing."""
+        try:
+            waiting = decode_master_key(pending.read_text(), str(pending))
+        except (OSError, MasterKeyError):
+            waiting = None
+        from_env = os.environ.get(MASTER_KEY_ENV)
+        if waiting is not None and from_env and decode_master_key(from_env, "") == waiting:
+            pending.unlink()  # handed over: the environment holds it now
+            return None
+        if waiting is not None and self._holds(waiting):
+            rotation = self._install(path, pending, 0, MASTER_KEY_ENV in os.environ)
+            self._loaded = None
+            self._checked_tx = None
+            return Rotation(
+                0, rotation.new_key_file, rotation.backup, rotation.env, finished_earlier=True
+            )
+        try:
+            self._load()  # the current key opens the ledger: the pending one never did
+        except MasterKeyError:
+            raise MasterKeyError(
+                f"{pending} exists, and neither it nor the current master key opens this "
+                "ledger: restore this ledger's master key; nothing was changed"
+            ) from None
+        pending.unlink(missing_ok=True)
+        return None
+
+    def interrupted_rotation(self) -> Path | None:
+        """`master.key.new`, if it holds this ledger's master key (a rotation committed, and
+        was cut off before it installed the key)."""
+        pending = master_key_path(self.database)
+        pending = pending.with_name(pending.name + ".new")
+        try:
+            waiting = decode_master_key(pending.read_text(), str(pending))
+        except (OSError, MasterKeyError):
+            return None
+        return pending if self._holds(waiting) else None
 
     def _rewrap(self, tx: WriteTransaction, old: bytes, new: bytes) -> int:
         conn = tx.connection
@@ -462,6 +569,25 @@ class KeyStore:
             last = rows[-1][0]
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held off (delivered when the block ends), in the main thread of a
+    POSIX process; elsewhere nothing is held."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass(frozen=True)
 class Rotation:
     """What `keys rotate` did: how many data keys, and where the new key (and the old) are."""
@@ -470,6 +596,7 @@ class Rotation:
     new_key_file: Path
     backup: Path | None
     env: bool
+    finished_earlier: bool = False  # installed the key of a rotation that was cut off
 
 
 def _apply_suppressions(

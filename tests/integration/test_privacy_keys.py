@@ -143,11 +143,18 @@ def test_rotation_with_the_key_in_the_environment_hands_over_a_new_key_file(
     assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
     new = new_file.read_text().strip()
     assert new not in result.stdout + result.stderr  # a key is never printed
-    assert "not this ledger's master key" in _refused(ledger_url, "customer", "show", "C100")
+    refused = _refused(ledger_url, "customer", "show", "C100")
+    assert "not this ledger's master key" in refused and str(new_file) in refused
+    # Rotating again before the handover installs nothing and hands over the same file.
+    again = run_json(ledger_url, "keys", "rotate")
+    assert (again["finished_earlier"], again["key_file"]) == (True, str(new_file))
+    assert new_file.read_text().strip() == new
     monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", new)
     assert run_json(ledger_url, "customer", "show", "C100")["details"]["name"] == "Ada Lovelace"
-    # An unfinished earlier rotation (the file still there) is not overwritten.
-    assert "did not finish" in _refused(ledger_url, "keys", "rotate")
+    # Once the environment holds it, the file is a spare copy: the next rotation goes ahead.
+    third = run_json(ledger_url, "keys", "rotate")
+    assert (third["finished_earlier"], third["data_keys"]) == (False, 1)
+    assert new_file.read_text().strip() != new
 
 
 def _set_wrapped(url: str, values: dict[object, object]) -> None:
@@ -249,3 +256,59 @@ def _new_signing_key_pem() -> bytes:
     return Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+@pytest.mark.parametrize("cut", [KeyboardInterrupt, PermissionError])
+def test_a_rotation_cut_off_after_its_commit_keeps_the_new_key_and_is_finished_later(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch, cut: type[BaseException]
+) -> None:
+    """Once the rotation has committed, the new key in master.key.new is the only one that
+    opens the ledger: whatever stops the command then (Ctrl-C, a key file that cannot be
+    replaced, kill -9), that file stays, every command says where the key is, and the next
+    `keys rotate` installs it instead of rotating again."""
+    from ledger.persistence.keys import KeyStore
+
+    _prepare(ledger_url, feed_small)
+    before = run_json(ledger_url, "customer", "show", "C100")
+    key_file = _key_dir() / "master.key"
+    old_key = key_file.read_bytes()
+    real_install = KeyStore._install
+
+    def cut_off(*args: object, **kwargs: object) -> None:
+        raise cut(13, "Operation not permitted") if cut is PermissionError else cut()
+
+    monkeypatch.setattr(KeyStore, "_install", cut_off)
+    stopped = run(ledger_url, "keys", "rotate")
+    assert stopped.exit_code == 1, stopped.stderr
+    if cut is PermissionError:
+        assert "the rotation committed, but its key could not be put in place" in stopped.stderr
+    pending = _key_dir() / "master.key.new"
+    assert pending.exists() and key_file.read_bytes() == old_key
+    line = _refused(ledger_url, "customer", "show", "C100")
+    assert "a 'keys rotate' was cut off after it committed" in line and str(pending) in line
+
+    monkeypatch.setattr(KeyStore, "_install", real_install)
+    finished = run_json(ledger_url, "keys", "rotate")
+    assert (finished["finished_earlier"], finished["data_keys"]) == (True, 0)
+    assert not pending.exists()
+    assert Path(finished["old_key_file"]).read_bytes() == old_key
+    assert run_json(ledger_url, "customer", "show", "C100") == before
+
+
+def test_a_rotation_that_fails_before_its_commit_leaves_the_old_key(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.persistence.keys import KeyStore
+
+    _prepare(ledger_url, feed_small)
+    before = run_json(ledger_url, "customer", "show", "C100")
+    old_key = (_key_dir() / "master.key").read_bytes()
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KeyStore, "_rewrap", broken)
+    assert run(ledger_url, "keys", "rotate").exit_code == 1
+    assert not (_key_dir() / "master.key.new").exists()
+    assert (_key_dir() / "master.key").read_bytes() == old_key
+    assert run_json(ledger_url, "customer", "show", "C100") == before
