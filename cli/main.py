@@ -20,6 +20,7 @@ from ledger.errors import (
     CustomerNotFoundError,
     DatabaseUnavailableError,
     IntegrityFailure,
+    InterruptedCommand,
     LedgerError,
     RuleViolationError,
     UnexpectedError,
@@ -224,6 +225,8 @@ class LedgerGroup(LazyGroup):
                 failure = error
             except (click.ClickException, click.exceptions.Exit, click.Abort):
                 raise
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminate`)
+                failure = InterruptedCommand()
             except BrokenPipeError:  # stdout's reader left (`| head`): click exits quietly
                 raise
             except Exception as error:
@@ -284,9 +287,18 @@ def cli(ctx: click.Context, db: str | None, log_level: str) -> None:
     ctx.call_on_close(context.close)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM stops a command as Ctrl-C does: its transaction rolled back, its partial
+    files removed, one line said (not a silent exit 143 that leaves them behind)."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(prog_name="consent-ledger", standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted; nothing from the unfinished command was recorded", err=True)
+    except KeyboardInterrupt:  # outside a command (while click parses, say)
+        click.echo(f"Error: {InterruptedCommand()}", err=True)
         sys.exit(EXIT_ERROR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,6 +71,21 @@ def check_writable(path: Path, *, keep_off: Sequence[Path] = ()) -> None:
             raise InputError(f"cannot write {path}: it is one of the ledger's own files")
         if own in target.parents:
             raise InputError(f"cannot write {path}: it is in the ledger's own folder {own}")
+
+
+_ABANDONED = re.compile(r"\..+\.(?P<pid>[0-9]+)\.partial")
+
+
+def remove_abandoned_partials(folder: Path) -> None:
+    """Remove the temporary files (`.NAME.PID.partial`) that a command killed while writing
+    in `folder` left there, if that process is gone: they may hold personal data."""
+    from ledger.exports import process_alive
+
+    with contextlib.suppress(OSError):
+        for path in folder.glob(".*.partial"):
+            found = _ABANDONED.fullmatch(path.name)
+            if found is not None and path.is_file() and not process_alive(int(found["pid"])):
+                discard(path)
 
 
 def discard(path: Path) -> None:

@@ -63,11 +63,11 @@ def open_database(
     `on_lock_wait`: see `Database.on_lock_wait`."""
     database = Database(url)
     path = database.sqlite_path
-    if not create and path is not None and not path.exists():
+    if not create and path is not None and (not path.exists() or path.stat().st_size == 0):
         from ledger.persistence.database import safe_url
 
         database.dispose()
-        raise LedgerNotFoundError(safe_url(url), str(path))
+        raise LedgerNotFoundError(safe_url(url), str(path), empty=path.exists())
     database.on_lock_wait = on_lock_wait
     if auto_upgrade and database.is_sqlite and database.is_fresh():
         upgrade(database)

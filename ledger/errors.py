@@ -137,9 +137,10 @@ class LedgerNotFoundError(ConfigurationError):
     """A command that only reads (or changes what is recorded) was pointed at an SQLite file
     that does not exist: a mistyped path must not answer as an empty ledger ("ok, 0 facts")."""
 
-    def __init__(self, url: str, path: str) -> None:
+    def __init__(self, url: str, path: str, *, empty: bool = False) -> None:
+        what = "is empty" if empty else "does not exist"
         super().__init__(
-            f"no ledger at {url}: the file {path} does not exist (check the path, --db or "
+            f"no ledger at {url}: the file {path} {what} (check the path, --db or "
             "CONSENT_LEDGER_DB); a first import or record, or 'consent-ledger db upgrade', "
             "creates a new ledger"
         )
@@ -204,6 +205,16 @@ class ShredPendingError(LedgerError):
             "a snapshot from before the erasure (an export, a verify, a backup), or on "
             "PostgreSQL this role does not own ledger_data_keys and cannot VACUUM it; run "
             "'consent-ledger keys shred' again once that session ends"
+        )
+
+
+class InterruptedCommand(LedgerError):
+    """Ctrl-C or SIGTERM stopped the command (exit 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "interrupted: what the command had not committed was rolled back, and its "
+            "unfinished files removed"
         )
 
 

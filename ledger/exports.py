@@ -40,6 +40,7 @@ import importlib
 import multiprocessing
 import os
 import pickle
+import re
 import shutil
 import sys
 from collections import Counter
@@ -169,6 +170,34 @@ class ExportResult:
 
 
 Progress = Callable[[int], None]
+
+
+_ABANDONED = re.compile(r"\..+\.(?:partial|disclosures)-[0-9a-f]{12}-(?P<pid>[0-9]+)")
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove what exports killed in `out`'s folder left there (a staging folder, whole and
+    even signed, but never recorded; a list of disclosures): each is named with its
+    process's id, and is removed only if that process is gone."""
+    for path in out.parent.glob(".*.*-*"):
+        found = _ABANDONED.fullmatch(path.name)
+        if found is None or process_alive(int(found["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def pseudonym(secret: bytes, kind: str, ref: str) -> str:
@@ -656,8 +685,10 @@ class Exporter:
         self.categories: set[str] = set()
         self.initiations = Initiations()
         out = request.out
-        self.staging = out.parent / f".{out.name}.partial-{self.export_id.hex[:12]}"
-        self.disclosure_feed = out.parent / f".{out.name}.disclosures-{self.export_id.hex[:12]}"
+        # Named with this process's id: a later export removes what a killed one left.
+        mark = f"{self.export_id.hex[:12]}-{os.getpid()}"
+        self.staging = out.parent / f".{out.name}.partial-{mark}"
+        self.disclosure_feed = out.parent / f".{out.name}.disclosures-{mark}"
 
     # -- checks before anything is written --------------------------------------------------
 
@@ -676,6 +707,7 @@ class Exporter:
             raise InputError(f"{out} already exists and is not an empty folder")
         if not out.parent.is_dir():
             raise InputError(f"folder {out.parent} does not exist")
+        _remove_abandoned(out)
         if request.identified:
             initiated = self.app.transfers_initiated()
             if not initiated(request.acquirer, self.now, None):
@@ -850,7 +882,9 @@ class Exporter:
         }
         feed: IO[bytes] | None = None
         if request.identified:
-            feed = open(self.disclosure_feed, "wb")  # noqa: SIM115
+            # It names customers (their references): the owner's alone, as the export is.
+            descriptor = os.open(self.disclosure_feed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            feed = os.fdopen(descriptor, "wb")
         decode = EventDecoder(self.app.mapper).stream
         registered = Customer.Registered
         write_customer = writers["customers"].write

@@ -12,7 +12,15 @@ import orjson
 
 from cli import logs
 from cli.commands.customer import customer
-from cli.output import check_writable, discard, emit_json, json_option, table, write_file
+from cli.output import (
+    check_writable,
+    discard,
+    emit_json,
+    json_option,
+    remove_abandoned_partials,
+    table,
+    write_file,
+)
 from cli.params import MOMENT, pass_ledger
 from ledger.errors import InputError
 from ledger.feed import iso
@@ -45,32 +53,30 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
         check_writable(path, keep_off=own_files(ledger.database))
     from ledger.privacy import access_pack_markdown
 
+    remove_abandoned_partials(out.parent)
     partial = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in (out, readable)]
-    placed: list[Path] = []
 
     def deliver(pack: dict[str, Any]) -> None:
         # Inside the transaction that records the request: a file that cannot be written
         # leaves the request unrecorded (Art. 15: recorded as served only when it was). Each
-        # file is written whole under a temporary name, then put in place.
+        # file is written whole under a temporary name, put in place once that commits.
         json_text = orjson.dumps(pack, option=orjson.OPT_INDENT_2) + b"\n"
         contents = (json_text, access_pack_markdown(pack).encode())
         for temporary, path, content in zip(partial, (out, readable), contents, strict=True):
             write_file(temporary, content, private=True, shown=path)  # personal data
+
+    try:
+        pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
         for temporary, path in zip(partial, (out, readable), strict=True):
             try:
                 os.replace(temporary, path)
             except OSError as error:
-                raise InputError(f"cannot write {path}: {error.strerror or error}") from None
-            placed.append(path)
-
-    try:
-        pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
-    except BaseException:
-        for path in placed:  # a pack whose request is not recorded is not handed over
-            discard(path)
-        raise
+                raise InputError(
+                    f"the request was recorded as answered, but {path} could not be written "
+                    f"({error.strerror or error}); write the pack again with --no-record"
+                ) from None
     finally:
-        for temporary in partial:  # what a failure left half written
+        for temporary in partial:  # what a failure left half written, or not placed
             discard(temporary)
     logs.summarise(customer=logs.hashed(ref), disclosures=len(pack["disclosures"]))
     document = {

@@ -143,3 +143,42 @@ def _rows(ledger: Any) -> dict[str, list[tuple[Any, ...]]]:
             for name, model in ledger.read_models.models.items()
             for table in model.all_tables()
         }
+
+
+def test_an_export_stopped_by_sigterm_or_killed_leaves_no_unrecorded_copy(
+    ledger: Any, ledger_url: str, tmp_path: Path
+) -> None:
+    """An identified export writes every customer's details to a staging folder before it is
+    recorded. SIGTERM stops it as Ctrl-C does (one line, the folder removed, nothing
+    recorded); after a kill -9 the next export in that folder removes what was left."""
+    feed = write_feed(tmp_path / "feed.jsonl", feed_lines(1500, prefix="X"))
+    assert summary(run(ledger_url, "import", str(feed), "--json"))["accepted"] > 0
+    acquirer = "Northwind Retail Group"  # the sample feed initiates a transfer to it
+    out = tmp_path / "exports"
+    out.mkdir()
+    facts = event_count(ledger_url)
+
+    def staged() -> list[Path]:
+        return [p for p in out.iterdir() if p.name.startswith(".")]
+
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        command = ("export", "due-diligence", "--acquirer", acquirer, "--identified")
+        pid = fork(ledger_url, *command, "--out", str(out / f"dd-{stop}"))
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".dd-") and p.is_dir() for p in out.iterdir()):
+            assert time.monotonic() < deadline, "the export never began to write"
+            time.sleep(0.01)
+        os.kill(pid, stop)
+        status = wait(pid)
+        if stop == signal.SIGTERM:
+            assert status == 1
+            assert staged() == []
+        else:
+            assert staged() != []  # what a kill leaves: the next export removes it
+        assert not (out / f"dd-{stop}").exists()
+        assert event_count(ledger_url) == facts  # nothing recorded
+    done = run(
+        ledger_url, "export", "due-diligence", "--acquirer", acquirer, "--out", str(out / "ok")
+    )
+    assert done.returncode == 0, done.stderr
+    assert staged() == []

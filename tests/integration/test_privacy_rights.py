@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 
+from ledger.persistence.database import normalise_url
 from tests.cli_helpers import error_line, run, run_json
 
 
@@ -346,3 +348,56 @@ def test_facts_dated_at_the_end_of_time_leave_notifications_and_access_packs_wor
     run_json(ledger_url, "customer", "access-export", "C100", "--out", str(pack))
     assert orjson.loads(pack.read_bytes())["erased_at"] == "9999-12-31T00:00:00Z"
     assert run(ledger_url, "audit", "check", "--as-of", "9999-12-31").exit_code == 0
+
+
+def test_an_access_pack_is_put_in_place_only_once_its_request_is_recorded(
+    ledger_url: str, feed_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pack is written under temporary names while the request is recorded, and put in
+    place only after that commits: a kill in between leaves no pack handed over unrecorded,
+    only hidden temporaries, which the next access export in that folder removes once
+    their process is gone. A pack that cannot be put in place says the request is recorded."""
+    import os
+
+    _prepare(ledger_url, feed_small)
+    out = tmp_path / "pack.json"
+    left = tmp_path / ".pack.json.999999999.partial"  # a killed command's (no such process)
+    left.write_text("personal data")
+    mine = tmp_path / f".notes.{os.getpid()}.partial"  # a live process's: not touched
+    mine.write_text("kept")
+
+    real_replace = os.replace
+    seen: list[int] = []
+
+    def requests() -> int:
+        engine = sa.create_engine(normalise_url(ledger_url))
+        try:
+            with engine.connect() as conn:
+                return int(
+                    conn.exec_driver_sql(
+                        "SELECT count(*) FROM ledger_facts "
+                        "WHERE fact_type = 'subject.access_requested'"
+                    ).scalar()
+                    or 0
+                )
+        finally:
+            engine.dispose()
+
+    def replace(source: Any, target: Any) -> None:
+        if Path(target) == out:
+            # By the time the files are put in place, the request is recorded (committed).
+            seen.append(requests())
+            raise PermissionError(13, "Permission denied")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    refused = run(ledger_url, "customer", "access-export", "C100", "--out", str(out))
+    assert refused.exit_code == 1
+    assert "the request was recorded as answered, but" in error_line(refused)
+    assert "--no-record" in error_line(refused)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert seen == [2]  # s-0024 and this one, recorded before the pack was placed
+    assert not out.exists() and not left.exists() and mine.exists()
+    assert [p.name for p in tmp_path.iterdir() if "pack" in p.name or "partial" in p.name] == [
+        mine.name
+    ]

@@ -118,6 +118,10 @@ def test_a_new_sqlite_file_is_created_by_the_first_record_never_by_a_question(
             "creates a new ledger"
         )
         assert list(tmp_path.iterdir()) == [], command
+    path.touch()  # an empty file is no ledger either (nor left behind changed)
+    refused = run(url, "verify")
+    assert refused.exit_code == 1 and f"the file {path} is empty" in error_line(refused)
+    assert path.stat().st_size == 0
     assert run_json(url, "import", str(feed_small))["accepted"] == 26
     assert tables_of(url) >= CORE_TABLES
     assert run_json(url, "verify")["facts"] == 26
