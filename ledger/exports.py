@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import pairwise
 from multiprocessing.connection import Connection, wait
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -840,7 +841,9 @@ class Exporter:
         if workers > 1:
             rows = self._write_parallel(upto, names, workers)
         else:
-            scan = export_store.customer_event_rows(self.app.database, upto)
+            scan = export_store.customer_event_rows(
+                self.app.database, upto, order_secret=self.secret
+            )
             rows = self._write_part(scan, self.staging, header=True, progress=self.progress)
         # Hashed side by side: hashlib lets go of the GIL while it hashes a block.
         with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
@@ -916,9 +919,9 @@ class Exporter:
         return {name: writer.rows for name, writer in writers.items()}
 
     def _write_parallel(self, upto: int, names: dict[str, str], workers: int) -> dict[str, int]:
-        """The scan split by customer id among `workers` forked processes, each writing its
-        part of every table; the parts, concatenated in id order, are byte for byte what
-        one process writes (`test_a_parallel_export_writes_what_one_process_writes`)."""
+        """The customers' keyed order split among `workers` forked processes, each writing
+        its slice of every table; the parts, concatenated in that order, are byte for byte
+        what one process writes (`test_a_parallel_export_writes_what_one_process_writes`)."""
         context = multiprocessing.get_context("fork")
         parts = self.staging.parent / f".{self.request.out.name}.parts-{self.export_id.hex[:12]}"
         done = context.Array("q", workers, lock=False)  # customers done, per worker
@@ -930,7 +933,8 @@ class Exporter:
         sys.stderr.flush()
         try:
             parts.mkdir()
-            for index, bounds in enumerate(_id_ranges(workers)):
+            customers = export_store.registered_count(self.app.database, upto)
+            for index, bounds in enumerate(_rank_ranges(customers, workers)):
                 folder = parts / str(index)
                 folder.mkdir()
                 reader, writer = context.Pipe(duplex=False)
@@ -968,7 +972,7 @@ class Exporter:
         self,
         index: int,
         upto: int,
-        bounds: tuple[UUID | None, UUID | None],
+        bounds: tuple[int, int],
         folder: Path,
         done: Any,
         pipe: Connection,
@@ -980,7 +984,9 @@ class Exporter:
             def advance(count: int) -> None:
                 done[index] += count
 
-            scan = export_store.worker_event_rows(self.app.database, upto, bounds)
+            scan = export_store.worker_event_rows(
+                self.app.database, upto, order_secret=self.secret, ranks=bounds
+            )
             rows = self._write_part(scan, folder, header=index == 0, progress=advance)
             pipe.send(("ok", (rows, self.summary, self.categories)))
         except BaseException as error:  # handed to the parent, which raises it
@@ -1220,11 +1226,10 @@ class EventDecoder:
         return events
 
 
-def _id_ranges(parts: int) -> list[tuple[UUID | None, UUID | None]]:
-    """`parts` consecutive ranges of customer ids, [low, high), None for open: customer ids
-    are name-based UUIDs (SHA-1), spread evenly, so each range holds a like share."""
-    cuts: list[UUID | None] = [UUID(int=(i << 128) // parts) for i in range(1, parts)]
-    return list(zip([None, *cuts], [*cuts, None], strict=True))
+def _rank_ranges(customers: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` consecutive slices [start, stop) of the customers' keyed order."""
+    cuts = [customers * i // parts for i in range(parts + 1)]
+    return list(pairwise(cuts))
 
 
 def _append(source: Path, out: IO[bytes]) -> None:

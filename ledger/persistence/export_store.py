@@ -2,14 +2,16 @@
 
 An export's pseudonym secret is wrapped by the master key (bound to the export's id) in
 `ledger_export_secrets`; `rewrap_export_secrets` re-wraps them when the master key rotates.
-The export reads every customer's events in one ordered scan (`customer_event_rows`), bounded
-by the tree size it verified and signed for, so the rows it writes are exactly the ledger
-its manifest names, however many facts are recorded meanwhile; a large export splits the
-scan by customer id among worker processes (`worker_event_rows`), each on its own connection.
+The export reads every customer's events (`customer_event_rows`), bounded by the tree size
+it verified and signed for, so the rows it writes are exactly the ledger its manifest names,
+however many facts are recorded meanwhile. Customers come in an order keyed by a secret of
+the export (`_ordered_ids`), never in the order of their ids; a large export splits that
+order among worker processes (`worker_event_rows`), each on its own connection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,13 +29,6 @@ from ledger.persistence.database import Database, WriteTransaction
 
 EXPORT_FACT_TYPE = "export.due_diligence"  # in ledger_facts only: not a feed fact type
 _X = tables.export_secrets
-_BATCH = 5000
-_CUSTOMER_TOPIC = "ledger.domainmodel:Customer.%"
-_STREAMS_SQL = (
-    "SELECT originator_id, originator_version, topic, state, notification_id FROM ledger_events "
-    "WHERE notification_id <= {mark} AND topic LIKE {mark}{where} "
-    "ORDER BY originator_id, originator_version"
-)
 
 
 def _context(export_id: UUID) -> bytes:
@@ -142,9 +137,9 @@ def erased_after(database: Database, position: int) -> set[UUID]:
 
 
 def customer_streams(database: Database, upto: int) -> Iterator[list[StoredEvent]]:
-    """Each customer's stored events (events 1..`upto` only), one list per customer, read
-    in one ordered scan off the driver's cursor: memory holds one customer at a time."""
-    for ident, rows in customer_event_rows(database, upto):
+    """Each customer's stored events (events 1..`upto` only), one list per customer: memory
+    holds a batch of customers at a time."""
+    for ident, rows in customer_event_rows(database, upto, order_secret=b"streams"):
         yield [StoredEvent(ident, row[1], row[2], bytes(row[3])) for row in rows]
 
 
@@ -154,23 +149,23 @@ EventRow = tuple[Any, int, str, bytes, int]  # stream id, version, topic, state,
 
 
 def customer_event_rows(
-    database: Database, upto: int, bounds: tuple[UUID | None, UUID | None] = (None, None)
+    database: Database, upto: int, *, order_secret: bytes, ranks: tuple[int, int] | None = None
 ) -> Iterator[tuple[UUID, list[EventRow]]]:
-    """`customer_streams` without the `StoredEvent` wrapping, over the database's own
-    connection: each customer's id and its rows, optionally only customers whose id is in
-    [low, high) (`bounds`, None for open)."""
+    """Each customer registered by event `upto`, with its rows (events 1..`upto`), over the
+    database's own connection, in the order `order_secret` keys (`_ordered_ids`); `ranks`:
+    only the customers from rank `start` (0-based) before `stop` in that order."""
     with database.reading() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        yield from _scan(raw, database.is_sqlite, upto, bounds)
+        yield from _scan(raw, database.is_sqlite, upto, order_secret, ranks)
 
 
 def worker_event_rows(
-    database: Database, upto: int, bounds: tuple[UUID | None, UUID | None]
+    database: Database, upto: int, *, order_secret: bytes, ranks: tuple[int, int]
 ) -> Iterator[tuple[UUID, list[EventRow]]]:
     """`customer_event_rows` for a forked worker process: on a connection of its own (a
     connection never crosses a fork), read-only on SQLite. Events never change, so every
-    worker's snapshot agrees on events 1..`upto`."""
+    worker's snapshot agrees on events 1..`upto` and on the customers registered by then."""
     raw: Any
     if database.is_sqlite:
         path = database.sqlite_path
@@ -182,47 +177,91 @@ def worker_event_rows(
         url = database.url.set(drivername="postgresql")
         raw = psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=10)
     try:
-        yield from _scan(raw, database.is_sqlite, upto, bounds)
+        yield from _scan(raw, database.is_sqlite, upto, order_secret, ranks)
     finally:
         raw.close()
 
 
-def _scan(
-    raw: Any, is_sqlite: bool, upto: int, bounds: tuple[UUID | None, UUID | None]
-) -> Iterator[tuple[UUID, list[EventRow]]]:
-    mark = "?" if is_sqlite else "%s"
-    low, high = bounds
-    where = ""
-    params: list[Any] = [upto, _CUSTOMER_TOPIC]
-    for bound, op in ((low, ">="), (high, "<")):
-        if bound is not None:
-            where += f" AND originator_id {op} {mark}"
-            # SQLite keeps a UUID as its 32 hex digits (ordered as the UUID's bytes).
-            params.append(bound.hex if is_sqlite else bound)
-    sql = _STREAMS_SQL.format(mark=mark, where=where)
-    if not is_sqlite:
-        # In stream order straight off the stream index: a planner misled by statistics
-        # (the topic's selectivity) would sort the whole scan first, spilling it to disk,
-        # before the first row comes. (This transaction's own setting.)
-        raw.execute("SET LOCAL enable_sort = off")
-    # PostgreSQL: a named (server-side) cursor, so the rows stream.
-    cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_export")
+def registered_count(database: Database, upto: int) -> int:
+    """How many customers were registered by event `upto` (what an export of it holds)."""
+    customers = tables.customers
+    with database.reading() as conn:
+        count = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(customers)
+            .where(customers.c.notification_id <= upto)
+        ).scalar()
+    return int(count or 0)
+
+
+# The customers in a keyed order: the MD5 of a secret and each id. An export's rows must not
+# follow the customer ids, which are name-based UUIDs of the references (`customer_id`):
+# anyone who could guess the references could sort their ids and read each row's customer
+# off its place, and two exports would list their customers in the same order. Keyed by a
+# secret of the export's own, the order tells nothing, and differs between exports.
+_ORDER_FUNCTION = "consent_ledger_export_order"
+_ORDERED_IDS_SQLITE = (
+    "SELECT customer_id FROM ledger_customers WHERE notification_id <= ? "
+    f"ORDER BY {_ORDER_FUNCTION}(customer_id), customer_id LIMIT ? OFFSET ?"
+)
+_ORDERED_IDS_POSTGRES = (
+    "SELECT customer_id FROM ledger_customers WHERE notification_id <= %s "
+    "ORDER BY md5(%s || customer_id::text), customer_id LIMIT %s OFFSET %s"
+)
+_EVENTS_OF = (
+    "SELECT originator_id, originator_version, topic, state, notification_id FROM ledger_events "
+    "WHERE notification_id <= {mark} AND originator_id {in_ids} "
+    "ORDER BY originator_id, originator_version"
+)
+_IDS_AT_ONCE = 500
+
+
+def _ordered_ids(
+    raw: Any, is_sqlite: bool, upto: int, order_secret: bytes, ranks: tuple[int, int] | None
+) -> Iterator[list[Any]]:
+    """The customers' ids as the driver gives them, in the keyed order, a batch at a time
+    (sorted by the database: no list of every customer is held here)."""
+    key = hashlib.sha256(b"export row order\0" + order_secret).hexdigest()
+    start, stop = ranks if ranks is not None else (0, -1)
+    limit = stop - start if stop >= 0 else -1
+    if is_sqlite:
+
+        def keyed(value: Any) -> str:
+            return hashlib.md5((key + str(value)).encode(), usedforsecurity=False).hexdigest()
+
+        raw.create_function(_ORDER_FUNCTION, 1, keyed, deterministic=True)
+        cursor = raw.cursor()
+        cursor.execute(_ORDERED_IDS_SQLITE, (upto, limit, start))
+    else:
+        cursor = raw.cursor(name="consent_ledger_export_order")
+        cursor.execute(_ORDERED_IDS_POSTGRES, (upto, key, None if limit < 0 else limit, start))
     try:
-        cursor.execute(sql, params)
-        current: Any = None
-        ident: Any = None
-        rows: list[EventRow] = []
-        while batch := cursor.fetchmany(_BATCH):
-            for row in batch:
-                originator = row[0]
-                if originator != current:
-                    if rows:
-                        yield ident, rows
-                    rows = []
-                    current = originator
-                    ident = UUID(hex=originator) if isinstance(originator, str) else originator
-                rows.append(row)
-        if rows:
-            yield ident, rows
+        while batch := cursor.fetchmany(_IDS_AT_ONCE):
+            yield [row[0] for row in batch]
     finally:
         cursor.close()
+
+
+def _scan(
+    raw: Any,
+    is_sqlite: bool,
+    upto: int,
+    order_secret: bytes,
+    ranks: tuple[int, int] | None,
+) -> Iterator[tuple[UUID, list[EventRow]]]:
+    mark = "?" if is_sqlite else "%s"
+    events = raw.cursor()
+    try:
+        for ids in _ordered_ids(raw, is_sqlite, upto, order_secret, ranks):
+            in_ids = f"IN ({', '.join(mark * 1 for _ in ids)})" if is_sqlite else "= ANY(%s)"
+            params: list[Any] = [upto, *ids] if is_sqlite else [upto, ids]
+            events.execute(_EVENTS_OF.format(mark=mark, in_ids=in_ids), params)
+            streams: dict[Any, list[EventRow]] = {}
+            for row in events.fetchall():
+                streams.setdefault(row[0], []).append(row)
+            for stored in ids:
+                rows = streams.get(stored)
+                if rows:
+                    yield (UUID(hex=stored) if isinstance(stored, str) else stored), rows
+    finally:
+        events.close()

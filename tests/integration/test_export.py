@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from ledger import views
+from ledger.domainmodel import customer_id
 from ledger.errors import InputError, RuleViolationError
 from ledger.exports import (
     ExportRequest,
@@ -147,6 +148,30 @@ def test_pseudonyms_are_stable_within_an_export_and_differ_across_exports(
     secret = export_secret(ledger, first.export_id)
     assert pseudonym(secret, "customer", "C100") in one
     assert pseudonym(export_secret(ledger, second.export_id), "customer", "C100") in two
+
+
+def test_rows_follow_no_order_a_reference_gives_and_differ_across_exports(
+    ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    """Customer ids are name-based UUIDs of the references: rows in id order would let
+    anyone who can guess the references (C1000, C1001, ...) read each row's customer off
+    its place, and would line two exports up row for row. The seller alone, who keeps each
+    export's secret, can tell which row is whose."""
+    _load(ledger, feed_small, customers=60)
+    orders = []
+    for name in ("one", "two"):
+        result = _export(ledger, tmp_path / name)
+        secret = export_secret(ledger, result.export_id)
+        whose = {pseudonym(secret, "customer", ref): ref for ref in ledger.customer_refs()}
+        refs = [whose[row["customer"]] for row in _rows(tmp_path / name, "customers")]
+        assert len(refs) == len(set(refs)) > 60
+        assert refs != sorted(refs, key=lambda ref: customer_id(ref).bytes)  # id order
+        assert refs != sorted(refs)  # nor the references' own
+        for table in TABLE_NAMES[1:]:  # every table in the customers' order
+            rows = [whose[row["customer"]] for row in _rows(tmp_path / name, table)]
+            assert sorted(set(rows), key=refs.index) == list(dict.fromkeys(rows))
+        orders.append(refs)
+    assert orders[0] != orders[1]
 
 
 def test_identified_export_is_refused_before_initiation(
