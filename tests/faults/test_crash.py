@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from ledger.persistence.seals import verify_ledger
@@ -146,12 +147,22 @@ def _rows(ledger: Any) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def test_an_export_stopped_by_sigterm_or_killed_leaves_no_unrecorded_copy(
-    ledger: Any, ledger_url: str, tmp_path: Path
+    ledger: Any, ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An identified export writes every customer's details to a staging folder before it is
-    recorded. SIGTERM stops it as Ctrl-C does (one line, the folder removed, nothing
-    recorded); after a kill -9 the next export in that folder removes what was left."""
-    feed = write_feed(tmp_path / "feed.jsonl", feed_lines(1500, prefix="X"))
+    """An identified export writes every customer's details to a staging folder, signs its
+    manifest, and only then records itself. Stopped there, SIGTERM ends it as Ctrl-C does
+    (one line, the folder removed, nothing recorded); after a kill -9 the next export in
+    that folder removes what was left."""
+    from ledger.exports import Exporter
+
+    record = Exporter._record
+
+    def slow_record(self: Any, digest: str, upto: int) -> None:
+        time.sleep(60)  # the window the signal lands in (the forked child inherits this)
+        record(self, digest, upto)
+
+    monkeypatch.setattr(Exporter, "_record", slow_record)
+    feed = write_feed(tmp_path / "feed.jsonl", feed_lines(300, prefix="X"))
     assert summary(run(ledger_url, "import", str(feed), "--json"))["accepted"] > 0
     acquirer = "Northwind Retail Group"  # the sample feed initiates a transfer to it
     out = tmp_path / "exports"
@@ -165,8 +176,8 @@ def test_an_export_stopped_by_sigterm_or_killed_leaves_no_unrecorded_copy(
         command = ("export", "due-diligence", "--acquirer", acquirer, "--identified")
         pid = fork(ledger_url, *command, "--out", str(out / f"dd-{stop}"))
         deadline = time.monotonic() + 30
-        while not any(p.name.startswith(".dd-") and p.is_dir() for p in out.iterdir()):
-            assert time.monotonic() < deadline, "the export never began to write"
+        while not any((p / "MANIFEST.json").exists() for p in staged()):
+            assert time.monotonic() < deadline, "the export never signed its manifest"
             time.sleep(0.01)
         os.kill(pid, stop)
         status = wait(pid)
@@ -177,6 +188,7 @@ def test_an_export_stopped_by_sigterm_or_killed_leaves_no_unrecorded_copy(
             assert staged() != []  # what a kill leaves: the next export removes it
         assert not (out / f"dd-{stop}").exists()
         assert event_count(ledger_url) == facts  # nothing recorded
+    monkeypatch.setattr(Exporter, "_record", record)
     done = run(
         ledger_url, "export", "due-diligence", "--acquirer", acquirer, "--out", str(out / "ok")
     )
