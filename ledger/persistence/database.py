@@ -42,7 +42,7 @@ NOTIFY_CHANNEL = "consent_ledger_events"
 LOCK_NOTICE_AFTER = 1.0
 
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 _ambient: contextvars.ContextVar[WriteTransaction | None] = contextvars.ContextVar(
     "consent_ledger_write_transaction", default=None

@@ -23,7 +23,8 @@ _SELECT_ORDER_CUSTOMER = (
 _SELECT_CUSTOMER_REFS = sa.select(_C.c.customer_ref).order_by(_C.c.notification_id)
 _SELECT_INITIATING = (
     sa.select(_F.c.originator_id)
-    .where(_F.c.fact_type == "transfer.initiated", _F.c.notification_id <= sa.bindparam("upto"))
+    # As the partial index says it (`tables.INITIATIONS_ONLY`), for the index to serve it.
+    .where(sa.text(tables.INITIATIONS_ONLY), _F.c.notification_id <= sa.bindparam("upto"))
     .distinct()
     .order_by(_F.c.originator_id)
 )

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 
 metadata = MetaData()
@@ -51,6 +53,16 @@ facts = Table(
     Column("notification_id", BigInteger, nullable=False, index=True),
     Column("fact_type", String(40), nullable=False),
     Column("originator_id", Uuid(), nullable=False),
+)
+# The transfer initiations only (migration 0008): what every preventive check reads. A
+# query uses it only if its own condition is this text exactly (a literal, not a parameter).
+INITIATIONS_ONLY = "fact_type = 'transfer.initiated'"
+Index(
+    "ix_ledger_facts_initiations",
+    facts.c.originator_id,
+    facts.c.notification_id,
+    sqlite_where=text(INITIATIONS_ONLY),
+    postgresql_where=text(INITIATIONS_ONLY),
 )
 
 orders = Table(

@@ -251,3 +251,28 @@ def test_a_schema_from_a_newer_version_is_named_as_such(
         f"Error: the database is at schema {newer}, which this version of consent-ledger does "
         f"not know (it knows up to {SCHEMA_HEAD}): use the newer consent-ledger that upgraded it"
     )
+
+
+def test_every_preventive_check_reads_the_initiations_off_their_partial_index(
+    ledger_url: str,
+) -> None:
+    """`transfer_without_initiation` reads every acquirer's initiations under the writer's
+    lock on each command that discloses: off the partial index of 0008, not a scan of the
+    whole fact index. (Its condition must stay the index's text: as a bound parameter,
+    SQLite would not use the index.)"""
+    from ledger.persistence.database import normalise_url
+    from ledger.persistence.indexes import _SELECT_INITIATING
+
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    engine = sa.create_engine(normalise_url(ledger_url))
+    try:
+        with engine.connect() as conn:
+            sql = str(_SELECT_INITIATING.compile(dialect=conn.dialect))
+            if conn.dialect.name == "sqlite":
+                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (100,)).all()
+            else:  # (an empty table: seq scans off, or the planner rightly takes one)
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                plan = conn.exec_driver_sql(f"EXPLAIN {sql}", {"upto": 100}).all()
+    finally:
+        engine.dispose()
+    assert "ix_ledger_facts_initiations" in " ".join(str(row) for row in plan), plan
