@@ -143,8 +143,8 @@ class LedgerContext:
         from ledger.persistence.database import safe_url
 
         logs.log.warning(
-            "waiting for the write lock: another command is writing to this ledger, and this "
-            "one goes on when that one commits",
+            "waiting for the write lock: another command is writing to this ledger (or a "
+            "session holds its table), and this one goes on when that one commits",
             database=safe_url(self.url),
         )
 

@@ -40,6 +40,9 @@ NOTIFY_CHANNEL = "consent_ledger_events"
 
 # Seconds a write waits for the writer's lock before `Database.on_lock_wait` is told.
 LOCK_NOTICE_AFTER = 1.0
+# How long a write waits for the writer's lock before it gives up (SQLite's busy timeout;
+# PostgreSQL's lock_timeout for the table lock), in seconds.
+WRITE_LOCK_WAIT = 120
 
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
 SCHEMA_HEAD = "0008"
@@ -342,7 +345,7 @@ class Database:
                 for pragma in (
                     "journal_mode=WAL",
                     "synchronous=NORMAL",
-                    "busy_timeout=120000",
+                    f"busy_timeout={WRITE_LOCK_WAIT * 1000}",
                     "secure_delete=ON",
                     "foreign_keys=ON",
                     # 64 MiB of page cache (the default is 2 MiB): a large import's index
@@ -414,11 +417,15 @@ class Database:
 
         with self.connect() as base:
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
-            with self._lock_wait_notice():
+            with self._lock_wait_notice(), self._lock_timeout():
                 trans = conn.begin()
                 try:
                     if not self.is_sqlite:
+                        # Not forever: a session left holding it (or maintenance that takes
+                        # the table, such as a VACUUM FULL) would stop every write unseen.
+                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}s'")
                         conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+                        conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
                 except BaseException:
                     trans.rollback()
                     raise
@@ -456,6 +463,24 @@ class Database:
             trans.commit()
         for callback in tx.after_commit:
             callback()
+
+    @contextmanager
+    def _lock_timeout(self) -> Iterator[None]:
+        """The writer's lock not had within `WRITE_LOCK_WAIT`: one clear error, exit 1."""
+        import sqlalchemy as sa
+
+        try:
+            yield
+        except sa.exc.OperationalError as error:
+            text = str(error.orig)
+            if "database is locked" not in text and "lock timeout" not in text:
+                raise
+            raise DatabaseUnavailableError(
+                f"waited {WRITE_LOCK_WAIT} s for the write lock of {safe_url(self.url)}: "
+                "another session holds it (a command or an import still writing, a "
+                "transaction left open, or on PostgreSQL maintenance that takes the table); "
+                "nothing was recorded"
+            ) from None
 
     @contextmanager
     def _lock_wait_notice(self) -> Iterator[None]:

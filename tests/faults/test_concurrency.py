@@ -142,6 +142,30 @@ def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
     assert orjson.loads(out)["recorded"] is True
 
 
+def test_a_write_that_cannot_get_the_lock_gives_up_clearly_and_records_nothing(
+    ledger: Any, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session holding the writer's lock for good (a transaction left open, maintenance
+    on PostgreSQL, where the wait had no end) must not stop every write unseen: after
+    `WRITE_LOCK_WAIT` the command gives up with one line naming the lock, exit 1."""
+    from ledger.persistence import database
+    from tests.cli_helpers import error_line, run
+
+    monkeypatch.setattr(database, "WRITE_LOCK_WAIT", 1)
+    customer = _one_customer(ledger, "t-")
+    give = ["consent", "give", customer, "marketing", "post", "--method", "web_form"]
+    holder = database.Database(ledger_url)
+    try:
+        with holder.writing():
+            refused = run(ledger_url, *give, "--policy-version", "v1", "--json")
+    finally:
+        holder.dispose()
+    assert (refused.exit_code, refused.stdout) == (1, "")
+    assert "waited 1 s for the write lock of" in error_line(refused)
+    assert "nothing was recorded" in error_line(refused)
+    assert run(ledger_url, *give, "--policy-version", "v1").exit_code == 0  # once let go
+
+
 def test_a_command_that_gets_the_lock_at_once_says_nothing_of_waiting(
     ledger: Any, ledger_url: str, tmp_path: Path
 ) -> None:
