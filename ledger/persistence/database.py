@@ -589,15 +589,33 @@ class Database:
         before = self.schema_revision()
         _refuse_unknown(before)
         with self.connect() as base:
-            # SQLite: take the write lock first, so that first commands racing on a new file
-            # upgrade one after the other (the later ones find it done) instead of failing
-            # with "database is locked" when a read lock cannot become a write lock.
+            # Upgrades one after the other (the later ones find it done), not racing: SQLite
+            # takes the write lock first (else "database is locked" when a read lock cannot
+            # become a write lock); PostgreSQL an advisory lock of the transaction (else two
+            # upgrades of a new database both create its tables, and one fails on a
+            # duplicate key of the catalogue).
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
             with self._lock_wait_notice():
                 trans = conn.begin()
+                if not self.is_sqlite:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
             with trans:
+                before = _revision_on(conn)  # what an upgrade before this one left
+                _refuse_unknown(before)
                 upgrade_connection(conn)
         return before, SCHEMA_HEAD
+
+
+_UPGRADE_LOCK = 0x636F6E73656E74  # PostgreSQL advisory lock key of `db upgrade` ("consent")
+
+
+def _revision_on(conn: Connection) -> str | None:
+    import sqlalchemy as sa
+
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return None if revision is None else str(revision)
 
 
 def _refuse_unknown(revision: str | None) -> None:

@@ -276,3 +276,35 @@ def test_every_preventive_check_reads_the_initiations_off_their_partial_index(
     finally:
         engine.dispose()
     assert "ix_ledger_facts_initiations" in " ".join(str(row) for row in plan), plan
+
+
+def test_upgrades_started_together_on_a_new_database_run_one_after_the_other(
+    ledger_url: str,
+) -> None:
+    """Deployments often run `db upgrade` on several machines at once: on a new PostgreSQL
+    database two of them used to create the same tables, and one failed on a duplicate key
+    of the catalogue. They now take turns; the later ones find the schema at the head."""
+    import threading
+
+    results: list[tuple[str | None, str] | BaseException] = []
+
+    def upgrade() -> None:
+        database = Database(ledger_url)
+        try:
+            results.append(database.upgrade())
+        except BaseException as error:  # (reported below)
+            results.append(error)
+        finally:
+            database.dispose()
+
+    threads = [threading.Thread(target=upgrade) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(isinstance(r, tuple) for r in results), results
+    assert sorted(str(r[0]) for r in results if isinstance(r, tuple)) == [  # type: ignore[index]
+        SCHEMA_HEAD,
+        SCHEMA_HEAD,
+        "None",
+    ]
