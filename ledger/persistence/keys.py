@@ -34,6 +34,7 @@ from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wr
 from ledger.errors import DataKeyAlteredError, MasterKeyError
 from ledger.persistence import tables
 from ledger.persistence.database import (
+    WRITE_LOCK_WAIT,
     Database,
     WriteTransaction,
     master_key_path,
@@ -266,7 +267,12 @@ class KeyStore:
                     unwrap_key(self._master, wrapped, customer_id.bytes), customer_id.bytes
                 )
             except SealError:
-                if self._stored_check() is not None:  # the master key is the right one
+                stored = self._stored_check()
+                if stored is not None and stored != key_check(self._master):
+                    raise MasterKeyError(
+                        "the master key was rotated while this command ran; run it again"
+                    ) from None
+                if stored is not None:  # the master key is the ledger's: the row is not
                     raise DataKeyAlteredError() from None
                 raise MasterKeyError(
                     f"the master key from {self.source} does not open this ledger's data keys"
@@ -320,7 +326,7 @@ class KeyStore:
                 try:
                     row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
                 finally:
-                    conn.exec_driver_sql("PRAGMA busy_timeout = 120000")
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {WRITE_LOCK_WAIT * 1000}")
                 return row is not None and row[0] == 0
             auto = conn.execution_options(isolation_level="AUTOCOMMIT")
             auto.exec_driver_sql(f"VACUUM {_K.name}")
@@ -412,10 +418,14 @@ class KeyStore:
         """
         path = master_key_path(self.database)
         pending = path.with_name(path.name + ".new")
-        if pending.exists():
-            finished = self._finish_interrupted(path, pending)
-            if finished is not None:
-                return finished
+        with _one_rotation(path):
+            if pending.exists():
+                finished = self._finish_interrupted(path, pending)
+                if finished is not None:
+                    return finished
+            return self._rotate(path, pending)
+
+    def _rotate(self, path: Path, pending: Path) -> Rotation:
         old_master, source = self._load()
         self._suppression_hmac_key()  # make sure there is one to re-wrap
         master = new_key()
@@ -425,6 +435,35 @@ class KeyStore:
             raise MasterKeyError(
                 f"{pending} exists: another rotation is running; try again when it is done"
             ) from None
+        installed: list[Rotation] = []
+        try:
+            self._rotate_held(path, pending, old_master, master, source, installed)
+        except KeyboardInterrupt:
+            # Held off during the commit and the swap, Ctrl-C or SIGTERM arrives as they
+            # end: what it would stop is done. (The old wrappings are not shredded yet.)
+            if not installed:
+                raise
+            self.leftover = True
+            return installed[0]
+        rotation = installed[0]
+        try:
+            # The old wrappings go the way of a destroyed key (WAL checkpoint, VACUUM).
+            self.leftover = not self.shred()
+        except KeyboardInterrupt:
+            self.leftover = True
+        return rotation
+
+    def _rotate_held(
+        self,
+        path: Path,
+        pending: Path,
+        old_master: bytes,
+        master: bytes,
+        source: str,
+        installed: list[Rotation],
+    ) -> None:
+        """The rotation itself; what it installed goes in `installed` before the signals
+        held off during the commit and the swap are let through."""
         with contextlib.ExitStack() as held:
             try:
                 with self.database.writing() as tx:
@@ -464,16 +503,13 @@ class KeyStore:
             self._loaded = None
             self._checked_tx = None
             try:
-                rotation = self._install(path, pending, count, source == MASTER_KEY_ENV)
+                installed.append(self._install(path, pending, count, source == MASTER_KEY_ENV))
             except OSError as error:
                 raise MasterKeyError(
                     f"the rotation committed, but its key could not be put in place "
                     f"({error.strerror}): this ledger's master key is now the one in {pending}; "
                     "keep that file, and run 'consent-ledger keys rotate' again to install it"
                 ) from None
-        # The old wrappings go the way of a destroyed key (WAL checkpoint, VACUUM).
-        self.leftover = not self.shred()
-        return rotation
 
     def _install(self, path: Path, pending: Path, count: int, env: bool) -> Rotation:
         """Put the committed new key in place of the old one (kept beside it, 0600)."""
@@ -504,7 +540,12 @@ class KeyStore:
         except (OSError, MasterKeyError):
             waiting = None
         from_env = os.environ.get(MASTER_KEY_ENV)
-        if waiting is not None and from_env and decode_master_key(from_env, "") == waiting:
+        if (
+            waiting is not None
+            and from_env
+            and decode_master_key(from_env, MASTER_KEY_ENV) == waiting
+            and self._holds(waiting)
+        ):
             pending.unlink()  # handed over: the environment holds it now
             return None
         if waiting is not None and self._holds(waiting):
@@ -567,6 +608,28 @@ class KeyStore:
             conn.execute(update, params)
             count += len(params)
             last = rows[-1][0]
+
+
+@contextlib.contextmanager
+def _one_rotation(path: Path) -> Iterator[None]:
+    """One `keys rotate` at a time per key file (an exclusive lock on a file beside it, let
+    go when the process ends, however it ends): a second one would take the first one's
+    `master.key.new` for a leftover and remove it, or have its own installed by the first."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path.with_name(path.name + ".rotating"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MasterKeyError(
+                "another 'keys rotate' of this ledger's master key is running; try again "
+                "when it is done"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

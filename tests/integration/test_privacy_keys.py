@@ -312,3 +312,51 @@ def test_a_rotation_that_fails_before_its_commit_leaves_the_old_key(
     assert not (_key_dir() / "master.key.new").exists()
     assert (_key_dir() / "master.key").read_bytes() == old_key
     assert run_json(ledger_url, "customer", "show", "C100") == before
+
+
+def test_a_second_rotation_while_one_runs_is_refused_and_touches_nothing(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """Two rotations at once: the second took the first one's master.key.new for a leftover
+    and removed it, and the first then installed the second's key; the key that opened the
+    ledger was lost. Now one runs at a time (a lock beside the key file)."""
+    import fcntl
+
+    _prepare(ledger_url, feed_small)
+    before = run_json(ledger_url, "customer", "show", "C100")
+    key_file = _key_dir() / "master.key"
+    old_key = key_file.read_bytes()
+    pending = _key_dir() / "master.key.new"
+    pending.write_bytes(base64.b64encode(new_key()) + b"\n")  # the running one's new key
+    with open(_key_dir() / "master.key.rotating", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the running rotation holds it
+        line = _refused(ledger_url, "keys", "rotate")
+        assert "another 'keys rotate' of this ledger's master key is running" in line
+        assert pending.exists() and key_file.read_bytes() == old_key
+    pending.unlink()  # (the running one would have committed or removed it)
+    assert run_json(ledger_url, "keys", "rotate")["data_keys"] == 1
+    assert run_json(ledger_url, "customer", "show", "C100") == before
+
+
+def test_a_rotation_while_a_command_runs_is_not_taken_for_an_altered_key_row(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """A long command (an identified export) that loaded the master key before a rotation
+    committed meets data keys wrapped under the new one: that is a rotation meanwhile, not
+    a key row changed outside consent-ledger (whose advice, restore the table from a
+    backup, would lose the keys made since)."""
+    from ledger.config import open_ledger
+    from ledger.domainmodel import customer_id
+    from ledger.errors import DataKeyAlteredError, MasterKeyError
+
+    _prepare(ledger_url, feed_small)
+    running = open_ledger(ledger_url)
+    try:
+        assert running.keys.source  # the master key loaded, as a command's first read does
+        assert run_json(ledger_url, "keys", "rotate")["data_keys"] == 1
+        with pytest.raises(MasterKeyError) as raised:
+            running.keys.get(customer_id("C100"))
+        assert not isinstance(raised.value, DataKeyAlteredError)
+        assert "rotated while this command ran; run it again" in str(raised.value)
+    finally:
+        running.database.dispose()
