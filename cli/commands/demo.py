@@ -74,6 +74,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
             stale.unlink(missing_ok=True)
         ledger = open_ledger(f"sqlite:///{path}")
         ledger.database.set_meta(DEMO_MARK, DEMO_MARK_VALUE)
+        (keys / _KEYS_MARK).write_text("the keys of a sample ledger that `demo` built\n")
         started = time.perf_counter()
         lines = generate_lines(customers, seed=seed)
         if progress_enabled():
@@ -158,6 +159,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
         click.echo(f"  {program} {db} {command}")
 
 
+_KEYS_MARK = "built-by-demo"  # in the demo's key folder
 _KEY_SETTINGS = (
     "CONSENT_LEDGER_KEY_DIR",
     "CONSENT_LEDGER_MASTER_KEY",
@@ -187,7 +189,10 @@ def _refuse_unless_demo(path: Path, keys: Path) -> None:
     from ledger.errors import InputError
     from ledger.persistence.sqlite_reads import built_by_demo
 
-    if path.is_file() and not path.is_symlink() and built_by_demo(path):
+    if path.exists() or path.is_symlink():
+        if path.is_file() and not path.is_symlink() and built_by_demo(path):
+            return
+    elif (keys / _KEYS_MARK).is_file():  # the demo's keys, its ledger removed by hand
         return
     what = (
         f"{path} holds something the demo did not build"

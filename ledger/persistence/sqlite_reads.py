@@ -145,26 +145,17 @@ class Readers(PerThread[sqlite3.Connection]):
 # The demo's own ledgers (`demo` replaces its file, and only a file it built itself).
 DEMO_MARK = "built_by"
 DEMO_MARK_VALUE = "consent-ledger demo"
-# A demo ledger built before the mark: every fact one of the sample feed's (`samplefeed`).
-_NOT_SAMPLE_FACT = (
-    "SELECT 1 FROM ledger_facts WHERE fact_id != 'transfer-initiated' "
-    "AND fact_id NOT GLOB 'C[0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*' LIMIT 1"
-)
 
 
 def built_by_demo(path: Path) -> bool:
-    """Whether the SQLite file at `path` is a ledger the demo built (marked so, or holding
-    only the sample feed's facts); False for anything else, a file that is no database
-    included. Read only."""
+    """Whether the SQLite file at `path` is a ledger the demo built (marked so in its
+    `ledger_meta`); False for anything else, a file that is no database included. Read only."""
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
         return False
     try:
-        if conn.execute(SELECT_META, (DEMO_MARK,)).fetchall() == [(DEMO_MARK_VALUE,)]:
-            return True
-        recorded = conn.execute("SELECT 1 FROM ledger_facts LIMIT 1").fetchall()
-        return bool(recorded) and not conn.execute(_NOT_SAMPLE_FACT).fetchall()
+        return conn.execute(SELECT_META, (DEMO_MARK,)).fetchall() == [(DEMO_MARK_VALUE,)]
     except sqlite3.Error:  # not a database, or not a ledger
         return False
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import Result
 
-from ledger.samplefeed import generate_lines
+from ledger.samplefeed import generate, generate_lines
 from ledger.vocabulary import RULES
 from tests.cli_helpers import error_line, log_pseudonym, run, run_json
 from tests.conftest import BACKENDS, POSTGRES_ENV, _postgres_schema_url, postgres_server
@@ -816,20 +815,27 @@ def test_demo_replaces_only_a_ledger_it_built(
     assert refused.exit_code == 1 and "orphan.db.keys holds keys" in error_line(refused)
     assert (tmp_path / "orphan.db.keys" / "master.key").read_text() == "kept"
 
-    # Its own ledger it replaces, as a demo built before the mark (the sample's facts only).
+    # Its own ledger it replaces; and its key folder, once its file was removed by hand.
     assert run_json(None, "demo", "--customers", "5")["facts"] > 0
     demo_db = tmp_path / "consent-ledger-demo.db"
-    with sqlite3.connect(demo_db) as conn:
-        conn.execute("DELETE FROM ledger_meta WHERE name = 'built_by'")
+    demo_db.unlink()
     assert run_json(None, "demo", "--customers", "6")["customers"] == 6
     assert (tmp_path / "consent-ledger-demo.db.keys" / "master.key").exists()
     assert sorted(p.name for p in (tmp_path / "real.db.keys").iterdir()) == keys
-    # ...but not once a fact of someone's own is in it.
-    fact = '{"id": "mine-1", "type": "subject.access_requested", "customer": "C0000001"}'
-    assert run(f"sqlite:///{demo_db}", "record", fact).exit_code == 0
-    with sqlite3.connect(demo_db) as conn:
-        conn.execute("DELETE FROM ledger_meta WHERE name = 'built_by'")
-    assert run(None, "demo", "--customers", "5").exit_code == 1
+    # Only the mark counts, not what the facts look like: a shop's ledger whose ids are
+    # shaped like the sample's (C4711001-1) is not the demo's.
+    shop = tmp_path / "shop.jsonl"
+    shop.write_bytes(
+        b"".join(
+            orjson.dumps(fact) + b"\n"
+            for fact in generate(1, seed=3)
+            if fact["type"] == "customer.registered"
+        )
+    )
+    assert run_json("sqlite:///shop.db", "import", str(shop))["accepted"] == 1
+    refused = run("sqlite:///shop.db", "demo", "--customers", "3")
+    assert refused.exit_code == 1 and "shop.db holds something" in error_line(refused)
+    assert run_json("sqlite:///shop.db", "verify")["facts"] == 1
 
 
 COMMANDS = [
