@@ -87,12 +87,12 @@ def _unexpected(error: Exception) -> UnexpectedError:
 
 
 # The commands that may create a new SQLite ledger where its file does not exist yet: those
-# that record facts (a shop's first import, say) and `db upgrade`. Any other command pointed
-# at a missing file is refused (`LedgerNotFoundError`): a mistyped path would otherwise
-# answer as an empty ledger, `verify` "ok" with 0 facts, and leave a new file behind.
-_CREATING: Final = frozenset(
-    {"import", "record", "disclose", "consent give", "consent withdraw", "db upgrade"}
-)
+# that can record a ledger's first facts (a shop's first import, a registration given to
+# `record`) and `db upgrade`. Any other command pointed at a missing file is refused
+# (`LedgerNotFoundError`): a mistyped path would otherwise answer as an empty ledger,
+# `verify` "ok" with 0 facts, and leave a new file behind. (`consent give`, `disclose`:
+# they name a customer or order, which a new ledger cannot hold.)
+_CREATING: Final = frozenset({"import", "record", "db upgrade"})
 
 
 class LedgerContext:

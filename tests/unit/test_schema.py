@@ -104,7 +104,9 @@ def test_a_new_sqlite_file_is_created_by_the_first_record_never_by_a_question(
     (or record, or `db upgrade`) creates the ledger."""
     path = tmp_path / "new.db"
     url = f"sqlite:///{path}"
+    give = ["consent", "give", "C100", "marketing", "email", "--method", "web"]
     for command in (
+        [*give, "--policy-version", "v1"],  # names a customer: no new ledger holds one
         ["verify"],
         ["audit", "check"],
         ["customer", "show", "C100"],
