@@ -140,8 +140,14 @@ def create_signing_key(database: Database) -> bool:
     make every checkpoint signed from now on fail `verify`, for good."""
     private_path, public_path = signing_key_path(database), public_key_path(database)
     if private_path.exists():
+        key = load_signing_key(database)
         if not public_path.exists():
-            _write_public_key(public_path, load_signing_key(database).public_key())
+            _write_public_key(public_path, key.public_key())
+        pinned = _latest_key_id(database)
+        if pinned is None:  # a ledger from before the pin: pin it now
+            database.set_meta(SIGNING_KEY_ID, integrity.key_id(key.public_key()))
+        elif integrity.key_id(key.public_key()) != pinned:
+            raise ConfigurationError(_foreign_key_message(database, key, pinned))
         return False
     signed_by = _latest_key_id(database)
     if signed_by is not None:
@@ -159,23 +165,35 @@ def create_signing_key(database: Database) -> bool:
     except FileExistsError:  # another first command created it a moment ago: keep that one
         return create_signing_key(database)
     _write_public_key(public_path, key.public_key())
+    database.set_meta(SIGNING_KEY_ID, integrity.key_id(key.public_key()))
     return True
 
 
+# The id of the key a ledger signs with, kept when `db upgrade` makes the key pair: another
+# machine's `db upgrade` must not make a second one before the first checkpoint is signed.
+SIGNING_KEY_ID = "signing_key_id"
+
+
 def _latest_key_id(database: Database) -> str | None:
-    """The key id of the ledger's latest checkpoint; None if it has signed none."""
+    """The key id of the ledger's latest checkpoint, else the one kept when its key pair was
+    made; None for a ledger that has neither."""
     with database.reading() as conn:
         return _latest_key_id_on(conn)
 
 
 def _latest_key_id_on(conn: Connection) -> str | None:
     row = conn.execute(sa.select(_C.c.key_id).order_by(_C.c.tree_size.desc()).limit(1)).first()
-    return None if row is None else str(row[0])
+    if row is not None:
+        return str(row[0])
+    kept = conn.execute(
+        sa.select(tables.meta.c.value).where(tables.meta.c.name == SIGNING_KEY_ID)
+    ).scalar()
+    return None if kept is None else str(kept)
 
 
 def _missing_key_message(path: Path, signed_by: str) -> str:
     return (
-        f"no signing key at {path}, and this ledger's checkpoints are signed by key {signed_by}: "
+        f"no signing key at {path}, and this ledger signs with key {signed_by}: "
         "copy its signing.key and signing.pub into that folder from where the ledger was "
         "created (or set CONSENT_LEDGER_KEY_DIR to that folder); a new key would make every "
         "checkpoint signed from now on fail verify"
@@ -347,13 +365,17 @@ def _ledgers_signing_key(database: Database, conn: Connection) -> Ed25519Private
             _missing_key_message(signing_key_path(database), signed_by)
         ) from None
     if signed_by is not None and integrity.key_id(key.public_key()) != signed_by:
-        raise ConfigurationError(
-            f"the signing key at {signing_key_path(database)} (key "
-            f"{integrity.key_id(key.public_key())}) is not this ledger's: its checkpoints are "
-            f"signed by key {signed_by}; use that key's signing.key (CONSENT_LEDGER_KEY_DIR "
-            "names the folder), as checkpoints signed by another never verify"
-        )
+        raise ConfigurationError(_foreign_key_message(database, key, signed_by))
     return key
+
+
+def _foreign_key_message(database: Database, key: Ed25519PrivateKey, signed_by: str) -> str:
+    return (
+        f"the signing key at {signing_key_path(database)} (key "
+        f"{integrity.key_id(key.public_key())}) is not this ledger's, which signs with "
+        f"key {signed_by}; use that key's signing.key (CONSENT_LEDGER_KEY_DIR "
+        "names the folder), as checkpoints signed by another never verify"
+    )
 
 
 def seal_inserted(tx: WriteTransaction, rows: Sequence[Sequence[Any]]) -> None:

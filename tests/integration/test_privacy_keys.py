@@ -227,20 +227,32 @@ def test_a_second_machine_without_the_signing_key_is_refused_never_given_a_new_o
 
     for args in (("db", "upgrade"), consent):
         line = _refused(ledger_url, *args)
-        assert "this ledger's checkpoints are signed by key" in line, args
+        assert "this ledger signs with key" in line, args
         assert "copy its signing.key and signing.pub into that folder" in line
     assert not (elsewhere / "signing.key").exists()
     # A signing key of its own there (another ledger's, or made by hand) is refused too.
     elsewhere.mkdir(exist_ok=True)
     (elsewhere / "signing.key").write_bytes(_new_signing_key_pem())
-    assert "is not this ledger's: its checkpoints are signed by key" in _refused(
-        ledger_url, *consent
-    )
+    assert "is not this ledger's, which signs with key" in _refused(ledger_url, *consent)
     assert _rows(ledger_url, tables_checkpoints()) == checkpoints  # nothing signed
 
     monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(first))
     assert run(ledger_url, *consent).exit_code == 0
     assert run_json(ledger_url, "verify")["ok"] is True
+
+
+def test_a_second_machine_is_refused_even_before_the_first_checkpoint(
+    ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key id is kept when `db upgrade` makes the key pair: a second machine's `db
+    upgrade` on a ledger that has signed nothing yet must not make a key pair of its own."""
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    master = (_key_dir() / "master.key").read_text().strip()
+    elsewhere = tmp_path / "machine-b-keys"
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(elsewhere))
+    monkeypatch.setenv("CONSENT_LEDGER_MASTER_KEY", master)
+    assert "this ledger signs with key" in _refused(ledger_url, "db", "upgrade")
+    assert not (elsewhere / "signing.key").exists()
 
 
 def tables_checkpoints() -> sa.Table:
