@@ -42,6 +42,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -173,16 +174,18 @@ class ExportResult:
 Progress = Callable[[int], None]
 
 
-_ABANDONED = re.compile(r"\..+\.(?:partial|disclosures)-[0-9a-f]{12}-(?P<pid>[0-9]+)")
+_ABANDONED = re.compile(
+    r"\..+\.(?:partial|disclosures|parts)-[0-9a-f]{12}-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})"
+)
 
 
 def _remove_abandoned(out: Path) -> None:
     """Remove what exports killed in `out`'s folder left there (a staging folder, whole and
-    even signed, but never recorded; a list of disclosures): each is named with its
-    process's id, and is removed only if that process is gone."""
+    even signed; a list of disclosures; a parallel export's parts): each is named with its
+    machine and process (`process_mark`), and is removed only if that process, on this
+    machine, is gone."""
     for path in out.parent.glob(".*.*-*"):
-        found = _ABANDONED.fullmatch(path.name)
-        if found is None or process_alive(int(found["pid"])):
+        if not abandoned(_ABANDONED.fullmatch(path.name)):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -190,15 +193,25 @@ def _remove_abandoned(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def process_mark() -> str:
+    """This machine and process, for the names of temporary files (`abandoned`): a hash of
+    the host name (containers sharing a folder have their own process ids) and the pid."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def abandoned(found: re.Match[str] | None) -> bool:
+    """Whether a temporary's name (matched with groups `host` and `pid`) is this machine's,
+    of a process that is gone."""
+    if found is None or found["host"] != process_mark().partition("-")[0]:
         return False
-    except PermissionError:  # another user's process
+    try:
+        os.kill(int(found["pid"]), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except (PermissionError, OverflowError):  # another user's process; no such pid
+        return False
+    return False
 
 
 def pseudonym(secret: bytes, kind: str, ref: str) -> str:
@@ -687,7 +700,7 @@ class Exporter:
         self.initiations = Initiations()
         out = request.out
         # Named with this process's id: a later export removes what a killed one left.
-        mark = f"{self.export_id.hex[:12]}-{os.getpid()}"
+        mark = f"{self.export_id.hex[:12]}-{process_mark()}"
         self.staging = out.parent / f".{out.name}.partial-{mark}"
         self.disclosure_feed = out.parent / f".{out.name}.disclosures-{mark}"
 
@@ -923,7 +936,7 @@ class Exporter:
         its slice of every table; the parts, concatenated in that order, are byte for byte
         what one process writes (`test_a_parallel_export_writes_what_one_process_writes`)."""
         context = multiprocessing.get_context("fork")
-        parts = self.staging.parent / f".{self.request.out.name}.parts-{self.export_id.hex[:12]}"
+        parts = self.staging.with_name(self.staging.name.replace(".partial-", ".parts-"))
         done = context.Array("q", workers, lock=False)  # customers done, per worker
         processes: list[Any] = []
         readers: list[Connection] = []

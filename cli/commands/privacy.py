@@ -17,6 +17,7 @@ from cli.output import (
     discard,
     emit_json,
     json_option,
+    partial_name,
     remove_abandoned_partials,
     table,
     write_file,
@@ -54,7 +55,7 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
     from ledger.privacy import access_pack_markdown
 
     remove_abandoned_partials(out.parent)
-    partial = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in (out, readable)]
+    partial = [partial_name(path) for path in (out, readable)]
 
     def deliver(pack: dict[str, Any]) -> None:
         # Inside the transaction that records the request: a file that cannot be written

@@ -361,10 +361,20 @@ def test_an_access_pack_is_put_in_place_only_once_its_request_is_recorded(
 
     _prepare(ledger_url, feed_small)
     out = tmp_path / "pack.json"
-    left = tmp_path / ".pack.json.999999999.partial"  # a killed command's (no such process)
+    from ledger.exports import process_mark
+
+    host = process_mark().partition("-")[0]
+    left = tmp_path / f".pack.json.consent-ledger-{host}-999999999.partial"  # no such process
     left.write_text("personal data")
-    mine = tmp_path / f".notes.{os.getpid()}.partial"  # a live process's: not touched
+    mine = tmp_path / f".notes.consent-ledger-{process_mark()}.partial"  # alive: not touched
     mine.write_text("kept")
+    others = [  # another machine's (a container's) temporary; a user's file; a huge pid
+        tmp_path / ".pack.json.consent-ledger-00000000-999999999.partial",
+        tmp_path / ".foo.json.99999.partial",
+        tmp_path / f".x.consent-ledger-{host}-{'9' * 30}.partial",
+    ]
+    for other in others:
+        other.write_text("kept")
 
     real_replace = os.replace
     seen: list[int] = []
@@ -398,6 +408,5 @@ def test_an_access_pack_is_put_in_place_only_once_its_request_is_recorded(
     monkeypatch.setattr(os, "replace", real_replace)
     assert seen == [2]  # s-0024 and this one, recorded before the pack was placed
     assert not out.exists() and not left.exists() and mine.exists()
-    assert [p.name for p in tmp_path.iterdir() if "pack" in p.name or "partial" in p.name] == [
-        mine.name
-    ]
+    left_now = [p for p in tmp_path.iterdir() if "pack" in p.name or "partial" in p.name]
+    assert sorted(left_now) == sorted([mine, *others])
