@@ -76,6 +76,7 @@ from ledger.errors import (
 from ledger.feed import iso
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
+from ledger.persistence.database import signals_held
 from ledger.persistence.keys import load_master_key
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
@@ -783,8 +784,11 @@ class Exporter:
             data = manifests.manifest_bytes(manifest)
             (self.staging / manifests.MANIFEST_NAME).write_bytes(data)
             digest = manifests.manifest_sha256(data)
-            self._record(digest, verified.events)
-            self._publish()
+            # Ctrl-C or SIGTERM held off from the record until the folder is in place: a
+            # recorded export is never left as a temporary for the next one to remove.
+            with signals_held():
+                self._record(digest, verified.events)
+                self._publish()
         except OSError as error:
             raise InputError(
                 f"cannot write the export beside {self.request.out}: {error.strerror}; "

@@ -47,7 +47,7 @@ from ledger.feed import iso
 def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool) -> None:
     """GDPR Art. 15 subject-access pack of customer REF: personal data (or that it is
     erased), consents with history, orders, and every disclosure with its named recipient."""
-    from ledger.persistence.database import own_files
+    from ledger.persistence.database import own_files, signals_held
 
     readable = out.with_name(out.name + ".md")
     for path in (out, readable):  # checked first: nothing is recorded for a pack not written
@@ -67,15 +67,19 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
             write_file(temporary, content, private=True, shown=path)  # personal data
 
     try:
-        pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
-        for temporary, path in zip(partial, (out, readable), strict=True):
-            try:
-                os.replace(temporary, path)
-            except OSError as error:
-                raise InputError(
-                    f"the request was recorded as answered, but {path} could not be written "
-                    f"({error.strerror or error}); write the pack again with --no-record"
-                ) from None
+        # Ctrl-C or SIGTERM held off from the request's commit until the pack is in place
+        # (a short while: one customer's pack): never a request recorded with no pack.
+        with signals_held():
+            pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
+            for temporary, path in zip(partial, (out, readable), strict=True):
+                try:
+                    os.replace(temporary, path)
+                except OSError as error:
+                    raise InputError(
+                        f"the request was recorded as answered, but {path} could not be "
+                        f"written ({error.strerror or error}); write the pack again with "
+                        "--no-record"
+                    ) from None
     finally:
         for temporary in partial:  # what a failure left half written, or not placed
             discard(temporary)

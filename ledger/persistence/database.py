@@ -687,6 +687,26 @@ def bulk_insert(
             copy.write_row(row)
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held off (delivered when the block ends), in the main thread of a
+    POSIX process; elsewhere nothing is held. For what must not be cut between a commit and
+    what completes it (a key file's swap, a pack put in place)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -38,6 +38,7 @@ from ledger.persistence.database import (
     Database,
     WriteTransaction,
     master_key_path,
+    signals_held,
 )
 from ledger.persistence.export_store import rewrap_export_secrets
 from ledger.privacy import normalise_email
@@ -487,7 +488,7 @@ class KeyStore:
                             .values(value=value)
                         )
                     # The commit and the key files' swap: not cut by Ctrl-C or SIGTERM.
-                    held.enter_context(_signals_held())
+                    held.enter_context(signals_held())
             except BaseException as error:
                 if self._holds(master) is False:  # not committed: the new key opens nothing
                     pending.unlink(missing_ok=True)
@@ -630,25 +631,6 @@ def _one_rotation(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held off (delivered when the block ends), in the main thread of a
-    POSIX process; elsewhere nothing is held."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "pthread_sigmask"
-    ):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass(frozen=True)

@@ -153,15 +153,16 @@ def test_an_export_stopped_by_sigterm_or_killed_leaves_no_unrecorded_copy(
     manifest, and only then records itself. Stopped there, SIGTERM ends it as Ctrl-C does
     (one line, the folder removed, nothing recorded); after a kill -9 the next export in
     that folder removes what was left."""
-    from ledger.exports import Exporter
+    from ledger import manifest as manifests
 
-    record = Exporter._record
+    digest = manifests.manifest_sha256
 
-    def slow_record(self: Any, digest: str, upto: int) -> None:
+    def slow_digest(data: bytes) -> str:
         time.sleep(60)  # the window the signal lands in (the forked child inherits this)
-        record(self, digest, upto)
+        return digest(data)
 
-    monkeypatch.setattr(Exporter, "_record", slow_record)
+    # (Its manifest written, the export takes the digest it records next.)
+    monkeypatch.setattr(manifests, "manifest_sha256", slow_digest)
     feed = write_feed(tmp_path / "feed.jsonl", feed_lines(300, prefix="X"))
     assert summary(run(ledger_url, "import", str(feed), "--json"))["accepted"] > 0
     acquirer = "Northwind Retail Group"  # the sample feed initiates a transfer to it
@@ -188,7 +189,7 @@ def test_an_export_stopped_by_sigterm_or_killed_leaves_no_unrecorded_copy(
             assert staged() != []  # what a kill leaves: the next export removes it
         assert not (out / f"dd-{stop}").exists()
         assert event_count(ledger_url) == facts  # nothing recorded
-    monkeypatch.setattr(Exporter, "_record", record)
+    monkeypatch.setattr(manifests, "manifest_sha256", digest)
     done = run(
         ledger_url, "export", "due-diligence", "--acquirer", acquirer, "--out", str(out / "ok")
     )
