@@ -638,7 +638,9 @@ class Recording:
             self._reject(error, number)
             return False
         except LedgerError as error:
-            if self.preventive:
+            # A line's own fault (a details update of an erased customer, say) is reported
+            # with its line; a key, a database or the ledger's integrity failing is not.
+            if self.preventive or not isinstance(error, InputError):
                 raise
             self._reject(InvalidFactError(str(error)), number)
             return False

@@ -201,10 +201,11 @@ class ShredPendingError(LedgerError):
 
     def __init__(self) -> None:
         super().__init__(
-            "the database still holds the old bytes of a destroyed key: another session reads "
-            "a snapshot from before the erasure (an export, a verify, a backup), or on "
-            "PostgreSQL this role does not own ledger_data_keys and cannot VACUUM it; run "
-            "'consent-ledger keys shred' again once that session ends"
+            "the database still holds the old bytes of a destroyed key: another session holds "
+            "them (one reading a snapshot from before the erasure, such as an export, a verify "
+            "or a backup, or on SQLite one writing), or on PostgreSQL this role does not own "
+            "ledger_data_keys and cannot VACUUM it; run 'consent-ledger keys shred' again once "
+            "that session ends"
         )
 
 

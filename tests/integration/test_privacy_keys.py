@@ -47,7 +47,7 @@ def _refused(url: str, *args: str) -> str:
 
 
 def test_a_wrong_master_key_is_refused_clearly(
-    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_url: str, feed_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _prepare(ledger_url, feed_small)
     facts_before = _rows(ledger_url, tables.facts)
@@ -60,6 +60,12 @@ def test_a_wrong_master_key_is_refused_clearly(
         '"postcode": "N0 0NE", "country": "GB"}}'
     )
     assert "not this ledger's master key" in _refused(ledger_url, "record", record)
+    # An import says so too, not as a fault of its first line that needed the key.
+    feed = tmp_path / "new.jsonl"
+    feed.write_text(record.replace("{", '{"id": "w-1", "at": "2025-05-01T00:00:00Z", ', 1) + "\n")
+    imported = run(ledger_url, "import", str(feed), "--json")
+    assert imported.exit_code == 1 and imported.stdout == ""
+    assert "not this ledger's master key" in error_line(imported)
     assert _rows(ledger_url, tables.facts) == facts_before  # nothing half-recorded
     # Commands that need no personal data still work for an auditor without the key.
     assert run(ledger_url, "customer", "trail", "C100", "--json").exit_code == 0
