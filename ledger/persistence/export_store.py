@@ -194,7 +194,7 @@ def registered_count(database: Database, upto: int) -> int:
     return int(count or 0)
 
 
-# The customers in a keyed order: the MD5 of a secret and each id. An export's rows must not
+# The customers in a keyed order: the SHA-256 of a secret and each id. An export's rows must not
 # follow the customer ids, which are name-based UUIDs of the references (`customer_id`):
 # anyone who could guess the references could sort their ids and read each row's customer
 # off its place, and two exports would list their customers in the same order. Keyed by a
@@ -206,7 +206,8 @@ _ORDERED_IDS_SQLITE = (
 )
 _ORDERED_IDS_POSTGRES = (
     "SELECT customer_id FROM ledger_customers WHERE notification_id <= %s "
-    "ORDER BY md5(%s || customer_id::text), customer_id LIMIT %s OFFSET %s"
+    "ORDER BY sha256(convert_to(%s || customer_id::text, 'UTF8')), customer_id "
+    "LIMIT %s OFFSET %s"
 )
 _EVENTS_OF = (
     "SELECT originator_id, originator_version, topic, state, notification_id FROM ledger_events "
@@ -227,7 +228,7 @@ def _ordered_ids(
     if is_sqlite:
 
         def keyed(value: Any) -> str:
-            return hashlib.md5((key + str(value)).encode(), usedforsecurity=False).hexdigest()
+            return hashlib.sha256((key + str(value)).encode()).hexdigest()
 
         raw.create_function(_ORDER_FUNCTION, 1, keyed, deterministic=True)
         cursor = raw.cursor()
