@@ -194,6 +194,30 @@ class ConsentLedger(Application[UUID]):
         at_the_same_time = not at_given or state["at"] == fact.at
         if fact_type != fact.type or not (names_the_same and says_the_same and at_the_same_time):
             raise DuplicateFactError(fact.id, fact_type)
+        if not self._seals_the_same(fact, state.get("sealed"), originator):
+            raise DuplicateFactError(fact.id, fact_type)
+
+    def _seals_the_same(self, fact: Fact, sealed: str | None, originator: UUID) -> bool:
+        """Whether the fact's personal data and unknown fields are those sealed under its id
+        (a retry sends them again; other ones are another fact). True where nothing can be
+        compared: the customer was erased, and their key is gone."""
+        given: dict[str, Any] = {}
+        given.update((name, fact.data[name]) for name in PERSONAL_FIELDS if name in fact.data)
+        if fact.extra:
+            given["extra"] = fact.extra
+        if not given and sealed is None:
+            return True
+        key = self.keys.get(originator)
+        if key is None:
+            return True
+        if sealed is None:
+            return False
+        opened = _open(key, sealed)
+        recorded: dict[str, Any] = {}
+        recorded.update((name, opened[name]) for name in PERSONAL_FIELDS if name in opened)
+        if opened.get("extra"):
+            recorded["extra"] = opened["extra"]
+        return given == recorded
 
     def _record_items(
         self,

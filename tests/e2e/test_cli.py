@@ -255,6 +255,22 @@ def test_record_records_one_fact_and_prints_what_it_recorded(url: str) -> None:
         assert (refused.exit_code, refused.stdout) == (1, ""), other
         assert "r-1" in error_line(refused) and "consent.given" in error_line(refused)
     assert run_json(url, "verify")["facts"] == facts
+    # What is sealed is compared too (personal data, unknown fields): a registration sent
+    # again with another email, a fact with another unknown field, is another fact.
+    registration = line("customer.registered", "r-2", 0, customer="C777")
+    noted = line("consent.given", "r-3", 0, customer="C777", note="by phone")
+    for fact, other in (
+        (registration, {**registration, "email": "someone.else@example.org"}),
+        (noted, {**noted, "note": "by letter"}),
+        (noted, {key: value for key, value in noted.items() if key != "note"}),
+    ):
+        run_json(url, "record", orjson.dumps(fact).decode())
+        again = run_json(url, "record", orjson.dumps(fact).decode())
+        assert (again["recorded"], again["duplicate"]) == (False, True)
+        refused = run(url, "record", orjson.dumps(other).decode(), "--json")
+        assert (refused.exit_code, refused.stdout) == (1, ""), other
+        assert "already taken by another fact" in error_line(refused)
+        assert "someone.else" not in refused.stderr  # (personal data is never echoed)
 
 
 @pytest.mark.parametrize("mark", [b"", "\ufeff".encode()])
