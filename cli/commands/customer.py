@@ -111,7 +111,7 @@ def erase(ledger: Any, ref: str, at: Any, fact_id: str | None, as_json: bool) ->
     erasure, fresh = ledger.erase(ref, at=at, fact_id=fact_id)
     # A repeat tries the clean-up again: an earlier one may have been held back.
     shredded = not ledger.keys.leftover if fresh else ledger.keys.shred()
-    ledger.keys.leftover = False  # said below, not again in the command's log line
+    ledger.keys.leftover = not shredded  # (also warned of on stderr, for --json users)
     logs.summarise(customer=logs.hashed(ref), fact_id=erasure, recorded=fresh, shredded=shredded)
     if as_json:
         emit_json(

@@ -241,6 +241,7 @@ def test_a_reader_holding_back_the_shredding_is_said_and_keys_shred_finishes_it(
             assert "their data key is destroyed" in erased.stdout
             assert "still holds the old key's bytes" in erased.stdout
             assert "gone" not in erased.stdout
+            assert "old key bytes remain in the database" in erased.stderr  # for --json too
             assert _wrapped_key(ledger_url, "C100") is None  # destroyed in the ledger
             held = run(ledger_url, "keys", "shred", "--json")
             assert (held.exit_code, held.stdout) == (1, "")
