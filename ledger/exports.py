@@ -33,6 +33,7 @@ What an acquirer's analysts get, per customer, and how:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -784,10 +785,11 @@ class Exporter:
             data = manifests.manifest_bytes(manifest)
             (self.staging / manifests.MANIFEST_NAME).write_bytes(data)
             digest = manifests.manifest_sha256(data)
-            # Ctrl-C or SIGTERM held off from the record until the folder is in place: a
-            # recorded export is never left as a temporary for the next one to remove.
-            with signals_held():
-                self._record(digest, verified.events)
+            # Ctrl-C or SIGTERM held off from the record's commit until the folder is in
+            # place (not while it waits for the writer's lock): a recorded export is never
+            # left as a temporary for the next one to remove.
+            with contextlib.ExitStack() as held:
+                self._record(digest, verified.events, held)
                 self._publish()
         except OSError as error:
             raise InputError(
@@ -1145,7 +1147,7 @@ class Exporter:
 
     # -- recording the export -------------------------------------------------------------------
 
-    def _record(self, digest: str, upto: int) -> None:
+    def _record(self, digest: str, upto: int, held: contextlib.ExitStack) -> None:
         app = self.app
         app.keys.source  # noqa: B018 (loads the master key and checks it is this ledger's)
         master, _ = load_master_key(app.database)
@@ -1186,6 +1188,7 @@ class Exporter:
             if request.identified and self.summary.identified:
                 with open(self.disclosure_feed, "rb") as lines:
                     app.import_lines(lines)
+            held.enter_context(signals_held())  # until the caller has published the folder
 
 
 class EventDecoder:

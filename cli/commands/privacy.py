@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
     remove_abandoned_partials(out.parent)
     partial = [partial_name(path) for path in (out, readable)]
 
+    held = contextlib.ExitStack()
+
     def deliver(pack: dict[str, Any]) -> None:
         # Inside the transaction that records the request: a file that cannot be written
         # leaves the request unrecorded (Art. 15: recorded as served only when it was). Each
@@ -65,11 +68,12 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
         contents = (json_text, access_pack_markdown(pack).encode())
         for temporary, path, content in zip(partial, (out, readable), contents, strict=True):
             write_file(temporary, content, private=True, shown=path)  # personal data
+        # Ctrl-C or SIGTERM held off from here (the writer's lock had) until the pack is in
+        # place: never a request recorded with no pack.
+        held.enter_context(signals_held())
 
     try:
-        # Ctrl-C or SIGTERM held off from the request's commit until the pack is in place
-        # (a short while: one customer's pack): never a request recorded with no pack.
-        with signals_held():
+        with held:
             pack = ledger.access_pack(ref, record_request=record, deliver=deliver)
             for temporary, path in zip(partial, (out, readable), strict=True):
                 try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -360,7 +361,10 @@ class Database:
             @sa_event.listens_for(engine, "begin")
             def _on_begin(conn: Connection) -> None:
                 mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-                conn.exec_driver_sql(f"BEGIN {mode}")
+                if mode == "IMMEDIATE":
+                    _begin_immediate(conn)
+                else:
+                    conn.exec_driver_sql(f"BEGIN {mode}")
 
             return engine
         return sa.create_engine(
@@ -705,6 +709,31 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_LOCK_STEP_MS = 100  # SQLite's busy wait at a time, while a write waits for the lock
+
+
+def _begin_immediate(conn: Connection) -> None:
+    """SQLite's write lock (`BEGIN IMMEDIATE`), waited for `WRITE_LOCK_WAIT` in steps of
+    `_LOCK_STEP_MS`: SQLite's own busy wait runs in C, where Ctrl-C and SIGTERM are not seen
+    until it ends (a write waiting on another's lock ignored them for up to two minutes)."""
+    import sqlalchemy as sa
+
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    deadline = time.monotonic() + WRITE_LOCK_WAIT
+    driver.execute(f"PRAGMA busy_timeout = {_LOCK_STEP_MS}")
+    try:
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except sa.exc.OperationalError as error:
+                if "database is locked" not in str(error.orig) or time.monotonic() > deadline:
+                    raise
+    finally:
+        driver.execute(f"PRAGMA busy_timeout = {WRITE_LOCK_WAIT * 1000}")
 
 
 def _usable_cores() -> int:

@@ -196,3 +196,38 @@ def test_erasures_of_one_customer_at_once_record_one(
     assert sorted(d["recorded"] for d in documents) == [False, False, False, True]
     assert len({d["fact_id"] for d in documents}) == 1
     assert len(recorded_ids(ledger_url)) == len(erased_before) + 1
+
+
+@pytest.mark.parametrize("command", ["access-export", "export"])
+def test_ctrl_c_while_waiting_for_the_writers_lock_stops_at_once(
+    ledger: Any, ledger_url: str, tmp_path: Path, command: str
+) -> None:
+    """Ctrl-C and SIGTERM are held off only from a commit to what completes it (a pack or an
+    export folder put in place), never while a command waits for the writer's lock."""
+    from ledger.persistence.database import Database
+
+    customer = _one_customer(ledger, "i-")
+    args = {
+        "access-export": ["customer", "access-export", customer, "--out", str(tmp_path / "p")],
+        "export": ["export", "due-diligence", "--acquirer", "Acq", "--out", str(tmp_path / "d")],
+    }[command]
+    base = [sys.executable, "-c", "from cli.main import main; main()", "--db", ledger_url]
+    holder = Database(ledger_url)
+    err_file = tmp_path / "err"
+    try:
+        with holder.writing(), err_file.open("w") as err_handle:
+            process = subprocess.Popen([*base, *args], stdout=subprocess.PIPE, stderr=err_handle)
+            deadline = time.monotonic() + 60
+            while "write lock" not in err_file.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert process.poll() is None, err_file.read_text()
+            process.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            process.wait(timeout=30)
+            waited = time.monotonic() - started
+    finally:
+        holder.dispose()
+    assert process.returncode == 1, err_file.read_text()
+    assert "Error: interrupted" in err_file.read_text()
+    assert waited < 10  # not the 120 s of the lock's wait
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
