@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,28 +70,6 @@ def check_writable(path: Path, *, keep_off: Sequence[Path] = ()) -> None:
             raise InputError(f"cannot write {path}: it is one of the ledger's own files")
         if own in target.parents:
             raise InputError(f"cannot write {path}: it is in the ledger's own folder {own}")
-
-
-_ABANDONED = re.compile(r"\..+\.consent-ledger-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})\.partial")
-
-
-def partial_name(path: Path) -> Path:
-    """A temporary name for `path` while it is written, beside it, naming this machine and
-    process (`remove_abandoned_partials` knows it by that)."""
-    from ledger.exports import process_mark
-
-    return path.with_name(f".{path.name}.consent-ledger-{process_mark()}.partial")
-
-
-def remove_abandoned_partials(folder: Path) -> None:
-    """Remove the temporary files (`partial_name`) that a command killed while writing in
-    `folder` left there, if that process is gone: they may hold personal data."""
-    from ledger.exports import abandoned
-
-    with contextlib.suppress(OSError):
-        for path in folder.glob(".*.consent-ledger-*.partial"):
-            if path.is_file() and abandoned(_ABANDONED.fullmatch(path.name)):
-                discard(path)
 
 
 def discard(path: Path) -> None:

@@ -41,9 +41,7 @@ import importlib
 import multiprocessing
 import os
 import pickle
-import re
 import shutil
-import socket
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -64,7 +62,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 from ledger import manifest as manifests
-from ledger import privacy
+from ledger import privacy, temporaries
 from ledger.application import ConsentLedger
 from ledger.domainmodel import Acquirer, Customer, DisclosureEvent, FactEvent, acquirer_id
 from ledger.errors import (
@@ -174,46 +172,6 @@ class ExportResult:
 
 
 Progress = Callable[[int], None]
-
-
-_ABANDONED = re.compile(
-    r"\..+\.(?:partial|disclosures|parts)-[0-9a-f]{12}-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})"
-)
-
-
-def _remove_abandoned(out: Path) -> None:
-    """Remove what exports killed in `out`'s folder left there (a staging folder, whole and
-    even signed; a list of disclosures; a parallel export's parts): each is named with its
-    machine and process (`process_mark`), and is removed only if that process, on this
-    machine, is gone."""
-    for path in out.parent.glob(".*.*-*"):
-        if not abandoned(_ABANDONED.fullmatch(path.name)):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def process_mark() -> str:
-    """This machine and process, for the names of temporary files (`abandoned`): a hash of
-    the host name (containers sharing a folder have their own process ids) and the pid."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{host}-{os.getpid()}"
-
-
-def abandoned(found: re.Match[str] | None) -> bool:
-    """Whether a temporary's name (matched with groups `host` and `pid`) is this machine's,
-    of a process that is gone."""
-    if found is None or found["host"] != process_mark().partition("-")[0]:
-        return False
-    try:
-        os.kill(int(found["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):  # another user's process; no such pid
-        return False
-    return False
 
 
 def pseudonym(secret: bytes, kind: str, ref: str) -> str:
@@ -702,7 +660,7 @@ class Exporter:
         self.initiations = Initiations()
         out = request.out
         # Named with this process's id: a later export removes what a killed one left.
-        mark = f"{self.export_id.hex[:12]}-{process_mark()}"
+        mark = f"{self.export_id.hex[:12]}-{temporaries.process_mark()}"
         self.staging = out.parent / f".{out.name}.partial-{mark}"
         self.disclosure_feed = out.parent / f".{out.name}.disclosures-{mark}"
 
@@ -723,7 +681,7 @@ class Exporter:
             raise InputError(f"{out} already exists and is not an empty folder")
         if not out.parent.is_dir():
             raise InputError(f"folder {out.parent} does not exist")
-        _remove_abandoned(out)
+        temporaries.remove_abandoned(out.parent, temporaries.EXPORT_TEMPORARY)
         if request.identified:
             initiated = self.app.transfers_initiated()
             if not initiated(request.acquirer, self.now, None):

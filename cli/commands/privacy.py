@@ -18,8 +18,6 @@ from cli.output import (
     discard,
     emit_json,
     json_option,
-    partial_name,
-    remove_abandoned_partials,
     table,
     write_file,
 )
@@ -54,8 +52,9 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
     for path in (out, readable):  # checked first: nothing is recorded for a pack not written
         check_writable(path, keep_off=own_files(ledger.database))
     from ledger.privacy import access_pack_markdown
+    from ledger.temporaries import FILE_TEMPORARY, partial_name, remove_abandoned
 
-    remove_abandoned_partials(out.parent)
+    remove_abandoned(out.parent, FILE_TEMPORARY)  # what an access pack killed left there
     partial = [partial_name(path) for path in (out, readable)]
 
     held = contextlib.ExitStack()
@@ -211,7 +210,7 @@ def rotate(ledger: Any, as_json: bool) -> None:
         click.echo(
             "an earlier rotation had committed without installing its key: nothing rotated "
             f"now; this ledger's master key is in {result.new_key_file}{kept}"
-            + (f" (set {'CONSENT_LEDGER_MASTER_KEY'} to its content)" if result.env else "")
+            + (" (set CONSENT_LEDGER_MASTER_KEY to its content)" if result.env else "")
         )
     elif result.env:
         click.echo(

@@ -418,7 +418,7 @@ class KeyStore:
         rotate`, which installs that key instead of rotating again.
         """
         path = master_key_path(self.database)
-        pending = path.with_name(path.name + ".new")
+        pending = _pending(path)
         with _one_rotation(path):
             if pending.exists():
                 finished = self._finish_interrupted(path, pending)
@@ -490,10 +490,11 @@ class KeyStore:
                     # The commit and the key files' swap: not cut by Ctrl-C or SIGTERM.
                     held.enter_context(signals_held())
             except BaseException as error:
-                if self._holds(master) is False:  # not committed: the new key opens nothing
+                committed = self._holds(master)
+                if committed is False:  # not committed: the new key opens nothing
                     pending.unlink(missing_ok=True)
                     raise
-                if self._holds(master) is None:
+                if committed is None:
                     raise MasterKeyError(
                         f"the rotation failed, and whether it committed cannot be told now: "
                         f"keep {pending}, which holds the new key, and run 'consent-ledger "
@@ -536,10 +537,7 @@ class KeyStore:
         """A `master.key.new` left by a rotation cut off: if the ledger holds that key (it
         committed), install it and say so; if it holds the current key (it never
         committed), remove the file and go on. Neither: refuse, touching nothing."""
-        try:
-            waiting = decode_master_key(pending.read_text(), str(pending))
-        except (OSError, MasterKeyError):
-            waiting = None
+        waiting = _key_in(pending)
         from_env = os.environ.get(MASTER_KEY_ENV)
         if (
             waiting is not None
@@ -569,13 +567,9 @@ class KeyStore:
     def interrupted_rotation(self) -> Path | None:
         """`master.key.new`, if it holds this ledger's master key (a rotation committed, and
         was cut off before it installed the key)."""
-        pending = master_key_path(self.database)
-        pending = pending.with_name(pending.name + ".new")
-        try:
-            waiting = decode_master_key(pending.read_text(), str(pending))
-        except (OSError, MasterKeyError):
-            return None
-        return pending if self._holds(waiting) else None
+        pending = _pending(master_key_path(self.database))
+        waiting = _key_in(pending)
+        return pending if waiting is not None and self._holds(waiting) else None
 
     def _rewrap(self, tx: WriteTransaction, old: bytes, new: bytes) -> int:
         conn = tx.connection
@@ -609,6 +603,19 @@ class KeyStore:
             conn.execute(update, params)
             count += len(params)
             last = rows[-1][0]
+
+
+def _pending(path: Path) -> Path:
+    """Where a rotation writes the new key before the database changes."""
+    return path.with_name(path.name + ".new")
+
+
+def _key_in(path: Path) -> bytes | None:
+    """The master key a file holds; None if it cannot be read as one."""
+    try:
+        return decode_master_key(path.read_text(), str(path))
+    except (OSError, MasterKeyError):
+        return None
 
 
 @contextlib.contextmanager

@@ -361,7 +361,7 @@ def test_an_access_pack_is_put_in_place_only_once_its_request_is_recorded(
 
     _prepare(ledger_url, feed_small)
     out = tmp_path / "pack.json"
-    from ledger.exports import process_mark
+    from ledger.temporaries import process_mark
 
     host = process_mark().partition("-")[0]
     left = tmp_path / f".pack.json.consent-ledger-{host}-999999999.partial"  # no such process

@@ -1,0 +1,67 @@
+"""Temporary files and folders written beside an output, and what a killed command left.
+
+An export stages its folder, and an access pack its files, beside where they go, under
+names that carry this machine (a hash of its host name: containers sharing a folder have
+process ids of their own) and this process. A later command in that folder removes such a
+temporary once it sees that its process, on this machine, is gone: it may hold personal
+data, or an export that was never recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+# The names' tails: `.<name>.partial-<12 hex>-<mark>` (an export's staging folder, and its
+# `disclosures-` list and `parts-` folder), `.<name>.consent-ledger-<mark>.partial` (a file).
+_MARK = r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})"
+EXPORT_TEMPORARY = re.compile(rf"\..+\.(?:partial|disclosures|parts)-[0-9a-f]{{12}}-{_MARK}")
+FILE_TEMPORARY = re.compile(rf"\..+\.consent-ledger-{_MARK}\.partial")
+
+
+def process_mark() -> str:
+    """This machine and process, as the names of temporaries carry them."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def partial_name(path: Path) -> Path:
+    """A temporary name for the file `path` while it is written, beside it."""
+    return path.with_name(f".{path.name}.consent-ledger-{process_mark()}.partial")
+
+
+def remove_abandoned(folder: Path, names: re.Pattern[str]) -> None:
+    """Remove the temporaries in `folder` whose names match `names` (with its groups `host`
+    and `pid`), if they are this machine's and their process is gone."""
+    try:
+        candidates = list(folder.glob(".*"))
+    except OSError:
+        return
+    for path in candidates:
+        if not _abandoned(names.fullmatch(path.name)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+
+def _abandoned(found: re.Match[str] | None) -> bool:
+    if found is None or found["host"] != _host():
+        return False
+    try:
+        os.kill(int(found["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's process; no such pid
+        return False
+    return False
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
