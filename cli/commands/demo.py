@@ -64,8 +64,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
         path = Path(named)
 
     keys = Path(f"{path}.keys")
-    if path.exists() or path.is_symlink() or keys.exists():
-        _refuse_unless_demo(path, keys)
+    _refuse_unless_demo(path, keys)
     with _keys_beside(keys):
         # The key folder first: a demo stopped between the two leaves a marked ledger behind,
         # which the next demo replaces, never a key folder without the ledger it opens.
@@ -192,13 +191,11 @@ def _refuse_unless_demo(path: Path, keys: Path) -> None:
     if path.exists() or path.is_symlink():
         if path.is_file() and not path.is_symlink() and built_by_demo(path):
             return
-    elif (keys / _KEYS_MARK).is_file():  # the demo's keys, its ledger removed by hand
+        what = f"{path} holds something the demo did not build"
+    elif not keys.exists() or (keys / _KEYS_MARK).is_file():  # (its ledger removed by hand)
         return
-    what = (
-        f"{path} holds something the demo did not build"
-        if path.exists()
-        else (f"{keys} holds keys of a ledger the demo did not build")
-    )
+    else:
+        what = f"{keys} holds keys of a ledger the demo did not build"
     raise InputError(
         f"{what}; the demo replaces its file and key folder, so it leaves these alone: "
         "give --path a new file name (or remove them yourself)"

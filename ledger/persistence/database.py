@@ -559,13 +559,9 @@ class Database:
     def schema_revision(self) -> str | None:
         if self._reads is not None and self.current is None:
             return self._reads.schema_revision()
-        import sqlalchemy as sa
 
         with self.connect() as conn:
-            inspector = sa.inspect(conn)
-            if not inspector.has_table("alembic_version"):
-                return None
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            return _revision_on(conn)
 
     def is_fresh(self) -> bool:
         """A new, empty database: safe to create the schema in without asking."""
@@ -599,7 +595,7 @@ class Database:
             # upgrades of a new database both create its tables, and one fails on a
             # duplicate key of the catalogue).
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
-            with self._lock_wait_notice():
+            with self._lock_wait_notice(), self._lock_timeout():
                 trans = conn.begin()
                 if not self.is_sqlite:
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
