@@ -154,21 +154,19 @@ class ConsentLedger(Application[UUID]):
             raise InvalidFeedError(summary.errors, summary.accepted, summary.duplicates)
         return summary
 
-    def record_fact(
-        self, obj: dict[str, Any], *, dry_run: bool = False, retry_only: bool = False
-    ) -> tuple[Fact, bool]:
+    def record_fact(self, obj: dict[str, Any], *, dry_run: bool = False) -> tuple[Fact, bool]:
         """Record one fact, applying the preventive rules. Returns (fact, newly recorded).
 
-        An id already recorded makes the fact a duplicate (SPEC §2), recorded no more. With
-        `retry_only` (a command's own facts, such as an erasure or a consent given) it must
-        also be that same fact, retried; an id that another fact has is refused
-        (`DuplicateFactError`), lest the command report as done what was never recorded."""
+        An id already recorded makes the fact a duplicate, recorded no more, if it is that
+        same fact, retried; an id that another fact has is refused (`DuplicateFactError`),
+        lest the command report as done what was never recorded. (An import keeps SPEC §2 as
+        written: a recorded id is a duplicate, whatever its line says.)"""
         fact, at_given = _command_fact(obj)
         summary = ImportSummary(dry_run=dry_run)
         self._record_items(iter([(1, fact)]), summary, preventive=True, dry_run=dry_run)
         if summary.errors:
             raise InvalidFactError(summary.errors[0].reason)
-        if retry_only and summary.duplicates:  # (what an id stands for never changes)
+        if summary.duplicates:  # (what an id stands for never changes)
             self._refuse_another_fact(fact, at_given)
         return fact, summary.accepted == 1
 
@@ -273,13 +271,12 @@ class ConsentLedger(Application[UUID]):
                 fact["at"] = iso(at)
             if fact_id is not None:
                 fact["id"] = fact_id
-                if self._recorded(fact_id) is not None:  # only a retry of that erasure
-                    self._refuse_another_fact(*_command_fact(fact))
+                self._refuse_another_fact(*_command_fact(fact))  # only a retry of it
             erased_at = customer.erased_at if customer is not None else None
             if erased_at is not None and (at is None or at >= erased_at):
                 erasures = (e for e in events if isinstance(e, Customer.Erased))
                 return min(erasures, key=lambda e: e.at).fact_id, False
-            recorded, fresh = self.record_fact(fact, retry_only=True)
+            recorded, fresh = self.record_fact(fact)
             return recorded.id, fresh
 
     def customer(self, ref: str) -> Customer:

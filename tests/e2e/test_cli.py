@@ -1043,7 +1043,7 @@ def test_a_fact_recorded_again_under_its_own_id_is_a_duplicate(shared: str) -> N
             document = run_json(shared, "record", fact)
             assert (document["recorded"], document["duplicate"]) == (False, True), fact
             assert document["type"] == orjson.loads(fact)["type"]
-            assert ledger.record_fact(orjson.loads(fact), retry_only=True)[1] is False
+            assert ledger.record_fact(orjson.loads(fact))[1] is False
     finally:
         ledger.database.dispose()
     assert recorded_ids(shared) == before
