@@ -814,9 +814,10 @@ class Exporter:
     def _write_tables(self, upto: int) -> list[manifests.FileEntry]:
         columns = self._columns()
         names = {name: f"{name}.{self.request.format}" for name in columns}
-        workers = self._workers()
+        customers = export_store.registered_count(self.app.database, upto)
+        workers = self._workers(customers)
         if workers > 1:
-            rows = self._write_parallel(upto, names, workers)
+            rows = self._write_parallel(upto, names, workers, customers)
         else:
             scan = export_store.customer_event_rows(
                 self.app.database, upto, order_secret=self.secret
@@ -831,7 +832,7 @@ class Exporter:
                 )
             )
 
-    def _workers(self) -> int:
+    def _workers(self, customers: int) -> int:
         """How many processes share the scan: one per CPU (up to `MAX_WORKERS`) for a
         large pseudonymous jsonl or csv export; else the scan runs here. (An identified
         export opens personal data with this process's keys; parquet files are not simply
@@ -840,7 +841,7 @@ class Exporter:
         wanted = min(os.cpu_count() or 1, MAX_WORKERS)
         if wanted < 2 or request.identified or request.format == "parquet":
             return 1
-        if export_store.customer_count(self.app.database) < PARALLEL_MIN_CUSTOMERS:
+        if customers < PARALLEL_MIN_CUSTOMERS:
             return 1
         return wanted
 
@@ -895,7 +896,9 @@ class Exporter:
                 feed.close()
         return {name: writer.rows for name, writer in writers.items()}
 
-    def _write_parallel(self, upto: int, names: dict[str, str], workers: int) -> dict[str, int]:
+    def _write_parallel(
+        self, upto: int, names: dict[str, str], workers: int, customers: int
+    ) -> dict[str, int]:
         """The customers' keyed order split among `workers` forked processes, each writing
         its slice of every table; the parts, concatenated in that order, are byte for byte
         what one process writes (`test_a_parallel_export_writes_what_one_process_writes`)."""
@@ -910,7 +913,6 @@ class Exporter:
         sys.stderr.flush()
         try:
             parts.mkdir()
-            customers = export_store.registered_count(self.app.database, upto)
             for index, bounds in enumerate(_rank_ranges(customers, workers)):
                 folder = parts / str(index)
                 folder.mkdir()
