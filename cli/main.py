@@ -6,9 +6,11 @@ Exit codes (SPEC §5): 0 success, 1 error in use or input, 2 usage (click's own)
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 import click
@@ -95,6 +97,22 @@ def _unexpected(error: Exception) -> UnexpectedError:
 _CREATING: Final = frozenset({"import", "record", "db upgrade"})
 
 
+def _no_ledger_at(url: str) -> bool:
+    """Whether `url` names an SQLite file that does not exist yet (or is empty)."""
+    from ledger.persistence.sqlite_reads import plain_sqlite_file
+
+    named = plain_sqlite_file(url)
+    if named is None:  # a URL SQLAlchemy must parse (a query, escapes, another scheme)
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        named = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not named or named == ":memory:":
+        return False
+    path = Path(named)
+    return not path.exists() or (path.is_file() and path.stat().st_size == 0)
+
+
 class LedgerContext:
     """What every command gets: the database URL and, opened on first use, the database and
     the ledger (the application, on that database)."""
@@ -107,6 +125,7 @@ class LedgerContext:
         self._ledger: Any = None
         self._log_key: bytes | None = None
         self._log_key_read = False
+        self._scratch = contextlib.ExitStack()  # a dry run's scratch ledger (`_scratch_ledger`)
 
     def log_key(self) -> bytes | None:
         """The ledger's key of customer pseudonyms in logs (`logs.hashed`), read once; None
@@ -131,12 +150,28 @@ class LedgerContext:
 
             ctx = click.get_current_context(silent=True)
             command = ctx.meta.get("consent_ledger.command") if ctx is not None else None
+            url = self.url
+            if ctx is not None and ctx.params.get("dry_run") and _no_ledger_at(url):
+                url = self._scratch_ledger()
             self._database = open_database(
-                self.url,
+                url,
                 on_lock_wait=self.say_waiting,
                 create=command is None or command in _CREATING,
             )
         return self._database
+
+    def _scratch_ledger(self) -> str:
+        """A dry run where no ledger is yet: checked against an empty ledger made in a
+        temporary folder (keys beside it) and removed at the end, so that checking a shop's
+        first feed creates neither a ledger file nor keys."""
+        import tempfile
+
+        from ledger.config import keys_beside
+
+        folder = Path(self._scratch.enter_context(tempfile.TemporaryDirectory()))
+        self._scratch.enter_context(keys_beside(folder / "ledger.db.keys"))
+        logs.summarise(checked_against="an empty ledger: none at the URL yet, none created")
+        return f"sqlite:///{folder / 'ledger.db'}"
 
     def say_waiting(self) -> None:
         """A write has waited a while for the writer's lock: say why it is not done yet."""
@@ -187,6 +222,7 @@ class LedgerContext:
     def close(self) -> None:
         if self._database is not None:
             self._database.dispose()
+        self._scratch.close()
 
 
 def _say_leftover(context: Any) -> None:

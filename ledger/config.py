@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ledger.errors import LedgerNotFoundError, MasterKeyError
@@ -15,10 +17,33 @@ if TYPE_CHECKING:  # imported where a ledger is opened: a stored-facts query nee
 
 DEFAULT_DB = "sqlite:///consent-ledger.db"
 DB_ENV = "CONSENT_LEDGER_DB"
+# Where a ledger's keys come from, when not from the folder beside its file.
+KEY_SETTINGS = (
+    "CONSENT_LEDGER_KEY_DIR",
+    "CONSENT_LEDGER_MASTER_KEY",
+    "CONSENT_LEDGER_MASTER_KEY_FILE",
+)
 
 
 def database_url(option: str | None = None) -> str:
     return option or os.environ.get(DB_ENV) or DEFAULT_DB
+
+
+@contextmanager
+def keys_beside(keys: Path) -> Iterator[None]:
+    """A ledger of the tool's own (the demo's, a dry run's scratch ledger) keeps its keys in
+    `keys`, whatever key folder or master key the environment names for your ledgers: a sample
+    or a scratch ledger must not be sealed or signed with them, nor add keys beside them."""
+    saved = {name: os.environ.pop(name, None) for name in KEY_SETTINGS}
+    os.environ["CONSENT_LEDGER_KEY_DIR"] = str(keys)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass

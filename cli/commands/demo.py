@@ -8,8 +8,6 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from click.core import ParameterSource
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
+from ledger.config import KEY_SETTINGS, keys_beside
 from ledger.feed import iso
 
 
@@ -65,7 +64,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
 
     keys = Path(f"{path}.keys")
     _refuse_unless_demo(path, keys)
-    with _keys_beside(keys):
+    with keys_beside(keys):
         # The key folder first: a demo stopped between the two leaves a marked ledger behind,
         # which the next demo replaces, never a key folder without the ledger it opens.
         shutil.rmtree(keys, ignore_errors=True)
@@ -142,7 +141,7 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
     )
     # As it was run (`.venv/bin/consent-ledger`, say), so that each line can be pasted.
     program = sys.argv[0] if Path(sys.argv[0]).name == "consent-ledger" else "consent-ledger"
-    configured = [name for name in _KEY_SETTINGS if name in os.environ]
+    configured = [name for name in KEY_SETTINGS if name in os.environ]
     if configured:  # your ledgers' key settings would not open the demo's: set its own
         unset = "".join(f"-u {name} " for name in configured)
         program = f"env {unset}CONSENT_LEDGER_KEY_DIR={shlex.quote(str(keys))} {program}"
@@ -159,27 +158,6 @@ def demo(ctx: click.Context, path: Path, customers: int, seed: int, as_json: boo
 
 
 _KEYS_MARK = "built-by-demo"  # in the demo's key folder
-_KEY_SETTINGS = (
-    "CONSENT_LEDGER_KEY_DIR",
-    "CONSENT_LEDGER_MASTER_KEY",
-    "CONSENT_LEDGER_MASTER_KEY_FILE",
-)
-
-
-@contextmanager
-def _keys_beside(keys: Path) -> Iterator[None]:
-    """The demo's ledger keeps its keys in its own folder, whatever key folder or master key
-    the environment names for your ledgers: a sample must not be sealed or signed with them."""
-    saved = {name: os.environ.pop(name, None) for name in _KEY_SETTINGS}
-    os.environ["CONSENT_LEDGER_KEY_DIR"] = str(keys)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _refuse_unless_demo(path: Path, keys: Path) -> None:

@@ -3,8 +3,10 @@ migrates it, and commands refuse an out-of-date schema, naming the command that 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
@@ -127,6 +129,37 @@ def test_a_new_sqlite_file_is_created_by_the_first_record_never_by_a_question(
     assert run_json(url, "import", str(feed_small))["accepted"] == 26
     assert tables_of(url) >= CORE_TABLES
     assert run_json(url, "verify")["facts"] == 26
+
+
+def test_a_dry_run_where_no_ledger_is_yet_checks_against_an_empty_one_and_creates_none(
+    tmp_path: Path, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking a shop's first feed (`import --dry-run`, `record --dry-run`) must leave no
+    ledger file and no keys behind: not beside the file, nor in the key folder the
+    environment names for the shop's ledgers."""
+    keys = tmp_path / "shop-keys"
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(keys))
+    ledger = tmp_path / "ledgers"
+    ledger.mkdir()
+    path = ledger / "new.db"
+    url = f"sqlite:///{path}"
+    dry = run(url, "import", str(feed_small), "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    summary = {"accepted": 26, "duplicates": 0, "rejected": 0, "errors": []}
+    assert orjson.loads(dry.stdout) == summary
+    assert "an empty ledger: none at the URL yet, none created" in dry.stderr
+    registration = feed_small.read_text().splitlines()[0]
+    checked = run(url, "record", registration, "--dry-run", "--json")
+    assert checked.exit_code == 0, checked.stderr
+    assert orjson.loads(checked.stdout)["recorded"] is False
+    unknown = run(url, "record", feed_small.read_text().splitlines()[3], "--dry-run")
+    assert unknown.exit_code == 1 and "unknown customer" in error_line(unknown)
+    assert (list(ledger.iterdir()), keys.exists()) == ([], False)
+    assert os.environ["CONSENT_LEDGER_KEY_DIR"] == str(keys)  # given back after the command
+    # An existing ledger is checked as it stands (its facts are duplicates), and kept.
+    assert run_json(url, "import", str(feed_small))["accepted"] == 26
+    assert run_json(url, "import", str(feed_small), "--dry-run")["duplicates"] == 26
+    assert "none created" not in run(url, "import", str(feed_small), "--dry-run").stderr
 
 
 def test_a_violations_model_from_before_0006_is_rebuilt_and_old_ties_judged_as_then(
