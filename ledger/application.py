@@ -10,6 +10,7 @@ transaction is rolled back, so a file is recorded entirely or not at all.
 from __future__ import annotations
 
 import gc
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -589,7 +590,8 @@ class Recording:
         # The aggregate of each event triggered, in the order the facts were applied: the
         # events are recorded in that order across streams (`_flush`), so that positions in
         # the log, which break ties at the same `at` between streams, follow the feed's lines
-        # (but for a fact that waited for a later line: it is recorded right after that line).
+        # (but for a fact that waited for a later line: it is recorded right after that line,
+        # those that waited in their lines' order, `_release`).
         self.applied: list[UUID] = []
         self.chunk_ids: set[str] = set()
         self.new_orders: dict[str, UUID] = {}
@@ -599,6 +601,13 @@ class Recording:
         # their line numbers (`_attempt`).
         self.waiting: dict[tuple[str, str], list[tuple[int, Fact]]] = {}
         self.waiting_ids: set[str] = set()
+        # Facts released by a registration or an order's placing, to apply by line number.
+        self.released: list[tuple[int, str, Fact]] = []
+        self.releasing = False
+        # Transfer disclosures waiting for their customer, by acquirer; and the initiations
+        # of those acquirers on later lines, held until those disclosures go (`_unhold`).
+        self.waiting_transfers: dict[str, set[str]] = {}
+        self.held: list[tuple[int, Fact, set[str]]] = []
         self.copies: dict[str, list[tuple[int, Fact]]] = {}  # later lines with a waiting id
         self.known_customers: set[UUID] = set()
         self.order_owners: dict[str, UUID] = {}
@@ -643,6 +652,19 @@ class Recording:
         """Apply one fact; a fact of an import that names a customer or order not seen yet
         waits for its registration or placing later in the file (SPEC §2: "never seen, in
         the file or before"), and is applied right after it."""
+        if fact.type == "transfer.initiated" and self.waiting_transfers:
+            before = self.waiting_transfers.get(fact.data["acquirer"])
+            if before:  # it waits behind them, to be recorded after them (`_unhold`)
+                if len(self.waiting_ids) >= _WAITING_LIMIT:
+                    held = (
+                        f"transfer.initiated for acquirer {fact.data['acquirer']!r} follows "
+                        "transfer disclosures to it that wait for their customers"
+                    )
+                    self._reject(_too_many_waiting(held), number)
+                    return False
+                self.held.append((number, fact, set(before)))
+                self.waiting_ids.add(fact.id)
+                return False
         try:
             self._apply(fact)
         except UnknownReferenceError as error:
@@ -650,10 +672,12 @@ class Recording:
                 self._reject(error, number)
                 return False
             if len(self.waiting_ids) >= _WAITING_LIMIT:
-                self._reject(_too_many_waiting(error), number)
+                self._reject(_too_many_waiting(error.reason), number)
                 return False
             self.waiting.setdefault((error.kind, error.ref), []).append((number, fact))
             self.waiting_ids.add(fact.id)
+            if fact.type == "transfer.disclosure":
+                self.waiting_transfers.setdefault(fact.data["acquirer"], set()).add(fact.id)
             return False
         except InvalidFactError as error:
             self._reject(error, number)
@@ -675,9 +699,55 @@ class Recording:
         return True
 
     def _release(self, key: tuple[str, str]) -> None:
+        """Apply the facts that waited for `key`, and those they release in turn, in the
+        order of their lines: a fact that waited for a fact that waited takes its place by
+        its line, not right after the one it waited for (ties at the same `at` are broken
+        by recording order, which must follow the file)."""
         for number, fact in self.waiting.pop(key, ()):
             self.waiting_ids.discard(fact.id)
-            self._settle_copies(fact.id, self._attempt(number, fact))
+            heapq.heappush(self.released, (number, fact.id, fact))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Apply the released facts by line number (those they release join them)."""
+        if self.releasing:  # an outer `_drain` applies them, in line order with its own
+            return
+        self.releasing = True
+        try:
+            while self.released:
+                number, _, fact = heapq.heappop(self.released)
+                recorded = self._attempt(number, fact)
+                if fact.type == "transfer.disclosure":
+                    self._unhold(fact)
+                self._settle_copies(fact.id, recorded)
+        finally:
+            self.releasing = False
+
+    def _unhold(self, disclosure: Fact) -> None:
+        """A transfer disclosure that waited is recorded (or refused): the initiations of
+        its acquirer on later lines, held behind it, go when nothing else holds them.
+
+        The one rule that compares facts of two streams, `transfer_without_initiation`,
+        breaks a tie at the same `at` by recording order. An initiation on a later line
+        than a disclosure that waits for its customer must not be recorded before it: the
+        verdict would then depend on where the customer's registration sits in the file."""
+        acquirer = disclosure.data["acquirer"]
+        waiting = self.waiting_transfers.get(acquirer)
+        if waiting is None or disclosure.id not in waiting:
+            return
+        waiting.discard(disclosure.id)
+        if not waiting:
+            del self.waiting_transfers[acquirer]
+        still = []
+        for number, fact, before in self.held:
+            before.discard(disclosure.id)
+            if before:
+                still.append((number, fact, before))
+            else:
+                self.waiting_ids.discard(fact.id)
+                heapq.heappush(self.released, (number, fact.id, fact))
+        self.held = still
+        self._drain()
 
     def _settle_copies(self, fact_id: str, recorded: bool) -> None:
         """Later lines with the id of a fact that waited: duplicates if it was recorded,
@@ -696,6 +766,8 @@ class Recording:
             for (kind, ref), facts in waiting.items():
                 for number, fact in facts:
                     self._reject(UnknownReferenceError(kind, ref), number)
+                    if fact.type == "transfer.disclosure":
+                        self._unhold(fact)  # the initiations behind it are judged now
                     self._settle_copies(fact.id, recorded=False)
         self.summary.errors.sort(key=lambda error: error.line or 0)
 
@@ -958,11 +1030,13 @@ def _same_value(given: Any, recorded: Any) -> bool:
     return bool(given == recorded) or str(given) == str(recorded)
 
 
-def _too_many_waiting(error: UnknownReferenceError) -> InvalidFactError:
-    """The reason for a fact that could not wait for its customer or order: not that they
-    are unknown (they may come later in the file), but that too many facts already wait."""
+def _too_many_waiting(why: str) -> InvalidFactError:
+    """The reason for a fact that could not wait for its customer or order, or an initiation
+    that could not wait behind the transfer disclosures before it (`why` it would wait): not
+    that they are unknown (they may come later in the file), but that too many facts already
+    wait."""
     return InvalidFactError(
-        f"{error.reason} so far, and {_WAITING_LIMIT:,} facts of this file already wait for "
+        f"{why} so far, and {_WAITING_LIMIT:,} facts of this file already wait for "
         "a customer or order that comes later in it (the most an import keeps): put the "
         "registrations and orders first, or import the file in parts"
     )
