@@ -422,11 +422,17 @@ class CustomerRows:
 
 def state_as_of(events: list[FactEvent], as_of: datetime | None) -> Customer:
     """The customer's state from the facts at or before `as_of` (all if None), by replaying
-    the events' `apply` in recording order (state changes only, never rules)."""
+    the events' `apply` in recording order (state changes only, never rules). A fact of an
+    order that was not placed by `as_of` (dated before its placing, which is valid: it was
+    recorded after it) is left out of the state, as that order is."""
     first = events[0]
     customer: Any = first.mutate(None)
+    placed = Customer.OrderPlaced
     for event in events[1:]:
         if as_of is None or event.at <= as_of:
+            order = event.__dict__.get("order")
+            if order is not None and order not in customer.orders and type(event) is not placed:
+                continue
             event.apply(customer)
     assert isinstance(customer, Customer)
     return customer

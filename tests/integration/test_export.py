@@ -27,6 +27,7 @@ from ledger.manifest import MANIFEST_NAME, verify_export_dir
 from ledger.persistence import seals
 from ledger.samplefeed import ACQUIRER, generate
 from tests.cli_helpers import error_line, run, run_json
+from tests.examples import at, line
 
 TABLE_NAMES = ("customers", "consents", "consent_history", "orders", "disclosures")
 
@@ -270,6 +271,39 @@ def test_as_of_limits_rows_to_facts_then(ledger: Any, feed_small: Path, tmp_path
     [customer] = _rows(out, "customers")
     assert customer["orders"] == 1 and customer["disclosures"] == 4
     assert all(row["at"] <= "2025-02-01" for row in _rows(out, "disclosures"))
+
+
+def test_as_of_before_an_order_is_placed_leaves_out_the_order_not_its_earlier_facts(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """Facts of an order dated before its placing (valid: recorded after it) and an `as_of`
+    between them: the order was not placed then, so it is not in the orders table; the
+    disclosures dated by then are in the disclosures table, as the trail shows them."""
+    facts = [
+        line("customer.registered", "p-r", 0, customer="pC1"),
+        line("order.placed", "p-o", 60, customer="pC1", order="pO1"),
+        line("identity.check", "p-i", 10, order="pO1"),
+        line("payment.authorisation", "p-p", 20, order="pO1"),
+        line("order.dispatched", "p-d", 30, order="pO1"),
+        line("order.delivered", "p-v", 40, order="pO1"),
+        line("order.cancelled", "p-c", 50, order="pO1"),
+    ]
+    ledger.import_lines(orjson.dumps(f) for f in facts)
+    out = tmp_path / "dd"
+    _export(ledger, out, as_of=parse_time(at(55)))
+    assert _rows(out, "orders") == []
+    [customer] = _rows(out, "customers")
+    assert (customer["orders"], customer["disclosures"]) == (0, 3)
+    kinds = [row["recipient_kind"] for row in _rows(out, "disclosures")]
+    assert kinds == ["identity_verification", "card_issuer", "carrier"]
+    later = tmp_path / "later"
+    _export(ledger, later, as_of=parse_time(at(60)))
+    [order] = _rows(later, "orders")
+    assert (order["status"], order["payment"], order["identity_check"]) == (
+        "cancelled",
+        "authorised",
+        "pass",
+    )
 
 
 @pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (extra 'parquet')")
