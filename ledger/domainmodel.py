@@ -84,9 +84,17 @@ class OrderState:
     placed_at: datetime
     total: Decimal
     currency: str
-    status: str = "placed"
     payments: list[tuple[datetime, int, str]] = field(default_factory=list)
     identity_checks: list[tuple[datetime, int, str]] = field(default_factory=list)
+    # (at, version, status) of each dispatch, delivery and cancellation.
+    lifecycle: list[tuple[datetime, int, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """The status its latest dispatch, delivery or cancellation gave it, in business time
+        (ties by recording order), as every question is asked (SPEC §1): a dispatch reported
+        late, dated before the delivery, leaves the order delivered. `placed` if none."""
+        return max(self.lifecycle)[2] if self.lifecycle else "placed"
 
 
 class Customer(Aggregate):
@@ -192,7 +200,8 @@ class Customer(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
-            aggregate.orders[self.order].status = "dispatched"
+            lifecycle = aggregate.orders[self.order].lifecycle
+            lifecycle.append((self.at, self.originator_version, "dispatched"))
 
     class OrderDelivered(FactEvent):
         FACT_TYPE = "order.delivered"
@@ -200,7 +209,8 @@ class Customer(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
-            aggregate.orders[self.order].status = "delivered"
+            lifecycle = aggregate.orders[self.order].lifecycle
+            lifecycle.append((self.at, self.originator_version, "delivered"))
 
     class OrderCancelled(FactEvent):
         FACT_TYPE = "order.cancelled"
@@ -209,7 +219,8 @@ class Customer(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
-            aggregate.orders[self.order].status = "cancelled"
+            lifecycle = aggregate.orders[self.order].lifecycle
+            lifecycle.append((self.at, self.originator_version, "cancelled"))
 
     class AffiliateDisclosed(DisclosureEvent):
         FACT_TYPE = "affiliate.disclosure"

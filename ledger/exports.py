@@ -474,7 +474,7 @@ def customer_rows(
         elif kind == _DISCLOSURE:
             disclosure_facts.append(event)
     consents = []
-    history = []
+    history: list[tuple[tuple[datetime, int], dict[str, Any]]] = []
     given_class = Customer.ConsentGiven
     for (purpose, channel), entries in sorted(
         consent_facts.items(), key=lambda kv: _PURPOSE_CHANNEL_ORDER[kv[0]]
@@ -497,18 +497,19 @@ def customer_rows(
         )
         for entry, at, status in zip(entries, times, statuses, strict=True):
             facts = entry.__dict__
-            history.append(
-                {
-                    "customer": alias,
-                    "at": at,
-                    "purpose": purpose,
-                    "channel": channel,
-                    "status": "given" if status else "withdrawn",
-                    "method": facts["method"],
-                    "policy_version": facts.get("policy_version"),
-                }
-            )
-    history.sort(key=_AT_KEY)
+            row = {
+                "customer": alias,
+                "at": at,
+                "purpose": purpose,
+                "channel": channel,
+                "status": "given" if status else "withdrawn",
+                "method": facts["method"],
+                "policy_version": facts.get("policy_version"),
+            }
+            history.append(((entry.at, entry.originator_version), row))
+    # Business order across purposes and channels: by time (not its text, where ".5Z" sorts
+    # before "Z"), ties by recording order, as `views.consent_history_rows`.
+    history.sort(key=_FIRST)
     order_alias = {ref: pseudonyms("order", ref) for ref in state.orders}
     orders = [
         {
@@ -558,7 +559,8 @@ def customer_rows(
             address_postcode=address.get("postcode"),
             address_country=address.get("country"),
         )
-    return CustomerRows(summary, consents, history, orders, disclosures, personal is not None)
+    rows = [row for _, row in history]
+    return CustomerRows(summary, consents, rows, orders, disclosures, personal is not None)
 
 
 def _iso(moment: datetime) -> str:
@@ -571,7 +573,7 @@ def _iso(moment: datetime) -> str:
 
 
 _AT = attrgetter("at")
-_AT_KEY = itemgetter("at")
+_FIRST = itemgetter(0)
 _PURPOSE_CHANNEL_ORDER = {
     (purpose, channel): index
     for index, (purpose, channel) in enumerate(

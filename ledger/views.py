@@ -138,13 +138,13 @@ def consent_rows(events: Iterable[Any], as_of: datetime | None = None) -> list[d
 
 def consent_history_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
     """Every consent fact with its method and policy version, in business order."""
-    rows: list[tuple[datetime, dict[str, Any]]] = []
+    rows: list[tuple[tuple[datetime, int], dict[str, Any]]] = []
     for entries in consent_history(events).values():
         for event in entries:
             fields = event.__dict__
             rows.append(
                 (
-                    event.at,
+                    (event.at, event.originator_version),
                     {
                         "at": iso(event.at),
                         "purpose": fields["purpose"],
@@ -156,8 +156,8 @@ def consent_history_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
                     },
                 )
             )
-    # By time, not by its text ("10:00:00.5Z" sorts before "10:00:00Z" as text); stable:
-    # facts at the same time keep the order above.
+    # By time, not by its text ("10:00:00.5Z" sorts before "10:00:00Z" as text); facts at
+    # the same time in recording order, across purposes and channels too (SPEC §1).
     rows.sort(key=lambda row: row[0])
     return [row for _, row in rows]
 

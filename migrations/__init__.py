@@ -43,11 +43,19 @@ _VIOLATIONS_TABLES = (
 def reset_violations_model(bind: Connection) -> None:
     """Empty the violations read model in both slots and set it back to event zero: the next
     query that reads it rebuilds it from the events (read models are disposable: see 0002)."""
+    reset_read_model(bind, "violations", _VIOLATIONS_TABLES)
+
+
+def reset_read_model(bind: Connection, model: str, tables: tuple[str, ...]) -> None:
+    """Empty read model `model` (its `tables`) in both slots and set it back to event zero:
+    the next query that reads it rebuilds it from the events."""
     present = set(sa.inspect(bind).get_table_names())
-    for name in _VIOLATIONS_TABLES:
+    for name in tables:
         for slot in _SLOTS:
             table = f"rm_{name}_{slot}"
             if table in present:
                 bind.execute(sa.text(f"DELETE FROM {table}"))
     if "rm_tracking" in present:
-        bind.execute(sa.text("UPDATE rm_tracking SET position = 0 WHERE name = 'violations'"))
+        bind.execute(
+            sa.text("UPDATE rm_tracking SET position = 0 WHERE name = :name"), {"name": model}
+        )

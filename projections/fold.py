@@ -360,7 +360,8 @@ class Folder:
                         checks = orders[data["order"]].identity_checks
                         checks.append((moment, version, data["result"]))
                     elif code == DISPATCHED:
-                        orders[data["order"]].status = "dispatched"
+                        lifecycle = orders[data["order"]].lifecycle
+                        lifecycle.append((moment, version, "dispatched"))
                     elif code == TRANSFER:
                         stream.acquirers.add(data["acquirer"])  # type: ignore[union-attr]
                 elif code == CONTACT:
@@ -373,7 +374,8 @@ class Folder:
                     stream.placed[order] = at  # type: ignore[union-attr]
                     continue
                 elif code == ORDER_STATUS:
-                    orders[data["order"]].status = _ORDER_STATUS[cls]
+                    lifecycle = orders[data["order"]].lifecycle
+                    lifecycle.append((parse(raw_at), version, _ORDER_STATUS[cls]))
                     continue
                 elif code == ERASED:
                     moment = parse(raw_at)

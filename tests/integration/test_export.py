@@ -306,6 +306,33 @@ def test_as_of_before_an_order_is_placed_leaves_out_the_order_not_its_earlier_fa
     )
 
 
+def test_consent_history_at_the_same_time_is_in_recording_order(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """Across purposes and channels too (SPEC §1), in the views and in the export; and by
+    time, not by its text (".5Z" sorts before "Z" as text)."""
+    given = {"method": "web", "policy_version": "v1"}
+    facts = [
+        line("customer.registered", "y-r", 0, customer="yC1"),
+        line("consent.given", "y-1", 5, customer="yC1", purpose="personalisation", channel="web")
+        | given,
+        line("consent.given", "y-2", 5, customer="yC1", purpose="marketing", channel="email")
+        | given,
+        line("consent.withdrawn", "y-3", 0.5 / 60, customer="yC1", channel="post"),
+        line("consent.given", "y-4", 0, customer="yC1", channel="post") | given,
+    ]
+    ledger.import_lines(orjson.dumps(f) for f in facts)
+    events = ledger.customer_events("yC1")
+    expected = [("marketing", "post"), ("marketing", "post")]
+    expected += [("personalisation", "web"), ("marketing", "email")]
+    history = views.consent_history_rows(events)
+    assert [(row["purpose"], row["channel"]) for row in history] == expected
+    assert [row["fact_id"] for row in history] == ["y-4", "y-3", "y-1", "y-2"]
+    _export(ledger, tmp_path / "dd")
+    exported = _rows(tmp_path / "dd", "consent_history")
+    assert [(row["purpose"], row["channel"]) for row in exported] == expected
+
+
 @pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (extra 'parquet')")
 def test_parquet_export_has_the_same_rows(ledger: Any, feed_small: Path, tmp_path: Path) -> None:
     import importlib

@@ -137,6 +137,16 @@ def test_order_status_follows_its_facts() -> None:
     assert customer.orders["O2"].status == "cancelled"
 
 
+def test_order_status_is_its_latest_lifecycle_fact_in_business_time() -> None:
+    customer = with_order(registered_customer())
+    order = customer.orders["O1"]
+    record(customer, "order.delivered", "dl", 9)
+    record(customer, "order.dispatched", "d", 4)  # reported late, dated before the delivery
+    assert order.status == "delivered"
+    record(customer, "order.cancelled", "c", 9)  # a tie: the later recorded wins
+    assert order.status == "cancelled"
+
+
 def test_an_order_of_another_customer_is_refused() -> None:
     customer = registered_customer()
     with pytest.raises(InvalidFactError, match="does not belong to customer 'C1'"):

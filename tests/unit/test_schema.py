@@ -343,3 +343,31 @@ def test_upgrades_started_together_on_a_new_database_run_one_after_the_other(
         SCHEMA_HEAD,
         "None",
     ]
+
+
+def test_0009_rebuilds_an_order_status_model_built_in_recording_order(
+    tmp_path: Path, feed_small: Path
+) -> None:
+    """Before 0009 an order's status was the last lifecycle fact recorded; the model built
+    so is emptied and set back to event zero, and the next catch-up rebuilds it."""
+    from ledger.config import open_ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert run_json(url, "import", str(feed_small))["accepted"] == 26
+    ledger = open_ledger(url)
+    ledger.read_models.catch_up()
+    with ledger.database.engine.begin() as conn:
+        stale = sa.text("UPDATE rm_order_status_a SET status = 'dispatched'")
+        assert conn.execute(stale).rowcount > 0  # as an old version could have left it
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0008'"))
+    ledger.database.dispose()
+    assert run_json(url, "db", "upgrade")["to"] == SCHEMA_HEAD
+    ledger = open_ledger(url)
+    with ledger.database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM rm_order_status_a")).scalar() == 0
+        position = "SELECT position FROM rm_tracking WHERE name = 'order_status'"
+        assert conn.execute(sa.text(position)).scalar() == 0
+    ledger.read_models.catch_up()
+    with ledger.database.engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT order_ref, status FROM rm_order_status_a"))
+        assert dict(statuses.all()) == {"O500": "delivered", "O501": "cancelled"}
