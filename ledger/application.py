@@ -604,10 +604,10 @@ class Recording:
         # Facts released by a registration or an order's placing, to apply by line number.
         self.released: list[tuple[int, str, Fact]] = []
         self.releasing = False
-        # Transfer disclosures waiting for their customer, by acquirer; and the initiations
-        # of those acquirers on later lines, held until those disclosures go (`_unhold`).
-        self.waiting_transfers: dict[str, set[str]] = {}
-        self.held: list[tuple[int, Fact, set[str]]] = []
+        # By acquirer: the lines of its transfer facts that wait for their customer, and
+        # its transfer facts held behind an earlier one that waits (`_behind`).
+        self.transfer_waits: dict[str, set[int]] = {}
+        self.held: dict[str, list[tuple[int, Fact]]] = {}
         self.copies: dict[str, list[tuple[int, Fact]]] = {}  # later lines with a waiting id
         self.known_customers: set[UUID] = set()
         self.order_owners: dict[str, UUID] = {}
@@ -651,20 +651,23 @@ class Recording:
     def _attempt(self, number: int, fact: Fact) -> bool:
         """Apply one fact; a fact of an import that names a customer or order not seen yet
         waits for its registration or placing later in the file (SPEC §2: "never seen, in
-        the file or before"), and is applied right after it."""
-        if fact.type == "transfer.initiated" and self.waiting_transfers:
-            before = self.waiting_transfers.get(fact.data["acquirer"])
-            if before:  # it waits behind them, to be recorded after them (`_unhold`)
-                if len(self.waiting_ids) >= _WAITING_LIMIT:
-                    held = (
-                        f"transfer.initiated for acquirer {fact.data['acquirer']!r} follows "
-                        "transfer disclosures to it that wait for their customers"
-                    )
-                    self._reject(_too_many_waiting(held), number)
-                    return False
-                self.held.append((number, fact, set(before)))
-                self.waiting_ids.add(fact.id)
-                return False
+        the file or before"), and is applied right after it. A transfer fact also waits
+        behind any earlier line of its acquirer's that waits (`_behind`)."""
+        acquirer = None
+        if fact.type in _TRANSFER_TYPES and not self.preventive:
+            acquirer = fact.data["acquirer"]
+            if self._behind(acquirer, number):
+                return self._hold(acquirer, number, fact)
+        outcome = self._try(number, fact)
+        if acquirer is not None:
+            if outcome is None:
+                self.transfer_waits.setdefault(acquirer, set()).add(number)
+            else:
+                self._transfer_settled(acquirer, number)
+        return outcome is True
+
+    def _try(self, number: int, fact: Fact) -> bool | None:
+        """`_attempt` of one fact: True if applied, False if refused, None if it waits."""
         try:
             self._apply(fact)
         except UnknownReferenceError as error:
@@ -676,9 +679,7 @@ class Recording:
                 return False
             self.waiting.setdefault((error.kind, error.ref), []).append((number, fact))
             self.waiting_ids.add(fact.id)
-            if fact.type == "transfer.disclosure":
-                self.waiting_transfers.setdefault(fact.data["acquirer"], set()).add(fact.id)
-            return False
+            return None
         except InvalidFactError as error:
             self._reject(error, number)
             return False
@@ -717,36 +718,61 @@ class Recording:
             while self.released:
                 number, _, fact = heapq.heappop(self.released)
                 recorded = self._attempt(number, fact)
-                if fact.type == "transfer.disclosure":
-                    self._unhold(fact)
-                self._settle_copies(fact.id, recorded)
+                if fact.id not in self.waiting_ids:  # not held again
+                    self._settle_copies(fact.id, recorded)
         finally:
             self.releasing = False
 
-    def _unhold(self, disclosure: Fact) -> None:
-        """A transfer disclosure that waited is recorded (or refused): the initiations of
-        its acquirer on later lines, held behind it, go when nothing else holds them.
+    # The one rule that compares facts of two streams, `transfer_without_initiation`, breaks
+    # a tie at the same `at` by recording order. So an acquirer's transfer facts (its
+    # initiations, and disclosures to it) are recorded in the order of their lines: one
+    # that comes after a disclosure waiting for its customer waits behind it. Otherwise a
+    # verdict would depend on where that customer's registration sits in the file.
 
-        The one rule that compares facts of two streams, `transfer_without_initiation`,
-        breaks a tie at the same `at` by recording order. An initiation on a later line
-        than a disclosure that waits for its customer must not be recorded before it: the
-        verdict would then depend on where the customer's registration sits in the file."""
-        acquirer = disclosure.data["acquirer"]
-        waiting = self.waiting_transfers.get(acquirer)
-        if waiting is None or disclosure.id not in waiting:
+    def _behind(self, acquirer: str, number: int) -> bool:
+        """Whether an earlier line of `acquirer`'s transfer facts waits or is held."""
+        waits = self.transfer_waits.get(acquirer, ())
+        held = self.held.get(acquirer, ())
+        return any(line < number for line in waits) or any(line < number for line, _ in held)
+
+    def _hold(self, acquirer: str, number: int, fact: Fact) -> bool:
+        waits = self.transfer_waits.get(acquirer)
+        if waits is not None and number in waits:  # it waited for its customer: now held
+            waits.discard(number)
+        elif len(self.waiting_ids) >= _WAITING_LIMIT:
+            held = (
+                f"{fact.type} for acquirer {acquirer!r} follows transfer facts of that "
+                "acquirer that wait for their customers"
+            )
+            self._reject(_too_many_waiting(held), number)
+            return False
+        self.held.setdefault(acquirer, []).append((number, fact))
+        self.waiting_ids.add(fact.id)
+        return False
+
+    def _transfer_settled(self, acquirer: str, number: int) -> None:
+        """Line `number`, a transfer fact of `acquirer`, is recorded or refused: the facts
+        held behind it that nothing earlier still holds are applied, in line order."""
+        waits = self.transfer_waits.get(acquirer)
+        if waits is not None:
+            waits.discard(number)
+            if not waits:
+                del self.transfer_waits[acquirer]
+        held = self.held.get(acquirer)
+        if not held:
             return
-        waiting.discard(disclosure.id)
-        if not waiting:
-            del self.waiting_transfers[acquirer]
-        still = []
-        for number, fact, before in self.held:
-            before.discard(disclosure.id)
-            if before:
-                still.append((number, fact, before))
-            else:
-                self.waiting_ids.discard(fact.id)
-                heapq.heappush(self.released, (number, fact.id, fact))
-        self.held = still
+        first = min(self.transfer_waits.get(acquirer, ()), default=None)
+        freed = [(line, fact) for line, fact in held if first is None or line < first]
+        if not freed:
+            return
+        still = [(line, fact) for line, fact in held if first is not None and line >= first]
+        if still:
+            self.held[acquirer] = still
+        else:
+            del self.held[acquirer]
+        for line, fact in freed:
+            self.waiting_ids.discard(fact.id)
+            heapq.heappush(self.released, (line, fact.id, fact))
         self._drain()
 
     def _settle_copies(self, fact_id: str, recorded: bool) -> None:
@@ -766,8 +792,8 @@ class Recording:
             for (kind, ref), facts in waiting.items():
                 for number, fact in facts:
                     self._reject(UnknownReferenceError(kind, ref), number)
-                    if fact.type == "transfer.disclosure":
-                        self._unhold(fact)  # the initiations behind it are judged now
+                    if fact.type in _TRANSFER_TYPES:  # those held behind it are judged now
+                        self._transfer_settled(fact.data["acquirer"], number)
                     self._settle_copies(fact.id, recorded=False)
         self.summary.errors.sort(key=lambda error: error.line or 0)
 
@@ -1006,6 +1032,7 @@ _CUSTOMER_CACHE = 20_000
 # How far ahead of this machine's clock a command's time may be (another machine's clock).
 _CLOCK_SKEW = timedelta(minutes=5)
 _CONSENT_TYPES = frozenset({"consent.given", "consent.withdrawn"})
+_TRANSFER_TYPES = frozenset({"transfer.initiated", "transfer.disclosure"})
 _NOTIFIED_TYPE = "recipient.notified"  # ledger_facts type of a command-only Art. 19 record
 _FACT_COLUMNS = ("fact_id", "notification_id", "fact_type", "originator_id")
 _CUSTOMER_COLUMNS = ("customer_id", "customer_ref", "notification_id")

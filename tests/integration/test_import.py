@@ -273,6 +273,24 @@ def test_verdicts_do_not_depend_on_where_registrations_and_placings_sit(
     assert verdicts(anywhere, rest) == expected
 
 
+def test_an_acquirers_transfer_facts_are_recorded_in_their_lines_order(ledger: Any) -> None:
+    """Line 3's customer is registered before line 1's: line 3 must still be recorded after
+    the initiation on line 2 (it was initiated then), and line 1 before it (it was not)."""
+    at = "2025-03-01T00:00:00Z"
+    facts = [
+        line("transfer.disclosure", "o-d1", customer="oC1", acquirer="Acme", at=at),
+        line("transfer.initiated", "o-i", acquirer="Acme", at=at),
+        line("transfer.disclosure", "o-d2", customer="oC2", acquirer="Acme", at=at),
+        line("customer.registered", "o-r2", customer="oC2"),
+        line("customer.registered", "o-r1", customer="oC1"),
+    ]
+    summary = import_objs(ledger, facts)
+    assert (summary.accepted, summary.rejected) == (5, 0)
+    assert [(v.rule, v.fact_id) for v in ledger.audit()] == [
+        ("transfer_without_initiation", "o-d1")
+    ]
+
+
 def test_an_initiation_held_behind_a_disclosure_never_released_is_judged_on_its_own(
     ledger: Any,
 ) -> None:
@@ -332,8 +350,8 @@ def test_initiations_held_behind_waiting_disclosures_count_as_waiting(
     assert [(e.line, e.reason) for e in error.errors] == [
         (
             3,
-            "transfer.initiated for acquirer 'Acme' follows transfer disclosures to it that "
-            "wait for their customers so far, and 2 facts of this file already wait for a "
+            "transfer.initiated for acquirer 'Acme' follows transfer facts of that acquirer "
+            "that wait for their customers so far, and 2 facts of this file already wait for a "
             "customer or order that comes later in it (the most an import keeps): put the "
             "registrations and orders first, or import the file in parts",
         )
