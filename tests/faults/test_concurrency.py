@@ -198,6 +198,10 @@ def test_erasures_of_one_customer_at_once_record_one(
     assert len(recorded_ids(ledger_url)) == len(erased_before) + 1
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("command", ["access-export", "export"])
 def test_ctrl_c_while_waiting_for_the_writers_lock_stops_at_once(
     ledger: Any, ledger_url: str, tmp_path: Path, command: str
@@ -216,7 +220,15 @@ def test_ctrl_c_while_waiting_for_the_writers_lock_stops_at_once(
     err_file = tmp_path / "err"
     try:
         with holder.writing(), err_file.open("w") as err_handle:
-            process = subprocess.Popen([*base, *args], stdout=subprocess.PIPE, stderr=err_handle)
+            process = subprocess.Popen(
+                [*base, *args],
+                stdout=subprocess.PIPE,
+                stderr=err_handle,
+                # As from a terminal: a test run started in the background (`cmd &` in a
+                # script) ignores SIGINT, and a child would inherit that (Python keeps an
+                # ignored SIGINT ignored, as a background job's command should).
+                preexec_fn=_interruptible,
+            )
             deadline = time.monotonic() + 60
             while "write lock" not in err_file.read_text() and time.monotonic() < deadline:
                 time.sleep(0.1)
