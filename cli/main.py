@@ -99,18 +99,11 @@ _CREATING: Final = frozenset({"import", "record", "db upgrade"})
 
 def _no_ledger_at(url: str) -> bool:
     """Whether `url` names an SQLite file that does not exist yet (or is empty)."""
-    from ledger.persistence.sqlite_reads import plain_sqlite_file
+    from ledger.config import no_ledger_file
+    from ledger.persistence.database import Database
 
-    named = plain_sqlite_file(url)
-    if named is None:  # a URL SQLAlchemy must parse (a query, escapes, another scheme)
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        named = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if not named or named == ":memory:":
-        return False
-    path = Path(named)
-    return not path.exists() or (path.is_file() and path.stat().st_size == 0)
+    path = Database(url).sqlite_path  # (no connection is made)
+    return path is not None and no_ledger_file(path)
 
 
 class LedgerContext:

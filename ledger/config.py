@@ -75,6 +75,11 @@ def upgrade(database: Database) -> UpgradeResult:
     return UpgradeResult(before, after, keys.source)
 
 
+def no_ledger_file(path: Path) -> bool:
+    """An SQLite ledger's file that does not exist yet, or is empty: no ledger either way."""
+    return not path.exists() or path.stat().st_size == 0
+
+
 def open_database(
     url: str,
     *,
@@ -88,7 +93,7 @@ def open_database(
     `on_lock_wait`: see `Database.on_lock_wait`."""
     database = Database(url)
     path = database.sqlite_path
-    if not create and path is not None and (not path.exists() or path.stat().st_size == 0):
+    if not create and path is not None and no_ledger_file(path):
         from ledger.persistence.database import safe_url
 
         database.dispose()

@@ -96,6 +96,10 @@ class OrderState:
         late, dated before the delivery, leaves the order delivered. `placed` if none."""
         return max(self.lifecycle)[2] if self.lifecycle else "placed"
 
+    def advance(self, at: datetime, version: int, status: str) -> None:
+        """A dispatch, delivery or cancellation at `at`, the stream's `version`th event."""
+        self.lifecycle.append((at, version, status))
+
 
 class Customer(Aggregate):
     """A customer of the retailer, as far as the ledger is concerned."""
@@ -200,8 +204,7 @@ class Customer(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
-            lifecycle = aggregate.orders[self.order].lifecycle
-            lifecycle.append((self.at, self.originator_version, "dispatched"))
+            aggregate.orders[self.order].advance(self.at, self.originator_version, "dispatched")
 
     class OrderDelivered(FactEvent):
         FACT_TYPE = "order.delivered"
@@ -209,8 +212,7 @@ class Customer(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
-            lifecycle = aggregate.orders[self.order].lifecycle
-            lifecycle.append((self.at, self.originator_version, "delivered"))
+            aggregate.orders[self.order].advance(self.at, self.originator_version, "delivered")
 
     class OrderCancelled(FactEvent):
         FACT_TYPE = "order.cancelled"
@@ -219,8 +221,7 @@ class Customer(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
-            lifecycle = aggregate.orders[self.order].lifecycle
-            lifecycle.append((self.at, self.originator_version, "cancelled"))
+            aggregate.orders[self.order].advance(self.at, self.originator_version, "cancelled")
 
     class AffiliateDisclosed(DisclosureEvent):
         FACT_TYPE = "affiliate.disclosure"

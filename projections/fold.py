@@ -360,8 +360,7 @@ class Folder:
                         checks = orders[data["order"]].identity_checks
                         checks.append((moment, version, data["result"]))
                     elif code == DISPATCHED:
-                        lifecycle = orders[data["order"]].lifecycle
-                        lifecycle.append((moment, version, "dispatched"))
+                        orders[data["order"]].advance(moment, version, "dispatched")
                     elif code == TRANSFER:
                         stream.acquirers.add(data["acquirer"])  # type: ignore[union-attr]
                 elif code == CONTACT:
@@ -374,8 +373,7 @@ class Folder:
                     stream.placed[order] = at  # type: ignore[union-attr]
                     continue
                 elif code == ORDER_STATUS:
-                    lifecycle = orders[data["order"]].lifecycle
-                    lifecycle.append((parse(raw_at), version, _ORDER_STATUS[cls]))
+                    orders[data["order"]].advance(parse(raw_at), version, _ORDER_STATUS[cls])
                     continue
                 elif code == ERASED:
                     moment = parse(raw_at)
