@@ -120,7 +120,8 @@ def summarise(**fields: Any) -> None:
 
 
 def hashed(ref: str) -> str | None:
-    """The stand-in for a customer reference in a command's logs: `keyed_hash` under the
+    """The stand-in for a customer reference, or a fact id (a shop's ids may embed its
+    customer references, or be emails), in a command's logs: `keyed_hash` under the
     ledger's log key, so one customer's lines match each other, yet no one holding only the
     logs can recover a reference by hashing likely ones. None (the field is left out) for a
     ledger without a log key, or outside a command."""

@@ -77,3 +77,30 @@ class Choice(click.Choice):  # type: ignore[type-arg]
         except click.BadParameter:
             choices = ", ".join(str(choice) for choice in self.choices)
             self.fail(f"not one of {choices}", param, ctx)
+
+
+class IntRange(click.IntRange):
+    """click's `IntRange`, whose refusal states what is expected without repeating the value
+    (as `Choice`)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"not a whole number {_in_range(self)}", param, ctx)
+
+
+class FloatRange(click.FloatRange):
+    """click's `FloatRange`, whose refusal does not repeat the value (as `IntRange`)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"not a number {_in_range(self)}", param, ctx)
+
+
+def _in_range(kind: click.IntRange | click.FloatRange) -> str:
+    if kind.min is None and kind.max is None:
+        return "(e.g. 7)"
+    return f"in the range {kind._describe_range()}"

@@ -66,8 +66,9 @@ def iso(moment: datetime) -> str:
 _WORDS: set[str] = set(DATA_CATEGORIES)
 
 
-def _unknown(kind: str, value: Any, allowed: Collection[str], *, hint: str = "") -> str:
-    """The error for a value that is none of `allowed`. It repeats the value only if it is a
+def unknown_value(kind: str, value: Any, allowed: Collection[str], *, hint: str = "") -> str:
+    """The error for a value that is none of `allowed` (a feed field's, or a command's
+    argument such as a read model's name). It repeats the value only if it is a
     word of the contract, or one slip away from an allowed one, a typo of it (said so);
     anything else, such as personal data in the wrong field, is not repeated."""
     expected = f" ({hint or 'expected one of ' + ', '.join(sorted(allowed))})"
@@ -137,7 +138,7 @@ def _one_of(*choices: str) -> Validator:
 
     def check(name: str, value: Any) -> str:
         if not isinstance(value, str) or value not in allowed:
-            raise InvalidFactError(_unknown(name, value, allowed))
+            raise InvalidFactError(unknown_value(name, value, allowed))
         return str(value)
 
     return check
@@ -170,7 +171,7 @@ def _categories(name: str, value: Any) -> list[str]:
         raise InvalidFactError(f"field {name!r} must be a non-empty list of data categories")
     for item in value:
         if not isinstance(item, str) or item not in DATA_CATEGORIES:
-            raise InvalidFactError(_unknown("data category", item, DATA_CATEGORIES))
+            raise InvalidFactError(unknown_value("data category", item, DATA_CATEGORIES))
     return sorted(set(value))
 
 
@@ -337,7 +338,7 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
     fact_type = obj["type"]
     if not isinstance(fact_type, str) or fact_type not in SCHEMAS:
         hint = f"none of the feed's {len(SCHEMAS)} types"
-        raise InvalidFactError(_unknown("type", fact_type, SCHEMAS, hint=hint))
+        raise InvalidFactError(unknown_value("type", fact_type, SCHEMAS, hint=hint))
     if "at" not in obj:
         raise InvalidFactError("missing required field 'at'")
     at = parse_time(obj["at"])

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from ledger import privacy
 from ledger.domainmodel import Acquirer, Customer, FactEvent
 from ledger.errors import InputError
-from ledger.feed import iso
+from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
 from ledger.persistence import indexes
 from ledger.persistence import tables as ledger_tables
@@ -200,8 +200,7 @@ class ReadModels:
         try:
             return self.models[name]
         except KeyError:
-            known = ", ".join(NAMES)
-            raise UnknownReadModelError(f"no read model {name!r} (known: {known})") from None
+            raise UnknownReadModelError(unknown_value("read model", name, NAMES)) from None
 
     # -- queries ---------------------------------------------------------------------------
 

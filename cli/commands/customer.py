@@ -112,7 +112,9 @@ def erase(ledger: Any, ref: str, at: Any, fact_id: str | None, as_json: bool) ->
     # A repeat tries the clean-up again: an earlier one may have been held back.
     shredded = not ledger.keys.leftover if fresh else ledger.keys.shred()
     ledger.keys.leftover = not shredded  # (also warned of on stderr, for --json users)
-    logs.summarise(customer=logs.hashed(ref), fact_id=erasure, recorded=fresh, shredded=shredded)
+    logs.summarise(
+        customer=logs.hashed(ref), fact_id=logs.hashed(erasure), recorded=fresh, shredded=shredded
+    )
     if as_json:
         emit_json(
             {

@@ -17,6 +17,7 @@ from click.core import ParameterSource
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
+from cli.params import IntRange
 from ledger.config import KEY_SETTINGS, keys_beside
 from ledger.feed import iso
 
@@ -34,13 +35,17 @@ from ledger.feed import iso
 )
 @click.option(
     "--customers",
-    type=click.IntRange(1, 2_000_000),
+    type=IntRange(1, 2_000_000),
     default=1000,
     show_default=True,
     help="How many customers to generate (about 15 facts each).",
 )
 @click.option(
-    "--seed", type=int, default=7, show_default=True, help="The same seed builds the same ledger."
+    "--seed",
+    type=IntRange(),
+    default=7,
+    show_default=True,
+    help="The same seed builds the same ledger.",
 )
 @json_option
 @click.pass_context

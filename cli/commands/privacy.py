@@ -142,7 +142,7 @@ def notified(
 ) -> None:
     """Record that RECIPIENT was told of the customer's erasure or rectification."""
     recorded, answered = ledger.record_notification(ref, recipient, at, fact_id)
-    logs.summarise(customer=logs.hashed(ref), fact_id=recorded, answered=len(answered))
+    logs.summarise(customer=logs.hashed(ref), fact_id=logs.hashed(recorded), answered=len(answered))
     regarding = sorted({due.fact_id for due in answered})
     if as_json:
         emit_json(

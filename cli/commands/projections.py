@@ -10,6 +10,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, progress_enabled, table
+from cli.params import FloatRange
 
 
 @click.group("projections")
@@ -45,8 +46,10 @@ def rebuild(context: Any, name: str | None, as_json: bool) -> None:
     order_status or violations."""
     models = context.ledger.read_models
     if name is not None and name not in models.models:
-        known = ", ".join(sorted(models.models))
-        raise click.BadParameter(f"no read model {name!r} (known: {known})", param_hint="NAME")
+        from ledger.feed import unknown_value  # (the value is repeated only if a typo)
+
+        refusal = unknown_value("read model", name, models.models)
+        raise click.BadParameter(refusal, param_hint="NAME")
     names = [models.model(name).name] if name else list(models.models)
     total = models.status()[0].head
     if progress_enabled():
@@ -78,7 +81,7 @@ def rebuild(context: Any, name: str | None, as_json: bool) -> None:
 @projections.command("follow")
 @click.option(
     "--interval",
-    type=click.FloatRange(0.05, 3600),
+    type=FloatRange(0.05, 3600),
     default=1.0,
     show_default=True,
     help="Seconds between checks (PostgreSQL wakes at once on each recording).",

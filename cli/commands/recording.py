@@ -85,7 +85,7 @@ def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = Fa
     a duplicate, nothing changes); another fact under it is refused (`DuplicateFactError`),
     lest a withdrawal sent under a reused id be reported as done and never recorded."""
     recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run)
-    logs.summarise(fact_id=recorded_fact.id, type=recorded_fact.type, new=fresh)
+    logs.summarise(fact_id=logs.hashed(recorded_fact.id), type=recorded_fact.type, new=fresh)
     if recorded_fact.customer is not None:
         logs.summarise(customer=logs.hashed(recorded_fact.customer))
     document = {

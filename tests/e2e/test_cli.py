@@ -940,6 +940,9 @@ def test_logs_of_an_import_carry_no_personal_data_even_at_debug(ledger_url: str)
         ("consent", "show", "C1", "--as-of", "Ignatius Flimwhistle"),
         ("audit", "check", "--known-at", "ignatius@bogglemail.example"),
         ("disclose", "Ignatius Flimwhistle", "Offspring"),
+        ("demo", "--customers", "ignatius@bogglemail.example"),
+        ("demo", "--seed", "Ignatius Flimwhistle"),
+        ("projections", "follow", "--interval", "Ignatius Flimwhistle"),
     ],
 )
 def test_a_usage_error_names_the_parameter_not_the_value_given(
@@ -969,6 +972,42 @@ def test_logs_name_a_customer_by_a_keyed_hash_stable_within_a_ledger_only(
         assert names[-1] == log_pseudonym(url, "C100")
     assert names[0] == names[1] and names[2] == names[3] and names[0] != names[2]
     assert all(hashlib.sha256(b"C100").hexdigest()[:12] not in name for name in names)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "consent",
+            "give",
+            "C100",
+            "marketing",
+            "post",
+            "--method",
+            "phone",
+            "--policy-version",
+            "1",
+        ),
+        ("disclose", "affiliate", "Offspring", "--customer", "C100", "--categories", "name"),
+        ("customer", "erase", "C100"),
+    ],
+)
+def test_logs_name_a_fact_given_by_its_id_by_a_keyed_hash_too(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A shop's fact ids may embed its customer references (or be emails): one in clear
+    would give back the reference behind every line logged about that customer."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    assert run(url, "import", str(SMALL)).exit_code == 0
+    fact_id = "C100/ignatius@bogglemail.example"
+    result = run(url, *args, "--id", fact_id, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert orjson.loads(result.stdout)["fact_id"] == fact_id  # (stdout answers in clear)
+    entry = assert_one_clean_log_line(
+        result, " ".join(args[:2]) if args[0] != "disclose" else "disclose"
+    )
+    assert entry["fact_id"] == log_pseudonym(url, fact_id)
+    assert "C100" not in result.stderr and "bogglemail" not in result.stderr
 
 
 def test_erasing_an_erased_customer_records_nothing_unless_it_was_earlier(url: str) -> None:

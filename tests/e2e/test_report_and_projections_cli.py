@@ -64,11 +64,15 @@ def test_projections_rebuild_one_and_all(url: str) -> None:
 
 
 def test_projections_rebuild_of_an_unknown_model_is_a_usage_error(url: str) -> None:
-    result = run(url, "projections", "rebuild", "nonsense")
+    result = run(url, "projections", "rebuild", "Zebulon Quixoteson")
     assert (result.exit_code, result.stdout) == (2, "")
-    assert "Invalid value for NAME: no read model 'nonsense' (known: consent_history" in (
+    assert "Invalid value for NAME: unknown read model (expected one of consent_history" in (
         result.stderr
     )
+    assert "Zebulon" not in result.stderr  # (a name typed in the wrong place is not repeated)
+    typo = run(url, "projections", "rebuild", "order_stauts")
+    assert typo.exit_code == 2
+    assert "unknown read model 'order_stauts' (did you mean 'order_status'?)" in typo.stderr
 
 
 def test_a_bad_number_of_read_model_workers_is_one_error_line(
