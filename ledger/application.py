@@ -518,6 +518,21 @@ class ConsentLedger(Application[UUID]):
 
     def email_at(self, customer: Customer, key: DataKey, moment: datetime) -> str | None:
         """The customer's email at `moment`, from their saved and still pending details."""
+        return privacy.email_at(self._details(customer, key), moment)
+
+    def emails_of(self, customer: Customer, key: DataKey) -> set[str]:
+        """Every email the customer has had, from their saved and still pending details."""
+        return {
+            str(opened["email"])
+            for _, _, opened in self._details(customer, key)
+            if opened.get("email")
+        }
+
+    def _details(
+        self, customer: Customer, key: DataKey
+    ) -> list[tuple[datetime, int, dict[str, Any]]]:
+        """The customer's details, opened: (business time, version, fields) of each saved
+        or still pending registration and details update."""
         from ledger.persistence import personal
 
         events: list[Any] = [
@@ -531,11 +546,11 @@ class ConsentLedger(Application[UUID]):
             if isinstance(e, (Customer.Registered, Customer.DetailsUpdated))
             and e.originator_version not in saved
         )
-        details = [(e.at, e.originator_version, _open(key, e.sealed)) for e in events if e.sealed]
-        return privacy.email_at(details, moment)
+        return [(e.at, e.originator_version, _open(key, e.sealed)) for e in events if e.sealed]
 
-    def suppression(self, email: str) -> tuple[str, dict[str, datetime]]:
-        """Art. 21: the email's keyed hash and its suppressed marketing channels, since when."""
+    def suppression(self, email: str) -> tuple[str, dict[str, datetime | None]]:
+        """Art. 21: the email's keyed hash and its suppressed marketing channels, since when
+        (None: withheld, its owner erased)."""
         return self.keys.suppression(email)
 
     def rotate_master_key(self) -> Rotation:
@@ -851,6 +866,8 @@ class Recording:
             if kind == "order.placed":
                 self.new_orders[fact.data["order"]] = customer.id
             elif kind == "subject.erased":
+                if key is not None:  # (not erased already)
+                    self.app.keys.withhold_suppression_times(self._emails_of(customer, key))
                 self.app.keys.destroy(customer.id)
             self.dirty[customer.id] = customer
         self.recorded[fact.id] = kind
@@ -912,6 +929,12 @@ class Recording:
             email = self.app.email_at(customer, key, fact.at)
         if email is not None:
             self.app.keys.update_suppression(email, channel, fact.at, suppressed=withdrawn)
+
+    def _emails_of(self, customer: Customer, key: DataKey) -> set[str]:
+        known = self.emails.get(customer.id)
+        if known is not None:  # registered in this recording
+            return {str(fields["email"]) for _, _, fields in known}
+        return self.app.emails_of(customer, key)
 
     def _prevent(self, customer: Customer, fact: Fact) -> None:
         """The candidate is judged as if recorded now: after every initiation recorded,

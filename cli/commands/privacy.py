@@ -167,7 +167,9 @@ def suppression() -> None:
 def check(ledger: Any, email: str, as_json: bool) -> None:
     """Is marketing to EMAIL suppressed? (Exit 0 either way.)"""
     digest, channels = ledger.suppression(email)
-    since = min(channels.values()) if channels else None
+    # An erased owner's suppression does not say since when (it would tie the email to them).
+    times = [since for since in channels.values() if since is not None]
+    since = min(times) if times and len(times) == len(channels) else None
     logs.summarise(email_hash=digest[:12], suppressed=bool(channels))
     document = {
         "email_hash": digest,
@@ -178,9 +180,8 @@ def check(ledger: Any, email: str, as_json: bool) -> None:
     if as_json:
         emit_json(document)
     elif channels:
-        click.echo(
-            f"suppressed since {document['since']} (marketing by {', '.join(sorted(channels))})"
-        )
+        when = f"since {document['since']}" if since else "(since when is withheld: erased)"
+        click.echo(f"suppressed {when} (marketing by {', '.join(sorted(channels))})")
     else:
         click.echo("not suppressed")
 

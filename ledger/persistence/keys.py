@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -383,25 +383,36 @@ class KeyStore:
         older than a fresh consent given at `at`: queued in the ambient write transaction and
         applied, in order, just before it commits (one read and a few writes per commit), or
         every `_SUPPRESSION_BATCH` changes, so a large import's memory stays flat."""
-        digest = self.email_hash(email)
+        self._queue_suppression((self.email_hash(email), channel, at, suppressed))
+
+    def withhold_suppression_times(self, emails: Iterable[str]) -> None:
+        """An erased customer's emails stay suppressed (Art. 21 outlives erasure), but no
+        longer say since when: that time is a withdrawal's in their consent history, which
+        stays, and would tie a guessed email back to them (SPEC §4: no command shows an
+        erased customer's personal data). Queued as `update_suppression` is, in order."""
+        for email in emails:
+            self._queue_suppression((self.email_hash(email), "", None, None))
+
+    def _queue_suppression(self, change: _SuppressionChange) -> None:
         with self.database.writing() as tx:
             pending = tx.attachments.get(_PENDING_SUPPRESSIONS)
             if pending is None:
                 pending = tx.attachments[_PENDING_SUPPRESSIONS] = []
                 tx.before_commit.append(lambda: _apply_suppressions(tx, pending))
-            pending.append((digest, channel, at, suppressed))
+            pending.append(change)
             if len(pending) >= _SUPPRESSION_BATCH:
                 _apply_suppressions(tx, pending)  # in order, as at the commit
                 pending.clear()
 
-    def suppression(self, email: str) -> tuple[str, dict[str, datetime]]:
-        """The email's hash and, per suppressed marketing channel, since when."""
+    def suppression(self, email: str) -> tuple[str, dict[str, datetime | None]]:
+        """The email's hash and, per suppressed marketing channel, since when (None: withheld,
+        as its owner was erased)."""
         digest = self.email_hash(email)
         with self.database.reading() as conn:
             rows = conn.execute(
                 sa.select(_S.c.channel, _S.c.since).where(_S.c.email_hash == digest)
             ).all()
-        return digest, {str(row.channel): _aware(row.since) for row in rows}
+        return digest, {str(row.channel): _maybe_aware(row.since) for row in rows}
 
     # -- rotation ------------------------------------------------------------------------------
 
@@ -651,23 +662,34 @@ class Rotation:
     finished_earlier: bool = False  # installed the key of a rotation that was cut off
 
 
-def _apply_suppressions(
-    tx: WriteTransaction, changes: list[tuple[str, str, datetime, bool]]
-) -> None:
+# (email hash, channel, business time, suppressed): a withdrawal (True) or a consent (False)
+# on a channel; ("<hash>", "", None, None): withhold the times of that email's suppressions.
+_SuppressionChange = tuple[str, str, datetime | None, bool | None]
+
+
+def _apply_suppressions(tx: WriteTransaction, changes: list[_SuppressionChange]) -> None:
+    """Apply queued changes in order. A suppression whose time is withheld (None) holds
+    until a consent lifts it; a later withdrawal keeps it withheld."""
     conn = tx.connection
     hashes = sorted({change[0] for change in changes})
-    stored: dict[tuple[str, str], datetime] = {}
+    stored: dict[tuple[str, str], datetime | None] = {}
     for start in range(0, len(hashes), 500):
         query = sa.select(_S.c.email_hash, _S.c.channel, _S.c.since).where(
             _S.c.email_hash.in_(hashes[start : start + 500])
         )
-        stored.update({(r[0], r[1]): _aware(r[2]) for r in conn.execute(query)})
+        stored.update({(r[0], r[1]): _maybe_aware(r[2]) for r in conn.execute(query)})
     state = dict(stored)
     for digest, channel, at, suppressed in changes:
+        if suppressed is None:
+            for entry in [entry for entry in state if entry[0] == digest]:
+                state[entry] = None
+            continue
+        assert at is not None
+        held = (digest, channel) in state
         since = state.get((digest, channel))
-        if suppressed and (since is None or since > at):
+        if suppressed and (not held or (since is not None and since > at)):
             state[(digest, channel)] = at
-        elif not suppressed and since is not None and since < at:
+        elif not suppressed and held and (since is None or since < at):
             del state[(digest, channel)]
     gone = [{"h": h, "c": c} for (h, c) in stored if (h, c) not in state]
     new = [
@@ -697,6 +719,10 @@ def email_hash(key: bytes, email: str) -> str:
 def _meta_value(conn: Connection, name: str) -> str | None:
     value = conn.execute(sa.select(tables.meta.c.value).where(tables.meta.c.name == name)).scalar()
     return None if value is None else str(value)
+
+
+def _maybe_aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _aware(moment)
 
 
 def _aware(moment: datetime) -> datetime:

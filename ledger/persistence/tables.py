@@ -98,13 +98,14 @@ meta = Table(
 )
 
 # Art. 21: marketing suppressed per keyed hash of a normalised email (never the email), per
-# channel. No customer id: it outlives the customer's erasure without pointing back at them.
+# channel. No customer id: it outlives the customer's erasure without pointing back at them,
+# and its time (`since`) is withheld then, as it is a withdrawal's in their consent history.
 suppressions = Table(
     "ledger_suppressions",
     metadata,
     Column("email_hash", String(64), primary_key=True),
     Column("channel", String(20), primary_key=True),
-    Column("since", DateTime(timezone=True), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=True),  # None: withheld (0010)
 )
 
 # Due-diligence exports: one row per export. `wrapped_secret` is the export's pseudonym key

@@ -271,11 +271,16 @@ def test_a_marketing_withdrawal_suppresses_the_email_even_after_erasure(
     assert _check(ledger_url, "alan@example.org")["suppressed"] is False
 
     run_json(ledger_url, "customer", "erase", "C100")
-    assert _check(ledger_url, "ada@example.org") == ada
+    # Still suppressed, but no longer since when: that time is her withdrawal's, which stays
+    # in C100's consent history and would tie the email back to the erased customer.
+    withheld = {**ada, "since": None}
+    assert _check(ledger_url, "ada@example.org") == withheld
+    plain = run(ledger_url, "suppression", "check", "ada@example.org")
+    assert plain.stdout == "suppressed (since when is withheld: erased) (marketing by email)\n"
 
     # Ada comes back as a new customer: her email is still suppressed for marketing...
     _register(ledger_url, "C200", "Ada@Example.org")
-    assert _check(ledger_url, "ada@example.org") == ada
+    assert _check(ledger_url, "ada@example.org") == withheld
     # ...until she opts in again, later, on that channel.
     give = run(
         ledger_url,
@@ -294,6 +299,78 @@ def test_a_marketing_withdrawal_suppresses_the_email_even_after_erasure(
     assert give.exit_code == 0, give.stderr
     lifted = _check(ledger_url, "ada@example.org")
     assert lifted["suppressed"] is False and lifted["since"] is None
+
+
+def test_an_erasure_in_a_feed_withholds_the_times_of_every_email_the_customer_had(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    """Erased by a feed line: a customer registered before the file (their emails read back
+    from their sealed details) and one registered in it, each with a changed email; another
+    customer's suppression keeps its time."""
+    _prepare(ledger_url, feed_small)
+    _register(ledger_url, "C300", "grace@example.org", at="2025-01-01T00:00:00Z")
+    lines = [
+        {
+            "type": "customer.registered",
+            "customer": "C400",
+            "name": "Hedy Lamarr",
+            "email": "hedy@example.org",
+            "address": {"line1": "1 Way", "city": "Vienna", "postcode": "1010", "country": "AT"},
+            "at": "2025-01-01T00:00:00Z",
+        },
+        *(
+            {
+                "type": "consent.withdrawn",
+                "customer": ref,
+                "purpose": "marketing",
+                "channel": "post",
+                "method": "letter",
+                "at": "2025-02-01T00:00:00Z",
+            }
+            for ref in ("C300", "C400")
+        ),
+        *(
+            {
+                "type": "customer.updated",
+                "customer": ref,
+                "email": f"new.{ref}@example.org",
+                "at": "2025-03-01T00:00:00Z",
+            }
+            for ref in ("C300", "C400")
+        ),
+        *(
+            {
+                "type": "consent.withdrawn",
+                "customer": ref,
+                "purpose": "marketing",
+                "channel": "email",
+                "method": "link",
+                "at": "2025-04-01T00:00:00Z",
+            }
+            for ref in ("C300", "C400")
+        ),
+        *(
+            {"type": "subject.erased", "customer": ref, "at": "2025-05-01T00:00:00Z"}
+            for ref in ("C300", "C400")
+        ),
+    ]
+    feed = tmp_path / "erasures.jsonl"
+    feed.write_bytes(
+        b"".join(orjson.dumps({"id": f"e-{n}", **line}) + b"\n" for n, line in enumerate(lines))
+    )
+    assert run_json(ledger_url, "import", str(feed))["accepted"] == len(lines)
+    for email in ("grace@example.org", "hedy@example.org"):
+        assert _check(ledger_url, email) | {"email_hash": ""} == {
+            "email_hash": "",
+            "suppressed": True,
+            "since": None,
+            "channels": ["post"],
+        }
+    for email in ("new.C300@example.org", "new.C400@example.org"):
+        assert _check(ledger_url, email)["channels"] == ["email"]
+        assert _check(ledger_url, email)["since"] is None
+    ada = _check(ledger_url, "ada@example.org")  # C100's, not erased: its time stays
+    assert ada["since"] == "2025-03-02T09:00:00Z"
 
 
 def _marketing(url: str, verb: str, ref: str, channel: str, at: str) -> None:

@@ -4,6 +4,7 @@ migrates it, and commands refuse an out-of-date schema, naming the command that 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -371,3 +372,41 @@ def test_0009_rebuilds_an_order_status_model_built_in_recording_order(
     with ledger.database.engine.connect() as conn:
         statuses = conn.execute(sa.text("SELECT order_ref, status FROM rm_order_status_a"))
         assert dict(statuses.all()) == {"O500": "delivered", "O501": "cancelled"}
+
+
+def test_0010_withholds_the_times_of_suppressions_left_by_earlier_erasures(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """Before 0010 an erased customer's suppression kept its exact time, a withdrawal's in
+    their consent history; the emails are not known any more (the keys are gone), so the
+    upgrade withholds a suppression at the channel and time of an erased customer's
+    marketing withdrawal. A living customer's keeps its time."""
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    assert run_json(ledger_url, "import", str(feed_small))["accepted"] == 26
+    fact = {
+        "type": "customer.registered",
+        "at": "2025-01-01T00:00:00Z",
+        "customer": "C300",
+        "name": "Grace Hopper",
+        "email": "grace@example.org",
+        "address": {"line1": "1 Way", "city": "York", "postcode": "YO1 1AA", "country": "GB"},
+    }
+    assert run_json(ledger_url, "record", orjson.dumps(fact).decode())["recorded"] is True
+    withdraw = ("consent", "withdraw", "C300", "marketing", "post", "--method", "letter")
+    assert run(ledger_url, *withdraw, "--at", "2025-02-01T00:00:00Z").exit_code == 0
+    assert run_json(ledger_url, "customer", "erase", "C300")["recorded"] is True
+    downgrade_to(ledger_url, "0009")
+    database = Database(ledger_url)
+    try:
+        with database.connect() as conn, conn.begin():
+            # As 0009 left it: the erased customer's suppression with its time.
+            table = sa.table("ledger_suppressions", sa.column("since", sa.DateTime(True)))
+            moment = datetime(2025, 2, 1, tzinfo=UTC)
+            conn.execute(table.update().values(since=moment).where(table.c.since < moment))
+    finally:
+        database.dispose()
+    assert run_json(ledger_url, "db", "upgrade")["to"] == SCHEMA_HEAD
+    grace = run_json(ledger_url, "suppression", "check", "grace@example.org")
+    assert (grace["suppressed"], grace["since"], grace["channels"]) == (True, None, ["post"])
+    ada = run_json(ledger_url, "suppression", "check", "ada@example.org")
+    assert (ada["suppressed"], ada["since"]) == (True, "2025-03-02T09:00:00Z")
