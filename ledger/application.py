@@ -40,6 +40,7 @@ from ledger.errors import (
     UnknownReferenceError,
 )
 from ledger.feed import Fact, iso, parse_line, validate
+from ledger.free_text import fields_shaped_like_personal_data
 from ledger.iterables import batched
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.recorder import LedgerEventStore, LedgerInfrastructure, LedgerRecorder
@@ -70,6 +71,7 @@ _WAITING_LIMIT = 50_000
 
 
 _BOM = b"\xef\xbb\xbf"
+_SHAPED_LINES_KEPT = 10
 
 
 @dataclass
@@ -79,6 +81,17 @@ class ImportSummary:
     rejected: int = 0
     errors: list[InvalidFactError] = field(default_factory=list)
     dry_run: bool = False
+    # Lines whose free-text fields hold what is shaped like an email or phone number
+    # (`ledger.free_text`): how many, and the first few (line, fields), for a warning.
+    shaped: int = 0
+    shaped_lines: list[tuple[int, list[str]]] = field(default_factory=list)
+
+    def note_shaped(self, number: int, fact: Fact) -> None:
+        fields = fields_shaped_like_personal_data(fact.type, fact.data)
+        if fields:
+            self.shaped += 1
+            if len(self.shaped_lines) < _SHAPED_LINES_KEPT:
+                self.shaped_lines.append((number, fields))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,7 +156,9 @@ class ConsentLedger(Application[UUID]):
                 if not raw.strip():
                     continue
                 try:
-                    item: Fact | InvalidFactError = parse_line(raw, number)
+                    fact = parse_line(raw, number)
+                    summary.note_shaped(number, fact)
+                    item: Fact | InvalidFactError = fact
                 except InvalidFactError as error:
                     # The reason only: the raised error's traceback holds the line and its
                     # decoded fields, which a stream of bad lines must not accumulate.

@@ -73,6 +73,7 @@ from ledger.errors import (
     RuleViolationError,
 )
 from ledger.feed import iso
+from ledger.free_text import WITHHELD, shaped_like_personal_data
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.database import signals_held
@@ -438,6 +439,16 @@ def state_as_of(events: list[FactEvent], as_of: datetime | None) -> Customer:
     return customer
 
 
+def _as_given(value: Any) -> Any:
+    return value
+
+
+def _withheld_if_shaped(value: Any) -> Any:
+    if isinstance(value, str) and shaped_like_personal_data(value):
+        return WITHHELD
+    return value
+
+
 def customer_rows(
     customer: Customer,
     events: list[FactEvent],
@@ -453,6 +464,9 @@ def customer_rows(
     with fact ids only to drop them. `tests/integration/test_export.py` holds every row to
     the views' answers."""
     alias = pseudonyms("customer", customer.ref)
+    # Pseudonymous rows (or an erased customer's) withhold a free-text value shaped like an
+    # email or phone number: a shifted column in the feed, not the shop's word.
+    shown = _as_given if personal is not None else _withheld_if_shaped
     state = customer if as_of is None else state_as_of(events, as_of)
     # Business order: `at`, ties by recording order (`events` is in recording order and the
     # sort is stable), as `views.business_order`.
@@ -503,8 +517,8 @@ def customer_rows(
                 "purpose": purpose,
                 "channel": channel,
                 "status": "given" if status else "withdrawn",
-                "method": facts["method"],
-                "policy_version": facts.get("policy_version"),
+                "method": shown(facts["method"]),
+                "policy_version": shown(facts.get("policy_version")),
             }
             history.append(((entry.at, entry.originator_version), row))
     # Business order across purposes and channels: by time (not its text, where ".5Z" sorts
@@ -531,7 +545,7 @@ def customer_rows(
             {
                 "customer": alias,
                 "at": _iso(event.at),
-                "recipient": event.recipient,
+                "recipient": shown(event.recipient),
                 "recipient_kind": event.recipient_kind,
                 "purpose": event.purpose,
                 "basis": event.basis,
@@ -1278,7 +1292,10 @@ _PSEUDONYMS = {
     "secret": "random, one per export, kept by the seller's ledger: only the seller can "
     "re-identify; pseudonyms of two exports do not match",
     "omitted": "names, emails, phones, addresses, customer and order references, fact ids, "
-    "tracking numbers (unless identified: then personal data of customers not erased)",
+    "tracking numbers (unless identified: then personal data of customers not erased); a "
+    "consent's method or policy version, or a recipient's name, shaped like an email or "
+    f"phone number (a shifted column in the feed) reads {WITHHELD!r} (unless identified, "
+    "for a customer not erased)",
 }
 
 

@@ -15,6 +15,7 @@ from cli.output import emit_json, json_option, progress_enabled, table
 from cli.params import MOMENT, Choice, pass_ledger
 from ledger.errors import InputError, InvalidFeedError
 from ledger.feed import iso, load_object
+from ledger.free_text import fields_shaped_like_personal_data
 from ledger.vocabulary import DATA_CATEGORIES
 
 
@@ -63,6 +64,8 @@ def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
         duplicates=summary.duplicates,
         dry_run=dry_run,
     )
+    if summary.shaped:
+        _warn_of_shaped_free_text(summary)
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -71,6 +74,19 @@ def import_feed(ledger: Any, file: Path, dry_run: bool, as_json: bool) -> None:
             f"{verb} {summary.accepted} facts, skipped {summary.duplicates} duplicates, "
             f"rejected {summary.rejected}"
         )
+
+
+def _warn_of_shaped_free_text(summary: Any) -> None:
+    """A free-text field (a consent's method, a recipient's name...) that holds what looks
+    like an email or phone number is most likely a shifted column: recorded in clear, as
+    the feed said, and kept through an erasure. Said on stderr (lines and fields only)."""
+    logs.log.warning(
+        "free-text fields hold what looks like an email or phone number, kept in clear (not "
+        "sealed, and an erasure does not remove it; a pseudonymous export withholds it): a "
+        "shifted column in the feed?",
+        lines=summary.shaped,
+        first=[f"{number}: {', '.join(fields)}" for number, fields in summary.shaped_lines],
+    )
 
 
 def _import(ledger: Any, handle: Any, dry_run: bool, progress: Any) -> Any:
@@ -85,6 +101,13 @@ def _record(ledger: Any, fact: dict[str, Any], as_json: bool, dry_run: bool = Fa
     a duplicate, nothing changes); another fact under it is refused (`DuplicateFactError`),
     lest a withdrawal sent under a reused id be reported as done and never recorded."""
     recorded_fact, fresh = ledger.record_fact(fact, dry_run=dry_run)
+    shaped = fields_shaped_like_personal_data(recorded_fact.type, recorded_fact.data)
+    if shaped and fresh:
+        logs.log.warning(
+            "a free-text field holds what looks like an email or phone number, kept in clear "
+            "(not sealed, and an erasure does not remove it)",
+            fields=shaped,
+        )
     logs.summarise(fact_id=logs.hashed(recorded_fact.id), type=recorded_fact.type, new=fresh)
     if recorded_fact.customer is not None:
         logs.summarise(customer=logs.hashed(recorded_fact.customer))

@@ -356,6 +356,33 @@ def test_record_of_personal_data_never_logs_or_echoes_it(url: str) -> None:
     assert "C901" not in result.stderr
 
 
+def test_free_text_shaped_like_an_email_or_phone_is_warned_of_by_line_never_repeated(
+    url: str, tmp_path: Path
+) -> None:
+    """A shifted column can put an email where a consent's method goes: recorded as the feed
+    says, in clear, so the import says which lines and fields (never the values)."""
+    feed = tmp_path / "shifted.jsonl"
+    facts = [
+        line("customer.registered", "r-9", 0, customer="C901"),
+        line("consent.given", "g-9", 1, customer="C901", method=EMAIL),
+        line("consent.given", "g-10", 2, customer="C901", policy_version="+44 7700 900123"),
+    ]
+    feed.write_bytes(b"".join(orjson.dumps(fact) + b"\n" for fact in facts))
+    result = run(url, "import", str(feed), "--json")
+    assert result.exit_code == 0
+    warning, done = log_lines(result)
+    assert warning["level"] == "warning" and "email or phone number" in warning["event"]
+    assert (warning["lines"], warning["first"]) == (2, ["2: method", "3: policy_version"])
+    assert done["event"] == "command.done"
+    assert EMAIL not in result.stderr and "7700" not in result.stderr
+    quiet = run(url, "import", str(SMALL))  # the shop's own words: no warning
+    assert [entry["event"] for entry in log_lines(quiet)] == ["command.done"]
+    record = line("consent.given", "g-11", 3, customer="C901", method=EMAIL)
+    recorded = run(url, "record", orjson.dumps(record).decode())
+    assert [entry.get("fields") for entry in log_lines(recorded)] == [["method"], None]
+    assert EMAIL not in recorded.stderr
+
+
 def test_consent_give_and_withdraw(url: str) -> None:
     given = run_json(
         url,

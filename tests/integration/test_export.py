@@ -23,6 +23,7 @@ from ledger.exports import (
     recorded_exports,
 )
 from ledger.feed import iso, parse_time
+from ledger.free_text import WITHHELD
 from ledger.manifest import MANIFEST_NAME, verify_export_dir
 from ledger.persistence import seals
 from ledger.samplefeed import ACQUIRER, generate
@@ -246,6 +247,60 @@ def test_identified_export_after_initiation_names_living_customers_only(
     # Personal data: the folder and its files are the owner's alone.
     assert out.stat().st_mode & 0o777 == 0o700
     assert {path.stat().st_mode & 0o777 for path in out.rglob("*")} == {0o600}
+
+
+def test_free_text_shaped_like_an_email_or_phone_is_withheld_unless_identified(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """A shifted column can put a customer's email or phone where the shop's own words go
+    (a consent's method, a policy version, a recipient's name): a pseudonymous export (and
+    an erased customer's rows in an identified one) withholds such a value; the words stay."""
+    shifted = [
+        line("customer.registered", "r-1", 0, customer="C1"),
+        line("customer.registered", "r-2", 0, customer="C2", email="c2@example.net"),
+        *(
+            line(
+                "consent.given",
+                f"g-{ref}",
+                1,
+                customer=ref,
+                purpose="marketing",
+                channel="email",
+                method="zq-4711@example.org",
+                policy_version="+44 7700 900123",
+            )
+            for ref in ("C1", "C2")
+        ),
+        line("order.placed", "o-1", 2, customer="C1", order="O1"),
+        line("payment.authorisation", "p-1", 3, order="O1", issuer="07700 900456"),
+        line("order.placed", "o-2", 2, customer="C2", order="O2"),
+        line("payment.authorisation", "p-2", 3, order="O2", issuer="Visa"),
+        line("transfer.initiated", "t-1", 4, acquirer=ACQUIRER),
+        line("subject.erased", "e-2", 5, customer="C2"),
+    ]
+    summary = ledger.import_lines(orjson.dumps(f) for f in shifted)
+    assert summary.shaped == 3  # the lines, not their values, are kept for a warning
+    assert summary.shaped_lines == [
+        (3, ["method", "policy_version"]),
+        (4, ["method", "policy_version"]),
+        (6, ["issuer"]),
+    ]
+    values = (b"zq-4711@example.org", b"+44 7700 900123", b"07700 900456")
+    _export(ledger, tmp_path / "pseudonymous")
+    for name, data in _all_bytes(tmp_path / "pseudonymous"):
+        assert not [value for value in values if value in data], name
+    history = _rows(tmp_path / "pseudonymous", "consent_history")
+    assert {(row["method"], row["policy_version"]) for row in history} == {(WITHHELD, WITHHELD)}
+    recipients = {row["recipient"] for row in _rows(tmp_path / "pseudonymous", "disclosures")}
+    assert recipients == {WITHHELD, "Visa"}
+    _export(ledger, tmp_path / "identified", identified=True)
+    named = {row["customer"]: row for row in _rows(tmp_path / "identified", "customers")}
+    living = next(alias for alias, row in named.items() if not row["erased"])
+    methods = {
+        row["customer"]: row["method"] for row in _rows(tmp_path / "identified", "consent_history")
+    }
+    assert methods[living] == "zq-4711@example.org"  # C1's own data, in an identified export
+    assert {m for alias, m in methods.items() if alias != living} == {WITHHELD}  # erased C2
 
 
 def test_pseudonymous_export_keeps_the_usual_permissions(
