@@ -73,7 +73,7 @@ from ledger.errors import (
     RuleViolationError,
 )
 from ledger.feed import iso
-from ledger.free_text import WITHHELD, shaped_like_personal_data
+from ledger.free_text import WITHHELD, withheld_if_shaped
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.database import signals_held
@@ -443,12 +443,6 @@ def _as_given(value: Any) -> Any:
     return value
 
 
-def _withheld_if_shaped(value: Any) -> Any:
-    if isinstance(value, str) and shaped_like_personal_data(value):
-        return WITHHELD
-    return value
-
-
 def customer_rows(
     customer: Customer,
     events: list[FactEvent],
@@ -466,7 +460,7 @@ def customer_rows(
     alias = pseudonyms("customer", customer.ref)
     # Pseudonymous rows (or an erased customer's) withhold a free-text value shaped like an
     # email or phone number: a shifted column in the feed, not the shop's word.
-    shown = _as_given if personal is not None else _withheld_if_shaped
+    shown = _as_given if personal is not None else withheld_if_shaped
     state = customer if as_of is None else state_as_of(events, as_of)
     # Business order: `at`, ties by recording order (`events` is in recording order and the
     # sort is stable), as `views.business_order`.

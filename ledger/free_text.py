@@ -51,6 +51,15 @@ def shaped_like_personal_data(value: str) -> bool:
     return known
 
 
+def withheld_if_shaped(value: Any) -> Any:
+    """`value`, or `WITHHELD` if it is text shaped like personal data (for a pseudonymous
+    export's rows: one lookup for a word already seen)."""
+    known = _cache.get(value) if isinstance(value, str) else False
+    if known is None:
+        known = shaped_like_personal_data(value)
+    return WITHHELD if known else value
+
+
 def _shaped(value: str) -> bool:
     if "@" in value and _EMAIL.search(value):
         return True
