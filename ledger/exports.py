@@ -72,7 +72,7 @@ from ledger.errors import (
     IntegrityFailure,
     RuleViolationError,
 )
-from ledger.feed import iso
+from ledger.feed import iso, text_field
 from ledger.free_text import WITHHELD, withheld_if_shaped
 from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
@@ -692,6 +692,8 @@ class Exporter:
             )
         if not request.acquirer.strip():
             raise InputError("the acquirer's name is empty")
+        # Named as a feed's acquirer is (and as the disclosures it records will name it).
+        text_field("acquirer", request.acquirer)
         out = request.out
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise InputError(f"{out} already exists and is not an empty folder")

@@ -32,7 +32,8 @@ MAX_TEXT: Final = 500
 MAX_NESTING: Final = 200  # levels of objects and lists in an unknown field (JSON writes 254)
 _SAFE_ECHO = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")  # (fullmatch: "$" would let "GBP\n" through)
+MAX_AMOUNT: Final = 40  # characters of a total
 
 
 class Fact(NamedTuple):
@@ -124,6 +125,12 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+def text_field(name: str, value: Any) -> str:
+    """A command's text checked as a feed field's (a string, not blank, at most `MAX_TEXT`
+    characters, no control characters): `InvalidFactError` naming the field if not."""
+    return _text(name, value)
+
+
 def _email(name: str, value: Any) -> str:
     text = _text(name, value)
     local, at, domain = text.partition("@")
@@ -157,11 +164,13 @@ def _decimal(name: str, value: Any) -> str:
         raise InvalidFactError(f"field {name!r} is not a decimal number") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidFactError(f"field {name!r} must be a finite amount of zero or more")
+    if len(value) > MAX_AMOUNT or len(str(amount)) > MAX_AMOUNT:  # (as stored: `str(amount)`)
+        raise InvalidFactError(f"field {name!r} is longer than {MAX_AMOUNT} characters")
     return value
 
 
 def _currency(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _CURRENCY.match(value):
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         raise InvalidFactError(f"field {name!r} must be a three-letter currency code")
     return value
 

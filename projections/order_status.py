@@ -14,8 +14,9 @@ orders = SlotTable(
     text("order_ref"),
     text("customer"),
     time_column("placed_at"),
-    text("total", 40),
-    text("currency", 3),
+    # Any length (0011): the feed bounds them now, but not every version did.
+    sa.Column("total", sa.Text, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
     text("status", 20),
     index=("stream_id", "order_ref"),
 )

@@ -46,7 +46,7 @@ LOCK_NOTICE_AFTER = 1.0
 WRITE_LOCK_WAIT = 120
 
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0011"
 
 _ambient: contextvars.ContextVar[WriteTransaction | None] = contextvars.ContextVar(
     "consent_ledger_write_transaction", default=None

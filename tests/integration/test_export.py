@@ -451,6 +451,11 @@ def test_an_occupied_folder_or_unknown_format_is_refused_before_anything(
         _export(ledger, tmp_path / "dd")
     with pytest.raises(InputError, match="unknown format"):
         _export(ledger, tmp_path / "new", format="xlsx")
+    # A name the feed would refuse for an acquirer (PostgreSQL's columns hold 500 characters).
+    with pytest.raises(InputError, match="'acquirer' is longer than 500 characters"):
+        _export(ledger, tmp_path / "new", acquirer="A" * 501)
+    with pytest.raises(InputError, match="'acquirer' contains control characters"):
+        _export(ledger, tmp_path / "new", acquirer="Acme\nLtd")
     assert (tmp_path / "dd" / "old.txt").read_text() == "keep me"
     assert not (tmp_path / "new").exists()
     assert seals.verify_ledger(ledger).events == before

@@ -410,3 +410,38 @@ def test_0010_withholds_the_times_of_suppressions_left_by_earlier_erasures(
     assert (grace["suppressed"], grace["since"], grace["channels"]) == (True, None, ["post"])
     ada = run_json(ledger_url, "suppression", "check", "ada@example.org")
     assert (ada["suppressed"], ada["since"]) == (True, "2025-03-02T09:00:00Z")
+
+
+def test_0011_a_total_or_currency_an_earlier_version_recorded_still_folds(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the feed bounded them, a total of any length and a currency ending in a newline
+    were recorded; PostgreSQL's VARCHAR(40) and VARCHAR(3) then stopped the order-status
+    model for good. Recorded as such a version did, they fold on either backend."""
+    import ledger.feed as feed
+    from ledger.config import open_ledger
+    from tests.examples import line
+
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    monkeypatch.setattr(feed, "MAX_AMOUNT", 1000)  # as before the bound
+    monkeypatch.setattr(feed, "_CURRENCY", type("Loose", (), {"fullmatch": staticmethod(bool)}))
+    total = "1" * 41
+    facts = [
+        line("customer.registered", "r-1", 0, customer="C1"),
+        line("order.placed", "o-1", 1, customer="C1", order="O1", total=total, currency="GBP\n"),
+    ]
+    ledger = open_ledger(ledger_url)
+    try:
+        assert ledger.import_lines(orjson.dumps(fact) for fact in facts).accepted == 2
+    finally:
+        ledger.database.dispose()
+    downgrade_to(ledger_url, "0010")  # the columns as 0002 made them then
+    assert run_json(ledger_url, "db", "upgrade")["to"] == SCHEMA_HEAD
+    ledger = open_ledger(ledger_url)
+    try:
+        ledger.read_models.rebuild(["order_status"])
+        with ledger.database.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT total, currency FROM rm_order_status_b")).all()
+    finally:
+        ledger.database.dispose()
+    assert [tuple(row) for row in rows] == [(total, "GBP\n")]
