@@ -11,6 +11,7 @@ so (`Visa` and `Ada Lovelace` are both words).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -36,31 +37,12 @@ WITHHELD: Final = "[withheld: shaped like an email or phone number]"
 _EMAIL = re.compile(r"[^\s@<>()]+@[^\s@<>()]+\.[^\s@<>()]{2,}")
 _PHONE = re.compile(r"\+?[\d\s().\-/]{7,}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_CACHE_LIMIT = 100_000
-_cache: dict[str, bool] = {}
 
 
+@functools.lru_cache(maxsize=100_000)  # the shop's words repeat: each is checked once
 def shaped_like_personal_data(value: str) -> bool:
     """Whether `value` holds an email address, or is a phone number (digits with spaces,
     dashes, dots or brackets: 9 digits or more, or 7 or more after a `+`; not a date)."""
-    known = _cache.get(value)
-    if known is None:
-        known = _shaped(value)
-        if len(_cache) < _CACHE_LIMIT:  # the shop's words repeat: each checked once
-            _cache[value] = known
-    return known
-
-
-def withheld_if_shaped(value: Any) -> Any:
-    """`value`, or `WITHHELD` if it is text shaped like personal data (for a pseudonymous
-    export's rows: one lookup for a word already seen)."""
-    known = _cache.get(value) if isinstance(value, str) else False
-    if known is None:
-        known = shaped_like_personal_data(value)
-    return WITHHELD if known else value
-
-
-def _shaped(value: str) -> bool:
     if "@" in value and _EMAIL.search(value):
         return True
     text = value.strip()
@@ -70,16 +52,20 @@ def _shaped(value: str) -> bool:
     return digits >= 9 or (text.startswith("+") and digits >= 7)
 
 
+def withheld_if_shaped(value: Any) -> Any:
+    """`value`, or `WITHHELD` if it is text shaped like personal data (a pseudonymous
+    export's rows)."""
+    return WITHHELD if type(value) is str and shaped_like_personal_data(value) else value
+
+
 def fields_shaped_like_personal_data(fact_type: str, data: Mapping[str, Any]) -> list[str]:
     """The free-text fields of a fact (its type and `data`) whose value is shaped like
-    personal data. (Run on every line of an import: a word already seen costs a lookup.)"""
+    personal data (run on every line of an import)."""
     shaped: list[str] = []
     for name in _FIELDS_OF_TYPE.get(fact_type, ()):
         value = data.get(name)
-        if type(value) is str:
-            known = _cache.get(value)
-            if known or (known is None and shaped_like_personal_data(value)):
-                shaped.append(name)
+        if type(value) is str and shaped_like_personal_data(value):
+            shaped.append(name)
     return shaped
 
 
