@@ -435,9 +435,6 @@ class Acquirer(Aggregate):
             },
         )
 
-    def initiated_by(self, moment: datetime) -> bool:
-        return any(at <= moment for at in self.initiations)
-
     def record_due_diligence_export(
         self, fact_id: str, at: datetime, categories: list[str], **export: Any
     ) -> None:

@@ -771,9 +771,6 @@ class LogAuditor:
         self._pending.reverse()
         self._next_position = self.frontier.size + 1
 
-    def _next_stop(self) -> int | None:
-        return self._pending[-1].tree_size if self._pending else None
-
     def add_rows(self, rows: Iterable[tuple[int, bytes]]) -> None:
         """(position, leaf hash) pairs in position order; positions count from 1."""
         self.add_events((position, None, 0, b"", leaf) for position, leaf in rows)

@@ -19,7 +19,6 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from eventsourcing.persistence import StoredEvent
 from sqlalchemy.engine import Connection
 
 from ledger.crypto import SealError, unwrap_key, wrap_key
@@ -134,13 +133,6 @@ def erased_after(database: Database, position: int) -> set[UUID]:
             )
         )
         return {row[0] for row in rows}
-
-
-def customer_streams(database: Database, upto: int) -> Iterator[list[StoredEvent]]:
-    """Each customer's stored events (events 1..`upto` only), one list per customer: memory
-    holds a batch of customers at a time."""
-    for ident, rows in customer_event_rows(database, upto, order_secret=b"streams"):
-        yield [StoredEvent(ident, row[1], row[2], bytes(row[3])) for row in rows]
 
 
 # A customer's event as the export reads it: (originator_id as stored, originator_version,

@@ -427,12 +427,18 @@ def test_cli_export_and_verify_exit_codes(
 def test_the_export_decoder_rebuilds_exactly_what_the_mapper_does(
     ledger: Any, feed_small: Path
 ) -> None:
+    from eventsourcing.persistence import StoredEvent
+
     from ledger.exports import EventDecoder
-    from ledger.persistence.export_store import customer_streams
+    from ledger.persistence.export_store import customer_event_rows
 
     _load(ledger, feed_small, customers=5)
     decode = EventDecoder(ledger.mapper)
-    streams = list(customer_streams(ledger.database, seals.verify_ledger(ledger).events))
+    upto = seals.verify_ledger(ledger).events
+    streams = [
+        [StoredEvent(ident, row[1], row[2], bytes(row[3])) for row in rows]
+        for ident, rows in customer_event_rows(ledger.database, upto, order_secret=b"streams")
+    ]
     assert len(streams) == len(list(ledger.customer_refs()))
     for stream in streams:
         for stored in stream:
