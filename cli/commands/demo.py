@@ -42,7 +42,7 @@ from ledger.feed import iso
 )
 @click.option(
     "--seed",
-    type=IntRange(),
+    type=IntRange(0),
     default=7,
     show_default=True,
     help="The same seed builds the same ledger.",
