@@ -225,8 +225,9 @@ def _say_leftover(context: Any) -> None:
     keys = getattr(ledger, "_keys", None)
     if keys is not None and keys.leftover:
         logs.log.warning(
-            "old key bytes remain in the database: another session reads a snapshot from "
-            "before this command; run 'consent-ledger keys shred' once it ends"
+            "old key bytes remain in the database: their clean-up was held back (another "
+            "session reading a snapshot from before this command or holding the key table, or "
+            "a full disk); run 'consent-ledger keys shred' once that ends"
         )
 
 

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wrap_key
-from ledger.errors import DataKeyAlteredError, MasterKeyError
+from ledger.errors import DatabaseUnavailableError, DataKeyAlteredError, MasterKeyError
 from ledger.persistence import tables
 from ledger.persistence.database import (
     WRITE_LOCK_WAIT,
@@ -317,7 +317,9 @@ class KeyStore:
         """
         try:
             return self._shred()
-        except sa.exc.SQLAlchemyError:  # e.g. a lock timeout: the write is committed anyway
+        except (sa.exc.SQLAlchemyError, DatabaseUnavailableError):
+            # A lock timeout, a full disk (the checkpoint), the server gone: the write is
+            # committed anyway, and its command succeeded; the bytes wait for `keys shred`.
             return False
 
     def _shred(self) -> bool:
@@ -330,7 +332,13 @@ class KeyStore:
                     conn.exec_driver_sql(f"PRAGMA busy_timeout = {WRITE_LOCK_WAIT * 1000}")
                 return row is not None and row[0] == 0
             auto = conn.execution_options(isolation_level="AUTOCOMMIT")
-            auto.exec_driver_sql(f"VACUUM {_K.name}")
+            # VACUUM waits for its lock on the table without end: a session holding it (a
+            # `LOCK TABLE`, an index build) would hold a committed erasure's command with it.
+            auto.exec_driver_sql(f"SET lock_timeout = {int(_SHRED_WAIT * 1000)}")
+            try:
+                auto.exec_driver_sql(f"VACUUM {_K.name}")
+            finally:
+                auto.exec_driver_sql("RESET lock_timeout")
             dead = auto.exec_driver_sql(
                 "SELECT n_dead_tup FROM pg_stat_user_tables "
                 f"WHERE relid = CAST('{_K.name}' AS regclass)"

@@ -7,6 +7,8 @@ remain and still verify. New consents and detail updates are refused, withdrawal
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +255,57 @@ def test_a_reader_holding_back_the_shredding_is_said_and_keys_shred_finishes_it(
         assert (again["recorded"], again["shredded"]) == (False, True)
     finally:
         engine.dispose()
+
+
+def test_a_lock_on_the_key_table_holds_back_the_shredding_not_the_erasure(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's VACUUM waited for its lock without end: a session holding the key table
+    held a committed erasure's command (149 s, then a wrong cause). It waits `_SHRED_WAIT`."""
+    from ledger.persistence import keys
+
+    if not ledger_url.startswith("postgresql"):
+        pytest.skip("SQLite's clean-up is a checkpoint: a reader holds it back (test above)")
+    monkeypatch.setattr(keys, "_SHRED_WAIT", 0.5)
+    _prepare(ledger_url, feed_small)
+    engine = sa.create_engine(normalise_url(ledger_url))
+    holder = engine.connect()
+    try:
+        # (The server ends the holder after 20 s, so that a wait without end fails, not hangs.)
+        holder.exec_driver_sql("SET idle_in_transaction_session_timeout = '20s'")
+        holder.exec_driver_sql("BEGIN")
+        holder.exec_driver_sql("LOCK TABLE ledger_data_keys IN SHARE UPDATE EXCLUSIVE MODE")
+        started = time.monotonic()
+        erased = run(ledger_url, "customer", "erase", "C100", "--json")
+        waited = time.monotonic() - started
+        assert erased.exit_code == 0, erased.stderr
+        assert orjson.loads(erased.stdout)["shredded"] is False
+        assert "holding the key table" in erased.stderr
+        assert waited < 15  # not the holder's end
+    finally:
+        with contextlib.suppress(sa.exc.DBAPIError):
+            holder.close()
+        engine.dispose()
+    assert run_json(ledger_url, "keys", "shred") == {"shredded": True}
+
+
+def test_a_clean_up_failing_after_the_commit_does_not_fail_the_erasure(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk failed SQLite's checkpoint after the erasure committed: the command said
+    'the database failed', exit 1, though the customer was erased (a retry: 'not recorded')."""
+    from ledger.errors import DatabaseUnavailableError
+    from ledger.persistence.keys import KeyStore
+
+    def full_disk(self: KeyStore) -> bool:
+        raise DatabaseUnavailableError("the database failed: database or disk is full")
+
+    _prepare(ledger_url, feed_small)
+    monkeypatch.setattr(KeyStore, "_shred", full_disk)
+    erased = run(ledger_url, "customer", "erase", "C100", "--json")
+    assert erased.exit_code == 0, erased.stderr
+    document = orjson.loads(erased.stdout)
+    assert (document["recorded"], document["shredded"]) == (True, False)
+    assert "run 'consent-ledger keys shred' once that ends" in erased.stderr
+    monkeypatch.undo()
+    assert run_json(ledger_url, "keys", "shred") == {"shredded": True}
