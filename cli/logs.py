@@ -15,7 +15,7 @@ import logging
 import sys
 import types
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 
@@ -55,6 +55,22 @@ else:
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _Unfailing:
+    """stderr for the logs, whose writing never fails a command (stderr on a full disk, or
+    a closed pipe): a log line is never worth a command's result."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        with suppress(OSError, ValueError):
+            self.stream.write(text)
+
+    def flush(self) -> None:
+        with suppress(OSError, ValueError):
+            self.stream.flush()
+
+
 def configure(level: str = "info") -> None:
     # psycopg warns through stdlib logging when it abandons a pipeline or COPY on a lost
     # connection; the command already reports that failure in its one `Error:` line.
@@ -75,7 +91,7 @@ def configure(level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_Unfailing(sys.stderr)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

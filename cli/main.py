@@ -25,6 +25,7 @@ from ledger.errors import (
     InterruptedCommand,
     LedgerError,
     RuleViolationError,
+    SystemFailure,
     UnexpectedError,
     UnreadableEventError,
 )
@@ -69,6 +70,21 @@ def _is_unreadable_event(error: Exception) -> bool:
     persistence = sys.modules.get("eventsourcing.persistence")
     wrapper = getattr(persistence, "MapperDeserialisationError", None)
     return wrapper is not None and isinstance(error, wrapper)
+
+
+def _committed(context: Any) -> bool:
+    """Whether the command committed a write before it failed."""
+    database = getattr(context, "_database", None)
+    return bool(getattr(database, "commits", 0))
+
+
+def _os_reason(error: OSError) -> str:
+    """An operating system's error in words: what failed, and on which file (a path the user
+    or the ledger named, never data). Without a file, a write to stdout failed."""
+    what = error.strerror or type(error).__name__
+    if error.filename is not None:
+        return f"cannot use {error.filename}: {what}"
+    return f"cannot write the command's output: {what}"
 
 
 def _unexpected(error: Exception) -> UnexpectedError:
@@ -258,7 +274,14 @@ class LedgerGroup(LazyGroup):
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminate`)
                 failure = InterruptedCommand()
             except BrokenPipeError:  # stdout's reader left (`| head`): click exits quietly
+                if _committed(ctx.obj):
+                    logs.log.warning(
+                        "the result was not delivered (stdout's reader left); what the "
+                        "command recorded is committed"
+                    )
                 raise
+            except OSError as error:  # a file or stream: a full disk, a permission
+                failure = SystemFailure(_os_reason(error), committed=_committed(ctx.obj))
             except Exception as error:
                 if _is_database_error(error):
                     failure = DatabaseUnavailableError(
@@ -283,7 +306,8 @@ class LedgerGroup(LazyGroup):
             return result
         code = exit_code_for(failure)
         logs.log.warning("command.failed", exit=code, error_type=type(failure).__name__, **fields)
-        click.echo(f"Error: {failure}", err=True)
+        with contextlib.suppress(OSError, ValueError):  # stderr full or closed: the code says it
+            click.echo(f"Error: {failure}", err=True)
         ctx.exit(code)
 
 
@@ -324,8 +348,14 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
+    import os
     import signal
 
+    if sys.stderr is None:  # started with stderr closed: the logs go nowhere
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
+    if sys.stdout is None:  # started with stdout closed: no result could be given
+        click.echo(f"Error: {SystemFailure('stdout is closed', committed=False)}", err=True)
+        sys.exit(EXIT_ERROR)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(prog_name="consent-ledger", standalone_mode=True)

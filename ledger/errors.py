@@ -219,6 +219,20 @@ class InterruptedCommand(LedgerError):
         )
 
 
+class SystemFailure(LedgerError):
+    """A file, a stream or a device failed under the command (a full disk, a permission, a
+    closed stdout): exit 1. Says whether the command had committed anything before."""
+
+    def __init__(self, reason: str, *, committed: bool) -> None:
+        after = (
+            "what the command changed in the ledger before that is committed (a query shows "
+            "it; a command given the same --id again answers it is a duplicate)"
+            if committed
+            else "nothing was committed to the ledger"
+        )
+        super().__init__(f"{reason}; {after}")
+
+
 class ConcurrencyError(LedgerError):
     """Another writer recorded the same facts at the same moment; retry (exit 1)."""
 

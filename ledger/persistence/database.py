@@ -271,6 +271,9 @@ class Database:
         # Called (on a timer thread) when a write has waited `LOCK_NOTICE_AFTER` seconds
         # for the writer's lock: the CLI says so, rather than sit there silently.
         self.on_lock_wait: Callable[[], None] | None = None
+        # Write transactions committed through this object: whether a command's failure
+        # after them (its output, say) leaves what it recorded recorded.
+        self.commits = 0
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -465,6 +468,7 @@ class Database:
                 trans.rollback()
                 raise
             trans.commit()
+            self.commits += 1
         for callback in tx.after_commit:
             callback()
 

@@ -1,0 +1,109 @@
+"""The command's own streams failing: stdout on a full disk or closed, stderr full or closed,
+stdout's reader gone. A result that cannot be written after a commit must not be reported as
+rolled back; logs that cannot be written must not fail a command that worked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.cli_helpers import run_json
+
+COMMAND = [sys.executable, "-c", "from cli.main import main; main()"]
+GIVE = ["consent", "give", "C100", "marketing", "email", "--method", "web_form"]
+GIVE += ["--policy-version", "v1", "--json"]
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+
+
+@pytest.fixture
+def url(tmp_path: Path, feed_small: Path) -> str:
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert run_json(ledger_url, "import", str(feed_small))["rejected"] == 0
+    return ledger_url
+
+
+def _facts(url: str) -> int:
+    return int(run_json(url, "verify")["facts"])
+
+
+def _run(url: str, args: list[str], **streams: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, "--db", url, *args], text=True, timeout=120, check=False, **streams
+    )
+
+
+@needs_dev_full
+def test_a_result_that_cannot_be_written_after_the_commit_says_it_was_recorded(
+    url: str,
+) -> None:
+    # Given a ledger, when a command records and its stdout is a full disk
+    before = _facts(url)
+    with open("/dev/full", "w") as full:
+        done = _run(url, GIVE, stdout=full, stderr=subprocess.PIPE)
+    # Then it fails (the result was not given) in one line that says the fact was recorded
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert done.returncode == 1, done.stderr
+    assert len(errors) == 1 and "No space left on device" in errors[0], done.stderr
+    assert "is committed" in errors[0] and "rolled back" not in errors[0]
+    assert "Traceback" not in done.stderr and "bug" not in done.stderr
+    # And it was
+    assert _facts(url) == before + 1
+
+
+@needs_dev_full
+def test_a_result_that_cannot_be_written_before_any_commit_says_nothing_was(url: str) -> None:
+    with open("/dev/full", "w") as full:
+        done = _run(
+            url, ["customer", "trail", "C100", "--json"], stdout=full, stderr=subprocess.PIPE
+        )
+    assert done.returncode == 1
+    assert "nothing was committed" in done.stderr and "bug" not in done.stderr
+
+
+@needs_dev_full
+def test_logs_on_a_full_disk_do_not_fail_a_command_that_worked(url: str) -> None:
+    before = _facts(url)
+    with open("/dev/full", "w") as full:
+        done = _run(url, GIVE, stdout=subprocess.PIPE, stderr=full)
+    assert done.returncode == 0
+    assert orjson.loads(done.stdout)["recorded"] is True
+    assert _facts(url) == before + 1
+
+
+def test_a_command_started_with_stderr_closed_runs_and_keeps_stdout_for_its_result(
+    url: str,
+) -> None:
+    # (`2>&-`: the logs, which go to stderr, went to stdout through a closed fd 2's reuse)
+    done = _run(url, ["verify", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                pass_fds=(), preexec_fn=lambda: os.close(2))  # fmt: skip
+    assert done.returncode == 0
+    assert orjson.loads(done.stdout)["ok"] is True
+
+
+def test_a_command_started_with_stdout_closed_does_nothing_and_says_so(url: str) -> None:
+    before = _facts(url)
+    done = _run(url, GIVE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert done.returncode == 1
+    assert "Error: stdout is closed; nothing was committed" in done.stderr
+    assert _facts(url) == before
+
+
+def test_a_reader_leaving_after_the_commit_is_told_of_on_stderr(url: str) -> None:
+    # `consent give … --json | true`: the fact is recorded, its result not delivered
+    before = _facts(url)
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    assert reader.stdin is not None
+    reader.wait()
+    done = _run(url, GIVE, stdout=reader.stdin, stderr=subprocess.PIPE)
+    reader.stdin.close()
+    assert done.returncode == 1
+    assert "the result was not delivered" in done.stderr and "is committed" in done.stderr
+    assert _facts(url) == before + 1
