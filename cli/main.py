@@ -298,6 +298,10 @@ class LedgerGroup(LazyGroup):
                     )
                 else:
                     failure = _unexpected(error)
+        if failure is not None and _signalled:
+            # Cut short by Ctrl-C or SIGTERM: a database call's or a stopped worker's error
+            # is the interruption's doing, not a fault to report as such.
+            failure = InterruptedCommand()
         fields["command"] = ctx.meta.get("consent_ledger.command", "")
         fields["seconds"] = round(time.perf_counter() - started, 3)
         if failure is None:
@@ -341,9 +345,16 @@ def cli(ctx: click.Context, db: str | None, log_level: str) -> None:
     ctx.call_on_close(context.close)
 
 
+_signalled = False  # set once Ctrl-C or SIGTERM arrives (`_terminate`)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM stops a command as Ctrl-C does: its transaction rolled back, its partial
-    files removed, one line said (not a silent exit 143 that leaves them behind)."""
+    files removed, one line said (not a silent exit 143 that leaves them behind). Whatever
+    failure it then causes (a database call it cut short, a worker it stopped) is reported
+    as the interruption it is."""
+    global _signalled
+    _signalled = True
     raise KeyboardInterrupt
 
 
@@ -357,6 +368,8 @@ def main() -> None:
         click.echo(f"Error: {SystemFailure('stdout is closed', committed=False)}", err=True)
         sys.exit(EXIT_ERROR)
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # (a background job's stays so)
+        signal.signal(signal.SIGINT, _terminate)
     try:
         cli.main(prog_name="consent-ledger", standalone_mode=True)
     except KeyboardInterrupt:  # outside a command (while click parses, say)

@@ -976,6 +976,7 @@ class Exporter:
     ) -> None:
         """A worker process: its customers' rows into `folder`; sends back the row counts,
         its summary figures and categories, or the error that stopped it."""
+        temporaries.leave_stopping_to_the_parent()
         try:
 
             def advance(count: int) -> None:

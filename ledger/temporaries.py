@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -22,6 +23,16 @@ from pathlib import Path
 _MARK = r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})"
 EXPORT_TEMPORARY = re.compile(rf"\..+\.(?:partial|disclosures|parts)-[0-9a-f]{{12}}-{_MARK}")
 FILE_TEMPORARY = re.compile(rf"\..+\.consent-ledger-{_MARK}\.partial")
+
+
+def leave_stopping_to_the_parent() -> None:
+    """In a forked worker process, first thing: a terminal's Ctrl-C reaches the whole
+    process group, and SIGTERM may too; each worker raised KeyboardInterrupt and printed
+    its traceback before the command's one `Error: interrupted` line. A worker ignores
+    Ctrl-C and dies quietly of SIGTERM; its parent, interrupted itself, terminates it and
+    removes what it left."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def process_mark() -> str:

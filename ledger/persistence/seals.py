@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from sqlalchemy.engine import Connection
 
-from ledger import integrity
+from ledger import integrity, temporaries
 from ledger.errors import (
     ConfigurationError,
     FactNotFoundError,
@@ -879,6 +879,7 @@ _FORKED_LOOKUP: IndexLookup | None = None  # the index rows the workers hold eve
 
 
 def _start_worker() -> None:
+    temporaries.leave_stopping_to_the_parent()
     # The worker allocates and frees a few objects per event and creates no cycles: the
     # collector would only walk the objects inherited from the parent (copying their pages).
     gc.disable()

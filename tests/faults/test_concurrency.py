@@ -279,3 +279,64 @@ def test_ctrl_c_while_waiting_for_the_writers_lock_stops_at_once(
     assert "Error: interrupted" in err_file.read_text()
     assert waited < 10  # not the 120 s of the lock's wait
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# A `verify` whose hashing workers take their time: the command as installed, with the
+# workers' task replaced, and blocks small enough for a small log to be hashed in workers
+# (they are forked, so they run the replacement; the pool finds it by its module and name,
+# as it would the original).
+_SLOW_VERIFY = """
+import time
+from ledger.persistence import seals
+
+def _hash_block(task):
+    time.sleep(60)
+
+_hash_block.__module__, _hash_block.__qualname__ = seals.__name__, "_hash_block"
+seals._hash_block = _hash_block
+seals.verify_ledger.__kwdefaults__["block_level"] = 2  # blocks of 4 events: a small log
+from cli.main import main
+main()
+"""
+
+
+def _children(pid: int) -> list[str]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_a_command_and_its_workers_says_one_line(
+    ledger: Any, ledger_url: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, and so may SIGTERM: each worker
+    printed a traceback before the command's `Error: interrupted`, and an error a stopped
+    worker caused was reported as "unexpected ... a bug" instead."""
+    # Given a ledger, and a verify whose workers are hashing
+    _one_customer(ledger, "v-")
+    err_file = tmp_path / "err"
+    with err_file.open("w") as err_handle:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_VERIFY, "--db", ledger_url, "verify"],
+            stdout=subprocess.DEVNULL,
+            stderr=err_handle,
+            start_new_session=True,  # a process group of its own, as a terminal's job
+            preexec_fn=_interruptible,
+        )
+        deadline = time.monotonic() + 60
+        while not _children(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _children(process.pid), err_file.read_text()
+        time.sleep(0.3)  # the workers started
+        # When the whole group is stopped
+        os.killpg(process.pid, stop)
+        process.wait(timeout=30)
+    # Then the command says so in one line, and no worker said anything
+    err = err_file.read_text()
+    assert process.returncode == 1, err
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == [
+        "Error: interrupted: what the command had not committed was rolled back, and its "
+        "unfinished files removed"
+    ], err
+    assert "Traceback" not in err and "Process " not in err, err
