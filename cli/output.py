@@ -94,3 +94,20 @@ def write_file(
             path.write_bytes(content)
     except OSError as error:
         raise InputError(f"cannot write {shown or path}: {error.strerror or error}") from None
+
+
+def put_file(path: Path, content: bytes) -> None:
+    """Write `content` to `path` whole or not at all: under a temporary name beside it, put
+    in place once written. A full disk left a truncated report, over an earlier good one."""
+    from ledger.temporaries import FILE_TEMPORARY, partial_name, remove_abandoned
+
+    remove_abandoned(path.parent, FILE_TEMPORARY)  # what a killed command left there
+    temporary = partial_name(path)
+    try:
+        write_file(temporary, content, shown=path)
+        try:
+            os.replace(temporary, path)
+        except OSError as error:
+            raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        discard(temporary)

@@ -11,7 +11,7 @@ import click
 
 from cli import logs
 from cli.commands.audit import audit
-from cli.output import check_writable, emit_json, json_option, write_file
+from cli.output import check_writable, emit_json, json_option, put_file
 from cli.params import Choice
 from ledger.persistence.database import own_files
 
@@ -36,7 +36,7 @@ def report_command(context: Any, out: Path, as_json: bool) -> None:
     figures = context.ledger.read_models.figures()
     exports = recorded_exports(context.ledger)
     document = auditor_report(figures, datetime.now(UTC), exports)
-    write_file(out, to_html(document).encode())
+    put_file(out, to_html(document).encode())
     logs.log.info("audit.report", violations=len(figures.violations), bytes=out.stat().st_size)
     if as_json:
         emit_json({"out": str(out), "violations": len(figures.violations), "head": figures.head})
@@ -78,7 +78,7 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
     if out is None:
         click.echo(text)
     else:
-        write_file(out, text.encode())
+        put_file(out, text.encode())
         click.echo(f"wrote {out}")
 
 

@@ -218,3 +218,32 @@ def test_a_report_to_a_missing_folder_is_an_input_error(
     assert result.exit_code == 1
     assert error_line(result) == f"Error: cannot write {out}: folder {out.parent} does not exist"
     assert not out.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["audit", "report"], ["report", "processing"], ["report", "processing", "--format", "html"]],
+)
+def test_a_report_that_cannot_be_written_whole_leaves_the_earlier_one(
+    url: str, tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk left a truncated report (or an empty file) over an earlier good one."""
+    import errno
+
+    (tmp_path / "reports").mkdir()
+    out = tmp_path / "reports" / "report.out"
+    assert run(url, *command, "--out", str(out)).exit_code == 0
+    earlier = out.read_bytes()
+    written = Path.write_bytes
+
+    def disk_full(path: Path, data: bytes) -> int:  # writes half, then the disk is full
+        written(path, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    result = run(url, *command, "--out", str(out))
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: cannot write {out}: No space left on device"
+    assert out.read_bytes() == earlier
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.out"]  # no temporary left
