@@ -171,7 +171,8 @@ def _refuse_unless_demo(path: Path, keys: Path) -> None:
     from ledger.errors import InputError
     from ledger.persistence.sqlite_reads import built_by_demo
 
-    if path.exists() or path.is_symlink():
+    empty = path.is_file() and not path.is_symlink() and path.stat().st_size == 0
+    if (path.exists() or path.is_symlink()) and not empty:  # (empty: a demo cut short, say)
         if path.is_file() and not path.is_symlink() and built_by_demo(path):
             return
         what = f"{path} holds something the demo did not build"

@@ -864,6 +864,10 @@ def test_demo_replaces_only_a_ledger_it_built(
     demo_db.unlink()
     assert run_json(None, "demo", "--customers", "6")["customers"] == 6
     assert (tmp_path / "consent-ledger-demo.db.keys" / "master.key").exists()
+    # An empty file is no ledger (a demo cut short by a full disk left one): built over
+    demo_db.unlink()
+    demo_db.touch()
+    assert run_json(None, "demo", "--customers", "4")["customers"] == 4
     assert sorted(p.name for p in (tmp_path / "real.db.keys").iterdir()) == keys
     # Only the mark counts, not what the facts look like: a shop's ledger whose ids are
     # shaped like the sample's (C4711001-1) is not the demo's.
