@@ -216,7 +216,11 @@ def load_signing_key(database: Database) -> Ed25519PrivateKey:
             f"no signing key at {path}: recording needs it "
             "(run 'consent-ledger db upgrade' to create one for a new ledger)"
         ) from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the signing key {path}: {error.strerror or error}"
+        ) from None
+    except ValueError as error:
         raise ConfigurationError(f"cannot read the signing key {path}: {error}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigurationError(f"the signing key {path} is not an Ed25519 key")
@@ -359,8 +363,8 @@ def _ledgers_signing_key(database: Database, conn: Connection) -> Ed25519Private
     try:
         key = _signing_key(database)
     except ConfigurationError:
-        if signed_by is None:
-            raise
+        if signed_by is None or os.path.lexists(signing_key_path(database)):
+            raise  # (there, but unreadable: not to be copied in from elsewhere)
         raise ConfigurationError(
             _missing_key_message(signing_key_path(database), signed_by)
         ) from None

@@ -247,6 +247,29 @@ def test_a_second_machine_without_the_signing_key_is_refused_never_given_a_new_o
     assert run_json(ledger_url, "verify")["ok"] is True
 
 
+def test_an_unreadable_signing_key_is_named_so_not_as_missing(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signing.key the command may not read was reported as missing, and the user told to
+    copy one in from where the ledger was created: the key is there, its mode is wrong."""
+    import errno
+
+    _prepare(ledger_url, feed_small)
+    path = _key_dir() / "signing.key"
+    read_bytes = Path.read_bytes
+
+    def denied(self: Path) -> bytes:  # (root reads any file: the mode cannot show it here)
+        if self == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    consent = ("consent", "give", "C100", "market_research", "email", "--method", "web")
+    line = _refused(ledger_url, *consent, "--policy-version", "v3")
+    assert line.startswith(f"Error: cannot read the signing key {path}: "), line
+    assert line.endswith(": Permission denied"), line
+
+
 def test_a_second_machine_is_refused_even_before_the_first_checkpoint(
     ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
