@@ -53,7 +53,11 @@ def _is_database_error(error: Exception) -> bool:
     queries) cannot have raised one, and importing it would cost most of such a command.
     """
     exc = sys.modules.get("sqlalchemy.exc")
-    return exc is not None and isinstance(error, exc.DBAPIError)
+    if exc is not None and isinstance(error, exc.DBAPIError):
+        return True
+    # psycopg's own (the PostgreSQL reads that bypass SQLAlchemy: `postgres_reads`, exports)
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.Error)
 
 
 def _is_stream_gap(error: Exception) -> bool:

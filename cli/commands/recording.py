@@ -144,6 +144,8 @@ def record(ledger: Any, fact: str, dry_run: bool, as_json: bool) -> None:
     (exit 3) and nothing is recorded. An id already recorded: the same fact again is a
     duplicate (nothing changes, exit 0); another fact under that id is refused (exit 1).
     """
+    if fact == "-" and sys.stdin is None:  # started with stdin closed (`<&-`)
+        raise InputError("stdin is closed: give the fact as the argument, or pipe it to -")
     text = sys.stdin.read() if fact == "-" else fact
     text = text.removeprefix("\ufeff")  # a byte order mark, as `import` accepts one
     try:

@@ -607,6 +607,8 @@ class Database:
                 before = _revision_on(conn)  # what an upgrade before this one left
                 _refuse_unknown(before)
                 upgrade_connection(conn)
+        if before != SCHEMA_HEAD:
+            self.commits += 1
         return before, SCHEMA_HEAD
 
 

@@ -963,6 +963,24 @@ def test_a_database_failure_mid_command_is_one_error_line(
     assert log_lines(result)[0]["error_type"] == "DatabaseUnavailableError"
 
 
+def test_a_failure_of_psycopg_itself_is_a_database_failure_too(
+    shared: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's reads that bypass SQLAlchemy (`postgres_reads`, the export's scan) raise
+    psycopg's errors: a restarted server read as "unexpected AdminShutdown ... a bug"."""
+    import psycopg
+
+    def shut_down(*_args: Any, **_kwargs: Any) -> Any:
+        raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+
+    monkeypatch.setattr("ledger.persistence.database.Database.fetch_on_driver", shut_down)
+    result = run(shared, "customer", "trail", "C100", "--json")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert error_line(result).startswith(
+        "Error: the database failed: terminating connection due to administrator command"
+    )
+
+
 def test_logs_of_an_import_carry_no_personal_data_even_at_debug(ledger_url: str) -> None:
     lines = SMALL.read_bytes().splitlines()
     personal: set[str] = set()

@@ -107,3 +107,12 @@ def test_a_reader_leaving_after_the_commit_is_told_of_on_stderr(url: str) -> Non
     assert done.returncode == 1
     assert "the result was not delivered" in done.stderr and "is committed" in done.stderr
     assert _facts(url) == before + 1
+
+
+def test_record_from_a_closed_stdin_says_so(url: str) -> None:
+    before = _facts(url)
+    done = _run(url, ["record", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=lambda: os.close(0))  # fmt: skip
+    assert done.returncode == 1
+    assert "Error: stdin is closed" in done.stderr and "unexpected" not in done.stderr
+    assert _facts(url) == before

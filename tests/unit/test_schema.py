@@ -73,6 +73,19 @@ def test_db_upgrade_creates_every_table_on_a_fresh_database(ledger_url: str) -> 
     assert (again["from"], again["to"]) == (SCHEMA_HEAD, SCHEMA_HEAD)
 
 
+def test_an_upgrade_that_migrated_counts_as_a_commit(ledger_url: str) -> None:
+    """What a failure after it says (`SystemFailure`: a key folder that cannot be written
+    after the schema was created) depends on whether the command committed anything."""
+    database = Database(ledger_url)
+    try:
+        database.upgrade()
+        assert database.commits == 1
+        database.upgrade()  # at the head already: nothing to commit
+        assert database.commits == 1
+    finally:
+        database.dispose()
+
+
 def test_db_upgrade_migrates_an_old_schema(ledger_url: str) -> None:
     stamp_at(ledger_url, "0001")
     document = run_json(ledger_url, "db", "upgrade")
