@@ -20,6 +20,7 @@ from cli.commands import LazyGroup
 from cli.params import Choice
 from ledger.errors import (
     CustomerNotFoundError,
+    DamagedDatabaseError,
     DatabaseUnavailableError,
     IntegrityFailure,
     InterruptedCommand,
@@ -58,6 +59,12 @@ def _is_database_error(error: Exception) -> bool:
     # psycopg's own (the PostgreSQL reads that bypass SQLAlchemy: `postgres_reads`, exports)
     psycopg = sys.modules.get("psycopg")
     return psycopg is not None and isinstance(error, psycopg.Error)
+
+
+def _is_damaged(error: Exception) -> bool:
+    """SQLite's file is damaged (only a command that opened SQLite can have met that)."""
+    reads = sys.modules.get("ledger.persistence.sqlite_reads")
+    return reads is not None and bool(reads.is_damaged(error))
 
 
 def _is_stream_gap(error: Exception) -> bool:
@@ -287,7 +294,11 @@ class LedgerGroup(LazyGroup):
             except OSError as error:  # a file or stream: a full disk, a permission
                 failure = SystemFailure(_os_reason(error), committed=_committed(ctx.obj))
             except Exception as error:
-                if _is_database_error(error):
+                if _is_damaged(error):
+                    from ledger.persistence.database import safe_url
+
+                    failure = DamagedDatabaseError(safe_url(ctx.obj.url))
+                elif _is_database_error(error):
                     failure = DatabaseUnavailableError(
                         f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
                         "the command's transaction was rolled back"

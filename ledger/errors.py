@@ -170,6 +170,19 @@ class DataKeyAlteredError(IntegrityFailure):
         )
 
 
+class DamagedDatabaseError(IntegrityFailure):
+    """SQLite found its own file damaged ("database disk image is malformed"): not a fact
+    altered, which `verify` would name, but pages it cannot read (exit 4)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"the database file of {where} is damaged (SQLite: database disk image is "
+            "malformed), so the ledger cannot be read, nor verified: restore it from a backup "
+            "(a disk fault, a copy taken while it was written, or its -wal file removed while "
+            "in use can do this)"
+        )
+
+
 class UnreadableRowError(IntegrityFailure):
     """A row beside the events (a checkpoint, an index row) holds a value of a type the
     ledger never writes, which `verify` cannot read as anything it checks."""

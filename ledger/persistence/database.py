@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from ledger.errors import DatabaseUnavailableError, SchemaOutOfDateError, SchemaTooNewError
+from ledger.errors import (
+    DamagedDatabaseError,
+    DatabaseUnavailableError,
+    SchemaOutOfDateError,
+    SchemaTooNewError,
+)
 from ledger.persistence import postgres_reads, sqlite_reads
 
 if TYPE_CHECKING:
@@ -389,6 +394,8 @@ class Database:
         try:
             conn = self.engine.connect()
         except (OperationalError, DBAPIError) as error:
+            if sqlite_reads.is_damaged(error):
+                raise DamagedDatabaseError(safe_url(self.url)) from None
             raise DatabaseUnavailableError(
                 f"cannot connect to {safe_url(self.url)}: {connect_failure(self.url, error.orig)}"
             ) from None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import DatabaseUnavailableError
+from ledger.errors import DamagedDatabaseError, DatabaseUnavailableError
 from ledger.persistence.readers import PerThread, first_line
 
 _PLAIN_PREFIX = "sqlite:///"
@@ -102,6 +102,13 @@ def for_driver(sql: str, paramstyle: str) -> str:
     return sql if paramstyle == "qmark" else sql.replace("?", "%s")
 
 
+def is_damaged(error: BaseException) -> bool:
+    """Whether SQLite said its file is damaged (SQLITE_CORRUPT), raised as it is by the
+    driver or wrapped by SQLAlchemy."""
+    driver_error = getattr(error, "orig", None) or error
+    return isinstance(driver_error, sqlite3.DatabaseError) and "malformed" in str(driver_error)
+
+
 class Readers(PerThread[sqlite3.Connection]):
     """A read connection to one SQLite file per thread and process, opened on first use."""
 
@@ -119,6 +126,8 @@ class Readers(PerThread[sqlite3.Connection]):
             conn.execute("PRAGMA busy_timeout=120000")
             conn.execute("PRAGMA schema_version")  # reads the header: is it a database?
         except sqlite3.Error as error:
+            if is_damaged(error):
+                raise DamagedDatabaseError(self.url) from None
             raise DatabaseUnavailableError(
                 f"cannot connect to {self.url}: {first_line(error)}"
             ) from None
@@ -128,6 +137,8 @@ class Readers(PerThread[sqlite3.Connection]):
         try:
             return self.connection().execute(sql, params).fetchall()
         except sqlite3.Error as error:  # e.g. locked beyond the timeout
+            if is_damaged(error):
+                raise DamagedDatabaseError(self.url) from None
             raise DatabaseUnavailableError(
                 f"the database {self.url} failed: {first_line(error)}"
             ) from None

@@ -747,3 +747,32 @@ def test_queries_of_a_stream_with_an_event_deleted_exit_4_naming_verify(recorded
         done = run(url, *command)
         assert done.exit_code == 4, (command, done.stderr)
         assert "consent-ledger verify" in done.stderr.splitlines()[-1], command
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+@pytest.mark.parametrize("command", [["verify", "--json"], ["audit", "check"]])
+def test_a_damaged_sqlite_file_is_an_integrity_failure_in_one_line(
+    tmp_path: Path, feed_small: Path, damage: str, command: list[str]
+) -> None:
+    """SQLite's own "database disk image is malformed" read as "cannot connect" (exit 1) or
+    "unexpected DatabaseError ... a bug": the ledger's file is damaged, exit 4."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert CliRunner().invoke(cli, ["--db", url, "import", str(feed_small)]).exit_code == 0
+    path = tmp_path / "ledger.db"
+    size = path.stat().st_size
+    if damage == "truncated":
+        with path.open("r+b") as handle:
+            handle.truncate(size // 2)
+    else:  # the pages between a quarter and three quarters of the file
+        with path.open("r+b") as handle:
+            handle.seek(size // 4)
+            handle.write(b"\xa5" * (size // 2))
+    result = CliRunner().invoke(cli, ["--db", url, *command], catch_exceptions=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 4, result.stderr
+    assert errors == [
+        f"Error: the database file of {url} is damaged (SQLite: database disk image is "
+        "malformed), so the ledger cannot be read, nor verified: restore it from a backup (a "
+        "disk fault, a copy taken while it was written, or its -wal file removed while in "
+        "use can do this)"
+    ]
