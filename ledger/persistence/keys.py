@@ -171,9 +171,11 @@ class KeyStore:
                         "its content, then delete that file"
                     ) from None
                 raise MasterKeyError(
-                    "a 'keys rotate' was cut off after it committed: this ledger's master key "
-                    f"is now the one in {pending}; run 'consent-ledger keys rotate' to install "
-                    f"it (it rotates nothing more), or move it to {master_key_path(self.database)}"
+                    "a 'keys rotate' committed a new master key that is not installed yet (it "
+                    f"was cut off, or ran with the key in {MASTER_KEY_ENV}): this ledger's "
+                    f"master key is now the one in {pending}; run 'consent-ledger keys rotate' "
+                    "to install it (it rotates nothing more), or move it to "
+                    f"{master_key_path(self.database)}"
                 ) from None
             self._loaded = loaded
         return self._loaded
