@@ -396,8 +396,10 @@ class Database:
         except (OperationalError, DBAPIError) as error:
             if sqlite_reads.is_damaged(error):
                 raise DamagedDatabaseError(safe_url(self.url)) from None
+            hint = sqlite_reads.read_only_hint(self.sqlite_path, error)
             raise DatabaseUnavailableError(
-                f"cannot connect to {safe_url(self.url)}: {connect_failure(self.url, error.orig)}"
+                f"cannot connect to {safe_url(self.url)}: "
+                f"{connect_failure(self.url, error.orig)}{hint}"
             ) from None
         try:
             yield conn

@@ -13,6 +13,7 @@ The SQL of each read lives here once; `LedgerRecorder` runs the stream read on e
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +110,22 @@ def is_damaged(error: BaseException) -> bool:
     return isinstance(driver_error, sqlite3.DatabaseError) and "malformed" in str(driver_error)
 
 
+def read_only_hint(path: Path | None, error: BaseException | None) -> str:
+    """What to do when SQLite could not open a ledger on read-only ground (a write-protected
+    copy an auditor was given, say): nothing if that is not the cause."""
+    text = str(getattr(error, "orig", None) or error or "")
+    if path is None or ("readonly" not in text and "unable to open" not in text):
+        return ""
+    folder = path.parent
+    if os.access(path, os.W_OK) and os.access(folder, os.W_OK):
+        return ""
+    return (
+        " (the file or its folder is read-only, and SQLite writes a -shm file beside a ledger, "
+        "which is in WAL mode, even to read it: copy the ledger, with any -wal file, to a "
+        "folder you can write to)"
+    )
+
+
 class Readers(PerThread[sqlite3.Connection]):
     """A read connection to one SQLite file per thread and process, opened on first use."""
 
@@ -130,6 +147,7 @@ class Readers(PerThread[sqlite3.Connection]):
                 raise DamagedDatabaseError(self.url) from None
             raise DatabaseUnavailableError(
                 f"cannot connect to {self.url}: {first_line(error)}"
+                f"{read_only_hint(self.path, error)}"
             ) from None
         return conn
 

@@ -4,6 +4,7 @@ a URL that cannot be used is one plain error (exit 1), not an internal one."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -99,3 +100,24 @@ def test_a_password_with_an_at_sign_is_named_as_the_cause_not_shown(
         "seems to hold an '@', which a URL writes as %40"
     )
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_ledger_on_read_only_ground_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write-protected copy (an auditor's) failed with SQLite's bare "attempt to write a
+    readonly database": in WAL mode it writes a -shm file even to read."""
+    import os
+    import sqlite3
+
+    from ledger.persistence.sqlite_reads import read_only_hint
+
+    path = tmp_path / "ledger.db"
+    refused = sqlite3.OperationalError("attempt to write a readonly database")
+    writable = {path: True, tmp_path: False}
+    monkeypatch.setattr(os, "access", lambda where, mode: writable[Path(where)])
+    assert "copy the ledger, with any -wal file" in read_only_hint(path, refused)
+    # Another failure, or writable ground: nothing added
+    assert read_only_hint(path, sqlite3.OperationalError("database is locked")) == ""
+    writable[tmp_path] = True
+    assert read_only_hint(path, refused) == ""
