@@ -390,3 +390,8 @@ def main() -> None:
     except KeyboardInterrupt:  # outside a command (while click parses, say)
         click.echo(f"Error: {InterruptedCommand()}", err=True)
         sys.exit(EXIT_ERROR)
+    finally:
+        # The command is over, its result given: a signal now would only turn its exit
+        # code into a silent death by that signal.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -941,9 +941,10 @@ class Exporter:
                     name=f"consent-ledger-export-{index}",
                     daemon=True,
                 )
-                process.start()
+                with temporaries.forking():  # (stopped in `finally`, whatever arrives)
+                    process.start()
+                    processes.append(process)
                 writer.close()
-                processes.append(process)
                 readers.append(reader)
             rows = dict.fromkeys(names, 0)
             for counts, summary, categories in self._collect(readers, done):
@@ -987,6 +988,8 @@ class Exporter:
             )
             rows = self._write_part(scan, folder, header=index == 0, progress=advance)
             pipe.send(("ok", (rows, self.summary, self.categories)))
+        except SystemExit:  # stopped by its parent (`leave_stopping_to_the_parent`)
+            raise
         except BaseException as error:  # handed to the parent, which raises it
             pipe.send(("error", _portable(error)))
         finally:

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 # The names' tails: `.<name>.partial-<12 hex>-<mark>` (an export's staging folder, and its
@@ -29,10 +30,41 @@ def leave_stopping_to_the_parent() -> None:
     """In a forked worker process, first thing: a terminal's Ctrl-C reaches the whole
     process group, and SIGTERM may too; each worker raised KeyboardInterrupt and printed
     its traceback before the command's one `Error: interrupted` line. A worker ignores
-    Ctrl-C and dies quietly of SIGTERM; its parent, interrupted itself, terminates it and
-    removes what it left."""
+    Ctrl-C (its parent, interrupted itself, terminates it and removes what it left) and
+    ends quietly on SIGTERM: by `SystemExit`, which a process ends with silently, and which
+    lets go of the locks the worker holds on the way out (killed outright, by the signal's
+    default action, a worker holding its pool's queue lock left the parent waiting for it
+    for good)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_quietly)
+    # And out of the command's process group, so that a signal to the group (a terminal's,
+    # a supervisor's) reaches the parent only: a worker of a pool that ended on it was
+    # replaced by the pool with a new one while the parent terminated it, and the two
+    # could wait on each other for good. The parent stops its workers itself.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    # Forked with both held off (`forking`): a signal sent meanwhile arrives now, handled.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def forking() -> Iterator[None]:
+    """Around the start of worker processes that call `leave_stopping_to_the_parent`: SIGINT
+    and SIGTERM held off in this process meanwhile, so that a child never runs its parent's
+    handlers (which raise KeyboardInterrupt, and printed a worker's traceback) before its
+    own are set. The parent gets what arrived meanwhile once they have started."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _end_quietly(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM (the parent's, after the group's) ends it outright, where it
+    # would interrupt the first's clean-up with a printed "Exception ignored".
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(1)
 
 
 def process_mark() -> str:

@@ -22,6 +22,7 @@ pure, `ledger.integrity.verify_checkpoint(checkpoint, public_key)`.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import gc
 import hmac
 import multiprocessing
@@ -844,7 +845,11 @@ def _parallel_audit(
     counts: list[Counts] = []
     whole, failure = True, None
     try:
-        with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
+        with contextlib.ExitStack() as stack:
+            with temporaries.forking():  # (terminated on the way out, whatever arrives)
+                pool = stack.enter_context(
+                    context.Pool(min(workers, len(tasks)), initializer=_start_worker)
+                )
             hashed_blocks = pool.imap(_hash_block, tasks)
             meanwhile()
             # Every result is taken and the pool closed and joined before it is left: a
