@@ -75,6 +75,9 @@ def configure(level: str = "info") -> None:
     # psycopg warns through stdlib logging when it abandons a pipeline or COPY on a lost
     # connection; the command already reports that failure in its one `Error:` line.
     logging.getLogger("psycopg").setLevel(logging.ERROR)
+    # SQLAlchemy's pool logs, with a traceback, a connection it could not reset on its way
+    # back (the server gone, a session timed out): the command's own line says what failed.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     renderer: structlog.typing.Processor
     if sys.stderr.isatty():
         renderer = structlog.dev.ConsoleRenderer(colors=True)

@@ -83,6 +83,14 @@ def _is_unreadable_event(error: Exception) -> bool:
     return wrapper is not None and isinstance(error, wrapper)
 
 
+def _one_line(text: str) -> str:
+    """The error's one line: a line break or other control character in a name it quotes (a
+    path given with a newline in it) is written as an escape, as Python writes it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _committed(context: Any) -> bool:
     """Whether the command committed a write before it failed."""
     database = getattr(context, "_database", None)
@@ -326,7 +334,7 @@ class LedgerGroup(LazyGroup):
         code = exit_code_for(failure)
         logs.log.warning("command.failed", exit=code, error_type=type(failure).__name__, **fields)
         with contextlib.suppress(OSError, ValueError):  # stderr full or closed: the code says it
-            click.echo(f"Error: {failure}", err=True)
+            click.echo(f"Error: {_one_line(str(failure))}", err=True)
         ctx.exit(code)
 
 

@@ -217,8 +217,8 @@ class ShredPendingError(LedgerError):
             "the database still holds the old bytes of a destroyed key: another session holds "
             "them (one reading a snapshot from before the erasure, such as an export, a verify "
             "or a backup, or on SQLite one writing), or on PostgreSQL this role does not own "
-            "ledger_data_keys and cannot VACUUM it; run 'consent-ledger keys shred' again once "
-            "that session ends"
+            "ledger_data_keys and cannot VACUUM it, or the disk is full; run 'consent-ledger "
+            "keys shred' again once that ends"
         )
 
 
@@ -238,10 +238,9 @@ class SystemFailure(LedgerError):
 
     def __init__(self, reason: str, *, committed: bool) -> None:
         after = (
-            "what the command changed in the ledger before that is committed (a query shows "
-            "it; a command given the same --id again answers it is a duplicate)"
+            "what the command changed in the ledger before that is committed (a query shows it)"
             if committed
-            else "nothing was committed to the ledger"
+            else "no fact was recorded"
         )
         super().__init__(f"{reason}; {after}")
 

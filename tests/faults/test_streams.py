@@ -64,7 +64,7 @@ def test_a_result_that_cannot_be_written_before_any_commit_says_nothing_was(url:
             url, ["customer", "trail", "C100", "--json"], stdout=full, stderr=subprocess.PIPE
         )
     assert done.returncode == 1
-    assert "nothing was committed" in done.stderr and "bug" not in done.stderr
+    assert "no fact was recorded" in done.stderr and "bug" not in done.stderr
 
 
 @needs_dev_full
@@ -92,7 +92,7 @@ def test_a_command_started_with_stdout_closed_does_nothing_and_says_so(url: str)
     done = _run(url, GIVE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=lambda: os.close(1))  # fmt: skip
     assert done.returncode == 1
-    assert "Error: stdout is closed; nothing was committed" in done.stderr
+    assert "Error: stdout is closed; no fact was recorded" in done.stderr
     assert _facts(url) == before
 
 
@@ -116,3 +116,14 @@ def test_record_from_a_closed_stdin_says_so(url: str) -> None:
     assert done.returncode == 1
     assert "Error: stdin is closed" in done.stderr and "unexpected" not in done.stderr
     assert _facts(url) == before
+
+
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(url: str, tmp_path: Path) -> None:
+    # (`--out $'bad\nname/x.html'`: the error was three lines)
+    out = tmp_path / "bad\nname" / "report.html"
+    done = _run(url, ["audit", "report", "--out", str(out)], stderr=subprocess.PIPE,
+                stdout=subprocess.PIPE)  # fmt: skip
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "bad" in line]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert "bad\\nname" in lines[0]
