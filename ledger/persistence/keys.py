@@ -91,6 +91,10 @@ def write_key_file(path: Path, content: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.link(aside, path)
+    except OSError as error:
+        if error.filename is None:  # a write to the descriptor: name the file it was for
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     finally:
         aside.unlink(missing_ok=True)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -337,3 +339,25 @@ def test_a_recipient_told_of_the_erasure_and_given_more_since_is_owed_a_notice_a
     b.notify("Offspring", 50, [erased])
     [due] = privacy.notifications("C1", b.events)
     assert due.notified_at == at(50)
+
+
+def test_a_key_file_that_cannot_be_written_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full key folder failed the write to the file's descriptor, an error naming no file:
+    `keys rotate` then blamed its own output ("cannot write the command's output")."""
+    import errno
+    import os
+
+    from ledger.persistence.keys import write_key_file
+
+    def full(_fd: int) -> None:  # (as a full disk's delayed allocation fails the fsync)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    path = tmp_path / "keys" / "master.key"
+    with pytest.raises(OSError) as raised:
+        write_key_file(path, b"k" * 4096)
+    assert (raised.value.filename, raised.value.strerror) == (str(path), "No space left on device")
+    monkeypatch.undo()
+    assert sorted(p.name for p in path.parent.iterdir()) == []  # nothing left aside
