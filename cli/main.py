@@ -91,10 +91,10 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _committed(context: Any) -> bool:
-    """Whether the command committed a write before it failed."""
-    database = getattr(context, "_database", None)
-    return bool(getattr(database, "commits", 0))
+def _committed() -> bool:
+    """Whether the command committed a write before it failed (on any database it opened)."""
+    persistence = sys.modules.get("ledger.persistence.database")
+    return persistence is not None and persistence.Database.commits > 0
 
 
 def _os_reason(error: OSError) -> str:
@@ -282,6 +282,9 @@ class LedgerGroup(LazyGroup):
 
     def invoke(self, ctx: click.Context) -> Any:
         started = time.perf_counter()
+        persistence = sys.modules.get("ledger.persistence.database")
+        if persistence is not None:  # (a process that runs several commands: the tests)
+            persistence.Database.commits = 0  # this command's commits (`_committed`)
         failure: LedgerError | None = None
         with logs.summary() as fields:
             try:
@@ -293,14 +296,14 @@ class LedgerGroup(LazyGroup):
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`_terminate`)
                 failure = InterruptedCommand()
             except BrokenPipeError:  # stdout's reader left (`| head`): click exits quietly
-                if _committed(ctx.obj):
+                if _committed():
                     logs.log.warning(
                         "the result was not delivered (stdout's reader left); what the "
                         "command recorded is committed"
                     )
                 raise
             except OSError as error:  # a file or stream: a full disk, a permission
-                failure = SystemFailure(_os_reason(error), committed=_committed(ctx.obj))
+                failure = SystemFailure(_os_reason(error), committed=_committed())
             except Exception as error:
                 if _is_damaged(error):
                     from ledger.persistence.database import safe_url

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from uuid import UUID
 
 from ledger.errors import (
@@ -247,6 +247,11 @@ class WriteTransaction:
 class Database:
     """An engine plus the ledger's transaction discipline."""
 
+    # Write transactions (and schema upgrades) committed by this process, through any
+    # Database: whether a command's failure after them (its output, say) leaves what it
+    # recorded recorded (the demo, a rebuild, open databases of their own).
+    commits: ClassVar[int] = 0
+
     def __init__(self, url: str) -> None:
         self._raw_url = url
         self._url: URL | None = None
@@ -276,9 +281,6 @@ class Database:
         # Called (on a timer thread) when a write has waited `LOCK_NOTICE_AFTER` seconds
         # for the writer's lock: the CLI says so, rather than sit there silently.
         self.on_lock_wait: Callable[[], None] | None = None
-        # Write transactions committed through this object: whether a command's failure
-        # after them (its output, say) leaves what it recorded recorded.
-        self.commits = 0
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -477,7 +479,7 @@ class Database:
                 trans.rollback()
                 raise
             trans.commit()
-            self.commits += 1
+            Database.commits += 1
         for callback in tx.after_commit:
             callback()
 
@@ -617,7 +619,7 @@ class Database:
                 _refuse_unknown(before)
                 upgrade_connection(conn)
         if before != SCHEMA_HEAD:
-            self.commits += 1
+            Database.commits += 1
         return before, SCHEMA_HEAD
 
 

@@ -127,3 +127,18 @@ def test_an_error_naming_a_path_with_a_line_break_stays_one_line(url: str, tmp_p
     lines = [line for line in done.stderr.splitlines() if "bad" in line]
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert "bad\\nname" in lines[0]
+
+
+@needs_dev_full
+def test_a_demo_whose_summary_cannot_be_written_says_it_built_the_ledger(tmp_path: Path) -> None:
+    # (the demo opens a ledger of its own, not the command's: its commits count too)
+    path = tmp_path / "demo.db"
+    with open("/dev/full", "w") as full:
+        done = _run(f"sqlite:///{path}", ["demo", "--customers", "3", "--path", str(path)],
+                    stdout=full, stderr=subprocess.PIPE)  # fmt: skip
+    assert done.returncode == 1
+    assert "is committed" in done.stderr and "no fact was recorded" not in done.stderr
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:  # (the demo's keys are beside it, not the tests')
+        assert conn.execute("SELECT count(*) FROM ledger_facts").fetchone()[0] > 0
