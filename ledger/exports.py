@@ -677,8 +677,9 @@ class Exporter:
         out = request.out
         # Named with this process's id: a later export removes what a killed one left.
         mark = f"{self.export_id.hex[:12]}-{temporaries.process_mark()}"
-        self.staging = out.parent / f".{out.name}.partial-{mark}"
-        self.disclosure_feed = out.parent / f".{out.name}.disclosures-{mark}"
+        base = temporaries.fitted(out.name, f"..disclosures-{mark}")  # (the longest tail)
+        self.staging = out.parent / f".{base}.partial-{mark}"
+        self.disclosure_feed = out.parent / f".{base}.disclosures-{mark}"
 
     # -- checks before anything is written --------------------------------------------------
 

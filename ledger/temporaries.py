@@ -74,7 +74,25 @@ def process_mark() -> str:
 
 def partial_name(path: Path) -> Path:
     """A temporary name for the file `path` while it is written, beside it."""
-    return path.with_name(f".{path.name}.consent-ledger-{process_mark()}.partial")
+    tail = f".consent-ledger-{process_mark()}.partial"
+    return path.with_name(f".{fitted(path.name, f'.{tail}')}{tail}")
+
+
+NAME_MAX = 255  # bytes in a file's name, on the file systems this runs on
+
+
+def fitted(name: str, around: str) -> str:
+    """`name`, cut short (at a character) so that it fits a file name beside `around`, the
+    rest of a temporary's name: an output named near the limit was refused ("File name too
+    long") for its temporary's sake. A name cut short ends with a hash of the whole, so the
+    temporaries of two outputs that differ only past the cut (an access pack's `x.json`
+    and `x.json.md`) stay apart."""
+    room = NAME_MAX - len(os.fsencode(around))
+    encoded = os.fsencode(name)
+    if len(encoded) <= room:
+        return name
+    whole = hashlib.sha256(encoded).hexdigest()[:8]
+    return f"{encoded[: room - 9].decode('utf-8', 'ignore')}~{whole}"
 
 
 def remove_abandoned(folder: Path, names: re.Pattern[str]) -> None:

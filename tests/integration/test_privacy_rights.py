@@ -87,6 +87,33 @@ def test_access_export_writes_the_pack_and_its_readable_rendering(
     assert len(orjson.loads(again.read_bytes())["access_requests"]) == 2
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["customer", "access-export", "C100", "--out", "{name}.json"],
+        ["audit", "report", "--out", "{name}.html"],
+        ["export", "due-diligence", "--acquirer", "Northwind", "--out", "{name}"],
+    ],
+    ids=["access-export", "audit-report", "export"],
+)
+def test_outputs_named_near_the_file_name_limit_are_written(
+    ledger_url: str, feed_small: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """Temporaries beside an output are named after it: an output within ~40 bytes of the
+    255-byte limit was refused ("File name too long"); cut short naively, an access pack's
+    two temporaries (x.json, x.json.md) took one name, and the request was recorded as
+    served with no pack written."""
+    _prepare(ledger_url, feed_small)
+    (tmp_path / "out").mkdir()
+    name = str(tmp_path / "out" / ("r" * 245))
+    result = run(ledger_url, *(part.format(name=name) for part in command))
+    assert result.exit_code == 0, result.stderr
+    made = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert made and all(n.startswith("r" * 245) for n in made), made  # no temporary left
+    if command[0] == "customer":
+        assert orjson.loads((tmp_path / "out" / ("r" * 245 + ".json")).read_bytes())
+
+
 def test_access_export_of_an_unknown_customer_is_an_error(
     ledger_url: str, feed_small: Path, tmp_path: Path
 ) -> None:
