@@ -942,7 +942,7 @@ class Exporter:
                     name=f"consent-ledger-export-{index}",
                     daemon=True,
                 )
-                with temporaries.forking():  # (stopped in `finally`, whatever arrives)
+                with signals_held():  # (until its own handlers are set: stopped in `finally`)
                     process.start()
                     processes.append(process)
                 writer.close()

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 # The names' tails: `.<name>.partial-<12 hex>-<mark>` (an export's staging folder, and its
@@ -43,21 +42,8 @@ def leave_stopping_to_the_parent() -> None:
     # could wait on each other for good. The parent stops its workers itself.
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    # Forked with both held off (`forking`): a signal sent meanwhile arrives now, handled.
+    # Forked with both held off (`signals_held`): what was sent meanwhile arrives now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-@contextlib.contextmanager
-def forking() -> Iterator[None]:
-    """Around the start of worker processes that call `leave_stopping_to_the_parent`: SIGINT
-    and SIGTERM held off in this process meanwhile, so that a child never runs its parent's
-    handlers (which raise KeyboardInterrupt, and printed a worker's traceback) before its
-    own are set. The parent gets what arrived meanwhile once they have started."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _end_quietly(signum: int, frame: object) -> None:

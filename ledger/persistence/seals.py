@@ -62,6 +62,7 @@ from ledger.persistence.database import (
     WriteTransaction,
     default_key_dir,
     fetch_rows,
+    signals_held,
 )
 from ledger.persistence.index_audit import (
     Counts,
@@ -846,7 +847,7 @@ def _parallel_audit(
     whole, failure = True, None
     try:
         with contextlib.ExitStack() as stack:
-            with temporaries.forking():  # (terminated on the way out, whatever arrives)
+            with signals_held():  # (until their own handlers are set; terminated on the way out)
                 pool = stack.enter_context(
                     context.Pool(min(workers, len(tasks)), initializer=_start_worker)
                 )

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.faults.support import fact_id, feed_lines, fork, recorded_ids, write_feed
+from tests.faults.support import COMMAND, fact_id, feed_lines, fork, recorded_ids, write_feed
 
 DEADLINE = 90  # seconds, far beyond the few this takes: reaching it means a deadlock
 
@@ -153,7 +153,7 @@ def test_a_command_waiting_for_the_writers_lock_says_so_and_then_records(
     give = ["consent", "give", customer, "marketing", "post", "--method", "web_form"]
     give += ["--policy-version", "v1", "--json"]
     # (a new process, not a fork: SQLite's state of this process's lock must not be copied)
-    command = [sys.executable, "-c", "from cli.main import main; main()", "--db", ledger_url]
+    command = [str(COMMAND), "--db", ledger_url]
     holder = Database(ledger_url)
     err_file = tmp_path / "give.err"
     with holder.writing(), err_file.open("w") as err_handle:
@@ -251,7 +251,7 @@ def test_ctrl_c_while_waiting_for_the_writers_lock_stops_at_once(
         "access-export": ["customer", "access-export", customer, "--out", str(tmp_path / "p")],
         "export": ["export", "due-diligence", "--acquirer", "Acq", "--out", str(tmp_path / "d")],
     }[command]
-    base = [sys.executable, "-c", "from cli.main import main; main()", "--db", ledger_url]
+    base = [str(COMMAND), "--db", ledger_url]
     holder = Database(ledger_url)
     err_file = tmp_path / "err"
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ import orjson
 import pytest
 
 from tests.cli_helpers import run_json
+from tests.faults.support import COMMAND
 
-COMMAND = [sys.executable, "-c", "from cli.main import main; main()"]
 GIVE = ["consent", "give", "C100", "marketing", "email", "--method", "web_form"]
 GIVE += ["--policy-version", "v1", "--json"]
 
@@ -35,7 +34,7 @@ def _facts(url: str) -> int:
 
 def _run(url: str, args: list[str], **streams: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*COMMAND, "--db", url, *args], text=True, timeout=120, check=False, **streams
+        [str(COMMAND), "--db", url, *args], text=True, timeout=120, check=False, **streams
     )
 
 
