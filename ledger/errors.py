@@ -151,7 +151,10 @@ class MasterKeyError(ConfigurationError):
 
 
 class IntegrityFailure(LedgerError):
-    """The ledger or an export failed verification (exit 4)."""
+    """The ledger or an export failed verification (exit 4). `problem_kind` names it as a
+    problem of `verify --json` when it stops `verify` itself."""
+
+    problem_kind = "unverifiable"
 
 
 class DataKeyAlteredError(IntegrityFailure):
@@ -174,6 +177,8 @@ class DamagedDatabaseError(IntegrityFailure):
     """SQLite found its own file damaged ("database disk image is malformed"): not a fact
     altered, which `verify` would name, but pages it cannot read (exit 4)."""
 
+    problem_kind = "database_damaged"
+
     def __init__(self, where: str) -> None:
         super().__init__(
             f"the database file of {where} is damaged (SQLite: database disk image is "
@@ -186,6 +191,8 @@ class DamagedDatabaseError(IntegrityFailure):
 class UnreadableRowError(IntegrityFailure):
     """A row beside the events (a checkpoint, an index row) holds a value of a type the
     ledger never writes, which `verify` cannot read as anything it checks."""
+
+    problem_kind = "row_unreadable"
 
     def __init__(self, kind: str) -> None:
         super().__init__(

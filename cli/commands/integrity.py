@@ -13,7 +13,7 @@ import orjson
 
 from cli import logs
 from cli.output import emit_json, json_option
-from cli.params import pass_ledger
+from cli.params import pass_context, pass_ledger
 from ledger.errors import InputError, IntegrityFailure
 
 PUBLIC_KEY = click.option(
@@ -65,14 +65,23 @@ def _fail_if(problems: list[Any], what: str) -> None:
 )
 @PUBLIC_KEY
 @json_option
-@pass_ledger
-def verify(ledger: Any, since: str | None, public_key: Path | None, as_json: bool) -> None:
+@pass_context
+def verify(context: Any, since: str | None, public_key: Path | None, as_json: bool) -> None:
     """Check that no recorded fact was altered, removed, inserted or reordered (exit 4 if so)."""
     from ledger.persistence.seals import load_public_key, verify_ledger
 
     kept = read_document(since, "checkpoint") if since else None
-    key = load_public_key(ledger.database, public_key) if public_key else None
-    result = verify_ledger(ledger, since=kept, public_key=key)
+    try:
+        ledger = context.ledger
+        key = load_public_key(ledger.database, public_key) if public_key else None
+        result = verify_ledger(ledger, since=kept, public_key=key)
+    except IntegrityFailure as failure:
+        # The ledger cannot even be read (a damaged file, a row of a type never written):
+        # not ok, and a script reading `--json` is told so in the document it expects.
+        if as_json:
+            problem = {"kind": failure.problem_kind, "message": str(failure)}
+            emit_json({"ok": False, "facts": 0, "head": None, "problems": [problem]})
+        raise
     logs.log.info("verify", ok=result.ok, facts=result.facts, problems=len(result.problems))
     if as_json:
         emit_json(result.to_json())

@@ -529,10 +529,13 @@ def test_a_row_beside_the_events_of_another_type_fails_verify_with_exit_4(
         pytest.skip("PostgreSQL's columns refuse values of another type")
     tamper(recorded, (sql, {}))
     done = run(str(recorded.database.url), "verify", "--json")
-    assert (done.exit_code, done.stdout) == (4, ""), done.stderr
+    assert done.exit_code == 4, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, done.stderr
     assert errors[0].startswith("Error: verify cannot read a row of the ledger's tables")
+    # `--json` still gives the one document a script reads: not ok, and why
+    problem = {"kind": "row_unreadable", "message": errors[0].removeprefix("Error: ")}
+    assert json.loads(done.stdout) == {"ok": False, "facts": 0, "head": None, "problems": [problem]}
 
 
 def _rewritten_state(app: Any, position: int, how: str) -> bytes:
@@ -776,3 +779,9 @@ def test_a_damaged_sqlite_file_is_an_integrity_failure_in_one_line(
         "disk fault, a copy taken while it was written, or its -wal file removed while in "
         "use can do this)"
     ]
+    if command[0] == "verify":  # `--json`: the document says not ok, and why
+        problem = {"kind": "database_damaged", "message": errors[0].removeprefix("Error: ")}
+        document = {"ok": False, "facts": 0, "head": None, "problems": [problem]}
+        assert json.loads(result.stdout) == document
+    else:
+        assert result.stdout == ""
