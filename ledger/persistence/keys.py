@@ -108,6 +108,11 @@ def load_master_key(
     if from_env:
         return decode_master_key(from_env, MASTER_KEY_ENV), MASTER_KEY_ENV
     path = master_key_path(database)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise MasterKeyError(
+            f"the key folder {path.parent} is not a folder (something else is in its place), "
+            f"so the master key {path} cannot be read: put the ledger's key folder back there"
+        )
     if not path.exists():
         if in_use:
             where = ""

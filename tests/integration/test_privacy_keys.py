@@ -102,6 +102,25 @@ def test_a_missing_key_file_is_refused_and_never_silently_replaced(
     assert not key_file.exists()
 
 
+def test_a_file_in_place_of_the_key_folder_is_named_not_taken_for_a_lost_key(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """A file where the key folder goes read as "no master key ... restore that key", which
+    sends the user looking for a key that is where it always was, in the folder moved away."""
+    _prepare(ledger_url, feed_small)
+    folder = _key_dir()
+    folder.rename(folder.with_name(folder.name + ".moved"))
+    folder.write_text("not a folder")
+    expected = (
+        f"Error: the key folder {folder} is not a folder (something else is in its place), so "
+        f"the master key {folder / 'master.key'} cannot be read: put the ledger's key folder "
+        "back there"
+    )
+    assert _refused(ledger_url, "customer", "show", "C100") == expected
+    assert _refused(ledger_url, "db", "upgrade") == expected
+    assert folder.read_text() == "not a folder"
+
+
 def test_rotation_rewraps_every_key_keeps_events_and_retires_the_old_key(
     ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
