@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import privacy
 from ledger.domainmodel import Acquirer, Customer, FactEvent
-from ledger.errors import InputError
+from ledger.errors import DatabaseUnavailableError, InputError
 from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
 from ledger.persistence import indexes
@@ -407,30 +407,66 @@ class ReadModels:
         interval: float = 1.0,
         stop: Callable[[], bool] = lambda: False,
         applied: Callable[[int], None] | None = None,
+        lost: Callable[[str, float], None] | None = None,
     ) -> None:
         """Keep every model at the head until `stop()`: PostgreSQL wakes on NOTIFY after each
-        recording commits (polling every `interval` as a safety net); SQLite polls."""
-        listener = self._listen() if not self.database.is_sqlite else None
-        try:
-            while not stop():
+        recording commits (polling every `interval` as a safety net); SQLite polls.
+
+        The first catch-up fails as any command does (a wrong URL is not retried). After it, a
+        lost connection (a server restart, a session ended by an administrator) or a lock not
+        had in time is told to `lost(reason, seconds)` and tried again after `seconds`, 1 s
+        doubling to `RETRY_LONGEST`: each catch-up commits its rows with the models' tracking
+        rows, so a pass cut off is rolled back whole and the next one takes up from there."""
+        count = self.catch_up()
+        if count and applied is not None:
+            applied(count)
+        listener: Any = None
+        wait = 0.0
+        while not stop():
+            try:
+                if listener is None and not self.database.is_sqlite:
+                    listener = self._listen()
+                    self._notified(listener, 0)  # a recording that ended while away
+                elif listener is None:
+                    _sleep(interval, stop)
+                else:
+                    self._notified(listener, interval)
+                if stop():
+                    break
                 count = self.catch_up()
+                wait = 0.0
+            except DatabaseUnavailableError as error:
+                reason = str(error)
+            except Exception as error:
+                if not _listener_failed(error):
+                    raise
+                reason = f"the notifications' connection failed: {_first_line(error)}"
+            else:
                 if count and applied is not None:
                     applied(count)
-                if listener is None:
-                    time.sleep(interval)
-                else:
-                    for _ in listener.notifies(timeout=interval, stop_after=1):
-                        pass
-        finally:
+                continue
             if listener is not None:
-                listener.close()
+                _close_quietly(listener)
+                listener = None
+            wait = min(max(1.0, wait * 2), RETRY_LONGEST)
+            if lost is not None:
+                lost(reason, wait)
+            _sleep(wait, stop)
+        if listener is not None:
+            _close_quietly(listener)
+
+    @staticmethod
+    def _notified(listener: Any, timeout: float) -> None:
+        """Wait up to `timeout` for a recording's NOTIFY (0: take those already arrived)."""
+        for _ in listener.notifies(timeout=timeout, stop_after=1):
+            pass
 
     def _listen(self) -> Any:
         import psycopg
 
         url = self.database.url.set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
-        connection = psycopg.connect(dsn, autocommit=True)
+        connection = psycopg.connect(dsn, autocommit=True, application_name="consent-ledger")
         connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return connection
 
@@ -770,3 +806,30 @@ def _stream_ordered_until(conn: Connection) -> int:
     return reads.stream_ordered_until(
         fetch_rows(conn, reads.SELECT_META, (reads.STREAM_ORDERED_NAME,))
     )
+
+
+RETRY_LONGEST = 30.0  # seconds: the longest wait of `follow` before trying again
+
+
+def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
+    """Sleep `seconds`, ending early once `stop()` (a signal's handler sets it)."""
+    until = time.monotonic() + seconds
+    while not stop() and (left := until - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
+
+
+def _listener_failed(error: Exception) -> bool:
+    """psycopg's own connection failing (the LISTEN connection, which SQLAlchemy does not
+    wrap): the server went away or ended the session."""
+    import psycopg
+
+    return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _close_quietly(connection: Any) -> None:
+    with suppress(Exception):  # already broken: nothing to release but the socket
+        connection.close()

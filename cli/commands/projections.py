@@ -89,7 +89,8 @@ def rebuild(context: Any, name: str | None, as_json: bool) -> None:
 @click.pass_obj
 def follow(context: Any, interval: float) -> None:
     """Keep every read model at the head of the log until stopped (Ctrl-C or SIGTERM).
-    PostgreSQL: LISTEN/NOTIFY; SQLite: polling."""
+    PostgreSQL: LISTEN/NOTIFY; SQLite: polling. A connection lost on the way (a server
+    restart) is warned of and tried again, after 1 s doubling to 30 s."""
     models = context.ledger.read_models
     stopping: list[bool] = []
 
@@ -103,6 +104,9 @@ def follow(context: Any, interval: float) -> None:
         interval=interval,
         stop=lambda: bool(stopping),
         applied=lambda count: logs.log.info("projections.caught_up", events=count),
+        lost=lambda reason, wait: logs.log.warning(
+            "projections.retrying", reason=reason, retry_in_seconds=wait
+        ),
     )
 
 

@@ -295,3 +295,58 @@ def test_follow_keeps_the_models_at_the_head(small: Any, ledger_url: str) -> Non
         follower.send_signal(signal.SIGTERM)
         _out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
+
+
+def _sessions_of_others(ledger: Any) -> dict[int, str]:
+    """The consent-ledger sessions on this database but this connection's own: their last
+    queries."""
+    query = (
+        "SELECT pid, query FROM pg_stat_activity WHERE application_name = 'consent-ledger' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with ledger.database.engine.connect() as conn:
+        return {int(pid): str(text) for pid, text in conn.exec_driver_sql(query)}
+
+
+def test_follow_takes_up_again_after_its_connections_are_ended(small: Any, ledger_url: str) -> None:
+    """A server restart (here: an administrator ending the follower's sessions) ended
+    `projections follow` with exit 1; it now warns, connects again, and goes on."""
+    if small.database.is_sqlite:
+        pytest.skip("an SQLite file has no connection to lose")
+    small.read_models.catch_up()
+    before = _sessions_of_others(small)
+    env = {**os.environ, "CONSENT_LEDGER_LOG_LEVEL": "warning"}
+    follower = subprocess.Popen(
+        [CONSENT_LEDGER, "--db", ledger_url, "projections", "follow", "--interval", "0.2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        ended: dict[int, str] = {}
+        while time.monotonic() < deadline:  # all its sessions: the last one LISTENs
+            ended = {p: q for p, q in _sessions_of_others(small).items() if p not in before}
+            if any(q.startswith("LISTEN") for q in ended.values()):
+                break
+            time.sleep(0.1)
+        assert any(q.startswith("LISTEN") for q in ended.values()), ended
+        assert len(ended) >= 2, ended  # and at least one it catches up on
+        with small.database.engine.connect() as conn:
+            for pid in ended:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        time.sleep(0.5)
+        _import(small, _register("C778", "follow-2"))
+        while time.monotonic() < deadline:
+            if all(s.lag == 0 for s in small.read_models.status()):
+                break
+            time.sleep(0.1)
+        assert all(s.lag == 0 for s in small.read_models.status())
+        assert follower.poll() is None
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        _out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert b'"event": "projections.retrying"' in err
+    assert b"Traceback" not in err
