@@ -321,10 +321,11 @@ class KeyStore:
         SQLite: secure_delete zeroes an old key in the page, and a checkpoint copies that
         page over the file's and empties the WAL; a reader's snapshot older than the erasure
         keeps the checkpoint from finishing (waited for `_SHRED_WAIT` at most). PostgreSQL
-        keeps the old row version until VACUUM prunes it, which it cannot while a snapshot
-        older than the erasure is open (or as a role that does not own the table): the dead
-        row versions it leaves are counted. Its own WAL (pg_wal) and any backups still hold
-        the old key: rotate the master key and destroy the old one to make those useless.
+        keeps the old row version until VACUUM FULL rewrites the table without it, which it
+        cannot while a snapshot older than the erasure is open (or as a role that does not
+        own the table): the dead row versions it leaves are counted. Its own WAL (pg_wal)
+        and any backups still hold the old key: rotate the master key and destroy the old
+        one to make those useless.
         """
         try:
             return self._shred()
@@ -347,6 +348,11 @@ class KeyStore:
             # `LOCK TABLE`, an index build) would hold a committed erasure's command with it.
             auto.exec_driver_sql(f"SET lock_timeout = {int(_SHRED_WAIT * 1000)}")
             try:
+                # A plain VACUUM prunes a dead row version but leaves its bytes in the page's
+                # free space, readable in the table's file (a wrapped key under the current
+                # master key): VACUUM FULL writes the live rows to a new file and empties the
+                # old one. The plain VACUUM after it counts what a reader's snapshot kept.
+                auto.exec_driver_sql(f"VACUUM FULL {_K.name}")
                 auto.exec_driver_sql(f"VACUUM {_K.name}")
             finally:
                 auto.exec_driver_sql("RESET lock_timeout")

@@ -172,6 +172,45 @@ def test_the_raw_database_never_holds_personal_data_nor_an_erased_key(
     assert found_in(table_bytes(ledger_url), everyone) == []
 
 
+def test_an_erasure_after_a_rotation_leaves_no_copy_of_the_key(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """PostgreSQL's VACUUM prunes a dead row version but leaves its bytes in the page's free
+    space: after a rotation (every key row rewritten) an erased customer's data key, wrapped
+    under the current master key, stayed readable in the table's file (privacy review)."""
+    _prepare(ledger_url, feed_small)
+    for ref in ("C102", "C103"):  # more live keys in the table's page
+        assert run_json(ledger_url, "record", _registration(ref))["recorded"] is True
+    before = {ref: _wrapped_key(ledger_url, ref) for ref in ("C100", "C102", "C103")}
+    assert run(ledger_url, "keys", "rotate").exit_code == 0
+    keys = {ref: _wrapped_key(ledger_url, ref) for ref in ("C100", "C102", "C103")}
+    assert run_json(ledger_url, "customer", "erase", "C102")["shredded"] is True
+    raw = raw_database_bytes(ledger_url)
+    assert keys["C102"] not in raw
+    assert all(key not in raw for key in before.values())  # nor any under the old master
+    assert keys["C100"] in raw and keys["C103"] in raw  # the search finds what is there
+
+
+def _registration(ref: str) -> str:
+    return orjson.dumps(
+        {
+            "id": f"reg-{ref}",
+            "type": "customer.registered",
+            "at": "2025-03-01T09:00:00Z",
+            "customer": ref,
+            "name": f"Test Person {ref}",
+            "email": f"{ref.lower()}@example.org",
+            "phone": "+44 7700 900002",
+            "address": {
+                "line1": "1 Test Street",
+                "city": "Leeds",
+                "postcode": "LS1 1AA",
+                "country": "GB",
+            },
+        }
+    ).decode()
+
+
 def test_an_erasure_in_the_feed_destroys_the_key_like_the_command(
     ledger_url: str, feed_small: Path
 ) -> None:
