@@ -18,13 +18,13 @@ from typing import Any, Final
 
 from ledger.feed import SCHEMAS
 
-# The fields of SPEC §2 that carry the shop's own text (a tracking number aside: it is a
-# carrier's reference, never exported pseudonymously, and often all digits).
+# The fields of SPEC §2 that carry the shop's own text.
 FREE_TEXT_FIELDS: Final = (
     "method",
     "policy_version",
     "campaign",
     "reason",
+    "scope",
     "issuer",
     "provider",
     "agency",
@@ -32,6 +32,9 @@ FREE_TEXT_FIELDS: Final = (
     "affiliate",
     "acquirer",
 )
+# A carrier's tracking number: checked for an email only (it is often all digits, and never
+# exported pseudonymously).
+EMAIL_ONLY_FIELDS: Final[tuple[str, ...]] = ("tracking",)
 WITHHELD: Final = "[withheld: shaped like an email or phone number]"
 
 _EMAIL = re.compile(r"[^\s@<>()]+@[^\s@<>()]+\.[^\s@<>()]{2,}")
@@ -41,15 +44,23 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 @functools.lru_cache(maxsize=100_000)  # the shop's words repeat: each is checked once
 def shaped_like_personal_data(value: str) -> bool:
-    """Whether `value` holds an email address, or is a phone number (digits with spaces,
-    dashes, dots or brackets: 9 digits or more, or 7 or more after a `+`; not a date)."""
+    """Whether `value` holds an email address or a phone number (a run of digits with
+    spaces, dashes, dots or brackets: 9 digits or more, or 7 or more after a `+`; not one
+    that starts as a date), alone or among words ("phoned 07700 900555")."""
     if "@" in value and _EMAIL.search(value):
         return True
-    text = value.strip()
-    if not _PHONE.fullmatch(text) or _DATE.match(text):
+    return any(_phone_shaped(run.group().strip()) for run in _PHONE.finditer(value))
+
+
+def _phone_shaped(text: str) -> bool:
+    if _DATE.match(text):
         return False
     digits = sum(character.isdigit() for character in text)
     return digits >= 9 or (text.startswith("+") and digits >= 7)
+
+
+def holds_an_email(value: str) -> bool:
+    return "@" in value and _EMAIL.search(value) is not None
 
 
 def withheld_if_shaped(value: Any) -> Any:
@@ -66,7 +77,25 @@ def fields_shaped_like_personal_data(fact_type: str, data: Mapping[str, Any]) ->
         value = data.get(name)
         if type(value) is str and shaped_like_personal_data(value):
             shaped.append(name)
+    for email_only in EMAIL_ONLY_FIELDS:
+        value = data.get(email_only)
+        if type(value) is str and holds_an_email(value):
+            shaped.append(email_only)
     return shaped
+
+
+# What a view shows of the shop's words, by the keys of its rows (a recipient's name is
+# `recipient` there).
+SHOWN_FREE_TEXT: Final = frozenset((*FREE_TEXT_FIELDS, "recipient"))
+
+
+def rows_withheld(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` (a view's), with each free-text value shaped like personal data withheld:
+    what an erased customer's rows show."""
+    return [
+        {k: withheld_if_shaped(v) if k in SHOWN_FREE_TEXT else v for k, v in row.items()}
+        for row in rows
+    ]
 
 
 _FIELDS_OF_TYPE: Final = {

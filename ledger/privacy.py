@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -23,6 +23,7 @@ from typing import Any, Final
 from ledger import views
 from ledger.domainmodel import Customer, DisclosureEvent, FactEvent
 from ledger.feed import iso
+from ledger.free_text import rows_withheld
 from ledger.rules import Violation
 
 NOTIFICATION_DEADLINE: Final = timedelta(days=30)
@@ -219,8 +220,17 @@ def access_pack(
 ) -> dict[str, Any]:
     """The subject-access pack: everything the ledger holds about the customer and whom it
     was given to. `personal_data` is None once erased; `other_data` holds the unknown feed
-    fields kept (sealed) with their facts, as [{"fact_id", "fields"}]."""
+    fields kept (sealed) with their facts, as [{"fact_id", "fields"}].
+
+    An erased customer's pack withholds each free-text value shaped like an email or phone
+    number (a shifted column of the feed: their personal data), as an identified export
+    does: after the erasure no command shows their personal data (SPEC §4)."""
     trail = views.trail_rows(events)
+    orders = views.order_rows(customer, events)
+    shown: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = list
+    if customer.erased:
+        shown = rows_withheld
+        orders = [{**order, "facts": rows_withheld(order["facts"])} for order in orders]
     return {
         "customer": customer.ref,
         "generated_at": iso(generated_at),
@@ -230,12 +240,12 @@ def access_pack(
         "personal_data": personal_data,
         "other_data": other_data,
         "consents": views.consent_rows(events),
-        "consent_history": views.consent_history_rows(events),
-        "orders": views.order_rows(customer, events),
-        "contacts": _contact_rows(events),
-        "recipients": _recipient_rows(trail),
-        "disclosures": trail,
-        "notifications": [due.to_json() for due in notifications(customer.ref, events)],
+        "consent_history": shown(views.consent_history_rows(events)),
+        "orders": orders,
+        "contacts": shown(_contact_rows(events)),
+        "recipients": shown(_recipient_rows(trail)),
+        "disclosures": shown(trail),
+        "notifications": shown([due.to_json() for due in notifications(customer.ref, events)]),
         "access_requests": [
             {"at": iso(e.at), "fact_id": e.fact_id}
             for e in views.business_order(events)

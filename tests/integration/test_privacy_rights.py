@@ -87,6 +87,53 @@ def test_access_export_writes_the_pack_and_its_readable_rendering(
     assert len(orjson.loads(again.read_bytes())["access_requests"]) == 2
 
 
+def test_an_erased_customers_pack_withholds_free_text_shaped_like_their_contact_details(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    """A shifted column puts a customer's phone number in a consent's method or a carrier's
+    name; their own pack shows it, but after the erasure no command may (SPEC §4), as the
+    identified export already withheld it (privacy review)."""
+    _prepare(ledger_url, feed_small)
+    shifted = tmp_path / "shifted.jsonl"
+    lines = [
+        {
+            "id": "w-1",
+            "type": "consent.given",
+            "at": "2025-06-01T09:00:00Z",
+            "customer": "C100",
+            "purpose": "market_research",
+            "channel": "email",
+            "method": "phoned 07700 900555",
+            "policy_version": "v2 ring +44 7700 900555",
+        },
+        {
+            "id": "w-2",
+            "type": "order.dispatched",
+            "at": "2025-06-02T09:00:00Z",
+            "order": "O500",
+            "carrier": "DPD ask for ada.shifted@example.org",
+            "tracking": "DPD555",
+        },
+    ]
+    shifted.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    assert run_json(ledger_url, "import", str(shifted))["accepted"] == 2
+    secrets = ("900555", "ada.shifted@example.org")
+
+    def pack_text(name: str) -> str:
+        out = tmp_path / f"{name}.json"
+        args = ("customer", "access-export", "C100", "--out", str(out), "--no-record")
+        assert run(ledger_url, *args).exit_code == 0
+        return out.read_text() + Path(f"{out}.md").read_text()
+
+    before = pack_text("before")
+    assert all(secret in before for secret in secrets)  # their own words, to them
+    assert run(ledger_url, "customer", "erase", "C100").exit_code == 0
+    after = pack_text("after")
+    assert [secret for secret in secrets if secret in after] == []
+    assert "[withheld: shaped like an email or phone number]" in after
+    assert "checkout-checkbox" in after and "DPD555" in after  # the shop's words stay
+
+
 @pytest.mark.parametrize(
     "command",
     [
