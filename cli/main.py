@@ -207,7 +207,7 @@ class LedgerContext:
 
         logs.log.warning(
             "waiting for the write lock: another command is writing to this ledger (or a "
-            "session holds its table), and this one goes on when that one commits",
+            "session holds one of its tables), and this one goes on when that one commits",
             database=safe_url(self.url),
         )
 

@@ -47,8 +47,21 @@ NOTIFY_CHANNEL = "consent_ledger_events"
 # Seconds a write waits for the writer's lock before `Database.on_lock_wait` is told.
 LOCK_NOTICE_AFTER = 1.0
 # How long a write waits for the writer's lock before it gives up (SQLite's busy timeout;
-# PostgreSQL's lock_timeout for the table lock), in seconds.
+# PostgreSQL's lock_timeout for the table locks), in seconds.
 WRITE_LOCK_WAIT = 120
+# The tables beside `ledger_events` that a write changes: on PostgreSQL a write takes them
+# with the writer's lock (`Database.writing`).
+WRITTEN_TABLES = (
+    "ledger_facts",
+    "ledger_orders",
+    "ledger_customers",
+    "ledger_data_keys",
+    "ledger_meta",
+    "ledger_suppressions",
+    "ledger_export_secrets",
+    "ledger_tree_nodes",
+    "ledger_checkpoints",
+)
 
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
 SCHEMA_HEAD = "0011"
@@ -281,6 +294,7 @@ class Database:
         # Called (on a timer thread) when a write has waited `LOCK_NOTICE_AFTER` seconds
         # for the writer's lock: the CLI says so, rather than sit there silently.
         self.on_lock_wait: Callable[[], None] | None = None
+        self._written: list[str] | None = None  # `_written_tables`
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -443,6 +457,14 @@ class Database:
                         # the table, such as a VACUUM FULL) would stop every write unseen.
                         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}s'")
                         conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+                        # The other tables a write changes, in the mode its changes take
+                        # anyway (readers and other writers' modes do not conflict with it):
+                        # a session holding one of them (`LOCK TABLE`, a `VACUUM FULL`)
+                        # is waited for here, told of and given up on, not mid-write unseen.
+                        written = self._written_tables(conn)
+                        if written:
+                            names = ", ".join(written)
+                            conn.exec_driver_sql(f"LOCK TABLE {names} IN ROW EXCLUSIVE MODE")
                         conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
                 except BaseException:
                     trans.rollback()
@@ -483,6 +505,18 @@ class Database:
         for callback in tx.after_commit:
             callback()
 
+    def _written_tables(self, conn: Connection) -> list[str]:
+        """Those of `WRITTEN_TABLES` this PostgreSQL schema has (an older revision's may
+        lack some), found once per process."""
+        if self._written is None:
+            found = conn.exec_driver_sql(
+                "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') "
+                "AND relnamespace = current_schema()::regnamespace AND relname = ANY(%(names)s)",
+                {"names": list(WRITTEN_TABLES)},
+            ).scalars()
+            self._written = sorted(str(name) for name in found)
+        return self._written
+
     @contextmanager
     def _lock_timeout(self) -> Iterator[None]:
         """The writer's lock not had within `WRITE_LOCK_WAIT`: one clear error, exit 1."""
@@ -497,8 +531,8 @@ class Database:
             raise DatabaseUnavailableError(
                 f"waited {WRITE_LOCK_WAIT} s for the write lock of {safe_url(self.url)}: "
                 "another session holds it (a command or an import still writing, a "
-                "transaction left open, or on PostgreSQL maintenance that takes the table); "
-                "nothing was recorded"
+                "transaction left open, or on PostgreSQL a session or maintenance that "
+                "holds one of the ledger's tables); nothing was recorded"
             ) from None
 
     @contextmanager
