@@ -252,6 +252,17 @@ class SystemFailure(LedgerError):
         super().__init__(f"{reason}; {after}")
 
 
+class WorkerLostError(LedgerError):
+    """A process sharing a command's work ended without its result (killed outright, or
+    by the out-of-memory killer): exit 1. `what` says what that leaves."""
+
+    def __init__(self, worker: str, what: str) -> None:
+        super().__init__(
+            f"{worker} ended without its result (it was killed, or ran out of memory); "
+            f"{what}: run it again"
+        )
+
+
 class ConcurrencyError(LedgerError):
     """Another writer recorded the same facts at the same moment; retry (exit 1)."""
 

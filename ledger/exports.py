@@ -71,6 +71,7 @@ from ledger.errors import (
     InputError,
     IntegrityFailure,
     RuleViolationError,
+    WorkerLostError,
 )
 from ledger.feed import iso, text_field
 from ledger.free_text import WITHHELD, withheld_if_shaped
@@ -1009,7 +1010,10 @@ class Exporter:
                 try:
                     status, value = ready.recv()
                 except EOFError:
-                    raise RuntimeError(f"export worker {index} ended without a result") from None
+                    raise WorkerLostError(
+                        f"export worker {index}",
+                        "the export was not made and nothing was recorded",
+                    ) from None
                 if status == "error":
                     raise value
                 results[index] = value

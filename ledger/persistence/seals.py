@@ -53,6 +53,7 @@ from ledger.errors import (
     InputError,
     IntegrityFailure,
     UnreadableRowError,
+    WorkerLostError,
 )
 from ledger.integrity import Checkpoint, Frontier, LogAudit, LogAuditor, Problem
 from ledger.iterables import batched
@@ -820,7 +821,7 @@ def _parallel_audit(
 
     Each block checks itself: its ids must run from its start to its end without a gap, so
     the log is whole without counting it first."""
-    global _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP
+    global _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP, _FORKED_STARTED, _FORKED_SIZE
     if database.is_sqlite and database.sqlite_path is None:
         return None
     last = _last_event(conn)
@@ -841,22 +842,23 @@ def _parallel_audit(
     auditor = LogAuditor(stored, key)
     context = multiprocessing.get_context("fork")
     stop = context.Event()
+    started = context.Value("i", 0)
     # The workers inherit these: a Database is not pickled.
     _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = database, stop, lookup
+    size = min(workers, len(tasks))
+    _FORKED_STARTED, _FORKED_SIZE = started, size
     counts: list[Counts] = []
     whole, failure = True, None
     try:
         with contextlib.ExitStack() as stack:
             with signals_held():  # (until their own handlers are set; terminated on the way out)
-                pool = stack.enter_context(
-                    context.Pool(min(workers, len(tasks)), initializer=_start_worker)
-                )
+                pool = stack.enter_context(context.Pool(size, initializer=_start_worker))
             hashed_blocks = pool.imap(_hash_block, tasks)
             meanwhile()
             # Every result is taken and the pool closed and joined before it is left: a
             # pool terminated with tasks in flight can hang (its task thread blocked on its
             # queue). Once a block fails, the blocks not begun are skipped by the workers.
-            for result in hashed_blocks:
+            for result in _results(hashed_blocks, started, size):
                 if isinstance(result, BaseException):
                     failure = failure or result
                     whole = False
@@ -873,6 +875,7 @@ def _parallel_audit(
             pool.join()
     finally:
         _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = None, None, None
+        _FORKED_STARTED = None
     if failure is not None:
         raise _WorkerFailed() from failure
     if not whole or not lookup.agrees(counts):
@@ -886,9 +889,37 @@ def _parallel_audit(
 _FORKED_DATABASE: Database | None = None
 _FORKED_STOP: Any = None  # a multiprocessing Event: set, the workers skip their blocks
 _FORKED_LOOKUP: IndexLookup | None = None  # the index rows the workers hold events against
+_FORKED_STARTED: Any = None  # a multiprocessing Value: the workers started, replacements too
+_FORKED_SIZE = 0  # the pool's size: a worker started beyond it replaces one killed outright
+
+
+def _results(hashed_blocks: Any, started: Any, size: int) -> Iterator[Any]:
+    """The pool's results in order. A worker killed outright (kill -9, the out-of-memory
+    killer) takes its block with it, and the pool, which replaces the worker, would wait
+    for that block for good: a replacement (more workers started than the pool's size) is
+    a `WorkerLostError`, and the pool is terminated on the way out."""
+    while True:
+        try:
+            yield hashed_blocks.next(timeout=0.2)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            if started.value > size:
+                raise WorkerLostError(
+                    "a verify worker", "nothing was verified, and the ledger is unchanged"
+                ) from None
 
 
 def _start_worker() -> None:
+    if _FORKED_STARTED is not None:
+        with _FORKED_STARTED.get_lock():
+            _FORKED_STARTED.value += 1
+            number = _FORKED_STARTED.value
+        if number > _FORKED_SIZE:
+            # A replacement, forked by the pool's own thread while the parent's main thread
+            # may hold a lock (SQLite's, mid-read): it could wait on that lock for good, out
+            # of a signal's reach. It ends at once; the parent, seeing it, fails the command.
+            os._exit(0)
     temporaries.leave_stopping_to_the_parent()
     # The worker allocates and frees a few objects per event and creates no cycles: the
     # collector would only walk the objects inherited from the parent (copying their pages).

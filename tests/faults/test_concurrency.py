@@ -340,6 +340,46 @@ main()
 """
 
 
+# A `verify` one of whose hashing workers is killed outright on its first block.
+_KILLED_VERIFY = """
+import os, signal
+from ledger.persistence import seals
+
+real = seals._hash_block
+
+def _hash_block(task):
+    if task[0] == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(task)
+
+_hash_block.__module__, _hash_block.__qualname__ = seals.__name__, "_hash_block"
+seals._hash_block = _hash_block
+seals.verify_ledger.__kwdefaults__["block_level"] = 2  # blocks of 4 events: a small log
+from cli.main import main
+main()
+"""
+
+
+def test_a_verify_worker_killed_outright_fails_verify_in_one_line(
+    ledger: Any, ledger_url: str
+) -> None:
+    """The pool replaced the killed worker and waited for its block for good: `verify` hung
+    (PostgreSQL review's question, tried: kill -9 of one worker of a 100k-fact verify)."""
+    _one_customer(ledger, "k-")
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_VERIFY, "--db", ledger_url, "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("Error:")] == [
+        "Error: a verify worker ended without its result (it was killed, or ran out of "
+        "memory); nothing was verified, and the ledger is unchanged: run it again"
+    ]
+    assert "Traceback" not in done.stderr
+
+
 def _children(pid: int) -> list[str]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return path.read_text().split() if path.exists() else []

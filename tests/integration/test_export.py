@@ -4,6 +4,7 @@ recording, and `export verify` through the command line."""
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -544,6 +545,30 @@ def test_a_failing_worker_fails_the_export_and_records_nothing(
     monkeypatch.setattr(exports, "customer_rows", broken)
     monkeypatch.setattr(exports, "PARALLEL_MIN_CUSTOMERS", 0)
     with pytest.raises(InputError, match="a worker's failure"):
+        _export(ledger, tmp_path / "dd")
+    assert not (tmp_path / "dd").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert seals.verify_ledger(ledger).events == before
+    assert recorded_exports(ledger) == []
+
+
+def test_a_worker_killed_fails_the_export_in_one_clear_line_and_records_nothing(
+    ledger: Any, feed_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed outright (kill -9, the out-of-memory killer) ended the export as
+    "unexpected RuntimeError ... a bug", pointing at tampering (PostgreSQL review)."""
+    from ledger import exports
+    from ledger.errors import WorkerLostError
+
+    _load(ledger, feed_small, customers=10)
+    before = seals.verify_ledger(ledger).events
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(exports, "customer_rows", killed)
+    monkeypatch.setattr(exports, "PARALLEL_MIN_CUSTOMERS", 0)
+    with pytest.raises(WorkerLostError, match=r"export worker \d ended without its result"):
         _export(ledger, tmp_path / "dd")
     assert not (tmp_path / "dd").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
