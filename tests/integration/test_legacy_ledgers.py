@@ -41,12 +41,12 @@ QUESTIONS: dict[str, list[str]] = {
 AT = "2025-10-01T00:00:00Z"
 
 
-def _legacy_ledger(name: str, tmp_path: Path) -> str:
+def _legacy_ledger(name: str, tmp_path: Path, keys_of: str = "keys") -> str:
     """A copy of a fixture ledger, its keys where this test's key folder is."""
     path = tmp_path / "ledger.db"
     shutil.copyfile(LEGACY / name, path)
     keys = tmp_path / "keys"  # CONSENT_LEDGER_KEY_DIR (tests/conftest.py)
-    shutil.copytree(LEGACY / "keys", keys)
+    shutil.copytree(LEGACY / keys_of, keys)
     for key in keys.iterdir():
         key.chmod(0o600)
     return f"sqlite:///{path}"
@@ -173,3 +173,59 @@ def test_a_ledger_recorded_in_line_order_gets_no_old_ties(ledger_url: str, tmp_p
     _as_the_first_0006_left_it(ledger_url)
     run_json(ledger_url, "db", "upgrade")
     assert _transfer_violations(ledger_url) == ["a-d"]
+
+
+# The questions 952619b answered (`answers-952619b/<name>.json`): 223a2a8's, and more.
+QUESTIONS_952619B: dict[str, list[str]] = {
+    **QUESTIONS,
+    "asof-C101-date": ["consent", "show", "C101", "--as-of", "2025-03-01"],
+    "audit-asof": ["audit", "check", "--as-of", "2025-06-30"],
+    **{f"order-{ref}": ["order", "show", ref] for ref in ("O500", "O501", "O502", "O503")},
+    **{
+        f"supp-{name}": ["suppression", "check", f"{name}@example.org"]
+        for name in ("ada", "alan", "grace", "edsger", "barbara")
+    },
+    "show-C104": ["customer", "show", "C104"],
+    "trail-C104": ["customer", "trail", "C104"],
+    "asof-C104": ["consent", "show", "C104"],
+    "notifications": ["recipients", "notifications"],
+}
+
+
+def _answered_since(name: str, answer: Any) -> Any:
+    """952619b's answer, as changed on purpose since (README, Configuration): an order's
+    status is its latest dispatch, delivery or cancellation in business time (0009: O502's
+    dispatch reported late, dated before its delivery, no longer undoes it), and an erased
+    customer's suppression keeps no time (0010)."""
+    if name == "order-O502":
+        answer["status"] = "delivered"
+    elif name == "show-C102":
+        answer["orders"][0]["status"] = "delivered"
+    elif name == "supp-barbara":
+        answer["since"] = None
+    return answer
+
+
+def test_a_ledger_at_0007_with_every_later_migrations_data_upgrades_and_answers(
+    tmp_path: Path,
+) -> None:
+    """A ledger 952619b wrote (schema 0007: `tests/data/legacy/README.md`), with what each
+    later migration changed: a dispatch reported late (0009), an erased customer's marketing
+    withdrawal (0010), an order total of 47 characters and a currency this version's feed
+    refuses (0011), and a master key that version rotated."""
+    url = _legacy_ledger("at-0007-by-952619b.db", tmp_path, "keys-952619b")
+    assert run(url, "customer", "show", "C100").exit_code == 1  # upgrade first
+    document = run_json(url, "db", "upgrade")
+    assert (document["from"], document["to"]) == ("0007", SCHEMA_HEAD)
+    for rebuilt in (False, True):  # as upgraded, and from event zero
+        if rebuilt:
+            assert run(url, "projections", "rebuild").exit_code == 0
+        for name, command in QUESTIONS_952619B.items():
+            then = orjson.loads((LEGACY / "answers-952619b" / f"{name}.json").read_bytes())
+            assert run_json(url, *command) == _answered_since(name, then), (name, rebuilt)
+    assert run(url, "export", "verify", str(LEGACY / "export-by-952619b")).exit_code == 0
+    # Written in line order, its own tie (x-0005's disclosure before x-0006's initiation)
+    # is a violation, as 952619b said; so is one recorded since
+    _import(url, _tie("new"), tmp_path / "tie.jsonl")
+    assert _transfer_violations(url) == ["x-0005", "new-d"]
+    assert run_json(url, "verify")["ok"] is True
