@@ -253,9 +253,10 @@ class LedgerContext:
         self._scratch.close()
 
 
-def _say_leftover(context: Any) -> None:
+def _say_of_keys(context: Any) -> None:
     """A write destroyed or re-wrapped keys, but another session held back the clean-up of
-    their old bytes (`KeyStore.shred`): say so, and how to finish it."""
+    their old bytes (`KeyStore.shred`); or the master key's file is open to other users:
+    say so, and what to do."""
     ledger = getattr(context, "_ledger", None)
     keys = getattr(ledger, "_keys", None)
     if keys is not None and keys.leftover:
@@ -263,6 +264,13 @@ def _say_leftover(context: Any) -> None:
             "old key bytes remain in the database: their clean-up was held back (another "
             "session reading a snapshot from before this command or holding the key table, or "
             "a full disk); run 'consent-ledger keys shred' once that ends"
+        )
+    loose = getattr(keys, "loose_key_file", None)
+    if loose is not None:
+        path, mode = loose
+        logs.log.warning(
+            f"the master key file {path} can be read or changed by other users (mode "
+            f"{mode:04o}): it opens every customer's personal data; chmod 600 {path}"
         )
 
 
@@ -331,7 +339,7 @@ class LedgerGroup(LazyGroup):
         fields["command"] = ctx.meta.get("consent_ledger.command", "")
         fields["seconds"] = round(time.perf_counter() - started, 3)
         if failure is None:
-            _say_leftover(ctx.obj)
+            _say_of_keys(ctx.obj)
             logs.log.info("command.done", **fields)
             return result
         code = exit_code_for(failure)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -142,6 +143,18 @@ def load_master_key(
     return decode_master_key(text, str(path)), str(path)
 
 
+def _open_to_others(source: str) -> tuple[str, int] | None:
+    """The key file `source` (not the environment) and its permission bits, if its group or
+    other users may read or write it: it opens every customer's personal data."""
+    if source == MASTER_KEY_ENV:
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(source).st_mode)
+    except OSError:
+        return None
+    return (source, mode) if mode & 0o077 else None
+
+
 class KeyStore:
     """Per-customer data keys, wrapped by the master key, with a small cache of open keys."""
 
@@ -157,6 +170,8 @@ class KeyStore:
         # Set after a write that destroyed or re-wrapped keys: whether the database still
         # holds their old bytes (another session held the clean-up back; see `shred`).
         self.leftover = False
+        # The master key's file, with its mode, if other users may read it (the CLI warns).
+        self.loose_key_file: tuple[str, int] | None = None
 
     def _load(self) -> tuple[bytes, str]:
         # Loaded on first use: commands that never open personal data (verify, audit) do not
@@ -169,6 +184,7 @@ class KeyStore:
             try:
                 loaded = load_master_key(self.database, create=create, in_use=in_use)
                 self._check(*loaded)
+                self.loose_key_file = _open_to_others(loaded[1])
             except MasterKeyError:
                 pending = self.interrupted_rotation() if in_use else None
                 if pending is None:

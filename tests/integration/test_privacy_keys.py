@@ -121,6 +121,25 @@ def test_a_file_in_place_of_the_key_folder_is_named_not_taken_for_a_lost_key(
     assert folder.read_text() == "not a folder"
 
 
+def test_a_master_key_file_others_can_read_is_warned_of(ledger_url: str, feed_small: Path) -> None:
+    """A `master.key` copied as 0644 opens every customer's data to every user of the
+    machine: accepted silently (privacy review). Warned of, not refused: a Kubernetes secret
+    is mounted 0644 unless told otherwise."""
+    _prepare(ledger_url, feed_small)
+    key_file = _key_dir() / "master.key"
+    quiet = run(ledger_url, "customer", "show", "C100")
+    assert quiet.exit_code == 0 and "can be read or changed by other users" not in quiet.stderr
+    key_file.chmod(0o644)
+    warned = run(ledger_url, "customer", "show", "C100")
+    assert warned.exit_code == 0, warned.stderr
+    assert (
+        f"the master key file {key_file} can be read or changed by other users (mode 0644): "
+        f"it opens every customer's personal data; chmod 600 {key_file}"
+    ) in warned.stderr
+    # A command that never opens the key says nothing of it
+    assert "master key file" not in run(ledger_url, "customer", "trail", "C100").stderr
+
+
 def test_rotation_rewraps_every_key_keeps_events_and_retires_the_old_key(
     ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
