@@ -38,7 +38,7 @@ from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
 from ledger.persistence import indexes
 from ledger.persistence import tables as ledger_tables
-from ledger.persistence.database import NOTIFY_CHANNEL
+from ledger.persistence.database import NOTIFY_CHANNEL, first_line
 from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder
 from ledger.rules import Initiations, Violation
 from projections import parallel
@@ -440,7 +440,7 @@ class ReadModels:
             except Exception as error:
                 if not _listener_failed(error):
                     raise
-                reason = f"the notifications' connection failed: {_first_line(error)}"
+                reason = f"the notifications' connection failed: {first_line(error)}"
             else:
                 if count and applied is not None:
                     applied(count)
@@ -824,10 +824,6 @@ def _listener_failed(error: Exception) -> bool:
     import psycopg
 
     return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _close_quietly(connection: Any) -> None:

@@ -254,7 +254,7 @@ class WriteTransaction:
             # Imported here: a query reads without loading eventsourcing.
             from eventsourcing.persistence import IntegrityError
 
-            raise IntegrityError(f"{table.name}: {_first_line(error)}") from None
+            raise IntegrityError(f"{table.name}: {first_line(error)}") from None
 
 
 class Database:
@@ -422,7 +422,7 @@ class Database:
         except (OperationalError, self.engine.dialect.loaded_dbapi.OperationalError) as error:
             # The server went away (or SQLite gave up on a lock) in the middle of a command:
             # one line for the user, not a traceback; an uncommitted write was rolled back.
-            reason = _first_line(getattr(error, "orig", None) or error)
+            reason = first_line(getattr(error, "orig", None) or error)
             raise DatabaseUnavailableError(
                 f"the database {safe_url(self.url)} failed: {reason}"
             ) from None
@@ -806,7 +806,7 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _first_line(error: BaseException | None) -> str:
+def first_line(error: BaseException | None) -> str:
     text = str(error or "unknown error").strip().splitlines()
     return text[0] if text else "unknown error"
 
@@ -827,7 +827,7 @@ def connect_failure(url: URL, error: BaseException | None) -> str:
     password holds an '@' (the rest of it, read as the host, is in that line)."""
     if _password_spill(url) is not None:
         return "its password seems to hold an '@', which a URL writes as %40"
-    return _first_line(error)
+    return first_line(error)
 
 
 def own_files(database: Database) -> list[Path]:
