@@ -272,25 +272,33 @@ def test_a_killed_rebuild_leaves_queries_on_the_old_model(small: Any, ledger_url
     assert _rules(small) == expected
 
 
-def test_follow_keeps_the_models_at_the_head(small: Any, ledger_url: str) -> None:
-    small.read_models.catch_up()
-    env = {**os.environ, "CONSENT_LEDGER_LOG_LEVEL": "warning"}
-    follower = subprocess.Popen(
-        [CONSENT_LEDGER, "--db", ledger_url, "projections", "follow", "--interval", "0.2"],
+def _follower(url: str) -> subprocess.Popen[bytes]:
+    """`projections follow`, running, checking every 0.2 s."""
+    return subprocess.Popen(
+        [CONSENT_LEDGER, "--db", url, "projections", "follow", "--interval", "0.2"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "CONSENT_LEDGER_LOG_LEVEL": "warning"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _caught_up(ledger: Any, deadline: float) -> bool:
+    """Whether every read model reaches the head of the log by `deadline`."""
+    while not all(s.lag == 0 for s in ledger.read_models.status()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_follow_keeps_the_models_at_the_head(small: Any, ledger_url: str) -> None:
+    small.read_models.catch_up()
+    follower = _follower(ledger_url)
     try:
         time.sleep(1.0)
         _import(small, _register("C777", "follow-1"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all(s.lag == 0 for s in small.read_models.status()):
-                break
-            time.sleep(0.1)
-        assert all(s.lag == 0 for s in small.read_models.status())
+        assert _caught_up(small, time.monotonic() + 30)
     finally:
         follower.send_signal(signal.SIGTERM)
         _out, err = follower.communicate(timeout=30)
@@ -315,14 +323,7 @@ def test_follow_takes_up_again_after_its_connections_are_ended(small: Any, ledge
         pytest.skip("an SQLite file has no connection to lose")
     small.read_models.catch_up()
     before = _sessions_of_others(small)
-    env = {**os.environ, "CONSENT_LEDGER_LOG_LEVEL": "warning"}
-    follower = subprocess.Popen(
-        [CONSENT_LEDGER, "--db", ledger_url, "projections", "follow", "--interval", "0.2"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    follower = _follower(ledger_url)
     try:
         deadline = time.monotonic() + 30
         ended: dict[int, str] = {}
@@ -338,11 +339,7 @@ def test_follow_takes_up_again_after_its_connections_are_ended(small: Any, ledge
                 conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
         time.sleep(0.5)
         _import(small, _register("C778", "follow-2"))
-        while time.monotonic() < deadline:
-            if all(s.lag == 0 for s in small.read_models.status()):
-                break
-            time.sleep(0.1)
-        assert all(s.lag == 0 for s in small.read_models.status())
+        assert _caught_up(small, deadline)
         assert follower.poll() is None
     finally:
         follower.send_signal(signal.SIGTERM)
