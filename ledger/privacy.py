@@ -225,12 +225,10 @@ def access_pack(
     An erased customer's pack withholds each free-text value shaped like an email or phone
     number (a shifted column of the feed: their personal data), as an identified export
     does: after the erasure no command shows their personal data (SPEC §4)."""
-    trail = views.trail_rows(events)
-    orders = views.order_rows(customer, events)
+    trail = views.trail_rows(events)  # (the views withhold so for an erased customer too)
     shown: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = list
     if customer.erased:
         shown = rows_withheld
-        orders = [{**order, "facts": rows_withheld(order["facts"])} for order in orders]
     return {
         "customer": customer.ref,
         "generated_at": iso(generated_at),
@@ -241,10 +239,10 @@ def access_pack(
         "other_data": other_data,
         "consents": views.consent_rows(events),
         "consent_history": shown(views.consent_history_rows(events)),
-        "orders": orders,
+        "orders": views.order_rows(customer, events),
         "contacts": shown(_contact_rows(events)),
-        "recipients": shown(_recipient_rows(trail)),
-        "disclosures": shown(trail),
+        "recipients": _recipient_rows(trail),
+        "disclosures": trail,
         "notifications": shown([due.to_json() for due in notifications(customer.ref, events)]),
         "access_requests": [
             {"at": iso(e.at), "fact_id": e.fact_id}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.errors import IntegrityFailure
 from ledger.feed import iso
+from ledger.free_text import rows_withheld
 from ledger.persistence.stored_state import decode_state
 from ledger.vocabulary import PURPOSE_CHANNELS
 
@@ -176,8 +177,14 @@ def disclosure_row(event: Any) -> dict[str, Any]:
 
 
 def trail_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
-    """SPEC §5 `customer trail`: every disclosure, ordered by `at` (then recording order)."""
-    return [disclosure_row(event) for event in business_order(events) if is_disclosure(event)]
+    """SPEC §5 `customer trail`: every disclosure, ordered by `at` (then recording order).
+    An erased customer's rows withhold a recipient's name shaped like an email or phone
+    number (`free_text.rows_withheld`): after the erasure no command shows their data."""
+    ordered = business_order(events)
+    rows = [disclosure_row(event) for event in ordered if is_disclosure(event)]
+    if rows and any(event_name(event) == "Customer.Erased" for event in ordered):
+        return rows_withheld(rows)
+    return rows
 
 
 def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]]:
@@ -191,6 +198,8 @@ def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]
                 {k: v for k, v in event.fields().items() if k != "order" and v is not None}
             )
             facts[ref].append(entry)
+    # An erased customer's facts withhold free text shaped like an email or phone number.
+    shown = rows_withheld if customer.erased else _as_they_are
     rows = []
     for ref, order in sorted(customer.orders.items(), key=lambda kv: (kv[1].placed_at, kv[0])):
         rows.append(
@@ -200,9 +209,13 @@ def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]
                 "total": str(order.total),
                 "currency": order.currency,
                 "status": order.status,
-                "facts": [_jsonable(f) for f in facts[ref]],
+                "facts": shown([_jsonable(f) for f in facts[ref]]),
             }
         )
+    return rows
+
+
+def _as_they_are(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 

@@ -91,8 +91,8 @@ def test_an_erased_customers_pack_withholds_free_text_shaped_like_their_contact_
     ledger_url: str, feed_small: Path, tmp_path: Path
 ) -> None:
     """A shifted column puts a customer's phone number in a consent's method or a carrier's
-    name; their own pack shows it, but after the erasure no command may (SPEC §4), as the
-    identified export already withheld it (privacy review)."""
+    name; their own pack, trail and orders show it, but after the erasure no command may
+    (SPEC §4), as the identified export already withheld it (privacy review)."""
     _prepare(ledger_url, feed_small)
     shifted = tmp_path / "shifted.jsonl"
     lines = [
@@ -125,13 +125,19 @@ def test_an_erased_customers_pack_withholds_free_text_shaped_like_their_contact_
         assert run(ledger_url, *args).exit_code == 0
         return out.read_text() + Path(f"{out}.md").read_text()
 
-    before = pack_text("before")
+    def views_text() -> str:  # the carrier is the dispatch's recipient
+        trail = run(ledger_url, "customer", "trail", "C100", "--json")
+        order = run(ledger_url, "order", "show", "O500", "--json")
+        assert trail.exit_code == order.exit_code == 0
+        return trail.stdout + order.stdout
+
+    before = pack_text("before") + views_text()
     assert all(secret in before for secret in secrets)  # their own words, to them
     assert run(ledger_url, "customer", "erase", "C100").exit_code == 0
-    after = pack_text("after")
-    assert [secret for secret in secrets if secret in after] == []
-    assert "[withheld: shaped like an email or phone number]" in after
-    assert "checkout-checkbox" in after and "DPD555" in after  # the shop's words stay
+    for after in (pack_text("after"), views_text()):
+        assert [secret for secret in secrets if secret in after] == []
+        assert "[withheld: shaped like an email or phone number]" in after
+        assert "DPD555" in after  # the shop's words stay
 
 
 @pytest.mark.parametrize(
