@@ -89,9 +89,11 @@ def fields_shaped_like_personal_data(fact_type: str, data: Mapping[str, Any]) ->
 SHOWN_FREE_TEXT: Final = frozenset((*FREE_TEXT_FIELDS, "recipient"))
 
 
-def rows_withheld(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`rows` (a view's), with each free-text value shaped like personal data withheld:
-    what an erased customer's rows show."""
+def rows_withheld(rows: list[dict[str, Any]], *, erased: bool = True) -> list[dict[str, Any]]:
+    """`rows` (a view's), with each free-text value shaped like personal data withheld if
+    they are an `erased` customer's (as they are, if not)."""
+    if not erased:
+        return rows
     return [
         {k: withheld_if_shaped(v) if k in SHOWN_FREE_TEXT else v for k, v in row.items()}
         for row in rows

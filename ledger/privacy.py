@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -226,9 +226,7 @@ def access_pack(
     number (a shifted column of the feed: their personal data), as an identified export
     does: after the erasure no command shows their personal data (SPEC §4)."""
     trail = views.trail_rows(events)  # (the views withhold so for an erased customer too)
-    shown: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = list
-    if customer.erased:
-        shown = rows_withheld
+    erased = customer.erased
     return {
         "customer": customer.ref,
         "generated_at": iso(generated_at),
@@ -238,12 +236,14 @@ def access_pack(
         "personal_data": personal_data,
         "other_data": other_data,
         "consents": views.consent_rows(events),
-        "consent_history": shown(views.consent_history_rows(events)),
+        "consent_history": rows_withheld(views.consent_history_rows(events), erased=erased),
         "orders": views.order_rows(customer, events),
-        "contacts": shown(_contact_rows(events)),
+        "contacts": rows_withheld(_contact_rows(events), erased=erased),
         "recipients": _recipient_rows(trail),
         "disclosures": trail,
-        "notifications": shown([due.to_json() for due in notifications(customer.ref, events)]),
+        "notifications": rows_withheld(
+            [due.to_json() for due in notifications(customer.ref, events)], erased=erased
+        ),
         "access_requests": [
             {"at": iso(e.at), "fact_id": e.fact_id}
             for e in views.business_order(events)

@@ -198,8 +198,6 @@ def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]
                 {k: v for k, v in event.fields().items() if k != "order" and v is not None}
             )
             facts[ref].append(entry)
-    # An erased customer's facts withhold free text shaped like an email or phone number.
-    shown = rows_withheld if customer.erased else _as_they_are
     rows = []
     for ref, order in sorted(customer.orders.items(), key=lambda kv: (kv[1].placed_at, kv[0])):
         rows.append(
@@ -209,13 +207,10 @@ def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]
                 "total": str(order.total),
                 "currency": order.currency,
                 "status": order.status,
-                "facts": shown([_jsonable(f) for f in facts[ref]]),
+                # An erased customer's withhold free text shaped like an email or phone.
+                "facts": rows_withheld([_jsonable(f) for f in facts[ref]], erased=customer.erased),
             }
         )
-    return rows
-
-
-def _as_they_are(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
