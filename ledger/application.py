@@ -531,17 +531,9 @@ class ConsentLedger(Application[UUID]):
             )
         return fact_id, answered
 
-    def email_at(self, customer: Customer, key: DataKey, moment: datetime) -> str | None:
-        """The customer's email at `moment`, from their saved and still pending details."""
-        return privacy.email_at(self._details(customer, key), moment)
-
-    def emails_of(self, customer: Customer, key: DataKey) -> set[str]:
-        """Every email the customer has had, from their saved and still pending details."""
-        return {
-            str(opened["email"])
-            for _, _, opened in self._details(customer, key)
-            if opened.get("email")
-        }
+    def email_history(self, customer: Customer, key: DataKey) -> privacy.EmailHistory:
+        """The emails the customer has had, from their saved and still pending details."""
+        return privacy.EmailHistory(self._details(customer, key))
 
     def _details(
         self, customer: Customer, key: DataKey
@@ -641,9 +633,9 @@ class Recording:
         self.copies: dict[str, list[tuple[int, Fact]]] = {}  # later lines with a waiting id
         self.known_customers: set[UUID] = set()
         self.order_owners: dict[str, UUID] = {}
-        # Emails of customers registered in this recording, by (business time, version): the
-        # suppression list needs the email at a withdrawal without re-reading the stream.
-        self.emails: OrderedDict[UUID, list[tuple[datetime, int, dict[str, Any]]]] = OrderedDict()
+        # Email histories of customers registered or read back in this recording (`_emails`):
+        # the suppression list needs the email at a withdrawal without re-reading the stream.
+        self.emails: OrderedDict[UUID, privacy.EmailHistory] = OrderedDict()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -876,8 +868,7 @@ class Recording:
             if kind in _CONSENT_TYPES and fact.data["purpose"] == "marketing":
                 self._keep_suppression(customer, fact, key)
             elif kind == "customer.updated" and "email" in fact.data and customer.id in self.emails:
-                email = {"email": fact.data["email"]}
-                self.emails[customer.id].append((fact.at, customer.version, email))
+                self.emails[customer.id].add(fact.at, customer.version, str(fact.data["email"]))
             if kind == "order.placed":
                 self.new_orders[fact.data["order"]] = customer.id
             elif kind == "subject.erased":
@@ -903,7 +894,8 @@ class Recording:
         self._remember(customer)
         self.new_customers[ident] = ref
         self.dirty[ident] = customer
-        self.emails[ident] = [(fact.at, customer.version, {"email": fact.data["email"]})]
+        history = self.emails[ident] = privacy.EmailHistory()
+        history.add(fact.at, customer.version, str(fact.data["email"]))
         if len(self.emails) > _CUSTOMER_CACHE:  # forgotten ones are read back when needed
             self.emails.popitem(last=False)
 
@@ -933,23 +925,27 @@ class Recording:
         if key is None:  # erased: no email left to key it by (their consents still say no)
             return
         channel = fact.data["channel"]
-        latest = max(customer.consents[("marketing", channel)], key=lambda c: (c[0], c[1]))
+        latest = customer.latest_consent("marketing", channel)
         withdrawn = fact.type == "consent.withdrawn"
         if latest[2] == withdrawn:  # a late fact that does not change the current state
             return
-        known = self.emails.get(customer.id)
-        if known is not None:
-            email = privacy.email_at(known, fact.at)
-        else:
-            email = self.app.email_at(customer, key, fact.at)
+        email = self._emails(customer, key).at(fact.at)
         if email is not None:
             self.app.keys.update_suppression(email, channel, fact.at, suppressed=withdrawn)
 
     def _emails_of(self, customer: Customer, key: DataKey) -> set[str]:
-        known = self.emails.get(customer.id)
-        if known is not None:  # registered in this recording
-            return {str(fields["email"]) for _, _, fields in known}
-        return self.app.emails_of(customer, key)
+        return self._emails(customer, key).all()
+
+    def _emails(self, customer: Customer, key: DataKey) -> privacy.EmailHistory:
+        """The customer's email history: kept from their registration in this recording, or
+        read back once (the stream's saved and pending details), then kept up to date: a
+        read per fact made recording for a customer with a long history quadratic."""
+        history = self.emails.get(customer.id)
+        if history is None:
+            history = self.emails[customer.id] = self.app.email_history(customer, key)
+            if len(self.emails) > _CUSTOMER_CACHE:
+                self.emails.popitem(last=False)
+        return history
 
     def _prevent(self, customer: Customer, fact: Fact) -> None:
         """The candidate is judged as if recorded now: after every initiation recorded,

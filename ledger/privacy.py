@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import unicodedata
+from bisect import bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,22 +44,42 @@ def normalise_email(email: str) -> str:
     return unicodedata.normalize("NFKC", email).strip().casefold()
 
 
-def email_at(
-    details: Iterable[tuple[datetime, int, dict[str, Any]]], moment: datetime
-) -> str | None:
-    """The email a customer had at `moment`, from their opened details facts
-    (business time, version, fields); the earliest known if none is that old."""
-    ordered = sorted(
-        ((at, version, fields["email"]) for at, version, fields in details if "email" in fields),
-        key=lambda entry: (entry[0], entry[1]),
-    )
-    if not ordered:
-        return None
-    current = ordered[0][2]
-    for at, _version, email in ordered:
-        if at <= moment:
-            current = email
-    return str(current)
+class EmailHistory:
+    """The emails a customer has had, by (business time, version) of the registration or
+    details update that gave each, kept in that order: the email at a moment is found by
+    bisection, not by sorting the history for each question (a recording asks at every
+    marketing consent fact, and a customer may have thousands)."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, details: Iterable[tuple[datetime, int, dict[str, Any]]] = ()) -> None:
+        """From opened details facts: (business time, version, fields)."""
+        self._entries = sorted(
+            (at, version, str(fields["email"]))
+            for at, version, fields in details
+            if "email" in fields
+        )
+
+    def add(self, at: datetime, version: int, email: str) -> None:
+        entry = (at, version, email)
+        if not self._entries or entry[:2] > self._entries[-1][:2]:
+            self._entries.append(entry)  # the usual case: the latest
+        else:
+            insort(self._entries, entry)
+
+    def at(self, moment: datetime) -> str | None:
+        """The email at `moment`; the earliest known if none is that old."""
+        if not self._entries:
+            return None
+        index = bisect_right(self._entries, moment, key=_business_time)
+        return self._entries[max(index - 1, 0)][2]
+
+    def all(self) -> set[str]:
+        return {email for _, _, email in self._entries if email}
+
+
+def _business_time(entry: tuple[datetime, int, str]) -> datetime:
+    return entry[0]
 
 
 # -- Art. 19 -----------------------------------------------------------------------------------

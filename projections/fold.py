@@ -25,7 +25,7 @@ import orjson
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
-from ledger.domainmodel import Acquirer, Customer, OrderState
+from ledger.domainmodel import Acquirer, Customer, OrderState, add_consent
 from ledger.errors import UnreadableEventError
 from ledger.rules import JUDGED_TYPES
 from projections.base import stamp
@@ -311,7 +311,7 @@ class Folder:
                         )
                     pair = (purpose, channel)
                     if pair in consents:
-                        consents[pair].append((parse(raw_at), version, given))
+                        add_consent(consents[pair], (parse(raw_at), version, given))
                         stamped[pair].append((at, version, given))
                     else:
                         consents[pair] = [(parse(raw_at), version, given)]

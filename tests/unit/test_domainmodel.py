@@ -7,6 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.domainmodel import (
     EVENT_FOR_FACT,
@@ -102,14 +104,15 @@ def test_disclosure_events_carry_what_the_fact_implies(fact_type: str) -> None:
     assert sorted(event.categories) == sorted(expected)
 
 
-def test_consents_are_kept_per_purpose_and_channel_in_recording_order() -> None:
+def test_consents_are_kept_per_purpose_and_channel_in_business_time_order() -> None:
     customer = registered_customer()
     record(customer, "consent.given", "g", 5)
     record(customer, "consent.withdrawn", "w", 3)  # late, dated earlier
     assert customer.consents[("marketing", "email")] == [
-        (datetime(2025, 1, 10, 9, 5, tzinfo=UTC), 2, True),
         (datetime(2025, 1, 10, 9, 3, tzinfo=UTC), 3, False),
+        (datetime(2025, 1, 10, 9, 5, tzinfo=UTC), 2, True),
     ]
+    assert customer.latest_consent("marketing", "email")[1:] == (2, True)
     assert customer.consent_given_at("marketing", "email", datetime(2025, 1, 10, 9, 6, tzinfo=UTC))
     assert not customer.consent_given_at(
         "marketing", "email", datetime(2025, 1, 10, 9, 4, tzinfo=UTC)
@@ -209,3 +212,34 @@ def test_acquirer_records_its_transfer_initiations() -> None:
     assert (event.scope, event.extra) == ("all customers", {})
     assert event.sealed == "sealed-by-the-application"
     assert acquirer.initiations == [datetime(2025, 1, 10, 9, 10, tzinfo=UTC)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts=st.lists(st.tuples(st.integers(0, 6), st.booleans()), max_size=12))
+def test_consent_at_a_moment_is_the_latest_fact_at_or_before_it_in_business_time(
+    facts: list[tuple[int, bool]],
+) -> None:
+    """The timeline is searched by bisection: it answers as a scan of every consent fact
+    would (SPEC §3: the latest at or before the moment, recording order breaking a tie, and a
+    fact at the same moment counting only if recorded before `before`), late facts and ties
+    included, at every moment and position."""
+    customer = registered_customer()
+    recorded = []
+    for number, (minutes, give) in enumerate(facts):
+        kind = "consent.given" if give else "consent.withdrawn"
+        event = record(customer, kind, f"c{number}", minutes)
+        recorded.append((event.at, event.originator_version, give))
+    for moment in range(-1, 8):
+        when = datetime(2025, 1, 10, 9, max(moment, 0), tzinfo=UTC)
+        if moment < 0:
+            when = datetime(2024, 1, 1, tzinfo=UTC)
+        for before in (None, *range(1, len(facts) + 3)):
+            eligible = [
+                entry
+                for entry in recorded
+                if entry[0] < when or (entry[0] == when and (before is None or entry[1] < before))
+            ]
+            expected = max(eligible)[2] if eligible else False
+            assert customer.consent_given_at("marketing", "email", when, before) is expected
+    if recorded:
+        assert customer.latest_consent("marketing", "email") == max(recorded)

@@ -80,15 +80,40 @@ def test_normalise_email_folds_case_space_and_unicode_forms() -> None:
 
 
 def test_email_at_is_the_latest_email_at_that_time() -> None:
-    details = [
-        (at(0), 1, {"email": "old@x.org", "name": "N"}),
-        (at(10), 5, {"phone": "1"}),
-        (at(20), 6, {"email": "new@x.org"}),
-    ]
-    assert privacy.email_at(details, at(5)) == "old@x.org"
-    assert privacy.email_at(details, at(20)) == "new@x.org"
-    assert privacy.email_at(details, at(-5)) == "old@x.org"  # before any: the first known
-    assert privacy.email_at([], at(0)) is None
+    history = privacy.EmailHistory(
+        [
+            (at(20), 6, {"email": "new@x.org"}),
+            (at(0), 1, {"email": "old@x.org", "name": "N"}),
+            (at(10), 5, {"phone": "1"}),
+        ]
+    )
+    assert history.at(at(5)) == "old@x.org"
+    assert history.at(at(20)) == "new@x.org"
+    assert history.at(at(-5)) == "old@x.org"  # before any: the first known
+    assert history.all() == {"old@x.org", "new@x.org"}
+    assert privacy.EmailHistory().at(at(0)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    given_first=st.lists(st.tuples(st.integers(0, 5), st.sampled_from("abc")), max_size=5),
+    added=st.lists(st.tuples(st.integers(0, 5), st.sampled_from("abc")), max_size=8),
+)
+def test_an_email_history_answers_as_a_scan_of_every_details_fact_would(
+    given_first: list[tuple[int, str]], added: list[tuple[int, str]]
+) -> None:
+    """Kept in order as details facts arrive, late ones included, the history's email at a
+    moment is the latest (business time, then version) at or before it, else the first."""
+    facts = [(at(m), version, f"{e}@x.org") for version, (m, e) in enumerate(given_first)]
+    history = privacy.EmailHistory((when, v, {"email": email}) for when, v, email in facts)
+    for version, (minutes, e) in enumerate(added, start=len(facts)):
+        history.add(at(minutes), version, f"{e}@x.org")
+        facts.append((at(minutes), version, f"{e}@x.org"))
+    for minutes in range(-1, 7):
+        earlier = [fact for fact in facts if fact[0] <= at(minutes)]
+        expected = max(earlier)[2] if earlier else min(facts)[2] if facts else None
+        assert history.at(at(minutes)) == expected
+    assert history.all() == {email for _, _, email in facts}
 
 
 def _shop(b: Builder) -> None:
