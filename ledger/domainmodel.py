@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -85,10 +85,14 @@ class OrderState:
     placed_at: datetime
     total: Decimal
     currency: str
+    # (at, version, result) of each payment authorisation and identity check, in business-time
+    # order (`add_payment`, `add_identity_check`).
     payments: list[tuple[datetime, int, str]] = field(default_factory=list)
     identity_checks: list[tuple[datetime, int, str]] = field(default_factory=list)
     # (at, version, status) of each dispatch, delivery and cancellation.
     lifecycle: list[tuple[datetime, int, str]] = field(default_factory=list)
+    # (at, version) of the earliest authorised payment, if any.
+    first_authorised: tuple[datetime, int] | None = None
 
     @property
     def status(self) -> str:
@@ -97,20 +101,40 @@ class OrderState:
         late, dated before the delivery, leaves the order delivered. `placed` if none."""
         return max(self.lifecycle)[2] if self.lifecycle else "placed"
 
+    def add_payment(self, at: datetime, version: int, result: str) -> None:
+        add_in_time_order(self.payments, (at, version, result))
+        if result == "authorised" and (
+            self.first_authorised is None or (at, version) < self.first_authorised
+        ):
+            self.first_authorised = (at, version)
+
+    def add_identity_check(self, at: datetime, version: int, result: str) -> None:
+        add_in_time_order(self.identity_checks, (at, version, result))
+
+    def authorised_before(self, moment: tuple[datetime, int]) -> bool:
+        """Whether a payment was authorised before (business time, version) `moment`."""
+        return self.first_authorised is not None and self.first_authorised < moment
+
+    def identity_check_before(self, moment: tuple[datetime, int]) -> str | None:
+        """The result of the latest identity check before (business time, version) `moment`."""
+        index = bisect_left(self.identity_checks, moment)
+        return self.identity_checks[index - 1][2] if index else None
+
     def advance(self, at: datetime, version: int, status: str) -> None:
         """A dispatch, delivery or cancellation at `at`, the stream's `version`th event."""
         self.lifecycle.append((at, version, status))
 
 
-def add_consent(
-    timeline: list[tuple[datetime, int, bool]], entry: tuple[datetime, int, bool]
-) -> None:
-    """Adds a consent fact's (at, version, given) to its purpose and channel's timeline, kept
-    in business-time order (a stream's version breaking a tie, so no two entries compare
-    equal): the latest is last and a moment is found by bisection, not by a scan, which made
-    recording for a customer with thousands of consent facts quadratic. A fact reported late
-    is put in its place; the usual one, the latest, is appended."""
-    if entry[:2] > timeline[-1][:2]:
+_Entry = TypeVar("_Entry", bound=tuple[Any, ...])
+
+
+def add_in_time_order(timeline: list[_Entry], entry: _Entry) -> None:
+    """Adds a fact's (at, version, ...) to a timeline kept in business-time order (a stream's
+    version breaking a tie, so no two entries of a stream compare equal): the latest is last
+    and a moment is found by bisection, not by a scan per fact judged, which made recording
+    and auditing an entity with thousands of facts quadratic. A fact reported late is put
+    in its place; the usual one, the latest, is appended."""
+    if not timeline or entry[:2] > timeline[-1][:2]:
         timeline.append(entry)
     else:
         insort(timeline, entry)
@@ -193,7 +217,7 @@ class Customer(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
             order = aggregate.orders[self.order]
-            order.payments.append((self.at, self.originator_version, self.result))
+            order.add_payment(self.at, self.originator_version, self.result)
 
     class IdentityChecked(DisclosureEvent):
         FACT_TYPE = "identity.check"
@@ -205,7 +229,7 @@ class Customer(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Customer)
             order = aggregate.orders[self.order]
-            order.identity_checks.append((self.at, self.originator_version, self.result))
+            order.add_identity_check(self.at, self.originator_version, self.result)
 
     class CreditReferenceDisclosed(DisclosureEvent):
         FACT_TYPE = "cra.disclosure"
@@ -305,7 +329,7 @@ class Customer(Aggregate):
         self.erased = False
         self.erased_at: datetime | None = None
         self.orders: dict[str, OrderState] = {}
-        # (purpose, channel) -> [(at, version, given)] in business-time order (`add_consent`)
+        # (purpose, channel) -> [(at, version, given)] in business-time order (`add_in_time_order`)
         self.consents: dict[tuple[str, str], list[tuple[datetime, int, bool]]] = {}
 
     def _consent(self, event: FactEvent, *, given: bool) -> None:
@@ -315,7 +339,7 @@ class Customer(Aggregate):
         if timeline is None:
             self.consents[key] = [entry]
         else:
-            add_consent(timeline, entry)
+            add_in_time_order(timeline, entry)
 
     # -- queries over decision state -------------------------------------------------------
 

@@ -600,20 +600,24 @@ def _may_notify(events: list[FactEvent]) -> bool:
     and for a category a rectification changed if it received that before (by business
     time, ties either way). Most rectifications precede the disclosures of what they
     change, if any."""
-    disclosures = [e for e in events if isinstance(e, DisclosureEvent)]
-    if not disclosures:
+    first: dict[str, datetime] = {}  # category -> its earliest disclosure (business time)
+    for event in events:
+        if isinstance(event, DisclosureEvent):
+            for category in event.categories:
+                if category not in first or event.at < first[category]:
+                    first[category] = event.at
+    if not first:
         return False
     categories = privacy.FIELD_CATEGORY
     for event in events:
         if isinstance(event, Customer.Erased):
             return True
         if isinstance(event, Customer.DetailsUpdated):
-            changed = {categories[f] for f in event.fields_updated if f in categories}
             at = event.at
-            if changed and any(
-                d.at <= at and not changed.isdisjoint(d.categories) for d in disclosures
-            ):
-                return True
+            for name in event.fields_updated:
+                since = first.get(categories.get(name, ""))
+                if since is not None and since <= at:
+                    return True
     return False
 
 

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import unicodedata
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -153,7 +153,10 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
     if not any(isinstance(e, _TRIGGERS) for e in events):
         return []  # the common case, kept cheap: audit asks this of every customer
     ordered = views.business_order(events)
-    sent = [e for e in ordered if isinstance(e, Customer.RecipientNotified)]
+    sent: dict[str, list[Customer.RecipientNotified]] = {}  # by recipient, in business order
+    for e in ordered:
+        if isinstance(e, Customer.RecipientNotified):
+            sent.setdefault(e.recipient, []).append(e)
     found: list[NotificationDue] = []
     ever = _receipts(e for e in ordered if isinstance(e, DisclosureEvent))  # whenever
     last_receipt = {e.recipient: e.at for e in ordered if isinstance(e, DisclosureEvent)}
@@ -178,7 +181,9 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
                 continue
             since = last_receipt[recipient] if changed is None else event.at
             since = max(since, event.at)
-            answer = next((n for n in sent if n.recipient == recipient and n.at >= since), None)
+            told = sent.get(recipient, ())
+            index = bisect_left(told, since, key=_told_at)  # the first told at or after `since`
+            answer = told[index] if index < len(told) else None
             found.append(
                 NotificationDue(
                     customer=ref,
@@ -194,6 +199,10 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
                 )
             )
     return found
+
+
+def _told_at(event: FactEvent) -> datetime:
+    return event.at
 
 
 def _receive(received: dict[str, _Received], disclosure: DisclosureEvent) -> None:

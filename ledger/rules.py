@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ledger.domainmodel import Customer, FactEvent
+from ledger.domainmodel import Customer, FactEvent, add_in_time_order
 
 # (acquirer name, business time, position in the log, None for a fact not recorded yet) ->
 # was a transfer to that acquirer initiated before it?
@@ -102,22 +102,25 @@ class Initiations:
             self.add(name, initiations)
 
     def add(self, name: str, initiations: Iterable[tuple[datetime, int]]) -> None:
-        self.by_acquirer.setdefault(name, []).extend(initiations)
+        timeline = self.by_acquirer.setdefault(name, [])  # in (business time, position) order
+        for initiation in initiations:
+            add_in_time_order(timeline, initiation)
 
     def __call__(self, acquirer: str, moment: datetime, position: int | None) -> bool:
+        timeline = self.by_acquirer.get(acquirer)
+        if not timeline or timeline[0][0] > moment:
+            return False
+        if timeline[0][0] < moment:  # the earliest is earlier: no scan of the others
+            return True
         legacy = self.stream_ordered_until
-        return any(
-            at < moment
-            or (
-                at == moment
-                and (
-                    position is None
-                    or recorded < position
-                    or (position <= legacy and recorded <= legacy)
-                )
-            )
-            for at, recorded in self.by_acquirer.get(acquirer, ())
-        )
+        for at, recorded in timeline:  # the ties at `moment`, which come first
+            if at != moment:
+                return False
+            if position is None or recorded < position:
+                return True
+            if position <= legacy and recorded <= legacy:
+                return True
+        return False
 
 
 def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -> list[str]:
@@ -138,11 +141,9 @@ def broken_rules(customer: Customer, item: Judged, initiated: InitiationCheck) -
     elif kind == "order.dispatched":
         order = customer.orders.get(item.data["order"])
         key = (at, item.seq)
-        payments = order.payments if order else []
-        if not any(result == "authorised" and (p_at, v) < key for p_at, v, result in payments):
+        if order is None or not order.authorised_before(key):
             rules.append("dispatch_without_payment")
-        checks = [c for c in (order.identity_checks if order else []) if (c[0], c[1]) < key]
-        if checks and max(checks, key=lambda c: (c[0], c[1]))[2] == "fail":
+        if order is not None and order.identity_check_before(key) == "fail":
             rules.append("dispatch_after_failed_verification")
     elif kind == "transfer.disclosure" and not initiated(item.data["acquirer"], at, item.position):
         rules.append("transfer_without_initiation")

@@ -25,7 +25,7 @@ import orjson
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
-from ledger.domainmodel import Acquirer, Customer, OrderState, add_consent
+from ledger.domainmodel import Acquirer, Customer, OrderState, add_in_time_order
 from ledger.errors import UnreadableEventError
 from ledger.rules import JUDGED_TYPES
 from projections.base import stamp
@@ -311,7 +311,7 @@ class Folder:
                         )
                     pair = (purpose, channel)
                     if pair in consents:
-                        add_consent(consents[pair], (parse(raw_at), version, given))
+                        add_in_time_order(consents[pair], (parse(raw_at), version, given))
                         stamped[pair].append((at, version, given))
                     else:
                         consents[pair] = [(parse(raw_at), version, given)]
@@ -355,10 +355,9 @@ class Folder:
                         figures.bases.add(basis)
                     moment = parse(raw_at)
                     if code == PAYMENT:
-                        orders[data["order"]].payments.append((moment, version, data["result"]))
+                        orders[data["order"]].add_payment(moment, version, data["result"])
                     elif code == IDENTITY:
-                        checks = orders[data["order"]].identity_checks
-                        checks.append((moment, version, data["result"]))
+                        orders[data["order"]].add_identity_check(moment, version, data["result"])
                     elif code == DISPATCHED:
                         orders[data["order"]].advance(moment, version, "dispatched")
                     elif code == TRANSFER:

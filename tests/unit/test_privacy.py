@@ -181,6 +181,27 @@ def test_a_notification_answers_what_was_due_at_its_time_not_later_changes() -> 
     }
 
 
+def test_a_due_notification_is_answered_by_the_first_sent_at_or_after_it() -> None:
+    """Sent notifications are searched per recipient by time: one at the very time of the
+    rectification answers it, one before does not, and of several the first is named."""
+    b = Builder()
+    _shop(b)
+    b.notify("Visa", 40, [])
+    updated = b.add("customer.updated", 50, name="M")
+    b.notify("DPD", 50, [updated])
+    dpd = f"n{b.n}"
+    b.notify("Visa", 80, [updated])
+    b.notify("Visa", 55, [updated])  # reported late: the first sent all the same
+    visa = f"n{b.n}"
+    dues = privacy.notifications("C1", b.events)
+    told = {d.recipient: (d.notified_at, d.notified_fact_id) for d in dues}
+    assert told == {
+        "DPD": (at(50), dpd),
+        "Offspring": (None, None),
+        "Visa": (at(55), visa),
+    }
+
+
 def test_violation_only_after_thirty_days_and_once_per_fact() -> None:
     b = Builder()
     _shop(b)
