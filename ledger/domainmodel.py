@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, ClassVar, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -138,10 +139,6 @@ def add_in_time_order(timeline: list[_Entry], entry: _Entry) -> None:
         timeline.append(entry)
     else:
         insort(timeline, entry)
-
-
-def _business_time(entry: tuple[datetime, int, bool]) -> datetime:
-    return entry[0]
 
 
 class Customer(Aggregate):
@@ -355,7 +352,7 @@ class Customer(Aggregate):
         if not timeline:
             return False
         if before is None:  # after every fact at or before `moment`
-            index = bisect_right(timeline, moment, key=_business_time)
+            index = bisect_right(timeline, moment, key=itemgetter(0))
         else:  # after every fact earlier than (moment, before)
             index = bisect_left(timeline, (moment, before))
         return index > 0 and timeline[index - 1][2]

@@ -15,14 +15,15 @@
 from __future__ import annotations
 
 import unicodedata
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 from ledger import views
-from ledger.domainmodel import Customer, DisclosureEvent, FactEvent
+from ledger.domainmodel import Customer, DisclosureEvent, FactEvent, add_in_time_order
 from ledger.feed import iso
 from ledger.free_text import rows_withheld
 from ledger.rules import Violation
@@ -61,25 +62,17 @@ class EmailHistory:
         )
 
     def add(self, at: datetime, version: int, email: str) -> None:
-        entry = (at, version, email)
-        if not self._entries or entry[:2] > self._entries[-1][:2]:
-            self._entries.append(entry)  # the usual case: the latest
-        else:
-            insort(self._entries, entry)
+        add_in_time_order(self._entries, (at, version, email))
 
     def at(self, moment: datetime) -> str | None:
         """The email at `moment`; the earliest known if none is that old."""
         if not self._entries:
             return None
-        index = bisect_right(self._entries, moment, key=_business_time)
+        index = bisect_right(self._entries, moment, key=itemgetter(0))
         return self._entries[max(index - 1, 0)][2]
 
     def all(self) -> set[str]:
         return {email for _, _, email in self._entries if email}
-
-
-def _business_time(entry: tuple[datetime, int, str]) -> datetime:
-    return entry[0]
 
 
 # -- Art. 19 -----------------------------------------------------------------------------------
@@ -181,8 +174,8 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
                 continue
             since = last_receipt[recipient] if changed is None else event.at
             since = max(since, event.at)
-            told = sent.get(recipient, ())
-            index = bisect_left(told, since, key=_told_at)  # the first told at or after `since`
+            told = sent.get(recipient, ())  # the first one told at or after `since` answers
+            index = bisect_left(told, since, key=attrgetter("at"))
             answer = told[index] if index < len(told) else None
             found.append(
                 NotificationDue(
@@ -199,10 +192,6 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
                 )
             )
     return found
-
-
-def _told_at(event: FactEvent) -> datetime:
-    return event.at
 
 
 def _receive(received: dict[str, _Received], disclosure: DisclosureEvent) -> None:
