@@ -22,7 +22,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,14 +44,21 @@ def _workload() -> None:
     conn.close()
 
 
+def best_of(
+    rounds: int, action: Callable[[], object], clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The least time `action` took over `rounds` runs, by `clock` (wall time by default)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = clock()
+        action()
+        best = min(best, clock() - started)
+    return best
+
+
 def reference_seconds() -> float:
     """CPU seconds of the reference workload, best of `ROUNDS` (lower: a faster machine)."""
-    best = float("inf")
-    for _ in range(ROUNDS):
-        started = time.process_time()
-        _workload()
-        best = min(best, time.process_time() - started)
-    return best
+    return best_of(ROUNDS, _workload, time.process_time)
 
 
 def _cpu_times() -> tuple[int, int] | None:
