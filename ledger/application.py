@@ -862,10 +862,18 @@ class Recording:
                     raise InvalidFactError(f"order {order!r} is already placed")
             if self.preventive and kind in JUDGED_TYPES:
                 self._prevent(customer, fact)
-            key = self.app.keys.get(customer.id)
+            marketing = kind in _CONSENT_TYPES and fact.data["purpose"] == "marketing"
+            # The customer's data key only where the fact needs it (sealing, the Art. 21
+            # list, an erasure): one read and unwrap per customer not in the key cache, which
+            # an export's disclosures of more customers than it holds missed for every one.
+            key = (
+                self.app.keys.get(customer.id)
+                if fact.extra or marketing or kind in _KEYED
+                else None
+            )
             customer.record(fact, self._seal(key, fact))
             self.applied.append(customer.id)
-            if kind in _CONSENT_TYPES and fact.data["purpose"] == "marketing":
+            if marketing:
                 self._keep_suppression(customer, fact, key)
             elif kind == "customer.updated" and "email" in fact.data and customer.id in self.emails:
                 self.emails[customer.id].add(fact.at, customer.version, str(fact.data["email"]))
@@ -1063,6 +1071,7 @@ class Recording:
 
 
 _CUSTOMER_CACHE = 20_000
+_KEYED = frozenset({"customer.updated", "subject.erased"})  # facts that use the data key
 # How far ahead of this machine's clock a command's time may be (another machine's clock).
 _CLOCK_SKEW = timedelta(minutes=5)
 _CONSENT_TYPES = frozenset({"consent.given", "consent.withdrawn"})

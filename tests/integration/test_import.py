@@ -509,11 +509,20 @@ def test_unknown_fields_are_kept_sealed_with_the_customer(ledger: Any) -> None:
     reg = line("customer.registered", "f-reg", 0, customer="F1", loyalty_tier="gold")
     consent = line("consent.given", "f-con", 1, customer="F1", source_system="pos-7")
     import_objs(ledger, [reg, consent])
+    # Any fact, of a customer registered before the file: its key is read back to seal them.
+    research = line(
+        "consent.given", "f-res", 2, customer="F1", purpose="market_research", till="till-9"
+    )
+    placed = line("order.placed", "f-ord", 3, customer="F1", order="FO1", gift_note="for Ada")
+    import_objs(ledger, [research, placed])
     customer, events = ledger.customer_with_events("F1")
     assert ledger.extra_fields(customer, events[1]) == {"source_system": "pos-7"}
+    assert ledger.extra_fields(customer, events[2]) == {"till": "till-9"}
+    assert ledger.extra_fields(customer, events[3]) == {"gift_note": "for Ada"}
     with ledger.database.reading() as conn:
         raw = b"".join(conn.execute(sa.text("SELECT state FROM ledger_events")).scalars())
     assert b"pos-7" not in raw and b"gold" not in raw
+    assert b"till-9" not in raw and b"for Ada" not in raw
     for value in PERSONAL_VALUES:
         assert value.encode() not in raw
 
