@@ -332,11 +332,7 @@ class Customer(Aggregate):
     def _consent(self, event: FactEvent, *, given: bool) -> None:
         key = (event.__dict__["purpose"], event.__dict__["channel"])
         entry = (event.at, event.originator_version, given)
-        timeline = self.consents.get(key)
-        if timeline is None:
-            self.consents[key] = [entry]
-        else:
-            add_in_time_order(timeline, entry)
+        add_in_time_order(self.consents.setdefault(key, []), entry)
 
     # -- queries over decision state -------------------------------------------------------
 

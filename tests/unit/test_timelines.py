@@ -44,7 +44,7 @@ def test_an_orders_payment_and_check_before_a_dispatch(
         *((fact, order.add_payment, paid) for fact in payments),
         *((fact, order.add_identity_check, checked) for fact in checks),
     ]:
-        version += 2  # (the dispatches judged take the odd versions between)
+        version += 2  # (gaps for dispatches; every version is tried as one below)
         add(minute(m), version, result)
         kept.append((minute(m), version, result))
     for m in range(-1, 7):
