@@ -60,7 +60,10 @@ def customer_ref_of_order(conn: Connection, order_ref: str) -> str | None:
 
 def customer_refs(conn: Connection) -> Iterator[str]:
     """Every customer reference in registration order, streamed."""
-    for row in conn.execution_options(yield_per=5000).execute(_SELECT_CUSTOMER_REFS):
+    # Streamed by the statement's option: on the connection, it would stay set on a write
+    # transaction's (SQLAlchemy 2 sets a connection's options in place), and every later
+    # statement of that write would run through a server-side cursor on PostgreSQL.
+    for row in conn.execute(_SELECT_CUSTOMER_REFS.execution_options(yield_per=5000)):
         yield str(row[0])
 
 

@@ -57,7 +57,8 @@ def streams_with_facts(
     )
     batch: tuple[UUID, list[StoredEvent]] | None = None
     with database.reading() as conn:
-        for row in conn.execution_options(yield_per=5000).execute(query):
+        # On the statement, not the connection: see `indexes.customer_refs`.
+        for row in conn.execute(query.execution_options(yield_per=5000)):
             if batch is None or row[0] != batch[0]:
                 if batch is not None:
                     yield batch
