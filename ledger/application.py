@@ -481,7 +481,15 @@ class ConsentLedger(Application[UUID]):
 
     def notifications(self) -> list[privacy.NotificationDue]:
         """Art. 19: every notification due for an erasure or rectification, answered or not."""
-        found: list[privacy.NotificationDue] = []
+        found = [due for _events, dues in self._notification_streams() for due in dues]
+        found.sort(key=lambda due: (due.at, due.customer, due.recipient))
+        return found
+
+    def _notification_streams(
+        self,
+    ) -> Iterator[tuple[list[Any], list[privacy.NotificationDue]]]:
+        """The events of each customer with an erasure or rectification, and the
+        notifications it makes due, answered or not."""
         triggers = ("customer.updated", "subject.erased")
         from ledger.persistence import personal
 
@@ -490,9 +498,7 @@ class ConsentLedger(Application[UUID]):
             registered = events[0]
             assert isinstance(registered, Customer.Registered)
             facts = [e for e in events if isinstance(e, FactEvent)]
-            found.extend(privacy.notifications(registered.ref, facts))
-        found.sort(key=lambda due: (due.at, due.customer, due.recipient))
-        return found
+            yield events, privacy.notifications(registered.ref, facts)
 
     def record_notification(
         self, ref: str, recipient: str, at: datetime | None = None, fact_id: str | None = None
@@ -530,6 +536,61 @@ class ConsentLedger(Application[UUID]):
                 ],
             )
         return fact_id, answered
+
+    def record_notifications_due(
+        self, recipient: str, at: datetime | None = None
+    ) -> list[tuple[str, str, list[privacy.NotificationDue]]]:
+        """Art. 19, for every customer at once: record that `recipient` was told of each
+        erasure and rectification due to it at `at` (a batch sent to a carrier, say). One
+        notification fact per customer, with a new id, in one transaction: all or none.
+        Refused if none is due to that recipient. Returns (customer, fact id, answered) of
+        each, by customer."""
+        at = at or datetime.now(UTC)
+        from ledger.persistence import tables
+
+        done: list[tuple[str, str, list[privacy.NotificationDue]]] = []
+        customers: list[Customer] = []
+        with self.database.writing() as tx:
+            for events, dues in self._notification_streams():
+                answered = [
+                    due
+                    for due in privacy.outstanding(dues)
+                    if due.recipient == recipient and due.due_from <= at
+                ]
+                if not answered:
+                    continue
+                customer: Any = None
+                for event in events:
+                    customer = event.mutate(customer)
+                assert isinstance(customer, Customer)
+                fact_id = f"cmd-{uuid4()}"
+                customer.record_notification(
+                    recipient, sorted({due.fact_id for due in answered}), fact_id, at
+                )
+                customers.append(customer)
+                done.append((customer.ref, fact_id, answered))
+            if not done:
+                raise InputError(
+                    f"no notification to recipient {recipient!r} is due for any customer "
+                    "(see 'consent-ledger recipients notifications')"
+                )
+            recordings = self.save(*customers)
+            tx.insert_many(
+                tables.facts,
+                _FACT_COLUMNS,
+                [
+                    (
+                        r.domain_event.fact_id,
+                        r.notification.id,
+                        _NOTIFIED_TYPE,
+                        r.domain_event.originator_id,
+                    )
+                    for r in recordings
+                    if isinstance(r.domain_event, Customer.RecipientNotified)
+                ],
+            )
+        done.sort(key=lambda row: row[0])
+        return done
 
     def email_history(self, customer: Customer, key: DataKey) -> privacy.EmailHistory:
         """The emails the customer has had, from their saved and still pending details."""

@@ -132,15 +132,35 @@ def notifications(ledger: Any, show_all: bool, as_json: bool) -> None:
 
 @recipients.command("notified")
 @click.argument("recipient")
-@click.option("--customer", "ref", required=True, help="The customer whose recipient was told.")
+@click.option("--customer", "ref", help="The customer whose recipient was told.")
+@click.option(
+    "--all-due",
+    is_flag=True,
+    help="Every customer with a notification due to RECIPIENT (a batch sent to it): one "
+    "fact each, all recorded or none.",
+)
 @click.option("--at", "at", type=MOMENT, help="When it was notified (default: now).")
-@click.option("--id", "fact_id", help="Fact id (default: a new one).")
+@click.option("--id", "fact_id", help="Fact id (default: a new one; not with --all-due).")
 @json_option
 @pass_ledger
 def notified(
-    ledger: Any, recipient: str, ref: str, at: Any, fact_id: str | None, as_json: bool
+    ledger: Any,
+    recipient: str,
+    ref: str | None,
+    all_due: bool,
+    at: Any,
+    fact_id: str | None,
+    as_json: bool,
 ) -> None:
-    """Record that RECIPIENT was told of the customer's erasure or rectification."""
+    """Record that RECIPIENT was told of the customer's erasure or rectification (--customer),
+    or of every one due to it (--all-due)."""
+    if (ref is None) == (not all_due):
+        raise click.UsageError("give one of --customer REF and --all-due")
+    if all_due and fact_id is not None:
+        raise click.UsageError("--id names one fact: each customer's gets a new id with --all-due")
+    if ref is None:
+        _notified_all_due(ledger, recipient, at, as_json)
+        return
     recorded, answered = ledger.record_notification(ref, recipient, at, fact_id)
     logs.summarise(customer=logs.hashed(ref), fact_id=logs.hashed(recorded), answered=len(answered))
     regarding = sorted({due.fact_id for due in answered})
@@ -153,6 +173,24 @@ def notified(
             f"recorded ({recorded}): {recipient} notified for customer {ref} "
             f"regarding {', '.join(regarding)}"
         )
+
+
+def _notified_all_due(ledger: Any, recipient: str, at: Any, as_json: bool) -> None:
+    done = ledger.record_notifications_due(recipient, at)
+    rows = [
+        {"customer": ref, "fact_id": fact_id, "regarding": sorted({d.fact_id for d in answered})}
+        for ref, fact_id, answered in done
+    ]
+    logs.summarise(customers=len(rows), answered=sum(len(answered) for *_, answered in done))
+    if as_json:
+        emit_json({"recipient": recipient, "notified": rows})
+        return
+    many = len(rows) != 1
+    click.echo(
+        f"recorded {len(rows)} notification{'s' * many}: "
+        f"{recipient} notified for {len(rows)} customer{'s' * many}"
+    )
+    click.echo(table(rows, ["customer", "fact_id", "regarding"]))
 
 
 @click.group("suppression", short_help="Art. 21: emails whose owner objected to direct marketing.")

@@ -310,6 +310,124 @@ def test_erasure_notifications_are_due_listed_recorded_and_audited(
     assert pack["notifications"][0]["notified_fact_id"] is not None
 
 
+def _record(url: str, **fact: str) -> None:
+    assert run_json(url, "record", orjson.dumps(fact).decode())["recorded"] is True
+
+
+def _mastercard_customer_erased(url: str, ref: str, erased_at: str) -> None:
+    """A customer whose card went to Mastercard, erased at `erased_at`."""
+    _register(url, ref, f"{ref.lower()}@example.com")
+    at = "2025-09-01T11:00:00Z"
+    order = f"O-{ref}"
+    _record(
+        url, type="order.placed", at=at, order=order, customer=ref, total="9.99", currency="GBP"
+    )
+    _record(
+        url,
+        type="payment.authorisation",
+        at=at,
+        order=order,
+        issuer="Mastercard",
+        result="authorised",
+    )
+    _record(url, type="subject.erased", at=erased_at, customer=ref)
+
+
+def test_a_recipient_told_of_every_due_notification_at_once_answers_each_customer(
+    ledger_url: str, feed_small: Path
+) -> None:
+    _prepare(ledger_url, feed_small)
+    _mastercard_customer_erased(ledger_url, "C300", "2025-09-05T00:00:00Z")
+    _mastercard_customer_erased(ledger_url, "C301", "2025-09-20T00:00:00Z")
+    due = _due(ledger_url)
+    assert [d for d in due if d[1] == "Mastercard"] == [
+        ("C101", "Mastercard", "s-0025"),
+        ("C300", "Mastercard", due[2][2]),
+        ("C301", "Mastercard", due[3][2]),
+    ]
+    # Told on 10 September: of C101's erasure and C300's, not of C301's (not yet made).
+    told = run_json(
+        ledger_url,
+        "recipients",
+        "notified",
+        "Mastercard",
+        "--all-due",
+        "--at",
+        "2025-09-10T00:00:00Z",
+    )
+    assert told["recipient"] == "Mastercard"
+    assert [(n["customer"], n["regarding"]) for n in told["notified"]] == [
+        ("C101", ["s-0025"]),
+        ("C300", [due[2][2]]),
+    ]
+    ids = [n["fact_id"] for n in told["notified"]]
+    assert len(set(ids)) == 2
+    left = [d for d in _due(ledger_url) if d[1] == "Mastercard"]
+    assert left == [("C301", "Mastercard", due[3][2])]
+    # Told again on the same day: nothing is due twice, and C301's is still not due.
+    twice = run(
+        ledger_url, "recipients", "notified", "Mastercard", "--all-due", "--at", "2025-09-10"
+    )
+    assert twice.exit_code == 1 and "no notification" in error_line(twice)
+    everything = run_json(ledger_url, "recipients", "notifications", "--all")["notifications"]
+    answered = {
+        r["customer"]: (r["notified_at"], r["notified_fact_id"])
+        for r in everything
+        if r["recipient"] == "Mastercard" and r["notified_at"] is not None
+    }
+    assert answered == {
+        "C101": ("2025-09-10T00:00:00Z", ids[0]),
+        "C300": ("2025-09-10T00:00:00Z", ids[1]),
+    }
+    # Each is a fact of the ledger, in its customer's trail of record, and it verifies.
+    proved = run_json(ledger_url, "prove", ids[1])
+    assert proved["fact_id"] == ids[1]
+    verified = run_json(ledger_url, "verify")
+    assert verified["ok"] is True
+    # Nothing left due to a recipient: refused, nothing recorded.
+    again = run(ledger_url, "recipients", "notified", "Visa", "--all-due")
+    assert again.exit_code == 1
+    assert error_line(again) == (
+        "Error: no notification to recipient 'Visa' is due for any customer "
+        "(see 'consent-ledger recipients notifications')"
+    )
+    assert run_json(ledger_url, "verify")["facts"] == verified["facts"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--customer", "C101", "--all-due"], ["--all-due", "--id", "n-1"]],
+    ids=["neither", "both", "an id for many"],
+)
+def test_notified_names_one_customer_or_all_due(
+    ledger_url: str, feed_small: Path, options: list[str]
+) -> None:
+    _prepare(ledger_url, feed_small)
+    before = _due(ledger_url)
+    result = run(ledger_url, "recipients", "notified", "Mastercard", *options)
+    assert result.exit_code == 2
+    assert _due(ledger_url) == before
+
+
+def test_a_batch_of_notifications_that_fails_records_none(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _prepare(ledger_url, feed_small)
+    _mastercard_customer_erased(ledger_url, "C300", "2025-09-05T00:00:00Z")
+    facts = run_json(ledger_url, "verify")["facts"]
+    due = _due(ledger_url)
+    import ledger.application as application
+
+    same = application.uuid4()
+    with monkeypatch.context() as patched:
+        patched.setattr(application, "uuid4", lambda: same)  # the second fact's id is taken
+        result = run(ledger_url, "recipients", "notified", "Mastercard", "--all-due")
+    assert result.exit_code == 1 and "rolled back" in error_line(result)
+    assert _due(ledger_url) == due  # the first customer's notification went with it
+    verified = run_json(ledger_url, "verify")
+    assert (verified["ok"], verified["facts"]) == (True, facts)
+
+
 def test_a_rectification_is_due_to_the_recipients_of_what_changed(
     ledger_url: str, feed_small: Path
 ) -> None:
