@@ -106,6 +106,13 @@ def _os_reason(error: OSError) -> str:
     return f"cannot write the command's output: {what}"
 
 
+def _rolled_back() -> str:
+    """What became of the command's writes when it failed unexpectedly."""
+    if _committed():
+        return "what the command committed before it stays committed, the rest was rolled back"
+    return "the command's transaction was rolled back"
+
+
 def _unexpected(error: Exception) -> UnexpectedError:
     """One line for a failure the ledger did not raise on purpose, instead of a traceback:
     its type and the innermost place it was raised (not its message: it could quote data)."""
@@ -117,9 +124,9 @@ def _unexpected(error: Exception) -> UnexpectedError:
         path = frames[-1].filename.replace("\\", "/").split("/")
         where = f" at {'/'.join(path[-2:])}:{frames[-1].lineno}"
     return UnexpectedError(
-        f"unexpected {type(error).__name__}{where}; the command's transaction was rolled "
-        "back. If the database was changed outside consent-ledger, 'consent-ledger verify' "
-        "names what was altered; otherwise this is a bug: please report it with this line"
+        f"unexpected {type(error).__name__}{where}; {_rolled_back()}. If the database was "
+        "changed outside consent-ledger, 'consent-ledger verify' names what was altered; "
+        "otherwise this is a bug: please report it with this line"
     )
 
 
@@ -320,7 +327,7 @@ class LedgerGroup(LazyGroup):
                 elif _is_database_error(error):
                     failure = DatabaseUnavailableError(
                         f"the database failed: {_first_line(getattr(error, 'orig', error))}; "
-                        "the command's transaction was rolled back"
+                        f"{_rolled_back()}"
                     )
                 elif _is_unreadable_event(error):
                     failure = UnreadableEventError()

@@ -963,6 +963,25 @@ def test_a_database_failure_mid_command_is_one_error_line(
     assert log_lines(result)[0]["error_type"] == "DatabaseUnavailableError"
 
 
+def test_an_unexpected_failure_after_a_commit_says_what_stays_committed(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_document: Any) -> None:
+        raise TypeError("the output broke")
+
+    fact = '{"type": "transfer.initiated", "id": "t-1", "acquirer": "Acme", "scope": "all"}'
+    with monkeypatch.context() as patched:
+        patched.setattr("cli.commands.recording.emit_json", broken)
+        result = run(ledger_url, "record", fact, "--json")
+    assert result.exit_code == 1
+    assert error_line(result).startswith("Error: unexpected TypeError at ")
+    assert "; what the command committed before it stays committed, the rest was rolled " in (
+        error_line(result)
+    )
+    again = run(ledger_url, "record", fact)
+    assert again.exit_code == 0 and "already recorded" in again.stdout + again.stderr
+
+
 def test_a_failure_of_psycopg_itself_is_a_database_failure_too(
     shared: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
