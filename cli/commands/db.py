@@ -1,15 +1,19 @@
-"""`db upgrade`: create or migrate the database."""
+"""`db upgrade`: create or migrate the database; `db copy`: the ledger into a new one."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
-from cli.output import emit_json, json_option
+from cli import logs
+from cli.output import emit_json, json_option, progress_enabled
 
 
 @click.group("db")
 def db() -> None:
-    """Create or migrate the database schema."""
+    """Create or migrate the database schema; copy the ledger into a new database."""
 
 
 @db.command("upgrade")
@@ -37,6 +41,64 @@ def upgrade(obj: object, as_json: bool) -> None:
     else:
         click.echo(
             f"{document['database']} upgraded from {result.before or 'nothing'} to {result.after}"
+        )
+
+
+@db.command("copy")
+@click.argument("target", metavar="TARGET_URL")
+@json_option
+@click.pass_obj
+def copy(context: Any, target: str, as_json: bool) -> None:
+    """Copy the ledger, as recorded, into TARGET_URL: a new SQLite file or an empty
+    PostgreSQL database (to move to PostgreSQL when one machine is outgrown, or to give an
+    auditor a file of their own). Every event, fact, wrapped key and signed checkpoint goes
+    across as stored; the copy's read models are rebuilt and the copy is verified (exit 4 if
+    it does not verify). The key files go into the copy's key folder (beside an SQLite file;
+    else CONSENT_LEDGER_KEY_DIR or the folder for that URL)."""
+    from ledger.config import open_database
+    from ledger.persistence.copying import copy_and_verify, row_counts
+    from ledger.persistence.database import Database, safe_url
+
+    source = open_database(context.url, create=False, on_lock_wait=context.say_waiting)
+    destination = Database(target)
+    if progress_enabled():
+        total = sum(row_counts(source).values())
+        with click.progressbar(length=total, label="copying", file=sys.stderr) as bar:
+            copied = copy_and_verify(source, destination, bar.update)
+    else:
+        copied = copy_and_verify(source, destination)
+    verified = copied.verified
+    assert verified is not None
+    logs.summarise(rows=sum(copied.rows.values()), facts=verified.facts, ok=verified.ok)
+    document = {
+        "from": safe_url(source.url),
+        "to": safe_url(destination.url),
+        "rows": copied.rows,
+        "key_files": [str(path) for path in copied.key_files],
+        "rebuilt": list(copied.rebuilt),
+        "verify": verified.to_json(),
+    }
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(
+            f"copied {document['from']} to {document['to']}: {verified.facts} facts "
+            f"({verified.events} events), {sum(copied.rows.values())} rows in all"
+        )
+        for path in copied.key_files:
+            click.echo(f"key file written: {path}")
+        click.echo(f"read models rebuilt: {', '.join(copied.rebuilt)}")
+        if verified.ok:
+            click.echo(f"the copy verifies: head {verified.head}")
+        else:
+            click.echo(f"the copy FAILED verification: {len(verified.problems)} problem(s)")
+            for problem in verified.problems:
+                click.echo(f"  {problem['kind']}: {problem['message']}")
+    if not verified.ok:
+        from ledger.errors import IntegrityFailure
+
+        raise IntegrityFailure(
+            "the copy failed verification: run 'consent-ledger verify' on the source too"
         )
 
 

@@ -1,0 +1,166 @@
+"""`db copy`: a ledger copied, as stored, into a new database (SQLite or PostgreSQL).
+
+For a shop that outgrows one machine (its SQLite ledger moved to PostgreSQL), or an auditor's
+own file of a PostgreSQL ledger. Every row of the ledger's own tables goes across as it is
+stored: the events, the fact index, orders, customers, the wrapped data keys, meta, the
+suppressions, the export secrets, the integrity tree's nodes and the signed checkpoints. They
+are read in one snapshot of the source and written, with the schema, in one transaction of the
+target: the copy verifies with the same head and the same signed checkpoints, an erased
+customer stays erased (their key row is empty in the copy too), and a copy that fails leaves
+the target as empty as it was. The read models are not copied: they are rebuilt from the
+copied events. The key files go along (`key_files`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ledger.errors import ConfigurationError, InputError
+from ledger.persistence import seals, tables
+from ledger.persistence.database import (
+    _UPGRADE_LOCK,
+    Database,
+    master_key_path,
+    safe_url,
+)
+from ledger.persistence.keys import MASTER_KEY_ENV, load_master_key, write_key_file
+from ledger.persistence.seals import VerifyResult
+
+# Every table of the ledger's own, in an order any reader of the copy could follow.
+TABLES = (
+    tables.events,
+    tables.facts,
+    tables.orders,
+    tables.customers,
+    tables.data_keys,
+    tables.meta,
+    tables.suppressions,
+    tables.export_secrets,
+    seals.tree_nodes,
+    seals.checkpoints,
+)
+_CHUNK = 5000  # rows read and written at a time: memory stays flat in the ledger's size
+
+
+@dataclass
+class Copied:
+    rows: dict[str, int]
+    key_files: list[Path] = field(default_factory=list)  # written for the target
+    rebuilt: tuple[str, ...] = ()  # the copy's read models, rebuilt from its events
+    verified: VerifyResult | None = None  # `verify` of the copy
+
+
+def key_files(source: Database, target: Database) -> list[tuple[Path, bytes]]:
+    """The key files the target needs and does not have: (where, content). The master key
+    (unless `CONSENT_LEDGER_MASTER_KEY` gives it to both) wraps the copied data keys; the
+    signing key signed the copied checkpoints and signs the copy's next ones. None where both
+    ledgers find their keys in one place (`CONSENT_LEDGER_KEY_DIR`, a master key file).
+    Refuses a target folder that holds other keys: the copy would not open with them."""
+    load_master_key(source, in_use=True)  # there, and the ledger's (a clear error if not)
+    pairs = [
+        (seals.signing_key_path(source), seals.signing_key_path(target)),
+        (seals.public_key_path(source), seals.public_key_path(target)),
+    ]
+    if not os.environ.get(MASTER_KEY_ENV):
+        pairs.insert(0, (master_key_path(source), master_key_path(target)))
+    needed: list[tuple[Path, bytes]] = []
+    for mine, theirs in pairs:
+        if mine.absolute() == theirs.absolute() or not mine.exists():
+            continue
+        content = mine.read_bytes()
+        if theirs.exists():
+            if theirs.read_bytes() != content:
+                raise ConfigurationError(
+                    f"{theirs} holds another key than this ledger's {mine}: the copy would "
+                    f"not open with it; give the copy a key folder of its own "
+                    "(CONSENT_LEDGER_KEY_DIR names one for both ledgers)"
+                )
+            continue
+        needed.append((theirs, content))
+    return needed
+
+
+def copy_ledger(
+    source: Database, target: Database, progress: Callable[[int], None] | None = None
+) -> Copied:
+    """Copy `source` (at the current schema) into `target`, which must hold no table yet.
+    `progress` is told of each chunk of rows written."""
+    if not target.is_fresh():
+        raise InputError(
+            f"{safe_url(target.url)} already holds tables (a ledger made by 'db upgrade'?): "
+            "'db copy' makes the ledger there itself; give a new SQLite file, or an empty "
+            "PostgreSQL database or schema"
+        )
+    needed = key_files(source, target)
+    folders = {path.parent for path, _ in needed if not path.parent.exists()}
+    written: list[Path] = []
+    try:
+        for path, content in needed:
+            write_key_file(path, content)
+            written.append(path)
+        rows = _copy_rows(source, target, progress or (lambda _n: None))
+    except BaseException:
+        for path in written:  # no copy, no copy of its keys
+            path.unlink(missing_ok=True)
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return Copied(rows, written)
+
+
+def row_counts(database: Database) -> dict[str, int]:
+    with database.reading() as conn:
+        return {
+            table.name: int(
+                conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            )
+            for table in TABLES
+        }
+
+
+def _copy_rows(
+    source: Database, target: Database, progress: Callable[[int], None]
+) -> dict[str, int]:
+    from migrations import upgrade_connection
+
+    counts: dict[str, int] = {}
+    with source.reading() as reading, target.connect() as base:
+        writing = base.execution_options(sqlite_begin="IMMEDIATE")
+        with writing.begin():
+            if not target.is_sqlite:  # as `db upgrade`: one schema made at a time
+                writing.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
+            upgrade_connection(writing)
+            # What the migrations put in meta of a new ledger (a marker of 0007's), the
+            # source has as it stands.
+            writing.execute(tables.meta.delete())
+            for table in TABLES:
+                query = sa.select(table).order_by(*table.primary_key.columns)
+                result = reading.execute(query.execution_options(yield_per=_CHUNK))
+                counts[str(table.name)] = 0
+                for chunk in result.partitions():
+                    writing.execute(table.insert(), [dict(row._mapping) for row in chunk])
+                    counts[str(table.name)] += len(chunk)
+                    progress(len(chunk))
+    Database.commits += 1
+    return counts
+
+
+def copy_and_verify(
+    source: Database, target: Database, progress: Callable[[int], None] | None = None
+) -> Copied:
+    """`copy_ledger`, then the copy's read models rebuilt and the copy verified (against
+    the copied checkpoints, with the copied public key): `verified` says if it is whole."""
+    from ledger.application import ConsentLedger
+
+    copied = copy_ledger(source, target, progress)
+    ledger = ConsentLedger(target)
+    copied.rebuilt = ledger.read_models.rebuild().names
+    copied.verified = seals.verify_ledger(ledger)
+    return copied

@@ -1,0 +1,192 @@
+"""`db copy`: a ledger copied, as stored, into a new database, on either backend."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.persistence.database import Database
+from tests.cli_helpers import error_line, run, run_json
+from tests.conftest import _postgres_schema_url, postgres_server
+
+LEDGER_TABLES = (
+    "ledger_events",
+    "ledger_facts",
+    "ledger_orders",
+    "ledger_customers",
+    "ledger_data_keys",
+    "ledger_meta",
+    "ledger_suppressions",
+    "ledger_export_secrets",
+    "ledger_tree_nodes",
+    "ledger_checkpoints",
+)
+# What each answers, the same from the ledger and from its copy.
+QUERIES = (
+    ("customer", "show", "C100"),
+    ("customer", "show", "C101"),  # erased in both
+    ("customer", "trail", "C100"),
+    ("consent", "show", "C100", "--as-of", "2025-03-03T00:00:00Z"),
+    ("audit", "check"),
+    ("checkpoint",),
+    ("recipients", "notifications", "--all"),
+    ("suppression", "check", "ada@example.org"),
+)
+
+
+@pytest.fixture
+def keys_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ledger finds its keys where it would without configuration: beside an SQLite
+    file, or the folder for its URL (under XDG_DATA_HOME) on PostgreSQL."""
+    monkeypatch.delenv("CONSENT_LEDGER_KEY_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database on the target's backend."""
+    if request.param == "sqlite":
+        (tmp_path / "copy").mkdir()
+        yield f"sqlite:///{tmp_path / 'copy' / 'ledger-copy.db'}"
+        return
+    server = postgres_server()
+    if server is None:
+        pytest.skip("PostgreSQL tests need CONSENT_LEDGER_TEST_POSTGRES")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(_postgres_schema_url(server, "public"))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield _postgres_schema_url(server, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def _full_ledger(url: str, feed: Path, tmp_path: Path) -> None:
+    """A ledger with a row in every table of its own: an erasure, a notification, a
+    suppression, a due-diligence export's secret, checkpoints."""
+    _small_ledger(url, feed)
+    run_json(url, "recipients", "notified", "Mastercard", "--customer", "C101")
+    run_json(url, "consent", "withdraw", "C100", "marketing", "email", "--method", "link")
+    export = ("export", "due-diligence", "--acquirer", "Northwind Retail Group")
+    run_json(url, *export, "--out", str(tmp_path / "export"))
+
+
+def _small_ledger(url: str, feed: Path) -> None:
+    assert run(url, "db", "upgrade").exit_code == 0
+    assert run_json(url, "import", str(feed))["accepted"] == 26
+
+
+def _rows(url: str) -> dict[str, int]:
+    database = Database(url)
+    try:
+        with database.engine.connect() as conn:
+            return {
+                name: conn.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one()
+                for name in LEDGER_TABLES
+            }
+    finally:
+        database.dispose()
+
+
+def _answers(url: str) -> list[Any]:
+    return [run_json(url, *query) for query in QUERIES]
+
+
+def _key_folder(url: str) -> Path:
+    from ledger.persistence.database import default_key_dir
+
+    return default_key_dir(Database(url))
+
+
+def test_a_copy_answers_as_the_ledger_does_and_verifies_with_its_head(
+    keys_of_their_own: None, ledger_url: str, target_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    _full_ledger(ledger_url, feed_small, tmp_path)
+    rows = _rows(ledger_url)
+    assert all(rows.values()), rows  # every table has something to copy
+    verified = run_json(ledger_url, "verify")
+    answers = _answers(ledger_url)
+
+    copied = run_json(ledger_url, "db", "copy", target_url)
+
+    assert copied["rows"] == rows
+    assert copied["verify"] == verified  # same facts, same head, no problem
+    assert _rows(target_url) == rows
+    assert run_json(target_url, "verify") == verified
+    assert _answers(target_url) == answers
+    assert copied["rebuilt"] == [
+        p["name"] for p in run_json(target_url, "projections", "status")["projections"]
+    ]
+    folder = _key_folder(target_url)
+    assert copied["key_files"] == [
+        str(folder / name) for name in ("master.key", "signing.key", "signing.pub")
+    ]
+    source_folder = _key_folder(ledger_url)
+    for name in ("master.key", "signing.key", "signing.pub"):
+        assert (folder / name).read_bytes() == (source_folder / name).read_bytes()
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    # The copy goes on: it records, signs with the copied key, and still verifies.
+    fact = '{"type": "transfer.initiated", "id": "t-copy", "acquirer": "Acme", "scope": "all"}'
+    assert run_json(target_url, "record", fact)["recorded"] is True
+    after = run_json(target_url, "verify")
+    assert after["ok"] is True and after["facts"] == verified["facts"] + 1
+    assert run_json(ledger_url, "verify") == verified  # the source is as it was
+
+
+def test_a_copy_into_a_database_that_holds_tables_is_refused(
+    ledger_url: str, target_url: str, feed_small: Path
+) -> None:
+    _small_ledger(ledger_url, feed_small)
+    assert run(target_url, "db", "upgrade").exit_code == 0
+    before = _rows(target_url)
+    result = run(ledger_url, "db", "copy", target_url)
+    assert result.exit_code == 1
+    assert "already holds tables (a ledger made by 'db upgrade'?)" in error_line(result)
+    assert _rows(target_url) == before
+
+
+def test_a_copy_that_fails_leaves_the_target_empty_and_no_key_behind(
+    keys_of_their_own: None,
+    ledger_url: str,
+    target_url: str,
+    feed_small: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ledger.persistence import copying
+
+    _small_ledger(ledger_url, feed_small)
+    missing = sa.Table("ledger_no_such_table", sa.MetaData(), sa.Column("x", sa.Integer))
+    with monkeypatch.context() as patched:  # fails after every real table was written
+        patched.setattr(copying, "TABLES", (*copying.TABLES, missing))
+        result = run(ledger_url, "db", "copy", target_url)
+    assert result.exit_code == 1
+    assert "no_such_table" in error_line(result)
+    assert Database(target_url).is_fresh()
+    assert not _key_folder(target_url).exists()
+    # Nothing stands in the way of the copy made again.
+    copied = run_json(ledger_url, "db", "copy", target_url)
+    assert copied["verify"] == run_json(ledger_url, "verify")
+
+
+def test_a_key_folder_holding_other_keys_is_refused_before_anything_is_written(
+    keys_of_their_own: None, ledger_url: str, target_url: str, feed_small: Path
+) -> None:
+    _small_ledger(ledger_url, feed_small)
+    folder = _key_folder(target_url)
+    folder.mkdir(parents=True)
+    other = folder / "master.key"
+    other.write_text("b3RoZXIga2V5IG9mIGFub3RoZXIgbGVkZ2VyIQAAAAA=\n")
+    result = run(ledger_url, "db", "copy", target_url)
+    assert result.exit_code == 1
+    assert error_line(result).startswith(f"Error: {other} holds another key than this ledger's ")
+    assert Database(target_url).is_fresh()
+    assert sorted(p.name for p in folder.iterdir()) == ["master.key"]
