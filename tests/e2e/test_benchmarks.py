@@ -30,6 +30,7 @@ SCRIPTS = {
     "bench_privacy.py": (["--customers", "80"], "data keys re-wrapped"),
     "bench_feed.py": (["--lines", "300", "--rounds", "1"], "us per line"),
     "bench_shapes.py": (["--facts", "60", "--shapes", "email-changes,one-order"], "one-order"),
+    "bench_copy.py": (["--facts", "300"], "same head"),
 }
 # Scripts that keep no files (no --work folder).
 IN_MEMORY = {"bench_privacy.py", "bench_feed.py"}

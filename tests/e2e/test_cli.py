@@ -969,6 +969,7 @@ def test_an_unexpected_failure_after_a_commit_says_what_stays_committed(
     def broken(_document: Any) -> None:
         raise TypeError("the output broke")
 
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
     fact = '{"type": "transfer.initiated", "id": "t-1", "acquirer": "Acme", "scope": "all"}'
     with monkeypatch.context() as patched:
         patched.setattr("cli.commands.recording.emit_json", broken)
