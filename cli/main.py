@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import click
 
@@ -421,3 +421,54 @@ def main() -> None:
         # code into a silent death by that signal.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run() -> None:
+    """The console script: `main`, then the process ends without the interpreter's
+    teardown where that has nothing left to do (`_exit_now`)."""
+    try:
+        main()
+    except SystemExit as done:  # how click ends every command
+        if isinstance(done.code, int) and _nothing_left_at_exit():
+            _exit_now(done.code)
+        raise
+
+
+def _nothing_left_at_exit() -> bool:
+    """Whether the interpreter's exit has nothing to do but free memory: no other thread
+    (a worker's join), no child process, no finalizer that runs at exit (a temporary
+    folder's removal). Anything else, and the command ends as any Python program does."""
+    import threading
+    import weakref
+
+    if threading.active_count() > 1:
+        return False
+    processes = sys.modules.get("multiprocessing")
+    if processes is not None and processes.active_children():
+        return False
+    registry = getattr(weakref.finalize, "_registry", None)
+    if registry is None:
+        return False
+    return not any(info.atexit for info in list(registry.values()))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown: freeing every module and object
+    one by one took 100-200 ms of a command that writes (a sixth of a `record`), for memory
+    the process gives back whole. Its connections are closed first (SQLite checkpoints its
+    WAL, a PostgreSQL server sees a clean goodbye), the logs flushed and closed, stdout and
+    stderr flushed; if a flush fails, the interpreter's own exit reports it as it always did."""
+    import os
+
+    persistence = sys.modules.get("ledger.persistence.database")
+    if persistence is not None:
+        persistence.Database.dispose_all()
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    os._exit(code)

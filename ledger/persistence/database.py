@@ -17,6 +17,7 @@ import contextvars
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -264,8 +265,11 @@ class Database:
     # Database: whether a command's failure after them (its output, say) leaves what it
     # recorded recorded (the demo, a rebuild, open databases of their own).
     commits: ClassVar[int] = 0
+    # Every Database of this process, for `dispose_all`.
+    _instances: ClassVar[weakref.WeakSet[Database]] = weakref.WeakSet()
 
     def __init__(self, url: str) -> None:
+        Database._instances.add(self)
         self._raw_url = url
         self._url: URL | None = None
         self._engine: Engine | None = None
@@ -402,6 +406,12 @@ class Database:
             self._reads.close()
         if self._engine is not None:
             self._engine.dispose()
+
+    @classmethod
+    def dispose_all(cls) -> None:
+        """Close every connection of every Database of this process (before it ends)."""
+        for database in list(cls._instances):
+            database.dispose()
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
