@@ -55,27 +55,44 @@ def copy(context: Any, target: str, as_json: bool) -> None:
     across as stored; the copy's read models are rebuilt and the copy is verified (exit 4 if
     it does not verify). The key files go into the copy's key folder (beside an SQLite file;
     else CONSENT_LEDGER_KEY_DIR or the folder for that URL)."""
+    from ledger.application import ConsentLedger
     from ledger.config import open_database
-    from ledger.persistence.copying import copy_and_verify, row_counts
+    from ledger.persistence.copying import copy_ledger, row_counts
     from ledger.persistence.database import Database, safe_url
+    from ledger.persistence.seals import verify_ledger
 
     source = open_database(context.url, create=False, on_lock_wait=context.say_waiting)
     destination = Database(target)
-    if progress_enabled():
-        total = sum(row_counts(source).values())
-        with click.progressbar(length=total, label="copying", file=sys.stderr) as bar:
-            copied = copy_and_verify(source, destination, bar.update)
-    else:
-        copied = copy_and_verify(source, destination)
-    verified = copied.verified
-    assert verified is not None
+    try:
+        shown = progress_enabled()
+        if shown:
+            total = sum(row_counts(source).values())
+            with click.progressbar(length=total, label="copying", file=sys.stderr) as bar:
+                copied = copy_ledger(source, destination, bar.update)
+        else:
+            copied = copy_ledger(source, destination)
+        copy_of = ConsentLedger(destination)
+        models = copy_of.read_models
+        if shown:
+            head = models.status()[0].head
+            label = "rebuilding the copy's read models"
+            with click.progressbar(length=head, label=label, file=sys.stderr) as bar:
+                rebuilt = models.rebuild(progress=bar.update).names
+                bar.update(max(0, head - bar.pos))
+            click.echo("verifying the copy", err=True)
+        else:
+            rebuilt = models.rebuild().names
+        verified = verify_ledger(copy_of)
+    finally:
+        source.dispose()
+        destination.dispose()
     logs.summarise(rows=sum(copied.rows.values()), facts=verified.facts, ok=verified.ok)
     document = {
         "from": safe_url(source.url),
         "to": safe_url(destination.url),
         "rows": copied.rows,
         "key_files": [str(path) for path in copied.key_files],
-        "rebuilt": list(copied.rebuilt),
+        "rebuilt": list(rebuilt),
         "verify": verified.to_json(),
     }
     if as_json:
@@ -87,7 +104,7 @@ def copy(context: Any, target: str, as_json: bool) -> None:
         )
         for path in copied.key_files:
             click.echo(f"key file written: {path}")
-        click.echo(f"read models rebuilt: {', '.join(copied.rebuilt)}")
+        click.echo(f"read models rebuilt: {', '.join(rebuilt)}")
         if verified.ok:
             click.echo(f"the copy verifies: head {verified.head}")
         else:

@@ -8,7 +8,8 @@ are read in one snapshot of the source and written, with the schema, in one tran
 target: the copy verifies with the same head and the same signed checkpoints, an erased
 customer stays erased (their key row is empty in the copy too), and a copy that fails leaves
 the target as empty as it was. The read models are not copied: they are rebuilt from the
-copied events. The key files go along (`key_files`).
+copied events (`db copy` does, then verifies the copy). The key files go along
+(`key_files`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from ledger.persistence.database import (
     safe_url,
 )
 from ledger.persistence.keys import MASTER_KEY_ENV, load_master_key, write_key_file
-from ledger.persistence.seals import VerifyResult
 
 # Every table of the ledger's own, in an order any reader of the copy could follow.
 TABLES = (
@@ -55,8 +55,6 @@ _CHUNK = 5000  # rows read and written at a time: memory stays flat in the ledge
 class Copied:
     rows: dict[str, int]
     key_files: list[Path] = field(default_factory=list)  # written for the target
-    rebuilt: tuple[str, ...] = ()  # the copy's read models, rebuilt from its events
-    verified: VerifyResult | None = None  # `verify` of the copy
 
 
 def key_files(source: Database, target: Database) -> list[tuple[Path, bytes]]:
@@ -178,17 +176,3 @@ def _as_stored(row: Sequence[Any], moments: Sequence[int], to_sqlite: bool) -> t
         utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
         values[i] = utc.replace(tzinfo=None).isoformat(" ", "microseconds") if to_sqlite else utc
     return tuple(values)
-
-
-def copy_and_verify(
-    source: Database, target: Database, progress: Callable[[int], None] | None = None
-) -> Copied:
-    """`copy_ledger`, then the copy's read models rebuilt and the copy verified (against
-    the copied checkpoints, with the copied public key): `verified` says if it is whole."""
-    from ledger.application import ConsentLedger
-
-    copied = copy_ledger(source, target, progress)
-    ledger = ConsentLedger(target)
-    copied.rebuilt = ledger.read_models.rebuild().names
-    copied.verified = seals.verify_ledger(ledger)
-    return copied
