@@ -28,7 +28,7 @@ from operator import itemgetter
 from typing import Any, ClassVar, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, CanMutateAggregate
 
 from ledger.errors import CustomerErasedError, InvalidFactError
 from ledger.feed import Fact
@@ -510,15 +510,21 @@ def _trigger(aggregate: Aggregate, event_class: type[FactEvent], fields: dict[st
     if fields.keys() != _FIELD_NAMES[event_class]:
         wrong = sorted(fields.keys() ^ _FIELD_NAMES[event_class])
         raise TypeError(f"Can't construct event {event_class.__qualname__}: fields {wrong}")
+    version = aggregate._version + 1
+    timestamp = event_class.create_timestamp()
     state = {
-        "originator_id": aggregate.id,
-        "originator_version": aggregate.version + 1,
-        "timestamp": event_class.create_timestamp(),
+        "originator_id": aggregate._id,
+        "originator_version": version,
+        "timestamp": timestamp,
         **fields,
     }
     new_event = object.__new__(event_class)
     object.__setattr__(new_event, "__dict__", state)
-    new_event.mutate(aggregate)
+    # What `mutate` does, less its checks that the event is this aggregate's next one (it
+    # is: made here from the aggregate's id and version): apply, then version and time.
+    new_event.apply(aggregate)
+    aggregate._version = version
+    aggregate._modified_on = timestamp
     aggregate._pending_events.append(new_event)
 
 
@@ -541,3 +547,10 @@ _FIELDS_CACHE = {klass: _event_fields(klass) for klass in EVENT_FOR_FACT.values(
 _FIELD_NAMES = {
     klass: frozenset({"fact_id", "at", "sealed", *names}) for klass, names in _FIELDS_CACHE.items()
 }
+# `_trigger` does what the library's `mutate` does: no class it triggers may override that.
+if any(
+    klass.mutate is not CanMutateAggregate.mutate
+    for klass in _FIELDS_CACHE
+    if not issubclass(klass, Aggregate.Created)
+):
+    raise TypeError("an event class overrides mutate, which _trigger does not call")
