@@ -353,8 +353,8 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
         raise InvalidFactError("missing required field 'at'")
     at = parse_time(obj["at"])
     required, optional = SCHEMAS[fact_type]
-    missing = [name for name in required if name not in obj]
-    if missing:
+    if not required.keys() <= obj.keys():
+        missing = [name for name in required if name not in obj]
         raise InvalidFactError(f"{fact_type} lacks required field {', '.join(map(repr, missing))}")
     checks = _CHECKS[fact_type]
     data: dict[str, Any] = {}
