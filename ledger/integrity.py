@@ -137,16 +137,24 @@ def stored_leaf_hashes(
 
 def event_leaf_hashes(
     rows: Iterable[tuple[int, Any, int, Any, bytes]],
-    originator_bytes: Callable[[Any], bytes],
+    originator_bytes: Callable[[Any], bytes] | None,
     topic_bytes: Callable[[Any], bytes] | None = None,
 ) -> list[bytes]:
     """The leaf hashes of event rows (notification id, originator id, version, topic, state)
     as `event_leaf_hash` computes each, in one comprehension: `verify`'s hot loop, and the
-    sealer's. `originator_bytes` turns the driver's originator id into its 16 bytes;
-    `topic_bytes`, if given, a topic into its UTF-8 bytes (else topics are bytes already)."""
+    sealer's. `originator_bytes` turns the driver's originator id into its 16 bytes (None:
+    they are bytes already); `topic_bytes`, if given, a topic into its UTF-8 bytes (else
+    topics are bytes already)."""
     sha, head, length = _sha256, _LEAF_HEAD.pack, _LEN.pack
     if topic_bytes is not None:
         rows = [(p, o, v, topic_bytes(t), s) for p, o, v, t, s in rows]
+    if originator_bytes is None:
+        return [
+            sha(
+                head(position, originator, version, len(topic)) + topic + length(len(state)) + state
+            ).digest()
+            for position, originator, version, topic, state in rows
+        ]
     return [
         sha(
             head(position, originator_bytes(originator), version, len(topic))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import gc
+import hashlib
 import hmac
 import multiprocessing
 import os
@@ -321,16 +322,22 @@ class Sealer:
                     raise IntegrityFailure(
                         f"event {row[0]} does not follow the sealed log of {size + offset} events"
                     )
-        leaves = integrity.event_leaf_hashes(rows, _originator_bytes, _topic_bytes)
+        topics = _TOPIC_BYTES
+        try:  # rows as the recorder gives them (UUIDs, text topics), without a call per row
+            ready = [(p, o.int.to_bytes(16), v, topics[t], s) for p, o, v, t, s in rows]
+        except (AttributeError, TypeError):
+            ready = [(p, _originator_bytes(o), v, _topic_bytes(t), s) for p, o, v, t, s in rows]
+        leaves = integrity.event_leaf_hashes(ready, None)
         nodes = [(0, index, leaf) for index, leaf in enumerate(leaves, size)]
-        node_hash, first_stored = integrity.node_hash, _FIRST_STORED_LEVEL
+        # `integrity.node_hash`, inline.
+        sha, prefix, first_stored = hashlib.sha256, integrity.NODE_PREFIX, _FIRST_STORED_LEVEL
         for leaf in leaves:
             stack.append(leaf)
             size += 1
             done, level = size, 0
             while not done & 1:
                 right = stack.pop()
-                merged = node_hash(stack.pop(), right)
+                merged = sha(prefix + stack.pop() + right).digest()
                 stack.append(merged)
                 done >>= 1
                 level += 1
