@@ -932,7 +932,11 @@ class Recording:
                 if fact.extra or marketing or kind in _KEYED
                 else None
             )
-            customer.record(fact, self._seal(key, fact))
+            # (`_seal` seals nothing without a key, but refuses a details update then)
+            sealed = (
+                self._seal(key, fact) if key is not None or kind == "customer.updated" else None
+            )
+            customer.record(fact, sealed)
             self.applied.append(customer.id)
             if marketing:
                 self._keep_suppression(customer, fact, key)
