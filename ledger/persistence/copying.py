@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ledger.crypto import key_check
 from ledger.errors import ConfigurationError, InputError
 from ledger.persistence import seals, tables
 from ledger.persistence.database import (
@@ -31,9 +32,16 @@ from ledger.persistence.database import (
     Database,
     bulk_insert,
     master_key_path,
+    own_files,
     safe_url,
 )
-from ledger.persistence.keys import MASTER_KEY_ENV, load_master_key, write_key_file
+from ledger.persistence.keys import (
+    MASTER_KEY_ENV,
+    KeyStore,
+    decode_master_key,
+    load_master_key,
+    write_key_file,
+)
 
 # Every table of the ledger's own, in an order any reader of the copy could follow.
 TABLES = (
@@ -92,28 +100,33 @@ def copy_ledger(
 ) -> Copied:
     """Copy `source` (at the current schema) into `target`, which must hold no table yet.
     `progress` is told of each chunk of rows written."""
-    if not target.is_fresh():
+    if target.is_sqlite and target.sqlite_path is None:
         raise InputError(
-            f"{safe_url(target.url)} already holds tables (a ledger made by 'db upgrade'?): "
-            "'db copy' makes the ledger there itself; give a new SQLite file, or an empty "
-            "PostgreSQL database or schema"
+            f"{safe_url(target.url)} is an in-memory database: the copy would be gone when "
+            "the command ends (and its keys left behind); give a new SQLite file"
         )
-    needed = key_files(source, target)
-    folders = {path.parent for path, _ in needed if not path.parent.exists()}
-    written: list[Path] = []
-    try:
-        for path, content in needed:
-            write_key_file(path, content)
-            written.append(path)
-        rows = _copy_rows(source, target, progress or (lambda _n: None))
-    except BaseException:
-        for path in written:  # no copy, no copy of its keys
-            path.unlink(missing_ok=True)
-        for folder in folders:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-    return Copied(rows, written)
+    path = target.sqlite_path
+    if path is not None:
+        for own in own_files(source):  # its file, journals and key folder
+            if path.resolve() == own.resolve() or own.resolve() in path.resolve().parents:
+                raise InputError(
+                    f"cannot copy the ledger into {path}: it is one of the ledger's own files "
+                    "(its database, a journal of it, or its key folder)"
+                )
+    if not target.is_fresh():
+        raise InputError(_NOT_EMPTY.format(url=safe_url(target.url)))
+    # The source's master key, checked against its fingerprint (a key file left behind by an
+    # interrupted 'keys rotate', or any wrong key, is refused with KeyStore's own words).
+    _ = KeyStore(source).source
+    key_files(source, target)  # a folder holding other keys refused before anything is written
+    return _copy_rows(source, target, progress or (lambda _n: None))
+
+
+_NOT_EMPTY = (
+    "{url} already holds tables (a ledger made by 'db upgrade'?): 'db copy' makes the ledger "
+    "there itself; give a new SQLite file, or an empty PostgreSQL database or schema (another "
+    "'db copy' into it may have got there first)"
+)
 
 
 def row_counts(database: Database) -> dict[str, int]:
@@ -126,40 +139,82 @@ def row_counts(database: Database) -> dict[str, int]:
         }
 
 
-def _copy_rows(
-    source: Database, target: Database, progress: Callable[[int], None]
-) -> dict[str, int]:
+def _copy_rows(source: Database, target: Database, progress: Callable[[int], None]) -> Copied:
     from migrations import upgrade_connection
 
     counts: dict[str, int] = {}
-    with source.reading() as reading, target.connect() as base:
-        writing = base.execution_options(sqlite_begin="IMMEDIATE")
-        with writing.begin():
-            if not target.is_sqlite:  # as `db upgrade`: one schema made at a time
-                writing.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
-            upgrade_connection(writing)
-            # What the migrations put in meta of a new ledger (a marker of 0007's), the
-            # source has as it stands.
-            writing.execute(tables.meta.delete())
-            driver = writing.connection.dbapi_connection
-            for table in TABLES:
-                name = str(table.name)
-                columns = [column.name for column in table.columns]
-                moments = [
-                    i for i, c in enumerate(table.columns) if isinstance(c.type, sa.DateTime)
-                ]
-                query = sa.select(table).order_by(*table.primary_key.columns)
-                result = reading.execute(query.execution_options(yield_per=_CHUNK))
-                counts[name] = 0
-                for chunk in result.partitions():
-                    rows = [_as_stored(row, moments, target.is_sqlite) for row in chunk]
-                    # The driver's own bulk insert (SQLite's executemany, PostgreSQL's COPY):
-                    # five times SQLAlchemy's insert of dicts here.
-                    bulk_insert(driver, target.is_sqlite, name, columns, rows)
-                    counts[name] += len(rows)
-                    progress(len(rows))
-    Database.commits += 1
-    return counts
+    written: list[Path] = []
+    folders: set[Path] = set()
+    committed = False
+    try:
+        with source.reading() as reading, target.connect() as base:
+            writing = base.execution_options(sqlite_begin="IMMEDIATE")
+            with writing.begin():
+                if not target.is_sqlite:  # as `db upgrade`: one schema made at a time
+                    writing.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
+                # Checked again under the target's lock: another copy (or `db upgrade`) that
+                # got there first is refused here, before this one writes a key file, so that
+                # this one's clean-up never removes the keys the other's copy opens with.
+                if sa.inspect(writing).get_table_names():
+                    raise InputError(_NOT_EMPTY.format(url=safe_url(target.url)))
+                needed = key_files(source, target)
+                folders = {path.parent for path, _ in needed if not path.parent.exists()}
+                # The master key the copy will open with, as read before the snapshot.
+                master = load_master_key(source, in_use=True)[0]
+                for path, content in needed:
+                    if path == master_key_path(target):
+                        master = decode_master_key(content.decode(), str(path))
+                for path, content in needed:
+                    write_key_file(path, content)
+                    written.append(path)
+                upgrade_connection(writing)
+                # What the migrations put in meta of a new ledger (a marker of 0007's), the
+                # source has as it stands.
+                writing.execute(tables.meta.delete())
+                driver = writing.connection.dbapi_connection
+                for table in TABLES:
+                    name = str(table.name)
+                    columns = [column.name for column in table.columns]
+                    moments = [
+                        i for i, c in enumerate(table.columns) if isinstance(c.type, sa.DateTime)
+                    ]
+                    query = sa.select(table).order_by(*table.primary_key.columns)
+                    result = reading.execute(query.execution_options(yield_per=_CHUNK))
+                    counts[name] = 0
+                    for chunk in result.partitions():
+                        rows = [_as_stored(row, moments, target.is_sqlite) for row in chunk]
+                        if table is tables.meta:
+                            _same_master_key(rows, master)
+                        # The driver's own bulk insert (SQLite's executemany, PostgreSQL's
+                        # COPY): five times SQLAlchemy's insert of dicts here.
+                        bulk_insert(driver, target.is_sqlite, name, columns, rows)
+                        counts[name] += len(rows)
+                        progress(len(rows))
+            # Committed: whatever fails now (the source's read transaction ending, a
+            # connection's close) leaves a copy that needs its keys.
+            committed = True
+            Database.commits += 1
+    except BaseException:
+        if not committed:
+            for path in written:  # no copy, no copy of its keys
+                path.unlink(missing_ok=True)
+            for folder in folders:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+    return Copied(counts, written)
+
+
+def _same_master_key(meta_rows: Sequence[Sequence[Any]], master: bytes) -> None:
+    """The snapshot's data keys are wrapped by the master key the copy takes along (a
+    'keys rotate' of the source between the read of its key file and the snapshot would
+    leave the copy with a key that opens none of them)."""
+    for name, value in meta_rows:
+        if name == "master_key_check" and value != key_check(master):
+            raise ConfigurationError(
+                "the source's master key changed while it was being copied (a 'keys "
+                "rotate'?): nothing was copied; run 'db copy' again"
+            )
 
 
 def _as_stored(row: Sequence[Any], moments: Sequence[int], to_sqlite: bool) -> tuple[Any, ...]:

@@ -198,3 +198,118 @@ def test_a_key_folder_holding_other_keys_is_refused_before_anything_is_written(
     assert error_line(result).startswith(f"Error: {other} holds another key than this ledger's ")
     assert Database(target_url).is_fresh()
     assert sorted(p.name for p in folder.iterdir()) == ["master.key"]
+
+
+KEY_FILES = ["master.key", "signing.key", "signing.pub"]
+
+
+def test_a_copy_that_finds_another_copy_there_first_leaves_that_copys_keys(
+    keys_of_their_own: None,
+    ledger_url: str,
+    target_url: str,
+    feed_small: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two `db copy` into one new target at once: the one that loses the race must not
+    remove the key files the winner's copy opens with (its clean-up did, once)."""
+    from ledger.persistence import copying
+
+    _small_ledger(ledger_url, feed_small)
+    real = copying._copy_rows
+
+    def another_copy_first(source: Database, target: Database, progress: Any) -> Any:
+        real(source, target, progress)  # the other command's copy, whole
+        return real(source, target, progress)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(copying, "_copy_rows", another_copy_first)
+        result = run(ledger_url, "db", "copy", target_url)
+    assert result.exit_code == 1
+    assert "already holds tables" in error_line(result)
+    folder = _key_folder(target_url)
+    assert sorted(p.name for p in folder.iterdir()) == KEY_FILES
+    assert run_json(target_url, "customer", "show", "C100")["customer"] == "C100"
+
+
+def test_a_rotation_of_the_source_during_a_copy_is_not_copied_half(
+    keys_of_their_own: None,
+    ledger_url: str,
+    target_url: str,
+    feed_small: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`keys rotate` commits between the copy's read of the key file and its snapshot: the
+    copy would carry the old key and the new wrappings."""
+    import migrations
+    from ledger.config import open_database
+    from ledger.persistence.keys import KeyStore
+
+    _small_ledger(ledger_url, feed_small)
+    real = migrations.upgrade_connection
+
+    def rotated_meanwhile(conn: Any) -> None:
+        source = open_database(ledger_url, create=False)
+        try:
+            KeyStore(source).rotate()
+        finally:
+            source.dispose()
+        real(conn)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "upgrade_connection", rotated_meanwhile)
+        result = run(ledger_url, "db", "copy", target_url)
+    assert result.exit_code == 1
+    assert "master key changed while it was being copied" in error_line(result)
+    assert Database(target_url).is_fresh()
+    assert not _key_folder(target_url).exists()
+    copied = run_json(ledger_url, "db", "copy", target_url)  # again: the new key goes along
+    assert copied["verify"]["ok"] is True
+    assert run_json(target_url, "customer", "show", "C100")["customer"] == "C100"
+
+
+def test_a_master_key_file_that_does_not_open_the_ledger_is_not_copied(
+    keys_of_their_own: None, ledger_url: str, target_url: str, feed_small: Path
+) -> None:
+    """A rotation cut off after its commit leaves the ledger's key in master.key.new and the
+    old one in master.key: copying master.key gave a copy that no key opens."""
+    _small_ledger(ledger_url, feed_small)
+    assert run(ledger_url, "keys", "rotate").exit_code == 0
+    source = _key_folder(ledger_url)
+    (source / "master.key").rename(source / "master.key.new")
+    next(source.glob("master.key.*.old")).rename(source / "master.key")
+    result = run(ledger_url, "db", "copy", target_url)
+    assert result.exit_code == 1
+    assert "master.key.new" in error_line(result)
+    assert Database(target_url).is_fresh()
+    assert not _key_folder(target_url).exists()
+
+
+def test_an_in_memory_target_is_refused(
+    keys_of_their_own: None, ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    """A copy into `sqlite://` was gone at the command's end, its keys left for good in the
+    key folder of that URL."""
+    _small_ledger(ledger_url, feed_small)
+    keys = tmp_path / "xdg" / "consent-ledger" / "keys"
+    before = sorted(keys.iterdir()) if keys.exists() else []
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        result = run(ledger_url, "db", "copy", url)
+        assert result.exit_code == 1
+        assert "in-memory database" in error_line(result)
+    assert (sorted(keys.iterdir()) if keys.exists() else []) == before
+
+
+def test_a_copy_into_one_of_the_ledgers_own_files_is_refused(
+    keys_of_their_own: None, ledger_url: str, feed_small: Path
+) -> None:
+    """`db copy sqlite:///ledger.db-wal` made its copy in the source's write-ahead log's
+    place: the source's connection removed that file as it closed, the copy with it (exit
+    0, 'the copy verifies'), its keys left beside nothing."""
+    _small_ledger(ledger_url, feed_small)
+    database = Database(ledger_url)
+    if database.sqlite_path is None:
+        pytest.skip("an SQLite ledger's own files")
+    result = run(ledger_url, "db", "copy", f"sqlite:///{database.sqlite_path}-wal")
+    assert result.exit_code == 1
+    assert "one of the ledger's own files" in error_line(result)
+    assert not Path(f"{database.sqlite_path}-wal.keys").exists()
