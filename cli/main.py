@@ -437,7 +437,8 @@ def run() -> None:
 def _nothing_left_at_exit() -> bool:
     """Whether the interpreter's exit has nothing to do but free memory: no other thread
     (a worker's join), no child process, no finalizer that runs at exit (a temporary
-    folder's removal). Anything else, and the command ends as any Python program does."""
+    folder's removal, ours or multiprocessing's). Anything else, and the command ends as any
+    Python program does."""
     import threading
     import weakref
 
@@ -445,6 +446,9 @@ def _nothing_left_at_exit() -> bool:
         return False
     processes = sys.modules.get("multiprocessing")
     if processes is not None and processes.active_children():
+        return False
+    # multiprocessing's own exit work (a pool's, a temporary folder's removal).
+    if getattr(sys.modules.get("multiprocessing.util"), "_finalizer_registry", None):
         return False
     registry = getattr(weakref.finalize, "_registry", None)
     if registry is None:

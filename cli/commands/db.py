@@ -46,9 +46,15 @@ def upgrade(obj: object, as_json: bool) -> None:
 
 @db.command("copy")
 @click.argument("target", metavar="TARGET_URL")
+@click.option(
+    "--public-key-only",
+    is_flag=True,
+    help="Copy the public key alone, not the master or signing key: a copy for an auditor, "
+    "which verifies and answers but opens no personal data and records nothing.",
+)
 @json_option
 @click.pass_obj
-def copy(context: Any, target: str, as_json: bool) -> None:
+def copy(context: Any, target: str, public_key_only: bool, as_json: bool) -> None:
     """Copy the ledger, as recorded, into TARGET_URL: a new SQLite file or an empty
     PostgreSQL database (to move to PostgreSQL when one machine is outgrown, or to give an
     auditor a file of their own). Every event, fact, wrapped key and signed checkpoint goes
@@ -68,9 +74,9 @@ def copy(context: Any, target: str, as_json: bool) -> None:
         if shown:
             total = sum(row_counts(source).values())
             with click.progressbar(length=total, label="copying", file=sys.stderr) as bar:
-                copied = copy_ledger(source, destination, bar.update)
+                copied = copy_ledger(source, destination, bar.update, public_only=public_key_only)
         else:
-            copied = copy_ledger(source, destination)
+            copied = copy_ledger(source, destination, public_only=public_key_only)
         copy_of = ConsentLedger(destination)
         models = copy_of.read_models
         if shown:

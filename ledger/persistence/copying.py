@@ -31,6 +31,7 @@ from ledger.persistence.database import (
     _UPGRADE_LOCK,
     Database,
     bulk_insert,
+    default_key_dir,
     master_key_path,
     own_files,
     safe_url,
@@ -65,18 +66,27 @@ class Copied:
     key_files: list[Path] = field(default_factory=list)  # written for the target
 
 
-def key_files(source: Database, target: Database) -> list[tuple[Path, bytes]]:
+def key_files(
+    source: Database, target: Database, *, public_only: bool = False
+) -> list[tuple[Path, bytes]]:
     """The key files the target needs and does not have: (where, content). The master key
     (unless `CONSENT_LEDGER_MASTER_KEY` gives it to both) wraps the copied data keys; the
     signing key signed the copied checkpoints and signs the copy's next ones. None where both
     ledgers find their keys in one place (`CONSENT_LEDGER_KEY_DIR`, a master key file).
-    Refuses a target folder that holds other keys: the copy would not open with them."""
+    `public_only`: the public key alone (an auditor's copy: it verifies and answers, but
+    opens no personal data and records nothing). Refuses a target folder that holds other
+    keys: the copy would not open with them."""
     load_master_key(source, in_use=True)  # there, and the ledger's (a clear error if not)
-    pairs = [
-        (seals.signing_key_path(source), seals.signing_key_path(target)),
-        (seals.public_key_path(source), seals.public_key_path(target)),
-    ]
-    if not os.environ.get(MASTER_KEY_ENV):
+    if public_only and default_key_dir(source).absolute() == default_key_dir(target).absolute():
+        raise ConfigurationError(
+            f"the copy's key folder would be the ledger's own, {default_key_dir(source)} "
+            "(CONSENT_LEDGER_KEY_DIR names one for both), where the master and signing keys "
+            "are: unset it, so that the copy has a folder of its own with the public key alone"
+        )
+    pairs = [(seals.public_key_path(source), seals.public_key_path(target))]
+    if not public_only:
+        pairs.insert(0, (seals.signing_key_path(source), seals.signing_key_path(target)))
+    if not public_only and not os.environ.get(MASTER_KEY_ENV):
         pairs.insert(0, (master_key_path(source), master_key_path(target)))
     needed: list[tuple[Path, bytes]] = []
     for mine, theirs in pairs:
@@ -96,10 +106,14 @@ def key_files(source: Database, target: Database) -> list[tuple[Path, bytes]]:
 
 
 def copy_ledger(
-    source: Database, target: Database, progress: Callable[[int], None] | None = None
+    source: Database,
+    target: Database,
+    progress: Callable[[int], None] | None = None,
+    *,
+    public_only: bool = False,
 ) -> Copied:
     """Copy `source` (at the current schema) into `target`, which must hold no table yet.
-    `progress` is told of each chunk of rows written."""
+    `progress` is told of each chunk of rows written; `public_only`: see `key_files`."""
     if target.is_sqlite and target.sqlite_path is None:
         raise InputError(
             f"{safe_url(target.url)} is an in-memory database: the copy would be gone when "
@@ -118,8 +132,9 @@ def copy_ledger(
     # The source's master key, checked against its fingerprint (a key file left behind by an
     # interrupted 'keys rotate', or any wrong key, is refused with KeyStore's own words).
     _ = KeyStore(source).source
-    key_files(source, target)  # a folder holding other keys refused before anything is written
-    return _copy_rows(source, target, progress or (lambda _n: None))
+    # A folder holding other keys is refused before anything is written.
+    key_files(source, target, public_only=public_only)
+    return _copy_rows(source, target, progress or (lambda _n: None), public_only)
 
 
 _NOT_EMPTY = (
@@ -139,7 +154,9 @@ def row_counts(database: Database) -> dict[str, int]:
         }
 
 
-def _copy_rows(source: Database, target: Database, progress: Callable[[int], None]) -> Copied:
+def _copy_rows(
+    source: Database, target: Database, progress: Callable[[int], None], public_only: bool
+) -> Copied:
     from migrations import upgrade_connection
 
     counts: dict[str, int] = {}
@@ -157,7 +174,7 @@ def _copy_rows(source: Database, target: Database, progress: Callable[[int], Non
                 # this one's clean-up never removes the keys the other's copy opens with.
                 if sa.inspect(writing).get_table_names():
                     raise InputError(_NOT_EMPTY.format(url=safe_url(target.url)))
-                needed = key_files(source, target)
+                needed = key_files(source, target, public_only=public_only)
                 folders = {path.parent for path, _ in needed if not path.parent.exists()}
                 # The master key the copy will open with, as read before the snapshot.
                 master = load_master_key(source, in_use=True)[0]

@@ -93,7 +93,10 @@ def write_key_file(path: Path, content: bytes) -> None:
             os.fsync(handle.fileno())
         os.link(aside, path)
     except OSError as error:
-        if error.filename is None:  # a write to the descriptor: name the file it was for
+        # A write to the descriptor (no file named), or the link (the file aside named, as
+        # when the key exists already): name the file it was for. (The errno keeps the
+        # error's class: FileExistsError stays one.)
+        if error.filename is None or error.filename == str(aside):
             raise OSError(error.errno, error.strerror, str(path)) from None
         raise
     finally:

@@ -217,9 +217,9 @@ def test_a_copy_that_finds_another_copy_there_first_leaves_that_copys_keys(
     _small_ledger(ledger_url, feed_small)
     real = copying._copy_rows
 
-    def another_copy_first(source: Database, target: Database, progress: Any) -> Any:
-        real(source, target, progress)  # the other command's copy, whole
-        return real(source, target, progress)
+    def another_copy_first(*args: Any) -> Any:
+        real(*args)  # the other command's copy, whole
+        return real(*args)
 
     with monkeypatch.context() as patched:
         patched.setattr(copying, "_copy_rows", another_copy_first)
@@ -313,3 +313,38 @@ def test_a_copy_into_one_of_the_ledgers_own_files_is_refused(
     assert result.exit_code == 1
     assert "one of the ledger's own files" in error_line(result)
     assert not Path(f"{database.sqlite_path}-wal.keys").exists()
+
+
+def test_an_auditors_copy_carries_the_public_key_alone(
+    keys_of_their_own: None, ledger_url: str, target_url: str, feed_small: Path
+) -> None:
+    """`--public-key-only`: the copy verifies and answers from the record, but opens no
+    personal data (no master key) and records nothing (no signing key)."""
+    _small_ledger(ledger_url, feed_small)
+    verified = run_json(ledger_url, "verify")
+    copied = run_json(ledger_url, "db", "copy", target_url, "--public-key-only")
+    folder = _key_folder(target_url)
+    assert copied["key_files"] == [str(folder / "signing.pub")]
+    assert sorted(p.name for p in folder.iterdir()) == ["signing.pub"]
+    assert copied["verify"] == verified
+    assert run_json(target_url, "verify") == verified
+    for query in (("customer", "trail", "C100"), ("audit", "check")):
+        assert run_json(target_url, *query) == run_json(ledger_url, *query)
+    details = run(target_url, "customer", "show", "C100")
+    assert details.exit_code == 1 and error_line(details).startswith("Error: no master key")
+    fact = '{"type": "transfer.initiated", "id": "t-2", "acquirer": "Acme", "scope": "all"}'
+    refused = run(target_url, "record", fact)
+    assert refused.exit_code == 1 and error_line(refused).startswith("Error: no signing key")
+    assert run_json(target_url, "verify") == verified  # nothing recorded
+
+
+def test_an_auditors_copy_sharing_the_ledgers_key_folder_is_refused(
+    ledger_url: str, target_url: str, feed_small: Path
+) -> None:
+    """CONSENT_LEDGER_KEY_DIR (set by the tests' fixture) names one folder for both: the
+    copy would sit beside the master and signing keys."""
+    _small_ledger(ledger_url, feed_small)
+    result = run(ledger_url, "db", "copy", target_url, "--public-key-only")
+    assert result.exit_code == 1
+    assert "the copy's key folder would be the ledger's own" in error_line(result)
+    assert Database(target_url).is_fresh()

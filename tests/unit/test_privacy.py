@@ -407,3 +407,16 @@ def test_a_key_file_that_cannot_be_written_names_the_file(
     assert (raised.value.filename, raised.value.strerror) == (str(path), "No space left on device")
     monkeypatch.undo()
     assert sorted(p.name for p in path.parent.iterdir()) == []  # nothing left aside
+
+
+def test_a_key_file_that_exists_already_is_named_not_its_temporary(tmp_path: Path) -> None:
+    """The link into place failed naming the file written aside (`.master.key.<pid>.partial`)."""
+    from ledger.persistence.keys import write_key_file
+
+    path = tmp_path / "keys" / "master.key"
+    write_key_file(path, b"first")
+    with pytest.raises(FileExistsError) as raised:
+        write_key_file(path, b"second")
+    assert raised.value.filename == str(path)
+    assert path.read_bytes() == b"first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["master.key"]
