@@ -69,29 +69,29 @@ def copy(context: Any, target: str, public_key_only: bool, as_json: bool) -> Non
 
     source = open_database(context.url, create=False, on_lock_wait=context.say_waiting)
     destination = Database(target)
-    try:
-        shown = progress_enabled()
-        if shown:
-            total = sum(row_counts(source).values())
-            with click.progressbar(length=total, label="copying", file=sys.stderr) as bar:
-                copied = copy_ledger(source, destination, bar.update, public_only=public_key_only)
-        else:
-            copied = copy_ledger(source, destination, public_only=public_key_only)
-        copy_of = ConsentLedger(destination)
-        models = copy_of.read_models
-        if shown:
-            head = models.status()[0].head
-            label = "rebuilding the copy's read models"
-            with click.progressbar(length=head, label=label, file=sys.stderr) as bar:
-                rebuilt = models.rebuild(progress=bar.update).names
-                bar.update(max(0, head - bar.pos))
-            click.echo("verifying the copy", err=True)
-        else:
-            rebuilt = models.rebuild().names
-        verified = verify_ledger(copy_of)
-    finally:
-        source.dispose()
-        destination.dispose()
+    shown = progress_enabled()
+    if shown:
+        total = sum(row_counts(source).values())
+        with click.progressbar(length=total, label="copying", file=sys.stderr) as bar:
+            copied = copy_ledger(source, destination, bar.update, public_only=public_key_only)
+    else:
+        copied = copy_ledger(source, destination, public_only=public_key_only)
+    copy_of = ConsentLedger(destination)
+    models = copy_of.read_models
+    if shown:
+        head = models.status()[0].head
+        label = "rebuilding the copy's read models"
+        with click.progressbar(length=head, label=label, file=sys.stderr) as bar:
+            rebuilt = models.rebuild(progress=bar.update).names
+            bar.update(max(0, head - bar.pos))
+        click.echo("verifying the copy", err=True)
+    else:
+        rebuilt = models.rebuild().names
+    verified = verify_ledger(copy_of)
+    # Closed once done. A failure leaves them to the process's end: a rebuild cut short
+    # closes its own reads first (disposed under it, they complained on stderr).
+    source.dispose()
+    destination.dispose()
     logs.summarise(rows=sum(copied.rows.values()), facts=verified.facts, ok=verified.ok)
     document = {
         "from": safe_url(source.url),

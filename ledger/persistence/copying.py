@@ -1,15 +1,15 @@
 """`db copy`: a ledger copied, as stored, into a new database (SQLite or PostgreSQL).
 
 For a shop that outgrows one machine (its SQLite ledger moved to PostgreSQL), or an auditor's
-own file of a PostgreSQL ledger. Every row of the ledger's own tables goes across as it is
-stored: the events, the fact index, orders, customers, the wrapped data keys, meta, the
+own file (with the public key alone). Every row of the ledger's own tables goes across as it
+is stored: the events, the fact index, orders, customers, the wrapped data keys, meta, the
 suppressions, the export secrets, the integrity tree's nodes and the signed checkpoints. They
 are read in one snapshot of the source and written, with the schema, in one transaction of the
 target: the copy verifies with the same head and the same signed checkpoints, an erased
 customer stays erased (their key row is empty in the copy too), and a copy that fails leaves
-the target as empty as it was. The read models are not copied: they are rebuilt from the
-copied events (`db copy` does, then verifies the copy). The key files go along
-(`key_files`).
+the target as empty as it was (a new SQLite file it made, removed). The read models are not
+copied: they are rebuilt from the copied events (`db copy` does, then verifies the copy). The
+key files go along (`key_files`).
 """
 
 from __future__ import annotations
@@ -134,7 +134,15 @@ def copy_ledger(
     _ = KeyStore(source).source
     # A folder holding other keys is refused before anything is written.
     key_files(source, target, public_only=public_only)
-    return _copy_rows(source, target, progress or (lambda _n: None), public_only)
+    new_file = path is not None and not path.exists()
+    try:
+        return _copy_rows(source, target, progress or (lambda _n: None), public_only)
+    except BaseException:
+        if new_file and path is not None and target.is_fresh():  # the file the copy made
+            target.dispose()
+            for end in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{end}").unlink(missing_ok=True)
+        raise
 
 
 _NOT_EMPTY = (

@@ -179,6 +179,9 @@ def test_a_copy_that_fails_leaves_the_target_empty_and_no_key_behind(
     assert result.exit_code == 1
     assert "no_such_table" in error_line(result)
     assert Database(target_url).is_fresh()
+    if target_url.startswith("sqlite:///"):  # the new file it made, and its journals: gone
+        made = Path(target_url.removeprefix("sqlite:///"))
+        assert sorted(made.parent.iterdir()) == []
     assert not _key_folder(target_url).exists()
     # Nothing stands in the way of the copy made again.
     copied = run_json(ledger_url, "db", "copy", target_url)
