@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,12 +58,9 @@ def _postgres_schema_url(server: str, schema: str) -> str:
     )
 
 
-@pytest.fixture
-def ledger_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """The URL of a new, empty ledger database on `backend`."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """The URL of a new, empty schema of the test server, dropped afterwards."""
     server = postgres_server()
     assert server is not None
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -75,6 +73,16 @@ def ledger_url(backend: str, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture
+def ledger_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty ledger database on `backend`."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture

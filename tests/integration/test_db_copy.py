@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,22 +10,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.persistence.database import Database
+from ledger.persistence.database import WRITTEN_TABLES, Database
 from tests.cli_helpers import error_line, run, run_json
-from tests.conftest import _postgres_schema_url, postgres_server
+from tests.conftest import postgres_schema, postgres_server
 
-LEDGER_TABLES = (
-    "ledger_events",
-    "ledger_facts",
-    "ledger_orders",
-    "ledger_customers",
-    "ledger_data_keys",
-    "ledger_meta",
-    "ledger_suppressions",
-    "ledger_export_secrets",
-    "ledger_tree_nodes",
-    "ledger_checkpoints",
-)
+LEDGER_TABLES = ("ledger_events", *WRITTEN_TABLES)  # every table of the ledger's own
 # What each answers, the same from the ledger and from its copy.
 QUERIES = (
     ("customer", "show", "C100"),
@@ -55,19 +43,10 @@ def target_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         (tmp_path / "copy").mkdir()
         yield f"sqlite:///{tmp_path / 'copy' / 'ledger-copy.db'}"
         return
-    server = postgres_server()
-    if server is None:
+    if postgres_server() is None:
         pytest.skip("PostgreSQL tests need CONSENT_LEDGER_TEST_POSTGRES")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(_postgres_schema_url(server, "public"))
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield _postgres_schema_url(server, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 def _full_ledger(url: str, feed: Path, tmp_path: Path) -> None:
