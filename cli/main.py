@@ -461,18 +461,18 @@ def _exit_now(code: int) -> NoReturn:
     one by one took 100-200 ms of a command that writes (a sixth of a `record`), for memory
     the process gives back whole. Its connections are closed first (SQLite checkpoints its
     WAL, a PostgreSQL server sees a clean goodbye), the logs flushed and closed, stdout and
-    stderr flushed; if a flush fails, the interpreter's own exit reports it as it always did."""
+    stderr flushed; if any of that fails, the interpreter's own exit goes on as it always did."""
     import os
 
-    persistence = sys.modules.get("ledger.persistence.database")
-    if persistence is not None:
-        persistence.Database.dispose_all()
-    logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.shutdown()
     try:
+        persistence = sys.modules.get("ledger.persistence.database")
+        if persistence is not None:
+            persistence.Database.dispose_all()
+        logging = sys.modules.get("logging")
+        if logging is not None:
+            logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except Exception:  # (a connection that fails to close, a stream that fails to flush)
         sys.exit(code)
     os._exit(code)
