@@ -507,7 +507,7 @@ class ConsentLedger(Application[UUID]):
         rectifications (every one due at `at`); refused if none is due to that recipient."""
         at = at or datetime.now(UTC)
         fact_id = fact_id or f"cmd-{uuid4()}"
-        from ledger.persistence import personal, tables
+        from ledger.persistence import personal
 
         with self.database.writing() as tx:
             if personal.fact_recorded(self.database, fact_id):
@@ -525,17 +525,27 @@ class ConsentLedger(Application[UUID]):
                 )
             regarding = sorted({due.fact_id for due in answered})
             customer.record_notification(recipient, regarding, fact_id, at)
-            recordings = self.save(customer)
-            tx.insert_many(
-                tables.facts,
-                _FACT_COLUMNS,
-                [
-                    (fact_id, r.notification.id, _NOTIFIED_TYPE, customer.id)
-                    for r in recordings
-                    if isinstance(r.domain_event, Customer.RecipientNotified)
-                ],
-            )
+            self._save_notified(tx, [customer])
         return fact_id, answered
+
+    def _save_notified(self, tx: WriteTransaction, customers: list[Customer]) -> None:
+        """Save customers whose new events are Art. 19 notifications, each indexed as a fact."""
+        from ledger.persistence import tables
+
+        tx.insert_many(
+            tables.facts,
+            _FACT_COLUMNS,
+            [
+                (
+                    r.domain_event.fact_id,
+                    r.notification.id,
+                    _NOTIFIED_TYPE,
+                    r.domain_event.originator_id,
+                )
+                for r in self.save(*customers)
+                if isinstance(r.domain_event, Customer.RecipientNotified)
+            ],
+        )
 
     def record_notifications_due(
         self, recipient: str, at: datetime | None = None
@@ -546,7 +556,6 @@ class ConsentLedger(Application[UUID]):
         Refused if none is due to that recipient. Returns (customer, fact id, answered) of
         each, by customer."""
         at = at or datetime.now(UTC)
-        from ledger.persistence import tables
 
         done: list[tuple[str, str, list[privacy.NotificationDue]]] = []
         customers: list[Customer] = []
@@ -574,21 +583,7 @@ class ConsentLedger(Application[UUID]):
                     f"no notification to recipient {recipient!r} is due for any customer "
                     "(see 'consent-ledger recipients notifications')"
                 )
-            recordings = self.save(*customers)
-            tx.insert_many(
-                tables.facts,
-                _FACT_COLUMNS,
-                [
-                    (
-                        r.domain_event.fact_id,
-                        r.notification.id,
-                        _NOTIFIED_TYPE,
-                        r.domain_event.originator_id,
-                    )
-                    for r in recordings
-                    if isinstance(r.domain_event, Customer.RecipientNotified)
-                ],
-            )
+            self._save_notified(tx, customers)
         done.sort(key=lambda row: row[0])
         return done
 
