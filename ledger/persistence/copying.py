@@ -155,7 +155,7 @@ _NOT_EMPTY = (
 def row_counts(database: Database) -> dict[str, int]:
     with database.reading() as conn:
         return {
-            table.name: int(
+            str(table.name): int(
                 conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
             )
             for table in TABLES

@@ -15,6 +15,7 @@ from tests.cli_helpers import error_line, run, run_json
 from tests.conftest import postgres_schema, postgres_server
 
 LEDGER_TABLES = ("ledger_events", *WRITTEN_TABLES)  # every table of the ledger's own
+KEY_FILES = ["master.key", "signing.key", "signing.pub"]
 # What each answers, the same from the ledger and from its copy.
 QUERIES = (
     ("customer", "show", "C100"),
@@ -114,11 +115,9 @@ def test_a_copy_answers_as_the_ledger_does_and_verifies_with_its_head(
         p["name"] for p in run_json(target_url, "projections", "status")["projections"]
     ]
     folder = _key_folder(target_url)
-    assert copied["key_files"] == [
-        str(folder / name) for name in ("master.key", "signing.key", "signing.pub")
-    ]
+    assert copied["key_files"] == [str(folder / name) for name in KEY_FILES]
     source_folder = _key_folder(ledger_url)
-    for name in ("master.key", "signing.key", "signing.pub"):
+    for name in KEY_FILES:
         assert (folder / name).read_bytes() == (source_folder / name).read_bytes()
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
     # The copy goes on: it records, signs with the copied key, and still verifies.
@@ -180,9 +179,6 @@ def test_a_key_folder_holding_other_keys_is_refused_before_anything_is_written(
     assert error_line(result).startswith(f"Error: {other} holds another key than this ledger's ")
     assert Database(target_url).is_fresh()
     assert sorted(p.name for p in folder.iterdir()) == ["master.key"]
-
-
-KEY_FILES = ["master.key", "signing.key", "signing.pub"]
 
 
 def test_a_copy_that_finds_another_copy_there_first_leaves_that_copys_keys(
