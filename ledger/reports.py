@@ -213,6 +213,7 @@ def auditor_report(
 ) -> Document:
     doc = Document("consent-ledger: auditor's report")
     violations = figures.violations
+    registry = with_exports(figures.recipients, exports or [])
     by_rule = Counter(v.rule for v in violations)
     doc.para(
         f"Generated {iso(generated_at)} from the ledger's read models at event {figures.head}. "
@@ -228,7 +229,7 @@ def auditor_report(
             ["customers erased", figures.erased_customers],
             ["orders", sum(n for _, n in figures.orders_by_status)],
             ["disclosures of personal data", figures.disclosures],
-            ["recipients (by name and kind)", len(figures.recipients)],
+            ["recipients (by name and kind)", len(registry)],
             ["violations", len(violations)],
         ],
     )
@@ -262,7 +263,7 @@ def auditor_report(
     doc.heading("Orders")
     doc.table(["status", "orders"], [list(row) for row in figures.orders_by_status])
     doc.heading("Recipient registry")
-    _registry_table(doc, figures.recipients)
+    _registry_table(doc, registry)
     doc.heading("Due-diligence exports")
     doc.para(
         "Each export to a prospective acquirer is a disclosure recorded in the ledger, with the "
@@ -290,15 +291,67 @@ def _rules(by_rule: Counter[str]) -> list[str]:
     return list(RULES) + sorted(set(by_rule) - set(RULES))
 
 
+def with_exports(
+    recipients: list[dict[str, Any]], exports: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The recipient registry (`projections.recipient_registry.registry`) with the
+    due-diligence exports (`ledger.exports.recorded_exports`) in it, as the disclosures to an
+    acquirer they are: each row gains `exports`, how many exports its recipient received,
+    and its first and last times, categories, purposes and bases cover them. An acquirer
+    that received exports only gets a row of its own, with no disclosures on customers'
+    trails (`disclosures` and `customers` count those). By kind, then name."""
+    rows = {(r["recipient_kind"], r["recipient"]): {**r, "exports": 0} for r in recipients}
+    for export in exports:
+        key = (export["recipient_kind"], export["recipient"])
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {
+                "recipient": export["recipient"],
+                "recipient_kind": export["recipient_kind"],
+                "disclosures": 0,
+                "customers": 0,
+                "first_at": export["at"],
+                "last_at": export["at"],
+                "categories": [],
+                "purposes": [],
+                "bases": [],
+                "exports": 0,
+            }
+        row["exports"] += 1
+        at = datetime.fromisoformat(export["at"])
+        if at < datetime.fromisoformat(row["first_at"]):
+            row["first_at"] = export["at"]
+        if at > datetime.fromisoformat(row["last_at"]):
+            row["last_at"] = export["at"]
+        for name, values in (
+            ("categories", export["categories"]),
+            ("purposes", [export["purpose"]]),
+            ("bases", [export["basis"]]),
+        ):
+            row[name] = sorted({*row[name], *values})
+    return [rows[key] for key in sorted(rows)]
+
+
 def _registry_table(doc: Document, recipients: list[dict[str, Any]]) -> None:
     doc.table(
-        ["recipient", "kind", "disclosures", "customers", "first", "last", "categories", "bases"],
+        [
+            "recipient",
+            "kind",
+            "disclosures",
+            "customers",
+            "exports",
+            "first",
+            "last",
+            "categories",
+            "bases",
+        ],
         [
             [
                 r["recipient"],
                 r["recipient_kind"],
                 r["disclosures"],
                 r["customers"],
+                r["exports"],
                 r["first_at"][:10],
                 r["last_at"][:10],
                 r["categories"],
@@ -312,8 +365,11 @@ def _registry_table(doc: Document, recipients: list[dict[str, Any]]) -> None:
 # -- records of processing (GDPR Art. 30) -----------------------------------------------------
 
 
-def processing_records(figures: Any, generated_at: datetime) -> Document:
+def processing_records(
+    figures: Any, generated_at: datetime, exports: list[dict[str, Any]] | None = None
+) -> Document:
     doc = Document("Records of processing activities (GDPR Art. 30)")
+    registry = with_exports(figures.recipients, exports or [])
     doc.para(
         f"Derived {iso(generated_at)} from the ledger's vocabulary and from what it recorded "
         f"(event {figures.head}): every purpose, category, recipient and basis below is either "
@@ -388,21 +444,22 @@ def processing_records(figures: Any, generated_at: datetime) -> Document:
     )
     doc.heading("Recipients by kind")
     per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in figures.recipients:
+    for r in registry:
         per_kind[r["recipient_kind"]].append(r)
     doc.table(
-        ["recipient kind", "recipients", "disclosures"],
+        ["recipient kind", "recipients", "disclosures", "exports"],
         [
             [
                 kind,
                 len(per_kind.get(kind, [])),
                 sum(r["disclosures"] for r in per_kind.get(kind, [])),
+                sum(r["exports"] for r in per_kind.get(kind, [])),
             ]
             for kind in sorted(RECIPIENT_KINDS | set(per_kind))
         ],
     )
     doc.heading("Recipients by name")
-    _registry_table(doc, figures.recipients)
+    _registry_table(doc, registry)
     doc.heading("Lawful bases")
     bases: dict[str, set[str]] = defaultdict(set)
     for rule in DISCLOSURES.values():
@@ -414,17 +471,25 @@ def processing_records(figures: Any, generated_at: datetime) -> Document:
         [[b, sorted(bases.get(b, set())) or "none recorded"] for b in sorted(LAWFUL_BASES)],
     )
     doc.heading("Transfers (sale or merger of the business)")
-    acquirers = [r for r in figures.recipients if r["recipient_kind"] == "acquirer"]
+    acquirers = [r for r in registry if r["recipient_kind"] == "acquirer"]
     names = sorted(set(figures.initiations) | {r["recipient"] for r in acquirers})
     disclosed = {r["recipient"]: r for r in acquirers}
     doc.table(
-        ["acquirer", "transfer initiated", "disclosures", "customers", "categories"],
+        [
+            "acquirer",
+            "transfer initiated",
+            "disclosures",
+            "customers",
+            "due-diligence exports",
+            "categories",
+        ],
         [
             [
                 name,
                 figures.initiations.get(name, []) or "never",
                 disclosed[name]["disclosures"] if name in disclosed else 0,
                 disclosed[name]["customers"] if name in disclosed else 0,
+                disclosed[name]["exports"] if name in disclosed else 0,
                 disclosed[name]["categories"] if name in disclosed else [],
             ]
             for name in names

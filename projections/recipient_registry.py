@@ -18,6 +18,7 @@ from projections.base import (
     Rows,
     SlotTable,
     Writer,
+    stamp_to_iso,
     stream_column,
     text,
     time_column,
@@ -162,18 +163,21 @@ class RecipientRegistry(ReadModel):
         self.delta = {}
 
 
-def registry(conn: Connection, slot: str) -> list[dict[str, Any]]:
-    """Every recipient, by kind then name, with its counts."""
+def registry(conn: Connection, slot: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every recipient (of `kind`, if given), by kind then name, with its counts; times in
+    the ledger's printed form (`ledger.feed.iso`)."""
     table = recipients[slot]
     query = sa.select(table).order_by(table.c.recipient_kind, table.c.recipient)
+    if kind is not None:
+        query = query.where(table.c.recipient_kind == kind)
     return [
         {
             "recipient": row.recipient,
             "recipient_kind": row.recipient_kind,
             "disclosures": row.disclosures,
             "customers": row.customers,
-            "first_at": row.first_at,
-            "last_at": row.last_at,
+            "first_at": stamp_to_iso(row.first_at),
+            "last_at": stamp_to_iso(row.last_at),
             "categories": row.categories.split(",") if row.categories else [],
             "purposes": row.purposes.split(",") if row.purposes else [],
             "bases": row.bases.split(",") if row.bases else [],

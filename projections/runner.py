@@ -273,6 +273,18 @@ class ReadModels:
             stream_ordered_until=_stream_ordered_until(conn),
         )
 
+    def recipients(self, kind: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """The recipient registry (SPEC §1), by kind then name, with each recipient's counts
+        (optionally of one kind); and the event it stands at (the head as of the call, or
+        later)."""
+        name = RecipientRegistry.name
+        with self.snapshot(name) as (conn, slots):
+            position = conn.execute(
+                sa.select(tracking.c.position).where(tracking.c.name == name)
+            ).scalar_one()
+            rows = registry(conn, slots[name], kind)
+        return int(position), rows
+
     def figures(self, *, with_violations: bool = True) -> LedgerFigures:
         """What the auditor's report and the records of processing are made of, from every
         read model in one snapshot."""

@@ -1,5 +1,6 @@
-"""Data subjects' rights: `customer access-export`, `recipients notifications`,
-`recipients notified`, `suppression check`, and the master key's `keys rotate`."""
+"""Data subjects' rights: `customer access-export`, `recipients list`, `recipients
+notifications`, `recipients notified`, `suppression check`, and the master key's `keys
+rotate`."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from cli.output import (
     table,
     write_file,
 )
-from cli.params import MOMENT, pass_ledger
+from cli.params import MOMENT, Choice, pass_ledger
 from ledger.errors import InputError
 from ledger.feed import iso
+from ledger.vocabulary import RECIPIENT_KINDS
 
 
 @customer.command("access-export", short_help="GDPR Art. 15 subject-access pack of customer REF.")
@@ -100,10 +102,63 @@ def access_export(ledger: Any, ref: str, out: Path, record: bool, as_json: bool)
 
 
 @click.group(
-    "recipients", short_help="Recipients of personal data: Art. 19 notifications of erasure."
+    "recipients",
+    short_help="The recipient registry; Art. 19 notifications of erasure.",
 )
 def recipients() -> None:
-    """Recipients of personal data: Art. 19 notifications of erasure and rectification."""
+    """Recipients of personal data: the registry of every one seen, and Art. 19
+    notifications of erasure and rectification."""
+
+
+_REGISTRY_COLUMNS = (
+    "recipient_kind",
+    "recipient",
+    "disclosures",
+    "customers",
+    "exports",
+    "first_at",
+    "last_at",
+    "categories",
+    "purposes",
+    "bases",
+)
+
+
+@recipients.command(
+    "list", short_help="Every recipient the ledger has seen, with its kind and counts."
+)
+@click.option(
+    "--kind",
+    type=Choice(sorted(RECIPIENT_KINDS)),
+    help="Only the recipients of this kind.",
+)
+@json_option
+@pass_ledger
+def list_recipients(ledger: Any, kind: str | None, as_json: bool) -> None:
+    """Every recipient the ledger has seen receive personal data (SPEC §1's registry), by
+    kind then name: how many disclosures on customers' trails and of how many customers,
+    how many due-diligence exports (to an acquirer), the first and the last, and the
+    categories, purposes and bases. From the recipient registry read model, brought up to
+    the head of the log first, and the exports recorded."""
+    from ledger.exports import recorded_exports
+    from ledger.reports import with_exports
+
+    position, rows = ledger.read_models.recipients(kind)
+    exports = [e for e in recorded_exports(ledger) if kind in (None, e["recipient_kind"])]
+    rows = with_exports(rows, exports)
+    logs.summarise(rows=len(rows))
+    if as_json:
+        emit_json({"position": position, "recipients": rows})
+        return
+    kinds = f" of kind {kind}" if kind else ""
+    click.echo(f"{len(rows)} recipient{'s' * (len(rows) != 1)}{kinds} (as of event {position})")
+    click.echo(
+        table(
+            rows,
+            _REGISTRY_COLUMNS,
+            empty="(none recorded)",
+        )
+    )
 
 
 @recipients.command("notifications")

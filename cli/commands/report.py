@@ -69,10 +69,12 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
     recipients by kind and by name with counts, lawful bases, transfers."""
     if out is not None:
         check_writable(out, keep_off=own_files(context.database))
+    from ledger.exports import recorded_exports
     from ledger.reports import processing_records, to_html, to_markdown
 
     figures = context.ledger.read_models.figures(with_violations=False)
-    document = processing_records(figures, datetime.now(UTC))
+    exports = recorded_exports(context.ledger)
+    document = processing_records(figures, datetime.now(UTC), exports)
     text = to_html(document) if fmt == "html" else to_markdown(document)
     logs.log.info("report.processing", format=fmt, recipients=len(figures.recipients))
     if out is None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ledger.reports import Document, auditor_report, processing_records, to_html, to_markdown
+from ledger.reports import (
+    Document,
+    auditor_report,
+    processing_records,
+    to_html,
+    to_markdown,
+    with_exports,
+)
 from ledger.rules import Violation
 from ledger.vocabulary import DISCLOSURES, PURPOSE_CHANNELS, RULES
 from projections.runner import LedgerFigures
@@ -109,4 +116,64 @@ def test_records_of_processing_cover_the_vocabulary_even_with_nothing_recorded()
         "| delivery | contract | carrier | name, postal_address, phone | name, phone, postal_address | 4 | order.dispatched |"
         in recorded
     )
-    assert "| Northwind | 2025-06-01T00:00:00Z | 0 | 0 | - |" in recorded
+    assert "| Northwind | 2025-06-01T00:00:00Z | 0 | 0 | 0 | - |" in recorded
+
+
+def _export(recipient: str, at: str, categories: list[str]) -> dict[str, object]:
+    return {
+        "recipient": recipient,
+        "recipient_kind": "acquirer",
+        "at": at,
+        "categories": categories,
+        "purpose": "business_transfer",
+        "basis": "legitimate_interests",
+    }
+
+
+def test_exports_join_the_registry_as_disclosures_to_their_acquirer() -> None:
+    registry = [
+        {
+            "recipient": "Northwind",
+            "recipient_kind": "acquirer",
+            "disclosures": 3,
+            "customers": 2,
+            "first_at": "2025-01-01T00:00:00.250000Z",
+            "last_at": "2025-01-01T00:00:00.250000Z",
+            "categories": ["email", "name"],
+            "purposes": ["business_transfer"],
+            "bases": ["legitimate_interests"],
+        },
+        {
+            "recipient": "DPD",
+            "recipient_kind": "carrier",
+            "disclosures": 1,
+            "customers": 1,
+            "first_at": "2024-01-01T00:00:00Z",
+            "last_at": "2024-01-01T00:00:00Z",
+            "categories": ["name"],
+            "purposes": ["delivery"],
+            "bases": ["contract"],
+        },
+    ]
+    exports = [
+        # Earlier than the trail's first by a quarter second: "...00Z" sorts after
+        # "...00.250000Z" as text, so times must be compared as times.
+        _export("Northwind", "2025-01-01T00:00:00Z", ["order_details"]),
+        _export("Blue", "2026-05-01T10:00:00Z", ["order_details"]),
+        _export("Blue", "2026-04-01T10:00:00Z", ["order_details"]),
+    ]
+    merged = with_exports(registry, exports)
+    assert [(r["recipient_kind"], r["recipient"]) for r in merged] == [
+        ("acquirer", "Blue"),
+        ("acquirer", "Northwind"),
+        ("carrier", "DPD"),
+    ]
+    blue, northwind, dpd = merged
+    assert blue["exports"] == 2 and (blue["disclosures"], blue["customers"]) == (0, 0)
+    assert (blue["first_at"], blue["last_at"]) == ("2026-04-01T10:00:00Z", "2026-05-01T10:00:00Z")
+    assert northwind["exports"] == 1 and northwind["disclosures"] == 3
+    assert northwind["first_at"] == "2025-01-01T00:00:00Z"
+    assert northwind["last_at"] == "2025-01-01T00:00:00.250000Z"
+    assert northwind["categories"] == ["email", "name", "order_details"]
+    assert dpd == {**registry[1], "exports": 0}
+    assert registry[0]["categories"] == ["email", "name"]  # (the input is left as it was)
