@@ -176,12 +176,17 @@ def disclosure_row(event: Any) -> dict[str, Any]:
     }
 
 
-def trail_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
-    """SPEC §5 `customer trail`: every disclosure, ordered by `at` (then recording order).
-    An erased customer's rows withhold a recipient's name shaped like an email or phone
-    number (`free_text.rows_withheld`): after the erasure no command shows their data."""
+def trail_rows(events: Iterable[Any], as_of: datetime | None = None) -> list[dict[str, Any]]:
+    """SPEC §5 `customer trail`: every disclosure (at or before `as_of`, if given), ordered
+    by `at` (then recording order). An erased customer's rows withhold a recipient's name
+    shaped like an email or phone number (`free_text.rows_withheld`): after the erasure no
+    command shows their data, whatever time the question is asked for."""
     ordered = business_order(events)
-    rows = [disclosure_row(event) for event in ordered if is_disclosure(event)]
+    rows = [
+        disclosure_row(event)
+        for event in ordered
+        if is_disclosure(event) and (as_of is None or event.at <= as_of)
+    ]
     if rows and any(event_name(event) == "Customer.Erased" for event in ordered):
         return rows_withheld(rows)
     return rows

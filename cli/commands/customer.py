@@ -66,18 +66,35 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
 
 @customer.command("trail")
 @click.argument("ref")
+@click.option(
+    "--as-of",
+    "as_of",
+    type=MOMENT,
+    help="Only the disclosures made at or before this business time (a date means the end "
+    "of that day, UTC).",
+)
+@click.option(
+    "--known-at",
+    "known_at",
+    type=MOMENT,
+    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
+)
 @json_option
 @pass_context
-def trail(context: Any, ref: str, as_json: bool) -> None:
-    """Who has received customer REF's data, when, what and why (by business time)."""
+def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
+    """Who has received customer REF's data, when, what and why (by business time): every
+    disclosure, or those made by --as-of, as recorded now or by --known-at."""
     from ledger import views
 
-    rows = views.trail_rows(context.customer_facts(ref))
+    rows = views.trail_rows(context.customer_facts(ref, known_at), as_of)
     logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:
         emit_json({"customer": ref, "disclosures": rows})
         return
-    click.echo(f"Disclosures of customer {ref}'s personal data")
+    heading = [f"Disclosures of customer {ref}'s personal data"]
+    heading += [f"as of {iso(as_of)}"] if as_of is not None else []
+    heading += [f"as recorded by {iso(known_at)}"] if known_at is not None else []
+    click.echo(", ".join(heading))
     click.echo(
         table(
             rows,
