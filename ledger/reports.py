@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,24 +50,74 @@ class Document:
 
 
 def to_markdown(doc: Document) -> str:
-    out = [f"# {doc.title}", ""]
+    """The document as Markdown. Every text from data (cells, headings, paragraphs outside their
+    `code` spans) is escaped so that a wiki or pandoc shows it exactly as it was, never as
+    markup: HTML-escaped (`&`, `<`, `>`, quotes) and Markdown punctuation backslash-escaped."""
+    out = [f"# {_md(doc.title)}", ""]
     for kind, value in doc.blocks:
         if kind == "heading":
             level, text = value
-            out += ["#" * level + " " + text, ""]
+            out += ["#" * level + " " + _md(text), ""]
         elif kind == "para":
-            out += [value, ""]
+            out += [_md_para(value), ""]
         elif kind == "table" and not value[1]:
             out += ["(none)", ""]
         elif kind == "table":
             columns, rows = value
-            out.append("| " + " | ".join(columns) + " |")
+            out.append("| " + " | ".join(_md(c, cell=True) for c in columns) + " |")
             out.append("|" + "|".join("---" for _ in columns) + "|")
-            out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+            out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
             out.append("")
         elif kind == "chart":
-            out += [f"*{value[1]}* (chart in the HTML rendering)", ""]
+            out += [f"*{_md(value[1])}* (chart in the HTML rendering)", ""]
     return "\n".join(out)
+
+
+# Characters that show nothing or reorder what follows (format characters such as U+202E
+# RIGHT-TO-LEFT OVERRIDE or U+200B ZERO WIDTH SPACE, controls, line separators): shown as
+# <U+XXXX>, so that "Royal\u202eliaM" cannot pass for "RoyalMail".
+_INVISIBLE = {"Cf", "Cc", "Zl", "Zp"}
+
+
+def visible(text: str) -> str:
+    """`text` with every invisible or bidi format character written as `<U+XXXX>`."""
+    if text.isprintable():  # (the usual case: isprintable is false for Cf, Cc, Zl, Zp)
+        return text
+    return "".join(
+        f"<U+{ord(ch):04X}>" if unicodedata.category(ch) in _INVISIBLE else ch for ch in text
+    )
+
+
+# Markdown punctuation that is markup anywhere in a line (CommonMark, GFM tables and
+# strikethrough, pandoc's $math$, templates' {{ }}); `_` only where it can open or close
+# emphasis (not inside a word: postal_address stays as it is).
+_MD_ANYWHERE = re.compile(r"([\\`*\[\]{}|~$])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# ... and what is markup at the start of a line (headings, lists, quotes, rules).
+_MD_LINE_START = re.compile(r"^(\s*)([#+=-]|\d+[.)])")
+
+
+def _md(text: str, *, cell: bool = False) -> str:
+    """Data as Markdown text that renders as exactly this text."""
+    escaped = html.escape(visible(text), quote=True)
+    escaped = _MD_ANYWHERE.sub(lambda m: "\\" + m.group(0), escaped)
+    if cell:
+        return escaped
+    return _MD_LINE_START.sub(
+        lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], escaped
+    )
+
+
+def _md_cell(value: Any) -> str:
+    return _md(_cell(value), cell=True) if value is not None else "-"
+
+
+def _md_para(text: str) -> str:
+    """A paragraph: its `code` spans are kept (their text is shown literally), the rest is
+    escaped; an unpaired backquote is escaped with the rest."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        return _md(text)
+    return "".join(f"`{visible(p)}`" if i % 2 else _md(p, cell=i > 0) for i, p in enumerate(parts))
 
 
 _STYLE = """
@@ -80,8 +132,21 @@ details summary{cursor:pointer;font-weight:600;margin:.4em 0}
 """
 
 
+def esc(text: str) -> str:
+    """Text as HTML, its invisible characters shown (`visible`)."""
+    return html.escape(visible(text))
+
+
+def _isolated(text: str) -> str:
+    """A data cell's text as HTML; isolated in <bdi> if it holds right-to-left letters, so
+    that they cannot reorder the text around them."""
+    escaped = esc(text)
+    if any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text):
+        return f"<bdi>{escaped}</bdi>"
+    return escaped
+
+
 def to_html(doc: Document) -> str:
-    esc = html.escape
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -103,7 +168,9 @@ def to_html(doc: Document) -> str:
             out.append("</tr></thead><tbody>")
             for row in rows:
                 cells = (
-                    f'<td class="n">{c}</td>' if isinstance(c, int) else f"<td>{esc(_cell(c))}</td>"
+                    f'<td class="n">{c}</td>'
+                    if isinstance(c, int)
+                    else f"<td>{_isolated(_cell(c))}</td>"
                     for c in row
                 )
                 out.append("<tr>" + "".join(cells) + "</tr>")
