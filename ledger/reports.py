@@ -31,8 +31,15 @@ from ledger.vocabulary import (
 # -- a document: headings, paragraphs, tables, charts ------------------------------------------
 
 
+class Mono(str):
+    """A cell's text in a monospace font that may break anywhere (a hash, a signature)."""
+
+
 @dataclass
 class Document:
+    """Headings, paragraphs (text with `code` spans), tables, charts, notices and lists.
+    `contents()` places a table of contents of the level 2 and 3 headings."""
+
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -42,17 +49,56 @@ class Document:
     def para(self, text: str) -> None:
         self.blocks.append(("para", text))
 
-    def table(self, columns: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(("table", (columns, rows)))
+    def table(
+        self, columns: list[str], rows: list[list[Any]], *, limit: int | None = None, more: str = ""
+    ) -> None:
+        """A table; with `limit`, the rows after the first `limit` are folded away in HTML
+        (still there, in a collapsed <details>), and `more` says where to find them all."""
+        self.blocks.append(("table", (columns, rows, limit, more)))
 
-    def chart(self, svg: str, caption: str) -> None:
-        self.blocks.append(("chart", (svg, caption)))
+    def chart(
+        self,
+        svg: str,
+        caption: str,
+        *,
+        alt: str | None = None,
+        data: tuple[list[str], list[list[Any]]] | None = None,
+    ) -> None:
+        """A chart: `alt` says what it shows, `data` holds its numbers (columns, rows), shown
+        as a table under it (collapsed in HTML)."""
+        self.blocks.append(("chart", (svg, caption, alt or caption, data)))
+
+    def notice(self, lead: str, text: str, tone: str = "info") -> None:
+        """A prominent statement: `lead` in bold, then `text`; tone ok, info, warning, alert."""
+        self.blocks.append(("notice", (tone, lead, text)))
+
+    def items(self, texts: list[str]) -> None:
+        """A bulleted list of texts from data."""
+        self.blocks.append(("items", list(texts)))
+
+    def contents(self) -> None:
+        self.blocks.append(("contents", None))
+
+    def sections(self) -> list[tuple[int, str, str]]:
+        """(level, text, anchor) of each level 2 and 3 heading, anchors unique (as GitHub
+        and pandoc make them from the text, numbered when repeated)."""
+        seen: Counter[str] = Counter()
+        out = []
+        for kind, value in self.blocks:
+            if kind == "heading" and value[0] in (2, 3):
+                level, text = value
+                slug = re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-") or "s"
+                anchor = f"{slug}-{seen[slug]}" if seen[slug] else slug
+                seen[slug] += 1
+                out.append((level, text, anchor))
+        return out
 
 
 def to_markdown(doc: Document) -> str:
     """The document as Markdown. Every text from data (cells, headings, paragraphs outside their
     `code` spans) is escaped so that a wiki or pandoc shows it exactly as it was, never as
-    markup: HTML-escaped (`&`, `<`, `>`, quotes) and Markdown punctuation backslash-escaped."""
+    markup: HTML-escaped (`&`, `<`, `>`, quotes) and Markdown punctuation backslash-escaped.
+    Tables are whole (no rows folded away); a chart is its caption and its numbers."""
     out = [f"# {_md(doc.title)}", ""]
     for kind, value in doc.blocks:
         if kind == "heading":
@@ -60,17 +106,35 @@ def to_markdown(doc: Document) -> str:
             out += ["#" * level + " " + _md(text), ""]
         elif kind == "para":
             out += [_md_para(value), ""]
-        elif kind == "table" and not value[1]:
-            out += ["(none)", ""]
         elif kind == "table":
-            columns, rows = value
-            out.append("| " + " | ".join(_md(c, cell=True) for c in columns) + " |")
-            out.append("|" + "|".join("---" for _ in columns) + "|")
-            out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-            out.append("")
+            out += _md_table(value[0], value[1])
         elif kind == "chart":
-            out += [f"*{_md(value[1])}* (chart in the HTML rendering)", ""]
+            _, caption, _, data = value
+            out += [f"*{_md(caption)}* (chart in the HTML rendering)", ""]
+            if data is not None:
+                out += _md_table(*data)
+        elif kind == "notice":
+            _, lead, text = value
+            out += [f"> **{_md(lead, cell=True)}** {_md_para(text)}", ""]
+        elif kind == "items":
+            out += [f"- {_md(text, cell=True)}" for text in value] + [""]
+        elif kind == "contents":
+            out += [
+                "  " * (level - 2) + f"- [{_md(text, cell=True)}](#{anchor})"
+                for level, text, anchor in doc.sections()
+            ] + [""]
     return "\n".join(out)
+
+
+def _md_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    if not rows:
+        return ["(none)", ""]
+    return [
+        "| " + " | ".join(_md(c, cell=True) for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+        *("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows),
+        "",
+    ]
 
 
 # Characters that show nothing or reorder what follows (format characters such as U+202E
@@ -108,7 +172,11 @@ def _md(text: str, *, cell: bool = False) -> str:
 
 
 def _md_cell(value: Any) -> str:
-    return _md(_cell(value), cell=True) if value is not None else "-"
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return _md(_cell(value), cell=True)
 
 
 def _md_para(text: str) -> str:
@@ -124,11 +192,31 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
 max-width:72em;color:#1b1f24;line-height:1.45;padding:0 1em}
 h1{border-bottom:2px solid #1b1f24}h2{margin-top:1.8em;border-bottom:1px solid #ccd}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em;max-width:100%}
 th,td{border:1px solid #ccd;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:1em 0}figcaption{font-size:.9em;color:#555}img{max-width:100%}
+td{overflow-wrap:anywhere}td.t{white-space:nowrap}
+th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+code,.hash{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em;
+overflow-wrap:anywhere}.hash{word-break:break-all}
+.scroll{max-width:100%;overflow-x:auto}
+figure{margin:1em 0}figcaption{font-size:.9em;color:#555}img{max-width:100%;height:auto}
 details summary{cursor:pointer;font-weight:600;margin:.4em 0}
+nav.toc ol{margin:.2em 0;padding-left:1.4em}
+.notice{margin:1em 0;padding:.6em .9em;border-left:.45em solid #57606a;background:#f3f4f6}
+.notice.ok{border-color:#1a7f37;background:#e9f6ec}
+.notice.warning{border-color:#9a6700;background:#fff5d6}
+.notice.alert{border-color:#c4001a;background:#fde8ea;font-size:1.15em}
+.notice.alert strong{color:#a40014}
+dl.checkpoint{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.2em 1em}
+dl.checkpoint dd{margin:0;min-width:0}
+@media print{
+body{max-width:none;margin:0;padding:0}
+td,th{overflow-wrap:anywhere;word-break:break-word}
+.scroll{overflow:visible}
+tr,figure,.notice{break-inside:avoid}
+details::details-content{content-visibility:visible;display:contents}
+details>summary::after{content:" (printed in full below)";font-weight:400}
+}
 """
 
 
@@ -146,44 +234,115 @@ def _isolated(text: str) -> str:
     return escaped
 
 
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?")
+_HASH = re.compile(r"[0-9a-fA-F]{32,}")
+
+
+def _td(value: Any) -> str:
+    """A table cell: numbers right-aligned with thousands separators, times unbroken, hashes
+    in monospace that breaks anywhere, other text isolated (`_isolated`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'<td class="n">{value:,}</td>'
+    text = _cell(value)
+    if isinstance(value, Mono) or _HASH.fullmatch(text):
+        return f'<td><code class="hash">{esc(text)}</code></td>'
+    if _TIME.fullmatch(text):
+        return f'<td class="t">{esc(text)}</td>'
+    return f"<td>{_isolated(text)}</td>"
+
+
+def _html_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    return [
+        '<div class="scroll"><table><thead><tr>',
+        *(f"<th>{esc(c)}</th>" for c in columns),
+        "</tr></thead><tbody>",
+        *("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows),
+        "</tbody></table></div>",
+    ]
+
+
 def to_html(doc: Document) -> str:
+    """The document as one HTML page: its content in <main>, each level 2 and 3 heading
+    opening a <section> with the anchor the table of contents links to."""
+    sections = iter(doc.sections())
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(doc.title)}</title><style>{_STYLE}</style></head><body>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(doc.title)}</title><style>{_STYLE}</style></head><body><main>",
         f"<h1>{esc(doc.title)}</h1>",
     ]
+    open_levels: list[int] = []
     for kind, value in doc.blocks:
         if kind == "heading":
             level, text = value
+            if level in (2, 3):
+                while open_levels and open_levels[-1] >= level:
+                    out.append("</section>")
+                    open_levels.pop()
+                out.append(f'<section id="{next(sections)[2]}">')
+                open_levels.append(level)
             out.append(f"<h{level}>{esc(text)}</h{level}>")
         elif kind == "para":
             out.append(f"<p>{_code_spans(esc(value))}</p>")
         elif kind == "table" and not value[1]:
             out.append("<p><em>None.</em></p>")
         elif kind == "table":
-            columns, rows = value
-            out.append("<table><thead><tr>")
-            out += [f"<th>{esc(c)}</th>" for c in columns]
-            out.append("</tr></thead><tbody>")
-            for row in rows:
-                cells = (
-                    f'<td class="n">{c}</td>'
-                    if isinstance(c, int)
-                    else f"<td>{_isolated(_cell(c))}</td>"
-                    for c in row
-                )
-                out.append("<tr>" + "".join(cells) + "</tr>")
-            out.append("</tbody></table>")
-        elif kind == "chart":
-            svg, caption = value
-            data = base64.b64encode(svg.encode()).decode()
+            columns, rows, limit, more = value
+            if limit is None or len(rows) <= limit:
+                out += _html_table(columns, rows)
+                continue
+            out.append(f"<p>First {limit:,} of {len(rows):,}; {_code_spans(esc(more))}</p>")
+            out += _html_table(columns, rows[:limit])
             out.append(
-                f'<figure><img alt="{esc(caption)}" src="data:image/svg+xml;base64,{data}">'
-                f"<figcaption>{esc(caption)}</figcaption></figure>"
+                f"<details><summary>The other {len(rows) - limit:,} rows "
+                f"({limit + 1:,} to {len(rows):,})</summary>"
             )
-    out.append("</body></html>")
+            out += _html_table(columns, rows[limit:])
+            out.append("</details>")
+        elif kind == "chart":
+            svg, caption, alt, data = value
+            encoded = base64.b64encode(svg.encode()).decode()
+            out.append(
+                f'<figure><img alt="{esc(alt)}" src="data:image/svg+xml;base64,{encoded}">'
+                f"<figcaption>{esc(caption)}</figcaption>"
+            )
+            if data is not None:
+                out.append("<details><summary>The numbers in this chart</summary>")
+                out += _html_table(*data) if data[1] else ["<p><em>None.</em></p>"]
+                out.append("</details>")
+            out.append("</figure>")
+        elif kind == "notice":
+            tone, lead, text = value
+            role = ' role="alert"' if tone == "alert" else ""
+            out.append(
+                f'<p class="notice {tone}"{role}><strong>{esc(lead)}</strong> '
+                f"{_code_spans(esc(text))}</p>"
+            )
+        elif kind == "items":
+            out.append("<ul>" + "".join(f"<li>{_isolated(t)}</li>" for t in value) + "</ul>")
+        elif kind == "contents":
+            out.append('<nav class="toc" aria-label="Contents"><strong>Contents</strong>')
+            out.append(_toc(doc.sections()))
+            out.append("</nav>")
+    out += ["</section>"] * len(open_levels)
+    out.append("</main></body></html>")
     return "\n".join(out)
+
+
+def _toc(sections: list[tuple[int, str, str]]) -> str:
+    out, depth = ["<ol>"], 2
+    for level, text, anchor in sections:
+        if level > depth:
+            out[-1] = out[-1].removesuffix("</li>") + "<ol>"
+        elif level < depth:
+            out.append("</ol></li>")
+        depth = level
+        out.append(f'<li><a href="#{anchor}">{esc(text)}</a></li>')
+    if depth == 3:
+        out.append("</ol></li>")
+    out.append("</ol>")
+    return "".join(out)
 
 
 def _code_spans(escaped: str) -> str:
@@ -373,18 +532,26 @@ def _month_axis(ax: Any, months: list[str]) -> None:
 # -- the auditor's report ----------------------------------------------------------------------
 
 
+VIOLATIONS_SHOWN = 100  # each rule's violations in the auditor's report before folding
+
+
 def auditor_report(
     figures: Any, generated_at: datetime, exports: list[dict[str, Any]] | None = None
 ) -> Document:
+    """The auditor's report: first what to know at a glance (headline figures, violations by
+    rule, the charts), then the details (each rule's violations, the first
+    `VIOLATIONS_SHOWN` shown and the rest folded away, orders, recipients, exports)."""
     doc = Document("consent-ledger: auditor's report")
     violations = figures.violations
     registry = with_exports(figures.recipients, exports or [])
     by_rule = Counter(v.rule for v in violations)
     months = all_months(figures.consent_by_month, figures.disclosures_by_month)
     doc.para(
-        f"Generated {iso(generated_at)} from the ledger's read models at event {figures.head}. "
-        "Rules are judged in business time against everything recorded (late facts included)."
+        f"Generated {iso(generated_at)} from the ledger's read models at event "
+        f"{figures.head:,}. Rules are judged in business time against everything recorded "
+        "(late facts included)."
     )
+    doc.contents()
     doc.heading("Headline figures")
     doc.table(
         ["figure", "value"],
@@ -401,21 +568,13 @@ def auditor_report(
     )
     doc.heading("Violations by rule")
     doc.table(["rule", "violations"], [[rule, by_rule.get(rule, 0)] for rule in _rules(by_rule)])
-    types = figures.violation_fact_types
-    for rule in _rules(by_rule):
-        found = [v for v in violations if v.rule == rule]
-        if not found:
-            continue
-        doc.heading(f"{rule} ({len(found)})", 3)
-        doc.table(
-            ["at", "customer", "fact_id", "fact type"],
-            [[iso(v.at), v.customer, v.fact_id, types.get(v.fact_id)] for v in found],
-        )
     doc.heading("Consent over time")
     doc.chart(
         consent_chart(figures.consent_by_month, months),
         "Consent given (solid) and withdrawn (dashed) per month, per purpose and channel "
         "(business time of the facts).",
+        alt=_consent_alt(figures.consent_by_month, months),
+        data=_consent_data(figures.consent_by_month, months),
     )
     doc.table(
         ["purpose", "channel", "status now", "customers"],
@@ -425,7 +584,24 @@ def auditor_report(
     doc.chart(
         disclosure_chart(figures.disclosures_by_month, months),
         "Disclosures of personal data per recipient kind per month (business time).",
+        alt=_disclosure_alt(figures.disclosures_by_month, months),
+        data=_disclosure_data(figures.disclosures_by_month, months),
     )
+    doc.heading("Violations, fact by fact")
+    types = figures.violation_fact_types
+    if not violations:
+        doc.para("No violations.")
+    for rule in _rules(by_rule):
+        found = [v for v in violations if v.rule == rule]
+        if not found:
+            continue
+        doc.heading(f"{rule} ({len(found)})", 3)
+        doc.table(
+            ["at", "customer", "fact_id", "fact type"],
+            [[iso(v.at), v.customer, v.fact_id, types.get(v.fact_id)] for v in found],
+            limit=VIOLATIONS_SHOWN,
+            more="`consent-ledger audit check --json` lists all.",
+        )
     doc.heading("Orders")
     doc.table(["status", "orders"], [list(row) for row in figures.orders_by_status])
     doc.heading("Recipient registry")
@@ -445,12 +621,73 @@ def auditor_report(
                 e["customers"],
                 e["categories"],
                 e["basis"],
-                e["manifest_sha256"],
+                Mono(e["manifest_sha256"]),
             ]
             for e in exports or []
         ],
     )
     return doc
+
+
+def _span(months: list[str]) -> str:
+    return f"from {months[0]} to {months[-1]}" if len(months) > 1 else f"in {months[0]}"
+
+
+def _consent_alt(by_month: list[tuple[str, str, str, str, int]], months: list[str]) -> str:
+    if not by_month or not months:
+        return "Chart of consent per month: no consent recorded, so no data to show."
+    given = sum(n for _, _, _, status, n in by_month if status == "given")
+    withdrawn = sum(n for _, _, _, status, n in by_month if status == "withdrawn")
+    return (
+        f"Line chart, one panel per purpose ({', '.join(PURPOSE_CHANNELS)}): consent given and "
+        f"withdrawn each month by channel, {_span(months)}; {given:,} given and {withdrawn:,} "
+        "withdrawn in all. The numbers are in the table under the chart."
+    )
+
+
+def _consent_data(
+    by_month: list[tuple[str, str, str, str, int]], months: list[str]
+) -> tuple[list[str], list[list[Any]]]:
+    counts = {(m, p, c, s): n for m, p, c, s, n in by_month}
+    return (
+        ["month", "purpose", "channel", "given", "withdrawn"],
+        [
+            [m, p, c, counts.get((m, p, c, "given"), 0), counts.get((m, p, c, "withdrawn"), 0)]
+            for m in months
+            for p, channels in PURPOSE_CHANNELS.items()
+            for c in sorted(channels)
+        ],
+    )
+
+
+def _disclosure_alt(by_month: list[tuple[str, str, int]], months: list[str]) -> str:
+    total = sum(n for _, _, n in by_month)
+    if not total or not months:
+        return "Chart of disclosures per month: no disclosures recorded, so no data to show."
+    per_month = Counter[str]()
+    for month, _, n in by_month:
+        per_month[month] += n
+    busiest, most = per_month.most_common(1)[0]
+    kinds = sorted({k for _, k, n in by_month if n})
+    return (
+        f"Stacked bar chart: disclosures of personal data each month by recipient kind "
+        f"({', '.join(kinds)}), {_span(months)}; {total:,} in all, the most in {busiest} "
+        f"({most:,}). The numbers are in the table under the chart."
+    )
+
+
+def _disclosure_data(
+    by_month: list[tuple[str, str, int]], months: list[str]
+) -> tuple[list[str], list[list[Any]]]:
+    counts = {(m, k): n for m, k, n in by_month}
+    kinds = sorted({k for _, k, n in by_month if n})
+    return (
+        ["month", *kinds, "total"],
+        [
+            [m, *(counts.get((m, k), 0) for k in kinds), sum(counts.get((m, k), 0) for k in kinds)]
+            for m in months
+        ],
+    )
 
 
 def _rules(by_rule: Counter[str]) -> list[str]:
@@ -538,9 +775,10 @@ def processing_records(
     registry = with_exports(figures.recipients, exports or [])
     doc.para(
         f"Derived {iso(generated_at)} from the ledger's vocabulary and from what it recorded "
-        f"(event {figures.head}): every purpose, category, recipient and basis below is either "
+        f"(event {figures.head:,}): every purpose, category, recipient and basis below is either "
         "declared in the vocabulary or was seen in a recorded fact, with counts."
     )
+    doc.contents()
     doc.heading("Data subjects")
     doc.table(
         ["category", "recorded", "erased"],

@@ -133,8 +133,8 @@ def test_audit_report_is_one_self_contained_html_file(url: str, tmp_path: Path) 
     assert result.exit_code == 0, result.stderr
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
-    # Nothing to fetch: no external sources, links or scripts.
-    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
+    # Nothing to fetch: no external sources, links or scripts (links within the page only).
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
     assert "<script" not in page
     charts = re.findall(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(charts) == 2
