@@ -536,10 +536,13 @@ VIOLATIONS_SHOWN = 100  # each rule's violations in the auditor's report before 
 
 
 def auditor_report(
-    figures: Any, generated_at: datetime, exports: list[dict[str, Any]] | None = None
+    figures: Any,
+    generated_at: datetime,
+    exports: list[dict[str, Any]] | None = None,
+    integrity: dict[str, Any] | None = None,
 ) -> Document:
-    """The auditor's report: first what to know at a glance (headline figures, violations by
-    rule, the charts), then the details (each rule's violations, the first
+    """The auditor's report: first what to know at a glance (the ledger's integrity, headline
+    figures, violations by rule, the charts), then the details (each rule's violations, the first
     `VIOLATIONS_SHOWN` shown and the rest folded away, orders, recipients, exports)."""
     doc = Document("consent-ledger: auditor's report")
     violations = figures.violations
@@ -552,6 +555,7 @@ def auditor_report(
         "(late facts included)."
     )
     doc.contents()
+    _integrity(doc, integrity)
     doc.heading("Headline figures")
     doc.table(
         ["figure", "value"],
@@ -627,6 +631,74 @@ def auditor_report(
         ],
     )
     return doc
+
+
+def _integrity(doc: Document, integrity: dict[str, Any] | None) -> None:
+    """The Integrity section, from `integrity`: {"ok", "facts", "head", "problems",
+    "checkpoint" (tree_size, root_hash, time, key_id, signature; or None), "violations_from"
+    ("events" or "read models"), "read_models_agree" (or None: not compared),
+    "disagreements"}; None: the integrity was not checked."""
+    doc.heading("Integrity")
+    if integrity is None:
+        doc.notice(
+            "Integrity not checked.",
+            "This report was made without verifying the ledger: nothing here shows that no "
+            "recorded fact was altered, removed, inserted or reordered. Run "
+            "`consent-ledger verify`.",
+            "warning",
+        )
+        return
+    facts, head = integrity.get("facts", 0), str(integrity.get("head", ""))
+    if integrity.get("ok"):
+        doc.notice(
+            "Verified:",
+            "no recorded fact was altered, removed, inserted or reordered "
+            f"({facts:,} facts, head `{head}`).",
+            "ok",
+        )
+    else:
+        problems = [str(p) for p in integrity.get("problems") or []]
+        doc.notice(
+            "NOT VERIFIED:",
+            f"checking {facts:,} facts (head `{head}`) found {len(problems):,} "
+            f"problem{'' if len(problems) == 1 else 's'}. Recorded facts may have been altered, "
+            "removed, inserted or reordered: what this report says may not be what was recorded.",
+            "alert",
+        )
+        doc.items(problems or ["(no problem was described)"])
+    checkpoint = integrity.get("checkpoint")
+    if checkpoint:
+        doc.para("The latest signed checkpoint (`consent-ledger checkpoint`):")
+        doc.table(
+            ["checkpoint", "value"],
+            [
+                ["tree size", checkpoint.get("tree_size")],
+                ["root hash", Mono(str(checkpoint.get("root_hash", "")))],
+                ["time", checkpoint.get("time")],
+                ["key id", Mono(str(checkpoint.get("key_id", "")))],
+                ["signature", Mono(str(checkpoint.get("signature", "")))],
+            ],
+        )
+    else:
+        doc.para("No signed checkpoint: nothing was signed to check this ledger against later.")
+    source = integrity.get("violations_from") or "read models"
+    agree = integrity.get("read_models_agree")
+    if agree is False:
+        disagreements = integrity.get("disagreements", 0)
+        doc.notice(
+            "The read models disagree with the events",
+            f"on {disagreements:,} violation{'' if disagreements == 1 else 's'}: the violations "
+            f"shown are judged from the {source}. Rebuild the read models: "
+            "`consent-ledger projections rebuild`.",
+            "alert",
+        )
+    else:
+        compared = (
+            "the read models agree with the events on them"
+            if agree
+            else "the read models were not compared with the events"
+        )
+        doc.para(f"The violations in this report are judged from the {source}; {compared}.")
 
 
 def _span(months: list[str]) -> str:
