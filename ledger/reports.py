@@ -437,7 +437,7 @@ def _counts_axis(ax: Any, label: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(1, ax.get_ylim()[1]))  # (from 0; up to 1 at least, if all are zeros)
     ax.set_ylabel(label)
 
 

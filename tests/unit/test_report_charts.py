@@ -71,6 +71,10 @@ def test_counts_are_whole_numbers_from_zero() -> None:
     ticks = [t for t in texts(svg) if re.fullmatch(r"[\d.\u2212]+", t)]
     assert ticks and all(re.fullmatch(r"\d+", t) for t in ticks), ticks
     assert ticks[0] == "0"
+    # A panel of zeros (no consent for this purpose) too.
+    svg = consent_chart([("2025-01", "marketing", "email", "given", 12)])
+    ticks = [t for t in texts(svg) if re.fullmatch(r"[\d.\u2212]+", t)]
+    assert ticks and all(re.fullmatch(r"\d+", t) for t in ticks), ticks
 
 
 def test_each_recipient_kind_has_its_colour_and_hatch_whatever_kinds_have_data() -> None:
