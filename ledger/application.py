@@ -58,7 +58,7 @@ from ledger.vocabulary import PERSONAL_FIELDS
 if TYPE_CHECKING:
     from ledger.crypto import DataKey
     from ledger.persistence.keys import KeyStore, Rotation
-    from projections.runner import ReadModels
+    from projections.runner import LedgerFigures, ReadModels
 
 # The persistence modules written on SQLAlchemy (indexes, personal, tables, keys) are imported
 # where they are used: a query on SQLite reads without loading SQLAlchemy (see
@@ -426,6 +426,47 @@ class ConsentLedger(Application[UUID]):
         if known_at is None:
             return self.read_models.violations(as_of)
         return self.read_models.judge(as_of, known_at)
+
+    def audited_figures(
+        self, now: datetime, step: Callable[[str], None] | None = None
+    ) -> tuple[LedgerFigures, dict[str, Any]]:
+        """What the auditor's report shows, and what it can say of its own integrity: the
+        read models' figures, the ledger verified (every event, and each signed checkpoint
+        against it), and the violations judged again from the events themselves, up to the
+        violations read model's position, and held against that model's: `verify` does not
+        cover the read models, which any writer of the database can change. The figures'
+        violations are the ones judged from the events. `step` is told of each stage."""
+        from ledger.persistence.seals import checkpoint_by_size, verify_ledger
+        from projections.runner import disagreements
+        from projections.violations import Violations
+
+        say = step or (lambda _: None)
+        models = self.read_models
+        figures = models.figures(now=now)
+        upto = figures.positions[Violations.name]
+        say("verifying the ledger")
+        verified = verify_ledger(self)
+        say("judging the violations again from the events")
+        judged = models.judged_upto(upto, None, now)
+
+        differing = disagreements(figures.violations, judged)
+        figures.violations = judged
+        figures.violation_fact_types = models.fact_types([v.fact_id for v in judged])
+        try:
+            checkpoint: dict[str, Any] | None = checkpoint_by_size(self, upto)
+        except InputError:  # (an empty ledger has none)
+            checkpoint = None
+        integrity = {
+            "ok": verified.ok,
+            "facts": verified.facts,
+            "head": verified.head,
+            "problems": [f"{p['kind']}: {p['message']}" for p in verified.problems],
+            "checkpoint": checkpoint,
+            "violations_from": "events",
+            "read_models_agree": differing == 0,
+            "disagreements": differing,
+        }
+        return figures, integrity
 
     @staticmethod
     def audit_events(

@@ -668,7 +668,10 @@ def _integrity(doc: Document, integrity: dict[str, Any] | None) -> None:
         doc.items(problems or ["(no problem was described)"])
     checkpoint = integrity.get("checkpoint")
     if checkpoint:
-        doc.para("The latest signed checkpoint (`consent-ledger checkpoint`):")
+        doc.para(
+            "The signed checkpoint of the events this report was built from "
+            "(`consent-ledger checkpoint` gives the latest):"
+        )
         doc.table(
             ["checkpoint", "value"],
             [

@@ -21,7 +21,7 @@ import gc
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -152,6 +152,8 @@ class LedgerFigures:
     orders_by_status: list[tuple[str, int]]
     recipients: list[dict[str, Any]]
     initiations: dict[str, list[str]]
+    # Each read model's position (the last event it applied) in the snapshot read.
+    positions: dict[str, int] = field(default_factory=dict)
 
     @property
     def facts(self) -> int:
@@ -160,6 +162,15 @@ class LedgerFigures:
     @property
     def disclosures(self) -> int:
         return sum(r["disclosures"] for r in self.recipients)
+
+
+def disagreements(ours: Iterable[Violation], theirs: Iterable[Violation]) -> int:
+    """How many violations are in one list and not in the other."""
+
+    def key(v: Violation) -> tuple[str, str, str, datetime]:
+        return (v.rule, v.customer, v.fact_id, v.at)
+
+    return len({key(v) for v in ours} ^ {key(v) for v in theirs})
 
 
 @dataclass
@@ -222,26 +233,45 @@ class ReadModels:
     def violations(self, as_of: datetime | None = None) -> list[Violation]:
         """`audit check`: the rules of SPEC §3 from the read model, plus the notifications
         (Art. 19) late at `as_of` or now, judged for the customers who have any due."""
-        now = datetime.now(UTC)
         with self.snapshot(Violations.name) as (conn, slots):
-            slot = slots[Violations.name]
-            found = violations_as_of(conn, slot, as_of)
-            head = self._head(conn)
-            folder = Folder(
-                self.mapper, timelines=False, links=False, stamps=False, keep_facts=True
-            )
-            for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
-                found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
+            return self._violations(conn, slots[Violations.name], as_of, datetime.now(UTC))
+
+    def _violations(
+        self, conn: Connection, slot: str, as_of: datetime | None, now: datetime
+    ) -> list[Violation]:
+        found = violations_as_of(conn, slot, as_of)
+        head = self._head(conn)
+        folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
+        for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
+            found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
         return audit_order(found)
+
+    def check_violations(self, now: datetime) -> tuple[int, int]:
+        """The violations read model held against the events: (its position, how many
+        violations it and a direct fold of the events up to that position disagree on).
+        `verify` does not cover the read models, which anyone who can write to the
+        database can change."""
+        name = Violations.name
+        with self.snapshot(name) as (conn, slots):
+            position = conn.execute(
+                sa.select(tracking.c.position).where(tracking.c.name == name)
+            ).scalar_one()
+            model = self._violations(conn, slots[name], None, now)
+        return int(position), disagreements(model, self.judged_upto(int(position), None, now))
 
     def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
         """Violations as the ledger knew them at recorded time `known_at`: a direct fold of
         the events recorded by then (the read model holds only what is known now), judged
         as `ConsentLedger.audit_events` judges one customer, with `known_at` as now."""
+        return self.judged_upto(self.app.known_size(known_at), as_of, known_at)
+
+    def judged_upto(self, size: int, as_of: datetime | None, now: datetime) -> list[Violation]:
+        """Violations among the first `size` events of the log, judged from the events
+        themselves by a direct fold (not read from the violations read model), with `now`
+        as the time the notifications due are judged at."""
         found: list[Violation] = []
-        known = self.app.known_size(known_at)  # the writes committed by then
         with self.database.reading() as conn, _without_cyclic_gc():
-            head = min(self._head(conn), known)
+            head = min(self._head(conn), size)
             initiated = self._initiations(conn, head)
             for stream in self._scan_replayed(conn, head):
                 if isinstance(stream.aggregate, Customer):
@@ -252,7 +282,7 @@ class ReadModels:
                             stream.positions,
                             initiated,
                             as_of,
-                            known_at,
+                            now,
                         )
                     )
         return audit_order(found)
@@ -285,11 +315,26 @@ class ReadModels:
             rows = registry(conn, slots[name], kind)
         return int(position), rows
 
-    def figures(self, *, with_violations: bool = True) -> LedgerFigures:
+    def figures(
+        self, *, with_violations: bool = True, now: datetime | None = None
+    ) -> LedgerFigures:
         """What the auditor's report and the records of processing are made of, from every
-        read model in one snapshot."""
-        violations = self.violations() if with_violations else []
+        read model in one snapshot (the violations too, with the notifications due judged
+        at `now`), with each model's position in it."""
         with self.snapshot(*NAMES) as (conn, slots):
+            violations = (
+                self._violations(conn, slots[Violations.name], None, now or datetime.now(UTC))
+                if with_violations
+                else []
+            )
+            positions = {
+                str(name): int(position)
+                for name, position in conn.execute(
+                    sa.select(tracking.c.name, tracking.c.position).where(
+                        tracking.c.name.in_(NAMES)
+                    )
+                )
+            }
             facts = ledger_tables.facts
             fact_counts: dict[Any, Any] = dict(
                 conn.execute(
@@ -325,7 +370,13 @@ class ReadModels:
                 orders_by_status=order_totals(conn, slots[OrderStatus.name]),
                 recipients=registry(conn, slots[RecipientRegistry.name]),
                 initiations=initiations,
+                positions=positions,
             )
+
+    def fact_types(self, fact_ids: Sequence[str]) -> dict[str, str]:
+        """The type of each fact named (from the fact index)."""
+        with self.database.reading() as conn:
+            return self._fact_types(conn, fact_ids)
 
     def _fact_types(self, conn: Connection, fact_ids: Sequence[str]) -> dict[str, str]:
         facts = ledger_tables.facts

@@ -63,11 +63,24 @@ def _fail_if(problems: list[Any], what: str) -> None:
     metavar="CHECKPOINT",
     help="A checkpoint you kept (file or JSON): check only the growth since it.",
 )
+@click.option(
+    "--read-models",
+    "read_models",
+    is_flag=True,
+    help="Also judge the violations again from the events and hold the violations read "
+    "model (which audit check reads) against them.",
+)
 @PUBLIC_KEY
 @json_option
 @pass_context
-def verify(context: Any, since: str | None, public_key: Path | None, as_json: bool) -> None:
-    """Check that no recorded fact was altered, removed, inserted or reordered (exit 4 if so)."""
+def verify(
+    context: Any, since: str | None, read_models: bool, public_key: Path | None, as_json: bool
+) -> None:
+    """Check that no recorded fact was altered, removed, inserted or reordered (exit 4 if so).
+
+    The read models are derived from the events, and not covered unless --read-models is
+    given: then the violations read model is held against the events too (a violation
+    removed from it, or added, is a problem)."""
     from ledger.persistence.seals import load_public_key, verify_ledger
 
     kept = read_document(since, "checkpoint") if since else None
@@ -75,6 +88,8 @@ def verify(context: Any, since: str | None, public_key: Path | None, as_json: bo
         ledger = context.ledger
         key = load_public_key(ledger.database, public_key) if public_key else None
         result = verify_ledger(ledger, since=kept, public_key=key)
+        if read_models:
+            _check_read_models(ledger, result)
     except IntegrityFailure as failure:
         # The ledger cannot even be read (a damaged file, a row of a type never written):
         # not ok, and a script reading `--json` is told so in the document it expects.
@@ -89,11 +104,31 @@ def verify(context: Any, since: str | None, public_key: Path | None, as_json: bo
         scope = " since the kept checkpoint" if kept else ""
         click.echo(f"OK: {result.facts} facts ({result.events} events) verified{scope}")
         click.echo(f"head {result.head}")
+        if read_models:
+            click.echo("the violations read model agrees with the events")
     else:
         click.echo(f"FAILED: {len(result.problems)} problem(s) in {result.events} events")
         for problem in result.problems:
             click.echo(f"  {problem['kind']}: {problem['message']}")
     _fail_if(result.problems, "the ledger failed verification")
+
+
+def _check_read_models(ledger: Any, result: Any) -> None:
+    """Add to `result` a problem if the violations read model disagrees with the events."""
+    from datetime import UTC, datetime
+
+    position, differing = ledger.read_models.check_violations(datetime.now(UTC))
+    if differing:
+        result.problems.append(
+            {
+                "kind": "read_model_altered",
+                "message": f"the violations read model disagrees with the events on "
+                f"{differing} violation(s) up to event {position}: altered outside "
+                "consent-ledger; 'consent-ledger projections rebuild violations' makes it "
+                "again",
+                "event": position,
+            }
+        )
 
 
 @click.command("checkpoint")

@@ -11,8 +11,9 @@ import click
 
 from cli import logs
 from cli.commands.audit import audit
-from cli.output import check_writable, emit_json, json_option, put_file
+from cli.output import check_writable, emit_json, json_option, progress_enabled, put_file
 from cli.params import Choice
+from ledger.errors import IntegrityFailure
 from ledger.persistence.database import own_files
 
 
@@ -27,21 +28,58 @@ from ledger.persistence.database import own_files
 @json_option
 @click.pass_obj
 def report_command(context: Any, out: Path, as_json: bool) -> None:
-    """An auditor's report in one HTML file that opens offline: headline figures, violations
-    by rule with their facts, charts of consent and disclosures over time, the recipients."""
+    """An auditor's report in one HTML file that opens offline: the ledger's integrity
+    (verified, and its signed checkpoint), headline figures, violations by rule with their
+    facts, charts of consent and disclosures over time, the recipients.
+
+    The violations are judged again from the events, and held against the violations read
+    model. The report is written whatever it finds; exit 4 if the ledger does not verify or
+    the read model disagrees with the events (the report says which, first)."""
     check_writable(out, keep_off=own_files(context.database))  # before building it
     from ledger.exports import recorded_exports
     from ledger.reports import auditor_report, to_html
 
-    figures = context.ledger.read_models.figures()
+    def step(what: str) -> None:
+        if progress_enabled():
+            click.echo(what, err=True)
+
+    now = datetime.now(UTC)
+    figures, integrity = context.ledger.audited_figures(now, step)
     exports = recorded_exports(context.ledger)
-    document = auditor_report(figures, datetime.now(UTC), exports)
+    document = auditor_report(figures, now, exports, integrity=integrity)
     put_file(out, to_html(document).encode())
-    logs.log.info("audit.report", violations=len(figures.violations), bytes=out.stat().st_size)
+    violations = len(figures.violations)
+    logs.log.info(
+        "audit.report",
+        violations=violations,
+        bytes=out.stat().st_size,
+        verified=integrity["ok"],
+        disagreements=integrity["disagreements"],
+    )
     if as_json:
-        emit_json({"out": str(out), "violations": len(figures.violations), "head": figures.head})
+        emit_json(
+            {
+                "out": str(out),
+                "violations": violations,
+                "head": figures.head,
+                "verified": integrity["ok"],
+                "read_models_agree": integrity["read_models_agree"],
+            }
+        )
     else:
-        click.echo(f"wrote {out} ({len(figures.violations)} violations, event {figures.head})")
+        click.echo(f"wrote {out} ({violations} violations, event {figures.head})")
+    if not integrity["ok"]:
+        raise IntegrityFailure(
+            f"the ledger failed verification ({len(integrity['problems'])} problem(s)): "
+            f"{out} says so first; 'consent-ledger verify' names them"
+        )
+    if not integrity["read_models_agree"]:
+        raise IntegrityFailure(
+            f"the violations read model disagrees with the events on "
+            f"{integrity['disagreements']} violation(s), altered outside consent-ledger: "
+            f"{out} shows the violations judged from the events, and says so first; "
+            "'consent-ledger projections rebuild violations' makes the read model again"
+        )
 
 
 @click.group("report")

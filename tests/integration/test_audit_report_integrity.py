@@ -1,0 +1,157 @@
+"""`audit report` states the ledger's integrity first, and does not take the violations read
+model on trust: `verify` does not cover the read models, which anyone who can write to the
+database can change (a reviewer emptied a rule's violations from the report so, with
+`verify` still passing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from ledger.config import open_ledger
+from tests.cli_helpers import error_line, run, run_json
+from tests.integration.test_tamper import tamper
+
+
+def _recorded(url: str, feed: Path) -> list[dict[str, Any]]:
+    """The small feed recorded; its violations as `audit check` gives them."""
+    assert run(url, "db", "upgrade").exit_code == 0
+    assert run_json(url, "import", str(feed))["accepted"] == 26
+    violations: list[dict[str, Any]] = run_json(url, "audit", "check")["violations"]
+    assert len({v["rule"] for v in violations}) >= 3  # (several rules broken: a real test)
+    return violations
+
+
+def _report(url: str, out: Path, code: int) -> tuple[dict[str, Any], str]:
+    result = run(url, "audit", "report", "--out", str(out), "--json")
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    return orjson.loads(result.stdout), out.read_text(encoding="utf-8")
+
+
+def _violations_table(url: str) -> str:
+    app = open_ledger(url)
+    try:
+        with app.database.engine.connect() as conn:
+            slot = conn.execute(
+                sa.text("SELECT slot FROM rm_tracking WHERE name = 'violations'")
+            ).scalar_one()
+    finally:
+        app.database.dispose()
+    return f"rm_violations_{slot}"
+
+
+def test_a_report_states_the_verified_head_and_its_signed_checkpoint(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    violations = _recorded(ledger_url, feed_small)
+    verified = run_json(ledger_url, "verify")
+    checkpoint = run_json(ledger_url, "checkpoint")
+    document, page = _report(ledger_url, tmp_path / "report.html", 0)
+    assert document["verified"] is True and document["read_models_agree"] is True
+    assert document["violations"] == len(violations)
+    assert verified["head"] == checkpoint["root_hash"]  # (nothing recorded in between)
+    assert checkpoint["root_hash"] in page and checkpoint["signature"] in page
+    assert all(v["fact_id"] in page for v in violations)
+
+
+def test_violations_removed_from_the_read_model_are_judged_from_the_events_and_reported(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    violations = _recorded(ledger_url, feed_small)
+    rule = violations[0]["rule"]
+    removed = [v for v in violations if v["rule"] == rule]
+    app = open_ledger(ledger_url)
+    try:
+        table = _violations_table(ledger_url)
+        tamper(app, (f"DELETE FROM {table} WHERE rule = :rule", {"rule": rule}))
+    finally:
+        app.database.dispose()
+    # What the read model says now (`audit check` reads it), while the ledger verifies:
+    assert len(run_json(ledger_url, "audit", "check")["violations"]) == len(violations) - len(
+        removed
+    )
+    assert run_json(ledger_url, "verify")["ok"] is True
+
+    result = run(ledger_url, "audit", "report", "--out", str(tmp_path / "r.html"), "--json")
+    assert result.exit_code == 4, result.stderr
+    document = orjson.loads(result.stdout)
+    assert document["verified"] is True and document["read_models_agree"] is False
+    assert document["violations"] == len(violations)  # judged from the events
+    assert f"disagrees with the events on {len(removed)} violation" in error_line(result)
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert all(v["fact_id"] in page for v in removed)
+
+    # Rebuilt, the read model agrees again.
+    assert run(ledger_url, "projections", "rebuild", "violations").exit_code == 0
+    document, _ = _report(ledger_url, tmp_path / "again.html", 0)
+    assert document["read_models_agree"] is True
+
+
+def test_a_ledger_that_fails_verification_gets_a_report_that_says_so(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    _recorded(ledger_url, feed_small)
+    app = open_ledger(ledger_url)
+    try:
+        with app.database.engine.connect() as conn:
+            number, state = conn.execute(
+                sa.text(
+                    "SELECT notification_id, state FROM ledger_events "
+                    "WHERE topic LIKE '%OrderDispatched' ORDER BY notification_id LIMIT 1"
+                )
+            ).one()
+        altered = orjson.loads(bytes(state))
+        altered["recipient"] = "Somebody Else Ltd"
+        tamper(
+            app,
+            (
+                "UPDATE ledger_events SET state = :state WHERE notification_id = :n",
+                {"state": orjson.dumps(altered), "n": number},
+            ),
+        )
+    finally:
+        app.database.dispose()
+    assert run_json(ledger_url, "verify", code=4)["ok"] is False
+
+    result = run(ledger_url, "audit", "report", "--out", str(tmp_path / "r.html"), "--json")
+    assert result.exit_code == 4, result.stderr
+    assert orjson.loads(result.stdout)["verified"] is False
+    assert "failed verification" in error_line(result)
+    assert "NOT VERIFIED" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_verify_read_models_names_a_violations_read_model_altered(
+    ledger_url: str, feed_small: Path
+) -> None:
+    violations = _recorded(ledger_url, feed_small)
+    document = run_json(ledger_url, "verify", "--read-models")
+    assert document["ok"] is True
+    plain = run(ledger_url, "verify", "--read-models")
+    assert "the violations read model agrees with the events" in plain.stdout
+    app = open_ledger(ledger_url)
+    try:
+        table = _violations_table(ledger_url)
+        once = [
+            v for v in violations if [w["fact_id"] for w in violations].count(v["fact_id"]) == 1
+        ]
+        kept = once[0]
+        tamper(
+            app,
+            (f"DELETE FROM {table} WHERE fact_id = :f", {"f": kept["fact_id"]}),
+            (  # and one made up, of a fact that broke no rule
+                f"INSERT INTO {table} (stream_id, customer, rule, fact_id, at) "
+                f"SELECT stream_id, customer, 'after_erasure', 'made-up', at FROM {table} "
+                "WHERE fact_id = :g",
+                {"g": violations[-1]["fact_id"]},
+            ),
+        )
+    finally:
+        app.database.dispose()
+    assert run_json(ledger_url, "verify")["ok"] is True  # (not covered without the option)
+    document = run_json(ledger_url, "verify", "--read-models", code=4)
+    (problem,) = document["problems"]
+    assert problem["kind"] == "read_model_altered"
+    assert "disagrees with the events on 2 violation(s)" in problem["message"]
