@@ -176,18 +176,24 @@ def disclosure_row(event: Any) -> dict[str, Any]:
     }
 
 
-def trail_rows(events: Iterable[Any], as_of: datetime | None = None) -> list[dict[str, Any]]:
+def trail_rows(
+    events: Iterable[Any], as_of: datetime | None = None, erased: bool | None = None
+) -> list[dict[str, Any]]:
     """SPEC §5 `customer trail`: every disclosure (at or before `as_of`, if given), ordered
     by `at` (then recording order). An erased customer's rows withhold a recipient's name
     shaped like an email or phone number (`free_text.rows_withheld`): after the erasure no
-    command shows their data, whatever time the question is asked for."""
+    command shows their data, whatever time the question is asked for. `erased` is whether
+    the customer is erased now (today's truth), given when `events` are only those known at
+    an earlier recorded time (which may not hold the erasure); else read from `events`."""
     ordered = business_order(events)
     rows = [
         disclosure_row(event)
         for event in ordered
         if is_disclosure(event) and (as_of is None or event.at <= as_of)
     ]
-    if rows and any(event_name(event) == "Customer.Erased" for event in ordered):
+    if erased is None:
+        erased = any(event_name(event) == "Customer.Erased" for event in ordered)
+    if rows and erased:
         return rows_withheld(rows)
     return rows
 

@@ -86,7 +86,10 @@ def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> N
     disclosure, or those made by --as-of, as recorded now or by --known-at."""
     from ledger import views
 
-    rows = views.trail_rows(context.customer_facts(ref, known_at), as_of)
+    erased = None
+    if known_at is not None:  # the erasure is today's truth, whenever it was recorded
+        erased = any(views.event_name(e) == "Customer.Erased" for e in context.customer_facts(ref))
+    rows = views.trail_rows(context.customer_facts(ref, known_at), as_of, erased)
     logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:
         emit_json({"customer": ref, "disclosures": rows})

@@ -75,3 +75,24 @@ def test_a_trail_known_at_a_time_leaves_out_what_was_recorded_later(
     refused = run(url, "customer", "trail", "C100", "--known-at", "2000-01-01")
     assert refused.exit_code == 1
     assert "was not in the ledger as known at 2000-01-01" in error_line(refused)
+
+
+def test_an_erased_customers_trail_known_before_the_erasure_still_withholds(
+    url: str, tmp_path: Path
+) -> None:
+    # SPEC §4: after the erasure no command shows the customer's data, whatever time is asked
+    # for; an email-shaped recipient name is the customer's data (`free_text.rows_withheld`).
+    shaped = line("affiliate.disclosure", "shaped-1", 0, at="2025-02-02T10:00:00Z")
+    shaped |= {"customer": "C100", "affiliate": "c100.private@example.com", "categories": ["name"]}
+    feed = tmp_path / "shaped.jsonl"
+    feed.write_bytes(jsonl([shaped]))
+    assert run_json(url, "import", str(feed))["accepted"] == 1
+    time.sleep(0.01)
+    known_at = iso(datetime.now(UTC))  # before the erasure
+    time.sleep(0.01)
+    assert run(url, "customer", "erase", "C100").exit_code == 0
+    for args in ((), ("--known-at", known_at), ("--known-at", known_at, "--as-of", "2025-12-31")):
+        rows = trail(url, *args)
+        assert "c100.private@example.com" not in str(rows), args
+        text = run(url, "customer", "trail", "C100", *args).stdout
+        assert "c100.private@example.com" not in text, args
