@@ -240,7 +240,14 @@ class ReadModels:
         self, conn: Connection, slot: str, as_of: datetime | None, now: datetime
     ) -> list[Violation]:
         found = violations_as_of(conn, slot, as_of)
-        head = self._head(conn)
+        # The notice streams folded up to the model's own position, not the log's head: a
+        # write that landed after the catch-up (a concurrent import) is in neither the
+        # model's rows nor, so, its notifications (and the report's judged violations,
+        # `judged_upto` that position, then agree with them).
+        position = conn.execute(
+            sa.select(tracking.c.position).where(tracking.c.name == Violations.name)
+        ).scalar_one()
+        head = min(self._head(conn), int(position))
         folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
         for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
             found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
