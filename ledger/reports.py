@@ -406,13 +406,22 @@ _OTHER_CHANNEL = ("#999999", "D")
 STATUS_STYLE = {"given": "-", "withdrawn": "--"}
 
 
+# The most months a chart spreads out one by one (50 years): a fact with a business time far
+# off (0001-01-01, a typo) must not make the charts, and their tables, 120,000 months wide.
+MAX_SPAN_MONTHS = 600
+
+
 def all_months(*by_month: list[Any]) -> list[str]:
     """Every month (YYYY-MM) from the first to the last month of any of the series (each row's
-    first field is its month): months without data are there too, so that gaps show."""
+    first field is its month): months without data are there too, so that gaps show. Over
+    `MAX_SPAN_MONTHS`, only the months with data (a gap is then not to scale)."""
     seen = sorted({row[0] for rows in by_month for row in rows})
     if not seen:
         return []
     year, month = map(int, seen[0].split("-"))
+    last_year, last_month = map(int, seen[-1].split("-"))
+    if (last_year - year) * 12 + last_month - month >= MAX_SPAN_MONTHS:
+        return seen
     months = []
     while (label := f"{year:04d}-{month:02d}") <= seen[-1]:
         months.append(label)
