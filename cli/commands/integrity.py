@@ -88,7 +88,9 @@ def verify(
         ledger = context.ledger
         key = load_public_key(ledger.database, public_key) if public_key else None
         result = verify_ledger(ledger, since=kept, public_key=key)
-        if read_models:
+        if read_models and result.ok:
+            # (A ledger that fails verify is not folded again: its events are in doubt, and
+            # may not even be readable; the problems found say so already.)
             _check_read_models(ledger, result)
     except IntegrityFailure as failure:
         # The ledger cannot even be read (a damaged file, a row of a type never written):
@@ -107,10 +109,16 @@ def verify(
         if read_models:
             click.echo("the violations read model agrees with the events")
     else:
+        if read_models and not _altered_read_model(result.problems):
+            click.echo("the read models were not checked: the ledger failed verification")
         click.echo(f"FAILED: {len(result.problems)} problem(s) in {result.events} events")
         for problem in result.problems:
             click.echo(f"  {problem['kind']}: {problem['message']}")
     _fail_if(result.problems, "the ledger failed verification")
+
+
+def _altered_read_model(problems: list[Any]) -> bool:
+    return any(p.get("kind") == "read_model_altered" for p in problems)
 
 
 def _check_read_models(ledger: Any, result: Any) -> None:

@@ -187,3 +187,30 @@ def test_a_write_landing_while_the_report_reads_is_no_disagreement(
     monkeypatch.setattr(ReadModels, "catch_up", catch_up_then_a_write)
     document, _ = _report(ledger_url, tmp_path / "r.html", 0)
     assert landed and document["read_models_agree"] is True
+def test_verify_read_models_of_a_ledger_that_fails_verify_names_its_problems(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """`--read-models` adds a check: on a ledger that fails `verify`, it still names what
+    `verify` found (one JSON document, exit 4), not a crash of the read models' fold."""
+    _recorded(ledger_url, feed_small)
+    app = open_ledger(ledger_url)
+    try:
+        tamper(
+            app,
+            ("DELETE FROM ledger_events WHERE notification_id = 5", {}),
+            (
+                "UPDATE ledger_events SET topic = 'ledger.domainmodel:Customer.Nope' "
+                "WHERE notification_id = 7",
+                {},
+            ),
+        )
+    finally:
+        app.database.dispose()
+    plain = run_json(ledger_url, "verify", code=4)
+    kinds = {p["kind"] for p in plain["problems"]}
+    assert "event_removed" in kinds
+    document = run_json(ledger_url, "verify", "--read-models", code=4)
+    assert document["ok"] is False
+    assert kinds <= {p["kind"] for p in document["problems"]}
+    text = run(ledger_url, "verify", "--read-models")
+    assert text.exit_code == 4 and "event 5 is missing" in text.stdout
