@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -165,12 +166,14 @@ class LedgerFigures:
 
 
 def disagreements(ours: Iterable[Violation], theirs: Iterable[Violation]) -> int:
-    """How many violations are in one list and not in the other."""
+    """How many violations are in one list and not in the other, each row counted (a row
+    copied in the read model is a violation `audit check` lists twice)."""
 
-    def key(v: Violation) -> tuple[str, str, str, datetime]:
-        return (v.rule, v.customer, v.fact_id, v.at)
+    def keys(violations: Iterable[Violation]) -> Counter[tuple[str, str, str, datetime]]:
+        return Counter((v.rule, v.customer, v.fact_id, v.at) for v in violations)
 
-    return len({key(v) for v in ours} ^ {key(v) for v in theirs})
+    mine, other = keys(ours), keys(theirs)
+    return (mine - other).total() + (other - mine).total()
 
 
 @dataclass

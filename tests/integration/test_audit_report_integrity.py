@@ -144,7 +144,7 @@ def test_verify_read_models_names_a_violations_read_model_altered(
             (  # and one made up, of a fact that broke no rule
                 f"INSERT INTO {table} (stream_id, customer, rule, fact_id, at) "
                 f"SELECT stream_id, customer, 'after_erasure', 'made-up', at FROM {table} "
-                "WHERE fact_id = :g",
+                "WHERE fact_id = :g LIMIT 1",
                 {"g": violations[-1]["fact_id"]},
             ),
         )
