@@ -59,7 +59,6 @@ from uuid import UUID, uuid4
 import orjson
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import resolve_topic
 
 from ledger import manifest as manifests
 from ledger import privacy, temporaries
@@ -79,6 +78,7 @@ from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.database import signals_held
 from ledger.persistence.keys import load_master_key
+from ledger.persistence.recorder import resolve_stored_topic
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
@@ -1212,7 +1212,7 @@ class EventDecoder:
         for _, version, topic, data, _position in rows:
             plan = classes.get(topic)
             if plan is None:
-                cls = resolve_topic(topic)
+                cls = resolve_stored_topic(topic, f" (stream {originator_id}, version {version})")
                 plan = classes[topic] = (cls, getattr(cls, "class_version", 1) != 1)
             cls, versioned = plan
             state = loads(data)

@@ -29,7 +29,6 @@ from uuid import UUID
 
 import sqlalchemy as sa
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import resolve_topic
 from sqlalchemy.engine import Connection
 
 from ledger import privacy
@@ -40,7 +39,7 @@ from ledger.iterables import batched
 from ledger.persistence import indexes
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL, first_line
-from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder
+from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder, resolve_stored_topic
 from ledger.rules import Initiations, Violation
 from projections import parallel
 from projections.base import (
@@ -783,7 +782,7 @@ class ReadModels:
         def to_domain_event(ident: UUID, version: int, topic: str, state: bytes) -> Any:
             cls = classes.get(topic, _UNSEEN)
             if cls is _UNSEEN:
-                resolved = resolve_topic(topic)
+                resolved = resolve_stored_topic(topic, f" (stream {ident}, version {version})")
                 cls = classes[topic] = (
                     None if getattr(resolved, "class_version", 1) > 1 else resolved
                 )

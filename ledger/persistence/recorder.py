@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
-from eventsourcing.domain import DomainEventProtocol, TAggregateID
+from eventsourcing.domain import CanMutateAggregate, DomainEventProtocol, TAggregateID
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -31,8 +31,9 @@ from eventsourcing.persistence import (
     TrackingRecorder,
     Transcoder,
 )
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 
+from ledger.errors import UnreadableEventError
 from ledger.persistence import sqlite_reads
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.stored_state import DATETIME_FIELDS as DATETIME_FIELDS
@@ -52,6 +53,25 @@ class LedgerTranscoder(Transcoder):
 
     def decode(self, data: bytes) -> Any:
         return decode_state(data)
+
+
+# Every topic the ledger stores names one of its domain's event classes.
+_TOPIC_PREFIX = "ledger.domainmodel:"
+
+
+def resolve_stored_topic(topic: str, where: str = "") -> type[Any]:
+    """The event class a stored event's topic names. The library's `resolve_topic` imports
+    whatever module a topic names: a topic written into the database by someone else would
+    make reading the ledger import (run) that module. Only the ledger's own event classes
+    are resolved; any other topic is an `UnreadableEventError` (`where`: which event)."""
+    if isinstance(topic, str) and topic.startswith(_TOPIC_PREFIX):
+        try:
+            cls = resolve_topic(topic)
+        except Exception:  # (TopicError, or an attribute path that fails on the way)
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, CanMutateAggregate):
+            return cls
+    raise UnreadableEventError(where)
 
 
 _EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")
@@ -212,6 +232,14 @@ def _value(cls: type[_V], state: dict[str, Any]) -> _V:
 
 class LedgerMapper(Mapper[Any]):
     """The library's mapper, less its per-event overheads (no cipher, no compressor here)."""
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
+        """The library's, for the ledger's own event classes only (`resolve_stored_topic`)."""
+        resolve_stored_topic(
+            stored_event.topic,
+            f" (stream {stored_event.originator_id}, version {stored_event.originator_version})",
+        )
+        return super().to_domain_event(stored_event)
 
     def __init__(self, transcoder: Transcoder) -> None:
         super().__init__(transcoder)

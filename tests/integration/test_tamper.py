@@ -752,6 +752,38 @@ def test_queries_of_a_stream_with_an_event_deleted_exit_4_naming_verify(recorded
         assert "consent-ledger verify" in done.stderr.splitlines()[-1], command
 
 
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "this:s",  # importing `this` prints the Zen of Python: a module with side effects
+        "ledger.domainmodel:Customer.Nothing",
+        "ledger.domainmodel:Customer.__init__",
+        "ledger.domainmodelx:Customer.Registered",
+    ],
+)
+def test_a_topic_naming_no_event_class_of_the_ledger_is_unreadable_and_imports_nothing(
+    recorded: Any, topic: str, tmp_path: Path
+) -> None:
+    """The library's `resolve_topic` imports any module a topic names: reading a ledger whose
+    topic was rewritten to name another module would run that module. Only the ledger's own
+    event classes are resolved; the rest is an unreadable event (exit 4)."""
+    import sys
+
+    sys.modules.pop("this", None)
+    tamper(
+        recorded, ("UPDATE ledger_events SET topic = :t WHERE notification_id = 5", {"t": topic})
+    )
+    url = recorded.database.url
+    for command in (("audit", "check"), ("audit", "report", "--out", str(tmp_path / "r.html"))):
+        done = run(url, *command)
+        assert done.exit_code == 4, (command, done.stdout, done.stderr)
+        assert "cannot be read as the ledger wrote it" in done.stderr.splitlines()[-1]
+        assert "Beautiful is better than ugly" not in done.stdout + done.stderr
+    stream = seals.verify_ledger(recorded)  # verify names the change, as ever
+    assert "event_altered" in {p["kind"] for p in stream.problems}
+    assert "this" not in sys.modules
+
+
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
 @pytest.mark.parametrize("command", [["verify", "--json"], ["audit", "check"]])
 def test_a_damaged_sqlite_file_is_an_integrity_failure_in_one_line(
