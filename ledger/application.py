@@ -435,7 +435,9 @@ class ConsentLedger(Application[UUID]):
         against it), and the violations judged again from the events themselves, up to the
         violations read model's position, and held against that model's: `verify` does not
         cover the read models, which any writer of the database can change. The figures'
-        violations are the ones judged from the events. `step` is told of each stage."""
+        violations are the ones judged from the events; if the ledger fails verification,
+        the read model's, not compared (the events are in doubt). `step` is told of each
+        stage."""
         from ledger.persistence.seals import checkpoint_by_size, verify_ledger
         from projections.runner import disagreements
         from projections.violations import Violations
@@ -446,12 +448,13 @@ class ConsentLedger(Application[UUID]):
         upto = figures.positions[Violations.name]
         say("verifying the ledger")
         verified = verify_ledger(self)
-        say("judging the violations again from the events")
-        judged = models.judged_upto(upto, None, now)
-
-        differing = disagreements(figures.violations, judged)
-        figures.violations = judged
-        figures.violation_fact_types = models.fact_types([v.fact_id for v in judged])
+        differing: int | None = None
+        if verified.ok:  # (else the events are in doubt, and may not even be readable)
+            say("judging the violations again from the events")
+            judged = models.judged_upto(upto, None, now)
+            differing = disagreements(figures.violations, judged)
+            figures.violations = judged
+            figures.violation_fact_types = models.fact_types([v.fact_id for v in judged])
         try:
             checkpoint: dict[str, Any] | None = checkpoint_by_size(self, upto)
         except InputError:  # (an empty ledger has none)
@@ -462,9 +465,9 @@ class ConsentLedger(Application[UUID]):
             "head": verified.head,
             "problems": [f"{p['kind']}: {p['message']}" for p in verified.problems],
             "checkpoint": checkpoint,
-            "violations_from": "events",
-            "read_models_agree": differing == 0,
-            "disagreements": differing,
+            "violations_from": "events" if differing is not None else "read models",
+            "read_models_agree": None if differing is None else differing == 0,
+            "disagreements": differing or 0,
         }
         return figures, integrity
 

@@ -711,6 +711,12 @@ def _integrity(doc: Document, integrity: dict[str, Any] | None) -> None:
             else "the read models were not compared with the events"
         )
         doc.para(f"The violations in this report are judged from the {source}; {compared}.")
+    doc.para(
+        "The other figures (headline counts, charts, orders, the recipient registry) are read "
+        "from the read models, which `verify` does not cover and which were not compared "
+        "with the events: `consent-ledger projections rebuild` makes them again from the "
+        "events."
+    )
 
 
 def _span(months: list[str]) -> str:

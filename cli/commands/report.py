@@ -73,7 +73,7 @@ def report_command(context: Any, out: Path, as_json: bool) -> None:
             f"the ledger failed verification ({len(integrity['problems'])} problem(s)): "
             f"{out} says so first; 'consent-ledger verify' names them"
         )
-    if not integrity["read_models_agree"]:
+    if integrity["read_models_agree"] is False:
         raise IntegrityFailure(
             f"the violations read model disagrees with the events on "
             f"{integrity['disagreements']} violation(s), altered outside consent-ledger: "

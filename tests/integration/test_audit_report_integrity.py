@@ -187,6 +187,8 @@ def test_a_write_landing_while_the_report_reads_is_no_disagreement(
     monkeypatch.setattr(ReadModels, "catch_up", catch_up_then_a_write)
     document, _ = _report(ledger_url, tmp_path / "r.html", 0)
     assert landed and document["read_models_agree"] is True
+
+
 def test_verify_read_models_of_a_ledger_that_fails_verify_names_its_problems(
     ledger_url: str, feed_small: Path
 ) -> None:
@@ -214,3 +216,25 @@ def test_verify_read_models_of_a_ledger_that_fails_verify_names_its_problems(
     assert kinds <= {p["kind"] for p in document["problems"]}
     text = run(ledger_url, "verify", "--read-models")
     assert text.exit_code == 4 and "event 5 is missing" in text.stdout
+
+
+def test_a_ledger_with_an_event_deleted_gets_a_report_from_its_read_models_saying_so(
+    ledger_url: str, feed_small: Path, tmp_path: Path
+) -> None:
+    """An event removed: its stream cannot be folded again, so the report's violations are
+    the read model's, not compared, and the report says so under NOT VERIFIED."""
+    violations = _recorded(ledger_url, feed_small)
+    assert run(ledger_url, "projections", "rebuild").exit_code == 0  # (every model caught up)
+    app = open_ledger(ledger_url)
+    try:
+        tamper(app, ("DELETE FROM ledger_events WHERE notification_id = :n", {"n": 7}))
+    finally:
+        app.database.dispose()
+    result = run(ledger_url, "audit", "report", "--out", str(tmp_path / "r.html"), "--json")
+    assert result.exit_code == 4, result.stderr
+    document = orjson.loads(result.stdout)
+    assert document["verified"] is False and document["read_models_agree"] is None
+    assert document["violations"] == len(violations)
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "NOT VERIFIED" in page and "event_removed" in page
+    assert "judged from the read models; the read models were not compared" in page
