@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger.free_text import WITHHELD, shaped_like_personal_data
+from ledger.iterables import batched
+from ledger.persistence import tables as ledger_tables
 from projections import fold
 from projections.base import (
     Pass,
@@ -165,14 +169,16 @@ class RecipientRegistry(ReadModel):
 
 def registry(conn: Connection, slot: str, kind: str | None = None) -> list[dict[str, Any]]:
     """Every recipient (of `kind`, if given), by kind then name, with its counts; times in
-    the ledger's printed form (`ledger.feed.iso`)."""
+    the ledger's printed form (`ledger.feed.iso`). A name shaped like an email or phone
+    number whose customers are all erased is withheld (`free_text.WITHHELD`), as their
+    trails withhold it: it may be one of theirs, put in the wrong field."""
     table = recipients[slot]
     query = sa.select(table).order_by(table.c.recipient_kind, table.c.recipient)
     if kind is not None:
         query = query.where(table.c.recipient_kind == kind)
     return [
         {
-            "recipient": row.recipient,
+            "recipient": _shown(conn, slot, row.recipient, row.recipient_kind),
             "recipient_kind": row.recipient_kind,
             "disclosures": row.disclosures,
             "customers": row.customers,
@@ -184,6 +190,28 @@ def registry(conn: Connection, slot: str, kind: str | None = None) -> list[dict[
         }
         for row in conn.execute(query)
     ]
+
+
+def _shown(conn: Connection, slot: str, recipient: str, kind: str) -> str:
+    """`recipient`, or `WITHHELD` if it is shaped like personal data and every customer
+    who disclosed to it is erased."""
+    if not shaped_like_personal_data(recipient):
+        return recipient
+    table = links[slot]
+    streams = sa.select(table.c.stream_id).where(
+        (table.c.recipient == recipient) & (table.c.recipient_kind == kind)
+    )
+    facts = ledger_tables.facts
+    for chunk in batched(conn.execute(streams).scalars(), 500):
+        ids = [UUID(hex=stream) for stream in chunk]
+        erased = conn.execute(
+            sa.select(sa.func.count(sa.distinct(facts.c.originator_id))).where(
+                (facts.c.fact_type == "subject.erased") & facts.c.originator_id.in_(ids)
+            )
+        ).scalar_one()
+        if erased < len(set(ids)):
+            return recipient  # a customer not erased disclosed to it
+    return WITHHELD
 
 
 def _join(values: set[str]) -> str:

@@ -215,3 +215,47 @@ def test_a_due_diligence_export_is_in_the_registry_as_the_disclosure_it_is(
     records = run(ledger_url, "report", "processing")
     assert records.exit_code == 0, records.stderr
     assert "| Blue Acquirer | never | 0 | 0 | 2 |" in records.stdout
+
+
+def test_a_name_shaped_like_personal_data_is_withheld_once_all_its_customers_are_erased(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    """As an erased customer's trail withholds it (SPEC §4): an email put where the
+    recipient's name goes may be the customer's own."""
+    facts = list(generate(3, seed=4))
+    first, second = sorted({f["customer"] for f in facts if "customer" in f})[:2]
+    shifted = {  # only the first customer's
+        "id": "shift-1",
+        "type": "affiliate.disclosure",
+        "at": "2025-03-01T00:00:00Z",
+        "customer": first,
+        "affiliate": "xavier.q@example.com",
+        "categories": ["email"],
+    }
+    shared = [  # a recipient with an email-shaped name, used for both customers
+        {
+            "id": f"shared-{ref}",
+            "type": "affiliate.disclosure",
+            "at": "2025-03-02T00:00:00Z",
+            "customer": ref,
+            "affiliate": "partners@offspring.example",
+            "categories": ["name"],
+        }
+        for ref in (first, second)
+    ]
+    import_facts(ledger_url, [*facts, shifted, *shared], tmp_path / "feed.jsonl")
+
+    def names() -> set[str]:
+        return {r["recipient"] for r in listed(ledger_url, "--kind", "affiliate")[1]}
+
+    assert {"xavier.q@example.com", "partners@offspring.example"} <= names()
+    run_json(ledger_url, "customer", "erase", first)
+    after = names()
+    assert "xavier.q@example.com" not in after
+    assert "[withheld: shaped like an email or phone number]" in after
+    assert "partners@offspring.example" in after  # (the second customer is not erased)
+    records = run(ledger_url, "report", "processing")
+    assert "xavier.q@example.com" not in records.stdout
+    assert "partners@offspring.example" in records.stdout
+    run_json(ledger_url, "customer", "erase", second)
+    assert not {"xavier.q@example.com", "partners@offspring.example"} & names()
