@@ -97,7 +97,8 @@ class Document:
 def to_markdown(doc: Document) -> str:
     """The document as Markdown. Every text from data (cells, headings, paragraphs outside their
     `code` spans) is escaped so that a wiki or pandoc shows it exactly as it was, never as
-    markup: HTML-escaped (`&`, `<`, `>`, quotes) and Markdown punctuation backslash-escaped.
+    markup: HTML-escaped (`&`, `<`, `>`: quotes make no markup without a tag, and prose keeps
+    them as they are) and Markdown punctuation backslash-escaped.
     Tables are whole (no rows folded away); a chart is its caption and its numbers."""
     out = [f"# {_md(doc.title)}", ""]
     for kind, value in doc.blocks:
@@ -162,7 +163,7 @@ _MD_LINE_START = re.compile(r"^(\s*)([#+=-]|\d+[.)])")
 
 def _md(text: str, *, cell: bool = False) -> str:
     """Data as Markdown text that renders as exactly this text."""
-    escaped = html.escape(visible(text), quote=True)
+    escaped = html.escape(visible(text), quote=False)
     escaped = _MD_ANYWHERE.sub(lambda m: "\\" + m.group(0), escaped)
     if cell:
         return escaped

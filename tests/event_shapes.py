@@ -32,13 +32,22 @@ class ShapeChangedError(Exception):
 
 
 def event_classes() -> list[type[Aggregate.Event]]:
-    """Every event class the domain can record: each aggregate's own event classes, less the
-    `Event` and `Created` bases the library makes for every aggregate."""
-    from ledger.domainmodel import Acquirer, Customer
+    """Every event class the domain can record: each aggregate's own event classes (of every
+    aggregate in `ledger.domainmodel`), less the `Event` and `Created` bases the library
+    makes for every aggregate."""
+    from ledger import domainmodel
 
+    aggregates = [
+        value
+        for value in vars(domainmodel).values()
+        if isinstance(value, type)
+        and issubclass(value, Aggregate)
+        and value is not Aggregate
+        and value.__module__ == domainmodel.__name__
+    ]
     found = [
         value
-        for aggregate in (Customer, Acquirer)
+        for aggregate in aggregates
         for name, value in vars(aggregate).items()
         if isinstance(value, type)
         and issubclass(value, Aggregate.Event)
