@@ -428,15 +428,20 @@ class ConsentLedger(Application[UUID]):
         return self.read_models.judge(as_of, known_at)
 
     def audited_figures(
-        self, now: datetime, step: Callable[[str], None] | None = None
+        self,
+        now: datetime,
+        step: Callable[[str], None] | None = None,
+        *,
+        compare: bool = True,
     ) -> tuple[LedgerFigures, dict[str, Any]]:
         """What the auditor's report shows, and what it can say of its own integrity: the
         read models' figures, the ledger verified (every event, and each signed checkpoint
-        against it), and the violations judged again from the events themselves, up to the
-        violations read model's position, and held against that model's: `verify` does not
-        cover the read models, which any writer of the database can change. The figures'
-        violations are the ones judged from the events; if the ledger fails verification,
-        the read model's, not compared (the events are in doubt). `step` is told of each
+        against it), and (if it verifies, and `compare`) every read model rebuilt from the
+        events and compared with its rows (`ReadModels.check`): `verify` does not cover the
+        read models, which any writer of the database can change. If the violations read
+        model differs, the violations shown are judged again from the events, up to its
+        position. A ledger that fails verification is not folded again (its events are in
+        doubt): its figures are the read models', not compared. `step` is told of each
         stage."""
         from ledger.persistence.seals import checkpoint_by_size, verify_ledger
         from projections.runner import disagreements
@@ -449,12 +454,19 @@ class ConsentLedger(Application[UUID]):
         say("verifying the ledger")
         verified = verify_ledger(self)
         differing: int | None = None
-        if verified.ok:  # (else the events are in doubt, and may not even be readable)
-            say("judging the violations again from the events")
-            judged = models.judged_upto(upto, None, now)
-            differing = disagreements(figures.violations, judged)
-            figures.violations = judged
-            figures.violation_fact_types = models.fact_types([v.fact_id for v in judged])
+        altered: dict[str, int] | None = None
+        source = "read models"
+        if verified.ok and compare:  # (else the events are in doubt, may be unreadable)
+            say("rebuilding the read models from the events to compare them")
+            altered = models.check()[1]
+            differing = 0
+            if Violations.name in altered:  # the violations shown: judged from the events
+                say("judging the violations again from the events")
+                judged = models.judged_upto(upto, None, now)
+                differing = disagreements(figures.violations, judged)
+                figures.violations = judged
+                figures.violation_fact_types = models.fact_types([v.fact_id for v in judged])
+                source = "events"
         try:
             checkpoint: dict[str, Any] | None = checkpoint_by_size(self, upto)
         except InputError:  # (an empty ledger has none)
@@ -465,9 +477,12 @@ class ConsentLedger(Application[UUID]):
             "head": verified.head,
             "problems": [f"{p['kind']}: {p['message']}" for p in verified.problems],
             "checkpoint": checkpoint,
-            "violations_from": "events" if differing is not None else "read models",
+            "violations_from": source,
             "read_models_agree": None if differing is None else differing == 0,
             "disagreements": differing or 0,
+            # Each read model rebuilt from the events and compared: those that differ, with
+            # the rows that do (None: not compared, the ledger failed verification).
+            "read_models_differing": altered,
         }
         return figures, integrity
 

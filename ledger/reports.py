@@ -712,12 +712,28 @@ def _integrity(doc: Document, integrity: dict[str, Any] | None) -> None:
             else "the read models were not compared with the events"
         )
         doc.para(f"The violations in this report are judged from the {source}; {compared}.")
-    doc.para(
-        "The other figures (headline counts, charts, orders, the recipient registry) are read "
-        "from the read models, which `verify` does not cover and which were not compared "
-        "with the events: `consent-ledger projections rebuild` makes them again from the "
-        "events."
-    )
+    altered = integrity.get("read_models_differing")
+    if altered is None:
+        doc.para(
+            "The other figures (headline counts, charts, orders, the recipient registry) are "
+            "read from the read models, which `verify` does not cover and which were not "
+            "compared with the events: `consent-ledger projections rebuild` makes them again "
+            "from the events."
+        )
+    elif altered:
+        doc.notice(
+            "Read models altered:",
+            "rebuilt from the events and compared row for row, "
+            + ", ".join(f"{name} ({rows:,} rows differ)" for name, rows in altered.items())
+            + " disagree with the events: the figures read from them may be wrong. "
+            "`consent-ledger projections rebuild` makes them again from the events.",
+            "alert",
+        )
+    else:
+        doc.para(
+            "Every read model this report reads (counts, charts, orders, the recipient "
+            "registry) was rebuilt from the events and agrees with them row for row."
+        )
 
 
 def _span(months: list[str]) -> str:

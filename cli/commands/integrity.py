@@ -12,7 +12,7 @@ import click
 import orjson
 
 from cli import logs
-from cli.output import emit_json, json_option
+from cli.output import emit_json, json_option, progress_enabled
 from cli.params import pass_context, pass_ledger
 from ledger.errors import InputError, IntegrityFailure
 
@@ -67,8 +67,8 @@ def _fail_if(problems: list[Any], what: str) -> None:
     "--read-models",
     "read_models",
     is_flag=True,
-    help="Also judge the violations again from the events and hold the violations read "
-    "model (which audit check reads) against them.",
+    help="Also rebuild every read model from the events (in a transaction rolled back) and "
+    "hold the read models that audit check and the reports read against them.",
 )
 @PUBLIC_KEY
 @json_option
@@ -79,8 +79,8 @@ def verify(
     """Check that no recorded fact was altered, removed, inserted or reordered (exit 4 if so).
 
     The read models are derived from the events, and not covered unless --read-models is
-    given: then the violations read model is held against the events too (a violation
-    removed from it, or added, is a problem)."""
+    given: then each is rebuilt from the events and compared row for row with the one
+    answering (a row changed, removed or added outside consent-ledger is a problem)."""
     from ledger.persistence.seals import load_public_key, verify_ledger
 
     kept = read_document(since, "checkpoint") if since else None
@@ -107,7 +107,7 @@ def verify(
         click.echo(f"OK: {result.facts} facts ({result.events} events) verified{scope}")
         click.echo(f"head {result.head}")
         if read_models:
-            click.echo("the violations read model agrees with the events")
+            click.echo("every read model agrees with the events")
     else:
         if read_models and not _altered_read_model(result.problems):
             click.echo("the read models were not checked: the ledger failed verification")
@@ -122,19 +122,18 @@ def _altered_read_model(problems: list[Any]) -> bool:
 
 
 def _check_read_models(ledger: Any, result: Any) -> None:
-    """Add to `result` a problem if the violations read model disagrees with the events."""
-    from datetime import UTC, datetime
-
-    position, differing = ledger.read_models.check_violations(datetime.now(UTC))
-    if differing:
+    """Add to `result` a problem for each read model that disagrees with the events."""
+    if progress_enabled():
+        click.echo("rebuilding the read models from the events to compare them", err=True)
+    head, differing = ledger.read_models.check()
+    for name, rows in differing.items():
         result.problems.append(
             {
                 "kind": "read_model_altered",
-                "message": f"the violations read model disagrees with the events on "
-                f"{differing} violation(s) up to event {position}: altered outside "
-                "consent-ledger; 'consent-ledger projections rebuild violations' makes it "
-                "again",
-                "event": position,
+                "message": f"the read model {name} disagrees with the events up to event "
+                f"{head} ({rows} rows differ): altered outside consent-ledger; "
+                f"'consent-ledger projections rebuild {name}' makes it again",
+                "event": head,
             }
         )
 
