@@ -31,16 +31,16 @@ def _report(url: str, out: Path, code: int) -> tuple[dict[str, Any], str]:
     return orjson.loads(result.stdout), out.read_text(encoding="utf-8")
 
 
-def _violations_table(url: str) -> str:
+def _table_of(url: str, model: str, table: str) -> str:
     app = open_ledger(url)
     try:
         with app.database.engine.connect() as conn:
             slot = conn.execute(
-                sa.text("SELECT slot FROM rm_tracking WHERE name = 'violations'")
+                sa.text("SELECT slot FROM rm_tracking WHERE name = :m"), {"m": model}
             ).scalar_one()
     finally:
         app.database.dispose()
-    return f"rm_violations_{slot}"
+    return f"{table}_{slot}"
 
 
 def test_a_report_states_the_verified_head_and_its_signed_checkpoint(
@@ -65,7 +65,7 @@ def test_violations_removed_from_the_read_model_are_judged_from_the_events_and_r
     removed = [v for v in violations if v["rule"] == rule]
     app = open_ledger(ledger_url)
     try:
-        table = _violations_table(ledger_url)
+        table = _table_of(ledger_url, "violations", "rm_violations")
         tamper(app, (f"DELETE FROM {table} WHERE rule = :rule", {"rule": rule}))
     finally:
         app.database.dispose()
@@ -133,7 +133,7 @@ def test_verify_read_models_names_a_violations_read_model_altered(
     assert "every read model agrees with the events" in plain.stdout
     app = open_ledger(ledger_url)
     try:
-        table = _violations_table(ledger_url)
+        table = _table_of(ledger_url, "violations", "rm_violations")
         once = [
             v for v in violations if [w["fact_id"] for w in violations].count(v["fact_id"]) == 1
         ]
@@ -239,18 +239,6 @@ def test_a_ledger_with_an_event_deleted_gets_a_report_from_its_read_models_sayin
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "NOT VERIFIED" in page and "event_removed" in page
     assert "judged from the read models; the read models were not compared" in page
-
-
-def _table_of(url: str, model: str, table: str) -> str:
-    app = open_ledger(url)
-    try:
-        with app.database.engine.connect() as conn:
-            slot = conn.execute(
-                sa.text("SELECT slot FROM rm_tracking WHERE name = :m"), {"m": model}
-            ).scalar_one()
-    finally:
-        app.database.dispose()
-    return f"{table}_{slot}"
 
 
 def test_every_read_model_is_held_against_the_events(
