@@ -252,12 +252,15 @@ def test_every_read_model_is_held_against_the_events(
     assert "was rebuilt from the events and agrees with them row for row" in page
     registry = _table_of(ledger_url, "recipient_registry", "rm_recipients")
     trail = _table_of(ledger_url, "disclosure_trail", "rm_disclosure_trail")
+    consents = _table_of(ledger_url, "current_consent", "rm_current_consent")
     app = open_ledger(ledger_url)
     try:
         tamper(
             app,
             (f"DELETE FROM {registry} WHERE recipient = 'Offspring'", {}),
             (f"UPDATE {trail} SET recipient = 'Somebody' WHERE recipient = 'DPD'", {}),
+            # A row copied: the same rows as a set, one more as a multiset.
+            (f"INSERT INTO {consents} SELECT * FROM {consents} LIMIT 1", {}),
         )
     finally:
         app.database.dispose()
@@ -267,6 +270,7 @@ def test_every_read_model_is_held_against_the_events(
     problems = run_json(ledger_url, "verify", "--read-models", code=4)["problems"]
     named = sorted(p["message"].split(" disagrees")[0] for p in problems)
     assert named == [
+        "the read model current_consent",
         "the read model disclosure_trail",
         "the read model recipient_registry",
     ]
@@ -275,7 +279,7 @@ def test_every_read_model_is_held_against_the_events(
     result = run(ledger_url, "audit", "report", "--out", str(tmp_path / "r.html"), "--json")
     assert result.exit_code == 4, result.stderr
     assert "read models disagree with the events" in error_line(result)
-    assert "disclosure_trail, recipient_registry" in error_line(result)
+    assert "current_consent, disclosure_trail, recipient_registry" in error_line(result)
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Read models altered:" in page and "recipient_registry (" in page
 
