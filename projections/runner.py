@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import privacy
 from ledger.domainmodel import Acquirer, Customer, FactEvent
-from ledger.errors import DatabaseUnavailableError, InputError
+from ledger.errors import DatabaseUnavailableError, InputError, IntegrityFailure
 from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
 from ledger.persistence import indexes
@@ -478,21 +478,32 @@ class ReadModels:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('rm_rebuild'))"))
                 rows = self._lock_tracking(conn, names)
                 head = self._head(conn)
-                live = [
-                    _Target(self.models[name], rows[name].slot, int(rows[name].position))
-                    for name in names
-                ]
+                differing: dict[str, int] = {}
+                live = []
+                for name in names:
+                    # A tracking row the ledger cannot have written (a slot other than a or
+                    # b, a position that is not a number or beyond the head) is an altered
+                    # read model, not a failure of the check.
+                    row = rows.get(name)
+                    position = getattr(row, "position", None)
+                    if (
+                        row is None
+                        or row.slot not in ("a", "b")
+                        or type(position) is not int
+                        or not 0 <= position <= head
+                    ):
+                        differing[name] = 1
+                        continue
+                    live.append(_Target(self.models[name], row.slot, position))
                 behind = [t for t in live if t.position < head]
                 if behind:  # the slots answered from, brought to the head (rolled back too)
-                    fresh = [t for t in behind if t.position == 0]
-                    if fresh:
-                        self._pass(conn, fresh, head, since=0)
-                    rest = [t for t in behind if t.position > 0]
-                    if rest:
-                        self._pass(conn, rest, head, since=min(t.position for t in rest))
+                    if not self._bring_up(conn, behind, head):
+                        for target in behind:  # one by one: an altered row fails its model
+                            if not self._bring_up(conn, [target], head):
+                                differing[target.model.name] = 1
+                    live = [t for t in live if t.model.name not in differing]
                 spare = [_Target(t.model, _other(t.slot), 0) for t in live]
                 self._pass(conn, spare, head, since=0, progress=progress)
-                differing: dict[str, int] = {}
                 for target in live:
                     count = sum(
                         _rows_differing(conn, table[target.slot], table[_other(target.slot)])
@@ -503,6 +514,26 @@ class ReadModels:
                 return head, differing
             finally:
                 transaction.rollback()
+
+    def _bring_up(self, conn: Connection, targets: list[_Target], head: int) -> bool:
+        """`targets` (live slots behind the head) brought to it in a savepoint, as `check`
+        does: False, the savepoint rolled back, if a row of theirs the pass reads or updates
+        is not one the ledger wrote (a value of another type: the pass fails on it)."""
+        savepoint = conn.begin_nested()
+        try:
+            fresh = [t for t in targets if t.position == 0]
+            if fresh:
+                self._pass(conn, fresh, head, since=0)
+            rest = [t for t in targets if t.position > 0]
+            if rest:
+                self._pass(conn, rest, head, since=min(t.position for t in rest))
+        except (IntegrityFailure, ValueError, TypeError, KeyError, AttributeError, ArithmeticError):
+            # (a row of another type, or an event unreadable: not a database gone away, which
+            # is raised as it is)
+            savepoint.rollback()
+            return False
+        savepoint.commit()
+        return True
 
     # -- follow ----------------------------------------------------------------------------
 

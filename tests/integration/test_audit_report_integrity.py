@@ -295,3 +295,33 @@ def test_every_read_model_is_held_against_the_events(
     # Nothing was changed by the checks; a rebuild mends the models.
     assert run(ledger_url, "projections", "rebuild").exit_code == 0
     assert run_json(ledger_url, "verify", "--read-models")["ok"] is True
+
+
+def _behind_and_tampered(url: str, feed: Path, *statements: tuple[str, dict[str, Any]]) -> None:
+    """The small feed recorded and its read models built, one fact more recorded (the models
+    behind it by one), then `statements` run as an intruder would."""
+    _recorded(url, feed)
+    fact = {"id": "upd-x", "type": "customer.updated", "customer": "C100", "phone": "+44 1"}
+    assert run(url, "record", orjson.dumps(fact).decode()).exit_code == 0
+    app = open_ledger(url)
+    try:
+        tamper(app, *statements)
+    finally:
+        app.database.dispose()
+
+
+def test_verify_read_models_names_a_tracking_row_the_ledger_never_wrote(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """A read model's tracking row pointing at no slot is an altered read model (exit 4,
+    read_model_altered), not "unexpected KeyError" (exit 1). (A position beyond the head
+    `verify` names itself: log_truncated.)"""
+    _behind_and_tampered(
+        ledger_url,
+        feed_small,
+        ("UPDATE rm_tracking SET slot = 'c' WHERE name = 'disclosure_trail'", {}),
+    )
+    document = run_json(ledger_url, "verify", "--read-models", code=4)
+    named = {p["message"].split()[3] for p in document["problems"]}
+    assert {p["kind"] for p in document["problems"]} == {"read_model_altered"}
+    assert named == {"disclosure_trail"}
