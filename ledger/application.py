@@ -29,6 +29,7 @@ from ledger.errors import (
     ConcurrencyError,
     CustomerErasedError,
     CustomerNotFoundError,
+    DataKeyMissingError,
     DuplicateFactError,
     InputError,
     InvalidFactError,
@@ -376,9 +377,12 @@ class ConsentLedger(Application[UUID]):
             yield from indexes.customer_refs(conn)
 
     def personal_data(self, customer: Customer, events: list[FactEvent]) -> dict[str, Any] | None:
-        """The customer's current details, or None once erased (their key destroyed)."""
+        """The customer's current details, or None once erased (their key destroyed). A key
+        gone with no erasure recorded is a `DataKeyMissingError`, not an erasure."""
         key = self.keys.get(customer.id)
         if key is None:
+            if not customer.erased:
+                raise DataKeyMissingError(customer.ref)
             return None
         details: dict[str, Any] = {}
         ordered = sorted(

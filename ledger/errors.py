@@ -173,6 +173,19 @@ class DataKeyAlteredError(IntegrityFailure):
         )
 
 
+class DataKeyMissingError(IntegrityFailure):
+    """A customer's data key is gone, yet no erasure of theirs is recorded: only an erasure
+    destroys a key, so the key row was removed or emptied outside consent-ledger. Answering
+    "erased" would tell the customer their data was erased when it never was."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(
+            f"customer {ref!r}'s data key is gone, but no erasure of theirs is recorded: the "
+            "key row was removed or emptied outside consent-ledger ('consent-ledger verify' "
+            "names it: key_altered); restore the ledger_data_keys table from a backup"
+        )
+
+
 class DamagedDatabaseError(IntegrityFailure):
     """SQLite found its own file damaged ("database disk image is malformed"): not a fact
     altered, which `verify` would name, but pages it cannot read (exit 4)."""

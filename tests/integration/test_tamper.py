@@ -458,6 +458,16 @@ def test_an_erasure_faked_on_the_key_rows_is_caught(recorded: Any, how: str) -> 
     assert [(p["kind"], p["message"].split(" has ")[0]) for p in result.problems] == [
         ("key_altered", "customer 'C100'")
     ]
+    # What support staff would read: not "ERASED" (C100 never asked), but an integrity
+    # failure naming verify; C101, erased, reads as erased.
+    url = recorded.database.url
+    for command in (("customer", "show", "C100"), ("customer", "show", "C100", "--json")):
+        done = run(url, *command)
+        assert done.exit_code == 4, (command, done.stdout, done.stderr)
+        assert done.stdout == ""  # (not "ERASED", nor a document saying so)
+        assert "no erasure of theirs is recorded" in done.stderr.splitlines()[-1]
+    erased = run(url, "customer", "show", "C101")
+    assert erased.exit_code == 0 and "personal data: ERASED" in erased.stdout
 
 
 def test_an_erased_customers_key_put_back_is_caught(recorded: Any) -> None:
