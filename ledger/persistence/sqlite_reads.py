@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import DamagedDatabaseError, DatabaseUnavailableError
+from ledger.errors import DamagedDatabaseError, DatabaseUnavailableError, IntegrityFailure
 from ledger.persistence.readers import PerThread, first_line
 
 _PLAIN_PREFIX = "sqlite:///"
@@ -67,8 +67,19 @@ STREAM_ORDERED_NAME = "stream_ordered_until"
 
 
 def stream_ordered_until(rows: list[Any]) -> int:
-    """The position from `SELECT_META` rows of `STREAM_ORDERED_NAME` (0: none)."""
-    return int(rows[0][0]) if rows else 0
+    """The position from `SELECT_META` rows of `STREAM_ORDERED_NAME` (0: none); a value the
+    ledger never writes there (not a whole number from 0) is an `IntegrityFailure`."""
+    if not rows:
+        return 0
+    value = rows[0][0]
+    if type(value) is str and value.isdigit() and value.isascii():
+        return int(value)
+    if type(value) is int and value >= 0:
+        return value
+    raise IntegrityFailure(
+        f"the ledger's meta row {STREAM_ORDERED_NAME} holds a value the ledger never writes: "
+        "it was changed outside consent-ledger; restore the ledger_meta table from a backup"
+    )
 
 
 SELECT_RECORDED_FACT = (

@@ -827,3 +827,26 @@ def test_a_damaged_sqlite_file_is_an_integrity_failure_in_one_line(
         assert json.loads(result.stdout) == document
     else:
         assert result.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1e3"])
+def test_a_meta_position_the_ledger_never_writes_is_an_integrity_failure(
+    recorded: Any, value: str
+) -> None:
+    """`stream_ordered_until` (how far an old import stored its lines out of order) is read by
+    every judgement of the rules: a value that is not a position failed them all with
+    "unexpected ValueError", exit 1."""
+    tamper(
+        recorded,
+        ("DELETE FROM ledger_meta WHERE name = 'stream_ordered_until'", {}),
+        (
+            "INSERT INTO ledger_meta (name, value) VALUES ('stream_ordered_until', :v)",
+            {"v": value},
+        ),
+    )
+    done = run(recorded.database.url, "audit", "check")
+    assert done.exit_code == 4, (done.stdout, done.stderr)
+    assert (
+        "meta row stream_ordered_until holds a value the ledger never writes"
+        in (done.stderr.splitlines()[-1])
+    )
