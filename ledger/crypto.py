@@ -44,7 +44,7 @@ def _seal_bytes(key: bytes, plaintext: bytes, context: bytes) -> bytes:
 def _open_bytes(key: bytes, sealed: bytes, context: bytes) -> bytes:
     try:
         return _wrapping(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context)
-    except (InvalidTag, ValueError):
+    except (InvalidTag, ValueError, TypeError):  # (TypeError: text where bytes were stored)
         raise SealError("sealed value does not open with this key") from None
 
 

@@ -186,6 +186,17 @@ class DataKeyMissingError(IntegrityFailure):
         )
 
 
+class UnreadableSourceRowError(IntegrityFailure):
+    """`db copy`: a row of the source holds a value of a type the ledger never writes."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            f"the ledger's table {table} holds a value of a type the ledger never writes: it "
+            "was changed outside consent-ledger, and nothing was copied; 'consent-ledger "
+            "verify' names what changed where it can"
+        )
+
+
 class DamagedDatabaseError(IntegrityFailure):
     """SQLite found its own file damaged ("database disk image is malformed"): not a fact
     altered, which `verify` would name, but pages it cannot read (exit 4)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ledger.crypto import key_check
-from ledger.errors import ConfigurationError, InputError
+from ledger.errors import ConfigurationError, InputError, UnreadableSourceRowError
 from ledger.persistence import seals, tables
 from ledger.persistence.database import (
     _UPGRADE_LOCK,
@@ -206,8 +206,7 @@ def _copy_rows(
                     query = sa.select(table).order_by(*table.primary_key.columns)
                     result = reading.execute(query.execution_options(yield_per=_CHUNK))
                     counts[name] = 0
-                    for chunk in result.partitions():
-                        rows = [_as_stored(row, moments, target.is_sqlite) for row in chunk]
+                    for rows in _stored_chunks(result, name, moments, target.is_sqlite):
                         if table is tables.meta:
                             _same_master_key(rows, master)
                         # The driver's own bulk insert (SQLite's executemany, PostgreSQL's
@@ -228,6 +227,25 @@ def _copy_rows(
                     folder.rmdir()
         raise
     return Copied(counts, written)
+
+
+def _stored_chunks(
+    result: Any, name: str, moments: list[int], to_sqlite: bool
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The source's rows of table `name`, chunk by chunk, as the target stores them. A value
+    the ledger never writes there (SQLite keeps any type in any column: an id that is not a
+    UUID, a time that is not one) is an `UnreadableSourceRowError` (exit 4), not an
+    unexpected error: nothing is copied."""
+    chunks = iter(result.partitions())
+    while True:
+        try:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            rows = [_as_stored(row, moments, to_sqlite) for row in chunk]
+        except (ValueError, TypeError, OverflowError):
+            raise UnreadableSourceRowError(name) from None
+        yield rows
 
 
 def _same_master_key(meta_rows: Sequence[Sequence[Any]], master: bytes) -> None:

@@ -326,3 +326,31 @@ def test_an_auditors_copy_sharing_the_ledgers_key_folder_is_refused(
     assert result.exit_code == 1
     assert "the copy's key folder would be the ledger's own" in error_line(result)
     assert Database(target_url).is_fresh()
+
+
+@pytest.mark.parametrize(
+    ("table", "change"),
+    [
+        ("ledger_data_keys", "UPDATE ledger_data_keys SET created_at = 'not a time'"),
+        ("ledger_suppressions", "UPDATE ledger_suppressions SET since = 'not a time'"),
+    ],
+)
+def test_a_source_row_of_a_type_the_ledger_never_writes_is_an_integrity_failure(
+    keys_of_their_own: None,
+    target_url: str,
+    feed_small: Path,
+    tmp_path: Path,
+    table: str,
+    change: str,
+) -> None:
+    """SQLite keeps any type in any column: such a row made the copy fail with "unexpected
+    ValueError", exit 1. Now exit 4, naming the table, and the target is left empty."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    _full_ledger(source, feed_small, tmp_path)
+    with Database(source).engine.begin() as conn:  # (no trigger guards these tables)
+        assert conn.exec_driver_sql(change).rowcount >= 1
+    result = run(source, "db", "copy", target_url)
+    assert result.exit_code == 4, (result.stdout, result.stderr)
+    assert f"table {table} holds a value of a type the ledger never writes" in error_line(result)
+    assert Database(target_url).is_fresh()
+    assert not _key_folder(target_url).exists()

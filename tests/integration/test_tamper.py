@@ -470,6 +470,23 @@ def test_an_erasure_faked_on_the_key_rows_is_caught(recorded: Any, how: str) -> 
     assert erased.exit_code == 0 and "personal data: ERASED" in erased.stdout
 
 
+def test_a_data_key_rewritten_as_text_is_a_key_altered_not_an_unexpected_error(
+    recorded: Any,
+) -> None:
+    """SQLite keeps text in the blob column: reading C100's key failed in the cipher with
+    "unexpected TypeError", exit 1; it is a key row changed outside consent-ledger (exit 4)."""
+    if not recorded.database.is_sqlite:
+        pytest.skip("PostgreSQL's bytea column refuses text")
+    who = "SELECT customer_id FROM ledger_customers WHERE customer_ref = 'C100'"
+    tamper(
+        recorded,
+        (f"UPDATE ledger_data_keys SET wrapped_key = 'text' WHERE customer_id = ({who})", {}),
+    )
+    done = run(recorded.database.url, "customer", "show", "C100")
+    assert done.exit_code == 4, (done.stdout, done.stderr)
+    assert "the key row was changed outside consent-ledger" in done.stderr.splitlines()[-1]
+
+
 def test_an_erased_customers_key_put_back_is_caught(recorded: Any) -> None:
     """C101's key (the feed erases C101) restored as C100's wrapped key is, as from a backup:
     their data would read again (SPEC §4)."""
