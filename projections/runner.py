@@ -246,10 +246,7 @@ class ReadModels:
         # write that landed after the catch-up (a concurrent import) is in neither the
         # model's rows nor, so, its notifications (and the report's judged violations,
         # `judged_upto` that position, then agree with them).
-        position = conn.execute(
-            sa.select(tracking.c.position).where(tracking.c.name == Violations.name)
-        ).scalar_one()
-        head = min(self._head(conn), int(position))
+        head = min(self._head(conn), _position(conn, Violations.name))
         folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
         for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
             found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
@@ -305,11 +302,7 @@ class ReadModels:
         later)."""
         name = RecipientRegistry.name
         with self.snapshot(name) as (conn, slots):
-            position = conn.execute(
-                sa.select(tracking.c.position).where(tracking.c.name == name)
-            ).scalar_one()
-            rows = registry(conn, slots[name], kind)
-        return int(position), rows
+            return _position(conn, name), registry(conn, slots[name], kind)
 
     def figures(
         self, *, with_violations: bool = True, now: datetime | None = None
@@ -969,6 +962,13 @@ def _digest(conn: Connection, table: sa.Table) -> tuple[int, int]:
     finally:
         cursor.close()
     return count, total & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _position(conn: Connection, name: str) -> int:
+    """Read model `name`'s position (the last event it applied), as `conn` sees it."""
+    return int(
+        conn.execute(sa.select(tracking.c.position).where(tracking.c.name == name)).scalar_one()
+    )
 
 
 def _other(slot: str) -> str:
