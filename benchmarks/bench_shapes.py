@@ -220,7 +220,12 @@ def measure(shape: str, facts: int, folder: Path) -> dict[str, float]:
     ledger.database.dispose()
     context = LedgerContext(url)
     try:
-        figures["trail"] = timed(lambda: views.trail_rows(context.customer_facts("C1")), 3)
+        figures["trail"] = timed(
+            lambda: views.trail_rows(
+                context.customer_facts("C1"), exports=context.customer_exports("C1")
+            ),
+            3,
+        )
         as_of = T0 + timedelta(days=365)
         figures["consent as-of"] = timed(
             lambda: views.consent_rows(context.customer_facts("C1"), as_of), 3

@@ -337,7 +337,8 @@ def measure_backend(
         context = LedgerContext(url)
 
         def trail(ref: str) -> Any:
-            return views.trail_rows(context.customer_facts(ref))
+            exports = context.customer_exports(ref)
+            return views.trail_rows(context.customer_facts(ref), exports=exports)
 
         def consent_as_of(ref: str) -> Any:
             return views.consent_rows(context.customer_facts(ref), as_of)

@@ -254,6 +254,13 @@ class LedgerContext:
         events: list[Any] = self.ledger.customer_with_events(ref, known_at)[1]
         return events
 
+    def customer_exports(self, ref: str, known_at: datetime | None = None) -> list[Any]:
+        """The due-diligence exports that may hold customer REF's data, for
+        `views.trail_rows` (read as `customer_facts` reads, without the domain model)."""
+        from ledger.persistence import sqlite_reads as reads
+
+        return reads.customer_exports(self.database.fetch_on_driver, ref, known_at)
+
     def close(self) -> None:
         if self._database is not None:
             self._database.dispose()

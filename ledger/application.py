@@ -537,10 +537,18 @@ class ConsentLedger(Application[UUID]):
                 if fields:
                     other.append({"fact_id": event.fact_id, "fields": fields})
             details = self.personal_data(customer, events)
-            pack = privacy.access_pack(customer, events, details, other, datetime.now(UTC))
+            exports = self.customer_exports(ref)
+            pack = privacy.access_pack(customer, events, details, other, datetime.now(UTC), exports)
             if deliver is not None:
                 deliver(pack)
         return pack
+
+    def customer_exports(self, ref: str, known_at: datetime | None = None) -> list[Any]:
+        """The due-diligence exports recorded after customer `ref`'s first event (by
+        `known_at`, if given): what `views.trail_rows` lists those that held them from."""
+        from ledger.persistence import sqlite_reads as reads
+
+        return reads.customer_exports(self.database.fetch_on_driver, ref, known_at)
 
     def notifications(self) -> list[privacy.NotificationDue]:
         """Art. 19: every notification due for an erasure or rectification, answered or not."""

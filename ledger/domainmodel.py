@@ -443,7 +443,14 @@ class Acquirer(Aggregate):
         it holds, for business_transfer on legitimate interests. Not a feed fact (no
         FACT_TYPE), so it is judged by no rule: a pseudonymous data-room export before any
         `transfer.initiated` is legitimate due diligence. An identified export also records
-        a `transfer.disclosure` on each customer it names. `fact_id` is `export-<id>`."""
+        a `transfer.disclosure` on each customer it names. `fact_id` is `export-<id>`.
+
+        Version 2 adds `tree_size`: the export holds events 1..`tree_size` (its manifest's
+        signed checkpoint), so the customers it covers are those registered among them.
+        Version 1 did not keep it (None: its customers are those registered before the
+        export's own event, which counts any registered while it ran)."""
+
+        class_version = 2
 
         export_id: str
         customers: int
@@ -451,6 +458,11 @@ class Acquirer(Aggregate):
         as_of: str | None
         export_format: str
         manifest_sha256: str
+        tree_size: int | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["tree_size"] = None
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Acquirer)

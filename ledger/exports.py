@@ -1170,6 +1170,7 @@ class Exporter:
                 as_of=iso(request.as_of) if request.as_of is not None else None,
                 export_format=request.format,
                 manifest_sha256=digest,
+                tree_size=upto,
             )
             for recording in app.save(acquirer):
                 if isinstance(recording.domain_event, Acquirer.DueDiligenceExported):

@@ -236,15 +236,18 @@ def access_pack(
     personal_data: dict[str, Any] | None,
     other_data: list[dict[str, Any]],
     generated_at: datetime,
+    exports: Sequence[Sequence[Any]] = (),
 ) -> dict[str, Any]:
     """The subject-access pack: everything the ledger holds about the customer and whom it
     was given to. `personal_data` is None once erased; `other_data` holds the unknown feed
-    fields kept (sealed) with their facts, as [{"fact_id", "fields"}].
+    fields kept (sealed) with their facts, as [{"fact_id", "fields"}]; `exports`: the
+    due-diligence exports that may hold the customer (`views.trail_rows`).
 
     An erased customer's pack withholds each free-text value shaped like an email or phone
     number (a shifted column of the feed: their personal data), as an identified export
     does: after the erasure no command shows their personal data (SPEC §4)."""
-    trail = views.trail_rows(events)  # (the views withhold so for an erased customer too)
+    # (the views withhold so for an erased customer too)
+    trail = views.trail_rows(events, exports=exports)
     erased = customer.erased
     return {
         "customer": customer.ref,
@@ -376,8 +379,18 @@ def access_pack_markdown(pack: dict[str, Any]) -> str:
     for title, empty, rows, columns in sections:
         out.extend(["", f"## {title}", ""])
         out.extend(_md_table(rows, columns) if rows else [empty])
+        if title == "Every disclosure" and any(views.is_export_row(row) for row in rows):
+            out.extend(["", _EXPORT_NOTE])
     out.append("")
     return "\n".join(out)
+
+
+_EXPORT_NOTE = (
+    "A disclosure to an acquirer with no order was a due-diligence export to a prospective "
+    "buyer of the business: it held your consents, your orders (if it lists order_details) "
+    "and the disclosures above it, under a pseudonym, not your name, email, phone or address "
+    "(unless it also lists those categories)."
+)
 
 
 def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:

@@ -12,11 +12,12 @@ only those and the event's class name (`event_name`), so each answer has one imp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ledger.errors import IntegrityFailure
+from ledger.errors import IntegrityFailure, UnreadableEventError
 from ledger.feed import iso
 from ledger.free_text import rows_withheld
 from ledger.persistence.stored_state import decode_state
@@ -177,25 +178,116 @@ def disclosure_row(event: Any) -> dict[str, Any]:
 
 
 def trail_rows(
-    events: Iterable[Any], as_of: datetime | None = None, erased: bool | None = None
+    events: Iterable[Any],
+    as_of: datetime | None = None,
+    erased: bool | None = None,
+    exports: Sequence[Sequence[Any]] = (),
 ) -> list[dict[str, Any]]:
     """SPEC §5 `customer trail`: every disclosure (at or before `as_of`, if given), ordered
     by `at` (then recording order). An erased customer's rows withhold a recipient's name
     shaped like an email or phone number (`free_text.rows_withheld`): after the erasure no
     command shows their data, whatever time the question is asked for. `erased` is whether
     the customer is erased now (today's truth), given when `events` are only those known at
-    an earlier recorded time (which may not hold the erasure); else read from `events`."""
+    an earlier recorded time (which may not hold the erasure); else read from `events`.
+
+    `exports`: the due-diligence exports recorded after the customer's first event (rows of
+    `sqlite_reads.SELECT_CUSTOMER_EXPORTS`); each that held the customer's data is on the
+    trail too (`export_rows`), after the disclosures of the same time."""
     ordered = business_order(events)
-    rows = [
-        disclosure_row(event)
+    dated = [
+        (event.at, disclosure_row(event))
         for event in ordered
         if is_disclosure(event) and (as_of is None or event.at <= as_of)
     ]
+    if exports:
+        dated += [
+            (at, row) for at, row in export_rows(exports, ordered) if as_of is None or at <= as_of
+        ]
+        dated.sort(key=lambda item: item[0])  # (stable: recording order within a time)
+    rows = [row for _, row in dated]
     if erased is None:
         erased = any(event_name(event) == "Customer.Erased" for event in ordered)
     if rows and erased:
         return rows_withheld(rows)
     return rows
+
+
+# A version-1 export's state: no `tree_size` (`export_rows`).
+_VERSION_1 = object()
+_EXPORT_FACT_ID = re.compile(r"export-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+_EXPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "at": datetime,
+    "fact_id": str,
+    "recipient": str,
+    "recipient_kind": str,
+    "purpose": str,
+    "basis": str,
+    "categories": list,
+    "as_of": (str, type(None)),
+}
+
+
+def export_rows(
+    exports: Iterable[Sequence[Any]], events: Sequence[Any]
+) -> list[tuple[datetime, dict[str, Any]]]:
+    """The due-diligence exports that held a customer's data, each as a trail row with its
+    time: SPEC §5, an export "is itself recorded as a disclosure to the acquirer".
+
+    `exports`: (the customer's first position, the export's position, its stored state);
+    `events`: the customer's, in business order. An export holds the customers registered
+    among the events it read, 1..its `tree_size` (a version-1 export did not keep it: those
+    registered before its own event), and, if it was made `as_of` a time, registered by
+    then. An identified export names each customer it holds the personal data of with a
+    `transfer.disclosure` of its own, fact id `export-<id>/<n>`, on their trail already: it
+    is not listed again for them. The categories are those it holds pseudonymously:
+    `order_details` if the customer had placed an order by its `as_of` (or its time). A
+    stored state of the wrong shape is an `UnreadableEventError`."""
+    registered = next((e.at for e in events if event_name(e) == "Customer.Registered"), None)
+    named = [e.fact_id for e in events if is_disclosure(e)]
+    placed = [e.at for e in events if event_name(e) == "Customer.OrderPlaced"]
+    rows = []
+    for customer_position, position, data in exports:
+        where = f" (the export at position {position})"
+        try:
+            state = decode_state(data)
+        except UnreadableEventError:
+            raise UnreadableEventError(where) from None
+        if any(not isinstance(state.get(k), t) for k, t in _EXPORT_FIELDS.items()):
+            raise UnreadableEventError(where)
+        tree_size = state.get("tree_size", _VERSION_1)
+        if not (isinstance(tree_size, int) or tree_size is _VERSION_1):
+            raise UnreadableEventError(where)
+        try:
+            until = datetime.fromisoformat(state["as_of"]) if state["as_of"] else state["at"]
+        except ValueError:
+            raise UnreadableEventError(where) from None
+        fact_id = state["fact_id"]
+        if (
+            registered is None
+            or (tree_size is not _VERSION_1 and customer_position > tree_size)
+            or (state["as_of"] and registered > until)
+            or any(name.startswith(f"{fact_id}/") for name in named)
+        ):
+            continue
+        row = {
+            "at": iso(state["at"]),
+            "recipient": state["recipient"],
+            "recipient_kind": state["recipient_kind"],
+            "purpose": state["purpose"],
+            "basis": state["basis"],
+            "categories": ["order_details"] if any(at <= until for at in placed) else [],
+            "order": None,
+            "fact_id": fact_id,
+        }
+        rows.append((state["at"], row))
+    return rows
+
+
+def is_export_row(row: dict[str, Any]) -> bool:
+    """Whether a trail row is a due-diligence export (`export_rows`): its fact id is
+    `export-<uuid>`."""
+    fact_id = row["fact_id"]
+    return row["recipient_kind"] == "acquirer" and bool(_EXPORT_FACT_ID.fullmatch(fact_id))
 
 
 def order_rows(customer: Customer, events: Iterable[Any]) -> list[dict[str, Any]]:

@@ -89,7 +89,8 @@ def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> N
     erased = None
     if known_at is not None:  # the erasure is today's truth, whenever it was recorded
         erased = any(views.event_name(e) == "Customer.Erased" for e in context.customer_facts(ref))
-    rows = views.trail_rows(context.customer_facts(ref, known_at), as_of, erased)
+    facts = context.customer_facts(ref, known_at)
+    rows = views.trail_rows(facts, as_of, erased, context.customer_exports(ref, known_at))
     logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:
         emit_json({"customer": ref, "disclosures": rows})

@@ -25,8 +25,9 @@ from ledger.crypto import SealError, unwrap_key, wrap_key
 from ledger.errors import MasterKeyError
 from ledger.persistence import tables
 from ledger.persistence.database import Database, WriteTransaction
+from ledger.persistence.sqlite_reads import EXPORT_FACT_TYPE as EXPORT_FACT_TYPE
+from ledger.persistence.sqlite_reads import EXPORTS_ONLY
 
-EXPORT_FACT_TYPE = "export.due_diligence"  # in ledger_facts only: not a feed fact type
 _X = tables.export_secrets
 
 
@@ -85,7 +86,7 @@ def exporting_streams(database: Database) -> list[UUID]:
     facts = tables.facts
     with database.reading() as conn:
         rows = conn.execute(
-            sa.select(facts.c.originator_id).where(facts.c.fact_type == EXPORT_FACT_TYPE).distinct()
+            sa.select(facts.c.originator_id).where(sa.text(EXPORTS_ONLY)).distinct()
         ).scalars()
         return [UUID(str(ident)) for ident in rows]
 

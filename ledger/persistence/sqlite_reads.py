@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,35 @@ SELECT_CUSTOMER_STREAM_KNOWN = (
     f"WHERE c.customer_ref = ? AND e.notification_id <= ({SELECT_KNOWN_SIZE}) "
     "ORDER BY e.originator_version"
 )
+# The due-diligence exports recorded after a customer's first event (by reference), with
+# that event's position: the exports that may hold the customer (`ledger.views.export_rows`
+# says which do). The condition is migration 0012's partial index's text, for the index to
+# serve it (as a bound parameter, SQLite would not use it).
+EXPORT_FACT_TYPE = "export.due_diligence"  # in ledger_facts only: not a feed fact type
+EXPORTS_ONLY = f"fact_type = '{EXPORT_FACT_TYPE}'"
+_EXPORTS_AFTER_CUSTOMER = (
+    "SELECT c.notification_id, e.notification_id, e.state FROM ledger_customers c "
+    "JOIN ledger_facts f ON f.notification_id > c.notification_id "
+    "JOIN ledger_events e ON e.notification_id = f.notification_id "
+    f"WHERE c.customer_ref = ? AND f.{EXPORTS_ONLY}"
+)
+SELECT_CUSTOMER_EXPORTS = f"{_EXPORTS_AFTER_CUSTOMER} ORDER BY f.notification_id"
+SELECT_CUSTOMER_EXPORTS_KNOWN = (
+    f"{_EXPORTS_AFTER_CUSTOMER} AND e.notification_id <= ({SELECT_KNOWN_SIZE}) "
+    "ORDER BY f.notification_id"
+)
+
+
+def customer_exports(
+    fetch: Callable[[str, tuple[Any, ...]], list[Any]], ref: str, known_at: datetime | None
+) -> list[Any]:
+    """The rows of `SELECT_CUSTOMER_EXPORTS` for customer `ref` (those recorded by
+    `known_at`, if given), through `fetch` (`Database.fetch_on_driver`)."""
+    if known_at is None:
+        return fetch(SELECT_CUSTOMER_EXPORTS, (ref,))
+    return fetch(SELECT_CUSTOMER_EXPORTS_KNOWN, (ref, checkpoint_time(known_at)))
+
+
 # The last version of a stream among the first N events (SQLite: the id's 32 hex digits).
 SELECT_LAST_VERSION = (
     "SELECT coalesce(max(originator_version), 0) FROM ledger_events "

@@ -122,9 +122,10 @@ def test_a_ledger_an_earlier_version_wrote_upgrades_and_answers_as_that_version_
     # Then every question gets the answer the version that built it gave, `verify` the
     # same head; so does the tie it recorded out of line order (x-0005 then x-0006, at 31
     # and 36): the initiation counts, as it did then
+    answers = LEGACY / "answers-223a2a8"
     for name, command in QUESTIONS.items():
-        expected = orjson.loads((LEGACY / "answers-223a2a8" / f"{name}.json").read_bytes())
-        assert run_json(url, *command) == expected, name
+        expected = orjson.loads((answers / f"{name}.json").read_bytes())
+        assert run_json(url, *command) == _with_exports(name, expected, answers), name
     # Its export still verifies
     assert run(url, "export", "verify", str(LEGACY / "export-by-223a2a8")).exit_code == 0
     # And a tie recorded since is judged by its position: the disclosure came first
@@ -192,11 +193,39 @@ QUESTIONS_952619B: dict[str, list[str]] = {
 }
 
 
+def _with_exports(name: str, answer: Any, answers: Path) -> Any:
+    """An earlier version's answer, as changed on purpose since: a customer's trail lists
+    each due-diligence export that held their data (an export "is itself recorded as a
+    disclosure to the acquirer", SPEC §5). Each fixture's export, the last command that
+    built it (`export list` of then), held every customer (its count says so), pseudonymous,
+    their orders included (`customer show` of then)."""
+    if not name.startswith("trail-"):
+        return answer
+    exports = orjson.loads((answers / "exportlist.json").read_bytes())["exports"]
+    customers = sorted(path.name for path in answers.glob("show-*.json"))
+    ref = name.removeprefix("trail-")
+    orders = orjson.loads((answers / f"show-{ref}.json").read_bytes())["orders"]
+    for export in exports:
+        assert export["customers"] == len(customers) and not export["identified"]
+        answer["disclosures"].append(
+            {
+                **{k: export[k] for k in ("at", "recipient", "recipient_kind", "purpose")},
+                "basis": export["basis"],
+                "categories": ["order_details"] if orders else [],
+                "order": None,
+                "fact_id": export["fact_id"],
+            }
+        )
+    return answer
+
+
 def _answered_since(name: str, answer: Any) -> Any:
     """952619b's answer, as changed on purpose since (README, Configuration): an order's
     status is its latest dispatch, delivery or cancellation in business time (0009: O502's
     dispatch reported late, dated before its delivery, no longer undoes it), and an erased
-    customer's suppression keeps no time (0010)."""
+    customer's suppression keeps no time (0010); its trails list its export
+    (`_with_exports`)."""
+    answer = _with_exports(name, answer, LEGACY / "answers-952619b")
     if name == "order-O502":
         answer["status"] = "delivered"
     elif name == "show-C102":

@@ -328,6 +328,27 @@ def test_every_preventive_check_reads_the_initiations_off_their_partial_index(
     assert "ix_ledger_facts_initiations" in " ".join(str(row) for row in plan), plan
 
 
+def test_each_trail_reads_the_exports_off_their_partial_index(ledger_url: str) -> None:
+    """`customer trail` reads the due-diligence exports recorded after the customer's first
+    event: off the partial index of 0012, not a scan of the whole fact index."""
+    from ledger.persistence.database import normalise_url
+    from ledger.persistence.sqlite_reads import SELECT_CUSTOMER_EXPORTS, for_driver
+
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    engine = sa.create_engine(normalise_url(ledger_url))
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                sql = f"EXPLAIN QUERY PLAN {SELECT_CUSTOMER_EXPORTS}"
+            else:  # (an empty table: seq scans off, or the planner rightly takes one)
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                sql = f"EXPLAIN {for_driver(SELECT_CUSTOMER_EXPORTS, 'format')}"
+            plan = conn.exec_driver_sql(sql, ("C1",)).all()
+    finally:
+        engine.dispose()
+    assert "ix_ledger_facts_exports" in " ".join(str(row) for row in plan), plan
+
+
 def test_upgrades_started_together_on_a_new_database_run_one_after_the_other(
     ledger_url: str,
 ) -> None:

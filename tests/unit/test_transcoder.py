@@ -45,6 +45,7 @@ def sample(name: str, annotation: str) -> Any:
         "str": f"{name}-value",
         "str|None": f"{name}-value",
         "int": 7,
+        "int|None": 11,
         "datetime": MOMENT,
         "Decimal": Decimal("1234.5600"),
         "UUID": uuid4(),

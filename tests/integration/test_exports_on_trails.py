@@ -1,0 +1,181 @@
+"""A due-diligence export is on the trail of each customer whose data it held.
+
+SPEC §5: the export "is itself recorded as a disclosure to the acquirer"; SPEC §1, support
+staff answer "who has my data". An export holds the customers registered among the events it
+read (and, made `--as-of` T, registered by T); pseudonymous or not, the acquirer received
+their consents, orders and disclosures. The expected rows below follow from each scenario's
+own facts and exports: which customer was registered when, and which export read what.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ledger.exports import Exporter
+from ledger.feed import iso
+from tests.cli_helpers import run, run_json
+from tests.examples import jsonl, line
+
+ACQUIRER = "Contoso Holdings"
+SPEC_KEYS = ["at", "recipient", "recipient_kind", "purpose", "basis", "categories", "order"]
+
+
+def _import(url: str, facts: list[dict[str, Any]], path: Path) -> None:
+    path.write_bytes(jsonl(facts))
+    assert run_json(url, "import", str(path))["accepted"] == len(facts)
+
+
+def _register(ref: str, minutes: float) -> dict[str, Any]:
+    return line("customer.registered", f"{ref}-r", minutes, customer=ref)
+
+
+def _export(url: str, out: Path, *options: str) -> dict[str, Any]:
+    document = run_json(
+        url, "export", "due-diligence", "--acquirer", ACQUIRER, "--out", str(out), *options
+    )
+    listed = run_json(url, "export", "list")["exports"]
+    (recorded,) = [e for e in listed if e["export_id"] == document["export_id"]]
+    return recorded
+
+
+def _exports_on_trail(url: str, ref: str, *options: str) -> list[dict[str, Any]]:
+    rows = run_json(url, "customer", "trail", ref, *options)["disclosures"]
+    return [
+        row for row in rows if row["fact_id"].startswith("export-") and "/" not in row["fact_id"]
+    ]
+
+
+def _row(export: dict[str, Any], categories: list[str]) -> dict[str, Any]:
+    """The trail row an export is for a customer it held."""
+    return {
+        "at": export["at"],
+        "recipient": ACQUIRER,
+        "recipient_kind": "acquirer",
+        "purpose": "business_transfer",
+        "basis": "legitimate_interests",
+        "categories": categories,
+        "order": None,
+        "fact_id": export["fact_id"],
+    }
+
+
+@pytest.fixture
+def url(ledger_url: str) -> str:
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    return ledger_url
+
+
+def test_each_export_is_on_the_trail_of_the_customers_it_held(url: str, tmp_path: Path) -> None:
+    # C1 registers in January 2025 and orders; C2 registers in March, orders nothing
+    _import(
+        url,
+        [
+            _register("C1", 0),
+            line("order.placed", "C1-o", 60, customer="C1", order="O1"),
+            _register("C2", 60 * 24 * 50),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    # An export as of February holds C1 only; one of today holds both
+    february = _export(url, tmp_path / "feb", "--as-of", "2025-02-01")
+    today = _export(url, tmp_path / "today")
+    # C3 registers after both: neither held it
+    _import(url, [_register("C3", 60 * 24 * 60)], tmp_path / "b.jsonl")
+
+    assert _exports_on_trail(url, "C1") == [
+        _row(february, ["order_details"]),
+        _row(today, ["order_details"]),
+    ]
+    assert _exports_on_trail(url, "C2") == [_row(today, [])]
+    assert _exports_on_trail(url, "C3") == []
+    # The rows keep SPEC §5's keys, and the trail stays ordered by `at`
+    trail = run_json(url, "customer", "trail", "C1")["disclosures"]
+    assert all(list(row) == [*SPEC_KEYS, "fact_id"] for row in trail)
+    assert [row["at"] for row in trail] == sorted(row["at"] for row in trail)
+    # In business time and in recorded time: not before the export was made
+    assert _exports_on_trail(url, "C1", "--as-of", "2025-06-30") == []
+    assert _exports_on_trail(url, "C1", "--known-at", february["at"]) == []
+    assert _exports_on_trail(url, "C1", "--as-of", today["at"]) == [
+        _row(february, ["order_details"]),
+        _row(today, ["order_details"]),
+    ]
+    # The text table lists them too
+    text = run(url, "customer", "trail", "C2").stdout
+    assert today["fact_id"] in text and february["fact_id"] not in text
+
+
+def test_the_subject_access_pack_lists_the_exports_that_held_the_customer(
+    url: str, tmp_path: Path
+) -> None:
+    _import(url, [_register("C1", 0)], tmp_path / "a.jsonl")
+    export = _export(url, tmp_path / "dd")
+    out = tmp_path / "pack.json"
+    assert run(url, "customer", "access-export", "C1", "--out", str(out)).exit_code == 0
+    pack = orjson.loads(out.read_bytes())
+    assert pack["disclosures"] == [_row(export, [])]
+    assert [row["recipient"] for row in pack["recipients"]] == [ACQUIRER]
+    readable = (tmp_path / "pack.json.md").read_text()
+    assert f"| {export['at']} | {ACQUIRER} | acquirer |" in readable
+    assert "due-diligence export to a prospective buyer" in readable
+
+
+def test_an_identified_export_is_listed_once_and_an_erased_customer_keeps_its_pseudonymous_row(
+    url: str, tmp_path: Path
+) -> None:
+    _import(
+        url,
+        [
+            _register("C1", 0),
+            _register("C2", 1),
+            line("subject.erased", "C2-x", 2, customer="C2"),
+            line("transfer.initiated", "t-1", 3, acquirer=ACQUIRER),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = _export(url, tmp_path / "dd", "--identified")
+    # C1, named with its personal data, has the export's own transfer.disclosure only
+    trail = run_json(url, "customer", "trail", "C1")["disclosures"]
+    mine = [row for row in trail if row["fact_id"].startswith(export["fact_id"])]
+    assert [row["fact_id"].startswith(f"{export['fact_id']}/") for row in mine] == [True]
+    # C2, erased, was held pseudonymously: the export itself is on its trail
+    assert _exports_on_trail(url, "C2") == [_row(export, [])]
+
+
+def test_a_customer_registered_while_an_export_ran_is_not_on_its_trail(
+    ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export reads events 1..N; a customer registered after N, before the export is
+    recorded, is not in it (`tree_size`, version 2 of the export's event)."""
+    from ledger.config import open_ledger, upgrade
+    from ledger.exports import ExportRequest, export_due_diligence
+    from ledger.persistence.database import Database
+
+    upgrade(Database(ledger_url))
+    ledger = open_ledger(ledger_url)
+    try:
+        ledger.import_lines([jsonl([_register("C1", 0)])])
+        recording = Exporter._record
+
+        def register_meanwhile(self: Exporter, *args: Any) -> None:
+            self.app.import_lines([jsonl([_register("C2", 1)])])
+            recording(self, *args)
+
+        monkeypatch.setattr(Exporter, "_record", register_meanwhile)
+        result = export_due_diligence(ledger, ExportRequest(out=tmp_path / "dd", acquirer=ACQUIRER))
+    finally:
+        ledger.database.dispose()
+    assert result.customers == 1
+    export = {"at": iso(_recorded_at(ledger_url, result.fact_id)), "fact_id": result.fact_id}
+    assert _exports_on_trail(ledger_url, "C1") == [_row(export, [])]
+    assert _exports_on_trail(ledger_url, "C2") == []
+
+
+def _recorded_at(url: str, fact_id: str) -> Any:
+    from ledger.feed import parse_time
+
+    (export,) = [e for e in run_json(url, "export", "list")["exports"] if e["fact_id"] == fact_id]
+    return parse_time(export["at"])
