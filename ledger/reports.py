@@ -43,8 +43,10 @@ class Document:
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
 
-    def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("heading", (level, text)))
+    def heading(self, text: str, level: int = 2, *, anchor: str | None = None) -> None:
+        """A heading; `anchor`: its section's fixed id, where the text changes between
+        reports (a count in it) and links to the section must not."""
+        self.blocks.append(("heading", (level, text, anchor)))
 
     def para(self, text: str) -> None:
         self.blocks.append(("para", text))
@@ -86,8 +88,9 @@ class Document:
         out = []
         for kind, value in self.blocks:
             if kind == "heading" and value[0] in (2, 3):
-                level, text = value
-                slug = re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-") or "s"
+                level, text, fixed = value
+                slug = fixed or re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-")
+                slug = slug or "s"
                 anchor = f"{slug}-{seen[slug]}" if seen[slug] else slug
                 seen[slug] += 1
                 out.append((level, text, anchor))
@@ -103,7 +106,9 @@ def to_markdown(doc: Document) -> str:
     out = [f"# {_md(doc.title)}", ""]
     for kind, value in doc.blocks:
         if kind == "heading":
-            level, text = value
+            level, text, anchor = value
+            if anchor is not None:  # (renderers that keep HTML; others slug the text)
+                out.append(f'<a id="{esc(anchor)}"></a>')
             out += ["#" * level + " " + _md(text), ""]
         elif kind == "para":
             out += [_md_para(value), ""]
@@ -276,7 +281,7 @@ def to_html(doc: Document) -> str:
     open_levels: list[int] = []
     for kind, value in doc.blocks:
         if kind == "heading":
-            level, text = value
+            level, text, _ = value
             if level in (2, 3):
                 while open_levels and open_levels[-1] >= level:
                     out.append("</section>")
@@ -609,7 +614,7 @@ def auditor_report(
         found = [v for v in violations if v.rule == rule]
         if not found:
             continue
-        doc.heading(f"{rule} ({len(found)})", 3)
+        doc.heading(f"{rule} ({len(found)})", 3, anchor=f"violations-{rule}")
         doc.table(
             ["at", "customer", "fact_id", "fact type"],
             [[iso(v.at), v.customer, v.fact_id, types.get(v.fact_id)] for v in found],

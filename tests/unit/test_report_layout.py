@@ -42,11 +42,26 @@ def test_the_glance_comes_first_then_the_details_with_contents_linking_each_sect
     anchors = re.findall(r'<a href="#([^"]+)">', page)
     ids = re.findall(r'<section id="([^"]+)">', page)
     assert anchors == ids and len(set(ids)) == len(ids)
-    assert "headline-figures" in ids and "marketing_without_consent-3" in ids
+    assert "headline-figures" in ids and "violations-marketing_without_consent" in ids
     assert page.count("<section") == page.count("</section>")
     markdown = to_markdown(auditor_report(figures(), NOW))
     assert "- [Headline figures](#headline-figures)" in markdown
-    assert "  - [marketing_without_consent (1)](#marketing_without_consent-1)" in markdown
+    link = "(#violations-marketing_without_consent)"
+    assert f"  - [marketing_without_consent (1)]{link}" in markdown
+    assert '<a id="violations-marketing_without_consent"></a>' in markdown
+
+
+def test_a_rules_section_keeps_its_anchor_whatever_its_count() -> None:
+    """A link to a rule's violations (bookmarked, sent to a colleague) still leads there in
+    next month's report, though its count in the heading changed."""
+    ids = [
+        re.findall(
+            r'<section id="([^"]+)">', to_html(auditor_report(figures(violations=many(n)), NOW))
+        )
+        for n in (3, 250)
+    ]
+    assert ids[0] == ids[1]
+    assert "violations-marketing_without_consent" in ids[0]
 
 
 def test_a_rule_shows_its_first_100_violations_and_folds_the_rest_away() -> None:
