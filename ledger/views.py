@@ -191,20 +191,26 @@ def trail_rows(
     an earlier recorded time (which may not hold the erasure); else read from `events`.
 
     `exports`: the due-diligence exports recorded after the customer's first event (rows of
-    `sqlite_reads.SELECT_CUSTOMER_EXPORTS`); each that held the customer's data is on the
-    trail too (`export_rows`), after the disclosures of the same time."""
+    `sqlite_reads.customer_exports`); each that held the customer's data is on the trail
+    too (`export_rows`), among the disclosures of the same time in recording order (SPEC
+    §1: a disclosure recorded after an export, dated at its very time, comes after it)."""
     ordered = business_order(events)
-    dated = [
-        (event.at, disclosure_row(event))
-        for event in ordered
-        if is_disclosure(event) and (as_of is None or event.at <= as_of)
-    ]
+    disclosures = [e for e in ordered if is_disclosure(e) and (as_of is None or e.at <= as_of)]
     if exports:
-        dated += [
-            (at, row) for at, row in export_rows(exports, ordered) if as_of is None or at <= as_of
+        positions: dict[int, int] = exports[0][3]
+        dated = [
+            ((event.at, positions.get(event.originator_version, 0)), disclosure_row(event))
+            for event in disclosures
         ]
-        dated.sort(key=lambda item: item[0])  # (stable: recording order within a time)
-    rows = [row for _, row in dated]
+        dated += [
+            ((at, position), row)
+            for at, position, row in export_rows(exports, ordered)
+            if as_of is None or at <= as_of
+        ]
+        dated.sort(key=lambda item: item[0])
+        rows = [row for _, row in dated]
+    else:
+        rows = [disclosure_row(event) for event in disclosures]
     if erased is None:
         erased = any(event_name(event) == "Customer.Erased" for event in ordered)
     if rows and erased:
@@ -212,8 +218,6 @@ def trail_rows(
     return rows
 
 
-# A version-1 export's state: no `tree_size` (`export_rows`).
-_VERSION_1 = object()
 _EXPORT_FACT_ID = re.compile(r"export-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 _EXPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "at": datetime,
@@ -227,59 +231,84 @@ _EXPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def _export_state(position: int, data: Any) -> tuple[dict[str, Any], int | None, datetime | None]:
+    """An export's stored state, the last position it read (None: a version-1 export, which
+    did not keep it) and its `as_of` as a time; a state of another shape than the ledger
+    writes is an `UnreadableEventError`."""
+    where = f" (the export at position {position})"
+    try:
+        state = decode_state(data)
+    except UnreadableEventError:
+        raise UnreadableEventError(where) from None
+    if any(not isinstance(state.get(k), t) for k, t in _EXPORT_FIELDS.items()):
+        raise UnreadableEventError(where)
+    version = state.get("class_version", 1)
+    tree_size = state.get("tree_size")
+    if version == 1 and "tree_size" not in state:
+        tree_size = None
+    elif version != 2 or type(tree_size) is not int or tree_size < 0:
+        raise UnreadableEventError(where)
+    as_of = None
+    try:
+        if state["as_of"] is not None:
+            as_of = datetime.fromisoformat(state["as_of"])
+    except ValueError:
+        raise UnreadableEventError(where) from None
+    if state["at"].utcoffset() is None or (as_of is not None and as_of.utcoffset() is None):
+        raise UnreadableEventError(where)  # (a naive time is not comparable with the others)
+    return state, tree_size, as_of
+
+
 def export_rows(
     exports: Iterable[Sequence[Any]], events: Sequence[Any]
-) -> list[tuple[datetime, dict[str, Any]]]:
+) -> list[tuple[datetime, int, dict[str, Any]]]:
     """The due-diligence exports that held a customer's data, each as a trail row with its
-    time: SPEC §5, an export "is itself recorded as a disclosure to the acquirer".
+    time and position: SPEC §5, an export "is itself recorded as a disclosure to the
+    acquirer".
 
-    `exports`: (the customer's first position, the export's position, its stored state);
-    `events`: the customer's, in business order. An export holds the customers registered
-    among the events it read, 1..its `tree_size` (a version-1 export did not keep it: those
-    registered before its own event), and, if it was made `as_of` a time, registered by
-    then. An identified export names each customer it holds the personal data of with a
-    `transfer.disclosure` of its own, fact id `export-<id>/<n>`, on their trail already: it
-    is not listed again for them. The categories are those it holds pseudonymously:
-    `order_details` if the customer had placed an order by its `as_of` (or its time). A
-    stored state of the wrong shape is an `UnreadableEventError`."""
+    `exports`: (the customer's first position, the export's position, its stored state, the
+    position of each of the customer's events by stream version); `events`: the customer's,
+    in business order. An export holds the customers registered among the events it read,
+    1..its `tree_size` (a version-1 export did not keep it: those registered before its own
+    event), and, if it was made `as_of` a time, registered by then. An identified export
+    names each customer it holds the personal data of with a `transfer.disclosure` of its
+    own, fact id `export-<id>/<n>`, on their trail already: it is not listed again for them.
+    The categories are those it holds pseudonymously: `order_details` if it read an order
+    of the customer's (placed by its `as_of`, if it has one), as its `orders` table does: not
+    one recorded after it, though dated before it. A stored state of the wrong shape is an
+    `UnreadableEventError`."""
     registered = next((e.at for e in events if event_name(e) == "Customer.Registered"), None)
     named = [e.fact_id for e in events if is_disclosure(e)]
-    placed = [e.at for e in events if event_name(e) == "Customer.OrderPlaced"]
+    placed = [
+        (e.at, e.originator_version) for e in events if event_name(e) == "Customer.OrderPlaced"
+    ]
     rows = []
-    for customer_position, position, data in exports:
-        where = f" (the export at position {position})"
-        try:
-            state = decode_state(data)
-        except UnreadableEventError:
-            raise UnreadableEventError(where) from None
-        if any(not isinstance(state.get(k), t) for k, t in _EXPORT_FIELDS.items()):
-            raise UnreadableEventError(where)
-        tree_size = state.get("tree_size", _VERSION_1)
-        if not (isinstance(tree_size, int) or tree_size is _VERSION_1):
-            raise UnreadableEventError(where)
-        try:
-            until = datetime.fromisoformat(state["as_of"]) if state["as_of"] else state["at"]
-        except ValueError:
-            raise UnreadableEventError(where) from None
+    for customer_position, position, data, positions in exports:
+        state, tree_size, as_of = _export_state(position, data)
+        read = position - 1 if tree_size is None else tree_size  # the last position it read
         fact_id = state["fact_id"]
         if (
             registered is None
-            or (tree_size is not _VERSION_1 and customer_position > tree_size)
-            or (state["as_of"] and registered > until)
+            or customer_position > read
+            or (as_of is not None and registered > as_of)
             or any(name.startswith(f"{fact_id}/") for name in named)
         ):
             continue
+        ordered = any(
+            positions.get(version, read + 1) <= read and (as_of is None or at <= as_of)
+            for at, version in placed
+        )
         row = {
             "at": iso(state["at"]),
             "recipient": state["recipient"],
             "recipient_kind": state["recipient_kind"],
             "purpose": state["purpose"],
             "basis": state["basis"],
-            "categories": ["order_details"] if any(at <= until for at in placed) else [],
+            "categories": ["order_details"] if ordered else [],
             "order": None,
             "fact_id": fact_id,
         }
-        rows.append((state["at"], row))
+        rows.append((state["at"], position, row))
     return rows
 
 

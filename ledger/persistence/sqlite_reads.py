@@ -70,14 +70,29 @@ SELECT_CUSTOMER_EXPORTS_KNOWN = (
 )
 
 
+# The position of each of a customer's events, by stream version: which of them an export
+# read (its orders), and where the export falls among them in recording order.
+SELECT_CUSTOMER_POSITIONS = (
+    "SELECT e.originator_version, e.notification_id FROM ledger_customers c "
+    "JOIN ledger_events e ON e.originator_id = c.customer_id WHERE c.customer_ref = ?"
+)
+
+
 def customer_exports(
     fetch: Callable[[str, tuple[Any, ...]], list[Any]], ref: str, known_at: datetime | None
-) -> list[Any]:
+) -> list[tuple[int, int, Any, dict[int, int]]]:
     """The rows of `SELECT_CUSTOMER_EXPORTS` for customer `ref` (those recorded by
-    `known_at`, if given), through `fetch` (`Database.fetch_on_driver`)."""
+    `known_at`, if given), through `fetch` (`Database.fetch_on_driver`), each with the
+    position of every event of the customer's by stream version (`SELECT_CUSTOMER_POSITIONS`,
+    read only when there is an export)."""
     if known_at is None:
-        return fetch(SELECT_CUSTOMER_EXPORTS, (ref,))
-    return fetch(SELECT_CUSTOMER_EXPORTS_KNOWN, (ref, checkpoint_time(known_at)))
+        rows = fetch(SELECT_CUSTOMER_EXPORTS, (ref,))
+    else:
+        rows = fetch(SELECT_CUSTOMER_EXPORTS_KNOWN, (ref, checkpoint_time(known_at)))
+    if not rows:
+        return []
+    positions = {int(version): int(at) for version, at in fetch(SELECT_CUSTOMER_POSITIONS, (ref,))}
+    return [(first, position, state, positions) for first, position, state in rows]
 
 
 # The last version of a stream among the first N events (SQLite: the id's 32 hex digits).

@@ -145,6 +145,63 @@ def test_an_identified_export_is_listed_once_and_an_erased_customer_keeps_its_ps
     assert _exports_on_trail(url, "C2") == [_row(export, [])]
 
 
+def test_an_exports_categories_are_the_orders_it_read(url: str, tmp_path: Path) -> None:
+    """`order_details` is on an export's row if the export held an order of the customer's:
+    one it read (its `orders` table), whatever its business time, and not one recorded
+    after it, though dated before it (review of 2d05fea: the row followed the orders' times
+    only, so it named orders the export never had and missed ones it had)."""
+    three_years = 60 * 24 * 365 * 3
+    _import(
+        url,
+        [
+            _register("C1", 0),
+            _register("C2", 1),
+            # C2's order is dated years ahead (the feed allows it): the export reads it
+            line("order.placed", "C2-o", three_years, customer="C2", order="O2"),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = _export(url, tmp_path / "dd")
+    as_of = _export(url, tmp_path / "dd-as-of", "--as-of", "2025-02-01")
+    # C1's order is reported after both exports, dated before them: neither held it
+    _import(url, [line("order.placed", "C1-o", 60, customer="C1", order="O1")], tmp_path / "b")
+    later = _export(url, tmp_path / "dd-later")
+
+    def orders(folder: str) -> int:
+        return sum(1 for _ in (tmp_path / folder / "orders.jsonl").read_bytes().splitlines())
+
+    assert (orders("dd"), orders("dd-as-of"), orders("dd-later")) == (1, 0, 2)
+    assert _exports_on_trail(url, "C1") == [
+        _row(export, []),
+        _row(as_of, []),
+        _row(later, ["order_details"]),
+    ]
+    assert _exports_on_trail(url, "C2") == [
+        _row(export, ["order_details"]),
+        _row(as_of, []),
+        _row(later, ["order_details"]),
+    ]
+
+
+def test_a_disclosure_at_an_exports_very_time_recorded_after_it_follows_it(
+    url: str, tmp_path: Path
+) -> None:
+    """SPEC §1: ties at the same `at` are broken by recording order, the export's row too
+    (review of 2d05fea: it came after every disclosure of its time)."""
+    _import(
+        url,
+        [_register("C1", 0), line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER)],
+        tmp_path / "a.jsonl",
+    )
+    export = _export(url, tmp_path / "dd")
+    fact = line("transfer.disclosure", "late", 0, customer="C1", acquirer=ACQUIRER)
+    fact["at"] = export["at"]
+    assert run(url, "record", orjson.dumps(fact).decode()).exit_code == 0
+    trail = run_json(url, "customer", "trail", "C1")["disclosures"]
+    assert [row["fact_id"] for row in trail] == [export["fact_id"], "late"]
+    assert trail[0]["at"] == trail[1]["at"]
+
+
 def test_a_customer_registered_while_an_export_ran_is_not_on_its_trail(
     ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,13 +82,13 @@ def test_export_rows_read_each_version_of_the_export_event() -> None:
         "Customer.Registered",
         {"at": datetime(2025, 1, 1, tzinfo=UTC), "fact_id": "r", "originator_version": 1},
     )
-    held = views.export_rows([(20, 30, _export_state(1))], [registered])
-    assert [row["fact_id"] for _, row in held] == ["export-7f8d66f1-0084-4899-b80e-655984be6627"]
-    assert len(views.export_rows([(10, 30, _export_state(2))], [registered])) == 1
-    assert views.export_rows([(11, 30, _export_state(2))], [registered]) == []
+    held = views.export_rows([(20, 30, _export_state(1), {1: 20})], [registered])
+    assert [row["fact_id"] for _, _, row in held] == ["export-7f8d66f1-0084-4899-b80e-655984be6627"]
+    assert len(views.export_rows([(10, 30, _export_state(2), {1: 10})], [registered])) == 1
+    assert views.export_rows([(11, 30, _export_state(2), {1: 11})], [registered]) == []
     # Made as of a time before the registration: not held
     as_of = _export_state(2, as_of="2024-12-31T00:00:00Z")
-    assert views.export_rows([(5, 30, as_of)], [registered]) == []
+    assert views.export_rows([(5, 30, as_of, {1: 5})], [registered]) == []
 
 
 @pytest.mark.parametrize(
@@ -99,6 +99,13 @@ def test_export_rows_read_each_version_of_the_export_event() -> None:
         {"at": 5},
         {"as_of": "yesterday"},
         {"categories": "x"},
+        # Review of 2d05fea: each of these was read as if it were the ledger's, or crashed
+        # (a naive time compared with the others: 'unexpected TypeError', exit 1)
+        {"at": "2026-01-02T00:00:00"},
+        {"as_of": "2025-12-31T00:00:00"},
+        {"tree_size": True},
+        {"tree_size": -1},
+        {"class_version": 3},
     ],
 )
 def test_an_export_state_of_another_shape_is_unreadable(changes: dict[str, Any]) -> None:
@@ -109,7 +116,20 @@ def test_an_export_state_of_another_shape_is_unreadable(changes: dict[str, Any])
         {"at": datetime(2025, 1, 1, tzinfo=UTC), "fact_id": "r", "originator_version": 1},
     )
     with pytest.raises(UnreadableEventError, match="position 30"):
-        views.export_rows([(5, 30, _export_state(2, **changes))], [registered])
+        views.export_rows([(5, 30, _export_state(2, **changes), {1: 5})], [registered])
+
+
+def test_a_version_2_export_state_without_its_tree_size_is_unreadable() -> None:
+    from ledger.errors import UnreadableEventError
+
+    registered = views.StoredFact(
+        "Customer.Registered",
+        {"at": datetime(2025, 1, 1, tzinfo=UTC), "fact_id": "r", "originator_version": 1},
+    )
+    state = orjson.loads(_export_state(2))
+    del state["tree_size"]  # (read as a version 1 export's, it held more customers)
+    with pytest.raises(UnreadableEventError, match="position 30"):
+        views.export_rows([(5, 30, orjson.dumps(state), {1: 5})], [registered])
 
 
 def test_the_consent_classes_are_named_as_recorded() -> None:
