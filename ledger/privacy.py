@@ -388,8 +388,8 @@ def access_pack_markdown(pack: dict[str, Any]) -> str:
 _EXPORT_NOTE = (
     "A disclosure to an acquirer with no order was a due-diligence export to a prospective "
     "buyer of the business: it held your consents, your orders (if it lists order_details) "
-    "and the disclosures above it, under a pseudonym, not your name, email, phone or address "
-    "(unless it also lists those categories)."
+    "and the disclosures recorded before it, under a pseudonym, not your name, email, phone "
+    "or address (unless it also lists those categories)."
 )
 
 
