@@ -155,6 +155,10 @@ def create_signing_key(database: Database) -> bool:
         return False
     signed_by = _latest_key_id(database)
     if signed_by is not None:
+        # Another first command may have made the pair since the look above: it links its
+        # key file into place before it keeps the key's id, so the file is there by now.
+        if private_path.exists():
+            return create_signing_key(database)
         raise ConfigurationError(_missing_key_message(private_path, signed_by))
     key = Ed25519PrivateKey.generate()
     try:

@@ -322,6 +322,39 @@ def test_a_second_machine_is_refused_even_before_the_first_checkpoint(
     assert not (elsewhere / "signing.key").exists()
 
 
+def test_a_first_command_that_finds_the_key_pair_made_meanwhile_by_another_takes_it(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four first commands racing on a new ledger: one saw no signing key, then, before it
+    read the ledger's key id, another made the pair and kept its id. It was refused ('no
+    signing key ... this ledger signs with key ...', exit 1): the key is there by then, and
+    it must take it."""
+    from ledger.persistence import seals
+    from ledger.persistence.database import Database
+
+    database = Database(ledger_url)
+    try:
+        assert run(ledger_url, "db", "upgrade").exit_code == 0
+        private = _key_dir() / "signing.key"
+        made = private.read_bytes()
+        key_id = seals._latest_key_id(database)
+        private.unlink()  # as the other command's key was when this one looked
+        looked_up = seals._latest_key_id
+
+        def another_makes_it_meanwhile(db: Database) -> str | None:
+            if not private.exists():
+                private.write_bytes(made)
+                private.chmod(0o600)
+            return looked_up(db)
+
+        monkeypatch.setattr(seals, "_latest_key_id", another_makes_it_meanwhile)
+        assert seals.create_signing_key(database) is False
+        assert seals._latest_key_id(database) == key_id
+        assert private.read_bytes() == made
+    finally:
+        database.dispose()
+
+
 def tables_checkpoints() -> sa.Table:
     from ledger.persistence.seals import checkpoints
 
