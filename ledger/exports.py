@@ -70,6 +70,7 @@ from ledger.errors import (
     InputError,
     IntegrityFailure,
     RuleViolationError,
+    UnreadableEventError,
     WorkerLostError,
 )
 from ledger.feed import iso, text_field
@@ -79,6 +80,7 @@ from ledger.persistence import export_store, seals
 from ledger.persistence.database import signals_held
 from ledger.persistence.keys import load_master_key
 from ledger.persistence.recorder import resolve_stored_topic
+from ledger.persistence.stored_state import aware_time
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
@@ -1206,7 +1208,7 @@ class EventDecoder:
         runs for every event an export reads)."""
         classes = self.classes
         loads = orjson.loads
-        parse = datetime.fromisoformat
+        parse = aware_time
         new = object.__new__
         set_dict = object.__setattr__
         events: list[Any] = []
@@ -1216,20 +1218,25 @@ class EventDecoder:
                 cls = resolve_stored_topic(topic, f" (stream {originator_id}, version {version})")
                 plan = classes[topic] = (cls, getattr(cls, "class_version", 1) != 1)
             cls, versioned = plan
-            state = loads(data)
-            if versioned or "class_version" in state:
-                stored = StoredEvent(originator_id, version, topic, bytes(data))
-                events.append(self.mapper.to_domain_event(stored))
-                continue
-            # The typed fields, as the ledger's transcoder decodes them (tested equal).
-            at = state.get("at")
-            if at is not None:
-                state["at"] = parse(at)
-            stamp = state.get("timestamp")
-            if stamp is not None:
-                state["timestamp"] = parse(stamp)
-            if "total" in state:
-                state["total"] = Decimal(state["total"])
+            # The typed fields, as the ledger's transcoder decodes them (tested equal); a
+            # state it cannot have written is unreadable, as there.
+            try:
+                state = loads(data)
+                if versioned or "class_version" in state:
+                    stored = StoredEvent(originator_id, version, topic, bytes(data))
+                    events.append(self.mapper.to_domain_event(stored))
+                    continue
+                at = state.get("at")
+                if at is not None:
+                    state["at"] = parse(at)
+                stamp = state.get("timestamp")
+                if stamp is not None:
+                    state["timestamp"] = parse(stamp)
+                if "total" in state:
+                    state["total"] = Decimal(state["total"])
+            except (ValueError, TypeError, AttributeError, ArithmeticError):
+                where = f" (stream {originator_id}, version {version})"
+                raise UnreadableEventError(where) from None
             state["originator_id"] = originator_id
             state["originator_version"] = version
             event: Any = new(cls)

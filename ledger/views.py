@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ledger.errors import IntegrityFailure, UnreadableEventError
 from ledger.feed import iso
 from ledger.free_text import rows_withheld
-from ledger.persistence.stored_state import decode_state
+from ledger.persistence.stored_state import aware_time, decode_state
 from ledger.vocabulary import PURPOSE_CHANNELS
 
 if TYPE_CHECKING:
@@ -248,14 +248,10 @@ def _export_state(position: int, data: Any) -> tuple[dict[str, Any], int | None,
         tree_size = None
     elif version != 2 or type(tree_size) is not int or tree_size < 0:
         raise UnreadableEventError(where)
-    as_of = None
-    try:
-        if state["as_of"] is not None:
-            as_of = datetime.fromisoformat(state["as_of"])
+    try:  # (`decode_state` has read `at` so: a time with its offset)
+        as_of = None if state["as_of"] is None else aware_time(state["as_of"])
     except ValueError:
         raise UnreadableEventError(where) from None
-    if state["at"].utcoffset() is None or (as_of is not None and as_of.utcoffset() is None):
-        raise UnreadableEventError(where)  # (a naive time is not comparable with the others)
     return state, tree_size, as_of
 
 

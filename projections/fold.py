@@ -27,6 +27,7 @@ from eventsourcing.utils import get_topic
 
 from ledger.domainmodel import Acquirer, Customer, OrderState, add_in_time_order
 from ledger.errors import UnreadableEventError
+from ledger.persistence.stored_state import aware_time
 from ledger.rules import JUDGED_TYPES
 from projections.base import stamp
 
@@ -212,7 +213,7 @@ class Folder:
         codes = self.codes if self.plain else {}
         timelines, with_links, stamps = self.timelines, self.links, self.stamps
         loads = orjson.loads
-        parse = datetime.fromisoformat
+        parse = aware_time  # (a time without its offset is not one the ledger wrote)
         judged_types = JUDGED_TYPES
         notice_codes = _NOTICE_CODES
         current: Any = None
@@ -429,8 +430,11 @@ class Folder:
 def _domain_event(cls: type[Any], ident: UUID, version: int, data: dict[str, Any]) -> Any:
     """The domain event of a decoded state, as the ledger's transcoder would give it."""
     state = dict(data)
-    state["at"] = datetime.fromisoformat(state["at"])
-    state["timestamp"] = datetime.fromisoformat(state["timestamp"])
+    try:
+        state["at"] = aware_time(state["at"])
+        state["timestamp"] = aware_time(state["timestamp"])
+    except (ValueError, TypeError, KeyError):
+        raise UnreadableEventError(f" (stream {ident}, version {version})") from None
     state["originator_id"] = ident
     state["originator_version"] = version
     event = object.__new__(cls)

@@ -571,11 +571,15 @@ def _rewritten_state(app: Any, position: int, how: str) -> bytes:
         return b"not json"
     if how == "not an object":
         return b"[]"
+    if how == "a time without its offset":  # (the ledger writes every time with one)
+        return orjson.dumps({**state, "at": state["at"][:19]})
     assert how == "a bad time"
     return orjson.dumps({**state, "at": "garbage"})
 
 
-@pytest.mark.parametrize("how", ["not json", "not an object", "a bad time"])
+@pytest.mark.parametrize(
+    "how", ["not json", "not an object", "a bad time", "a time without its offset"]
+)
 @pytest.mark.parametrize("workers", [False, True])
 def test_an_event_state_the_ledger_cannot_have_written_fails_reads_with_exit_4(
     recorded: Any, monkeypatch: pytest.MonkeyPatch, how: str, workers: bool
