@@ -1348,6 +1348,48 @@ def reidentify(app: ConsentLedger, export_id: str, alias: str) -> str:
     raise InputError(f"no customer of this ledger has pseudonym {alias!r} in export {export_id}")
 
 
+def customers_held(app: ConsentLedger) -> dict[str, int]:
+    """For each acquirer that received due-diligence exports, how many distinct customers
+    they held between them: those registered among the events each read (1..its
+    `tree_size`; a version-1 export: before its own event) and, for one made as of a time,
+    registered by then (as `ledger.views.export_rows` lists them on the customers' trails).
+    A registration time the ledger cannot have written is an `UnreadableEventError`."""
+    exported = [
+        event
+        for stream in export_store.exporting_streams(app.database)
+        for event in app.events.get(stream)
+        if isinstance(event, Acquirer.DueDiligenceExported)
+    ]
+    if not exported:
+        return {}
+    positions = export_store.fact_positions(app.database, [e.fact_id for e in exported])
+    plans: dict[str, list[tuple[int, datetime | None]]] = {}
+    for event in exported:
+        read = event.tree_size if event.tree_size is not None else positions[event.fact_id] - 1
+        as_of = aware_time(event.as_of) if event.as_of is not None else None
+        plans.setdefault(event.recipient, []).append((read, as_of))
+    dated = any(as_of is not None for plan in plans.values() for _, as_of in plan)
+    last = max(read for plan in plans.values() for read, _ in plan)
+    customers = []
+    for position, at in export_store.registrations(app.database, last, with_times=dated):
+        try:
+            customers.append((position, aware_time(at) if at is not None else None))
+        except (ValueError, TypeError):
+            raise UnreadableEventError(f" (the registration at position {position})") from None
+    return {
+        name: sum(
+            1
+            for position, registered in customers
+            if any(
+                position <= read
+                and (as_of is None or (registered is not None and registered <= as_of))
+                for read, as_of in plan
+            )
+        )
+        for name, plan in plans.items()
+    }
+
+
 def recorded_exports(app: ConsentLedger) -> list[dict[str, Any]]:
     """Every due-diligence export recorded, oldest first, as the disclosure it is (for the
     auditor's report): when, to whom, what, how many customers, the manifest's hash."""

@@ -14,6 +14,7 @@ import io
 import re
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -555,13 +556,15 @@ def auditor_report(
     generated_at: datetime,
     exports: list[dict[str, Any]] | None = None,
     integrity: dict[str, Any] | None = None,
+    held: Mapping[str, int] | None = None,
 ) -> Document:
     """The auditor's report: first what to know at a glance (the ledger's integrity, headline
     figures, violations by rule, the charts), then the details (each rule's violations, the first
-    `VIOLATIONS_SHOWN` shown and the rest folded away, orders, recipients, exports)."""
+    `VIOLATIONS_SHOWN` shown and the rest folded away, orders, recipients, exports). `held`:
+    the customers each acquirer's exports held (`with_exports`)."""
     doc = Document("consent-ledger: auditor's report")
     violations = figures.violations
-    registry = with_exports(figures.recipients, exports or [])
+    registry = with_exports(figures.recipients, exports or [], held)
     by_rule = Counter(v.rule for v in violations)
     months = all_months(figures.consent_by_month, figures.disclosures_by_month)
     doc.para(
@@ -807,15 +810,23 @@ def _rules(by_rule: Counter[str]) -> list[str]:
 
 
 def with_exports(
-    recipients: list[dict[str, Any]], exports: list[dict[str, Any]]
+    recipients: list[dict[str, Any]],
+    exports: list[dict[str, Any]],
+    held: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """The recipient registry (`projections.recipient_registry.registry`) with the
     due-diligence exports (`ledger.exports.recorded_exports`) in it, as the disclosures to an
     acquirer they are: each row gains `exports`, how many exports its recipient received,
-    and its first and last times, categories, purposes and bases cover them. An acquirer
-    that received exports only gets a row of its own, with no disclosures on customers'
-    trails (`disclosures` and `customers` count those). By kind, then name."""
-    rows = {(r["recipient_kind"], r["recipient"]): {**r, "exports": 0} for r in recipients}
+    and `exported_customers`, how many distinct customers they held between them (`held`,
+    by acquirer: `ledger.exports.customers_held`), and its first and last times,
+    categories, purposes and bases cover them. An acquirer that received exports only gets
+    a row of its own, with no disclosures recorded (`disclosures` and `customers` count
+    those). By kind, then name."""
+    held = held or {}
+    rows = {
+        (r["recipient_kind"], r["recipient"]): {**r, "exports": 0, "exported_customers": 0}
+        for r in recipients
+    }
     for export in exports:
         key = (export["recipient_kind"], export["recipient"])
         row = rows.get(key)
@@ -831,8 +842,10 @@ def with_exports(
                 "purposes": [],
                 "bases": [],
                 "exports": 0,
+                "exported_customers": 0,
             }
         row["exports"] += 1
+        row["exported_customers"] = held.get(export["recipient"], 0)
         at = datetime.fromisoformat(export["at"])
         if at < datetime.fromisoformat(row["first_at"]):
             row["first_at"] = export["at"]
@@ -855,6 +868,7 @@ def _registry_table(doc: Document, recipients: list[dict[str, Any]]) -> None:
             "disclosures",
             "customers",
             "exports",
+            "customers exported",
             "first",
             "last",
             "categories",
@@ -867,6 +881,7 @@ def _registry_table(doc: Document, recipients: list[dict[str, Any]]) -> None:
                 r["disclosures"],
                 r["customers"],
                 r["exports"],
+                r["exported_customers"],
                 r["first_at"][:10],
                 r["last_at"][:10],
                 r["categories"],
@@ -881,10 +896,13 @@ def _registry_table(doc: Document, recipients: list[dict[str, Any]]) -> None:
 
 
 def processing_records(
-    figures: Any, generated_at: datetime, exports: list[dict[str, Any]] | None = None
+    figures: Any,
+    generated_at: datetime,
+    exports: list[dict[str, Any]] | None = None,
+    held: Mapping[str, int] | None = None,
 ) -> Document:
     doc = Document("Records of processing activities (GDPR Art. 30)")
-    registry = with_exports(figures.recipients, exports or [])
+    registry = with_exports(figures.recipients, exports or [], held)
     doc.para(
         f"Derived {iso(generated_at)} from the ledger's vocabulary and from what it recorded "
         f"(event {figures.head:,}): every purpose, category, recipient and basis below is either "
@@ -997,6 +1015,7 @@ def processing_records(
             "disclosures",
             "customers",
             "due-diligence exports",
+            "customers exported",
             "categories",
         ],
         [
@@ -1006,6 +1025,7 @@ def processing_records(
                 disclosed[name]["disclosures"] if name in disclosed else 0,
                 disclosed[name]["customers"] if name in disclosed else 0,
                 disclosed[name]["exports"] if name in disclosed else 0,
+                disclosed[name]["exported_customers"] if name in disclosed else 0,
                 disclosed[name]["categories"] if name in disclosed else [],
             ]
             for name in names

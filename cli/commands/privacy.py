@@ -116,6 +116,7 @@ _REGISTRY_COLUMNS = (
     "disclosures",
     "customers",
     "exports",
+    "exported_customers",
     "first_at",
     "last_at",
     "categories",
@@ -137,15 +138,15 @@ _REGISTRY_COLUMNS = (
 def list_recipients(ledger: Any, kind: str | None, as_json: bool) -> None:
     """Every recipient the ledger has seen receive personal data (SPEC §1's registry), by
     kind then name: how many disclosures on customers' trails and of how many customers,
-    how many due-diligence exports (to an acquirer), the first and the last, and the
-    categories, purposes and bases. From the recipient registry read model, brought up to
-    the head of the log first, and the exports recorded."""
-    from ledger.exports import recorded_exports
+    how many due-diligence exports (to an acquirer) and how many customers they held, the
+    first and the last, and the categories, purposes and bases. From the recipient registry
+    read model, brought up to the head of the log first, and the exports recorded."""
+    from ledger.exports import customers_held, recorded_exports
     from ledger.reports import with_exports
 
     position, rows = ledger.read_models.recipients(kind)
     exports = [e for e in recorded_exports(ledger) if kind in (None, e["recipient_kind"])]
-    rows = with_exports(rows, exports)
+    rows = with_exports(rows, exports, customers_held(ledger) if exports else None)
     logs.summarise(rows=len(rows))
     if as_json:
         emit_json({"position": position, "recipients": rows})

@@ -45,7 +45,7 @@ def report_command(context: Any, out: Path, trust: bool, as_json: bool) -> None:
     written whatever it finds; exit 4 if the ledger does not verify or a read model
     disagrees with the events (the report says which, first)."""
     check_writable(out, keep_off=own_files(context.database))  # before building it
-    from ledger.exports import recorded_exports
+    from ledger.exports import customers_held, recorded_exports
     from ledger.reports import auditor_report, to_html
 
     def step(what: str) -> None:
@@ -55,7 +55,8 @@ def report_command(context: Any, out: Path, trust: bool, as_json: bool) -> None:
     now = datetime.now(UTC)
     figures, integrity = context.ledger.audited_figures(now, step, compare=not trust)
     exports = recorded_exports(context.ledger)
-    document = auditor_report(figures, now, exports, integrity=integrity)
+    held = customers_held(context.ledger)
+    document = auditor_report(figures, now, exports, integrity=integrity, held=held)
     put_file(out, to_html(document).encode())
     violations = len(figures.violations)
     logs.log.info(
@@ -122,12 +123,13 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
     recipients by kind and by name with counts, lawful bases, transfers."""
     if out is not None:
         check_writable(out, keep_off=own_files(context.database))
-    from ledger.exports import recorded_exports
+    from ledger.exports import customers_held, recorded_exports
     from ledger.reports import processing_records, to_html, to_markdown
 
     figures = context.ledger.read_models.figures(with_violations=False)
     exports = recorded_exports(context.ledger)
-    document = processing_records(figures, datetime.now(UTC), exports)
+    held = customers_held(context.ledger)
+    document = processing_records(figures, datetime.now(UTC), exports, held)
     text = to_html(document) if fmt == "html" else to_markdown(document)
     logs.log.info("report.processing", format=fmt, recipients=len(figures.recipients))
     if out is None:

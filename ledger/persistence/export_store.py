@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -173,6 +174,36 @@ def worker_event_rows(
         yield from _scan(raw, database.is_sqlite, upto, order_secret, ranks)
     finally:
         raw.close()
+
+
+def fact_positions(database: Database, fact_ids: list[str]) -> dict[str, int]:
+    """The position in the log of each of `fact_ids` recorded (from the fact index)."""
+    facts = tables.facts
+    with database.reading() as conn:
+        rows = conn.execute(
+            sa.select(facts.c.fact_id, facts.c.notification_id).where(facts.c.fact_id.in_(fact_ids))
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+
+def registrations(
+    database: Database, upto: int, *, with_times: bool
+) -> list[tuple[int, str | None]]:
+    """Each customer registered by event `upto`: the position of its registration (its
+    first event) and, `with_times`, the registration's stored `at` (ISO 8601 text)."""
+    customers, events = tables.customers, tables.events
+    with database.reading() as conn:
+        if not with_times:
+            rows = conn.execute(
+                sa.select(customers.c.notification_id).where(customers.c.notification_id <= upto)
+            )
+            return [(int(row[0]), None) for row in rows]
+        rows = conn.execute(
+            sa.select(customers.c.notification_id, events.c.state)
+            .join(events, events.c.notification_id == customers.c.notification_id)
+            .where(customers.c.notification_id <= upto)
+        )
+        return [(int(row[0]), orjson.loads(row[1]).get("at")) for row in rows]
 
 
 def registered_count(database: Database, upto: int) -> int:

@@ -236,3 +236,40 @@ def _recorded_at(url: str, fact_id: str) -> Any:
 
     (export,) = [e for e in run_json(url, "export", "list")["exports"] if e["fact_id"] == fact_id]
     return parse_time(export["at"])
+
+
+def test_the_registry_counts_the_distinct_customers_the_exports_held(
+    url: str, tmp_path: Path
+) -> None:
+    """`recipients list`: each acquirer's `exported_customers` is the number of customers
+    whose trail lists one of its exports (read the other way: from the trails)."""
+    _import(
+        url,
+        [_register("C1", 0), _register("C2", 60 * 24 * 50), _register("C3", 60 * 24 * 51)],
+        tmp_path / "a.jsonl",
+    )
+    _export(url, tmp_path / "feb", "--as-of", "2025-02-01")  # C1
+    _export(url, tmp_path / "all")  # C1, C2, C3
+    other = "Fabrikam Group"
+    run_json(
+        url,
+        "export",
+        "due-diligence",
+        "--acquirer",
+        other,
+        "--out",
+        str(tmp_path / "f"),
+        "--as-of",
+        "2025-03-01",
+    )  # C1, C2
+    _import(url, [_register("C4", 60 * 24 * 52)], tmp_path / "b.jsonl")  # after them all
+    held: dict[str, set[str]] = {}
+    for ref in ("C1", "C2", "C3", "C4"):
+        for row in run_json(url, "customer", "trail", ref)["disclosures"]:
+            if row["fact_id"].startswith("export-"):
+                held.setdefault(row["recipient"], set()).add(ref)
+    rows = run_json(url, "recipients", "list", "--kind", "acquirer")["recipients"]
+    counted = {row["recipient"]: row["exported_customers"] for row in rows}
+    assert counted == {name: len(refs) for name, refs in held.items()}
+    assert counted == {ACQUIRER: 3, other: 2}
+    assert {row["recipient"]: row["customers"] for row in rows} == {ACQUIRER: 0, other: 0}

@@ -84,6 +84,7 @@ def expected_registry(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "disclosures": entry["disclosures"],
             "customers": len(customers[(kind, name)]),
             "exports": 0,
+            "exported_customers": 0,
             "first_at": entry["first"],
             "last_at": entry["last"],
             "categories": sorted(entry["c"]),
@@ -197,13 +198,15 @@ def test_a_due_diligence_export_is_in_the_registry_as_the_disclosure_it_is(
     times = sorted(datetime.fromisoformat(e["at"]) for e in exports[:2])
     assert blue["recipient_kind"] == "acquirer"
     assert (blue["disclosures"], blue["customers"], blue["exports"]) == (0, 0, 2)
+    # Both its exports held every customer: the later one's count, once
+    assert blue["exported_customers"] == exports[1]["customers"] == 20
     assert (blue["first_at"], blue["last_at"]) == (times[0], times[1])
     assert blue["categories"] == sorted(set(exports[0]["categories"]))
     assert blue["purposes"] == ["business_transfer"]
     # The acquirer of the feed's transfers keeps its trail's counts, with its export.
     known = next(r for r in before if r["recipient_kind"] == "acquirer")
     got = next(r for r in rows if r["recipient"] == known["recipient"])
-    assert got["exports"] == 1
+    assert got["exports"] == 1 and got["exported_customers"] == exports[2]["customers"]
     assert (got["disclosures"], got["customers"]) == (known["disclosures"], known["customers"])
     assert got["last_at"] == max(known["last_at"], datetime.fromisoformat(exports[2]["at"]))
     # Everyone else as before, with no exports.

@@ -116,7 +116,7 @@ def test_records_of_processing_cover_the_vocabulary_even_with_nothing_recorded()
         "| delivery | contract | carrier | name, postal_address, phone | name, phone, postal_address | 4 | order.dispatched |"
         in recorded
     )
-    assert "| Northwind | 2025-06-01T00:00:00Z | 0 | 0 | 0 | - |" in recorded
+    assert "| Northwind | 2025-06-01T00:00:00Z | 0 | 0 | 0 | 0 | - |" in recorded
 
 
 def _export(recipient: str, at: str, categories: list[str]) -> dict[str, object]:
@@ -162,7 +162,7 @@ def test_exports_join_the_registry_as_disclosures_to_their_acquirer() -> None:
         _export("Blue", "2026-05-01T10:00:00Z", ["order_details"]),
         _export("Blue", "2026-04-01T10:00:00Z", ["order_details"]),
     ]
-    merged = with_exports(registry, exports)
+    merged = with_exports(registry, exports, {"Blue": 7, "Northwind": 5})
     assert [(r["recipient_kind"], r["recipient"]) for r in merged] == [
         ("acquirer", "Blue"),
         ("acquirer", "Northwind"),
@@ -170,10 +170,11 @@ def test_exports_join_the_registry_as_disclosures_to_their_acquirer() -> None:
     ]
     blue, northwind, dpd = merged
     assert blue["exports"] == 2 and (blue["disclosures"], blue["customers"]) == (0, 0)
+    assert (blue["exported_customers"], northwind["exported_customers"]) == (7, 5)
     assert (blue["first_at"], blue["last_at"]) == ("2026-04-01T10:00:00Z", "2026-05-01T10:00:00Z")
     assert northwind["exports"] == 1 and northwind["disclosures"] == 3
     assert northwind["first_at"] == "2025-01-01T00:00:00Z"
     assert northwind["last_at"] == "2025-01-01T00:00:00.250000Z"
     assert northwind["categories"] == ["email", "name", "order_details"]
-    assert dpd == {**registry[1], "exports": 0}
+    assert dpd == {**registry[1], "exports": 0, "exported_customers": 0}
     assert registry[0]["categories"] == ["email", "name"]  # (the input is left as it was)
