@@ -696,7 +696,8 @@ class Exporter:
             raise InputError(f"unknown format {request.format!r}: use one of {', '.join(FORMATS)}")
         if request.format == "parquet" and not parquet_available():
             raise ConfigurationError(
-                "the parquet format needs pyarrow: pip install 'consent-ledger[parquet]'"
+                "the parquet format needs pyarrow: install it into the environment "
+                "consent-ledger runs in (pip install pyarrow, or the 'parquet' extra)"
             )
         if not request.acquirer.strip():
             raise InputError("the acquirer's name is empty")
