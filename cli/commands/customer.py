@@ -83,7 +83,8 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
 @pass_context
 def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
     """Who has received customer REF's data, when, what and why (by business time): every
-    disclosure, or those made by --as-of, as recorded now or by --known-at."""
+    disclosure, each due-diligence export that held the customer (fact id export-<id>), or
+    those made by --as-of, as recorded now or by --known-at."""
     from ledger import views
 
     erased = None
