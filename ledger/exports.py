@@ -82,6 +82,7 @@ from ledger.persistence.keys import load_master_key
 from ledger.persistence.recorder import resolve_stored_topic
 from ledger.persistence.stored_state import aware_time
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
+from ledger.views import export_held, export_read
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -1351,10 +1352,9 @@ def reidentify(app: ConsentLedger, export_id: str, alias: str) -> str:
 
 def customers_held(app: ConsentLedger) -> dict[str, int]:
     """For each acquirer that received due-diligence exports, how many distinct customers
-    they held between them: those registered among the events each read (1..its
-    `tree_size`; a version-1 export: before its own event) and, for one made as of a time,
-    registered by then (as `ledger.views.export_rows` lists them on the customers' trails).
-    A registration time the ledger cannot have written is an `UnreadableEventError`."""
+    they held between them (`ledger.views.export_held`, as the customers' trails list
+    them). A registration time the ledger cannot have written is an `UnreadableEventError`;
+    an export missing from the fact index, an `IntegrityFailure`."""
     exported = [
         event
         for stream in export_store.exporting_streams(app.database)
@@ -1364,13 +1364,19 @@ def customers_held(app: ConsentLedger) -> dict[str, int]:
     if not exported:
         return {}
     positions = export_store.fact_positions(app.database, [e.fact_id for e in exported])
-    plans: dict[str, list[tuple[int, datetime | None]]] = {}
+    plans: dict[str, list[tuple[int, int | None, datetime | None]]] = {}
     for event in exported:
-        read = event.tree_size if event.tree_size is not None else positions[event.fact_id] - 1
+        if event.fact_id not in positions:
+            raise IntegrityFailure(
+                f"the fact index has no row for {event.fact_id}: it was altered outside "
+                "consent-ledger; 'consent-ledger verify' names what changed"
+            )
         as_of = aware_time(event.as_of) if event.as_of is not None else None
-        plans.setdefault(event.recipient, []).append((read, as_of))
-    dated = any(as_of is not None for plan in plans.values() for _, as_of in plan)
-    last = max(read for plan in plans.values() for read, _ in plan)
+        plans.setdefault(event.recipient, []).append(
+            (positions[event.fact_id], event.tree_size, as_of)
+        )
+    dated = any(as_of is not None for plan in plans.values() for *_, as_of in plan)
+    last = max(export_read(*export[:2]) for plan in plans.values() for export in plan)
     customers = []
     for position, at in export_store.registrations(app.database, last, with_times=dated):
         try:
@@ -1381,11 +1387,7 @@ def customers_held(app: ConsentLedger) -> dict[str, int]:
         name: sum(
             1
             for position, registered in customers
-            if any(
-                position <= read
-                and (as_of is None or (registered is not None and registered <= as_of))
-                for read, as_of in plan
-            )
+            if any(export_held(position, registered, *export) for export in plan)
         )
         for name, plan in plans.items()
     }

@@ -255,6 +255,29 @@ def _export_state(position: int, data: Any) -> tuple[dict[str, Any], int | None,
     return state, tree_size, as_of
 
 
+def export_read(export_position: int, tree_size: int | None) -> int:
+    """The last event a due-diligence export read: its `tree_size` (a version-1 export,
+    None, did not keep it: every event before its own)."""
+    return export_position - 1 if tree_size is None else tree_size
+
+
+def export_held(
+    customer_position: int,
+    registered_at: datetime | None,
+    export_position: int,
+    tree_size: int | None,
+    as_of: datetime | None,
+) -> bool:
+    """Whether a due-diligence export (its event at `export_position`, made `as_of` a time
+    if given) held the customer registered at `customer_position`, at `registered_at`: it
+    holds the customers registered among the events it read (`export_read`) and, made as
+    of a time, registered by then. The one rule of the trails (`export_rows`) and
+    of the registry's count (`ledger.exports.customers_held`)."""
+    if customer_position > export_read(export_position, tree_size):
+        return False
+    return as_of is None or (registered_at is not None and registered_at <= as_of)
+
+
 def export_rows(
     exports: Iterable[Sequence[Any]], events: Sequence[Any]
 ) -> list[tuple[datetime, int, dict[str, Any]]]:
@@ -264,9 +287,7 @@ def export_rows(
 
     `exports`: (the customer's first position, the export's position, its stored state, the
     position of each of the customer's events by stream version); `events`: the customer's,
-    in business order. An export holds the customers registered among the events it read,
-    1..its `tree_size` (a version-1 export did not keep it: those registered before its own
-    event), and, if it was made `as_of` a time, registered by then. An identified export
+    in business order. Which exports held the customer: `export_held`. An identified export
     names each customer it holds the personal data of with a `transfer.disclosure` of its
     own, fact id `export-<id>/<n>`, on their trail already: it is not listed again for them.
     The categories are those it holds pseudonymously: `order_details` if it read an order
@@ -281,15 +302,14 @@ def export_rows(
     rows = []
     for customer_position, position, data, positions in exports:
         state, tree_size, as_of = _export_state(position, data)
-        read = position - 1 if tree_size is None else tree_size  # the last position it read
         fact_id = state["fact_id"]
         if (
             registered is None
-            or customer_position > read
-            or (as_of is not None and registered > as_of)
+            or not export_held(customer_position, registered, position, tree_size, as_of)
             or any(name.startswith(f"{fact_id}/") for name in named)
         ):
             continue
+        read = export_read(position, tree_size)
         ordered = any(
             positions.get(version, read + 1) <= read and (as_of is None or at <= as_of)
             for at, version in placed

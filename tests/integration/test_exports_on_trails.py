@@ -273,3 +273,21 @@ def test_the_registry_counts_the_distinct_customers_the_exports_held(
     assert counted == {name: len(refs) for name, refs in held.items()}
     assert counted == {ACQUIRER: 3, other: 2}
     assert {row["recipient"]: row["customers"] for row in rows} == {ACQUIRER: 0, other: 0}
+
+
+def test_an_export_missing_from_the_fact_index_is_an_integrity_failure_not_a_crash(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """The registry's count reads each export's position from the fact index: a row
+    deleted there outside consent-ledger is exit 4 naming `verify` (it was a KeyError)."""
+    from ledger.exports import ExportRequest, export_due_diligence
+    from tests.integration.test_tamper import tamper
+
+    ledger.import_lines([jsonl([_register("C1", 0)])])
+    first = export_due_diligence(ledger, ExportRequest(out=tmp_path / "a", acquirer=ACQUIRER))
+    export_due_diligence(ledger, ExportRequest(out=tmp_path / "b", acquirer=ACQUIRER))
+    tamper(ledger, ("DELETE FROM ledger_facts WHERE fact_id = :f", {"f": first.fact_id}))
+    done = run(ledger.database.url, "recipients", "list")
+    assert done.exit_code == 4, done.stderr
+    assert f"the fact index has no row for {first.fact_id}" in done.stderr
+    assert "'consent-ledger verify' names what changed" in done.stderr
