@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -498,10 +498,12 @@ class ConsentLedger(Application[UUID]):
         initiated: InitiationCheck,
         as_of: datetime | None,
         now: datetime,
+        exports: Sequence[tuple[int, Any]] = (),
     ) -> list[Violation]:
         """One customer's violations, as `audit` judges them (streaming readers such as the
         due-diligence export call this per customer instead of `audit`); `positions`: each
-        event's position in the log."""
+        event's position in the log; `exports`: every due-diligence export recorded, as
+        (position, stored state), for the notifications an erasure calls for."""
         judged = [
             (event, position)
             for event, position in zip(events, positions, strict=True)
@@ -509,7 +511,13 @@ class ConsentLedger(Application[UUID]):
         ]
         return [
             *audit_customer(customer, [e for e, _ in judged], [p for _, p in judged], initiated),
-            *privacy.notification_violations(customer.ref, events, now, as_of),
+            *privacy.notification_violations(
+                customer.ref,
+                events,
+                now,
+                as_of,
+                privacy.erased_exports(customer, events, positions, exports),
+            ),
         ]
 
     # -- personal data: SPEC §4 and GDPR Art. 15, 19, 21 (see ledger/privacy.py) -------------
@@ -562,14 +570,24 @@ class ConsentLedger(Application[UUID]):
         """The events of each customer with an erasure or rectification, and the
         notifications it makes due, answered or not."""
         triggers = ("customer.updated", "subject.erased")
-        from ledger.persistence import personal
+        from ledger.persistence import export_store, personal
 
+        exported = export_store.any_export(self.database)
         for _ident, stream in personal.streams_with_facts(self.database, triggers):
             events = [self.mapper.to_domain_event(stored) for stored in stream]
             registered = events[0]
             assert isinstance(registered, Customer.Registered)
             facts = [e for e in events if isinstance(e, FactEvent)]
-            yield events, privacy.notifications(registered.ref, facts)
+            exports = self._erased_exports(registered.ref, facts) if exported else []
+            yield events, privacy.notifications(registered.ref, facts, exports)
+
+    def _erased_exports(self, ref: str, events: Sequence[FactEvent]) -> list[Any]:
+        """The exports that may hold customer `ref` (`customer_exports`) if they are erased:
+        an erasure concerns the acquirers of exports too (`privacy.notifications`), a
+        rectification none."""
+        if not any(isinstance(e, Customer.Erased) for e in events):
+            return []
+        return self.customer_exports(ref)
 
     def record_notification(
         self, ref: str, recipient: str, at: datetime | None = None, fact_id: str | None = None
@@ -584,9 +602,10 @@ class ConsentLedger(Application[UUID]):
             if personal.fact_recorded(self.database, fact_id):
                 raise DuplicateFactError(fact_id)
             customer, events = self.customer_with_events(ref)
+            exports = self._erased_exports(ref, events)
             answered = [
                 due
-                for due in privacy.outstanding(privacy.notifications(ref, events))
+                for due in privacy.outstanding(privacy.notifications(ref, events, exports))
                 if due.recipient == recipient and due.due_from <= at
             ]
             if not answered:

@@ -682,6 +682,9 @@ class Exporter:
         self.summary = Summary()
         self.categories: set[str] = set()
         self.initiations = Initiations()
+        # The exports recorded before this one, (position, stored state): an erasure of a
+        # customer one held calls for notifying its acquirer (`privacy.notifications`).
+        self.recorded_exports: list[tuple[int, Any]] = []
         out = request.out
         # Named with this process's id: a later export removes what a killed one left.
         mark = f"{self.export_id.hex[:12]}-{temporaries.process_mark()}"
@@ -741,6 +744,8 @@ class Exporter:
         checkpoint["public_key"] = public_key_pem(signing_key.public_key())
         # As of the verified events the export reads, not of whatever is recorded meanwhile.
         self.initiations = self.app.transfers_initiated(verified.events)
+        with self.app.database.reading() as conn:
+            self.recorded_exports = export_store.exports_recorded(conn, verified.events)
         try:
             # An identified export holds names, emails, phones and addresses: its folder and
             # files are the owner's alone (as a subject-access pack is). A pseudonymous one
@@ -1123,10 +1128,14 @@ class Exporter:
                 found += broken_rules(customer, judged, initiated)
             elif fact_type in _TRIGGER_TYPES:
                 triggers = True
-        if triggers and _may_notify(events):
-            as_of = self.request.as_of
-            for violation in privacy.notification_violations(customer.ref, events, self.now, as_of):
-                found.append(violation.rule)
+        if triggers:
+            held = privacy.erased_exports(customer, events, positions, self.recorded_exports)
+            if held or _may_notify(events):
+                as_of = self.request.as_of
+                for violation in privacy.notification_violations(
+                    customer.ref, events, self.now, as_of, held
+                ):
+                    found.append(violation.rule)
         return found
 
     def _disclosure_line(self, customer: Customer, rows: CustomerRows) -> bytes:

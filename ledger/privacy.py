@@ -129,9 +129,15 @@ _TRIGGERS = (Customer.Erased, Customer.DetailsUpdated)
 class _Received:
     kinds: set[str] = field(default_factory=set)
     categories: set[str] = field(default_factory=set)
+    exported: bool = False  # a due-diligence export held the customer's data
 
 
-def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue]:
+def notifications(
+    ref: str,
+    events: Sequence[FactEvent],
+    exports: Sequence[Sequence[Any]] = (),
+    until: datetime | None = None,
+) -> list[NotificationDue]:
     """Every notification the customer's erasure and rectifications call for, answered or not.
 
     An erasure concerns every recipient that received any of the customer's data, before it
@@ -142,10 +148,23 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
     to it at or before the notification's time: for a recipient that received the data
     after the erasure, due from its last receipt (told before it, it got more since). Only
     the first erasure counts: there is nothing left to erase after it.
+
+    The erasure concerns, too, the acquirer of each due-diligence export that held the
+    customer (`exports`: as `views.trail_rows` takes them; those dated by `until`, if
+    given) and did not show the erasure: pseudonymised, what it holds is still their
+    personal data (GDPR Art. 4(5)), and its pseudonyms are its own, so no later export
+    tells its acquirer which of its records to erase. One that showed the erasure (its
+    customers table marks them erased) needs no notice. A rectification changes details
+    no pseudonymous export holds: it concerns none.
     """
     if not any(isinstance(e, _TRIGGERS) for e in events):
         return []  # the common case, kept cheap: audit asks this of every customer
     ordered = views.business_order(events)
+    held = [
+        export
+        for export in (views.export_holdings(exports, ordered) if exports else ())
+        if until is None or export.at <= until
+    ]
     sent: dict[str, list[Customer.RecipientNotified]] = {}  # by recipient, in business order
     for e in ordered:
         if isinstance(e, Customer.RecipientNotified):
@@ -162,6 +181,8 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
         if isinstance(event, Customer.Erased) and not erased:
             erased = True
             reason, changed, holders = "erasure", None, ever
+            if held:
+                holders = _with_exports(ever, last_receipt, held, event, exports[0][3])
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
@@ -170,7 +191,7 @@ def notifications(ref: str, events: Sequence[FactEvent]) -> list[NotificationDue
             continue
         for recipient, entry in sorted(holders.items()):
             affected = entry.categories if changed is None else entry.categories & changed
-            if not affected:
+            if not affected and not (changed is None and entry.exported):
                 continue
             since = last_receipt[recipient] if changed is None else event.at
             since = max(since, event.at)
@@ -200,6 +221,45 @@ def _receive(received: dict[str, _Received], disclosure: DisclosureEvent) -> Non
     entry.categories.update(disclosure.categories)
 
 
+def _with_exports(
+    ever: dict[str, _Received],
+    last_receipt: dict[str, datetime],
+    held: list[views.ExportHolding],
+    erasure: FactEvent,
+    positions: dict[int, int],
+) -> dict[str, _Received]:
+    """The recipients an erasure concerns: those of `ever` and the acquirers of the exports
+    `held` that did not show it (`last_receipt` gains their times)."""
+    position = positions.get(erasure.originator_version)
+    holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in ever.items()}
+    for export in held:
+        if position is not None and export.conveyed(position, erasure.at):
+            continue
+        row = export.row
+        entry = holders.setdefault(row["recipient"], _Received())
+        entry.kinds.add(row["recipient_kind"])
+        entry.categories.update(row["categories"])
+        entry.exported = True
+        last = last_receipt.get(row["recipient"])
+        last_receipt[row["recipient"]] = export.at if last is None else max(last, export.at)
+    return holders
+
+
+def erased_exports(
+    customer: Customer,
+    events: Sequence[FactEvent],
+    positions: Sequence[int],
+    exports: Sequence[tuple[int, Any]],
+) -> list[tuple[int, int, Any, dict[int, int]]]:
+    """The exports `notifications` takes for a customer, from every export recorded,
+    (position, stored state), and the position of each of `events`: those that may hold
+    them if they are erased (a rectification concerns no export), else none."""
+    if not exports or customer.erased_at is None:
+        return []
+    versions = {event.originator_version: p for event, p in zip(events, positions, strict=True)}
+    return views.exports_of(versions, exports)
+
+
 def _receipts(disclosures: Iterable[DisclosureEvent]) -> dict[str, _Received]:
     received: dict[str, _Received] = {}
     for disclosure in disclosures:
@@ -212,16 +272,21 @@ def outstanding(dues: Iterable[NotificationDue]) -> list[NotificationDue]:
 
 
 def notification_violations(
-    ref: str, events: Sequence[FactEvent], now: datetime, as_of: datetime | None = None
+    ref: str,
+    events: Sequence[FactEvent],
+    now: datetime,
+    as_of: datetime | None = None,
+    exports: Sequence[Sequence[Any]] = (),
 ) -> list[Violation]:
     """Audit rule `recipient_not_notified`: an erasure or rectification with a recipient
     still not notified `NOTIFICATION_DEADLINE` after it (one violation per such fact),
-    judged at `as_of` (facts at or before it) or else `now`."""
+    judged at `as_of` (facts and exports at or before it) or else `now`. `exports`: as
+    `notifications` takes them."""
     moment = as_of if as_of is not None else now
     known = [e for e in events if e.at <= moment]
     late = {
         (due.fact_id, due.at)
-        for due in outstanding(notifications(ref, known))
+        for due in outstanding(notifications(ref, known, exports, moment))
         if due.due_by < moment
     }
     return [Violation(NOTIFICATION_RULE, ref, fact_id, at) for fact_id, at in sorted(late)]
@@ -264,7 +329,8 @@ def access_pack(
         "recipients": _recipient_rows(trail),
         "disclosures": trail,
         "notifications": rows_withheld(
-            [due.to_json() for due in notifications(customer.ref, events)], erased=erased
+            [due.to_json() for due in notifications(customer.ref, events, exports)],
+            erased=erased,
         ),
         "access_requests": [
             {"at": iso(e.at), "fact_id": e.fact_id}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -261,6 +262,14 @@ def export_read(export_position: int, tree_size: int | None) -> int:
     return export_position - 1 if tree_size is None else tree_size
 
 
+def erasures_unshown_after(position: int, data: Any) -> int:
+    """The position after which an erasure may be one the export (its event at `position`,
+    its stored state `data`) did not show (`ExportHolding.conveyed`): those recorded after
+    what it read or, made as of a time, any (0)."""
+    _state, tree_size, as_of = _export_state(position, data)
+    return 0 if as_of is not None else export_read(position, tree_size)
+
+
 def export_held(
     customer_position: int,
     registered_at: datetime | None,
@@ -278,12 +287,35 @@ def export_held(
     return as_of is None or (registered_at is not None and registered_at <= as_of)
 
 
+@dataclass(frozen=True)
+class ExportHolding:
+    """A due-diligence export that held a customer's data (`export_holdings`): its trail
+    row, with its time and position, the last event it read and its `as_of`."""
+
+    at: datetime
+    position: int
+    read: int
+    as_of: datetime | None
+    row: dict[str, Any]
+
+    def conveyed(self, position: int, at: datetime) -> bool:
+        """Whether the export showed the customer's fact at `position`, `at` (their
+        erasure: its customers table says so): it read that event and, made as of a time,
+        the fact is dated by then."""
+        return position <= self.read and (self.as_of is None or at <= self.as_of)
+
+
 def export_rows(
     exports: Iterable[Sequence[Any]], events: Sequence[Any]
 ) -> list[tuple[datetime, int, dict[str, Any]]]:
     """The due-diligence exports that held a customer's data, each as a trail row with its
     time and position: SPEC §5, an export "is itself recorded as a disclosure to the
-    acquirer".
+    acquirer". See `export_holdings`."""
+    return [(held.at, held.position, held.row) for held in export_holdings(exports, events)]
+
+
+def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> list[ExportHolding]:
+    """The due-diligence exports that held a customer's data, oldest first.
 
     `exports`: (the customer's first position, the export's position, its stored state, the
     position of each of the customer's events by stream version); `events`: the customer's,
@@ -299,7 +331,7 @@ def export_rows(
     placed = [
         (e.at, e.originator_version) for e in events if event_name(e) == "Customer.OrderPlaced"
     ]
-    rows = []
+    found = []
     for customer_position, position, data, positions in exports:
         state, tree_size, as_of = _export_state(position, data)
         fact_id = state["fact_id"]
@@ -324,8 +356,21 @@ def export_rows(
             "order": None,
             "fact_id": fact_id,
         }
-        rows.append((state["at"], position, row))
-    return rows
+        found.append(ExportHolding(state["at"], position, read, as_of, row))
+    return found
+
+
+def exports_of(
+    positions: dict[int, int], exports: Iterable[tuple[int, Any]]
+) -> list[tuple[int, int, Any, dict[int, int]]]:
+    """The exports that may hold a customer, as `export_holdings` reads them (the rows of
+    `sqlite_reads.customer_exports`), from the position of each of the customer's events
+    by stream version and every export recorded, (position, stored state): those recorded
+    after the customer's first event."""
+    if not positions:
+        return []
+    first = positions[min(positions)]
+    return [(first, position, state, positions) for position, state in exports if position > first]
 
 
 def is_export_row(row: dict[str, Any]) -> bool:

@@ -31,12 +31,12 @@ import sqlalchemy as sa
 from eventsourcing.persistence import StoredEvent
 from sqlalchemy.engine import Connection
 
-from ledger import privacy
+from ledger import privacy, views
 from ledger.domainmodel import Acquirer, Customer, FactEvent
 from ledger.errors import DatabaseUnavailableError, InputError, IntegrityFailure
 from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
-from ledger.persistence import indexes
+from ledger.persistence import export_store, indexes
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL, first_line
 from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder, resolve_stored_topic
@@ -247,9 +247,26 @@ class ReadModels:
         # model's rows nor, so, its notifications (and the report's judged violations,
         # `judged_upto` that position, then agree with them).
         head = min(self._head(conn), _position(conn, Violations.name))
+        # An erasure concerns the acquirers of the exports that held the customer and did
+        # not show it too: the customers erased by a fact no export may have shown are
+        # judged from their replayed events (which give what `views.export_holdings` reads:
+        # their registration, orders and the positions of their events).
+        exports = export_store.exports_recorded(conn, head)
+        erased: set[UUID] = set()
+        if exports:
+            since = min(views.erasures_unshown_after(*export) for export in exports)
+            erased = export_store.erased_streams(conn, since, head)
+        noticed = [ident for ident in notice_streams(conn, slot) if ident not in erased]
         folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
-        for stream in self._folded(folder, conn, notice_streams(conn, slot), head):
+        for stream in self._folded(folder, conn, noticed, head):
             found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
+        for replayed in self._load(conn, erased, head):
+            customer, events = replayed.aggregate, replayed.events
+            if isinstance(customer, Customer):
+                held = privacy.erased_exports(customer, events, replayed.positions, exports)
+                found.extend(
+                    privacy.notification_violations(customer.ref, events, now, as_of, held)
+                )
         return audit_order(found)
 
     def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
@@ -266,6 +283,7 @@ class ReadModels:
         with self.database.reading() as conn, _without_cyclic_gc():
             head = min(self._head(conn), size)
             initiated = self._initiations(conn, head)
+            exports = export_store.exports_recorded(conn, head)
             for stream in self._scan_replayed(conn, head):
                 if isinstance(stream.aggregate, Customer):
                     found.extend(
@@ -276,6 +294,7 @@ class ReadModels:
                             initiated,
                             as_of,
                             now,
+                            exports,
                         )
                     )
         return audit_order(found)

@@ -92,6 +92,40 @@ def exporting_streams(database: Database) -> list[UUID]:
         return [UUID(str(ident)) for ident in rows]
 
 
+def any_export(database: Database) -> bool:
+    """Whether any due-diligence export is recorded (from the fact index's partial index)."""
+    facts = tables.facts
+    with database.reading() as conn:
+        query = sa.select(facts.c.fact_id).where(sa.text(EXPORTS_ONLY)).limit(1)
+        return conn.execute(query).first() is not None
+
+
+def exports_recorded(conn: Connection, upto: int) -> list[tuple[int, Any]]:
+    """Every due-diligence export recorded by event `upto`: (position, stored state), oldest
+    first (what `ledger.views.exports_of` takes)."""
+    facts, events = tables.facts, tables.events
+    rows = conn.execute(
+        sa.select(facts.c.notification_id, events.c.state)
+        .join(events, events.c.notification_id == facts.c.notification_id)
+        .where(sa.text(f"ledger_facts.{EXPORTS_ONLY}"), facts.c.notification_id <= upto)
+        .order_by(facts.c.notification_id)
+    )
+    return [(int(position), state) for position, state in rows]
+
+
+def erased_streams(conn: Connection, after: int, upto: int) -> set[UUID]:
+    """The customers erased by a fact recorded after event `after`, by event `upto`."""
+    facts = tables.facts
+    rows = conn.execute(
+        sa.select(facts.c.originator_id).where(
+            facts.c.notification_id > after,
+            facts.c.notification_id <= upto,
+            facts.c.fact_type == "subject.erased",
+        )
+    )
+    return {UUID(str(row[0])) for row in rows}
+
+
 def rewrap_export_secrets(conn: Connection, old: bytes, new: bytes) -> int:
     """Re-wrap every export secret under a new master key (for key rotation)."""
     rows = conn.execute(

@@ -1,0 +1,203 @@
+"""Art. 19 for due-diligence exports: the acquirer of an export that held an erased customer
+must be told of the erasure.
+
+A pseudonymous export holds the customer's consents, orders and disclosures under a pseudonym
+of its own: still their personal data (GDPR Art. 4(5)), and no later export tells the acquirer
+which of its records to erase (each export's pseudonyms are its own). The export's customers
+table marks a customer erased when the export read the erasure (and, made `--as-of` a time,
+the erasure is dated by then): that export needs no notice. A rectification changes names,
+emails, phones or addresses, which no pseudonymous export holds: it calls for none.
+
+The expected rows follow from each scenario's facts: who was erased when, and which export
+read what.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ledger.exports import Exporter, ExportRequest
+from ledger.feed import iso
+from tests.cli_helpers import error_line, run, run_json
+from tests.examples import jsonl, line
+
+ACQUIRER = "Contoso Holdings"
+RULE = "recipient_not_notified"
+LATER = "2099-01-01T00:00:00Z"  # past every notice's deadline
+
+
+def _import(url: str, facts: list[dict[str, Any]], path: Path) -> None:
+    path.write_bytes(jsonl(facts))
+    assert run_json(url, "import", str(path))["accepted"] == len(facts)
+
+
+def _register(ref: str, minutes: float) -> dict[str, Any]:
+    return line("customer.registered", f"{ref}-r", minutes, customer=ref)
+
+
+def _erase(ref: str, minutes: float) -> dict[str, Any]:
+    return line("subject.erased", f"{ref}-x", minutes, customer=ref)
+
+
+def _export(url: str, out: Path, *options: str) -> dict[str, Any]:
+    document = run_json(
+        url, "export", "due-diligence", "--acquirer", ACQUIRER, "--out", str(out), *options
+    )
+    listed = run_json(url, "export", "list")["exports"]
+    (recorded,) = [e for e in listed if e["export_id"] == document["export_id"]]
+    return recorded
+
+
+def _due(url: str, *options: str) -> list[dict[str, Any]]:
+    rows = run_json(url, "recipients", "notifications", *options)["notifications"]
+    return [row for row in rows if row["recipient"] == ACQUIRER]
+
+
+def _late(url: str, *options: str) -> list[tuple[str, str]]:
+    found = run_json(url, "audit", "check", *options)["violations"]
+    return sorted((v["customer"], v["fact_id"]) for v in found if v["rule"] == RULE)
+
+
+@pytest.fixture
+def url(ledger_url: str) -> str:
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+    return ledger_url
+
+
+def test_an_erasure_the_export_did_not_show_is_due_to_its_acquirer(
+    url: str, tmp_path: Path
+) -> None:
+    # C1 orders; C2 does not; C3 is erased before the export (which shows it erased)
+    _import(
+        url,
+        [
+            _register("C1", 0),
+            line("order.placed", "C1-o", 1, customer="C1", order="O1"),
+            _register("C2", 2),
+            _register("C3", 3),
+            _erase("C3", 4),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = _export(url, tmp_path / "dd")
+    # C1 and C2 are erased after it (dated in 2025, recorded after the export), and C2's
+    # details... are not rectified: only erasures concern an export
+    _import(url, [_erase("C1", 10), _erase("C2", 11)], tmp_path / "b.jsonl")
+
+    rows = _due(url)
+    assert [(r["customer"], r["fact_id"], r["categories"]) for r in rows] == [
+        ("C1", "C1-x", ["order_details"]),
+        ("C2", "C2-x", []),
+    ]
+    assert all(r["recipient_kinds"] == ["acquirer"] and r["reason"] == "erasure" for r in rows)
+    # The acquirer received the data after the erasure's business time: due from the export
+    assert {r["due_by"] for r in rows} == {_plus_30_days(export["at"])}
+    # Not late today; late once the deadline has passed
+    assert _late(url) == []
+    assert _late(url, "--as-of", LATER) == [("C1", "C1-x"), ("C2", "C2-x")]
+    # Judged as of before the export was made, nothing was due to the acquirer
+    assert _due(url, "--all") == rows
+    assert _late(url, "--as-of", "2025-06-30") == []
+
+    # Telling the acquirer answers the notice, as it does any recipient's
+    told = run_json(url, "recipients", "notified", ACQUIRER, "--customer", "C1", "--at", LATER)
+    assert told["regarding"] == ["C1-x"]
+    assert [r["customer"] for r in _due(url)] == ["C2"]
+    assert _late(url, "--as-of", LATER) == [("C2", "C2-x")]
+    # The access pack lists it, answered
+    pack_path = tmp_path / "pack.json"
+    run_json(url, "customer", "access-export", "C1", "--out", str(pack_path))
+    notices = orjson.loads(pack_path.read_bytes())["notifications"]
+    assert [(n["recipient"], n["notified_fact_id"]) for n in notices] == [
+        (ACQUIRER, told["fact_id"])
+    ]
+    # All due at once
+    done = run_json(url, "recipients", "notified", ACQUIRER, "--all-due", "--at", LATER)
+    assert [n["customer"] for n in done["notified"]] == ["C2"]
+    assert _due(url) == [] and _late(url, "--as-of", LATER) == []
+
+
+def _plus_30_days(moment: str) -> str:
+    from datetime import timedelta
+
+    return iso(datetime.fromisoformat(moment) + timedelta(days=30))
+
+
+def test_an_export_as_of_before_the_erasure_did_not_show_it(url: str, tmp_path: Path) -> None:
+    # Both erased before the exports were made; one export is as of a time before C1's
+    # erasure (its customers table shows C1 as not erased), the other as of today
+    _import(
+        url,
+        [_register("C1", 0), _register("C2", 0), _erase("C1", 60 * 24 * 100), _erase("C2", 1)],
+        tmp_path / "a.jsonl",
+    )
+    dated = _export(url, tmp_path / "dated", "--as-of", "2025-02-01")
+    _export(url, tmp_path / "today")
+    rows = _due(url)
+    assert [(r["customer"], r["fact_id"]) for r in rows] == [("C1", "C1-x")]
+    assert rows[0]["due_by"] == _plus_30_days(dated["at"])
+
+
+def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
+    _import(
+        url,
+        [_register("C1", 0), line("order.placed", "C1-o", 1, customer="C1", order="O1")],
+        tmp_path / "a.jsonl",
+    )
+    _export(url, tmp_path / "dd")
+    _import(
+        url,
+        [line("customer.updated", "C1-u", 5, customer="C1", name="Ada Other")],
+        tmp_path / "b.jsonl",
+    )
+    assert _due(url, "--all") == []
+    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
+    assert refused.exit_code == 1 and "no notification" in error_line(refused)
+
+
+def test_the_known_at_audit_and_a_later_exports_summary_judge_it_alike(
+    url: str, ledger: Any, tmp_path: Path
+) -> None:
+    _import(url, [_register("C1", 0), _register("C2", 1)], tmp_path / "a.jsonl")
+    export = _export(url, tmp_path / "dd")
+    _import(url, [_erase("C1", 10)], tmp_path / "b.jsonl")
+    after = iso(datetime.now(UTC))
+    # The audit as the ledger knew it: before the erasure was recorded, nothing; after, due
+    assert _late(url, "--as-of", LATER, "--known-at", export["at"]) == []
+    assert _late(url, "--as-of", LATER, "--known-at", after) == [("C1", "C1-x")]
+    # A later export, judging its customers' violations at a time past the deadline,
+    # counts the same violation as the audit does at that time
+    later = datetime(2099, 1, 1, tzinfo=UTC)
+    request = ExportRequest(out=tmp_path / "later", acquirer="Another Bidder")
+    Exporter(ledger, request, now=later).run()
+    summary = orjson.loads((tmp_path / "later" / "summary.json").read_bytes())
+    assert summary["open_violations"]["by_rule"].get(RULE) == 1
+    assert [(v.customer, v.rule) for v in ledger.audit(later)] == [("C1", RULE)]
+
+
+def test_an_export_made_after_the_moment_judged_does_not_defer_an_earlier_notice(
+    url: str, tmp_path: Path
+) -> None:
+    # The acquirer received C1's data by a transfer on day 1, then by an export (today);
+    # C1's erasure, dated day 10, is recorded after the export
+    _import(
+        url,
+        [
+            _register("C1", 0),
+            line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER),
+            line("transfer.disclosure", "C1-t", 60 * 24, customer="C1", acquirer=ACQUIRER),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = _export(url, tmp_path / "dd")
+    _import(url, [_erase("C1", 60 * 24 * 10)], tmp_path / "b.jsonl")
+    # One notice to the acquirer, due from the export (its last receipt of the data)
+    (due,) = _due(url)
+    assert (due["categories"], due["due_by"]) == (["email", "name"], _plus_30_days(export["at"]))
+    # As of day 50, the export was not yet made: the notice for the transfer was late
+    assert _late(url, "--as-of", "2025-02-20") == [("C1", "C1-x")]
