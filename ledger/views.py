@@ -228,6 +228,7 @@ _EXPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "purpose": str,
     "basis": str,
     "categories": list,
+    "identified": bool,
     "as_of": (str, type(None)),
 }
 
@@ -327,7 +328,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
     one recorded after it, though dated before it. A stored state of the wrong shape is an
     `UnreadableEventError`."""
     registered = next((e.at for e in events if event_name(e) == "Customer.Registered"), None)
-    named = [e.fact_id for e in events if is_disclosure(e)]
+    named = [(e.fact_id, e.recipient) for e in events if is_disclosure(e)]
     placed = [
         (e.at, e.originator_version) for e in events if event_name(e) == "Customer.OrderPlaced"
     ]
@@ -338,7 +339,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
         if (
             registered is None
             or not export_held(customer_position, registered, position, tree_size, as_of)
-            or any(name.startswith(f"{fact_id}/") for name in named)
+            or (state["identified"] and _named_by(fact_id, state["recipient"], named))
         ):
             continue
         read = export_read(position, tree_size)
@@ -358,6 +359,14 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
         }
         found.append(ExportHolding(state["at"], position, read, as_of, row))
     return found
+
+
+def _named_by(fact_id: str, recipient: str, named: list[tuple[str, str]]) -> bool:
+    """Whether an identified export (`fact_id`, to `recipient`) named the customer: their
+    disclosures include its own `transfer.disclosure` (`<fact_id>/<n>`, to the acquirer).
+    Its shape alone does not say so: a feed's fact id can be any string."""
+    prefix = f"{fact_id}/"
+    return any(name.startswith(prefix) and to == recipient for name, to in named)
 
 
 def exports_of(

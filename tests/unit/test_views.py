@@ -91,6 +91,38 @@ def test_export_rows_read_each_version_of_the_export_event() -> None:
     assert views.export_rows([(5, 30, as_of, {1: 5})], [registered]) == []
 
 
+def test_only_an_identified_exports_own_disclosure_keeps_it_off_a_trail() -> None:
+    """A customer an identified export named has its `transfer.disclosure` (fact id
+    `<export's>/<n>`, to its acquirer) on their trail: the export is not listed again. A fact
+    id of that shape alone (a feed's id can be any string) hides no export."""
+    registered = views.StoredFact(
+        "Customer.Registered",
+        {"at": datetime(2025, 1, 1, tzinfo=UTC), "fact_id": "r", "originator_version": 1},
+    )
+    fact_id = "export-7f8d66f1-0084-4899-b80e-655984be6627"
+
+    def disclosure(recipient: str) -> views.StoredFact:
+        return views.StoredFact(
+            "Customer.TransferDisclosed",
+            {
+                "at": datetime(2026, 1, 2, tzinfo=UTC),
+                "fact_id": f"{fact_id}/0000001",
+                "originator_version": 2,
+                "recipient": recipient,
+                "recipient_kind": "acquirer",
+            },
+        )
+
+    def held(identified: bool, recipient: str) -> int:
+        state = _export_state(2, identified=identified)
+        events = [registered, disclosure(recipient)]
+        return len(views.export_holdings([(5, 30, state, {1: 5, 2: 6})], events))
+
+    assert held(identified=True, recipient="Northwind") == 0  # named: its disclosure is listed
+    assert held(identified=False, recipient="Northwind") == 1  # a pseudonymous export
+    assert held(identified=True, recipient="Other Bidder") == 1  # to another acquirer
+
+
 def test_an_export_showed_an_erasure_it_read_and_dated_by_its_as_of() -> None:
     """`ExportHolding.conveyed`: the erasure among the events the export read (its tree
     size, 10, included) and, made as of a time, dated by then (that time included)."""
