@@ -26,6 +26,7 @@ from ledger.vocabulary import (
     LAWFUL_BASES,
     PURPOSE_CHANNELS,
     RECIPIENT_KINDS,
+    RULE_MEANINGS,
     RULES,
 )
 
@@ -589,7 +590,10 @@ def auditor_report(
         ],
     )
     doc.heading("Violations by rule")
-    doc.table(["rule", "violations"], [[rule, by_rule.get(rule, 0)] for rule in _rules(by_rule)])
+    doc.table(
+        ["rule", "violations", "a violation is"],
+        [[rule, by_rule.get(rule, 0), RULE_MEANINGS.get(rule, "")] for rule in _rules(by_rule)],
+    )
     doc.heading("Consent over time")
     doc.chart(
         consent_chart(figures.consent_by_month, months),

@@ -92,3 +92,30 @@ RULES: Final = (
     "transfer_without_initiation",
     "after_erasure",
 )
+# What a violation of each rule is, in the auditor's report: SPEC §3's words, and the
+# notification rule beyond it (`ledger.privacy`, GDPR Art. 19).
+RULE_MEANINGS: Final[dict[str, str]] = {
+    "affiliate_without_consent": (
+        "an affiliate.disclosure when affiliate_sharing was not given on any channel"
+    ),
+    "marketing_without_consent": "a marketing.contact on a channel where marketing was not given",
+    "research_without_consent": (
+        "a research.contact on a channel where market_research was not given"
+    ),
+    "dispatch_without_payment": (
+        "an order.dispatched before any authorised payment.authorisation for that order"
+    ),
+    "dispatch_after_failed_verification": (
+        "an order.dispatched whose order's latest identity.check before it failed"
+    ),
+    "transfer_without_initiation": (
+        "a transfer.disclosure with no earlier transfer.initiated for that acquirer"
+    ),
+    "after_erasure": (
+        "a disclosure or contact concerning a customer at or after their subject.erased"
+    ),
+    "recipient_not_notified": (
+        "an erasure or rectification that a recipient of the data (or the acquirer of an "
+        "export that held it) was not told of within 30 days (GDPR Art. 19)"
+    ),
+}

@@ -125,3 +125,18 @@ def test_css_wraps_cells_keeps_times_whole_and_prints_what_is_folded() -> None:
     assert f'<td><code class="hash">{"ab" * 32}</code></td>' in page
     assert '<td class="n">1,234,567</td>' in page
     assert "| 1,234,567 |" in to_markdown(doc)
+
+
+def test_each_rule_is_said_in_words_beside_its_count() -> None:
+    """An auditor reads what a violation of each rule is (SPEC §3's words, and the
+    notification rule beyond it) without the SPEC at hand."""
+    from ledger.privacy import NOTIFICATION_DEADLINE, NOTIFICATION_RULE
+    from ledger.vocabulary import RULE_MEANINGS, RULES
+
+    assert set(RULE_MEANINGS) == {*RULES, NOTIFICATION_RULE}
+    assert f"within {NOTIFICATION_DEADLINE.days} days" in RULE_MEANINGS[NOTIFICATION_RULE]
+    found = [Violation(NOTIFICATION_RULE, "C1", "x1", datetime(2025, 1, 1, tzinfo=UTC))]
+    markdown = to_markdown(auditor_report(figures(violations=found), NOW))
+    for rule, meaning in RULE_MEANINGS.items():
+        count = 1 if rule == NOTIFICATION_RULE else 0
+        assert f"| {rule} | {count} | {meaning} |" in markdown
