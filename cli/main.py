@@ -249,10 +249,28 @@ class LedgerContext:
                 views.check_stream(ref, facts)
             if facts is not None:
                 if not facts:
+                    self._unindexed(ref)
                     raise CustomerNotFoundError(ref, known_at)
                 return facts
         events: list[Any] = self.ledger.customer_with_events(ref, known_at)[1]
         return events
+
+    def _unindexed(self, ref: str) -> None:
+        """A customer the index does not name must have no stream either: else the index
+        row was deleted, and the answer "not in the ledger" would hide a customer who is."""
+        from ledger.domainmodel import customer_id  # (only on this path: not a query's cost)
+        from ledger.persistence import sqlite_reads as reads
+
+        fetch = self.database.fetch_on_driver
+        if fetch(reads.SELECT_CUSTOMER_INDEXED, (ref,)):
+            return  # named, but with nothing recorded by the --known-at time asked for
+        ident = customer_id(ref)
+        if fetch(reads.SELECT_STREAM_EXISTS, (ident.hex if self.database.is_sqlite else ident,)):
+            raise IntegrityFailure(
+                f"the customer index has no row for customer {ref!r}, whose events are in the "
+                "ledger: it was altered outside consent-ledger; 'consent-ledger verify' names "
+                "what changed"
+            )
 
     def customer_exports(self, ref: str, known_at: datetime | None = None) -> list[Any]:
         """The due-diligence exports that may hold customer REF's data, for

@@ -100,7 +100,10 @@ SELECT_LAST_VERSION = (
     "SELECT coalesce(max(originator_version), 0) FROM ledger_events "
     "WHERE originator_id = ? AND notification_id <= ?"
 )
-# The type and the stored state of the fact recorded under an id.
+# Whether a stream has any event (SQLite: the id's 32 hex digits): a customer's, when the
+# customer index has no row for their reference.
+SELECT_STREAM_EXISTS = "SELECT 1 FROM ledger_events WHERE originator_id = ? LIMIT 1"
+SELECT_CUSTOMER_INDEXED = "SELECT 1 FROM ledger_customers WHERE customer_ref = ?"
 # The key of the customer pseudonyms in logs (`cli.logs.hashed`): random, made by `db
 # upgrade` (`keys.create_log_key`), base64 in `ledger_meta`.
 LOG_KEY_NAME = "log_pseudonym_key"

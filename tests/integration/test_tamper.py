@@ -328,6 +328,17 @@ def test_a_customer_missing_from_the_index_is_caught(recorded: Any) -> None:
     position = dict(_index_rows(recorded, "customer_ref"))["C101"]
     tamper(recorded, ("DELETE FROM ledger_customers WHERE customer_ref = 'C101'", {}))
     assert index_kinds(recorded) == [("index_altered", position)]
+    # Support staff asking about C101 are not told "not in the ledger": the index is altered
+    # (`customer show` reads the stream by the customer's id, and answers from it)
+    for command in (("customer", "trail"), ("consent", "show")):
+        answer = run(recorded.database.url, *command, "C101", "--json")
+        assert (answer.exit_code, answer.stdout) == (4, ""), command
+        assert "the customer index has no row for customer 'C101'" in answer.stderr
+    answer = run(recorded.database.url, "customer", "trail", "C101", "--known-at", "2000-01-01")
+    assert answer.exit_code == 4 and "has no row for customer 'C101'" in answer.stderr
+    # A customer never recorded is still an error in use
+    unknown = run(recorded.database.url, "customer", "trail", "C999", "--json")
+    assert unknown.exit_code == 1 and "customer 'C999' is not in the ledger" in unknown.stderr
 
 
 def test_an_order_moved_to_another_customer_in_the_index_is_caught(recorded: Any) -> None:
