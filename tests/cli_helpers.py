@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,3 +45,21 @@ def log_pseudonym(url: str, ref: str) -> str:
     finally:
         database.dispose()
     return logs.keyed_hash(ref, base64.b64decode(rows[0][0]))
+
+
+def import_facts(url: str, facts: list[dict[str, Any]], path: Path) -> None:
+    """Write `facts` as a feed file at `path` and import it: every one accepted."""
+    from tests.examples import jsonl
+
+    path.write_bytes(jsonl(facts))
+    assert run_json(url, "import", str(path))["accepted"] == len(facts)
+
+
+def due_diligence_export(url: str, acquirer: str, out: Path, *options: str) -> dict[str, Any]:
+    """`export due-diligence` to `acquirer` into `out`; the export as `export list` names it."""
+    document = run_json(
+        url, "export", "due-diligence", "--acquirer", acquirer, "--out", str(out), *options
+    )
+    listed = run_json(url, "export", "list")["exports"]
+    (recorded,) = [e for e in listed if e["export_id"] == document["export_id"]]
+    return recorded

@@ -125,3 +125,8 @@ def story(prefix: str = "") -> list[dict[str, Any]]:
 
 def jsonl(objs: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(o) + b"\n" for o in objs)
+
+
+def registered(ref: str, minutes: float) -> dict[str, Any]:
+    """Customer `ref`'s registration (fact id `<ref>-r`), `minutes` into the examples' time."""
+    return line("customer.registered", f"{ref}-r", minutes, customer=ref)

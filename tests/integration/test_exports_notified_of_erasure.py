@@ -23,34 +23,16 @@ import pytest
 
 from ledger.exports import Exporter, ExportRequest
 from ledger.feed import iso
-from tests.cli_helpers import error_line, run, run_json
-from tests.examples import jsonl, line
+from tests.cli_helpers import due_diligence_export, error_line, import_facts, run, run_json
+from tests.examples import line, registered
 
 ACQUIRER = "Contoso Holdings"
 RULE = "recipient_not_notified"
 LATER = "2099-01-01T00:00:00Z"  # past every notice's deadline
 
 
-def _import(url: str, facts: list[dict[str, Any]], path: Path) -> None:
-    path.write_bytes(jsonl(facts))
-    assert run_json(url, "import", str(path))["accepted"] == len(facts)
-
-
-def _register(ref: str, minutes: float) -> dict[str, Any]:
-    return line("customer.registered", f"{ref}-r", minutes, customer=ref)
-
-
 def _erase(ref: str, minutes: float) -> dict[str, Any]:
     return line("subject.erased", f"{ref}-x", minutes, customer=ref)
-
-
-def _export(url: str, out: Path, *options: str) -> dict[str, Any]:
-    document = run_json(
-        url, "export", "due-diligence", "--acquirer", ACQUIRER, "--out", str(out), *options
-    )
-    listed = run_json(url, "export", "list")["exports"]
-    (recorded,) = [e for e in listed if e["export_id"] == document["export_id"]]
-    return recorded
 
 
 def _due(url: str, *options: str) -> list[dict[str, Any]]:
@@ -73,21 +55,21 @@ def test_an_erasure_the_export_did_not_show_is_due_to_its_acquirer(
     url: str, tmp_path: Path
 ) -> None:
     # C1 orders; C2 does not; C3 is erased before the export (which shows it erased)
-    _import(
+    import_facts(
         url,
         [
-            _register("C1", 0),
+            registered("C1", 0),
             line("order.placed", "C1-o", 1, customer="C1", order="O1"),
-            _register("C2", 2),
-            _register("C3", 3),
+            registered("C2", 2),
+            registered("C3", 3),
             _erase("C3", 4),
         ],
         tmp_path / "a.jsonl",
     )
-    export = _export(url, tmp_path / "dd")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd")
     # C1 and C2 are erased after it (dated in 2025, recorded after the export), and C2's
     # details... are not rectified: only erasures concern an export
-    _import(url, [_erase("C1", 10), _erase("C2", 11)], tmp_path / "b.jsonl")
+    import_facts(url, [_erase("C1", 10), _erase("C2", 11)], tmp_path / "b.jsonl")
 
     rows = _due(url)
     assert [(r["customer"], r["fact_id"], r["categories"]) for r in rows] == [
@@ -131,26 +113,26 @@ def _plus_30_days(moment: str) -> str:
 def test_an_export_as_of_before_the_erasure_did_not_show_it(url: str, tmp_path: Path) -> None:
     # Both erased before the exports were made; one export is as of a time before C1's
     # erasure (its customers table shows C1 as not erased), the other as of today
-    _import(
+    import_facts(
         url,
-        [_register("C1", 0), _register("C2", 0), _erase("C1", 60 * 24 * 100), _erase("C2", 1)],
+        [registered("C1", 0), registered("C2", 0), _erase("C1", 60 * 24 * 100), _erase("C2", 1)],
         tmp_path / "a.jsonl",
     )
-    dated = _export(url, tmp_path / "dated", "--as-of", "2025-02-01")
-    _export(url, tmp_path / "today")
+    dated = due_diligence_export(url, ACQUIRER, tmp_path / "dated", "--as-of", "2025-02-01")
+    due_diligence_export(url, ACQUIRER, tmp_path / "today")
     rows = _due(url)
     assert [(r["customer"], r["fact_id"]) for r in rows] == [("C1", "C1-x")]
     assert rows[0]["due_by"] == _plus_30_days(dated["at"])
 
 
 def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
-    _import(
+    import_facts(
         url,
-        [_register("C1", 0), line("order.placed", "C1-o", 1, customer="C1", order="O1")],
+        [registered("C1", 0), line("order.placed", "C1-o", 1, customer="C1", order="O1")],
         tmp_path / "a.jsonl",
     )
-    _export(url, tmp_path / "dd")
-    _import(
+    due_diligence_export(url, ACQUIRER, tmp_path / "dd")
+    import_facts(
         url,
         [line("customer.updated", "C1-u", 5, customer="C1", name="Ada Other")],
         tmp_path / "b.jsonl",
@@ -163,9 +145,9 @@ def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
 def test_the_known_at_audit_and_a_later_exports_summary_judge_it_alike(
     url: str, ledger: Any, tmp_path: Path
 ) -> None:
-    _import(url, [_register("C1", 0), _register("C2", 1)], tmp_path / "a.jsonl")
-    export = _export(url, tmp_path / "dd")
-    _import(url, [_erase("C1", 10)], tmp_path / "b.jsonl")
+    import_facts(url, [registered("C1", 0), registered("C2", 1)], tmp_path / "a.jsonl")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd")
+    import_facts(url, [_erase("C1", 10)], tmp_path / "b.jsonl")
     after = iso(datetime.now(UTC))
     # The audit as the ledger knew it: before the erasure was recorded, nothing; after, due
     assert _late(url, "--as-of", LATER, "--known-at", export["at"]) == []
@@ -185,17 +167,17 @@ def test_an_export_made_after_the_moment_judged_does_not_defer_an_earlier_notice
 ) -> None:
     # The acquirer received C1's data by a transfer on day 1, then by an export (today);
     # C1's erasure, dated day 10, is recorded after the export
-    _import(
+    import_facts(
         url,
         [
-            _register("C1", 0),
+            registered("C1", 0),
             line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER),
             line("transfer.disclosure", "C1-t", 60 * 24, customer="C1", acquirer=ACQUIRER),
         ],
         tmp_path / "a.jsonl",
     )
-    export = _export(url, tmp_path / "dd")
-    _import(url, [_erase("C1", 60 * 24 * 10)], tmp_path / "b.jsonl")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd")
+    import_facts(url, [_erase("C1", 60 * 24 * 10)], tmp_path / "b.jsonl")
     # One notice to the acquirer, due from the export (its last receipt of the data)
     (due,) = _due(url)
     assert (due["categories"], due["due_by"]) == (["email", "name"], _plus_30_days(export["at"]))

@@ -17,29 +17,11 @@ import pytest
 
 from ledger.exports import Exporter
 from ledger.feed import iso
-from tests.cli_helpers import run, run_json
-from tests.examples import jsonl, line
+from tests.cli_helpers import due_diligence_export, import_facts, run, run_json
+from tests.examples import jsonl, line, registered
 
 ACQUIRER = "Contoso Holdings"
 SPEC_KEYS = ["at", "recipient", "recipient_kind", "purpose", "basis", "categories", "order"]
-
-
-def _import(url: str, facts: list[dict[str, Any]], path: Path) -> None:
-    path.write_bytes(jsonl(facts))
-    assert run_json(url, "import", str(path))["accepted"] == len(facts)
-
-
-def _register(ref: str, minutes: float) -> dict[str, Any]:
-    return line("customer.registered", f"{ref}-r", minutes, customer=ref)
-
-
-def _export(url: str, out: Path, *options: str) -> dict[str, Any]:
-    document = run_json(
-        url, "export", "due-diligence", "--acquirer", ACQUIRER, "--out", str(out), *options
-    )
-    listed = run_json(url, "export", "list")["exports"]
-    (recorded,) = [e for e in listed if e["export_id"] == document["export_id"]]
-    return recorded
 
 
 def _exports_on_trail(url: str, ref: str, *options: str) -> list[dict[str, Any]]:
@@ -71,20 +53,20 @@ def url(ledger_url: str) -> str:
 
 def test_each_export_is_on_the_trail_of_the_customers_it_held(url: str, tmp_path: Path) -> None:
     # C1 registers in January 2025 and orders; C2 registers in March, orders nothing
-    _import(
+    import_facts(
         url,
         [
-            _register("C1", 0),
+            registered("C1", 0),
             line("order.placed", "C1-o", 60, customer="C1", order="O1"),
-            _register("C2", 60 * 24 * 50),
+            registered("C2", 60 * 24 * 50),
         ],
         tmp_path / "a.jsonl",
     )
     # An export as of February holds C1 only; one of today holds both
-    february = _export(url, tmp_path / "feb", "--as-of", "2025-02-01")
-    today = _export(url, tmp_path / "today")
+    february = due_diligence_export(url, ACQUIRER, tmp_path / "feb", "--as-of", "2025-02-01")
+    today = due_diligence_export(url, ACQUIRER, tmp_path / "today")
     # C3 registers after both: neither held it
-    _import(url, [_register("C3", 60 * 24 * 60)], tmp_path / "b.jsonl")
+    import_facts(url, [registered("C3", 60 * 24 * 60)], tmp_path / "b.jsonl")
 
     assert _exports_on_trail(url, "C1") == [
         _row(february, ["order_details"]),
@@ -111,8 +93,8 @@ def test_each_export_is_on_the_trail_of_the_customers_it_held(url: str, tmp_path
 def test_the_subject_access_pack_lists_the_exports_that_held_the_customer(
     url: str, tmp_path: Path
 ) -> None:
-    _import(url, [_register("C1", 0)], tmp_path / "a.jsonl")
-    export = _export(url, tmp_path / "dd")
+    import_facts(url, [registered("C1", 0)], tmp_path / "a.jsonl")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd")
     out = tmp_path / "pack.json"
     assert run(url, "customer", "access-export", "C1", "--out", str(out)).exit_code == 0
     pack = orjson.loads(out.read_bytes())
@@ -126,17 +108,17 @@ def test_the_subject_access_pack_lists_the_exports_that_held_the_customer(
 def test_an_identified_export_is_listed_once_and_an_erased_customer_keeps_its_pseudonymous_row(
     url: str, tmp_path: Path
 ) -> None:
-    _import(
+    import_facts(
         url,
         [
-            _register("C1", 0),
-            _register("C2", 1),
+            registered("C1", 0),
+            registered("C2", 1),
             line("subject.erased", "C2-x", 2, customer="C2"),
             line("transfer.initiated", "t-1", 3, acquirer=ACQUIRER),
         ],
         tmp_path / "a.jsonl",
     )
-    export = _export(url, tmp_path / "dd", "--identified")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd", "--identified")
     # C1, named with its personal data, has the export's own transfer.disclosure only
     trail = run_json(url, "customer", "trail", "C1")["disclosures"]
     mine = [row for row in trail if row["fact_id"].startswith(export["fact_id"])]
@@ -151,21 +133,21 @@ def test_an_exports_categories_are_the_orders_it_read(url: str, tmp_path: Path) 
     after it, though dated before it (review of 2d05fea: the row followed the orders' times
     only, so it named orders the export never had and missed ones it had)."""
     three_years = 60 * 24 * 365 * 3
-    _import(
+    import_facts(
         url,
         [
-            _register("C1", 0),
-            _register("C2", 1),
+            registered("C1", 0),
+            registered("C2", 1),
             # C2's order is dated years ahead (the feed allows it): the export reads it
             line("order.placed", "C2-o", three_years, customer="C2", order="O2"),
         ],
         tmp_path / "a.jsonl",
     )
-    export = _export(url, tmp_path / "dd")
-    as_of = _export(url, tmp_path / "dd-as-of", "--as-of", "2025-02-01")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd")
+    as_of = due_diligence_export(url, ACQUIRER, tmp_path / "dd-as-of", "--as-of", "2025-02-01")
     # C1's order is reported after both exports, dated before them: neither held it
-    _import(url, [line("order.placed", "C1-o", 60, customer="C1", order="O1")], tmp_path / "b")
-    later = _export(url, tmp_path / "dd-later")
+    import_facts(url, [line("order.placed", "C1-o", 60, customer="C1", order="O1")], tmp_path / "b")
+    later = due_diligence_export(url, ACQUIRER, tmp_path / "dd-later")
 
     def orders(folder: str) -> int:
         return sum(1 for _ in (tmp_path / folder / "orders.jsonl").read_bytes().splitlines())
@@ -188,12 +170,12 @@ def test_a_disclosure_at_an_exports_very_time_recorded_after_it_follows_it(
 ) -> None:
     """SPEC §1: ties at the same `at` are broken by recording order, the export's row too
     (review of 2d05fea: it came after every disclosure of its time)."""
-    _import(
+    import_facts(
         url,
-        [_register("C1", 0), line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER)],
+        [registered("C1", 0), line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER)],
         tmp_path / "a.jsonl",
     )
-    export = _export(url, tmp_path / "dd")
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd")
     fact = line("transfer.disclosure", "late", 0, customer="C1", acquirer=ACQUIRER)
     fact["at"] = export["at"]
     assert run(url, "record", orjson.dumps(fact).decode()).exit_code == 0
@@ -214,11 +196,11 @@ def test_a_customer_registered_while_an_export_ran_is_not_on_its_trail(
     upgrade(Database(ledger_url))
     ledger = open_ledger(ledger_url)
     try:
-        ledger.import_lines([jsonl([_register("C1", 0)])])
+        ledger.import_lines([jsonl([registered("C1", 0)])])
         recording = Exporter._record
 
         def register_meanwhile(self: Exporter, *args: Any) -> None:
-            self.app.import_lines([jsonl([_register("C2", 1)])])
+            self.app.import_lines([jsonl([registered("C2", 1)])])
             recording(self, *args)
 
         monkeypatch.setattr(Exporter, "_record", register_meanwhile)
@@ -243,13 +225,13 @@ def test_the_registry_counts_the_distinct_customers_the_exports_held(
 ) -> None:
     """`recipients list`: each acquirer's `exported_customers` is the number of customers
     whose trail lists one of its exports (read the other way: from the trails)."""
-    _import(
+    import_facts(
         url,
-        [_register("C1", 0), _register("C2", 60 * 24 * 50), _register("C3", 60 * 24 * 51)],
+        [registered("C1", 0), registered("C2", 60 * 24 * 50), registered("C3", 60 * 24 * 51)],
         tmp_path / "a.jsonl",
     )
-    _export(url, tmp_path / "feb", "--as-of", "2025-02-01")  # C1
-    _export(url, tmp_path / "all")  # C1, C2, C3
+    due_diligence_export(url, ACQUIRER, tmp_path / "feb", "--as-of", "2025-02-01")  # C1
+    due_diligence_export(url, ACQUIRER, tmp_path / "all")  # C1, C2, C3
     other = "Fabrikam Group"
     run_json(
         url,
@@ -262,7 +244,7 @@ def test_the_registry_counts_the_distinct_customers_the_exports_held(
         "--as-of",
         "2025-03-01",
     )  # C1, C2
-    _import(url, [_register("C4", 60 * 24 * 52)], tmp_path / "b.jsonl")  # after them all
+    import_facts(url, [registered("C4", 60 * 24 * 52)], tmp_path / "b.jsonl")  # after them all
     held: dict[str, set[str]] = {}
     for ref in ("C1", "C2", "C3", "C4"):
         for row in run_json(url, "customer", "trail", ref)["disclosures"]:
@@ -283,7 +265,7 @@ def test_an_export_missing_from_the_fact_index_is_an_integrity_failure_not_a_cra
     from ledger.exports import ExportRequest, export_due_diligence
     from tests.integration.test_tamper import tamper
 
-    ledger.import_lines([jsonl([_register("C1", 0)])])
+    ledger.import_lines([jsonl([registered("C1", 0)])])
     first = export_due_diligence(ledger, ExportRequest(out=tmp_path / "a", acquirer=ACQUIRER))
     export_due_diligence(ledger, ExportRequest(out=tmp_path / "b", acquirer=ACQUIRER))
     tamper(ledger, ("DELETE FROM ledger_facts WHERE fact_id = :f", {"f": first.fact_id}))
