@@ -559,8 +559,11 @@ class ConsentLedger(Application[UUID]):
         return reads.customer_exports(self.database.fetch_on_driver, ref, known_at)
 
     def notifications(self) -> list[privacy.NotificationDue]:
-        """Art. 19: every notification due for an erasure or rectification, answered or not."""
-        found = [due for _events, dues in self._notification_streams() for due in dues]
+        """Art. 19: every notification due for an erasure or rectification, answered or not
+        (the customers that may have any are named by the violations read model, caught up
+        first: `recipients notified --all-due` reads every customer with an erasure or a
+        rectification, `_notification_streams`)."""
+        found = self.read_models.notifications()
         found.sort(key=lambda due: (due.at, due.customer, due.recipient))
         return found
 

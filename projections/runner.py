@@ -242,15 +242,35 @@ class ReadModels:
         self, conn: Connection, slot: str, as_of: datetime | None, now: datetime
     ) -> list[Violation]:
         found = violations_as_of(conn, slot, as_of)
-        # The notice streams folded up to the model's own position, not the log's head: a
-        # write that landed after the catch-up (a concurrent import) is in neither the
-        # model's rows nor, so, its notifications (and the report's judged violations,
-        # `judged_upto` that position, then agree with them).
+        for ref, events, exports in self._notice_streams(conn, slot):
+            found.extend(privacy.notification_violations(ref, events, now, as_of, exports))
+        return audit_order(found)
+
+    def notifications(self) -> list[privacy.NotificationDue]:
+        """Art. 19: every notification due for an erasure or rectification, answered or not,
+        judged for the customers the violations read model names (`_notice_streams`)."""
+        with self.snapshot(Violations.name) as (conn, slots):
+            return [
+                due
+                for ref, events, exports in self._notice_streams(conn, slots[Violations.name])
+                for due in privacy.notifications(ref, events, exports)
+            ]
+
+    def _notice_streams(
+        self, conn: Connection, slot: str
+    ) -> Iterator[tuple[str, list[Any], list[Any]]]:
+        """The customers whose erasure or rectifications may call for notifying anyone:
+        (reference, the events `privacy.notifications` reads, the exports it takes).
+
+        Folded up to the violations model's own position, not the log's head: a write that
+        landed after the catch-up (a concurrent import) is in neither the model's rows nor,
+        so, its notifications (and the report's judged violations, `judged_upto` that
+        position, then agree with them). An erasure concerns the acquirers of the exports
+        that held the customer and did not show it too: the customers erased by a fact no
+        export may have shown are read from their replayed events (which give what
+        `views.export_holdings` reads: their registration, orders and the positions of
+        their events)."""
         head = min(self._head(conn), _position(conn, Violations.name))
-        # An erasure concerns the acquirers of the exports that held the customer and did
-        # not show it too: the customers erased by a fact no export may have shown are
-        # judged from their replayed events (which give what `views.export_holdings` reads:
-        # their registration, orders and the positions of their events).
         exports = export_store.exports_recorded(conn, head)
         erased: set[UUID] = set()
         if exports:
@@ -259,15 +279,12 @@ class ReadModels:
         noticed = [ident for ident in notice_streams(conn, slot) if ident not in erased]
         folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
         for stream in self._folded(folder, conn, noticed, head):
-            found.extend(privacy.notification_violations(stream.ref, stream.facts, now, as_of))
+            yield stream.ref, stream.facts, []
         for replayed in self._load(conn, erased, head):
             customer, events = replayed.aggregate, replayed.events
             if isinstance(customer, Customer):
                 held = privacy.erased_exports(customer, events, replayed.positions, exports)
-                found.extend(
-                    privacy.notification_violations(customer.ref, events, now, as_of, held)
-                )
-        return audit_order(found)
+                yield customer.ref, events, held
 
     def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
         """Violations as the ledger knew them at recorded time `known_at`: a direct fold of

@@ -183,3 +183,39 @@ def test_an_export_made_after_the_moment_judged_does_not_defer_an_earlier_notice
     assert (due["categories"], due["due_by"]) == (["email", "name"], _plus_30_days(export["at"]))
     # As of day 50, the export was not yet made: the notice for the transfer was late
     assert _late(url, "--as-of", "2025-02-20") == [("C1", "C1-x")]
+
+
+def test_the_listing_from_the_read_model_is_every_customers_own(
+    url: str, ledger: Any, feed_small: Path, tmp_path: Path
+) -> None:
+    """`recipients notifications` judges only the customers the violations read model names
+    (and the erased ones an export may not have shown): what it lists is what judging every
+    customer with an erasure or a rectification, from their events, finds."""
+    assert run_json(url, "import", str(feed_small))["accepted"] == 26
+    import_facts(
+        url,
+        [
+            line("customer.updated", "u-1", 60 * 24 * 300, customer="C100", name="A New Name"),
+            line("customer.updated", "u-2", 60 * 24 * 300, customer="C100", phone="+441234"),
+            registered("C103", 60 * 24 * 200),
+            line("affiliate.disclosure", "C103-a", 60 * 24 * 201, customer="C103"),
+            line("customer.updated", "C103-u", 60 * 24 * 202, customer="C103", name="Other"),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    due_diligence_export(url, ACQUIRER, tmp_path / "dd")
+    import_facts(url, [_erase("C100", 60 * 24 * 301)], tmp_path / "b.jsonl")
+
+    def key(due: Any) -> tuple[str, ...]:
+        return (due.customer, due.recipient, due.fact_id)
+
+    listed = ledger.notifications()
+    every = [due for _events, dues in ledger._notification_streams() for due in dues]
+    assert sorted(listed, key=key) == sorted(every, key=key)
+    assert {(due.customer, due.reason) for due in listed} >= {
+        ("C100", "erasure"),
+        ("C101", "erasure"),
+        ("C103", "rectification"),
+    }
+    assert [due.customer for due in listed if due.recipient == ACQUIRER] == ["C100"]
+    assert {due.reason for due in listed if due.customer == "C100"} == {"erasure", "rectification"}
