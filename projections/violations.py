@@ -74,9 +74,15 @@ class Violations(ReadModel):
             for row in conn.execute(query):
                 known.setdefault(row.acquirer, []).append((unstamp(row.at), row.position))
         named = [(s.acquirer, s.initiations) for s in run.acquirers if s.acquirer is not None]
+        # The customers who disclosed to an acquirer are judged again when its initiations
+        # changed, not for its other events (a due-diligence export).
+        names = [
+            name
+            for name, initiations in named
+            if sorted(known.get(name, [])) != sorted(initiations)
+        ]
         known.update(named)  # the acquirers whose streams were read: all of their initiations
         self.initiated = Initiations(known.items(), stream_ordered_until=run.stream_ordered_until)
-        names = [name for name, _initiations in named]
         if run.fresh or not names:
             return set()
         table = run.writer.table(transfers)

@@ -92,6 +92,50 @@ def test_a_late_initiation_clears_an_earlier_transfer_violation(ledger: Any) -> 
     assert _rules(ledger) == set()
 
 
+def test_an_acquirers_export_judges_no_customer_again_its_initiation_does(
+    ledger: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up judges again the customers who disclosed to an acquirer whose initiations
+    changed (they decide `transfer_without_initiation`), not for its other events: a
+    due-diligence export (26k customers re-judged for one export at 1M facts, 33 s)."""
+    from ledger.exports import ExportRequest, export_due_diligence
+    from projections.violations import Violations
+
+    disclosure = {
+        "id": "f2",
+        "type": "transfer.disclosure",
+        "customer": "C1",
+        "acquirer": "Northwind",
+        "categories": ["name"],
+        "at": "2025-02-01T00:00:00Z",
+    }
+    _import(ledger, _register("C1", "f1"), disclosure)
+    ledger.read_models.catch_up()
+    judged_again: list[set[Any]] = []
+    begin = Violations.begin
+
+    def noted(self: Violations, run: Any) -> set[Any]:
+        found = begin(self, run)
+        judged_again.append(found)
+        return found
+
+    monkeypatch.setattr(Violations, "begin", noted)
+    export_due_diligence(ledger, ExportRequest(out=tmp_path / "dd", acquirer="Northwind"))
+    ledger.read_models.catch_up()
+    assert judged_again == [set()]
+    initiated = {
+        "id": "f3",
+        "type": "transfer.initiated",
+        "acquirer": "Northwind",
+        "scope": "all",
+        "at": "2025-01-15T00:00:00Z",
+    }
+    _import(ledger, initiated)
+    ledger.read_models.catch_up()
+    assert judged_again[1] == {ledger.customer_with_events("C1")[0].id}
+    assert _rules(ledger) == set()
+
+
 def test_an_initiation_at_the_same_at_counts_only_if_recorded_before_the_transfer(
     ledger: Any, tmp_path: Path
 ) -> None:
