@@ -54,6 +54,7 @@ transfer_initiations = SlotTable(
 # Customers with an erasure or rectification that calls for notifying recipients (Art. 19):
 # whether one is late depends on the time of the question, so it is judged when asked.
 notices = SlotTable("violation_notices", stream_column(), index=("stream_id",))
+_UNINITIATED = "transfer_without_initiation"  # the one rule an acquirer's initiations decide
 
 
 class Violations(ReadModel):
@@ -75,18 +76,31 @@ class Violations(ReadModel):
                 known.setdefault(row.acquirer, []).append((unstamp(row.at), row.position))
         named = [(s.acquirer, s.initiations) for s in run.acquirers if s.acquirer is not None]
         # The customers who disclosed to an acquirer are judged again when its initiations
-        # changed, not for its other events (a due-diligence export).
-        names = [
-            name
-            for name, initiations in named
-            if sorted(known.get(name, [])) != sorted(initiations)
-        ]
+        # changed, not for its other events (a due-diligence export). Initiations are only
+        # ever added (events are forever), and one more can only clear a disclosure's
+        # `transfer_without_initiation` (it is "no earlier initiation"), never make one: so
+        # only the customers with such a violation are judged again, unless the model's
+        # initiations are not a part of the acquirer's (then every customer of it is).
+        names: list[str] = []
+        added_only = True
+        for name, initiations in named:
+            before = known.get(name, [])
+            if sorted(before) != sorted(initiations):
+                names.append(name)
+                added_only = added_only and set(before) <= set(initiations)
         known.update(named)  # the acquirers whose streams were read: all of their initiations
         self.initiated = Initiations(known.items(), stream_ordered_until=run.stream_ordered_until)
         if run.fresh or not names:
             return set()
         table = run.writer.table(transfers)
         query = sa.select(table.c.stream_id).where(table.c.acquirer.in_(names)).distinct()
+        if added_only:
+            broken = run.writer.table(violations)
+            query = query.where(
+                table.c.stream_id.in_(
+                    sa.select(broken.c.stream_id).where(broken.c.rule == _UNINITIATED)
+                )
+            )
         return {UUID(hex=row.stream_id) for row in conn.execute(query)}
 
     def rows(self, stream: Stream) -> Rows:
