@@ -2,7 +2,8 @@
 
 When any event of a customer arrives, late ones included, the customer is judged again from
 their whole stream by `ledger.rules.audit_customer`, the one implementation of the rules. A
-`transfer.initiated` judges again every customer who disclosed to that acquirer. The model
+`transfer.initiated` judges again the customers who disclosed to that acquirer with a
+`transfer_without_initiation` (`Violations.begin`). The model
 keeps, beside the violations, the acquirers each customer disclosed to and the initiations
 of each acquirer (business time and position in the log: a disclosure and an initiation at
 the same `at` are ordered by recording order), which is all a judgement needs from outside the
