@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
 
@@ -149,3 +151,86 @@ def test_recording_a_new_class_or_version_adds_it_and_keeps_the_rest() -> None:
 def test_recording_refuses_to_change_a_recorded_shape(now: dict[str, str], said: str) -> None:
     with pytest.raises(ShapeChangedError, match=re.escape(f"m:A v1: {said}")):
         merged({"m:A": {"1": {"x": "int"}}}, {"m:A": {"1": now}})
+
+
+_READ_AS = {  # a locked annotation: the types `decode_state` reads its stored values as
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "datetime": (datetime,),
+    "Decimal": (Decimal,),
+    "list[str]": (list,),
+    "dict[str, Any]": (dict,),
+    "int": (int,),
+    "bool": (bool,),
+}
+
+
+@pytest.mark.parametrize("topic", sorted(LOCKED))
+def test_the_stored_shapes_the_readers_check_are_the_locked_ones(topic: str) -> None:
+    """`stored_state.SHAPES` (what a read holds a stored state to: `misshapen`) is each
+    topic's class version 1 as locked, less the fields kept in their own columns."""
+    from ledger.persistence.stored_state import SHAPES
+
+    locked = {
+        name: _READ_AS[annotation]
+        for name, annotation in LOCKED[topic]["1"].items()
+        if name not in ("originator_id", "originator_version")
+    }
+    assert SHAPES[topic.split(":")[1]] == locked
+
+
+@pytest.mark.parametrize("path", LEGACY, ids=lambda p: p.name)
+def test_events_recorded_by_earlier_versions_are_not_misshapen(path: Path) -> None:
+    from ledger.persistence.stored_state import decode_state, misshapen
+
+    uri = f"file:{path}?mode=ro&immutable=1"
+    with sqlite3.connect(uri, uri=True) as conn:
+        rows = conn.execute("SELECT topic, state FROM ledger_events").fetchall()
+    assert [t for t, s in rows if misshapen(t.split(":")[1], decode_state(s))] == []
+
+
+def test_a_field_missing_added_or_of_another_type_is_misshapen() -> None:
+    from ledger.persistence.stored_state import misshapen
+
+    at = datetime(2025, 1, 10, 9, tzinfo=UTC)
+    given = {
+        "timestamp": at,
+        "fact_id": "s-1",
+        "at": at,
+        "sealed": None,
+        "purpose": "marketing",
+        "channel": "email",
+        "method": "web",
+        "policy_version": "2024-01",
+    }
+    disclosed = {
+        "timestamp": at,
+        "fact_id": "s-2",
+        "at": at,
+        "sealed": None,
+        "recipient": "Offspring",
+        "recipient_kind": "affiliate",
+        "categories": ["name"],
+        "purpose": "affiliate_marketing",
+        "basis": "consent",
+        "affiliate": "Offspring",
+    }
+    assert not misshapen("Customer.ConsentGiven", given)
+    assert not misshapen("Customer.ConsentGiven", {**given, "sealed": "c2VhbGVk"})
+    assert not misshapen("Customer.ConsentGiven", {**given, "a": 1, "b": 2}, extra=2)
+    assert not misshapen("Customer.AffiliateDisclosed", disclosed)
+    assert not misshapen("Customer.AffiliateDisclosed", {**disclosed, "class_version": 2})
+    assert not misshapen("Customer.NotAClass", {})  # (its topic is refused elsewhere)
+    for changed in (
+        {**given, "purpose": 7},
+        {**given, "fact_id": None},
+        {**given, "channel": ["email"]},
+        {**given, "policy_version": {"v": 1}},
+        {**given, "sealed": 1},
+        {k: v for k, v in given.items() if k != "method"},
+        {**given, "extra": "x"},
+        {**{k: v for k, v in given.items() if k != "method"}, "extra": "x"},
+    ):
+        assert misshapen("Customer.ConsentGiven", changed), changed
+    for value in ("name", None, [1], {"name": 1}, ["name", None], ["name", ["card"]]):
+        assert misshapen("Customer.AffiliateDisclosed", {**disclosed, "categories": value})
