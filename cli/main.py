@@ -83,6 +83,22 @@ def _is_unreadable_event(error: Exception) -> bool:
     return wrapper is not None and isinstance(error, wrapper)
 
 
+# What reading a field of an altered event raises where a value of another type is used.
+_MISREAD = (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, IndexError)
+
+
+def _misshapen(context: Any) -> str | None:
+    """Where the first event the ledger cannot have written is (`recorder.misshapen_event`)
+    in the database the command opened (None: it opened none, or every event is as the
+    ledger wrote it, and the error is a bug)."""
+    database = getattr(context, "_database", None)
+    if database is None:
+        return None
+    from ledger.persistence.recorder import misshapen_event
+
+    return misshapen_event(database)
+
+
 def _one_line(text: str) -> str:
     """The error's one line: a line break or other control character in a name it quotes (a
     path given with a newline in it) is written as an escape, as Python writes it."""
@@ -356,6 +372,8 @@ class LedgerGroup(LazyGroup):
                     )
                 elif _is_unreadable_event(error):
                     failure = UnreadableEventError()
+                elif isinstance(error, _MISREAD) and (where := _misshapen(ctx.obj)) is not None:
+                    failure = UnreadableEventError(where)
                 elif _is_stream_gap(error):
                     failure = IntegrityFailure(
                         "a stream of events is not whole (a version is missing): the ledger "

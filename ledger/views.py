@@ -166,6 +166,8 @@ def consent_history_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def disclosure_row(event: Any) -> dict[str, Any]:
+    if type(event.categories) is not list:  # (a text would be listed as its letters)
+        raise TypeError("categories: not a list")
     return {
         "at": iso(event.at),
         "recipient": event.recipient,

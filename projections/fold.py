@@ -322,6 +322,8 @@ class Folder:
                     recipient = data["recipient"]
                     kind = data["recipient_kind"]
                     categories = data["categories"]
+                    if type(categories) is not list:  # (a text would fold as its letters)
+                        raise TypeError("not a list")
                     purpose = data["purpose"]
                     basis = data["basis"]
                     if timelines:

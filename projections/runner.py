@@ -33,13 +33,25 @@ from sqlalchemy.engine import Connection
 
 from ledger import privacy, views
 from ledger.domainmodel import Acquirer, Customer, FactEvent
-from ledger.errors import DatabaseUnavailableError, InputError, IntegrityFailure
+from ledger.errors import (
+    DatabaseUnavailableError,
+    InputError,
+    IntegrityFailure,
+    LedgerError,
+    ReadModelWorkerError,
+    UnreadableEventError,
+)
 from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
 from ledger.persistence import export_store, indexes
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL, first_line
-from ledger.persistence.recorder import LedgerMapper, LedgerTranscoder, resolve_stored_topic
+from ledger.persistence.recorder import (
+    LedgerMapper,
+    LedgerTranscoder,
+    misshapen_event,
+    resolve_stored_topic,
+)
 from ledger.rules import Initiations, Violation
 from projections import parallel
 from projections.base import (
@@ -647,9 +659,23 @@ class ReadModels:
         progress: Progress | None = None,
     ) -> int:
         """Replace, in each target's slot, the rows of every stream with events after `since`
-        (all streams when `since` is 0, into emptied tables). Returns the streams derived."""
-        with _without_cyclic_gc(), self._large_cache(conn, since == 0):
-            return self._derive(conn, targets, head, since=since, progress=progress)
+        (all streams when `since` is 0, into emptied tables). Returns the streams derived.
+
+        The fold reads each event's fields as fast as it can, without checking their types:
+        an event altered to hold a value of another type makes the pass fail further on (in
+        a model, in a worker, in the insert of its row). Then, and only then, the events are
+        checked (`misshapen_event`): if one is not as the ledger wrote it, that is the
+        failure (`UnreadableEventError`, exit 4); if none is, the error is raised as it is."""
+        try:
+            with _without_cyclic_gc(), self._large_cache(conn, since == 0):
+                return self._derive(conn, targets, head, since=since, progress=progress)
+        except Exception as error:
+            if isinstance(error, LedgerError) and not isinstance(error, ReadModelWorkerError):
+                raise  # (the ledger's own finding, or a database gone away)
+            where = misshapen_event(self.database, head)
+            if where is None:
+                raise
+            raise UnreadableEventError(where) from None
 
     @contextmanager
     def _large_cache(self, conn: Connection, wanted: bool) -> Iterator[None]:

@@ -38,7 +38,7 @@ from ledger.persistence import sqlite_reads
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.stored_state import DATETIME_FIELDS as DATETIME_FIELDS
 from ledger.persistence.stored_state import DECIMAL_FIELDS as DECIMAL_FIELDS
-from ledger.persistence.stored_state import decode_state
+from ledger.persistence.stored_state import decode_state, misshapen
 
 
 def _default(obj: Any) -> Any:
@@ -72,6 +72,40 @@ def resolve_stored_topic(topic: str, where: str = "") -> type[Any]:
         if isinstance(cls, type) and issubclass(cls, CanMutateAggregate):
             return cls
     raise UnreadableEventError(where)
+
+
+def misshapen_event(database: Database, head: int | None = None) -> str | None:
+    """Where the first stored event (up to position `head`, if given) is that the ledger
+    cannot have written: its topic not one of the ledger's, its state not JSON it reads
+    (`decode_state`), or without a field of its class, with one it does not have or with a
+    value of another type (`stored_state.misshapen`). None if every event is as written,
+    or if the database cannot be read for it.
+
+    The readers take an event's fields as they come, unchecked (checking them would cost a
+    read of every event); an altered one then fails further on, in whatever used the field.
+    A command that failed so reads the whole log through this, after the fact, to tell a
+    database changed outside the ledger (`UnreadableEventError`, exit 4) from a bug."""
+    import sqlalchemy as sa
+
+    from ledger.persistence.tables import events as _E
+
+    query = sa.select(_E.c.originator_id, _E.c.originator_version, _E.c.topic, _E.c.state)
+    if head is not None:
+        query = query.where(_E.c.notification_id <= head)
+    query = query.order_by(_E.c.notification_id).execution_options(yield_per=10_000)
+    try:
+        with database.connect() as conn, conn.begin():
+            for ident, version, topic, state in conn.execute(query):
+                if not (isinstance(topic, str) and topic.startswith(_TOPIC_PREFIX)):
+                    return f" (stream {ident}, version {version})"
+                try:
+                    if misshapen(topic[len(_TOPIC_PREFIX) :], decode_state(state)):
+                        return f" (stream {ident}, version {version})"
+                except UnreadableEventError:
+                    return f" (stream {ident}, version {version})"
+    except Exception:  # (the database failing as well: the command's own error stands)
+        return None
+    return None
 
 
 _EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")

@@ -7,6 +7,7 @@ append-only triggers and rewrites rows with raw SQL. The signing key stays out o
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -626,6 +627,142 @@ def test_an_event_state_the_ledger_cannot_have_written_fails_reads_with_exit_4(
             "cannot be read as the ledger wrote it: the database was changed outside " in (lines[0])
         )
         assert "'consent-ledger verify' names what changed" in lines[0], (command, lines)
+
+
+# An event's field given a value of another JSON type than the ledger writes there, the state
+# still JSON that decodes: (the fact whose event is altered, or "named": the acquirer's naming,
+# the field, its new value, the commands that fail on it). Each fails as the ledger failing to
+# read an event it cannot have written (exit 4, naming `verify`), not as "unexpected" (exit 1).
+# (A command that does not use the field, or only passes it on, answers: the readers take the
+# fields unchecked, as they take any altered value; `verify` is what finds alterations.)
+_TRAIL = ("customer", "trail", "C100")
+_CONSENTS = ("consent", "show", "C100")
+_SHOW = ("customer", "show", "C100")
+_ACCESS = ("customer", "access-export", "C100", "--out")
+_AUDIT = ("audit", "check")
+_AUDIT_KNOWN = ("audit", "check", "--known-at")  # (then now: a direct fold of the events)
+_REBUILD = ("projections", "rebuild")
+_EXPORT = ("export", "due-diligence", "--acquirer", "Northwind Retail Group", "--out")
+_WRONG_TYPES: dict[str, tuple[str, str, Any, list[tuple[str, ...]]]] = {
+    "a disclosure's categories as text": (  # (listed as its letters, before)
+        "s-0011",
+        "categories",
+        "name,postal_address",
+        [_TRAIL, _ACCESS, _AUDIT, _REBUILD, _EXPORT],
+    ),
+    "a consent's purpose as a number": (
+        "s-0002",
+        "purpose",
+        7,
+        [_CONSENTS, _SHOW, _ACCESS, _REBUILD, _EXPORT],
+    ),
+    "a disclosure's fact id as null": ("s-0006", "fact_id", None, [_REBUILD, _EXPORT]),
+    "an order's total as a number": (  # (read as an inexact Decimal, before)
+        "s-0004",
+        "total",
+        89.99,
+        [_TRAIL, _CONSENTS, _SHOW, _ACCESS, _AUDIT_KNOWN, _EXPORT],
+    ),
+    "a registration's sealed data as a number": ("s-0001", "sealed", 12345, [_SHOW, _ACCESS]),
+    "an erasure's fact id as a list": (
+        "s-0025",
+        "fact_id",
+        ["s-0025"],
+        [_AUDIT, _AUDIT_KNOWN, _EXPORT],
+    ),
+    "an acquirer's name as a list": (
+        "named",
+        "name",
+        ["Northwind"],
+        [_AUDIT, _AUDIT_KNOWN, _REBUILD, _EXPORT],
+    ),
+}
+_PERSONAL = ("Ada", "Lovelace", "ada@example.org", "Analytical", "7700", "Alan", "Turing")
+
+
+def _named_position(app: Any) -> int:
+    """The event that named the acquirer (it records no fact: found by its topic)."""
+    with app.database.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT notification_id FROM ledger_events WHERE topic = :t"),
+                {"t": "ledger.domainmodel:Acquirer.Named"},
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("case", sorted(_WRONG_TYPES))
+@pytest.mark.parametrize("workers", [False, True])
+def test_a_field_of_another_type_fails_each_read_with_exit_4_naming_verify(
+    recorded: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str, workers: bool
+) -> None:
+    """A field of an event's stored state altered to another JSON type (a list where the
+    ledger writes text, a number, null, ...): every command that fails on it says, in one
+    line with no personal data, that an event (named by stream and version) cannot be read
+    as the ledger wrote it and that `verify` names what changed (exit 4). The read models'
+    rebuild and the audit too, in this process or in worker processes."""
+    fact, field, value, commands = _WRONG_TYPES[case]
+    if workers:
+        if not recorded.database.is_sqlite:
+            pytest.skip("worker processes fold SQLite passes only")
+        from projections import parallel, runner
+
+        monkeypatch.setattr(parallel, "MIN_EVENTS", 0)
+        monkeypatch.setattr(runner, "worker_count", lambda: 2)
+        commands = [c for c in commands if c in (_AUDIT, _REBUILD)]
+        if not commands:
+            pytest.skip("no command of this case folds in worker processes")
+    position = _named_position(recorded) if fact == "named" else _position_of(recorded, fact)
+    state = orjson.loads(bytes(event_row(recorded, position).state))
+    assert field in state
+    rewrite = "UPDATE ledger_events SET state = :s WHERE notification_id = :n"
+    tamper(recorded, (rewrite, {"s": orjson.dumps({**state, field: value}), "n": position}))
+    url = recorded.database.url.render_as_string(hide_password=False)
+    for command in commands:
+        arguments = command
+        if command is _EXPORT:
+            arguments = (*command, str(tmp_path / "dd"))
+        elif command is _ACCESS:
+            arguments = (*command, str(tmp_path / "access.json"))
+        elif command is _AUDIT_KNOWN:
+            arguments = (*command, datetime.now(UTC).isoformat())
+        done = run(url, *arguments)
+        lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+        assert (done.exit_code, done.stdout) == (4, ""), (command, done.stderr)
+        assert len(lines) == 1, (command, done.stderr)  # one line: no traceback
+        if command is _EXPORT:  # (it verifies the ledger before it reads an event)
+            assert lines[0].startswith("Error: the ledger fails verification"), (command, lines)
+            assert "run 'consent-ledger verify'" in lines[0], (command, lines)
+        else:
+            assert lines[0].startswith("Error: a stored event"), (command, lines)
+            assert "cannot be read as the ledger wrote it: the database was changed " in lines[0]
+            assert "'consent-ledger verify' names what changed" in lines[0], (command, lines)
+        assert not any(word in done.stderr for word in _PERSONAL), (command, done.stderr)
+        if isinstance(value, str | list):
+            assert str(value) not in done.stderr, (command, done.stderr)
+
+
+@pytest.mark.parametrize("where", ["query", "rebuild"])
+def test_a_bug_on_an_untouched_ledger_is_still_unexpected(
+    recorded: Any, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The events are checked only after a command failed, and a failure they do not explain
+    (every event as the ledger wrote it) is reported as the bug it is (exit 1)."""
+    from ledger import views
+    from projections.current_consent import CurrentConsent
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    if where == "query":
+        monkeypatch.setattr(views, "consent_rows", broken)
+        command: tuple[str, ...] = _CONSENTS
+    else:
+        monkeypatch.setattr(CurrentConsent, "replace", broken)
+        command = _REBUILD
+    done = run(recorded.database.url.render_as_string(hide_password=False), *command)
+    assert done.exit_code == 1, done.stderr
+    assert done.stderr.startswith("Error: unexpected KeyError at "), done.stderr
 
 
 # -- the database refuses ----------------------------------------------------------------------
