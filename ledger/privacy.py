@@ -233,7 +233,7 @@ def _with_exports(
     position = positions.get(erasure.originator_version)
     holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in ever.items()}
     for export in held:
-        if position is not None and export.conveyed(position, erasure.at):
+        if position is not None and export.conveyed(position):
             continue
         row = export.row
         entry = holders.setdefault(row["recipient"], _Received())

@@ -268,9 +268,9 @@ def export_read(export_position: int, tree_size: int | None) -> int:
 def erasures_unshown_after(position: int, data: Any) -> int:
     """The position after which an erasure may be one the export (its event at `position`,
     its stored state `data`) did not show (`ExportHolding.conveyed`): those recorded after
-    what it read or, made as of a time, any (0)."""
-    _state, tree_size, as_of = _export_state(position, data)
-    return 0 if as_of is not None else export_read(position, tree_size)
+    what it read, whatever its `as_of` (its `erased` column is the truth of what it read)."""
+    _state, tree_size, _as_of = _export_state(position, data)
+    return export_read(position, tree_size)
 
 
 def export_held(
@@ -301,11 +301,12 @@ class ExportHolding:
     as_of: datetime | None
     row: dict[str, Any]
 
-    def conveyed(self, position: int, at: datetime) -> bool:
-        """Whether the export showed the customer's fact at `position`, `at` (their
-        erasure: its customers table says so): it read that event and, made as of a time,
-        the fact is dated by then."""
-        return position <= self.read and (self.as_of is None or at <= self.as_of)
+    def conveyed(self, position: int) -> bool:
+        """Whether the export showed the customer's erasure at `position` (its customers
+        table says so): it read that event. Made as of a time or not: its `erased` column
+        says whether the customer was erased among the events it read, whatever the
+        erasure's business time (`ledger.exports`: "`erased` is always today's truth")."""
+        return position <= self.read
 
 
 def export_rows(

@@ -4,8 +4,9 @@ must be told of the erasure.
 A pseudonymous export holds the customer's consents, orders and disclosures under a pseudonym
 of its own: still their personal data (GDPR Art. 4(5)), and no later export tells the acquirer
 which of its records to erase (each export's pseudonyms are its own). The export's customers
-table marks a customer erased when the export read the erasure (and, made `--as-of` a time,
-the erasure is dated by then): that export needs no notice. A rectification changes names,
+table marks a customer erased when the export read the erasure (made `--as-of` a time or
+not: its `erased` column is today's truth, whatever the erasure's date): that export needs no
+notice. A rectification changes names,
 emails, phones or addresses, which no pseudonymous export holds: it calls for none.
 
 The expected rows follow from each scenario's facts: who was erased when, and which export
@@ -110,19 +111,36 @@ def _plus_30_days(moment: str) -> str:
     return iso(datetime.fromisoformat(moment) + timedelta(days=30))
 
 
-def test_an_export_as_of_before_the_erasure_did_not_show_it(url: str, tmp_path: Path) -> None:
+def test_an_export_as_of_before_the_erasure_it_read_showed_it(url: str, tmp_path: Path) -> None:
     # Both erased before the exports were made; one export is as of a time before C1's
-    # erasure (its customers table shows C1 as not erased), the other as of today
+    # erasure, the other as of today: both read the erasures, and their customers tables
+    # (`erased`, today's truth whatever the as-of) show both erased: no notice is due
     import_facts(
         url,
         [registered("C1", 0), registered("C2", 0), _erase("C1", 60 * 24 * 100), _erase("C2", 1)],
         tmp_path / "a.jsonl",
     )
-    dated = due_diligence_export(url, ACQUIRER, tmp_path / "dated", "--as-of", "2025-02-01")
+    due_diligence_export(url, ACQUIRER, tmp_path / "dated", "--as-of", "2025-02-01")
     due_diligence_export(url, ACQUIRER, tmp_path / "today")
+    for folder in ("dated", "today"):
+        rows = (tmp_path / folder / "customers.jsonl").read_bytes().splitlines()
+        assert [orjson.loads(row)["erased"] for row in rows] == [True, True]
+    assert _due(url, "--all") == []
+    assert _late(url, "--as-of", LATER) == []
+    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
+    assert refused.exit_code == 1 and "no notification" in error_line(refused)
+
+
+def test_an_export_as_of_before_an_erasure_recorded_after_it_did_not_show_it(
+    url: str, tmp_path: Path
+) -> None:
+    # C1's erasure, dated before the export's as-of or after it, is recorded after the export
+    import_facts(url, [registered("C1", 0), registered("C2", 0)], tmp_path / "a.jsonl")
+    dated = due_diligence_export(url, ACQUIRER, tmp_path / "dated", "--as-of", "2025-02-01")
+    import_facts(url, [_erase("C1", 60 * 24 * 100), _erase("C2", 1)], tmp_path / "b.jsonl")
     rows = _due(url)
-    assert [(r["customer"], r["fact_id"]) for r in rows] == [("C1", "C1-x")]
-    assert rows[0]["due_by"] == _plus_30_days(dated["at"])
+    assert [(r["customer"], r["fact_id"]) for r in rows] == [("C2", "C2-x"), ("C1", "C1-x")]
+    assert {r["due_by"] for r in rows} == {_plus_30_days(dated["at"])}
 
 
 def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
