@@ -182,7 +182,7 @@ def notifications(
             erased = True
             reason, changed, holders = "erasure", None, ever
             if held:
-                holders = _with_exports(ever, last_receipt, held, event, exports[0][3])
+                holders = _with_exports(ever, last_receipt, held, ordered, exports[0][3])
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
@@ -225,12 +225,22 @@ def _with_exports(
     ever: dict[str, _Received],
     last_receipt: dict[str, datetime],
     held: list[views.ExportHolding],
-    erasure: FactEvent,
+    events: Sequence[FactEvent],
     positions: dict[int, int],
 ) -> dict[str, _Received]:
     """The recipients an erasure concerns: those of `ever` and the acquirers of the exports
-    `held` that did not show it (`last_receipt` gains their times)."""
-    position = positions.get(erasure.originator_version)
+    `held` that did not show it (`last_receipt` gains their times). An export shows the
+    customer erased if it read any of their erasures (of `events`): the first recorded,
+    which need not be the first in business time that `notifications` counts (a second
+    erasure, dated earlier, may be recorded after an export that showed the first)."""
+    position = min(
+        (
+            positions[e.originator_version]
+            for e in events
+            if isinstance(e, Customer.Erased) and e.originator_version in positions
+        ),
+        default=None,
+    )
     holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in ever.items()}
     for export in held:
         if position is not None and export.conveyed(position):

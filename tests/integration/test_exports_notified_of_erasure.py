@@ -143,6 +143,29 @@ def test_an_export_as_of_before_an_erasure_recorded_after_it_did_not_show_it(
     assert {r["due_by"] for r in rows} == {_plus_30_days(dated["at"])}
 
 
+def test_an_export_that_read_an_erasure_showed_it_though_another_is_dated_earlier(
+    url: str, tmp_path: Path
+) -> None:
+    # C1 is erased (March) before the export, which shows C1 erased; a second erasure of
+    # C1, dated earlier (February), is recorded after it: the first in business time, but
+    # the export showed the customer erased all the same
+    import_facts(
+        url,
+        [registered("C1", 0), line("subject.erased", "C1-x1", 60 * 24 * 50, customer="C1")],
+        tmp_path / "a.jsonl",
+    )
+    due_diligence_export(url, ACQUIRER, tmp_path / "dd")
+    (row,) = (tmp_path / "dd" / "customers.jsonl").read_bytes().splitlines()
+    assert orjson.loads(row)["erased"] is True
+    import_facts(
+        url, [line("subject.erased", "C1-x0", 60 * 24 * 20, customer="C1")], tmp_path / "b.jsonl"
+    )
+    assert _due(url, "--all") == []
+    assert _late(url, "--as-of", LATER) == []
+    refused = run(url, "recipients", "notified", ACQUIRER, "--all-due")
+    assert refused.exit_code == 1
+
+
 def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
     import_facts(
         url,
