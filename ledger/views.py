@@ -269,8 +269,7 @@ def erasures_unshown_after(position: int, data: Any) -> int:
     """The position after which an erasure may be one the export (its event at `position`,
     its stored state `data`) did not show (`ExportHolding.conveyed`): those recorded after
     what it read, whatever its `as_of` (its `erased` column is the truth of what it read)."""
-    _state, tree_size, _as_of = _export_state(position, data)
-    return export_read(position, tree_size)
+    return export_read(position, _export_state(position, data)[1])
 
 
 def export_held(
@@ -293,12 +292,11 @@ def export_held(
 @dataclass(frozen=True)
 class ExportHolding:
     """A due-diligence export that held a customer's data (`export_holdings`): its trail
-    row, with its time and position, the last event it read and its `as_of`."""
+    row, with its time and position, and the last event it read."""
 
     at: datetime
     position: int
     read: int
-    as_of: datetime | None
     row: dict[str, Any]
 
     def conveyed(self, position: int) -> bool:
@@ -360,7 +358,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
             "order": None,
             "fact_id": fact_id,
         }
-        found.append(ExportHolding(state["at"], position, read, as_of, row))
+        found.append(ExportHolding(state["at"], position, read, row))
     return found
 
 
