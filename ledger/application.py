@@ -503,7 +503,8 @@ class ConsentLedger(Application[UUID]):
         """One customer's violations, as `audit` judges them (streaming readers such as the
         due-diligence export call this per customer instead of `audit`); `positions`: each
         event's position in the log; `exports`: every due-diligence export recorded, as
-        (position, stored state), for the notifications an erasure calls for."""
+        (position, stored state), for the notifications an erasure or rectification calls
+        for."""
         judged = [
             (event, position)
             for event, position in zip(events, positions, strict=True)
@@ -516,7 +517,7 @@ class ConsentLedger(Application[UUID]):
                 events,
                 now,
                 as_of,
-                privacy.erased_exports(customer, events, positions, exports),
+                privacy.held_exports(events, positions, exports),
             ),
         ]
 
@@ -581,14 +582,15 @@ class ConsentLedger(Application[UUID]):
             registered = events[0]
             assert isinstance(registered, Customer.Registered)
             facts = [e for e in events if isinstance(e, FactEvent)]
-            exports = self._erased_exports(registered.ref, facts) if exported else []
+            exports = self._held_exports(registered.ref, facts) if exported else []
             yield events, privacy.notifications(registered.ref, facts, exports)
 
-    def _erased_exports(self, ref: str, events: Sequence[FactEvent]) -> list[Any]:
-        """The exports that may hold customer `ref` (`customer_exports`) if they are erased:
-        an erasure concerns the acquirers of exports too (`privacy.notifications`), a
-        rectification none."""
-        if not any(isinstance(e, Customer.Erased) for e in events):
+    def _held_exports(self, ref: str, events: Sequence[FactEvent]) -> list[Any]:
+        """The exports that may hold customer `ref` (`customer_exports`) if they concern
+        their notifications (`privacy.exports_concern`): an erasure concerns the acquirers of
+        exports too, and a rectification the acquirer of an identified export that gave the
+        details before it was recorded (`privacy.notifications`)."""
+        if not privacy.exports_concern(events):
             return []
         return self.customer_exports(ref)
 
@@ -605,7 +607,7 @@ class ConsentLedger(Application[UUID]):
             if personal.fact_recorded(self.database, fact_id):
                 raise DuplicateFactError(fact_id)
             customer, events = self.customer_with_events(ref)
-            exports = self._erased_exports(ref, events)
+            exports = self._held_exports(ref, events)
             answered = [
                 due
                 for due in privacy.outstanding(privacy.notifications(ref, events, exports))

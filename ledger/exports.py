@@ -1129,7 +1129,7 @@ class Exporter:
             elif fact_type in _TRIGGER_TYPES:
                 triggers = True
         if triggers:
-            held = privacy.erased_exports(customer, events, positions, self.recorded_exports)
+            held = privacy.held_exports(events, positions, self.recorded_exports)
             if held or _may_notify(events):
                 as_of = self.request.as_of
                 for violation in privacy.notification_violations(

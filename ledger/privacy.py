@@ -144,7 +144,10 @@ def notifications(
     or after it (a disclosure after the erasure broke a rule, but that recipient holds the
     data all the same, and must be told too); a rectification, those that received a
     category it changed before it (by business time, ties by recording order: a later one
-    received the details as changed). A notification to a recipient answers each one due
+    received the details as changed), and the acquirer of an identified export whose own
+    disclosure was recorded before it though dated after it (the export gave the details the
+    ledger had when it ran: the old ones; due from that receipt). A notification to a
+    recipient answers each one due
     to it at or before the notification's time: for a recipient that received the data
     after the erasure, due from its last receipt (told before it, it got more since). Only
     the first erasure counts: there is nothing left to erase after it.
@@ -165,6 +168,10 @@ def notifications(
         for export in (views.export_holdings(exports, ordered) if exports else ())
         if until is None or export.at <= until
     ]
+    # An identified export's own disclosures, in recording order: what it gave the acquirer
+    # is what the ledger had recorded when it ran, whatever a later fact's business time.
+    own_ids = views.export_disclosures(exports, events) if exports else set()
+    own = [e for e in events if isinstance(e, DisclosureEvent) and e.fact_id in own_ids]
     sent: dict[str, list[Customer.RecipientNotified]] = {}  # by recipient, in business order
     for e in ordered:
         if isinstance(e, Customer.RecipientNotified):
@@ -186,15 +193,17 @@ def notifications(
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
-            holders = received
+            holders, held_since = _held_before(received, own, event, changed)
         else:
             continue
         for recipient, entry in sorted(holders.items()):
             affected = entry.categories if changed is None else entry.categories & changed
             if not affected and not (changed is None and entry.exported):
                 continue
-            since = last_receipt[recipient] if changed is None else event.at
-            since = max(since, event.at)
+            if changed is None:
+                since = max(last_receipt[recipient], event.at)
+            else:
+                since = held_since.get(recipient, event.at)
             told = sent.get(recipient, ())  # the first one told at or after `since` answers
             index = bisect_left(told, since, key=attrgetter("at"))
             answer = told[index] if index < len(told) else None
@@ -213,6 +222,31 @@ def notifications(
                 )
             )
     return found
+
+
+def _held_before(
+    received: dict[str, _Received],
+    own: Sequence[DisclosureEvent],
+    rectification: Customer.DetailsUpdated,
+    changed: set[str],
+) -> tuple[dict[str, _Received], dict[str, datetime]]:
+    """The recipients that held details a rectification changed before it: those that
+    `received` them before it in business time, and the acquirer of each identified export
+    whose own disclosure (`own`) was recorded before the rectification though dated after
+    it (the export gave what the ledger had then: the old details), with the time of its
+    last such receipt of a changed category: the notice is due from then (told before it,
+    the acquirer got the old details again since)."""
+    version, at = rectification.originator_version, rectification.at
+    late = [d for d in own if d.originator_version < version and d.at > at]
+    if not late:
+        return received, {}
+    holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in received.items()}
+    since: dict[str, datetime] = {}
+    for disclosure in late:
+        _receive(holders, disclosure)
+        if changed.intersection(disclosure.categories):
+            since[disclosure.recipient] = max(since.get(disclosure.recipient, at), disclosure.at)
+    return holders, since
 
 
 def _receive(received: dict[str, _Received], disclosure: DisclosureEvent) -> None:
@@ -255,19 +289,35 @@ def _with_exports(
     return holders
 
 
-def erased_exports(
-    customer: Customer,
+def held_exports(
     events: Sequence[FactEvent],
     positions: Sequence[int],
     exports: Sequence[tuple[int, Any]],
 ) -> list[tuple[int, int, Any, dict[int, int]]]:
     """The exports `notifications` takes for a customer, from every export recorded,
     (position, stored state), and the position of each of `events`: those that may hold
-    them if they are erased (a rectification concerns no export), else none."""
-    if not exports or customer.erased_at is None:
+    them if `exports_concern` them, else none."""
+    if not exports or not exports_concern(events):
         return []
     versions = {event.originator_version: p for event, p in zip(events, positions, strict=True)}
     return views.exports_of(versions, exports)
+
+
+def exports_concern(events: Iterable[FactEvent]) -> bool:
+    """Whether the notifications a customer's facts call for may concern a due-diligence
+    export (`notifications`), told without reading any: they are erased, or a rectification
+    was recorded after a disclosure shaped like an identified export's own."""
+    shaped: int | None = None  # the first such disclosure's version
+    rectified = 0  # the last rectification's version
+    for event in events:
+        if isinstance(event, Customer.Erased):
+            return True
+        version = event.originator_version
+        if isinstance(event, Customer.DetailsUpdated):
+            rectified = max(rectified, version)
+        elif isinstance(event, DisclosureEvent) and views.may_be_export_disclosure(event):
+            shaped = version if shaped is None else min(shaped, version)
+    return shaped is not None and shaped < rectified
 
 
 def _receipts(disclosures: Iterable[DisclosureEvent]) -> dict[str, _Received]:

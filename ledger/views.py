@@ -362,6 +362,41 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
     return found
 
 
+def export_disclosures(exports: Iterable[Sequence[Any]], events: Iterable[Any]) -> set[str]:
+    """The fact ids of the disclosures among `events` that are an identified export's own
+    `transfer.disclosure` (`_named_by`), of the `exports` as `export_holdings` takes them:
+    what the ledger itself gave the acquirer, from what it had recorded by then."""
+    prefixes = {}
+    for _, position, data, _ in exports:
+        state = _export_state(position, data)[0]
+        if state["identified"]:
+            prefixes[state["fact_id"]] = state["recipient"]
+    if not prefixes:
+        return set()
+    return {
+        e.fact_id
+        for e in events
+        if is_disclosure(e) and prefixes.get(e.fact_id.rpartition("/")[0]) == e.recipient
+    }
+
+
+def identified_exports(exports: Iterable[tuple[int, Any]]) -> list[tuple[int, str]]:
+    """The identified exports among every export recorded, (position, stored state): their
+    position and fact id."""
+    found = []
+    for position, data in exports:
+        state = _export_state(position, data)[0]
+        if state["identified"]:
+            found.append((position, state["fact_id"]))
+    return found
+
+
+def may_be_export_disclosure(event: Any) -> bool:
+    """Whether a disclosure's fact id is shaped like an identified export's own
+    (`<export fact id>/<n>`): the shape alone does not make it one (`export_disclosures`)."""
+    return bool(_EXPORT_FACT_ID.fullmatch(event.fact_id.rpartition("/")[0]))
+
+
 def _named_by(fact_id: str, recipient: str, named: list[tuple[str, str]]) -> bool:
     """Whether an identified export (`fact_id`, to `recipient`) named the customer: their
     disclosures include its own `transfer.disclosure` (`<fact_id>/<n>`, to the acquirer).

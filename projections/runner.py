@@ -278,25 +278,28 @@ class ReadModels:
         landed after the catch-up (a concurrent import) is in neither the model's rows nor,
         so, its notifications (and the report's judged violations, `judged_upto` that
         position, then agree with them). An erasure concerns the acquirers of the exports
-        that held the customer and did not show it too: the customers erased by a fact no
-        export may have shown are read from their replayed events (which give what
-        `views.export_holdings` reads: their registration, orders and the positions of
-        their events)."""
+        that held the customer and did not show it too, and a rectification the acquirer of
+        an identified export that gave the details before it was recorded: the customers
+        erased by a fact no export may have shown, or rectified after such an export, are
+        read from their replayed events (which give what `views.export_holdings` reads:
+        their registration, orders and the positions of their events)."""
         head = min(self._head(conn), _position(conn, Violations.name))
         exports = export_store.exports_recorded(conn, head)
-        erased: set[UUID] = set()
+        held: set[UUID] = set()
         if exports:
             since = min(views.erasures_unshown_after(*export) for export in exports)
-            erased = export_store.erased_streams(conn, since, head)
-        noticed = [ident for ident in notice_streams(conn, slot) if ident not in erased]
+            held = export_store.erased_streams(conn, since, head)
+            identified = views.identified_exports(exports)
+            held |= export_store.rectified_after_disclosing(conn, identified, head)
+        noticed = [ident for ident in notice_streams(conn, slot) if ident not in held]
         folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
         for stream in self._folded(folder, conn, noticed, head):
             yield stream.ref, stream.facts, []
-        for replayed in self._load(conn, erased, head):
+        for replayed in self._load(conn, held, head):
             customer, events = replayed.aggregate, replayed.events
             if isinstance(customer, Customer):
-                held = privacy.erased_exports(customer, events, replayed.positions, exports)
-                yield customer.ref, events, held
+                held_by = privacy.held_exports(events, replayed.positions, exports)
+                yield customer.ref, events, held_by
 
     def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
         """Violations as the ledger knew them at recorded time `known_at`: a direct fold of

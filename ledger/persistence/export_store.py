@@ -115,12 +115,40 @@ def exports_recorded(conn: Connection, upto: int) -> list[tuple[int, Any]]:
 
 def erased_streams(conn: Connection, after: int, upto: int) -> set[UUID]:
     """The customers erased by a fact recorded after event `after`, by event `upto`."""
+    return _streams_with(conn, "subject.erased", after, upto)
+
+
+def rectified_after_disclosing(
+    conn: Connection, identified: list[tuple[int, str]], upto: int
+) -> set[UUID]:
+    """The customers with a rectification recorded after an identified export (position,
+    fact id) that disclosed their details (its own `transfer.disclosure`, fact id
+    `<fact id>/<n>`), by event `upto`: those whose acquirer may hold the old details."""
+    facts = tables.facts
+    found: set[UUID] = set()
+    for position, fact_id in identified:
+        rectified = _streams_with(conn, "customer.updated", position, upto)
+        if not rectified:
+            continue
+        named = conn.execute(
+            sa.select(facts.c.originator_id).where(
+                facts.c.fact_id > f"{fact_id}/",
+                facts.c.fact_id < f"{fact_id}0",  # ("0" follows "/")
+                facts.c.notification_id <= upto,
+            )
+        )
+        found |= rectified.intersection(UUID(str(row[0])) for row in named)
+    return found
+
+
+def _streams_with(conn: Connection, fact_type: str, after: int, upto: int) -> set[UUID]:
+    """The streams with a fact of `fact_type` recorded after event `after`, by `upto`."""
     facts = tables.facts
     rows = conn.execute(
         sa.select(facts.c.originator_id).where(
             facts.c.notification_id > after,
             facts.c.notification_id <= upto,
-            facts.c.fact_type == "subject.erased",
+            facts.c.fact_type == fact_type,
         )
     )
     return {UUID(str(row[0])) for row in rows}

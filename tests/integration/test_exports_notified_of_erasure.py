@@ -6,8 +6,10 @@ of its own: still their personal data (GDPR Art. 4(5)), and no later export tell
 which of its records to erase (each export's pseudonyms are its own). The export's customers
 table marks a customer erased when the export read the erasure (made `--as-of` a time or
 not: its `erased` column is today's truth, whatever the erasure's date): that export needs no
-notice. A rectification changes names,
-emails, phones or addresses, which no pseudonymous export holds: it calls for none.
+notice. A rectification changes names, emails, phones or addresses, which no pseudonymous
+export holds: it calls for none. An identified export gave them, with a `transfer.disclosure`
+of its own dated when it ran: a rectification recorded after it, though dated before it, is
+due to its acquirer (the export gave the details the ledger had then: the old ones).
 
 The expected rows follow from each scenario's facts: who was erased when, and which export
 read what.
@@ -181,6 +183,86 @@ def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
     assert _due(url, "--all") == []
     refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
     assert refused.exit_code == 1 and "no notification" in error_line(refused)
+
+
+def test_a_rectification_recorded_after_an_identified_export_is_due_to_its_acquirer(
+    url: str, ledger: Any, tmp_path: Path
+) -> None:
+    # C2's name is changed before the export is made; C1's and C3's after it, C1's dated
+    # before it (a late feed), C3's after it (the acquirer got the old name by business
+    # time too). C4, registered after the export, was disclosed to the acquirer by the
+    # shop on day 30, in a fact whose id is shaped like an export's own (a feed's id can be
+    # any string): its rectification, dated before that, recorded after, is judged by
+    # business time, as any feed's is
+    import_facts(
+        url,
+        [
+            registered("C1", 0),
+            registered("C2", 1),
+            registered("C3", 2),
+            line("transfer.initiated", "t-1", 3, acquirer=ACQUIRER),
+            line("customer.updated", "C2-u", 4, customer="C2", name="Before Export"),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd", "--identified")
+    before = iso(datetime.now(UTC))
+    import_facts(
+        url,
+        [
+            line("customer.updated", "C1-u", 10, customer="C1", name="Late Feed"),
+            line("customer.updated", "C3-u", 60 * 24 * 365 * 3, customer="C3", email="n@x.org"),
+            registered("C4", 2),
+            line(
+                "transfer.disclosure",
+                "export-00000000-0000-4000-8000-000000000000/0000001",
+                60 * 24 * 30,
+                customer="C4",
+                acquirer=ACQUIRER,
+            ),
+            line("customer.updated", "C4-u", 20, customer="C4"),
+        ],
+        tmp_path / "b.jsonl",
+    )
+    # (a second identified export names them all, after every rectification by business
+    # time and by recording order: it had the new details)
+    due_diligence_export(url, ACQUIRER, tmp_path / "dd-2", "--identified")
+    rows = _due(url)
+    assert [(r["customer"], r["fact_id"], r["reason"], r["categories"]) for r in rows] == [
+        ("C1", "C1-u", "rectification", ["email", "name"]),
+        ("C3", "C3-u", "rectification", ["email"]),
+    ]
+    # C1's is due from the export (when the acquirer got the old name), C3's from itself
+    assert rows[0]["due_by"] == _plus_30_days(export["at"])
+    assert rows[1]["due_by"] == _plus_30_days(iso(datetime.fromisoformat(rows[1]["at"])))
+    # Judged from the events, every customer with a rectification, the same
+    every = [d for _events, dues in ledger._notification_streams() for d in dues]
+    assert sorted((d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER) == [
+        ("C1", "C1-u"),
+        ("C3", "C3-u"),
+    ]
+    # Late once its deadline has passed, as the ledger knows it now; not before C1-u was
+    # recorded
+    assert _late(url, "--as-of", "2027-06-01") == [("C1", "C1-u")]
+    assert _late(url, "--as-of", "2027-06-01", "--known-at", before) == []
+    # A later export's summary of open violations counts it too
+    request = ExportRequest(out=tmp_path / "later", acquirer="Another Bidder")
+    Exporter(ledger, request, now=datetime(2027, 6, 1, tzinfo=UTC)).run()
+    summary = orjson.loads((tmp_path / "later" / "summary.json").read_bytes())
+    assert summary["open_violations"]["by_rule"].get(RULE) == 1
+    # Telling the acquirer answers it; the access pack lists it answered
+    told = run_json(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
+    assert told["regarding"] == ["C1-u"]
+    assert _late(url, "--as-of", "2027-06-01") == []
+    pack_path = tmp_path / "pack.json"
+    run_json(url, "customer", "access-export", "C1", "--out", str(pack_path))
+    notices = orjson.loads(pack_path.read_bytes())["notifications"]
+    assert [(n["fact_id"], n["notified_fact_id"]) for n in notices] == [("C1-u", told["fact_id"])]
+    # C2 was rectified before the export read it: the acquirer has the new name; C4's
+    # acquirer received it after the rectification (by business time)
+    for ref in ("C2", "C4"):
+        refused = run(url, "recipients", "notified", ACQUIRER, "--customer", ref)
+        assert refused.exit_code == 1 and "no notification" in error_line(refused)
 
 
 def test_the_known_at_audit_and_a_later_exports_summary_judge_it_alike(
