@@ -122,22 +122,30 @@ def rectified_after_disclosing(
     conn: Connection, identified: list[tuple[int, str]], upto: int
 ) -> set[UUID]:
     """The customers with a rectification recorded after an identified export (position,
-    fact id) that disclosed their details (its own `transfer.disclosure`, fact id
-    `<fact id>/<n>`), by event `upto`: those whose acquirer may hold the old details."""
+    fact id) disclosed their details (its own `transfer.disclosure`, fact id
+    `<fact id>/<n>`), by event `upto`: those whose acquirer may hold the old details. Read
+    by position, not by a range of fact ids (whose order is the database's collation's)."""
+    if not identified:
+        return set()
+    exports = {fact_id for _, fact_id in identified}
     facts = tables.facts
-    found: set[UUID] = set()
-    for position, fact_id in identified:
-        rectified = _streams_with(conn, "customer.updated", position, upto)
-        if not rectified:
-            continue
-        named = conn.execute(
-            sa.select(facts.c.originator_id).where(
-                facts.c.fact_id > f"{fact_id}/",
-                facts.c.fact_id < f"{fact_id}0",  # ("0" follows "/")
-                facts.c.notification_id <= upto,
-            )
+    rows = conn.execute(
+        sa.select(facts.c.fact_id, facts.c.fact_type, facts.c.originator_id)
+        .where(
+            facts.c.notification_id > min(position for position, _ in identified),
+            facts.c.notification_id <= upto,
+            facts.c.fact_type.in_(["transfer.disclosure", "customer.updated"]),
         )
-        found |= rectified.intersection(UUID(str(row[0])) for row in named)
+        .order_by(facts.c.notification_id)
+    )
+    disclosed: set[Any] = set()
+    found: set[UUID] = set()
+    for fact_id, fact_type, ident in rows:
+        if fact_type == "transfer.disclosure":
+            if fact_id.rpartition("/")[0] in exports:
+                disclosed.add(ident)
+        elif ident in disclosed:
+            found.add(UUID(str(ident)))
     return found
 
 
