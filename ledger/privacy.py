@@ -144,10 +144,10 @@ def notifications(
     or after it (a disclosure after the erasure broke a rule, but that recipient holds the
     data all the same, and must be told too); a rectification, those that received a
     category it changed before it (by business time, ties by recording order: a later one
-    received the details as changed), and the acquirer of an identified export whose own
-    disclosure was recorded before it though dated after it (the export gave the details the
-    ledger had when it ran: the old ones; due from that receipt). A notification to a
-    recipient answers each one due
+    received the details as changed). An identified export's own disclosure is not judged by
+    its date but by what it gave: the details the ledger had recorded when it ran, dated by
+    its as-of; its acquirer is due a notice of a rectification recorded after it, or dated
+    after its as-of (`_held_before`). A notification to a recipient answers each one due
     to it at or before the notification's time: for a recipient that received the data
     after the erasure, due from its last receipt (told before it, it got more since). Only
     the first erasure counts: there is nothing left to erase after it.
@@ -168,10 +168,10 @@ def notifications(
         for export in (views.export_holdings(exports, ordered) if exports else ())
         if until is None or export.at <= until
     ]
-    # An identified export's own disclosures, in recording order: what it gave the acquirer
-    # is what the ledger had recorded when it ran, whatever a later fact's business time.
-    own_ids = views.export_disclosures(exports, events) if exports else set()
-    own = [e for e in events if isinstance(e, DisclosureEvent) and e.fact_id in own_ids]
+    # An identified export's own disclosures (with its as-of): what it gave the acquirer is
+    # what the ledger had recorded when it ran (dated by its as-of), whatever the business
+    # time it is dated by (`_held_before`).
+    own = views.export_disclosures(exports, events) if exports else {}
     sent: dict[str, list[Customer.RecipientNotified]] = {}  # by recipient, in business order
     for e in ordered:
         if isinstance(e, Customer.RecipientNotified):
@@ -183,7 +183,8 @@ def notifications(
     erased = False
     for event in ordered:
         if isinstance(event, DisclosureEvent):
-            _receive(received, event)
+            if event.fact_id not in own:
+                _receive(received, event)
             continue
         if isinstance(event, Customer.Erased) and not erased:
             erased = True
@@ -193,7 +194,7 @@ def notifications(
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
-            holders, held_since = _held_before(received, own, event, changed)
+            holders, held_since = _held_before(received, own, ordered, event, changed)
         else:
             continue
         for recipient, entry in sorted(holders.items()):
@@ -226,27 +227,42 @@ def notifications(
 
 def _held_before(
     received: dict[str, _Received],
-    own: Sequence[DisclosureEvent],
+    own: dict[str, datetime | None],
+    events: Sequence[FactEvent],
     rectification: Customer.DetailsUpdated,
     changed: set[str],
 ) -> tuple[dict[str, _Received], dict[str, datetime]]:
     """The recipients that held details a rectification changed before it: those that
-    `received` them before it in business time, and the acquirer of each identified export
-    whose own disclosure (`own`) was recorded before the rectification though dated after
-    it (the export gave what the ledger had then: the old details), with the time of its
-    last such receipt of a changed category: the notice is due from then (told before it,
-    the acquirer got the old details again since)."""
+    `received` them before it in business time (the shop's disclosures: its platform had
+    the change when it disclosed, if it was dated before), and the acquirer of each
+    identified export (its own disclosures, `own`, with the export's as-of) that did not
+    give the rectified details: it gave the details the ledger had recorded when it ran,
+    dated by its as-of, so not a rectification recorded after it, or dated after its
+    as-of. Such a notice is due from the later of the export and the rectification (told
+    before it, the acquirer got the old details again)."""
+    if not own:
+        return received, {}
     version, at = rectification.originator_version, rectification.at
-    late = [d for d in own if d.originator_version < version and d.at > at]
-    if not late:
+    stale = [
+        e
+        for e in events
+        if isinstance(e, DisclosureEvent)
+        and e.fact_id in own
+        and (e.originator_version < version or _after(at, own[e.fact_id]))
+    ]
+    if not stale:
         return received, {}
     holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in received.items()}
     since: dict[str, datetime] = {}
-    for disclosure in late:
+    for disclosure in stale:
         _receive(holders, disclosure)
         if changed.intersection(disclosure.categories):
             since[disclosure.recipient] = max(since.get(disclosure.recipient, at), disclosure.at)
     return holders, since
+
+
+def _after(at: datetime, as_of: datetime | None) -> bool:
+    return as_of is not None and at > as_of
 
 
 def _receive(received: dict[str, _Received], disclosure: DisclosureEvent) -> None:
@@ -303,21 +319,22 @@ def held_exports(
     return views.exports_of(versions, exports)
 
 
-def exports_concern(events: Iterable[FactEvent]) -> bool:
+def exports_concern(events: Sequence[FactEvent]) -> bool:
     """Whether the notifications a customer's facts call for may concern a due-diligence
-    export (`notifications`), told without reading any: they are erased, or a rectification
-    was recorded after a disclosure shaped like an identified export's own."""
-    shaped: int | None = None  # the first such disclosure's version
-    rectified = 0  # the last rectification's version
-    for event in events:
-        if isinstance(event, Customer.Erased):
-            return True
-        version = event.originator_version
-        if isinstance(event, Customer.DetailsUpdated):
-            rectified = max(rectified, version)
-        elif isinstance(event, DisclosureEvent) and views.may_be_export_disclosure(event):
-            shaped = version if shaped is None else min(shaped, version)
-    return shaped is not None and shaped < rectified
+    export (`notifications`), told without reading any: they are erased, or
+    `rectified_and_export_shaped`."""
+    return any(isinstance(e, Customer.Erased) for e in events) or rectified_and_export_shaped(
+        events
+    )
+
+
+def rectified_and_export_shaped(events: Sequence[FactEvent]) -> bool:
+    """Whether the customer was rectified and disclosed by a fact shaped like an identified
+    export's own: whether such an export gave the details the rectification changed decides
+    if its acquirer is due a notice (`_held_before`)."""
+    return any(isinstance(e, Customer.DetailsUpdated) for e in events) and any(
+        isinstance(e, DisclosureEvent) and views.may_be_export_disclosure(e) for e in events
+    )
 
 
 def _receipts(disclosures: Iterable[DisclosureEvent]) -> dict[str, _Received]:

@@ -362,32 +362,35 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
     return found
 
 
-def export_disclosures(exports: Iterable[Sequence[Any]], events: Iterable[Any]) -> set[str]:
-    """The fact ids of the disclosures among `events` that are an identified export's own
-    `transfer.disclosure` (`_named_by`), of the `exports` as `export_holdings` takes them:
-    what the ledger itself gave the acquirer, from what it had recorded by then."""
-    prefixes = {}
+def export_disclosures(
+    exports: Iterable[Sequence[Any]], events: Iterable[Any]
+) -> dict[str, datetime | None]:
+    """The disclosures among `events` that are an identified export's own
+    `transfer.disclosure` (`_named_by`), of the `exports` as `export_holdings` takes them,
+    by fact id, with the export's `as_of` (None: not made as of a time): what the ledger
+    itself gave the acquirer, the details it had recorded by then (dated by that time)."""
+    identified: dict[str, tuple[str, datetime | None]] = {}
     for _, position, data, _ in exports:
-        state = _export_state(position, data)[0]
+        state, _, as_of = _export_state(position, data)
         if state["identified"]:
-            prefixes[state["fact_id"]] = state["recipient"]
-    if not prefixes:
-        return set()
-    return {
-        e.fact_id
-        for e in events
-        if is_disclosure(e) and prefixes.get(e.fact_id.rpartition("/")[0]) == e.recipient
-    }
+            identified[state["fact_id"]] = (state["recipient"], as_of)
+    found: dict[str, datetime | None] = {}
+    for e in events:
+        if identified and is_disclosure(e):
+            export = identified.get(e.fact_id.rpartition("/")[0])
+            if export is not None and export[0] == e.recipient:
+                found[e.fact_id] = export[1]
+    return found
 
 
-def identified_exports(exports: Iterable[tuple[int, Any]]) -> list[tuple[int, str]]:
+def identified_exports(exports: Iterable[tuple[int, Any]]) -> list[tuple[int, str, bool]]:
     """The identified exports among every export recorded, (position, stored state): their
-    position and fact id."""
+    position, fact id and whether each was made as of a time."""
     found = []
     for position, data in exports:
-        state = _export_state(position, data)[0]
+        state, _, as_of = _export_state(position, data)
         if state["identified"]:
-            found.append((position, state["fact_id"]))
+            found.append((position, state["fact_id"], as_of is not None))
     return found
 
 

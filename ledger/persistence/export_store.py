@@ -119,34 +119,45 @@ def erased_streams(conn: Connection, after: int, upto: int) -> set[UUID]:
 
 
 def rectified_after_disclosing(
-    conn: Connection, identified: list[tuple[int, str]], upto: int
+    conn: Connection, identified: list[tuple[int, str, bool]], upto: int
 ) -> set[UUID]:
-    """The customers with a rectification recorded after an identified export (position,
-    fact id) disclosed their details (its own `transfer.disclosure`, fact id
-    `<fact id>/<n>`), by event `upto`: those whose acquirer may hold the old details. Read
-    by position, not by a range of fact ids (whose order is the database's collation's)."""
+    """The customers an identified export (position, fact id, whether made as of a time)
+    disclosed (its own `transfer.disclosure`, fact id `<fact id>/<n>`) with a rectification
+    it may not have given, by event `upto`: one recorded after it, or, if it was made as of
+    a time, one recorded at any time (its date decides: `privacy.notifications`). Read by
+    position, not by a range of fact ids (whose order is the database's collation's)."""
     if not identified:
         return set()
-    exports = {fact_id for _, fact_id in identified}
+    dated = {fact_id for _, fact_id, as_of in identified if as_of}
+    undated = {fact_id for _, fact_id, as_of in identified if not as_of}
+    after = 0 if dated else min(position for position, _, _ in identified)
     facts = tables.facts
     rows = conn.execute(
         sa.select(facts.c.fact_id, facts.c.fact_type, facts.c.originator_id)
         .where(
-            facts.c.notification_id > min(position for position, _ in identified),
+            facts.c.notification_id > after,
             facts.c.notification_id <= upto,
             facts.c.fact_type.in_(["transfer.disclosure", "customer.updated"]),
         )
         .order_by(facts.c.notification_id)
     )
-    disclosed: set[Any] = set()
-    found: set[UUID] = set()
+    disclosed: set[Any] = set()  # by an export not made as of a time, so far
+    disclosed_dated: set[Any] = set()  # by one made as of a time
+    rectified: set[Any] = set()
+    found: set[Any] = set()
     for fact_id, fact_type, ident in rows:
         if fact_type == "transfer.disclosure":
-            if fact_id.rpartition("/")[0] in exports:
+            export = fact_id.rpartition("/")[0]
+            if export in undated:
                 disclosed.add(ident)
-        elif ident in disclosed:
-            found.add(UUID(str(ident)))
-    return found
+            elif export in dated:
+                disclosed_dated.add(ident)
+        else:
+            rectified.add(ident)
+            if ident in disclosed:
+                found.add(ident)
+    found |= rectified & disclosed_dated
+    return {UUID(str(ident)) for ident in found}
 
 
 def _streams_with(conn: Connection, fact_type: str, after: int, upto: int) -> set[UUID]:

@@ -200,8 +200,11 @@ def test_a_rectification_recorded_after_an_identified_export_is_due_to_its_acqui
             registered("C1", 0),
             registered("C2", 1),
             registered("C3", 2),
+            registered("C5", 2),
             line("transfer.initiated", "t-1", 3, acquirer=ACQUIRER),
             line("customer.updated", "C2-u", 4, customer="C2", name="Before Export"),
+            # dated years ahead (the feed allows it), recorded before the export: it gave it
+            line("customer.updated", "C5-u", 60 * 24 * 365 * 3, customer="C5", name="Ahead"),
         ],
         tmp_path / "a.jsonl",
     )
@@ -258,11 +261,44 @@ def test_a_rectification_recorded_after_an_identified_export_is_due_to_its_acqui
     run_json(url, "customer", "access-export", "C1", "--out", str(pack_path))
     notices = orjson.loads(pack_path.read_bytes())["notifications"]
     assert [(n["fact_id"], n["notified_fact_id"]) for n in notices] == [("C1-u", told["fact_id"])]
-    # C2 was rectified before the export read it: the acquirer has the new name; C4's
-    # acquirer received it after the rectification (by business time)
-    for ref in ("C2", "C4"):
+    # C2 and C5 were rectified before the export read them: the acquirer has the new names;
+    # C4's acquirer received it after the rectification (by business time)
+    for ref in ("C2", "C4", "C5"):
         refused = run(url, "recipients", "notified", ACQUIRER, "--customer", ref)
         assert refused.exit_code == 1 and "no notification" in error_line(refused)
+
+
+def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
+    url: str, ledger: Any, tmp_path: Path
+) -> None:
+    # Both rectified before the export is made: C1's dated after the time it is made as of
+    # (its acquirer got the old name), C2's before it (the new one)
+    import_facts(
+        url,
+        [
+            registered("C1", 0),
+            registered("C2", 0),
+            line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER),
+            line("customer.updated", "C2-u", 60 * 24 * 2, customer="C2", name="Second"),
+            line("customer.updated", "C1-u", 60 * 24 * 10, customer="C1", name="Tenth"),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = due_diligence_export(
+        url, ACQUIRER, tmp_path / "dd", "--identified", "--as-of", "2025-01-15"
+    )
+    # It gave the names as of 15 January: C1's first one, C2's changed one
+    given = (tmp_path / "dd" / "customers.jsonl").read_bytes().splitlines()
+    names = {row["ref"]: row["name"] for row in map(orjson.loads, given)}
+    assert names == {"C1": registered("C1", 0)["name"], "C2": "Second"}
+    rows = _due(url)
+    assert [(r["customer"], r["fact_id"], r["due_by"]) for r in rows] == [
+        ("C1", "C1-u", _plus_30_days(export["at"]))
+    ]
+    every = [d for _events, dues in ledger._notification_streams() for d in dues]
+    assert [(d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER] == [("C1", "C1-u")]
+    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C2")
+    assert refused.exit_code == 1 and "no notification" in error_line(refused)
 
 
 def test_the_known_at_audit_and_a_later_exports_summary_judge_it_alike(
