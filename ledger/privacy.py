@@ -194,7 +194,7 @@ def notifications(
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
-            holders, held_since = _held_before(received, own, ordered, event, changed)
+            holders, held_since = _held_before(received, own, ordered, event, changed, exports)
         else:
             continue
         for recipient, entry in sorted(holders.items()):
@@ -227,28 +227,32 @@ def notifications(
 
 def _held_before(
     received: dict[str, _Received],
-    own: dict[str, datetime | None],
+    own: dict[str, tuple[datetime | None, int]],
     events: Sequence[FactEvent],
     rectification: Customer.DetailsUpdated,
     changed: set[str],
+    exports: Sequence[Sequence[Any]],
 ) -> tuple[dict[str, _Received], dict[str, datetime]]:
     """The recipients that held details a rectification changed before it: those that
     `received` them before it in business time (the shop's disclosures: its platform had
     the change when it disclosed, if it was dated before), and the acquirer of each
-    identified export (its own disclosures, `own`, with the export's as-of) that did not
-    give the rectified details: it gave the details the ledger had recorded when it ran,
-    dated by its as-of, so not a rectification recorded after it, or dated after its
-    as-of. Such a notice is due from the later of the export and the rectification (told
-    before it, the acquirer got the old details again)."""
+    identified export (its own disclosures, `own`, with the export's as-of and the last
+    event it read) that did not give the rectified details: it gave the details the ledger
+    had recorded by the last event it read, dated by its as-of, so not a rectification
+    recorded after that event (even one recorded while it ran, before its own disclosures),
+    or dated after its as-of. Such a notice is due from the later of the export and the
+    rectification (told before it, the acquirer got the old details again)."""
     if not own:
         return received, {}
-    version, at = rectification.originator_version, rectification.at
+    # (`own` is not empty: `exports` is not, and each carries the customer's positions)
+    position = exports[0][3].get(rectification.originator_version)
+    at = rectification.at
     stale = [
         e
         for e in events
         if isinstance(e, DisclosureEvent)
         and e.fact_id in own
-        and (e.originator_version < version or _after(at, own[e.fact_id]))
+        and (_unread(position, own[e.fact_id][1]) or _after(at, own[e.fact_id][0]))
     ]
     if not stale:
         return received, {}
@@ -259,6 +263,11 @@ def _held_before(
         if changed.intersection(disclosure.categories):
             since[disclosure.recipient] = max(since.get(disclosure.recipient, at), disclosure.at)
     return holders, since
+
+
+def _unread(position: int | None, read: int) -> bool:
+    """Whether the event at `position` (None: not known, so not read) came after `read`."""
+    return position is None or position > read
 
 
 def _after(at: datetime, as_of: datetime | None) -> bool:

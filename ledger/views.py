@@ -364,33 +364,36 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
 
 def export_disclosures(
     exports: Iterable[Sequence[Any]], events: Iterable[Any]
-) -> dict[str, datetime | None]:
+) -> dict[str, tuple[datetime | None, int]]:
     """The disclosures among `events` that are an identified export's own
     `transfer.disclosure` (`_named_by`), of the `exports` as `export_holdings` takes them,
-    by fact id, with the export's `as_of` (None: not made as of a time): what the ledger
-    itself gave the acquirer, the details it had recorded by then (dated by that time)."""
-    identified: dict[str, tuple[str, datetime | None]] = {}
+    by fact id, with the export's `as_of` (None: not made as of a time) and the last event
+    it read (`export_read`): what the ledger itself gave the acquirer, the details it had
+    recorded by that event (dated by that time)."""
+    identified: dict[str, tuple[str, datetime, datetime | None, int]] = {}
     for _, position, data, _ in exports:
-        state, _, as_of = _export_state(position, data)
+        state, tree_size, as_of = _export_state(position, data)
         if state["identified"]:
-            identified[state["fact_id"]] = (state["recipient"], as_of)
-    found: dict[str, datetime | None] = {}
+            read = export_read(position, tree_size)
+            identified[state["fact_id"]] = (state["recipient"], state["at"], as_of, read)
+    found: dict[str, tuple[datetime | None, int]] = {}
     for e in events:
         if identified and is_disclosure(e):
             export = identified.get(e.fact_id.rpartition("/")[0])
             if export is not None and export[0] == e.recipient:
-                found[e.fact_id] = export[1]
+                found[e.fact_id] = (export[2], export[3])
     return found
 
 
 def identified_exports(exports: Iterable[tuple[int, Any]]) -> list[tuple[int, str, bool]]:
-    """The identified exports among every export recorded, (position, stored state): their
-    position, fact id and whether each was made as of a time."""
+    """The identified exports among every export recorded, (position, stored state): the
+    last event each read (`export_read`), its fact id and whether it was made as of a
+    time."""
     found = []
     for position, data in exports:
-        state, _, as_of = _export_state(position, data)
+        state, tree_size, as_of = _export_state(position, data)
         if state["identified"]:
-            found.append((position, state["fact_id"], as_of is not None))
+            found.append((export_read(position, tree_size), state["fact_id"], as_of is not None))
     return found
 
 

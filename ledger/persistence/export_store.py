@@ -121,19 +121,27 @@ def erased_streams(conn: Connection, after: int, upto: int) -> set[UUID]:
 def rectified_after_disclosing(
     conn: Connection, identified: list[tuple[int, str, bool]], upto: int
 ) -> set[UUID]:
-    """The customers an identified export (position, fact id, whether made as of a time)
-    disclosed (its own `transfer.disclosure`, fact id `<fact id>/<n>`) with a rectification
-    it may not have given, by event `upto`: one recorded after it, or, if it was made as of
-    a time, one recorded at any time (its date decides: `privacy.notifications`). Read by
+    """The customers an identified export (the last event it read, fact id, whether made as
+    of a time) disclosed (its own `transfer.disclosure`, fact id `<fact id>/<n>`) with a
+    rectification it may not have given, by event `upto`: one recorded after the last event
+    it read (even before its own disclosures, while it ran), or, if it was made as of a
+    time, one recorded at any time (its date decides: `privacy.notifications`). Read by
     position, not by a range of fact ids (whose order is the database's collation's)."""
     if not identified:
         return set()
-    dated = {fact_id for _, fact_id, as_of in identified if as_of}
-    undated = {fact_id for _, fact_id, as_of in identified if not as_of}
-    after = 0 if dated else min(position for position, _, _ in identified)
+    reads: dict[str, int] = {}  # each export not made as of a time: the last event it read
+    dated = set()
+    for read, fact_id, as_of in identified:
+        if as_of:
+            dated.add(fact_id)
+        else:
+            reads[fact_id] = read
+    after = 0 if dated else min(reads.values())
     facts = tables.facts
     rows = conn.execute(
-        sa.select(facts.c.fact_id, facts.c.fact_type, facts.c.originator_id)
+        sa.select(
+            facts.c.fact_id, facts.c.fact_type, facts.c.originator_id, facts.c.notification_id
+        )
         .where(
             facts.c.notification_id > after,
             facts.c.notification_id <= upto,
@@ -141,22 +149,20 @@ def rectified_after_disclosing(
         )
         .order_by(facts.c.notification_id)
     )
-    disclosed: set[Any] = set()  # by an export not made as of a time, so far
+    disclosed: dict[Any, int] = {}  # by an export not made as of a time: the least it read
     disclosed_dated: set[Any] = set()  # by one made as of a time
-    rectified: set[Any] = set()
-    found: set[Any] = set()
-    for fact_id, fact_type, ident in rows:
+    rectified: dict[Any, int] = {}  # the last rectification's position
+    for fact_id, fact_type, ident, position in rows:
         if fact_type == "transfer.disclosure":
             export = fact_id.rpartition("/")[0]
-            if export in undated:
-                disclosed.add(ident)
+            if export in reads:
+                disclosed[ident] = min(disclosed.get(ident, reads[export]), reads[export])
             elif export in dated:
                 disclosed_dated.add(ident)
         else:
-            rectified.add(ident)
-            if ident in disclosed:
-                found.add(ident)
-    found |= rectified & disclosed_dated
+            rectified[ident] = position
+    found = {ident for ident, read in disclosed.items() if rectified.get(ident, 0) > read}
+    found |= rectified.keys() & disclosed_dated
     return {UUID(str(ident)) for ident in found}
 
 

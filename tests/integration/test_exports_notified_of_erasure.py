@@ -301,6 +301,39 @@ def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
     assert refused.exit_code == 1 and "no notification" in error_line(refused)
 
 
+def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_acquirer(
+    url: str, ledger: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # C1's name is changed by another writer after the export read the ledger, before it
+    # recorded itself (and its own disclosures): the file holds the old name
+    import_facts(
+        url,
+        [registered("C1", 0), line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER)],
+        tmp_path / "a.jsonl",
+    )
+    record = Exporter._record
+
+    def racing(exporter: Exporter, *args: Any) -> None:
+        rectified = line("customer.updated", "C1-u", 10, customer="C1", name="New Name")
+        exporter.app.import_lines([orjson.dumps(rectified)])
+        record(exporter, *args)
+
+    monkeypatch.setattr(Exporter, "_record", racing)
+    export = due_diligence_export(url, ACQUIRER, tmp_path / "dd", "--identified")
+    monkeypatch.setattr(Exporter, "_record", record)
+    given = orjson.loads((tmp_path / "dd" / "customers.jsonl").read_bytes())
+    assert given["name"] == registered("C1", 0)["name"]
+    rows = _due(url)
+    assert [(r["customer"], r["fact_id"], r["due_by"]) for r in rows] == [
+        ("C1", "C1-u", _plus_30_days(export["at"]))
+    ]
+    every = [d for _events, dues in ledger._notification_streams() for d in dues]
+    assert [(d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER] == [("C1", "C1-u")]
+    assert _late(url, "--as-of", LATER) == [("C1", "C1-u")]
+    told = run_json(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
+    assert told["regarding"] == ["C1-u"]
+
+
 def test_the_known_at_audit_and_a_later_exports_summary_judge_it_alike(
     url: str, ledger: Any, tmp_path: Path
 ) -> None:
