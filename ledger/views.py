@@ -369,7 +369,8 @@ def export_disclosures(
     `transfer.disclosure` (`_named_by`), of the `exports` as `export_holdings` takes them,
     by fact id, with the export's `as_of` (None: not made as of a time) and the last event
     it read (`export_read`): what the ledger itself gave the acquirer, the details it had
-    recorded by that event (dated by that time)."""
+    recorded by that event (dated by that time). Its own are dated when it was made, to the
+    moment: a feed's disclosure whose fact id merely begins with the export's is not."""
     identified: dict[str, tuple[str, datetime, datetime | None, int]] = {}
     for _, position, data, _ in exports:
         state, tree_size, as_of = _export_state(position, data)
@@ -380,7 +381,7 @@ def export_disclosures(
     for e in events:
         if identified and is_disclosure(e):
             export = identified.get(e.fact_id.rpartition("/")[0])
-            if export is not None and export[0] == e.recipient:
+            if export is not None and export[0] == e.recipient and export[1] == e.at:
                 found[e.fact_id] = (export[2], export[3])
     return found
 

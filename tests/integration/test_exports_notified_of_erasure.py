@@ -17,7 +17,7 @@ read what.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import pytest
 from ledger.exports import Exporter, ExportRequest
 from ledger.feed import iso
 from tests.cli_helpers import due_diligence_export, error_line, import_facts, run, run_json
-from tests.examples import line, registered
+from tests.examples import T0, line, registered
 
 ACQUIRER = "Contoso Holdings"
 RULE = "recipient_not_notified"
@@ -332,6 +332,44 @@ def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_a
     assert _late(url, "--as-of", LATER) == [("C1", "C1-u")]
     told = run_json(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
     assert told["regarding"] == ["C1-u"]
+
+
+def test_a_feed_disclosure_named_like_an_export_s_own_is_judged_by_business_time(
+    url: str, tmp_path: Path
+) -> None:
+    # C2, registered after the time the export is made as of, is not in it; the shop
+    # discloses C2's name to the acquirer on day 5 under a fact id that begins with the
+    # export's (a feed's id can be any string), recorded after a rectification dated day 10
+    day = 60 * 24
+    import_facts(
+        url,
+        [
+            registered("C1", 0),
+            registered("C2", 20 * day),
+            line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = due_diligence_export(
+        url, ACQUIRER, tmp_path / "dd", "--identified", "--as-of", iso(T0 + timedelta(days=15))
+    )
+    import_facts(
+        url,
+        [
+            line("customer.updated", "C2-u", 10 * day, customer="C2", name="New"),
+            line(
+                "transfer.disclosure",
+                f"{export['fact_id']}/0000099",
+                5 * day,
+                customer="C2",
+                acquirer=ACQUIRER,
+                categories=["name"],
+            ),
+        ],
+        tmp_path / "b.jsonl",
+    )
+    assert [(r["customer"], r["fact_id"]) for r in _due(url)] == [("C2", "C2-u")]
+    assert _late(url, "--as-of", LATER) == [("C2", "C2-u")]
 
 
 def test_the_known_at_audit_and_a_later_exports_summary_judge_it_alike(
