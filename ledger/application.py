@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -562,22 +562,22 @@ class ConsentLedger(Application[UUID]):
     def notifications(self) -> list[privacy.NotificationDue]:
         """Art. 19: every notification due for an erasure or rectification, answered or not
         (the customers that may have any are named by the violations read model, caught up
-        first: `recipients notified --all-due` reads every customer with an erasure or a
-        rectification, `_notification_streams`)."""
+        first; `recipients notified --all-due` judges the same customers, and those with
+        events the model has not applied, in its write: `record_notifications_due`)."""
         found = self.read_models.notifications()
         found.sort(key=lambda due: (due.at, due.customer, due.recipient))
         return found
 
     def _notification_streams(
-        self,
+        self, among: Collection[UUID] | None = None
     ) -> Iterator[tuple[list[Any], list[privacy.NotificationDue]]]:
-        """The events of each customer with an erasure or rectification, and the
-        notifications it makes due, answered or not."""
+        """The events of each customer with an erasure or rectification (or of each customer
+        stream `among`, if given), and the notifications it makes due, answered or not."""
         triggers = ("customer.updated", "subject.erased")
         from ledger.persistence import export_store, personal
 
         exported = export_store.any_export(self.database)
-        for _ident, stream in personal.streams_with_facts(self.database, triggers):
+        for _ident, stream in personal.streams_with_facts(self.database, triggers, among):
             events = [self.mapper.to_domain_event(stored) for stored in stream]
             registered = events[0]
             assert isinstance(registered, Customer.Registered)
@@ -649,13 +649,21 @@ class ConsentLedger(Application[UUID]):
         erasure and rectification due to it at `at` (a batch sent to a carrier, say). One
         notification fact per customer, with a new id, in one transaction: all or none.
         Refused if none is due to that recipient. Returns (customer, fact id, answered) of
-        each, by customer."""
+        each, by customer.
+
+        The customers judged, from their events read in the write, are those the violations
+        read model names, caught up first (outside the write: a catch-up is a write of its
+        own), with every customer who has an event it had not applied when the write began
+        (`ReadModels.notice_candidates`); every customer with an erasure or a rectification
+        if the model was never built."""
         at = at or datetime.now(UTC)
 
         done: list[tuple[str, str, list[privacy.NotificationDue]]] = []
         customers: list[Customer] = []
+        caught_up = self.read_models.notices_caught_up()
         with self.database.writing() as tx:
-            for events, dues in self._notification_streams():
+            among = self.read_models.notice_candidates(tx.connection) if caught_up else None
+            for events, dues in self._notification_streams(among):
                 answered = [
                     due
                     for due in privacy.outstanding(dues)

@@ -284,14 +284,7 @@ class ReadModels:
         read from their replayed events (which give what `views.export_holdings` reads:
         their registration, orders and the positions of their events)."""
         head = min(self._head(conn), _position(conn, Violations.name))
-        exports = export_store.exports_recorded(conn, head)
-        held: set[UUID] = set()
-        if exports:
-            since = min(views.erasures_unshown_after(*export) for export in exports)
-            held = export_store.erased_streams(conn, since, head)
-            identified = views.identified_exports(exports)
-            held |= export_store.rectified_after_disclosing(conn, identified, head)
-        noticed = [ident for ident in notice_streams(conn, slot) if ident not in held]
+        exports, held, noticed = self._noticed(conn, slot, head)
         folder = Folder(self.mapper, timelines=False, links=False, stamps=False, keep_facts=True)
         for stream in self._folded(folder, conn, noticed, head):
             if exports and privacy.rectified_and_export_shaped(stream.facts):
@@ -303,6 +296,64 @@ class ReadModels:
             if isinstance(customer, Customer):
                 held_by = privacy.held_exports(events, replayed.positions, exports)
                 yield customer.ref, events, held_by
+
+    def _noticed(
+        self, conn: Connection, slot: str, head: int
+    ) -> tuple[list[tuple[int, Any]], set[UUID], list[UUID]]:
+        """The exports recorded by `head`; the customers erased by a fact one of them may not
+        have shown, or rectified after an identified one read them (recorded by `head`); the
+        other customers the violations model names (its `notices` in `slot`, as `conn`
+        reads them)."""
+        exports = export_store.exports_recorded(conn, head)
+        held: set[UUID] = set()
+        if exports:
+            since = min(views.erasures_unshown_after(*export) for export in exports)
+            held = export_store.erased_streams(conn, since, head)
+            identified = views.identified_exports(exports)
+            held |= export_store.rectified_after_disclosing(conn, identified, head)
+        noticed = [ident for ident in notice_streams(conn, slot) if ident not in held]
+        return exports, held, noticed
+
+    def notices_caught_up(self) -> bool:
+        """Before a write that takes `notice_candidates`: the violations model brought up to
+        the head (so the events it has not applied, read in the write, are few). False if it
+        was never built (no tracking row, or at event 0): catching it up would be a rebuild,
+        slower than the caller reading every customer with an erasure or a rectification."""
+        with self.database.reading() as conn:
+            position = conn.execute(
+                sa.select(tracking.c.position).where(tracking.c.name == Violations.name)
+            ).scalar()
+        if not position:
+            return False
+        self.catch_up([Violations.name])
+        return True
+
+    def notice_candidates(self, conn: Connection) -> set[UUID] | None:
+        """Inside a write (`conn` its connection, the writer's lock held, so the head does
+        not move): every customer whose erasure or rectifications may call for notifying
+        anyone, now or at any time, answered or not. Those `_notice_streams` names from
+        the violations model at its position P (`notices` holds each customer with any
+        notification due, answered or not, whatever the time: `Stream.notices`), with the
+        exports and erasures up to the head, and every customer with an event recorded
+        after P (which the model has not judged). None if the model was never built.
+
+        P is read before the model's rows. On SQLite nothing can change them while the
+        write holds the lock. On PostgreSQL (read committed: each statement sees what was
+        committed before it) a catch-up may commit in between, its rows and its position
+        together: the rows read are then those of a later position, judged from the same
+        events for every customer with none after P (and those are read anyway). A rebuild
+        commits a full slot and its position together, and leaves the old slot as it was."""
+        row = conn.execute(
+            sa.select(tracking.c.slot, tracking.c.position).where(
+                tracking.c.name == Violations.name
+            )
+        ).first()
+        if row is None or not row.position:
+            return None
+        head = self._head(conn)
+        _exports, held, noticed = self._noticed(conn, row.slot, head)
+        later, _acquirers = self._changed_streams(conn, int(row.position), head)
+        return held | later | set(noticed)
 
     def judge(self, as_of: datetime | None, known_at: datetime) -> list[Violation]:
         """Violations as the ledger knew them at recorded time `known_at`: a direct fold of

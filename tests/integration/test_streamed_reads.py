@@ -15,7 +15,7 @@ def test_a_streamed_read_inside_a_write_leaves_the_write_able_to_commit(
     """SQLAlchemy 2 sets a connection's execution options in place: a `yield_per` set on
     the write's connection made every later statement of that write run through a
     server-side cursor on PostgreSQL, and its NOTIFY at commit fail (`recipients notified
-    --all-due` reads every customer's stream so, in its write)."""
+    --all-due` reads customers' streams so, in its write)."""
     ledger.import_lines(feed_small.read_bytes().splitlines())
     with ledger.database.writing() as tx:
         refs = list(indexes.customer_refs(tx.connection))
