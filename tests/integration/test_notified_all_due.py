@@ -79,6 +79,22 @@ def landing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], 
     yield pending.append
 
 
+@pytest.fixture
+def judged(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """How many customers each `--all-due` took from the read model (None: none, the model
+    was never built): the comparisons are of that path, not the full scan's with itself."""
+    original = ReadModels.notice_candidates
+    found: list[int | None] = []
+
+    def candidates(self: ReadModels, conn: Any) -> Any:
+        result = original(self, conn)
+        found.append(None if result is None else len(result))
+        return result
+
+    monkeypatch.setattr(ReadModels, "notice_candidates", candidates)
+    return found
+
+
 def _all_due(
     url: str,
     recipient: str,
@@ -118,7 +134,10 @@ def _affiliate(ref: str, minutes: float, categories: list[str]) -> dict[str, Any
 
 
 def test_a_customer_erased_or_rectified_after_the_catch_up_is_notified(
-    url: str, tmp_path: Path, landing: Callable[[Callable[[], None]], None]
+    url: str,
+    tmp_path: Path,
+    landing: Callable[[Callable[[], None]], None],
+    judged: list[int | None],
 ) -> None:
     _import(
         url,
@@ -144,10 +163,14 @@ def test_a_customer_erased_or_rectified_after_the_catch_up_is_notified(
     run_json(url, "audit", "check")
     done, expected = _all_due(url, ACQUIRER, LATER, landing, [_erase("C3", 40)])
     assert done == expected == [("C1", ["C1-x"]), ("C3", ["C3-x"]), ("C4", ["C4-x"])]
+    # C1, C2 (their events after the catch-up), C4 (erased), C5 (the model's notice); then
+    # all five: C2's and C5's notices are the model's, C1's, C3's and C4's erasures the
+    # export's (C3's also recorded after the catch-up)
+    assert judged == [4, 5]
 
 
 def test_a_notification_due_only_through_a_late_disclosure_is_notified(
-    url: str, landing: Callable[[Callable[[], None]], None]
+    url: str, landing: Callable[[Callable[[], None]], None], judged: list[int | None]
 ) -> None:
     """A rectification that changed nothing disclosed is no notice in the model; a
     disclosure of that category dated before it, recorded after the catch-up, makes one."""
@@ -160,6 +183,7 @@ def test_a_notification_due_only_through_a_late_disclosure_is_notified(
         url, "Offspring", at(60 * 24 * 365), landing, [_affiliate("C1", 10, ["name"])]
     )
     assert done == expected == [("C1", ["C1-u"])]
+    assert judged == [1]
 
 
 def _customer_facts(rng: random.Random, ref: str) -> list[dict[str, Any]]:
@@ -205,7 +229,11 @@ def _customer_facts(rng: random.Random, ref: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_all_due_records_what_the_full_scan_finds_on_random_ledgers(
-    url: str, tmp_path: Path, seed: int, landing: Callable[[Callable[[], None]], None]
+    url: str,
+    tmp_path: Path,
+    seed: int,
+    landing: Callable[[Callable[[], None]], None],
+    judged: list[int | None],
 ) -> None:
     rng = random.Random(seed)
     pending = [fact for n in range(24) for fact in _customer_facts(rng, f"R{seed}C{n}")]
@@ -241,10 +269,11 @@ def test_all_due_records_what_the_full_scan_finds_on_random_ledgers(
             compared += 1
             recorded += len(done)
     assert compared == 2 * len(chunks) and recorded > 0
+    assert len(judged) == compared and None not in judged
 
 
 def test_a_ledger_whose_read_model_was_never_built_is_scanned_whole(
-    url: str, landing: Callable[[Callable[[], None]], None]
+    url: str, landing: Callable[[Callable[[], None]], None], judged: list[int | None]
 ) -> None:
     """Catching the model up from event zero would be a rebuild: every customer with an
     erasure or a rectification is judged instead, and the model is left unbuilt."""
@@ -253,3 +282,46 @@ def test_a_ledger_whose_read_model_was_never_built_is_scanned_whole(
     assert done == expected == [("C1", ["C1-x"])]
     status = run_json(url, "projections", "status")
     assert [m["position"] for m in status["projections"] if m["name"] == "violations"] == [0]
+    assert judged == []
+
+
+def test_a_catch_up_committed_inside_the_write_misses_no_customer(
+    url: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, read committed: a catch-up (which takes no lock a write holds) may commit
+    its rows and position while the write reads the model. The position P is read first:
+    the rows read are of P or later, and the customers with events after P are read too
+    (read after the rows, it would be the later position, and these customers missed).
+    On SQLite the write lock keeps any catch-up out of the write."""
+    if backend == "sqlite":
+        pytest.skip("SQLite: no catch-up commits while a write holds the lock")
+    import projections.runner as runner
+
+    _import(url, [registered("C1", 0), _affiliate("C1", 10, ["name"])])
+    run_json(url, "audit", "check")
+    late = [registered("C2", 0), _affiliate("C2", 10, ["name"]), _erase("C1", 20)]
+    _import(url, [*late, _erase("C2", 21)])  # after the catch-up: the model is behind
+    expected = _full_scan(url, "Offspring", LATER)
+    assert expected == [("C1", ["C1-x"]), ("C2", ["C2-x"])]
+
+    original = runner.notice_streams
+    caught: list[int] = []
+
+    def caught_up_meanwhile(conn: Any, slot: str) -> list[Any]:
+        found = original(conn, slot)
+        other = open_ledger(url)  # another session's catch-up, committed now
+        try:
+            caught.append(other.read_models.catch_up(["violations"]))
+        finally:
+            other.database.dispose()
+        return found
+
+    monkeypatch.setattr(runner, "notice_streams", caught_up_meanwhile)
+    monkeypatch.setattr(ReadModels, "notices_caught_up", lambda self: True)  # not before
+    app = open_ledger(url)
+    try:
+        done = app.record_notifications_due("Offspring", datetime.fromisoformat(LATER))
+    finally:
+        app.database.dispose()
+    assert caught == [4]
+    assert [(ref, sorted({d.fact_id for d in answered})) for ref, _, answered in done] == expected
