@@ -318,7 +318,10 @@ class ReadModels:
         """Before a write that takes `notice_candidates`: the violations model brought up to
         the head (so the events it has not applied, read in the write, are few). False if it
         was never built (no tracking row, or at event 0): catching it up would be a rebuild,
-        slower than the caller reading every customer with an erasure or a rectification."""
+        slower than the caller reading every customer with an erasure or a rectification.
+        False too inside a write (an ambient one): a catch-up could not commit before it."""
+        if self.database.current is not None:
+            return False
         with self.database.reading() as conn:
             position = conn.execute(
                 sa.select(tracking.c.position).where(tracking.c.name == Violations.name)

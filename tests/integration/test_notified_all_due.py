@@ -49,9 +49,8 @@ def _import(url: str, facts: list[dict[str, Any]]) -> None:
 
 def _full_scan(url: str, recipient: str, moment: str) -> Done:
     """What `--all-due` records when it judges every customer with an erasure or a
-    rectification (its fallback), in a write rolled back."""
+    rectification: its fallback, which it takes inside a write (here one rolled back)."""
     app = open_ledger(url)
-    app.read_models.notices_caught_up = lambda: False  # type: ignore[method-assign]
     try:
         with app.database.writing() as tx:
             tx.discard = True
