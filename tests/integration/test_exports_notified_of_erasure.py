@@ -299,6 +299,9 @@ def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
     assert [(d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER] == [("C1", "C1-u")]
     refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C2")
     assert refused.exit_code == 1 and "no notification" in error_line(refused)
+    # All due at once, the read model caught up (it names neither: the exports decide)
+    done = run_json(url, "recipients", "notified", ACQUIRER, "--all-due")
+    assert [(n["customer"], n["regarding"]) for n in done["notified"]] == [("C1", ["C1-u"])]
 
 
 def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_acquirer(

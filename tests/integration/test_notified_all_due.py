@@ -247,7 +247,9 @@ def test_all_due_records_what_the_full_scan_finds_on_random_ledgers(
         mine = [i for i, f in enumerate(rest) if f.get("customer") == fact["customer"]]
         last, here = mine[-1], rest.index(fact)
         rest[here], rest[last] = rest[last], rest[here]
-    _import(url, first + placed)
+    # (an identified export needs the transfer initiated)
+    initiated = line("transfer.initiated", f"R{seed}-i", 1, acquirer=ACQUIRER)
+    _import(url, [*first, *placed, initiated])
     run_json(url, "audit", "check")  # the read model built (never built: the full scan)
     size = -(-len(rest) // 5)
     chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
@@ -255,8 +257,9 @@ def test_all_due_records_what_the_full_scan_finds_on_random_ledgers(
     for number, chunk in enumerate(chunks):
         half = rng.randrange(len(chunk) + 1)
         _import(url, chunk[:half])
-        if rng.random() < 0.5:
-            due_diligence_export(url, ACQUIRER, tmp_path / f"dd{number}")
+        if rng.random() < 0.5:  # pseudonymous, or identified (as of a time or not)
+            kind = rng.choice([(), ("--identified",), ("--identified", "--as-of", "2025-04-01")])
+            due_diligence_export(url, ACQUIRER, tmp_path / f"dd{number}", *kind)
         if rng.random() < 0.5:
             run_json(url, "audit", "check")
         for recipient in rng.sample(RECIPIENTS, 2):
