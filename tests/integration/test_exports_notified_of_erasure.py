@@ -43,6 +43,12 @@ def _due(url: str, *options: str) -> list[dict[str, Any]]:
     return [row for row in rows if row["recipient"] == ACQUIRER]
 
 
+def _nothing_due(url: str, ref: str) -> None:
+    """Telling the acquirer of customer `ref` is refused: nothing is due to it."""
+    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", ref)
+    assert refused.exit_code == 1 and "no notification" in error_line(refused)
+
+
 def _late(url: str, *options: str) -> list[tuple[str, str]]:
     found = run_json(url, "audit", "check", *options)["violations"]
     return sorted((v["customer"], v["fact_id"]) for v in found if v["rule"] == RULE)
@@ -129,8 +135,7 @@ def test_an_export_as_of_before_the_erasure_it_read_showed_it(url: str, tmp_path
         assert [orjson.loads(row)["erased"] for row in rows] == [True, True]
     assert _due(url, "--all") == []
     assert _late(url, "--as-of", LATER) == []
-    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
-    assert refused.exit_code == 1 and "no notification" in error_line(refused)
+    _nothing_due(url, "C1")
 
 
 def test_an_export_as_of_before_an_erasure_recorded_after_it_did_not_show_it(
@@ -181,8 +186,7 @@ def test_a_rectification_is_due_to_no_export(url: str, tmp_path: Path) -> None:
         tmp_path / "b.jsonl",
     )
     assert _due(url, "--all") == []
-    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C1")
-    assert refused.exit_code == 1 and "no notification" in error_line(refused)
+    _nothing_due(url, "C1")
 
 
 def test_a_rectification_recorded_after_an_identified_export_is_due_to_its_acquirer(
@@ -264,8 +268,7 @@ def test_a_rectification_recorded_after_an_identified_export_is_due_to_its_acqui
     # C2 and C5 were rectified before the export read them: the acquirer has the new names;
     # C4's acquirer received it after the rectification (by business time)
     for ref in ("C2", "C4", "C5"):
-        refused = run(url, "recipients", "notified", ACQUIRER, "--customer", ref)
-        assert refused.exit_code == 1 and "no notification" in error_line(refused)
+        _nothing_due(url, ref)
 
 
 def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
@@ -297,8 +300,7 @@ def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
     ]
     every = [d for _events, dues in ledger._notification_streams() for d in dues]
     assert [(d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER] == [("C1", "C1-u")]
-    refused = run(url, "recipients", "notified", ACQUIRER, "--customer", "C2")
-    assert refused.exit_code == 1 and "no notification" in error_line(refused)
+    _nothing_due(url, "C2")
     # All due at once, the read model caught up (it names neither: the exports decide)
     done = run_json(url, "recipients", "notified", ACQUIRER, "--all-due")
     assert [(n["customer"], n["regarding"]) for n in done["notified"]] == [("C1", ["C1-u"])]
