@@ -386,15 +386,17 @@ def export_disclosures(
     return found
 
 
-def identified_exports(exports: Iterable[tuple[int, Any]]) -> list[tuple[int, str, bool]]:
+def identified_exports(
+    exports: Iterable[tuple[int, Any]],
+) -> list[tuple[int, str, datetime | None]]:
     """The identified exports among every export recorded, (position, stored state): the
-    last event each read (`export_read`), its fact id and whether it was made as of a
-    time."""
+    last event each read (`export_read`), its fact id and the time it was made as of (None:
+    not made as of a time)."""
     found = []
     for position, data in exports:
         state, tree_size, as_of = _export_state(position, data)
         if state["identified"]:
-            found.append((export_read(position, tree_size), state["fact_id"], as_of is not None))
+            found.append((export_read(position, tree_size), state["fact_id"], as_of))
     return found
 
 

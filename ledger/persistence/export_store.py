@@ -24,10 +24,12 @@ from sqlalchemy.engine import Connection
 
 from ledger.crypto import SealError, unwrap_key, wrap_key
 from ledger.errors import MasterKeyError
+from ledger.iterables import batched
 from ledger.persistence import tables
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.sqlite_reads import EXPORT_FACT_TYPE as EXPORT_FACT_TYPE
 from ledger.persistence.sqlite_reads import EXPORTS_ONLY
+from ledger.persistence.stored_state import decode_state
 
 _X = tables.export_secrets
 
@@ -119,23 +121,23 @@ def erased_streams(conn: Connection, after: int, upto: int) -> set[UUID]:
 
 
 def rectified_after_disclosing(
-    conn: Connection, identified: list[tuple[int, str, bool]], upto: int
+    conn: Connection, identified: list[tuple[int, str, datetime | None]], upto: int
 ) -> set[UUID]:
-    """The customers an identified export (the last event it read, fact id, whether made as
-    of a time) disclosed (its own `transfer.disclosure`, fact id `<fact id>/<n>`) with a
-    rectification it may not have given, by event `upto`: one recorded after the last event
-    it read (even before its own disclosures, while it ran), or, if it was made as of a
-    time, one recorded at any time (its date decides: `privacy.notifications`). Read by
-    position, not by a range of fact ids (whose order is the database's collation's)."""
+    """The customers an identified export (the last event it read, fact id, the time it was
+    made as of if any) disclosed (its own `transfer.disclosure`, fact id `<fact id>/<n>`)
+    with a rectification it may not have given, by event `upto`: one recorded after the
+    last event it read (even before its own disclosures, while it ran), or, if it was made
+    as of a time, one dated after that time, recorded whenever (`privacy.notifications`).
+    Read by position, not by a range of fact ids (whose order is the database's
+    collation's); the dates from the rectifications' own events, for those customers only."""
     if not identified:
         return set()
-    reads: dict[str, int] = {}  # each export not made as of a time: the last event it read
-    dated = set()
+    reads: dict[str, int] = {}  # each export: the last event it read
+    dated: dict[str, datetime] = {}  # each made as of a time: that time
     for read, fact_id, as_of in identified:
-        if as_of:
-            dated.add(fact_id)
-        else:
-            reads[fact_id] = read
+        reads[fact_id] = read
+        if as_of is not None:
+            dated[fact_id] = as_of
     after = 0 if dated else min(reads.values())
     facts = tables.facts
     rows = conn.execute(
@@ -149,21 +151,43 @@ def rectified_after_disclosing(
         )
         .order_by(facts.c.notification_id)
     )
-    disclosed: dict[Any, int] = {}  # by an export not made as of a time: the least it read
-    disclosed_dated: set[Any] = set()  # by one made as of a time
-    rectified: dict[Any, int] = {}  # the last rectification's position
+    disclosed: dict[Any, int] = {}  # by an export: the least any of them read
+    disclosed_dated: dict[Any, datetime] = {}  # by one made as of a time: the earliest time
+    rectified: dict[Any, list[int]] = {}  # the rectifications' positions
     for fact_id, fact_type, ident, position in rows:
         if fact_type == "transfer.disclosure":
             export = fact_id.rpartition("/")[0]
             if export in reads:
                 disclosed[ident] = min(disclosed.get(ident, reads[export]), reads[export])
-            elif export in dated:
-                disclosed_dated.add(ident)
+            if export in dated:
+                as_of = dated[export]
+                disclosed_dated[ident] = min(disclosed_dated.get(ident, as_of), as_of)
         else:
-            rectified[ident] = position
-    found = {ident for ident, read in disclosed.items() if rectified.get(ident, 0) > read}
-    found |= rectified.keys() & disclosed_dated
+            rectified.setdefault(ident, []).append(position)
+    found = {ident for ident, read in disclosed.items() if max(rectified.get(ident, [0])) > read}
+    unsure = {i: disclosed_dated[i] for i in rectified.keys() & disclosed_dated.keys() - found}
+    found |= _rectified_after(conn, {p: i for i in unsure for p in rectified[i]}, unsure)
     return {UUID(str(ident)) for ident in found}
+
+
+def _rectified_after(
+    conn: Connection, positions: dict[int, Any], times: dict[Any, datetime]
+) -> set[Any]:
+    """The streams with a rectification (at one of `positions`, of the stream it names)
+    dated after the stream's time of `times`: read from those events' states."""
+    events = tables.events
+    found: set[Any] = set()
+    for chunk in batched(sorted(positions), 500):
+        rows = conn.execute(
+            sa.select(events.c.notification_id, events.c.state).where(
+                events.c.notification_id.in_(chunk)
+            )
+        )
+        for position, state in rows:
+            ident = positions[position]
+            if decode_state(state)["at"] > times[ident]:
+                found.add(ident)
+    return found
 
 
 def _streams_with(conn: Connection, fact_type: str, after: int, upto: int) -> set[UUID]:

@@ -294,16 +294,29 @@ def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
     given = (tmp_path / "dd" / "customers.jsonl").read_bytes().splitlines()
     names = {row["ref"]: row["name"] for row in map(orjson.loads, given)}
     assert names == {"C1": registered("C1", 0)["name"], "C2": "Second"}
+    # C2's name changed again, dated before that time, recorded after the export: it did
+    # not give that one either
+    import_facts(
+        url,
+        [line("customer.updated", "C2-v", 60 * 24 * 3, customer="C2", name="Third")],
+        tmp_path / "b",
+    )
     rows = _due(url)
     assert [(r["customer"], r["fact_id"], r["due_by"]) for r in rows] == [
-        ("C1", "C1-u", _plus_30_days(export["at"]))
+        ("C2", "C2-v", _plus_30_days(export["at"])),
+        ("C1", "C1-u", _plus_30_days(export["at"])),
     ]
     every = [d for _events, dues in ledger._notification_streams() for d in dues]
-    assert [(d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER] == [("C1", "C1-u")]
-    _nothing_due(url, "C2")
+    assert sorted((d.customer, d.fact_id) for d in every if d.recipient == ACQUIRER) == [
+        ("C1", "C1-u"),
+        ("C2", "C2-v"),
+    ]
     # All due at once, the read model caught up (it names neither: the exports decide)
     done = run_json(url, "recipients", "notified", ACQUIRER, "--all-due")
-    assert [(n["customer"], n["regarding"]) for n in done["notified"]] == [("C1", ["C1-u"])]
+    assert [(n["customer"], n["regarding"]) for n in done["notified"]] == [
+        ("C1", ["C1-u"]),
+        ("C2", ["C2-v"]),
+    ]
 
 
 def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_acquirer(
