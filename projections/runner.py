@@ -56,9 +56,11 @@ from ledger.rules import Initiations, Violation
 from projections import parallel
 from projections.base import (
     STREAMS_PER_BATCH,
+    DigestWriter,
     Pass,
     ReadModel,
     Writer,
+    row_sum,
     stamp_to_iso,
     tracking,
 )
@@ -562,9 +564,12 @@ class ReadModels:
     def check(
         self, names: Sequence[str] = NAMES, progress: Progress | None = None
     ) -> tuple[int, dict[str, int]]:
-        """Each read model held against the events: rebuilt from event zero into its spare
-        slot, in a transaction rolled back at the end (nothing changes), and compared row
-        for row with the slot it answers from, both at the head of the log. Returns (that
+        """Each read model held against the events: rebuilt from event zero, in a
+        transaction rolled back at the end (nothing changes), and compared row for row with
+        the slot it answers from, both at the head of the log. The rows the rebuild makes
+        are digested as they are made (a `DigestWriter`, the digest `_digest` reads from
+        a table); only a model whose digests differ is rebuilt into its spare slot after
+        all, for its rows to be counted (`_rows_differing`). Returns (that
         head, {name: rows in one slot and not the other} for the models that differ): a
         read model's rows changed outside consent-ledger, which `verify` alone does not see
         (an incrementally kept model equals a rebuilt one: `test_projections_properties`)."""
@@ -603,9 +608,32 @@ class ReadModels:
                             if not self._bring_up(conn, [target], head):
                                 differing[target.model.name] = 1
                     live = [t for t in live if t.model.name not in differing]
-                spare = [_Target(t.model, _other(t.slot), 0) for t in live]
-                self._pass(conn, spare, head, since=0, progress=progress)
-                for target in live:
+                # The spare slots as a pass from event zero would fill them, digested as
+                # `_digest` digests a table (nothing inserted), held against the slots
+                # answering; only the models whose digests differ are written into their
+                # spare slot after all, and their rows counted (`_rows_differing`).
+                digests: dict[str, list[int]] = {}
+                self._pass(
+                    conn,
+                    [_Target(t.model, _other(t.slot), 0) for t in live],
+                    head,
+                    since=0,
+                    progress=progress,
+                    writer=lambda c, slot: DigestWriter(c, slot, digests),
+                )
+                suspect = [
+                    t
+                    for t in live
+                    if any(
+                        _digest(conn, table[t.slot])
+                        != _masked(*digests.get(table[_other(t.slot)].name, (0, 0)))
+                        for table in t.model.all_tables()
+                    )
+                ]
+                if suspect:
+                    spare = [_Target(t.model, _other(t.slot), 0) for t in suspect]
+                    self._pass(conn, spare, head, since=0)
+                for target in suspect:
                     count = sum(
                         _rows_differing(conn, table[target.slot], table[_other(target.slot)])
                         for table in target.model.all_tables()
@@ -717,9 +745,11 @@ class ReadModels:
         *,
         since: int,
         progress: Progress | None = None,
+        writer: Callable[[Connection, str], Writer] = Writer,
     ) -> int:
         """Replace, in each target's slot, the rows of every stream with events after `since`
-        (all streams when `since` is 0, into emptied tables). Returns the streams derived.
+        (all streams when `since` is 0, into emptied tables), with a `writer` made for each
+        (a `DigestWriter` keeps a digest of the rows instead). Returns the streams derived.
 
         The fold reads each event's fields as fast as it can, without checking their types:
         an event altered to hold a value of another type makes the pass fail further on (in
@@ -728,7 +758,9 @@ class ReadModels:
         failure (`UnreadableEventError`, exit 4); if none is, the error is raised as it is."""
         try:
             with _without_cyclic_gc(), self._large_cache(conn, since == 0):
-                return self._derive(conn, targets, head, since=since, progress=progress)
+                return self._derive(
+                    conn, targets, head, since=since, progress=progress, writer=writer
+                )
         except Exception as error:
             if isinstance(error, LedgerError) and not isinstance(error, ReadModelWorkerError):
                 raise  # (the ledger's own finding, or a database gone away)
@@ -780,6 +812,7 @@ class ReadModels:
         *,
         since: int,
         progress: Progress | None,
+        writer: Callable[[Connection, str], Writer],
     ) -> int:
         fresh = since == 0
         workers = self._workers(head) if fresh else None
@@ -797,20 +830,20 @@ class ReadModels:
             )
             acquirers = self._folded(folder, conn, acquirer_ids, head)
             ordered = _stream_ordered_until(conn)
-            writers = {id(t): Writer(conn, t.slot) for t in targets}
+            writers = {id(t): writer(conn, t.slot) for t in targets}
             extra: set[UUID] = set()
             dropped: list[sa.Index] = []
             for target in targets:
-                writer = writers[id(target)]
+                slot_writer = writers[id(target)]
                 if fresh:
                     for table in target.model.all_tables():
-                        writer.truncate(table)
+                        slot_writer.truncate(table)
                         # Filled from empty: indexes are built once at the end, not row by row.
-                        dropped.extend(writer.drop_indexes(table))
+                        dropped.extend(slot_writer.drop_indexes(table))
                 extra |= target.model.begin(
-                    Pass(writer, acquirers, fresh=fresh, stream_ordered_until=ordered)
+                    Pass(slot_writer, acquirers, fresh=fresh, stream_ordered_until=ordered)
                 )
-                target.model.replace(writer, acquirers, fresh=fresh)
+                target.model.replace(slot_writer, acquirers, fresh=fresh)
             count = len(acquirers)
             if workers is not None:
                 assert self.database.sqlite_path is not None
@@ -1067,9 +1100,7 @@ def _rows_differing(conn: Connection, ours: sa.Table, theirs: sa.Table) -> int:
 
 
 def _digest(conn: Connection, table: sa.Table) -> tuple[int, int]:
-    """(rows, the sum of a hash of each row's text): Python's `hash` of a string is SipHash,
-    keyed by a secret random to each process, so no one can make other rows sum the same in
-    advance; a repeated row counts each time. Read on the driver, in batches (PostgreSQL:
+    """(rows, their `row_sum`), as `_masked`: read on the driver, in batches (PostgreSQL:
     through a server-side cursor, in the caller's transaction)."""
     columns = ", ".join(f'"{c.name}"' for c in table.c)
     sql = f'SELECT {columns} FROM "{table.name}"'
@@ -1080,9 +1111,14 @@ def _digest(conn: Connection, table: sa.Table) -> tuple[int, int]:
         cursor.execute(sql)
         while rows := cursor.fetchmany(_FETCH):
             count += len(rows)
-            total += sum(hash(repr(row)) for row in rows)
+            total += row_sum(rows)
     finally:
         cursor.close()
+    return _masked(count, total)
+
+
+def _masked(count: int, total: int) -> tuple[int, int]:
+    """A table's digest: (rows, the sum of their hashes modulo 2**64)."""
     return count, total & 0xFFFF_FFFF_FFFF_FFFF
 
 
