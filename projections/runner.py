@@ -1079,24 +1079,30 @@ def _without_cyclic_gc() -> Iterator[None]:
 
 
 def _rows_differing(conn: Connection, ours: sa.Table, theirs: sa.Table) -> int:
-    """How many rows are in one table and not the other, counted with their repeats. Each
-    table is read once and summed as a multiset (`_digest`); only if they differ are the
-    rows counted: each table grouped by all its columns with a count, one less the other,
-    both ways."""
+    """How many rows are in one table and not the other, counted with their repeats (a
+    row copied once is one row more, not its copies and the original). Each table is read
+    once and summed as a multiset (`_digest`); only if they differ are the rows counted:
+    every row of one table counted +1 and of the other -1, grouped by all their columns,
+    and the groups' sums taken as they are (positive or negative)."""
     if _digest(conn, ours) == _digest(conn, theirs):
         return 0
 
-    def grouped(table: sa.Table) -> sa.Select[Any]:
-        columns = list(table.c)
-        return sa.select(*columns, sa.func.count().label("n")).group_by(*columns)
+    columns = [c.name for c in ours.c]
 
-    total = 0
-    for first, second in ((ours, theirs), (theirs, ours)):
-        rest = sa.except_(grouped(first), grouped(second)).subquery()
-        total += int(
-            conn.execute(sa.select(sa.func.coalesce(sa.func.sum(rest.c.n), 0))).scalar_one()
-        )
-    return total
+    def signed(table: sa.Table, sign: int) -> sa.Select[Any]:
+        return sa.select(*(table.c[name] for name in columns), sa.literal(sign).label("n"))
+
+    both = sa.union_all(signed(ours, 1), signed(theirs, -1)).subquery()
+    grouped = (
+        sa.select(sa.func.sum(both.c.n).label("d"))
+        .group_by(*(both.c[name] for name in columns))
+        .subquery()
+    )
+    return int(
+        conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(sa.func.abs(grouped.c.d)), 0))
+        ).scalar_one()
+    )
 
 
 def _digest(conn: Connection, table: sa.Table) -> tuple[int, int]:
