@@ -169,7 +169,9 @@ def list_recipients(ledger: Any, kind: str | None, as_json: bool) -> None:
 def notifications(ledger: Any, show_all: bool, as_json: bool) -> None:
     """Recipients to tell of a customer's erasure or rectification (not yet notified): every
     one that received the data, and for an erasure the acquirer of each due-diligence export
-    that held the customer and did not show the erasure (made before it was recorded)."""
+    that held the customer and did not show the erasure (made before it was recorded); for a
+    rectification, the acquirer of each identified export that gave the old details
+    (recorded after it read the ledger, or dated after its --as-of)."""
     from ledger.privacy import outstanding
 
     dues = ledger.notifications()
