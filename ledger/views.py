@@ -329,7 +329,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
     one recorded after it, though dated before it. A stored state of the wrong shape is an
     `UnreadableEventError`."""
     registered = next((e.at for e in events if event_name(e) == "Customer.Registered"), None)
-    named = [(e.fact_id, e.recipient) for e in events if is_disclosure(e)]
+    disclosures = [e for e in events if is_disclosure(e)]
     placed = [
         (e.at, e.originator_version) for e in events if event_name(e) == "Customer.OrderPlaced"
     ]
@@ -340,7 +340,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
         if (
             registered is None
             or not export_held(customer_position, registered, position, tree_size, as_of)
-            or (state["identified"] and _named_by(fact_id, state["recipient"], named))
+            or any(_own_disclosure(state, e) for e in disclosures)
         ):
             continue
         read = export_read(position, tree_size)
@@ -366,23 +366,22 @@ def export_disclosures(
     exports: Iterable[Sequence[Any]], events: Iterable[Any]
 ) -> dict[str, tuple[datetime | None, int]]:
     """The disclosures among `events` that are an identified export's own
-    `transfer.disclosure` (`_named_by`), of the `exports` as `export_holdings` takes them,
-    by fact id, with the export's `as_of` (None: not made as of a time) and the last event
-    it read (`export_read`): what the ledger itself gave the acquirer, the details it had
-    recorded by that event (dated by that time). Its own are dated when it was made, to the
-    moment: a feed's disclosure whose fact id merely begins with the export's is not."""
-    identified: dict[str, tuple[str, datetime, datetime | None, int]] = {}
+    `transfer.disclosure` (`_own_disclosure`), of the `exports` as `export_holdings` takes
+    them, by fact id, with the export's `as_of` (None: not made as of a time) and the last
+    event it read (`export_read`): what the ledger itself gave the acquirer, the details it
+    had recorded by that event (dated by that time)."""
+    identified = []
     for _, position, data, _ in exports:
         state, tree_size, as_of = _export_state(position, data)
         if state["identified"]:
-            read = export_read(position, tree_size)
-            identified[state["fact_id"]] = (state["recipient"], state["at"], as_of, read)
+            identified.append((state, as_of, export_read(position, tree_size)))
     found: dict[str, tuple[datetime | None, int]] = {}
-    for e in events:
-        if identified and is_disclosure(e):
-            export = identified.get(e.fact_id.rpartition("/")[0])
-            if export is not None and export[0] == e.recipient and export[1] == e.at:
-                found[e.fact_id] = (export[2], export[3])
+    if identified:
+        for e in events:
+            if is_disclosure(e):
+                for state, as_of, read in identified:
+                    if _own_disclosure(state, e):
+                        found[e.fact_id] = (as_of, read)
     return found
 
 
@@ -406,12 +405,17 @@ def may_be_export_disclosure(event: Any) -> bool:
     return bool(_EXPORT_FACT_ID.fullmatch(event.fact_id.rpartition("/")[0]))
 
 
-def _named_by(fact_id: str, recipient: str, named: list[tuple[str, str]]) -> bool:
-    """Whether an identified export (`fact_id`, to `recipient`) named the customer: their
-    disclosures include its own `transfer.disclosure` (`<fact_id>/<n>`, to the acquirer).
-    Its shape alone does not say so: a feed's fact id can be any string."""
-    prefix = f"{fact_id}/"
-    return any(name.startswith(prefix) and to == recipient for name, to in named)
+def _own_disclosure(state: dict[str, Any], event: Any) -> bool:
+    """Whether a disclosure is an identified export's own (`state`, its stored state): the
+    `transfer.disclosure` naming a customer it held, fact id `<its fact id>/<n>`, to its
+    acquirer, dated to the moment it was made. Its id's shape alone does not make it one: a
+    feed's fact id can be any string."""
+    return bool(
+        state["identified"]
+        and event.fact_id.rpartition("/")[0] == state["fact_id"]
+        and event.recipient == state["recipient"]
+        and event.at == state["at"]
+    )
 
 
 def exports_of(

@@ -101,11 +101,11 @@ def test_only_an_identified_exports_own_disclosure_keeps_it_off_a_trail() -> Non
     )
     fact_id = "export-7f8d66f1-0084-4899-b80e-655984be6627"
 
-    def disclosure(recipient: str) -> views.StoredFact:
+    def disclosure(recipient: str, day: int = 2) -> views.StoredFact:
         return views.StoredFact(
             "Customer.TransferDisclosed",
             {
-                "at": datetime(2026, 1, 2, tzinfo=UTC),
+                "at": datetime(2026, 1, day, tzinfo=UTC),
                 "fact_id": f"{fact_id}/0000001",
                 "originator_version": 2,
                 "recipient": recipient,
@@ -113,14 +113,16 @@ def test_only_an_identified_exports_own_disclosure_keeps_it_off_a_trail() -> Non
             },
         )
 
-    def held(identified: bool, recipient: str) -> int:
+    def held(identified: bool, recipient: str, day: int = 2) -> int:
         state = _export_state(2, identified=identified)
-        events = [registered, disclosure(recipient)]
+        events = [registered, disclosure(recipient, day)]
         return len(views.export_holdings([(5, 30, state, {1: 5, 2: 6})], events))
 
     assert held(identified=True, recipient="Northwind") == 0  # named: its disclosure is listed
     assert held(identified=False, recipient="Northwind") == 1  # a pseudonymous export
     assert held(identified=True, recipient="Other Bidder") == 1  # to another acquirer
+    # a feed's, with the export's id and acquirer, but not dated when the export was made
+    assert held(identified=True, recipient="Northwind", day=3) == 1
 
 
 def test_an_export_showed_an_erasure_it_read_whatever_its_as_of() -> None:
