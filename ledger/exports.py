@@ -44,7 +44,7 @@ import pickle
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,7 +82,7 @@ from ledger.persistence.keys import load_master_key
 from ledger.persistence.recorder import resolve_stored_topic
 from ledger.persistence.stored_state import aware_time
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
-from ledger.views import export_held, export_read
+from ledger.views import decoded_exports, export_held, export_read, export_rows, exports_of
 from ledger.vocabulary import PURPOSE_CHANNELS, RULES
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -453,6 +453,8 @@ def customer_rows(
     pseudonyms: Pseudonyms,
     as_of: datetime | None,
     personal: dict[str, Any] | None,
+    held: Sequence[tuple[datetime, int, dict[str, Any]]] = (),
+    positions: Sequence[int] = (),
 ) -> CustomerRows:
     """The export's rows for one customer: the answers of `consent show`, `customer trail`
     and `customer show` (views), keyed by pseudonym, without fact ids or references.
@@ -460,7 +462,12 @@ def customer_rows(
     The views' answers in one pass over the facts (`events` in recording order): one sort
     into business order serves them all, where the views sort once each and build rows
     with fact ids only to drop them. `tests/integration/test_export.py` holds every row to
-    the views' answers."""
+    the views' answers.
+
+    `held`: the earlier due-diligence exports that held the customer, as `views.export_rows`
+    gives them (time, position, trail row), dated by `as_of` if given; they are among the
+    disclosures as on the trail, placed by time and then by position (`positions`: each
+    event's position in the log, given with `held`)."""
     alias = pseudonyms("customer", customer.ref)
     # Pseudonymous rows (or an erased customer's) withhold a free-text value shaped like an
     # email or phone number: a shifted column in the feed, not the shop's word.
@@ -551,6 +558,10 @@ def customer_rows(
                 "order": order_alias.get(order) or pseudonyms("order", order) if order else None,
             }
         )
+    if held:
+        disclosures = _with_exports(
+            alias, shown, disclosure_facts, disclosures, held, events, positions
+        )
     summary: dict[str, Any] = {
         "customer": alias,
         "registered_at": _iso(customer.registered_at),
@@ -573,6 +584,39 @@ def customer_rows(
         )
     rows = [row for _, row in history]
     return CustomerRows(summary, consents, rows, orders, disclosures, personal is not None)
+
+
+def _with_exports(
+    alias: str,
+    shown: Callable[[Any], Any],
+    facts: list[Any],
+    rows: list[dict[str, Any]],
+    held: Sequence[tuple[datetime, int, dict[str, Any]]],
+    events: list[FactEvent],
+    positions: Sequence[int],
+) -> list[dict[str, Any]]:
+    """The disclosure `rows` (of `facts`, in business order) with the rows of the exports
+    that held the customer, as `views.trail_rows` orders them: by time, then position."""
+    where = {id(event): position for event, position in zip(events, positions, strict=True)}
+    keyed = [((fact.at, where[id(fact)]), row) for fact, row in zip(facts, rows, strict=True)]
+    for at, position, row in held:
+        keyed.append(
+            (
+                (at, position),
+                {
+                    "customer": alias,
+                    "at": row["at"],
+                    "recipient": shown(row["recipient"]),
+                    "recipient_kind": row["recipient_kind"],
+                    "purpose": row["purpose"],
+                    "basis": row["basis"],
+                    "categories": row["categories"],
+                    "order": None,
+                },
+            )
+        )
+    keyed.sort(key=_FIRST)
+    return [row for _, row in keyed]
 
 
 def _iso(moment: datetime) -> str:
@@ -745,7 +789,9 @@ class Exporter:
         # As of the verified events the export reads, not of whatever is recorded meanwhile.
         self.initiations = self.app.transfers_initiated(verified.events)
         with self.app.database.reading() as conn:
-            self.recorded_exports = export_store.exports_recorded(conn, verified.events)
+            self.recorded_exports = decoded_exports(
+                export_store.exports_recorded(conn, verified.events)
+            )
         try:
             # An identified export holds names, emails, phones and addresses: its folder and
             # files are the owner's alone (as a subject-access pack is). A pseudonymous one
@@ -1042,17 +1088,30 @@ class Exporter:
     ) -> CustomerRows | None:
         """`positions`: each event's position in the log."""
         as_of = self.request.as_of
+        held = self._held(events, positions)
         if as_of is not None:
             if customer.registered_at > as_of:
                 return None
             kept = [i for i, event in enumerate(events) if event.at <= as_of]
             events, positions = [events[i] for i in kept], [positions[i] for i in kept]
+            held = [holding for holding in held if holding[0] <= as_of]
         personal = None
         if self.request.identified and not customer.erased:
             personal = self.app.personal_data(customer, events)
-        rows = customer_rows(customer, events, self.pseudonyms, as_of, personal)
+        rows = customer_rows(customer, events, self.pseudonyms, as_of, personal, held, positions)
         self._count(customer, events, positions, rows)
         return rows
+
+    def _held(
+        self, events: list[FactEvent], positions: list[int]
+    ) -> list[tuple[datetime, int, dict[str, Any]]]:
+        """The earlier exports (recorded among the events this one reads) that held the
+        customer, as their trail lists them (`views.export_rows`): each is a disclosure to
+        its acquirer, so the data room's sharing history has them as `customer trail` does."""
+        if not self.recorded_exports:
+            return []
+        versions = {e.originator_version: p for e, p in zip(events, positions, strict=True)}
+        return export_rows(exports_of(versions, self.recorded_exports), events)
 
     def _count(
         self,

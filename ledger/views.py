@@ -12,6 +12,7 @@ only those and the event's class name (`event_name`), so each answer has one imp
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -235,10 +236,29 @@ _EXPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class DecodedExport:
+    """An export's stored state as `_export_state` reads it, read once for many customers
+    (`decoded_exports`)."""
+
+    state: dict[str, Any]
+    tree_size: int | None
+    as_of: datetime | None
+
+
+def decoded_exports(exports: Iterable[tuple[int, Any]]) -> list[tuple[int, DecodedExport]]:
+    """Every export recorded, (position, stored state), with its state decoded: what every
+    function here that takes exports takes, for a reader of many customers (the
+    due-diligence export) to decode each export once, not once a customer."""
+    return [(position, DecodedExport(*_export_state(position, data))) for position, data in exports]
+
+
 def _export_state(position: int, data: Any) -> tuple[dict[str, Any], int | None, datetime | None]:
     """An export's stored state, the last position it read (None: a version-1 export, which
     did not keep it) and its `as_of` as a time; a state of another shape than the ledger
-    writes is an `UnreadableEventError`."""
+    writes is an `UnreadableEventError`. (`data` may be a `DecodedExport` already.)"""
+    if isinstance(data, DecodedExport):
+        return data.state, data.tree_size, data.as_of
     where = f" (the export at position {position})"
     try:
         state = decode_state(data)
@@ -340,7 +360,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
         if (
             registered is None
             or not export_held(customer_position, registered, position, tree_size, as_of)
-            or any(_own_disclosure(state, e) for e in disclosures)
+            or (state["identified"] and any(_own_disclosure(state, e) for e in disclosures))
         ):
             continue
         read = export_read(position, tree_size)
@@ -349,7 +369,7 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
             for at, version in placed
         )
         row = {
-            "at": iso(state["at"]),
+            "at": _export_time(state["at"]),
             "recipient": state["recipient"],
             "recipient_kind": state["recipient_kind"],
             "purpose": state["purpose"],
@@ -360,6 +380,12 @@ def export_holdings(exports: Iterable[Sequence[Any]], events: Sequence[Any]) -> 
         }
         found.append(ExportHolding(state["at"], position, read, row))
     return found
+
+
+@functools.lru_cache(maxsize=256)
+def _export_time(at: datetime) -> str:
+    """An export's time as its trail rows give it: the same for each customer it held."""
+    return iso(at)
 
 
 def export_disclosures(

@@ -515,9 +515,20 @@ def _fixed_export(ledger: Any, out: Path, *, parallel: bool, **kwargs: Any) -> d
 
 @pytest.mark.parametrize("file_format", ["jsonl", "csv"])
 def test_a_parallel_export_writes_what_one_process_writes(
-    ledger: Any, feed_small: Path, tmp_path: Path, file_format: str
+    ledger: Any, feed_small: Path, tmp_path: Path, file_format: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With an earlier export among the disclosures, which each of the compared exports
+    reads as the only one (not the other of its pair, recorded meanwhile)."""
+    from ledger.persistence import export_store
+
     _load(ledger, feed_small, customers=40)
+    _export(ledger, tmp_path / "earlier", acquirer="Earlier Bidder Ltd")
+    with ledger.database.reading() as conn:
+        [earlier] = export_store.exports_recorded(conn, 1 << 62)
+    recorded = export_store.exports_recorded
+    monkeypatch.setattr(
+        export_store, "exports_recorded", lambda conn, upto: recorded(conn, earlier[0])
+    )
     one = _fixed_export(ledger, tmp_path / "one", parallel=False, format=file_format)
     many = _fixed_export(ledger, tmp_path / "many", parallel=True, format=file_format)
     assert set(one) == {f"{t}.{file_format}" for t in TABLE_NAMES} | {"summary.json"}
@@ -576,10 +587,25 @@ def test_a_worker_killed_fails_the_export_in_one_clear_line_and_records_nothing(
     assert recorded_exports(ledger) == []
 
 
-def test_every_row_is_the_views_answer(ledger: Any, feed_small: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-export", "after-exports"])
+def test_every_row_is_the_views_answer(
+    ledger: Any, feed_small: Path, tmp_path: Path, earlier: bool
+) -> None:
     """Each customer's rows, re-identified, are what `consent show`, the consent history,
-    `customer trail` and the orders view answer, without fact ids or references."""
+    `customer trail` and the orders view answer, without fact ids or references: after
+    earlier exports too, which the trail lists as disclosures to their acquirers (a
+    pseudonymous one, an identified one, one made as of a time before some customers were
+    registered), and not for a customer registered after them."""
     _load(ledger, feed_small, customers=30)
+    if earlier:
+        _export(ledger, tmp_path / "e1", acquirer="Earlier Bidder Ltd")
+        _export(ledger, tmp_path / "e2", identified=True)
+        _export(ledger, tmp_path / "e3", as_of=parse_time("2024-09-27T00:00:00Z"))
+        late = [
+            line("customer.registered", "late-r", 0, customer="LATE1"),
+            line("consent.given", "late-c", 5, customer="LATE1"),
+        ]
+        ledger.import_lines(orjson.dumps(f) for f in late)
     out = tmp_path / "dd"
     result = _export(ledger, out)
     secret = export_secret(ledger, result.export_id)
@@ -603,8 +629,14 @@ def test_every_row_is_the_views_answer(ledger: Any, feed_small: Path, tmp_path: 
 
         assert mine("consents") == views.consent_rows(events)
         assert mine("consent_history") == without_fact_id(views.consent_history_rows(events))
-        trail = [{**row, "order": order(row["order"])} for row in views.trail_rows(events)]
+        trail = [
+            {**row, "order": order(row["order"])}
+            for row in views.trail_rows(events, exports=ledger.customer_exports(ref))
+            if not row["fact_id"].startswith(result.fact_id)  # (this export, recorded after)
+        ]
         assert mine("disclosures") == without_fact_id(trail)
+        exported = [row for row in trail if views.is_export_row(row)]
+        assert bool(exported) is (earlier and ref != "LATE1"), ref
 
         def latest(facts: list[dict[str, Any]], fact_type: str) -> str | None:
             results = [f["result"] for f in facts if f["type"] == fact_type]
@@ -628,6 +660,14 @@ def test_every_row_is_the_views_answer(ledger: Any, feed_small: Path, tmp_path: 
         assert summary["consents_given"] == sum(
             1 for row in views.consent_rows(events) if row["status"] == "given"
         )
+    summary = orjson.loads((out / "summary.json").read_bytes())["disclosures_by_recipient_kind"]
+    counted = Counter(row["recipient_kind"] for row in tables["disclosures"])
+    assert {kind: figures["disclosures"] for kind, figures in summary.items()} == counted
+    if earlier:  # made as of a time before them, it lists none of the exports (dated today)
+        then = parse_time("2025-03-01T00:00:00Z")
+        _export(ledger, tmp_path / "dated", as_of=then)
+        dated = [parse_time(row["at"]) for row in _rows(tmp_path / "dated", "disclosures")]
+        assert dated and max(dated) <= then
 
 
 def test_the_transfer_initiations_found_in_the_fact_index_are_every_acquirers(
