@@ -147,10 +147,11 @@ def notifications(
     received the details as changed). An identified export's own disclosure is not judged by
     its date but by what it gave: the details the ledger had recorded when it ran, dated by
     its as-of; its acquirer is due a notice of a rectification recorded after it, or dated
-    after its as-of (`_held_before`). A notification to a recipient answers each one due
-    to it at or before the notification's time: for a recipient that received the data
-    after the erasure, due from its last receipt (told before it, it got more since). Only
-    the first erasure counts: there is nothing left to erase after it.
+    after its as-of, for the details whose latest change it did not give (`_held_before`).
+    A notification to a recipient answers each one due to it at or before the
+    notification's time: for a recipient that received the data after the erasure, due
+    from its last receipt (told before it, it got more since). Only the first erasure
+    counts: there is nothing left to erase after it.
 
     The erasure concerns, too, the acquirer of each due-diligence export that held the
     customer (`exports`: as `views.trail_rows` takes them; those dated by `until`, if
@@ -241,11 +242,17 @@ def _held_before(
     had recorded by the last event it read, dated by its as-of, so not a rectification
     recorded after that event (even one recorded while it ran, before its own disclosures),
     or dated after its as-of. Such a notice is due from the later of the export and the
-    rectification (told before it, the acquirer got the old details again)."""
+    rectification (told before it, the acquirer got the old details again).
+
+    Not for a detail whose latest change (by business time, ties by recording order) the
+    export gave, though: the acquirer holds its current value, so the rectification (one
+    dated before that change, recorded after the export) changes nothing it holds
+    (`_outdated`)."""
     if not own:
         return received, {}
     # (`own` is not empty: `exports` is not, and each carries the customer's positions)
-    position = exports[0][3].get(rectification.originator_version)
+    positions = exports[0][3]
+    position = positions.get(rectification.originator_version)
     at = rectification.at
     stale = [
         e
@@ -256,13 +263,56 @@ def _held_before(
     ]
     if not stale:
         return received, {}
+    latest = _latest_changes(events)
     holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in received.items()}
     since: dict[str, datetime] = {}
     for disclosure in stale:
-        _receive(holders, disclosure)
-        if changed.intersection(disclosure.categories):
+        as_of, read = own[disclosure.fact_id]
+        outdated = _outdated(rectification, latest, positions, read, as_of)
+        categories = outdated.intersection(disclosure.categories)
+        if not categories:
+            continue
+        entry = holders.setdefault(disclosure.recipient, _Received())
+        entry.kinds.add(disclosure.recipient_kind)
+        entry.categories.update(categories)
+        if changed.intersection(categories):
             since[disclosure.recipient] = max(since.get(disclosure.recipient, at), disclosure.at)
     return holders, since
+
+
+def _latest_changes(events: Sequence[FactEvent]) -> dict[str, Customer.DetailsUpdated]:
+    """The last change of each detail among `events` (in business order)."""
+    latest: dict[str, Customer.DetailsUpdated] = {}
+    for e in events:
+        if isinstance(e, Customer.DetailsUpdated):
+            for name in e.fields_updated:
+                latest[name] = e
+    return latest
+
+
+def _outdated(
+    rectification: Customer.DetailsUpdated,
+    latest: dict[str, Customer.DetailsUpdated],
+    positions: dict[int, int],
+    read: int,
+    as_of: datetime | None,
+) -> set[str]:
+    """The categories of the details a rectification changed whose current value an
+    identified export (the last event it read, the time it was made as of) may not have
+    given: those whose latest change it did not read. Where it read the latest change of a
+    detail, it gave the current value, whatever the registration holds (read by every
+    export that holds the customer, and sealed, so not known here): the export's value and
+    the current one are both the later of that change and the registration's. Any other
+    detail counts as outdated (a notice too many, never one too few)."""
+    found = set()
+    for name in rectification.fields_updated:
+        category = FIELD_CATEGORY.get(name)
+        if category is None:
+            continue
+        change = latest.get(name, rectification)
+        if _unread(positions.get(change.originator_version), read) or _after(change.at, as_of):
+            found.add(category)
+    return found
 
 
 def _unread(position: int | None, read: int) -> bool:

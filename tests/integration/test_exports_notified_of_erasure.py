@@ -319,6 +319,66 @@ def test_an_identified_export_as_of_a_time_gave_the_details_of_that_time(
     ]
 
 
+def _changed(fact_id: str, minutes: float, ref: str, **details: Any) -> dict[str, Any]:
+    """A `customer.updated` of customer `ref` changing only `details`."""
+    fact = line("customer.updated", fact_id, minutes, customer=ref)
+    del fact["email"]
+    return fact | details
+
+
+def test_a_rectification_older_than_a_change_the_export_gave_is_not_due_to_its_acquirer(
+    url: str, ledger: Any, tmp_path: Path
+) -> None:
+    """A late feed's rectification, dated before a change of the same detail that an
+    identified export read and gave: the acquirer holds the current value, so it is not due
+    to it for that detail; for a detail whose latest change the export did not give, it is.
+    (The export is made as of a time: a change dated after it was not given either.)"""
+    day = 60 * 24
+    import_facts(
+        url,
+        [
+            *(registered(ref, 0) for ref in ("C1", "C2", "C3", "C5")),
+            line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER),
+            _changed("C1-a", 5 * day, "C1", name="Given"),
+            _changed("C2-a", 5 * day, "C2", name="Given"),
+            _changed("C5-a", 20 * day, "C5", name="Ahead"),  # after the export's as-of
+        ],
+        tmp_path / "a.jsonl",
+    )
+    export = due_diligence_export(
+        url, ACQUIRER, tmp_path / "dd", "--identified", "--as-of", iso(T0 + timedelta(days=10))
+    )
+    import_facts(  # a late feed, every change dated before the export's as-of
+        url,
+        [
+            _changed("C1-b", 2 * day, "C1", name="Older"),
+            _changed("C2-b", 2 * day, "C2", name="Older", phone="+44 7700 900555"),
+            _changed("C3-b", 2 * day, "C3", name="Only"),
+            _changed("C5-b", 3 * day, "C5", name="Older"),
+        ],
+        tmp_path / "b.jsonl",
+    )
+    expected = [
+        ("C2", "C2-b", ["phone"]),  # its name's latest change, C2-a, the export gave
+        ("C3", "C3-b", ["name"]),
+        ("C5", "C5-a", ["name"]),
+        ("C5", "C5-b", ["name"]),  # its name's latest change, C5-a, it did not give
+    ]
+    rows = _due(url)
+    assert sorted((r["customer"], r["fact_id"], r["categories"]) for r in rows) == expected
+    assert {r["due_by"] for r in rows if r["fact_id"] != "C5-a"} == {_plus_30_days(export["at"])}
+    every = [d for _events, dues in ledger._notification_streams() for d in dues]
+    judged = [(d.customer, d.fact_id, list(d.categories)) for d in every if d.recipient == ACQUIRER]
+    assert sorted(judged) == expected
+    _nothing_due(url, "C1")
+    done = run_json(url, "recipients", "notified", ACQUIRER, "--all-due")
+    assert [(n["customer"], n["regarding"]) for n in done["notified"]] == [
+        ("C2", ["C2-b"]),
+        ("C3", ["C3-b"]),
+        ("C5", ["C5-a", "C5-b"]),
+    ]
+
+
 def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_acquirer(
     url: str, ledger: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
