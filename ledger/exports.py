@@ -1089,6 +1089,7 @@ class Exporter:
         """`positions`: each event's position in the log."""
         as_of = self.request.as_of
         held = self._held(events, positions)
+        every = (events, positions)  # (the notifications judge them all, as `audit` does)
         if as_of is not None:
             if customer.registered_at > as_of:
                 return None
@@ -1099,7 +1100,7 @@ class Exporter:
         if self.request.identified and not customer.erased:
             personal = self.app.personal_data(customer, events)
         rows = customer_rows(customer, events, self.pseudonyms, as_of, personal, held, positions)
-        self._count(customer, events, positions, rows)
+        self._count(customer, events, positions, rows, every)
         return rows
 
     def _held(
@@ -1119,7 +1120,10 @@ class Exporter:
         events: list[FactEvent],
         positions: list[int],
         rows: CustomerRows,
+        every: tuple[list[FactEvent], list[int]] | None = None,
     ) -> None:
+        """`every`: all the customer's events and their positions, when `events` are only
+        those dated by the export's as-of (`_broken_rules`)."""
         summary = self.summary
         summary.customers += 1
         summary.erased += customer.erased
@@ -1155,17 +1159,25 @@ class Exporter:
         if rows.orders:
             self.categories.add("order_details")
         violations = summary.violations
-        for rule in self._broken_rules(customer, events, positions):
+        for rule in self._broken_rules(customer, events, positions, every):
             violations[rule] += 1
 
     def _broken_rules(
-        self, customer: Customer, events: list[FactEvent], positions: list[int]
+        self,
+        customer: Customer,
+        events: list[FactEvent],
+        positions: list[int],
+        every: tuple[list[FactEvent], list[int]] | None = None,
     ) -> list[str]:
         """The rule each violation among the customer's facts breaks, as
         `ConsentLedger.audit_events` finds them (`tests/integration/test_export.py` holds
         the summary to `audit`): `rules.broken_rules` for each judged fact, and the
         notification rule only for a customer with an erasure or a rectification (no other
-        fact calls for a notification), without building a `Violation` for each."""
+        fact calls for a notification), without building a `Violation` for each. The
+        notification rule reads `every` event of the customer (if given: `events` are those
+        dated by the as-of), as `audit_events` does: `privacy.notification_violations`
+        takes the ones dated by the as-of itself, and judges from them all whether an
+        export gave a detail's current value."""
         initiated = self.initiations
         found: list[str] = []
         # A customer never erased breaks only the rules of `RULED_TYPES` (no fact of another
@@ -1188,6 +1200,8 @@ class Exporter:
             elif fact_type in _TRIGGER_TYPES:
                 triggers = True
         if triggers:
+            if every is not None:
+                events, positions = every
             held = privacy.held_exports(events, positions, self.recorded_exports)
             if held or _may_notify(events):
                 as_of = self.request.as_of

@@ -137,6 +137,7 @@ def notifications(
     events: Sequence[FactEvent],
     exports: Sequence[Sequence[Any]] = (),
     until: datetime | None = None,
+    changes: Sequence[FactEvent] | None = None,
 ) -> list[NotificationDue]:
     """Every notification the customer's erasure and rectifications call for, answered or not.
 
@@ -160,6 +161,11 @@ def notifications(
     tells its acquirer which of its records to erase. One that showed the erasure (its
     customers table marks them erased) needs no notice. A rectification changes details
     no pseudonymous export holds: it concerns none.
+
+    `changes`: every event of the customer known (default `events`), of which each detail's
+    latest change is judged (`_outdated`) when `events` are only those dated by a time
+    (`notification_violations`): an export gave the details the ledger had recorded, dated
+    after that time or not, as `customer show` gives the current ones.
     """
     if not any(isinstance(e, _TRIGGERS) for e in events):
         return []  # the common case, kept cheap: audit asks this of every customer
@@ -181,6 +187,7 @@ def notifications(
     ever = _receipts(e for e in ordered if isinstance(e, DisclosureEvent))  # whenever
     last_receipt = {e.recipient: e.at for e in ordered if isinstance(e, DisclosureEvent)}
     received: dict[str, _Received] = {}  # so far, in business order
+    latest: dict[str, Customer.DetailsUpdated] | None = None  # (`_latest_changes`, if asked)
     erased = False
     for event in ordered:
         if isinstance(event, DisclosureEvent):
@@ -195,7 +202,13 @@ def notifications(
         elif isinstance(event, Customer.DetailsUpdated):
             reason = "rectification"
             changed = {FIELD_CATEGORY[f] for f in event.fields_updated if f in FIELD_CATEGORY}
-            holders, held_since = _held_before(received, own, ordered, event, changed, exports)
+            if latest is None:
+                latest = _latest_changes(
+                    ordered if changes is None else views.business_order(changes)
+                )
+            holders, held_since = _held_before(
+                received, own, ordered, event, changed, exports, latest
+            )
         else:
             continue
         for recipient, entry in sorted(holders.items()):
@@ -233,6 +246,7 @@ def _held_before(
     rectification: Customer.DetailsUpdated,
     changed: set[str],
     exports: Sequence[Sequence[Any]],
+    latest: dict[str, Customer.DetailsUpdated],
 ) -> tuple[dict[str, _Received], dict[str, datetime]]:
     """The recipients that held details a rectification changed before it: those that
     `received` them before it in business time (the shop's disclosures: its platform had
@@ -247,7 +261,7 @@ def _held_before(
     Not for a detail whose latest change (by business time, ties by recording order) the
     export gave, though: the acquirer holds its current value, so the rectification (one
     dated before that change, recorded after the export) changes nothing it holds
-    (`_outdated`)."""
+    (`_outdated`; `latest`: each detail's latest change, `_latest_changes`)."""
     if not own:
         return received, {}
     # (`own` is not empty: `exports` is not, and each carries the customer's positions)
@@ -263,7 +277,6 @@ def _held_before(
     ]
     if not stale:
         return received, {}
-    latest = _latest_changes(events)
     holders = {name: _Received(set(r.kinds), set(r.categories)) for name, r in received.items()}
     since: dict[str, datetime] = {}
     for disclosure in stale:
@@ -417,12 +430,14 @@ def notification_violations(
     """Audit rule `recipient_not_notified`: an erasure or rectification with a recipient
     still not notified `NOTIFICATION_DEADLINE` after it (one violation per such fact),
     judged at `as_of` (facts and exports at or before it) or else `now`. `exports`: as
-    `notifications` takes them."""
+    `notifications` takes them. Whether an identified export gave a detail's current value
+    is judged from every event (its latest change may be dated after that time: the export
+    gave it all the same), as `recipients notifications` judges it."""
     moment = as_of if as_of is not None else now
     known = [e for e in events if e.at <= moment]
     late = {
         (due.fact_id, due.at)
-        for due in outstanding(notifications(ref, known, exports, moment))
+        for due in outstanding(notifications(ref, known, exports, moment, changes=events))
         if due.due_by < moment
     }
     return [Violation(NOTIFICATION_RULE, ref, fact_id, at) for fact_id, at in sorted(late)]

@@ -379,6 +379,38 @@ def test_a_rectification_older_than_a_change_the_export_gave_is_not_due_to_its_a
     ]
 
 
+def test_a_change_the_export_gave_dated_after_the_audit_time_still_makes_its_value_current(
+    url: str, tmp_path: Path
+) -> None:
+    """A change dated in the future (2030), which an identified export read and gave, and a
+    late feed's rectification of the same detail dated in 2025: the acquirer holds the
+    current value, so no notice is listed and telling it is refused. `audit check` as of a
+    time before 2030 (or today, after the deadline) agrees: the export gave that change
+    whatever its date, so the rectification is not late; nor is it in the summary of an
+    export made as of such a time."""
+    future = 60 * 24 * 365 * 5  # minutes: January 2030
+    import_facts(
+        url,
+        [
+            registered("C1", 0),
+            line("transfer.initiated", "t-1", 1, acquirer=ACQUIRER),
+            _changed("C1-a", future, "C1", name="Ahead"),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    due_diligence_export(url, ACQUIRER, tmp_path / "dd", "--identified")
+    import_facts(url, [_changed("C1-b", 2 * 60 * 24, "C1", name="Older")], tmp_path / "b.jsonl")
+    held = orjson.loads((tmp_path / "dd" / "customers.jsonl").read_bytes().splitlines()[0])
+    assert held["name"] == run_json(url, "customer", "show", "C1")["details"]["name"] == "Ahead"
+    assert _due(url, "--all") == []
+    _nothing_due(url, "C1")
+    assert _late(url, "--as-of", LATER) == []
+    assert _late(url, "--as-of", "2027-06-01T00:00:00Z") == []  # after the deadline, before 2030
+    due_diligence_export(url, "Other", tmp_path / "dd2", "--as-of", "2027-06-01T00:00:00Z")
+    summary = orjson.loads((tmp_path / "dd2" / "summary.json").read_bytes())
+    assert summary["open_violations"]["by_rule"].get(RULE, 0) == 0
+
+
 def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_acquirer(
     url: str, ledger: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
