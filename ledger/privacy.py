@@ -123,6 +123,10 @@ class NotificationDue:
 
 
 _TRIGGERS = (Customer.Erased, Customer.DetailsUpdated)
+# The details every registration gives (SPEC §2: a phone it may not), and what last changed
+# one of a customer's details (`_latest_changes`).
+REGISTERED_DETAILS: Final = ("name", "email", "address")
+_Change = Customer.DetailsUpdated | Customer.Registered
 
 
 @dataclass
@@ -187,7 +191,7 @@ def notifications(
     ever = _receipts(e for e in ordered if isinstance(e, DisclosureEvent))  # whenever
     last_receipt = {e.recipient: e.at for e in ordered if isinstance(e, DisclosureEvent)}
     received: dict[str, _Received] = {}  # so far, in business order
-    latest: dict[str, Customer.DetailsUpdated] | None = None  # (`_latest_changes`, if asked)
+    latest: dict[str, _Change] | None = None  # (`_latest_changes`, once a rectification asks)
     erased = False
     for event in ordered:
         if isinstance(event, DisclosureEvent):
@@ -246,7 +250,7 @@ def _held_before(
     rectification: Customer.DetailsUpdated,
     changed: set[str],
     exports: Sequence[Sequence[Any]],
-    latest: dict[str, Customer.DetailsUpdated],
+    latest: dict[str, _Change],
 ) -> tuple[dict[str, _Received], dict[str, datetime]]:
     """The recipients that held details a rectification changed before it: those that
     `received` them before it in business time (the shop's disclosures: its platform had
@@ -293,19 +297,25 @@ def _held_before(
     return holders, since
 
 
-def _latest_changes(events: Sequence[FactEvent]) -> dict[str, Customer.DetailsUpdated]:
-    """The last change of each detail among `events` (in business order)."""
-    latest: dict[str, Customer.DetailsUpdated] = {}
+def _latest_changes(events: Sequence[FactEvent]) -> dict[str, _Change]:
+    """The last change of each detail among `events` (in business order): a details update
+    changes those it names; the registration gives `REGISTERED_DETAILS`, which every
+    registration holds (SPEC §2), so a later value of theirs replaces one of an update
+    dated before it."""
+    latest: dict[str, _Change] = {}
     for e in events:
         if isinstance(e, Customer.DetailsUpdated):
             for name in e.fields_updated:
+                latest[name] = e
+        elif isinstance(e, Customer.Registered):
+            for name in REGISTERED_DETAILS:
                 latest[name] = e
     return latest
 
 
 def _outdated(
     rectification: Customer.DetailsUpdated,
-    latest: dict[str, Customer.DetailsUpdated],
+    latest: dict[str, _Change],
     positions: dict[int, int],
     read: int,
     as_of: datetime | None,
@@ -313,10 +323,14 @@ def _outdated(
     """The categories of the details a rectification changed whose current value an
     identified export (the last event it read, the time it was made as of) may not have
     given: those whose latest change it did not read. Where it read the latest change of a
-    detail, it gave the current value, whatever the registration holds (read by every
-    export that holds the customer, and sealed, so not known here): the export's value and
-    the current one are both the later of that change and the registration's. Any other
-    detail counts as outdated (a notice too many, never one too few)."""
+    detail, it gave the current value: the export's value and the current one are both
+    that change's. The registration is the latest change of a detail every registration
+    holds, where no update of it is dated after it: read by every export that holds the
+    customer (registered by its as-of), so a rectification dated before it changes nothing
+    the acquirer holds. A phone, which a registration may hold or not (sealed, so not known
+    here), is judged by its updates alone: the export's value and the current one are both
+    the later of its latest update and the registration's. Any other detail counts as
+    outdated (a notice too many, never one too few)."""
     found = set()
     for name in rectification.fields_updated:
         category = FIELD_CATEGORY.get(name)

@@ -32,6 +32,12 @@ from tests.examples import T0, line, registered
 ACQUIRER = "Contoso Holdings"
 RULE = "recipient_not_notified"
 LATER = "2099-01-01T00:00:00Z"  # past every notice's deadline
+ADDRESS_ELSEWHERE = {
+    "line1": "1 Other Road",
+    "city": "Elsewhere",
+    "postcode": "EE1 1EE",
+    "country": "GB",
+}
 
 
 def _erase(ref: str, minutes: float) -> dict[str, Any]:
@@ -409,6 +415,42 @@ def test_a_change_the_export_gave_dated_after_the_audit_time_still_makes_its_val
     due_diligence_export(url, "Other", tmp_path / "dd2", "--as-of", "2027-06-01T00:00:00Z")
     summary = orjson.loads((tmp_path / "dd2" / "summary.json").read_bytes())
     assert summary["open_violations"]["by_rule"].get(RULE, 0) == 0
+
+
+def test_a_rectification_dated_before_the_registration_is_not_due_for_what_it_gives(
+    url: str, tmp_path: Path
+) -> None:
+    """A late feed's rectification dated before the customer's registration, which the
+    identified export gave: every registration holds a name, an email and an address, so
+    their current values are the registration's, which the acquirer holds: not due for
+    them. A phone a registration may hold or not (sealed): still due for it (a notice too
+    many, never one too few)."""
+    import_facts(
+        url,
+        [
+            registered("C1", 60),
+            line("transfer.initiated", "t-1", 61, acquirer=ACQUIRER),
+        ],
+        tmp_path / "a.jsonl",
+    )
+    due_diligence_export(url, ACQUIRER, tmp_path / "dd", "--identified")
+    import_facts(
+        url,
+        [
+            _changed("C1-a", 30, "C1", name="Before", email="before@example.org"),
+            _changed("C1-b", 31, "C1", phone="+44 7700 900111", address=ADDRESS_ELSEWHERE),
+        ],
+        tmp_path / "b.jsonl",
+    )
+    held = orjson.loads((tmp_path / "dd" / "customers.jsonl").read_bytes().splitlines()[0])
+    details = run_json(url, "customer", "show", "C1")["details"]
+    assert (held["name"], held["email"], held["phone"]) == (
+        details["name"],
+        details["email"],
+        details["phone"],
+    )
+    assert held["address_line1"] == details["address"]["line1"]
+    assert [(r["fact_id"], r["categories"]) for r in _due(url)] == [("C1-b", ["phone"])]
 
 
 def test_a_rectification_recorded_while_an_identified_export_ran_is_due_to_its_acquirer(
