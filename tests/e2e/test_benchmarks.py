@@ -80,7 +80,7 @@ def test_script_runs(script: str, tmp_path: Path) -> None:
     assert expected in _run(script, *args)
 
 
-@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "run.py"])
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "run.py", "bench_write.py"])
 def test_help_prints_usage_without_running_anything(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"],
@@ -92,6 +92,21 @@ def test_help_prints_usage_without_running_anything(script: str) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: {script}")
     assert "reference workload" not in done.stdout  # the machine check is work too
+
+
+def test_bench_write_times_every_command_that_writes_one_fact(tmp_path: Path) -> None:
+    """It writes to the ledger it is given (a new one here): each command once."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    out = _run("bench_write.py", "--db", db, "--runs", "1", "--work", str(tmp_path))
+    table = out.split("(ms)\n", 1)[1].split("machine at end")[0].splitlines()
+    timed = [line.split("  ")[0] for line in table]
+    assert timed == [
+        "record consent.given",
+        "consent give",
+        "disclose affiliate",
+        "customer erase",
+        "customer trail (a read)",
+    ]
 
 
 def test_bench_import_compares_switch_intervals(tmp_path: Path) -> None:
