@@ -65,7 +65,7 @@ WRITTEN_TABLES = (
 )
 
 # The Alembic revision this code needs; a test checks it equals the migrations' head.
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 
 _ambient: contextvars.ContextVar[WriteTransaction | None] = contextvars.ContextVar(
     "consent_ledger_write_transaction", default=None

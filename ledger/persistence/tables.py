@@ -58,6 +58,11 @@ facts = Table(
 # not declared here: its PostgreSQL option would load SQLAlchemy's whole PostgreSQL dialect
 # (asyncpg's included) into every SQLite command that writes, 70-80 ms of each one's start.
 INITIATIONS_ONLY = "fact_type = 'transfer.initiated'"
+# The transfer disclosures and rectifications only: what is read, from event 0, for the
+# customers an identified export made as of a time may have given details a rectification
+# changed (`export_store.rectified_after_disclosing`). Migration 0013's partial index
+# (`ix_ledger_facts_disclosures_rectifications`) has this condition, the same text exactly.
+DISCLOSURES_AND_RECTIFICATIONS_ONLY = "fact_type IN ('transfer.disclosure', 'customer.updated')"
 
 orders = Table(
     "ledger_orders",

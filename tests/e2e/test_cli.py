@@ -776,7 +776,7 @@ def test_audit_check_plain_output(shared: str) -> None:
 def test_db_upgrade_plain_output(shared: str) -> None:
     result = run(shared, "db", "upgrade")
     assert result.exit_code == 0
-    assert result.stdout.endswith("is up to date (schema 0012)\n")
+    assert result.stdout.endswith("is up to date (schema 0013)\n")
 
 
 def test_demo_builds_a_ledger_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
