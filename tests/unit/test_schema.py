@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -480,3 +481,100 @@ def test_0011_a_total_or_currency_an_earlier_version_recorded_still_folds(
     finally:
         ledger.database.dispose()
     assert [tuple(row) for row in rows] == [(total, "GBP\n")]
+
+
+_DISCLOSURES_RECTIFICATIONS = "ix_ledger_facts_disclosures_rectifications"
+
+
+def _facts_indexes(url: str) -> dict[str, list[str | None]]:
+    database = Database(url)
+    try:
+        with database.connect() as conn:
+            indexes = sa.inspect(conn).get_indexes("ledger_facts")
+    finally:
+        database.dispose()
+    return {str(index["name"]): list(index["column_names"]) for index in indexes}
+
+
+def _rectified_after_disclosing(url: str, read: str) -> tuple[set[str], list[Any]]:
+    """What `rectified_after_disclosing` answers for an export `E` made as of 2025-01-15
+    (`E/<n>` its disclosures) that read the ledger up to fact `read` (by customer
+    reference), and the query plan of its read of the fact index."""
+    from ledger.persistence import export_store, tables
+    from ledger.persistence.database import normalise_url
+
+    engine = sa.create_engine(normalise_url(url))
+    statements: list[tuple[str, Any]] = []
+
+    def kept(_c: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        statements.append((statement, params))
+
+    try:
+        with engine.connect() as conn:
+            position = conn.execute(
+                sa.text("SELECT notification_id FROM ledger_facts WHERE fact_id = :id"),
+                {"id": read},
+            ).scalar_one()
+            customers = tables.customers
+            refs = dict(
+                conn.execute(sa.select(customers.c.customer_id, customers.c.customer_ref)).all()
+            )
+            sa.event.listen(engine, "before_cursor_execute", kept)
+            as_of = datetime(2025, 1, 15, tzinfo=UTC)
+            found = export_store.rectified_after_disclosing(conn, [(position, "E", as_of)], 10**9)
+            sa.event.remove(engine, "before_cursor_execute", kept)
+            (statement, params), *_ = [s for s in statements if "ledger_facts" in s[0]]
+            if conn.dialect.name == "sqlite":
+                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
+            else:  # (a small table: seq scans off, or the planner rightly takes one)
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                plan = conn.exec_driver_sql(f"EXPLAIN {statement}", params).all()
+    finally:
+        engine.dispose()
+    return {refs[ident] for ident in found}, plan
+
+
+def test_0013_indexes_the_disclosures_and_rectifications_an_as_of_export_is_checked_by(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    """After an identified export made as of a time, every `recipients notifications` and
+    `audit check` reads each transfer disclosure and rectification from event 0: off the
+    partial index of 0013, not a scan of the whole fact index. A ledger recorded before
+    0013 gets the index of the facts it holds, and the same answer."""
+    from tests.cli_helpers import import_facts
+    from tests.examples import line, registered
+
+    day = 60 * 24
+    acquirer = "Northwind Retail Group"
+    assert run(ledger_url, "db", "upgrade").exit_code == 0
+
+    def disclosed(n: int, ref: str) -> dict[str, Any]:
+        return line("transfer.disclosure", f"E/{n}", day, customer=ref, acquirer=acquirer)
+
+    facts = [
+        *(registered(f"C{n}", 0) for n in range(1, 5)),
+        line("transfer.initiated", "t-1", 1, acquirer=acquirer),
+        # Recorded before the export read the ledger: C1's dated after its time (the old
+        # name given), C2's before it (the new one given)
+        line("customer.updated", "C1-u", 20 * day, customer="C1", name="Twentieth"),
+        line("customer.updated", "C2-u", 2 * day, customer="C2", name="Second"),
+        line("consent.given", "C1-c", 3 * day, customer="C1"),
+        disclosed(1, "C1"),
+        disclosed(2, "C2"),
+        disclosed(3, "C3"),
+        # After it read the ledger: C3's (whatever its date), and C4's, never disclosed
+        line("customer.updated", "C3-u", 3 * day, customer="C3", name="Third"),
+        line("customer.updated", "C4-u", 3 * day, customer="C4", name="Fourth"),
+        line("transfer.disclosure", "F/1", day, customer="C4", acquirer=acquirer),
+    ]
+    import_facts(ledger_url, facts, tmp_path / "feed.jsonl")
+    downgrade_to(ledger_url, "0012")  # as a version before 0013 left it
+    assert _DISCLOSURES_RECTIFICATIONS not in _facts_indexes(ledger_url)
+    before, _ = _rectified_after_disclosing(ledger_url, "E/3")
+    assert before == {"C1", "C3"}
+
+    assert run_json(ledger_url, "db", "upgrade")["to"] == SCHEMA_HEAD
+    assert _facts_indexes(ledger_url)[_DISCLOSURES_RECTIFICATIONS] == ["notification_id"]
+    after, plan = _rectified_after_disclosing(ledger_url, "E/3")
+    assert after == before
+    assert _DISCLOSURES_RECTIFICATIONS in " ".join(str(row) for row in plan), plan
