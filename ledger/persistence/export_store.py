@@ -143,15 +143,15 @@ def rectified_after_disclosing(
     facts, rectifying = tables.facts, tables.facts.alias("rectifying")
     # Each condition on the type as the partial index of 0013 says it, for the index to
     # serve the read (as bound parameters, SQLite would not use it, and read the whole
-    # fact index). Only the disclosures of a customer with a rectification can matter: the
-    # others are left in the database, not read a row at a time here. The stream ids as
-    # the driver gives them (converted for the customers found only).
-    only, rectification = tables.DISCLOSURES_AND_RECTIFICATIONS_ONLY, "'customer.updated'"
+    # fact index). Only the customers with a rectification can be found: the disclosures
+    # of the others are left in the database, not read a row at a time here. The stream
+    # ids as the driver gives them (converted for the customers found only).
+    only = tables.DISCLOSURES_AND_RECTIFICATIONS_ONLY
     rectified_streams = sa.select(rectifying.c.originator_id).where(
         rectifying.c.notification_id > after,
         rectifying.c.notification_id <= upto,
         sa.text(f"rectifying.{only}"),
-        sa.text(f"rectifying.fact_type = {rectification}"),
+        sa.text("rectifying.fact_type = 'customer.updated'"),
     )
     rows = conn.execute(
         sa.select(
@@ -164,10 +164,7 @@ def rectified_after_disclosing(
             facts.c.notification_id > after,
             facts.c.notification_id <= upto,
             sa.text(f"ledger_facts.{only}"),
-            sa.or_(
-                sa.text(f"ledger_facts.fact_type = {rectification}"),
-                facts.c.originator_id.in_(rectified_streams),
-            ),
+            facts.c.originator_id.in_(rectified_streams),  # (their rectifications too)
         )
         .order_by(facts.c.notification_id)
     )
