@@ -31,9 +31,10 @@ SCRIPTS = {
     "bench_feed.py": (["--lines", "300", "--rounds", "1"], "us per line"),
     "bench_shapes.py": (["--facts", "60", "--shapes", "email-changes,one-order"], "one-order"),
     "bench_copy.py": (["--facts", "300"], "same head"),
+    "bench_facts_index.py": (["--facts", "3000", "--rounds", "1"], "0013 (with the index)"),
 }
 # Scripts that keep no files (no --work folder).
-IN_MEMORY = {"bench_privacy.py", "bench_feed.py"}
+IN_MEMORY = {"bench_privacy.py", "bench_feed.py", "bench_facts_index.py"}
 
 # Every row of the README's performance table (`benchmarks/run.py`'s figures).
 FIGURES = {
