@@ -129,6 +129,14 @@ class Writer:
             )
         return found
 
+    def select_all(self, logical: SlotTable) -> list[Any]:
+        """Every row of the slot table."""
+        return list(self.connection.execute(sa.select(logical[self.slot])))
+
+    def delete_where(self, logical: SlotTable, where: sa.ColumnElement[bool]) -> None:
+        """Delete the slot table's rows that match `where` (a clause on `table(logical)`)."""
+        self.connection.execute(logical[self.slot].delete().where(where))
+
     def drop_indexes(self, logical: SlotTable) -> list[sa.Index]:
         """Drop the slot table's indexes (in this transaction); returns them to create again."""
         table = logical[self.slot]
@@ -157,20 +165,46 @@ class DigestWriter(Writer):
     """A writer that keeps, for each table it is given rows for, how many and their
     `row_sum` (in `digests`, by the slot table's name) instead of inserting them: what
     the slot would hold after a pass from event zero into it, without writing it. It
-    empties its tables all the same (a model's `finish` may read one back) and keeps
-    their indexes (there is nothing to insert)."""
+    writes nothing at all, so a pass with it runs in a read transaction (the read-model
+    check's, `ReadModels.check`): a table it is told to empty is empty to the pass from
+    then on (a model's `finish` may read one back), and left as it is in the database.
+    A pass from event zero empties every table first: a table not emptied is not one it
+    may be asked about."""
 
     def __init__(self, connection: Connection, slot: str, digests: dict[str, list[int]]) -> None:
         super().__init__(connection, slot)
         self.digests = digests
+        self.emptied: set[str] = set()
 
     def insert(self, logical: SlotTable, rows: list[tuple[Any, ...]]) -> None:
         digest = self.digests.setdefault(logical[self.slot].name, [0, 0])
         digest[0] += len(rows)
         digest[1] += row_sum(rows)
 
+    def truncate(self, logical: SlotTable) -> None:
+        self.emptied.add(logical[self.slot].name)
+
+    def select_all(self, logical: SlotTable) -> list[Any]:
+        self._empty(logical)
+        return []
+
+    def select_streams(self, logical: SlotTable, keys: Sequence[str]) -> list[Any]:
+        self._empty(logical)
+        return []
+
+    def delete_where(self, logical: SlotTable, where: sa.ColumnElement[bool]) -> None:
+        self._empty(logical)
+
+    def delete_streams(self, logical: SlotTable, keys: Sequence[str]) -> None:
+        self._empty(logical)
+
     def drop_indexes(self, logical: SlotTable) -> list[sa.Index]:
         return []
+
+    def _empty(self, logical: SlotTable) -> None:
+        """The rows the pass has not digested are none only in a table it emptied."""
+        if logical[self.slot].name not in self.emptied:
+            raise AssertionError(f"a digest of {logical[self.slot].name} read before emptied")
 
 
 class Pass:

@@ -151,17 +151,15 @@ class RecipientRegistry(ReadModel):
             return
         table = writer.table(recipients)
         merged: dict[tuple[str, str], Figures] = {}
-        for row in writer.connection.execute(sa.select(table)):
+        for row in writer.select_all(recipients):
             key = (row.recipient, row.recipient_kind)
             if key in self.delta:
                 merged.setdefault(key, Figures()).add(tuple(row)[:8], row.customers)
         for key, change in self.delta.items():
             merged.setdefault(key, Figures()).merge(change)
         for recipient, kind in merged:
-            writer.connection.execute(
-                table.delete().where(
-                    (table.c.recipient == recipient) & (table.c.recipient_kind == kind)
-                )
+            writer.delete_where(
+                recipients, (table.c.recipient == recipient) & (table.c.recipient_kind == kind)
             )
         writer.insert(recipients, [f.row(*key) for key, f in sorted(merged.items())])
         self.delta = {}
