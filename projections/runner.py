@@ -564,18 +564,105 @@ class ReadModels:
     def check(
         self, names: Sequence[str] = NAMES, progress: Progress | None = None
     ) -> tuple[int, dict[str, int]]:
-        """Each read model held against the events: rebuilt from event zero, in a
-        transaction rolled back at the end (nothing changes), and compared row for row with
-        the slot it answers from, both at the head of the log. The rows the rebuild makes
-        are digested as they are made (a `DigestWriter`, the digest `_digest` reads from
-        a table); only a model whose digests differ is rebuilt into its spare slot after
-        all, for its rows to be counted (`_rows_differing`). Returns (that
-        head, {name: rows in one slot and not the other} for the models that differ): a
-        read model's rows changed outside consent-ledger, which `verify` alone does not see
-        (an incrementally kept model equals a rebuilt one: `test_projections_properties`)."""
+        """Each read model held against the events: rebuilt from event zero and compared
+        row for row with the slot it answers from. Returns (a head, {name: rows in one slot
+        and not the other} for the models that differ): a read model's rows changed outside
+        consent-ledger, which `verify` alone does not see (an incrementally kept model
+        equals a rebuilt one: `test_projections_properties`).
+
+        In three steps, so that writers carry on while it runs (SQLite's write lock is
+        held only by the first, short as any command's catch-up, and by the third, only
+        for a model that differs):
+        1. the models behind the head are brought up to it and committed, as a query's
+           catch-up does (`_catch_up_to_check`);
+        2. in one read transaction (a snapshot, taking no lock a writer waits for), each
+           model's live slot is held against a pass from event zero up to the model's own
+           position there, the pass's rows digested as they are made (a `DigestWriter`,
+           the digest `_digest` reads from a table; nothing written): a model behind
+           because a write landed after step 1 is checked where it stands
+           (`_digests_differing`);
+        3. only the models whose digests differ are checked again under the writer's
+           lock, as the check always was: brought to the head and rebuilt into their spare
+           slot in a transaction rolled back at the end, their rows counted
+           (`_count_differing`). The head returned is this step's, else step 2's."""
         for name in names:
             self.model(name)
         self._ensure_tracking()
+        differing = self._catch_up_to_check(names)
+        head, suspect = self._digests_differing(
+            [name for name in names if name not in differing], differing, progress
+        )
+        if suspect:
+            head, counted = self._count_differing(suspect)
+            differing.update(counted)
+        return head, differing
+
+    def _catch_up_to_check(self, names: Sequence[str]) -> dict[str, int]:
+        """The check's first step: every model whose tracking row the ledger can have
+        written and that is behind the head, brought up to it in a committed catch-up (no
+        write at all if none is behind). Returns {name: 1} for each model whose rows a
+        catch-up fails on (`_bring_up`: an altered read model, left as it was)."""
+        with self.database.reading() as conn:
+            rows = {row.name: row for row in conn.execute(sa.select(tracking))}
+            head = self._head(conn)
+        if not any(t.position < head for t in self._live(rows, names, head, {})):
+            return {}
+        failed: dict[str, int] = {}
+        with self._write() as conn:
+            rows = self._lock_tracking(conn, names)
+            head = self._head(conn)
+            behind = [t for t in self._live(rows, names, head, {}) if t.position < head]
+            for target in self._bring_up_each(conn, behind, head, failed):
+                conn.execute(
+                    tracking.update()
+                    .where(tracking.c.name == target.model.name)
+                    .values(position=head)
+                )
+        return failed
+
+    def _digests_differing(
+        self, names: Sequence[str], differing: dict[str, int], progress: Progress | None
+    ) -> tuple[int, list[str]]:
+        """The check's second step, in one read transaction (`_read_only`): each live
+        model's tables digested and held against a pass from event zero up to the model's
+        position in that snapshot (one pass for the models at each position). Returns
+        (the snapshot's head, the models whose digests differ); a tracking row the ledger
+        cannot have written is put in `differing` (1 row)."""
+        with self._read_only() as conn:
+            rows = {row.name: row for row in conn.execute(sa.select(tracking))}
+            head = self._head(conn)
+            at: dict[int, list[_Target]] = {}
+            for target in self._live(rows, names, head, differing):
+                at.setdefault(target.position, []).append(target)
+            suspect: list[str] = []
+            for position, live in sorted(at.items()):
+                digests: dict[str, list[int]] = {}
+                self._pass(
+                    conn,
+                    [_Target(t.model, _other(t.slot), 0) for t in live],
+                    position,
+                    since=0,
+                    progress=progress,
+                    writer=_digesting(digests),
+                )
+                suspect.extend(
+                    t.model.name
+                    for t in live
+                    if any(
+                        _digest(conn, table[t.slot])
+                        != _masked(*digests.get(table[_other(t.slot)].name, (0, 0)))
+                        for table in t.model.all_tables()
+                    )
+                )
+            return head, suspect
+
+    def _count_differing(self, names: Sequence[str]) -> tuple[int, dict[str, int]]:
+        """The check's third step, for the models whose digests differed: under the
+        writer's lock (PostgreSQL: the tracking rows, and serialised with rebuilds), in a
+        transaction rolled back at the end (nothing changes), each brought to the head and
+        rebuilt from event zero into its spare slot, and the rows in one slot and not the
+        other counted (`_rows_differing`). Returns (that head, {name: rows} for the models
+        that differ)."""
         with self.database.connect() as base:
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
             transaction = conn.begin()
@@ -585,55 +672,15 @@ class ReadModels:
                 rows = self._lock_tracking(conn, names)
                 head = self._head(conn)
                 differing: dict[str, int] = {}
-                live = []
-                for name in names:
-                    # A tracking row the ledger cannot have written (a slot other than a or
-                    # b, a position that is not a number or beyond the head) is an altered
-                    # read model, not a failure of the check.
-                    row = rows.get(name)
-                    position = getattr(row, "position", None)
-                    if (
-                        row is None
-                        or row.slot not in ("a", "b")
-                        or type(position) is not int
-                        or not 0 <= position <= head
-                    ):
-                        differing[name] = 1
-                        continue
-                    live.append(_Target(self.models[name], row.slot, position))
+                live = self._live(rows, names, head, differing)
                 behind = [t for t in live if t.position < head]
-                if behind:  # the slots answered from, brought to the head (rolled back too)
-                    if not self._bring_up(conn, behind, head):
-                        for target in behind:  # one by one: an altered row fails its model
-                            if not self._bring_up(conn, [target], head):
-                                differing[target.model.name] = 1
-                    live = [t for t in live if t.model.name not in differing]
-                # The spare slots as a pass from event zero would fill them, digested as
-                # `_digest` digests a table (nothing inserted), held against the slots
-                # answering; only the models whose digests differ are written into their
-                # spare slot after all, and their rows counted (`_rows_differing`).
-                digests: dict[str, list[int]] = {}
-                self._pass(
-                    conn,
-                    [_Target(t.model, _other(t.slot), 0) for t in live],
-                    head,
-                    since=0,
-                    progress=progress,
-                    writer=lambda c, slot: DigestWriter(c, slot, digests),
-                )
-                suspect = [
-                    t
-                    for t in live
-                    if any(
-                        _digest(conn, table[t.slot])
-                        != _masked(*digests.get(table[_other(t.slot)].name, (0, 0)))
-                        for table in t.model.all_tables()
+                self._bring_up_each(conn, behind, head, differing)  # (rolled back too)
+                live = [t for t in live if t.model.name not in differing]
+                if live:
+                    self._pass(
+                        conn, [_Target(t.model, _other(t.slot), 0) for t in live], head, since=0
                     )
-                ]
-                if suspect:
-                    spare = [_Target(t.model, _other(t.slot), 0) for t in suspect]
-                    self._pass(conn, spare, head, since=0)
-                for target in suspect:
+                for target in live:
                     count = sum(
                         _rows_differing(conn, table[target.slot], table[_other(target.slot)])
                         for table in target.model.all_tables()
@@ -643,6 +690,68 @@ class ReadModels:
                 return head, differing
             finally:
                 transaction.rollback()
+
+    def _live(
+        self, rows: dict[str, Any], names: Sequence[str], head: int, differing: dict[str, int]
+    ) -> list[_Target]:
+        """The live slot of each of `names` and its position, from its tracking row. A row
+        the ledger cannot have written (none, a slot other than a or b, a position that is
+        not a number or beyond the head) is an altered read model, not a failure of the
+        check: put in `differing` (1 row), not returned."""
+        live = []
+        for name in names:
+            row = rows.get(name)
+            position = getattr(row, "position", None)
+            if (
+                row is None
+                or row.slot not in ("a", "b")
+                or type(position) is not int
+                or not 0 <= position <= head
+            ):
+                differing[name] = 1
+                continue
+            live.append(_Target(self.models[name], row.slot, position))
+        return live
+
+    def _bring_up_each(
+        self, conn: Connection, targets: list[_Target], head: int, failed: dict[str, int]
+    ) -> list[_Target]:
+        """`targets` brought to `head` (`_bring_up`), together, or one by one if that fails:
+        an altered row fails its own model, put in `failed` (1 row). Returns those brought."""
+        if not targets or self._bring_up(conn, targets, head):
+            return targets
+        brought = []
+        for target in targets:
+            if self._bring_up(conn, [target], head):
+                brought.append(target)
+            else:
+                failed[target.model.name] = 1
+        return brought
+
+    @contextmanager
+    def _read_only(self) -> Iterator[Connection]:
+        """A read transaction that sees one snapshot and cannot write, rolled back at the
+        end: SQLite (in WAL mode, `ledger.persistence.database`) takes no write lock, so
+        writers commit meanwhile, and `query_only` makes a write fail at once rather than
+        take the lock; PostgreSQL, a read-only repeatable-read transaction (no advisory
+        lock, no tracking row locked: writers and catch-ups carry on)."""
+        with self.database.connect() as base:
+            if self.database.is_sqlite:
+                transaction = base.begin()
+                base.exec_driver_sql("PRAGMA query_only = ON")
+                try:
+                    yield base
+                finally:
+                    transaction.rollback()
+                    base.exec_driver_sql("PRAGMA query_only = OFF")
+            else:
+                conn = base.execution_options(isolation_level="REPEATABLE READ")
+                transaction = conn.begin()
+                try:
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                    yield conn
+                finally:
+                    transaction.rollback()
 
     def _bring_up(self, conn: Connection, targets: list[_Target], head: int) -> bool:
         """`targets` (live slots behind the head) brought to it in a savepoint, as `check`
@@ -1076,6 +1185,11 @@ def _without_cyclic_gc() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+def _digesting(digests: dict[str, list[int]]) -> Callable[[Connection, str], Writer]:
+    """A pass's writers that digest its rows into `digests` (`DigestWriter`)."""
+    return lambda conn, slot: DigestWriter(conn, slot, digests)
 
 
 def _rows_differing(conn: Connection, ours: sa.Table, theirs: sa.Table) -> int:

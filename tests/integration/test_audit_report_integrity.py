@@ -5,6 +5,7 @@ database can change (a reviewer emptied a rule's violations from the report so, 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -390,3 +391,137 @@ def test_a_row_copied_once_is_counted_as_one_row_differing(
     (problem,) = document["problems"]
     assert "the read model current_consent disagrees with the events" in problem["message"]
     assert "(1 rows differ)" in problem["message"]
+
+
+_REGISTERED = {
+    "id": "reg-mid",
+    "type": "customer.registered",
+    "at": "2025-04-01T09:00:00+00:00",
+    "customer": "C102",
+    "name": "Grace Hopper",
+    "email": "grace@example.org",
+    "phone": "+44 7700 900003",
+    "address": {"line1": "1 Compiler Way", "city": "Leeds", "postcode": "LS1 1AA", "country": "GB"},
+}
+
+
+@pytest.mark.parametrize("altered", [False, True], ids=["agreeing", "a-row-copied"])
+def test_a_write_and_a_catch_up_commit_while_the_check_is_in_its_pass(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch, altered: bool
+) -> None:
+    """The read-model check reads in a snapshot, without the writer's lock: a fact recorded
+    and the read models caught up by another connection while the check is paused in its
+    pass from event zero both commit (on SQLite they waited for the whole check, up to the
+    lock's wait, and then failed; on PostgreSQL the catch-up waited for the tracking rows the
+    check held). The check still answers for the snapshot it read: a ledger that agrees
+    agrees, and a row copied in a read model is still that model's one row differing."""
+    from ledger.persistence import database
+    from projections.base import DigestWriter
+
+    _recorded(ledger_url, feed_small)
+    app = open_ledger(ledger_url)
+    try:
+        if altered:
+            app.read_models.catch_up()
+            table = _table_of(ledger_url, "current_consent", "rm_current_consent")
+            columns = "stream_id, customer, purpose, channel, status, since"
+            copied = (  # (C100's: the write below is another's, whose catch-up leaves it)
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table} "
+                "WHERE customer = 'C100' LIMIT 1"
+            )
+            tamper(app, (copied, {}))
+        # Not two minutes: a write that waits for the check gives up soon, and says so.
+        monkeypatch.setattr(database, "WRITE_LOCK_WAIT", 3)
+        landed: list[str] = []
+        failed: list[BaseException] = []
+
+        def write_elsewhere() -> None:
+            other = open_ledger(ledger_url)
+            try:
+                other.record_fact(_REGISTERED)
+                landed.append("recorded")
+                other.read_models.catch_up()
+                landed.append("caught up")
+            except BaseException as error:  # (told to the test, which fails on it)
+                failed.append(error)
+            finally:
+                other.database.dispose()
+
+        insert = DigestWriter.insert
+
+        def paused_in_the_pass(self: Any, *args: Any, **kwargs: Any) -> None:
+            if not landed and not failed:  # the first rows the pass digests
+                writer = threading.Thread(target=write_elsewhere)
+                writer.start()
+                writer.join(timeout=60)  # (a bound on a wait that fails the test, not a speed)
+                if writer.is_alive():
+                    failed.append(TimeoutError("the write still waits for the check"))
+            insert(self, *args, **kwargs)
+
+        monkeypatch.setattr(DigestWriter, "insert", paused_in_the_pass)
+        before = app.read_models.status()[0].head
+        head, differing = app.read_models.check()
+        assert not failed, failed
+        assert landed == ["recorded", "caught up"]
+        assert differing == ({"current_consent": 1} if altered else {})
+        # The head of the snapshot compared; a model that differs is counted afterwards,
+        # under the writer's lock, at the head then (the write included).
+        assert head == before + (1 if altered else 0)
+        monkeypatch.setattr(DigestWriter, "insert", insert)
+        assert app.read_models.check() == (before + 1, differing)
+    finally:
+        app.database.dispose()
+
+
+def test_models_a_write_left_behind_are_each_checked_at_their_own_position(
+    ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fact recorded after the check's catch-up and before its snapshot, and one read
+    model (violations) caught up to it meanwhile: in the snapshot the models stand at two
+    positions. Each is held against a pass up to its own position (two digest passes, no
+    rows counted), so a write is no disagreement, and a model behind is not judged by
+    events it has not applied."""
+    from projections import runner
+
+    _recorded(ledger_url, feed_small)
+    app = open_ledger(ledger_url)
+    try:
+        app.read_models.catch_up()  # (the check's own catch-up has nothing to do)
+        caught_up = runner.ReadModels._catch_up_to_check
+
+        def then_a_write(self: Any, names: Any) -> dict[str, int]:
+            failed = caught_up(self, names)
+            other = open_ledger(ledger_url)
+            try:
+                other.record_fact(_REGISTERED)
+                other.read_models.catch_up(["violations"])
+            finally:
+                other.database.dispose()
+            return failed
+
+        passes: list[tuple[str, int]] = []
+        counted: list[str] = []
+        real_pass, real_count = runner.ReadModels._pass, runner._rows_differing
+
+        def one_pass(self: Any, conn: Any, targets: Any, head: int, **kwargs: Any) -> int:
+            if self is app.read_models:  # (not the other connection's catch-up)
+                writer = kwargs.get("writer", runner.Writer)(conn, "a")
+                passes.append((type(writer).__name__, head))
+            return real_pass(self, conn, targets, head, **kwargs)
+
+        def count(conn: Any, ours: sa.Table, theirs: sa.Table) -> int:
+            counted.append(ours.name)
+            return real_count(conn, ours, theirs)
+
+        monkeypatch.setattr(runner.ReadModels, "_catch_up_to_check", then_a_write)
+        monkeypatch.setattr(runner.ReadModels, "_pass", one_pass)
+        monkeypatch.setattr(runner, "_rows_differing", count)
+        before = app.read_models.status()[0].head
+        assert app.read_models.check() == (before + 1, {})
+        assert passes == [("DigestWriter", before), ("DigestWriter", before + 1)]
+        assert counted == []
+        positions = {s.name: s.position for s in app.read_models.status()}
+        assert positions.pop("violations") == before + 1
+        assert set(positions.values()) == {before}  # (the check caught up none of them)
+    finally:
+        app.database.dispose()
