@@ -312,17 +312,25 @@ def _behind_and_tampered(url: str, feed: Path, *statements: tuple[str, dict[str,
         app.database.dispose()
 
 
+@pytest.mark.parametrize("behind", [True, False], ids=["behind", "at-the-head"])
 def test_verify_read_models_names_a_tracking_row_the_ledger_never_wrote(
-    ledger_url: str, feed_small: Path
+    ledger_url: str, feed_small: Path, behind: bool
 ) -> None:
     """A read model's tracking row pointing at no slot is an altered read model (exit 4,
-    read_model_altered), not "unexpected KeyError" (exit 1). (A position beyond the head
-    `verify` names itself: log_truncated.)"""
-    _behind_and_tampered(
-        ledger_url,
-        feed_small,
-        ("UPDATE rm_tracking SET slot = 'c' WHERE name = 'disclosure_trail'", {}),
-    )
+    read_model_altered), not "unexpected KeyError" (exit 1), whether the model is behind
+    the head (a catch-up would fail on it) or at it (only read). (A position beyond the
+    head `verify` names itself: log_truncated.)"""
+    slot_c = ("UPDATE rm_tracking SET slot = 'c' WHERE name = 'disclosure_trail'", {})
+    if behind:
+        _behind_and_tampered(ledger_url, feed_small, slot_c)
+    else:
+        _recorded(ledger_url, feed_small)
+        app = open_ledger(ledger_url)
+        try:
+            app.read_models.catch_up()
+            tamper(app, slot_c)
+        finally:
+            app.database.dispose()
     document = run_json(ledger_url, "verify", "--read-models", code=4)
     named = {p["message"].split()[3] for p in document["problems"]}
     assert {p["kind"] for p in document["problems"]} == {"read_model_altered"}
@@ -528,3 +536,44 @@ def test_models_a_write_left_behind_are_each_checked_at_their_own_position(
         assert set(positions.values()) == {before}  # (the check caught up none of them)
     finally:
         app.database.dispose()
+
+
+def test_a_read_model_its_catch_up_fails_on_is_named_and_left_as_it_was(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """A read-model row altered into a value of another type, in a stream with an event the
+    model has not applied: the check's catch-up fails on it, and that model (only) is an
+    altered read model, its one row; the catch-up of the others is committed, its own not."""
+    if not ledger_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's column types refuse this value")
+    _recorded(ledger_url, feed_small)
+    app = open_ledger(ledger_url)
+    try:
+        app.read_models.catch_up()
+        links = _table_of(ledger_url, "recipient_registry", "rm_recipient_links")
+        consents = _table_of(ledger_url, "current_consent", "rm_current_consent")
+        tamper(
+            app,
+            (
+                f"UPDATE {links} SET disclosures = 'many' WHERE stream_id IN "
+                f"(SELECT stream_id FROM {consents} WHERE customer = 'C100')",
+                {},
+            ),
+        )
+        before = app.read_models.status()[0].head
+        app.record_fact(
+            {"id": "upd-y", "type": "customer.updated", "customer": "C100"}
+            | {"phone": "+44 7700 900004"}
+        )
+    finally:
+        app.database.dispose()
+    document = run_json(ledger_url, "verify", "--read-models", code=4)
+    (problem,) = document["problems"]
+    assert "the read model recipient_registry disagrees with the events" in problem["message"]
+    assert "(1 rows differ)" in problem["message"]
+    status = {
+        row["name"]: row["position"]
+        for row in run_json(ledger_url, "projections", "status")["projections"]
+    }
+    assert status.pop("recipient_registry") == before
+    assert set(status.values()) == {before + 1}
