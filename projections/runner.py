@@ -662,7 +662,9 @@ class ReadModels:
         transaction rolled back at the end (nothing changes), each brought to the head and
         rebuilt from event zero into its spare slot, and the rows in one slot and not the
         other counted (`_rows_differing`). Returns (that head, {name: rows} for the models
-        that differ)."""
+        that differ). A row altered in a stream that a catch-up derived again since the
+        snapshot (a write landed for it) is mended by then, and not counted: as if the
+        check had begun after that catch-up."""
         with self.database.connect() as base:
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
             transaction = conn.begin()
