@@ -81,7 +81,7 @@ def test_script_runs(script: str, tmp_path: Path) -> None:
     assert expected in _run(script, *args)
 
 
-@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "run.py", "bench_write.py"])
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "run.py", "bench_write.py", "bench_check.py"])
 def test_help_prints_usage_without_running_anything(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"],
@@ -108,6 +108,23 @@ def test_bench_write_times_every_command_that_writes_one_fact(tmp_path: Path) ->
         "customer erase",
         "customer trail (a read)",
     ]
+
+
+def test_bench_check_times_the_read_model_check_and_an_import_beside_it(
+    tmp_path: Path, feed_small: Path
+) -> None:
+    db = tmp_path / "ledger.db"  # (its keys beside it, as a command makes them)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_LEDGER_")}
+    command = str(Path(sys.executable).with_name("consent-ledger"))
+    made = subprocess.run(
+        [command, "--db", f"sqlite:///{db}", "import", str(feed_small)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    out = _run("bench_check.py", "--db", str(db), "--keys", f"{db}.keys", "--import-every", "0.01")
+    assert "verify --read-models:" in out and "exit 0, ok=True, problems=[]" in out
 
 
 def test_bench_import_compares_switch_intervals(tmp_path: Path) -> None:
