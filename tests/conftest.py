@@ -22,8 +22,32 @@ POSTGRES_ENV = "CONSENT_LEDGER_TEST_POSTGRES"
 BACKENDS = ["sqlite", "postgresql"]
 
 
+# CI's second run (`.ci/run`), after one on SQLite alone: only the tests that reach the
+# PostgreSQL server, not again those that ran in the first (`pytest_collection_modifyitems`).
+POSTGRES_ONLY_ENV = "CONSENT_LEDGER_TEST_POSTGRES_ONLY"
+
+
 def postgres_server() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With `POSTGRES_ONLY_ENV` set, keep only the tests that reach the PostgreSQL server:
+    a case parametrized "postgresql" (by the `backend` fixture or a fixture of its own), or
+    a test marked `postgres` (it asks `postgres_server()` itself)."""
+    if not os.environ.get(POSTGRES_ONLY_ENV):
+        return
+    if postgres_server() is None:
+        raise pytest.UsageError(f"{POSTGRES_ONLY_ENV} needs {POSTGRES_ENV}")
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        on_postgres = any(value == "postgresql" for value in params)
+        (kept if on_postgres or item.get_closest_marker("postgres") else dropped).append(item)
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
 
 
 @pytest.fixture(autouse=True)

@@ -135,6 +135,7 @@ def test_bench_import_compares_switch_intervals(tmp_path: Path) -> None:
     assert "in turn" not in out
 
 
+@pytest.mark.postgres  # (and SQLite: it asks for the server itself)
 def test_run_writes_every_figure_of_the_table(tmp_path: Path) -> None:
     backends = ["sqlite"]
     extra: list[str] = []

@@ -372,6 +372,7 @@ def run_line(args: str, state: State, stack: ExitStack, base: bool) -> tuple[int
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.postgres  # (and SQLite: the README's PostgreSQL lines when a server is set)
 def test_every_readme_command_runs_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from tests.conftest import postgres_server
 from tests.faults.support import feed_lines, recorded_ids, run_forked, start, write_feed
 
+pytestmark = pytest.mark.postgres  # (its server's tests ask for it themselves: `_server`)
+
 PASSWORD = "s3cret-Pa55"
 _CUT_THE_WRITER = sa.text(
     "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
