@@ -45,6 +45,14 @@ def _table_of(url: str, model: str, table: str) -> str:
     return f"{table}_{slot}"
 
 
+def _one_model_differs(url: str, model: str, rows: int) -> None:
+    """`verify --read-models` fails (exit 4) on one problem: `model` with `rows` rows differing."""
+    (problem,) = run_json(url, "verify", "--read-models", code=4)["problems"]
+    assert problem["kind"] == "read_model_altered"
+    assert f"the read model {model} disagrees with the events" in problem["message"]
+    assert f"({rows} rows differ)" in problem["message"]
+
+
 def test_a_report_states_the_verified_head_and_its_signed_checkpoint(
     ledger_url: str, feed_small: Path, tmp_path: Path
 ) -> None:
@@ -153,11 +161,7 @@ def test_verify_read_models_names_a_violations_read_model_altered(
     finally:
         app.database.dispose()
     assert run_json(ledger_url, "verify")["ok"] is True  # (not covered without the option)
-    document = run_json(ledger_url, "verify", "--read-models", code=4)
-    (problem,) = document["problems"]
-    assert problem["kind"] == "read_model_altered"
-    assert "the read model violations disagrees with the events" in problem["message"]
-    assert "(2 rows differ)" in problem["message"]
+    _one_model_differs(ledger_url, "violations", 2)
 
 
 def test_a_write_landing_while_the_report_reads_is_no_disagreement(
@@ -398,10 +402,7 @@ def test_a_row_copied_once_is_counted_as_one_row_differing(
         tamper(app, (f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table} LIMIT 1", {}))
     finally:
         app.database.dispose()
-    document = run_json(ledger_url, "verify", "--read-models", code=4)
-    (problem,) = document["problems"]
-    assert "the read model current_consent disagrees with the events" in problem["message"]
-    assert "(1 rows differ)" in problem["message"]
+    _one_model_differs(ledger_url, "current_consent", 1)
 
 
 _REGISTERED = {
@@ -567,10 +568,7 @@ def test_a_read_model_its_catch_up_fails_on_is_named_and_left_as_it_was(
         )
     finally:
         app.database.dispose()
-    document = run_json(ledger_url, "verify", "--read-models", code=4)
-    (problem,) = document["problems"]
-    assert "the read model recipient_registry disagrees with the events" in problem["message"]
-    assert "(1 rows differ)" in problem["message"]
+    _one_model_differs(ledger_url, "recipient_registry", 1)
     status = {
         row["name"]: row["position"]
         for row in run_json(ledger_url, "projections", "status")["projections"]
