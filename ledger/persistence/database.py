@@ -716,6 +716,23 @@ def fetch_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return _on_driver(conn, conn.dialect.name == "sqlite", sql, params, list)
 
 
+def stream_rows(
+    conn: Connection, sql: str, params: Sequence[Any] = (), *, size: int = 10_000
+) -> Iterator[list[Any]]:
+    """The rows of one statement (`?` marks) on `conn`'s driver, in batches of `size`: on
+    PostgreSQL through a server-side cursor (in `conn`'s transaction), so that a table as
+    large as the ledger never lands in memory at once."""
+    is_sqlite = conn.dialect.name == "sqlite"
+    raw: Any = conn.connection.dbapi_connection
+    cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_stream")
+    try:
+        cursor.execute(sqlite_reads.for_driver(sql, "qmark" if is_sqlite else "pyformat"), params)
+        while rows := cursor.fetchmany(size):
+            yield rows
+    finally:
+        cursor.close()
+
+
 def _rowcount(cursor: Any) -> int:
     return int(cursor.rowcount)
 

@@ -22,32 +22,35 @@ a later payment judged against the wrong customer, and the tree would still veri
   by one join the database runs (`facts_of_another_kind`); only when either disagrees are
   the rows compared one by one (`audit_fact_index`).
 
-The registrations and placings are picked out of the event rows `verify` reads to hash them
-anyway (`Indexed.take`, in its hashing processes too). The index rows are read once, before
-those processes fork, as lookups they inherit (`IndexLookup`): each process matches its
-blocks' events and sends back counts only; if the counts disagree, the one-process pass
-names every row that differs (`audit_indexes`). A problem names the reference (customer
-and order references are identifiers, never personal data).
+The customer and order indexes are held against the events the same way, by digests of
+their rows (`IndexDigests`): the registrations and placings are picked out of the event rows
+`verify` reads to hash them anyway (`Indexed.take`, in its hashing processes too), each
+process sends back counts and digests only, and the index tables are read in batches beside
+them. So `verify` holds no list of customers, orders or facts, whatever the size of the
+ledger: its memory stays flat. Only when a digest disagrees are the index rows and the
+events' registrations and placings read into memory and compared one by one
+(`audit_indexes`). A problem names the reference (customer and order references are
+identifiers, never personal data).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy.engine import Connection
 
 from ledger.integrity import Problem
-from ledger.persistence.database import fetch_rows
+from ledger.persistence.database import fetch_rows, stream_rows
 
 _REGISTERED = b"ledger.domainmodel:Customer.Registered"
 _PLACED = b"ledger.domainmodel:Customer.OrderPlaced"
 _WANTED = frozenset({_REGISTERED, _PLACED})
 _LISTED = 10  # problems named one by one; the rest are counted
-# (registrations that match their index row, registrations, placings that match, placings,
-# events that recorded a fact, the digest of their (position, fact id))
+# A block's (registrations, their digest, placings, their digest, events that recorded a
+# fact, the digest of their (position, fact id)): see `Indexed.counts`.
 Counts = tuple[int, int, int, int, int, int]
 _MASK = (1 << 64) - 1
 
@@ -65,14 +68,84 @@ _INDEX_SQL = {
 }
 
 
-class Indexed:
-    """The registrations and placings among event rows, as they are read for hashing."""
+class RowDigest:
+    """How many rows, and the sum of a hash of each one's values joined as one string:
+    Python's `hash` of a string is SipHash, keyed by a secret random to each run of `verify`
+    (which its forked processes share), so no one can make altered rows sum to the same
+    digest in advance. (A hash of the tuple would not do: a tuple's hash is not a keyed
+    function of its items together, and two rows' values swapped summed to the same digest
+    about half the time.) Equal counts and digests: the same rows, in any order."""
 
-    def __init__(self, *, facts: bool = True) -> None:
+    def __init__(self) -> None:
+        self.count = 0
+        self.digest = 0
+
+    def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        hashes = [hash("\x1f".join(map(repr, row))) for row in rows]
+        self.count += len(hashes)
+        self.digest = (self.digest + sum(hashes)) & _MASK
+
+    def add_digest(self, count: int, digest: int) -> None:
+        """Another part's rows (a block's, counted in a hashing process)."""
+        self.count += count
+        self.digest = (self.digest + digest) & _MASK
+
+    def same(self, other: RowDigest) -> bool:
+        return (self.count, self.digest) == (other.count, other.digest)
+
+    def read(
+        self,
+        conn: Connection,
+        sql: str,
+        row: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
+    ) -> None:
+        """The rows of `sql` (each as `row` gives it), streamed (`stream_rows`)."""
+        for rows in stream_rows(conn, sql):
+            self.add(rows if row is None else map(row, rows))
+
+
+class FactDigest(RowDigest):
+    """The digest of facts as (position, fact id) (`RowDigest`). Each row's type and stream
+    are held against its event's by `facts_of_another_kind`."""
+
+    def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Facts as (position, fact id), each hashed as one string (as `RowDigest` joins
+        them, written out: it runs on every fact)."""
+        hashes = [hash(f"{p!r}\x1f{f!r}") for p, f in rows]
+        self.count += len(hashes)
+        self.digest = (self.digest + sum(hashes)) & _MASK
+
+    def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
+        """The facts recorded by event rows (position, originator, version, topic, state)."""
+        fact_ids = list(map(_fact_id, batch))
+        self.add([(row[0], f) for row, f in zip(batch, fact_ids, strict=True) if f is not None])
+
+    def read_index(self, conn: Connection) -> None:
+        """The fact index's rows."""
+        self.read(conn, _FACT_POSITIONS_SQL)
+
+
+# A customer index row, or a registration, is digested as (position, stream id, ref); an
+# order index row, or a placing, as (order ref, stream id). Both sides are read in the same
+# form (`_INDEX_SQL`): a value of another type (text where a position was, say) digests
+# differently, and the rows compared one by one name it.
+def _placing(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return row[:2]
+
+
+class Indexed:
+    """The registrations and placings among event rows, as they are read for hashing: their
+    digests (and, with `keep`, the rows themselves, to name what disagrees), and the digest
+    of the facts the events recorded (if `facts`)."""
+
+    def __init__(self, *, facts: bool = True, keep: bool = False) -> None:
+        self.registered = RowDigest()
+        self.placed = RowDigest()
+        self.facts = FactDigest()
+        self.with_facts = facts
+        self.keep = keep
         self.registrations: list[tuple[int, Any, Any]] = []  # (position, stream id, ref)
         self.placings: list[tuple[Any, Any, int]] = []  # (order ref, stream id, position)
-        self.facts = FactDigest()  # of the events that recorded a fact (if `facts`)
-        self.with_facts = facts
 
     def take(
         self, batches: Iterable[Sequence[tuple[Any, ...]]]
@@ -81,11 +154,12 @@ class Indexed:
         keeping what the indexes are checked against. Kept lean: it runs on every event row
         `verify` reads."""
         wanted, loads, registered = _WANTED, orjson.loads, _REGISTERED
-        registrations, placings, facts = self.registrations, self.placings, self.facts
-        with_facts = self.with_facts
+        with_facts, keep = self.with_facts, self.keep
         for batch in batches:
             if with_facts:
-                facts.add_events(batch)
+                self.facts.add_events(batch)
+            registrations: list[tuple[int, Any, Any]] = []
+            placings: list[tuple[Any, Any, int]] = []
             for position, stream, _version, topic, state in [r for r in batch if r[3] in wanted]:
                 registration = topic == registered
                 try:
@@ -98,48 +172,31 @@ class Indexed:
                     registrations.append((position, stream, reference))
                 else:
                     placings.append((reference, stream, position))
+            if registrations:
+                self.registered.add(registrations)
+            if placings:
+                self.placed.add(map(_placing, placings))
+            if keep:
+                self.registrations.extend(registrations)
+                self.placings.extend(placings)
             yield batch
 
+    def counts(self) -> Counts:
+        """What a hashing process sends back of its block (`add_counts` adds it up)."""
+        registered, placed, facts = self.registered, self.placed, self.facts
+        return (
+            registered.count,
+            registered.digest,
+            placed.count,
+            placed.digest,
+            facts.count,
+            facts.digest,
+        )
 
-class FactDigest:
-    """How many facts, and the sum of a hash of each one's (position, fact id) as one
-    string: Python's `hash` of a string is SipHash, keyed by a secret random to each run of
-    `verify` (which its forked processes share), so no one can make altered rows sum to the
-    same digest in advance. (A hash of the tuple would not do: a tuple's hash is not a keyed
-    function of its items together, and two rows' fact ids swapped summed to the same digest
-    about half the time.) Each row's type and stream are held against its event's by
-    `facts_of_another_kind`."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.digest = 0
-
-    def add(self, rows: Iterable[tuple[Any, Any]]) -> None:
-        """Facts as (position, fact id), each hashed as one string."""
-        hashes = [hash(f"{p!r}\x1f{f!r}") for p, f in rows]
-        self.count += len(hashes)
-        self.digest = (self.digest + sum(hashes)) & _MASK
-
-    def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
-        """The facts recorded by event rows (position, originator, version, topic, state)."""
-        fact_ids = list(map(_fact_id, batch))
-        self.add([(row[0], f) for row, f in zip(batch, fact_ids, strict=True) if f is not None])
-
-    def read(self, conn: Connection) -> None:
-        """The fact index's rows (read on the driver, in batches; on PostgreSQL through a
-        server-side cursor, so a large index never lands in memory at once)."""
-        raw: Any = conn.connection.dbapi_connection
-        is_sqlite = conn.dialect.name == "sqlite"
-        cursor = raw.cursor() if is_sqlite else raw.cursor(name="consent_ledger_fact_digest")
-        try:
-            cursor.execute(_FACT_POSITIONS_SQL)
-            while rows := cursor.fetchmany(10_000):
-                self.add(rows)
-        finally:
-            cursor.close()
-
-    def same(self, other: FactDigest) -> bool:
-        return (self.count, self.digest) == (other.count, other.digest)
+    def add_counts(self, counts: Counts) -> None:
+        self.registered.add_digest(counts[0], counts[1])
+        self.placed.add_digest(counts[2], counts[3])
+        self.facts.add_digest(counts[4], counts[5])
 
 
 def facts_of_another_kind(conn: Connection) -> int:
@@ -231,8 +288,28 @@ _TOPIC_TYPES: dict[bytes, str] = {
 _FACT_ID = re.compile(rb'"fact_id":"([^"\\]*)"')
 
 
+class IndexDigests:
+    """The customer and order indexes' rows as digests (`read`), in the form the events'
+    registrations and placings are digested in (`Indexed`)."""
+
+    def __init__(self) -> None:
+        self.customers = RowDigest()
+        self.orders = RowDigest()
+
+    def read(self, conn: Connection) -> None:
+        customers, orders = _INDEX_SQL[conn.dialect.name]
+        self.customers.read(conn, customers)
+        self.orders.read(conn, orders, _placing)
+
+    def agree(self, found: Indexed) -> bool:
+        """Whether the events' registrations and placings are the index rows: one row per
+        event and one event per row (a position, an order reference)."""
+        return self.customers.same(found.registered) and self.orders.same(found.placed)
+
+
 class IndexRows:
-    """The customer and order indexes' rows (`read`), in the form the events are read in."""
+    """The customer and order indexes' rows (`read`), in the form the events are read in:
+    read only to name what disagrees (`audit_indexes`)."""
 
     def __init__(self) -> None:
         self.customers: list[tuple[Any, ...]] = []  # (position, stream id, ref)
@@ -242,56 +319,6 @@ class IndexRows:
         customers, orders = _INDEX_SQL[conn.dialect.name]
         self.customers = fetch_rows(conn, customers, ())
         self.orders = fetch_rows(conn, orders, ())
-
-
-class IndexLookup:
-    """The index rows as lookups, made before `verify`'s hashing processes fork: each holds
-    the registrations and placings of its blocks against them (`matches`), so only counts
-    travel back; the parent adds them up (`agrees`)."""
-
-    def __init__(self, index: IndexRows, *, facts: bool = True) -> None:
-        self.with_facts = facts  # whether the events' fact digest is wanted
-        self.rows = (len(index.customers), len(index.orders))
-        self.customers = {position: (stream, ref) for position, stream, ref in index.customers}
-        self.orders = dict(index.orders)
-
-    def matches(self, found: Indexed) -> Counts:
-        """How many of `found`'s registrations and placings match their index rows."""
-        customers, orders = self.customers, self.orders
-        registrations = sum(
-            1 for position, stream, ref in found.registrations
-            if customers.get(position) == (stream, ref)
-        )  # fmt: skip
-        placings = sum(
-            1 for order, stream, _position in found.placings if orders.get(order) == stream
-        )
-        facts = found.facts
-        return (
-            registrations,
-            len(found.registrations),
-            placings,
-            len(found.placings),
-            facts.count,
-            facts.digest,
-        )
-
-    def agrees(self, counts: Iterable[Counts]) -> bool:
-        """Whether every event matched its customer or order index row and every such row
-        was matched: each event matches at most one row (a position, an order reference), so
-        equal counts mean one row per event and one event per row. (The fact index is held
-        against `facts`, the events' digest.)"""
-        totals = [sum(column) for column in zip(*counts, strict=True)] or [0] * 6
-        customers, orders = self.rows
-        return totals[:4] == [customers, customers, orders, orders]
-
-    @staticmethod
-    def facts(counts: Iterable[Counts]) -> FactDigest:
-        """The digest of the facts the events recorded, from the blocks' counts."""
-        total = FactDigest()
-        for block in counts:
-            total.count += block[4]
-            total.digest = (total.digest + block[5]) & _MASK
-        return total
 
 
 def audit_indexes(index: IndexRows, found: Indexed) -> list[Problem]:

@@ -65,12 +65,13 @@ from ledger.persistence.database import (
     default_key_dir,
     fetch_rows,
     signals_held,
+    stream_rows,
 )
 from ledger.persistence.index_audit import (
     Counts,
     FactDigest,
+    IndexDigests,
     Indexed,
-    IndexLookup,
     IndexRows,
     audit_fact_index,
     audit_indexes,
@@ -722,7 +723,7 @@ def _verify_ledger(
         workers = min(os.cpu_count() or 1, _MAX_WORKERS)
     database = app.database
     key = public_key or load_public_key(database)
-    with database.reading() as conn:
+    with database.reading() as conn, _small_cache(conn):
         problems: list[Problem] = []
         start: Frontier | None = None
         if since is not None:
@@ -733,52 +734,47 @@ def _verify_ledger(
         stored = _all_checkpoints(conn, first)
         audit = None
         index: list[tuple[int, int]] = []  # the facts' count, read while workers hash
-        # The customer and order indexes, held against the events (a whole log only):
-        # read before the workers fork, so that they inherit them (`index_audit`).
-        index_rows = IndexRows()
-        if start is None:
-            index_rows.read(conn)
+        # The customer, order and fact indexes' digests, and the events' (`index_audit`),
+        # held against each other (a whole log only).
+        index_digests = IndexDigests()
+        indexed_facts = FactDigest()
+        found = Indexed(facts=fact_index)
         index_problems: list[Problem] = []
-        # The fact index's digest, and the events' (`index_audit.FactDigest`).
-        indexed_facts, recorded_facts = FactDigest(), FactDigest()
 
         other_kinds: list[int] = []  # fact index rows of another type or stream
 
         def meanwhile() -> None:  # while the workers hash
             index.append(_fact_index(conn))
+            if start is None:
+                index_digests.read(conn)
             if fact_index:
-                indexed_facts.read(conn)
+                indexed_facts.read_index(conn)
                 other_kinds.append(facts_of_another_kind(conn))
 
         if start is None and workers > 1:
             audit = _parallel_audit(
-                conn,
-                database,
-                stored,
-                key,
-                workers,
-                block_level,
-                IndexLookup(index_rows, facts=fact_index),
-                recorded_facts,
-                meanwhile=meanwhile,
+                conn, database, stored, key, workers, block_level, found, meanwhile=meanwhile
             )
         if audit is None:  # sequential: the reference, and the one that names problems
             auditor = LogAuditor(stored, key, start)
-            indexed = Indexed(facts=fact_index)
+            found = Indexed(facts=fact_index)
             batches = _event_batches(conn, database, first + 1)
             if start is None:
-                batches = indexed.take(batches)
+                batches = found.take(batches)
             auditor.add_batches(batches, _ORIGINATOR_BYTES[database.backend])
             audit = auditor.finish()
-            if start is None:
-                index_problems = audit_indexes(index_rows, indexed)
-                recorded_facts = indexed.facts
         if start is None:
             if not index:
                 meanwhile()
+            if not index_digests.agree(found):  # read again, to name what disagrees
+                rows, named = IndexRows(), Indexed(facts=False, keep=True)
+                rows.read(conn)
+                for _batch in named.take(_event_batches(conn, database, 1)):
+                    pass
+                index_problems = audit_indexes(rows, named)
             # Held against events the tree found whole: a removed or altered event is named
             # as such, not again as the index rows it leaves without their event.
-            agree = recorded_facts.same(indexed_facts) and not any(other_kinds)
+            agree = found.facts.same(indexed_facts) and not any(other_kinds)
             if fact_index and not audit.problems and not agree:
                 events = _event_batches(conn, database, 1)
                 index_problems.extend(audit_fact_index(conn, events))
@@ -818,8 +814,7 @@ def _parallel_audit(
     key: Ed25519PublicKey,
     workers: int,
     block_level: int,
-    lookup: IndexLookup,
-    recorded_facts: FactDigest,
+    found: Indexed,
     meanwhile: Callable[[], None] = lambda: None,
 ) -> LogAudit | None:
     """The whole log hashed in aligned blocks by worker processes, each reading its blocks
@@ -827,12 +822,12 @@ def _parallel_audit(
     end at the last event this snapshot sees, committed). None when it does not apply (a
     small log, an in-memory database) or when a block has a gap or the audit a problem:
     the one pass then names what is wrong. `meanwhile` runs in this process while the
-    workers hash (it would wait idle). `recorded_facts` is given the digest of the facts the
-    events recorded (`index_audit.FactDigest`).
+    workers hash (it would wait idle). `found` is given the digests of the registrations,
+    placings and facts the events recorded (`index_audit.Indexed.counts`).
 
     Each block checks itself: its ids must run from its start to its end without a gap, so
     the log is whole without counting it first."""
-    global _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP, _FORKED_STARTED, _FORKED_SIZE
+    global _FORKED_DATABASE, _FORKED_STOP, _FORKED_FACTS, _FORKED_STARTED, _FORKED_SIZE
     if database.is_sqlite and database.sqlite_path is None:
         return None
     last = _last_event(conn)
@@ -855,7 +850,7 @@ def _parallel_audit(
     stop = context.Event()
     started = context.Value("i", 0)
     # The workers inherit these: a Database is not pickled.
-    _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = database, stop, lookup
+    _FORKED_DATABASE, _FORKED_STOP, _FORKED_FACTS = database, stop, found.with_facts
     size = min(workers, len(tasks))
     _FORKED_STARTED, _FORKED_SIZE = started, size
     counts: list[Counts] = []
@@ -885,21 +880,21 @@ def _parallel_audit(
             pool.close()
             pool.join()
     finally:
-        _FORKED_DATABASE, _FORKED_STOP, _FORKED_LOOKUP = None, None, None
+        _FORKED_DATABASE, _FORKED_STOP = None, None
         _FORKED_STARTED = None
     if failure is not None:
         raise _WorkerFailed() from failure
-    if not whole or not lookup.agrees(counts):
+    if not whole:
         return None
-    digest = IndexLookup.facts(counts)
-    recorded_facts.count, recorded_facts.digest = digest.count, digest.digest
+    for block_counts in counts:
+        found.add_counts(block_counts)
     audit = auditor.finish()
     return None if audit.problems else audit
 
 
 _FORKED_DATABASE: Database | None = None
 _FORKED_STOP: Any = None  # a multiprocessing Event: set, the workers skip their blocks
-_FORKED_LOOKUP: IndexLookup | None = None  # the index rows the workers hold events against
+_FORKED_FACTS = True  # whether the workers digest the facts the events recorded
 _FORKED_STARTED: Any = None  # a multiprocessing Value: the workers started, replacements too
 _FORKED_SIZE = 0  # the pool's size: a worker started beyond it replaces one killed outright
 
@@ -959,11 +954,11 @@ def _hash_block(
 def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Block, Counts]:
     """Hash the events of ids start + 1 to end, read in binary: on SQLite on a read-only
     stdlib connection of its own, memory-mapped; on PostgreSQL on a new connection, as one
-    client-side result of at most a block. With it, how many of the block's registrations
-    and placings match their index rows (`index_audit.IndexLookup.matches`)."""
-    database, lookup = _FORKED_DATABASE, _FORKED_LOOKUP
-    assert database is not None and lookup is not None
-    indexed = Indexed(facts=lookup.with_facts)
+    client-side result of at most a block. With it, the digests of the block's registrations,
+    placings and facts (`index_audit.Indexed.counts`)."""
+    database = _FORKED_DATABASE
+    assert database is not None
+    indexed = Indexed(facts=_FORKED_FACTS)
     if _FORKED_STOP is not None and _FORKED_STOP.is_set():
         return integrity.Block(start, gapless=False), (0, 0, 0, 0, 0, 0)  # another failed
     if database.is_sqlite:
@@ -973,7 +968,7 @@ def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Bl
             cursor = connection.execute(_EVENT_SQL["sqlite"], (start + 1, end))
             batches = indexed.take(iter(lambda: cursor.fetchmany(_SMALL_BATCH), []))
             block = integrity.hash_block(batches, binascii.unhexlify, start, stops)
-            return block, lookup.matches(indexed)
+            return block, indexed.counts()
         finally:
             connection.close()
     raw = database.engine.raw_connection()
@@ -986,7 +981,7 @@ def _hash_block_of(start: int, end: int, stops: list[int]) -> tuple[integrity.Bl
         cursor.execute(_EVENT_SQL["postgresql"], (start + 1, end))
         batches = indexed.take(iter(lambda: cursor.fetchmany(_SMALL_BATCH), []))
         block = integrity.hash_block(batches, bytes, start, stops)
-        return block, lookup.matches(indexed)
+        return block, indexed.counts()
     finally:
         raw.close()
 
@@ -1011,7 +1006,8 @@ def _keys_against_erasures(conn: Connection) -> list[Problem]:
             else f"customer {ref!r} was erased, but has a whole data key again (put back, as "
             "from a backup): their personal data would read again",
         )
-        for ref, ident, destroyed in fetch_rows(conn, _KEY_STATE_SQL, ())
+        for rows in stream_rows(conn, _KEY_STATE_SQL)
+        for ref, ident, destroyed in rows
         if bool(destroyed) != (str(ident) in erased)
     ]
     if len(problems) > _LISTED_KEYS:

@@ -82,6 +82,36 @@ def test_an_untouched_ledger_verifies(recorded: Any) -> None:
     assert result.events == 27
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-pass", "workers"])
+def test_an_untouched_ledger_is_verified_without_its_indexes_in_memory(
+    recorded: Any, monkeypatch: pytest.MonkeyPatch, parallel: bool
+) -> None:
+    """The customer, order and fact indexes are held against the events by digests: their
+    rows and the events' registrations and placings are read into memory only to name
+    what disagrees. So `verify`'s memory does not grow with the ledger."""
+    from ledger.persistence import index_audit
+
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("an untouched ledger's rows were compared one by one")
+
+    monkeypatch.setattr(index_audit.IndexRows, "read", refused)
+    monkeypatch.setattr(seals, "audit_indexes", refused)
+    monkeypatch.setattr(seals, "audit_fact_index", refused)
+    kept = index_audit.Indexed.__init__
+
+    def lean(self: Any, *, facts: bool = True, keep: bool = False) -> None:
+        assert not keep, "an untouched ledger's events were kept to compare one by one"
+        kept(self, facts=facts)
+
+    monkeypatch.setattr(index_audit.Indexed, "__init__", lean)
+    options: dict[str, Any] = {"workers": 2, "block_level": 2} if parallel else {"workers": 1}
+    assert problems(recorded, **options) == []
+    # ... and the digests see an index row changed, on this same path
+    tamper(recorded, ("DELETE FROM ledger_orders", {}))
+    with pytest.raises(AssertionError, match="one by one"):
+        seals.verify_ledger(recorded, **options)
+
+
 def test_one_flipped_byte_is_caught_and_the_event_named(recorded: Any) -> None:
     state = bytearray(event_row(recorded, 5).state)
     state[10] ^= 0x01
