@@ -7,7 +7,8 @@ their own read-only connection, and hand back the rows each model's `replace` wo
 the pass's own process inserts them in its transaction, stream order kept (the same rows,
 in the same order, as a pass in one process), and merges what the models accumulate across
 streams (`ReadModel.handover`). The pass's write lock was taken before its head was read,
-so a worker's snapshot holds every event up to the head, and no other.
+so a worker's snapshot holds every event up to the head, and no other. A worker sends a
+range's rows a batch of streams at a time, so neither side holds a range's rows at once.
 
 The streams are cut into ranges of the stream id (hex text; the first range has no lower
 bound, the last no upper one, so every stream falls in exactly one), dealt to the workers
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 # the workers' start-up, about half a second, would cost about what they save).
 MIN_EVENTS = 200_000
 RANGES = 64  # ranges of stream ids (a range is about 1,000 streams at 1M facts)
+PIECE = STREAMS_PER_BATCH  # a worker sends the rows of this many streams at a time
 _SPAN = 16**3  # the ranges cut the space of the ids' first three hex digits
 _HEADER = struct.Struct("<Q")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,12 +153,15 @@ class Workers:
         tables = [{table.name: table for table in model.tables} for model in models]
         streams = 0
         for index in range(len(dealt)):
-            kind, *body = self._receive(index % count)
+            # A range's rows come in pieces (a batch of streams' each), then its counts: in
+            # memory, one piece at a time, whatever the size of the ledger.
+            while (message := self._receive(index % count))[0] == "rows":
+                for target, name, rows in orjson.loads(message[1]):
+                    writers[target].insert(tables[target][name], rows)
+            kind, *body = message
             if kind != "range":
                 raise ReadModelWorkerError("a read-model worker sent an unexpected message")
-            folded, events, payload = body
-            for target, name, rows in orjson.loads(payload):
-                writers[target].insert(tables[target][name], rows)
+            folded, events = body
             streams += folded
             if progress is not None and events:
                 progress(events)
@@ -184,6 +189,7 @@ class Workers:
             "folder": folder_flags,
             "skip": sorted(ident.hex for ident in skip),
             "ranges": dealt,
+            "piece": PIECE,
         }
 
     def _receive(self, index: int) -> list[Any]:
@@ -280,14 +286,16 @@ def _work(task: dict[str, Any], send: Any) -> None:
             folded = events = 0
             streams = folder.fold(conn.execute(sql, (*params, head)))
             unskipped = (stream for stream in streams if stream.key not in skip)
-            for batch in batched(unskipped, STREAMS_PER_BATCH):
+            for batch in batched(unskipped, task["piece"]):
                 for target, model in enumerate(models):
                     capture.target = target
                     model.replace(capture, batch, fresh=True)  # type: ignore[arg-type]
                 folded += len(batch)
                 events += sum(stream.events for stream in batch)
-            send(["range", folded, events, orjson.dumps(capture.rows)])
-            capture.rows = []
+                if capture.rows:
+                    send(["rows", orjson.dumps(capture.rows)])
+                    capture.rows = []
+            send(["range", folded, events])
         send(["end", [model.handover() for model in models]])
     finally:
         conn.close()

@@ -80,6 +80,32 @@ def test_a_rebuild_by_workers_writes_the_rows_of_a_rebuild_in_one_process(
     assert all(s.lag == 0 for s in small.read_models.status())
 
 
+def test_a_range_sent_in_pieces_writes_the_rows_of_a_rebuild_in_one_process(
+    small: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker sends a range's rows a few streams at a time (so that neither process holds
+    a range's rows at once, whatever the ledger's size): the pass takes them in order."""
+    _by_workers(monkeypatch, False)
+    small.read_models.rebuild()
+    alone = _exact(small)
+    _by_workers(monkeypatch, True)
+    monkeypatch.setattr(parallel, "RANGES", 2)
+    monkeypatch.setattr(parallel, "PIECE", 1)
+    kinds: list[str] = []
+    receive = parallel.Workers._receive
+
+    def seen(self: parallel.Workers, index: int) -> list[Any]:
+        message = receive(self, index)
+        kinds.append(message[0])
+        return message
+
+    monkeypatch.setattr(parallel.Workers, "_receive", seen)
+    small.read_models.rebuild()
+    assert _exact(small) == alone
+    pieces = [len(list(group)) for kind, group in itertools.groupby(kinds) if kind == "rows"]
+    assert kinds.count("range") == 2 and pieces and max(pieces) > 1
+
+
 def test_a_catch_up_from_event_zero_by_workers_equals_one_in_one_process(
     small: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
