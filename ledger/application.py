@@ -24,7 +24,14 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError
 
 from ledger import privacy
-from ledger.domainmodel import Acquirer, Customer, FactEvent, acquirer_id, customer_id
+from ledger.domainmodel import (
+    Acquirer,
+    Customer,
+    FactEvent,
+    acquirer_id,
+    customer_id,
+    replay,
+)
 from ledger.errors import (
     ConcurrencyError,
     CustomerErasedError,
@@ -993,6 +1000,7 @@ class Recording:
         self.known_customers = indexes.customer_ids(tx, refs)
         orders = {f.order for f in facts if f.order is not None}
         self.order_owners = indexes.order_owners(tx, orders)
+        self._load_customers(self.known_customers.union(self.order_owners.values()))
         # What the previous chunk recorded and has not saved yet (see `run`).
         known.update(self.chunk_ids.intersection(ids))
         self.known_customers.update(self.new_customers)
@@ -1160,12 +1168,26 @@ class Recording:
         if ident not in self.known_customers:
             return None
         try:
-            aggregate: Any = self.app.repository.get(ident)
+            aggregate: Any = self.app.repository.get(ident, projector_func=replay)
         except AggregateNotFoundError:
             return None
         assert isinstance(aggregate, Customer)
         self._remember(aggregate)
         return aggregate
+
+    def _load_customers(self, idents: Iterable[UUID]) -> None:
+        """The recorded customers a chunk names that are not in memory, read in one
+        statement before its facts are applied (its facts would read them one by one: 12
+        times slower for a file of facts about customers recorded before it). Those the
+        previous chunk changed are in memory (a changed aggregate is kept until saved)."""
+        wanted = [ident for ident in idents if ident not in self.customers]
+        if not wanted:
+            return
+        to_event = self.app.mapper.to_domain_event
+        for events in self.app.ledger_recorder.select_streams(wanted).values():
+            aggregate = replay(None, map(to_event, events))
+            if isinstance(aggregate, Customer):  # (else `_load_customer` says what is wrong)
+                self._remember(aggregate)
 
     def _remember(self, customer: Customer) -> None:
         self.customers[customer.id] = customer
@@ -1180,7 +1202,7 @@ class Recording:
         acquirer = self.acquirers.get(ident)
         if acquirer is None:
             try:
-                loaded: Any = self.app.repository.get(ident)
+                loaded: Any = self.app.repository.get(ident, projector_func=replay)
                 assert isinstance(loaded, Acquirer)
                 acquirer = loaded
             except AggregateNotFoundError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -44,6 +45,15 @@ def customer_id(ref: str) -> UUID:
 
 def acquirer_id(name: str) -> UUID:
     return uuid5(_NAMESPACE, "acquirer/" + name)
+
+
+def replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """An aggregate from its events, each applied in turn: the library's `project_aggregate`
+    without its `isinstance` of a runtime protocol for each event, which took 43 % of the
+    time of loading a customer (Python 3.11's protocol checks are slow)."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 class FactEvent(Aggregate.Event):

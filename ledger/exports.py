@@ -63,7 +63,14 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from ledger import manifest as manifests
 from ledger import privacy, temporaries
 from ledger.application import ConsentLedger
-from ledger.domainmodel import Acquirer, Customer, DisclosureEvent, FactEvent, acquirer_id
+from ledger.domainmodel import (
+    Acquirer,
+    Customer,
+    DisclosureEvent,
+    FactEvent,
+    acquirer_id,
+    replay,
+)
 from ledger.errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -1378,7 +1385,7 @@ def _personal_of(rows: CustomerRows) -> dict[str, Any]:
 
 def _acquirer(app: ConsentLedger, name: str) -> Acquirer:
     try:
-        found: Any = app.repository.get(acquirer_id(name))
+        found: Any = app.repository.get(acquirer_id(name), projector_func=replay)
     except AggregateNotFoundError:
         return Acquirer.create(name)
     assert isinstance(found, Acquirer)

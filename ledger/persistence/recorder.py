@@ -10,7 +10,7 @@ round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
@@ -123,14 +123,21 @@ def _stored(row: Any) -> StoredEvent:
 
 
 def _stored_from_driver(row: tuple[Any, ...]) -> StoredEvent:
-    """A row of `sqlite_reads.SELECT_STREAM` as the driver gives it: SQLite keeps a UUID as
-    its 32 hex digits (SQLAlchemy's `Uuid` storage form), PostgreSQL as a UUID."""
+    """A row of `sqlite_reads.SELECT_STREAM` as the driver gives it."""
     originator_id, version, topic, state = row
-    if isinstance(originator_id, str):
-        originator_id = UUID(hex=originator_id)
-    if isinstance(state, memoryview):  # PostgreSQL's bytea (SQLite gives bytes, or text
-        state = bytes(state)  # if altered: the transcoder refuses that as unreadable)
-    return StoredEvent(originator_id, version, topic, state)
+    return StoredEvent(_stream_id(originator_id), version, topic, _state(state))
+
+
+def _stream_id(value: Any) -> UUID:
+    """A stream id as the driver gives it: SQLite keeps a UUID as its 32 hex digits
+    (SQLAlchemy's `Uuid` storage form), PostgreSQL as a UUID."""
+    return UUID(hex=value) if isinstance(value, str) else value
+
+
+def _state(value: Any) -> Any:
+    """A stored state as the driver gives it: PostgreSQL's bytea as a memoryview (SQLite
+    gives bytes, or text if altered: the transcoder refuses that as unreadable)."""
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 class LedgerRecorder(ApplicationRecorder):
@@ -190,6 +197,25 @@ class LedgerRecorder(ApplicationRecorder):
             query = query.limit(limit)
         with self.database.reading() as conn:
             return [_stored(row) for row in conn.execute(query)]
+
+    def select_streams(self, ids: Collection[UUID]) -> dict[UUID, list[StoredEvent]]:
+        """The events of each stream of `ids` that has any, in version order: one statement
+        on the ambient write's connection (an import's chunk reads the customers it names
+        at once, not one by one as its facts come)."""
+        tx = self.database.current
+        assert tx is not None, "select_streams reads inside a write"
+        values: list[Any] = [i.hex for i in ids] if self.database.is_sqlite else list(ids)
+        streams: dict[UUID, list[StoredEvent]] = {}
+        raw: Any = None  # the stream id of the row before, as the driver gave it
+        events: list[StoredEvent] = []
+        for originator_id, version, topic, state in tx.select_in(
+            sqlite_reads.SELECT_STREAMS, values
+        ):
+            if originator_id != raw:  # a stream's first row (they come stream by stream)
+                raw, ident = originator_id, _stream_id(originator_id)
+                events = streams[ident] = []
+            events.append(StoredEvent(ident, version, topic, _state(state)))
+        return streams
 
     def select_notifications(
         self,
@@ -268,17 +294,22 @@ class LedgerMapper(Mapper[Any]):
     """The library's mapper, less its per-event overheads (no cipher, no compressor here)."""
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
-        """The library's, for the ledger's own event classes only (`resolve_stored_topic`)."""
-        resolve_stored_topic(
-            stored_event.topic,
-            f" (stream {stored_event.originator_id}, version {stored_event.originator_version})",
-        )
+        """The library's, for the ledger's own event classes only (`resolve_stored_topic`:
+        each topic checked once)."""
+        topic = stored_event.topic
+        if topic not in self._topics:
+            where = (
+                f" (stream {stored_event.originator_id}, version {stored_event.originator_version})"
+            )
+            resolve_stored_topic(topic, where)
+            self._topics.add(topic)
         return super().to_domain_event(stored_event)
 
     def __init__(self, transcoder: Transcoder) -> None:
         super().__init__(transcoder)
         # Each event class's topic and class version, found once.
         self._classes: dict[type, tuple[str, int]] = {}
+        self._topics: set[str] = set()  # the topics `resolve_stored_topic` has let through
 
     def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
         originator_id, originator_version, topic, state = self.to_row(domain_event)

@@ -30,6 +30,12 @@ SELECT_STREAM = (
     "SELECT originator_id, originator_version, topic, state FROM ledger_events "
     "WHERE originator_id = ? ORDER BY originator_version"
 )
+# Several streams in one statement, each in version order (`WriteTransaction.select_in`
+# fills in the ids): the customers an import's chunk names, read at once.
+SELECT_STREAMS = (
+    "SELECT originator_id, originator_version, topic, state FROM ledger_events "
+    "WHERE originator_id {in_values} ORDER BY originator_id, originator_version"
+)
 # A customer's stream by reference (through the customers index, written with the customer's
 # first event), in version order: what `customer trail` and `consent show` answer from.
 SELECT_CUSTOMER_STREAM = (

@@ -32,6 +32,7 @@ SCRIPTS = {
     "bench_shapes.py": (["--facts", "60", "--shapes", "email-changes,one-order"], "one-order"),
     "bench_copy.py": (["--facts", "300"], "same head"),
     "bench_facts_index.py": (["--facts", "3000", "--rounds", "1"], "0013 (with the index)"),
+    "bench_incremental.py": (["--customers", "30", "--rounds", "1"], "round 1"),
 }
 # Scripts that keep no files (no --work folder).
 IN_MEMORY = {"bench_privacy.py", "bench_feed.py", "bench_facts_index.py"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ledger import views
+import pytest
+
+from ledger import application, views
 from ledger.feed import parse_time
 
 
@@ -34,6 +36,44 @@ def test_audit_check_finds_exactly_the_expected_violations(ledger: Any, feed_sma
         # more than 30 days.
         ("recipient_not_notified", "s-0025"),
     }
+
+
+def test_files_about_customers_recorded_before_read_them_a_chunk_at_a_time(
+    ledger: Any, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's facts about customers recorded by earlier files: each chunk reads the
+    customers it names in one statement (`Recording._load_customers`), not one by one as its
+    facts come, and the ledger is the one a single import makes."""
+    lines = feed_small.read_bytes().splitlines(keepends=True)
+    _import_lines(ledger, lines[:8])  # the customers, their first orders and consents
+    from ledger.domainmodel import Customer
+
+    get = ledger.repository.get
+
+    def acquirers_only(ident: Any, **kwargs: Any) -> Any:
+        found = get(ident, **kwargs)
+        assert not isinstance(found, Customer), "a customer was read on its own"
+        return found
+
+    monkeypatch.setattr(ledger.repository, "get", acquirers_only)
+    monkeypatch.setattr(application, "CHUNK", 1)  # (a fact naming only an order, alone)
+    reads = []
+    select_streams = ledger.ledger_recorder.select_streams
+
+    def counted(ids: Any) -> Any:
+        reads.append(len(ids))
+        return select_streams(ids)
+
+    monkeypatch.setattr(ledger.ledger_recorder, "select_streams", counted)
+    for first in range(8, len(lines), 6):  # later files
+        _import_lines(ledger, lines[first : first + 6])
+    assert reads  # (and no customer alone: `acquirers_only`)
+    test_audit_check_finds_exactly_the_expected_violations(ledger, feed_small)
+
+
+def _import_lines(ledger: Any, lines: list[bytes]) -> None:
+    summary = ledger.import_lines(lines)
+    assert summary.rejected == 0
 
 
 def test_trail_of_c100_in_business_order(ledger: Any, feed_small: Path) -> None:
