@@ -292,7 +292,9 @@ class KeyStore:
         # statement and transaction took 150 us each.
         param = customer_id.hex if self.database.is_sqlite else customer_id
         rows = self.database.fetch_on_driver(_SELECT_KEY, (param,))
-        wrapped = bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+        wrapped = rows[0][0] if rows else None
+        if isinstance(wrapped, memoryview):  # (PostgreSQL's bytea; text, if altered, is
+            wrapped = bytes(wrapped)  # refused by the cipher: a key row changed)
         key = None
         if wrapped is not None:
             try:
