@@ -632,10 +632,8 @@ class ConsentLedger(Application[UUID]):
 
     def _save_notified(self, tx: WriteTransaction, customers: list[Customer]) -> None:
         """Save customers whose new events are Art. 19 notifications, each indexed as a fact."""
-        from ledger.persistence import tables
-
         tx.insert_many(
-            tables.facts,
+            "ledger_facts",
             _FACT_COLUMNS,
             [
                 (
@@ -1215,8 +1213,6 @@ class Recording:
     # -- saving ------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        from ledger.persistence import tables
-
         if self.summary.errors:
             # The transaction will be rolled back; keep validating, stop writing.
             self.dirty.clear()
@@ -1246,9 +1242,9 @@ class Recording:
             if kind is not None:
                 fact_rows.append((fact_id, position, kind, event.originator_id))
         tx = self.tx
-        tx.insert_many(tables.facts, _FACT_COLUMNS, fact_rows)
-        tx.insert_many(tables.customers, _CUSTOMER_COLUMNS, customer_rows)
-        tx.insert_many(tables.orders, _ORDER_COLUMNS, list(self.new_orders.items()))
+        tx.insert_many("ledger_facts", _FACT_COLUMNS, fact_rows)
+        tx.insert_many("ledger_customers", _CUSTOMER_COLUMNS, customer_rows)
+        tx.insert_many("ledger_orders", _ORDER_COLUMNS, list(self.new_orders.items()))
         tx.flush_deferred()
         self.new_orders.clear()
         self.new_customers.clear()

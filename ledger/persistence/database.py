@@ -13,6 +13,7 @@ connection, so one import is one atomic transaction and sees its own uncommitted
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import sqlite3
@@ -36,7 +37,6 @@ from ledger.persistence import postgres_reads, sqlite_reads
 if TYPE_CHECKING:
     # SQLAlchemy is imported where it is used: a query on SQLite reads through the stdlib
     # driver (`sqlite_reads`) and never loads it, most of such a command's start-up.
-    import sqlalchemy as sa
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.engine.url import URL
 
@@ -121,10 +121,17 @@ def safe_url(url: URL | str) -> str:
 
 @dataclass
 class WriteTransaction:
-    """One atomic write: a connection holding the writer's lock and the next recording id."""
+    """One atomic write: a driver connection (sqlite3's or psycopg's) holding the writer's
+    lock, and the next recording id.
+
+    Every statement of the write runs on that one connection. Code that builds its
+    statements with SQLAlchemy (an import's read models, a key rotation, the integrity
+    catch-ups) gets `connection`, SQLAlchemy's view of the same connection and transaction,
+    made on first use: a write that never asks for it never loads SQLAlchemy.
+    """
 
     database: Database
-    _connection: Connection
+    _driver: Any
     next_notification_id: int
     discard: bool = False
     after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -132,34 +139,52 @@ class WriteTransaction:
     before_commit: list[Callable[[], None]] = field(default_factory=list)
     # Per-transaction state of the write path's helpers (e.g. the integrity sealer).
     attachments: dict[str, Any] = field(default_factory=dict)
-    deferred: dict[tuple[sa.Table, tuple[str, ...]], list[tuple[Any, ...]]] = field(
-        default_factory=dict
-    )
+    # Rows queued by table name and columns (`defer`).
+    deferred: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = field(default_factory=dict)
     # PostgreSQL: the transaction's own `enable_seqscan`, put back after each lookup of
     # `select_in` (None until the first).
     _seqscan: str | None = None
+    # SQLAlchemy's view of the connection (`connection`), once asked for.
+    _view: Connection | None = None
 
     # Bulk inserts queued on a worker thread (an import's; see `overlap_inserts`).
     background: BackgroundInserts | None = None
 
     @property
-    def connection(self) -> Connection:
-        """The transaction's connection, once every insert queued on it has run: whatever
-        uses it sees all that was written before, in order."""
+    def driver(self) -> Any:
+        """The transaction's driver connection, once every insert queued on it has run:
+        whatever uses it sees all that was written before, in order."""
         if self.background is not None:
             self.background.settle()
-        return self._connection
+        return self._driver
+
+    @property
+    def connection(self) -> Connection:
+        """SQLAlchemy's view of the transaction (the same connection), for statements built
+        with SQLAlchemy; made on first use (it loads SQLAlchemy)."""
+        driver = self.driver
+        if self._view is None:
+            self._view = self.database.view_of(driver)
+        return self._view
+
+    def close_view(self) -> None:
+        """Let go of SQLAlchemy's view, if one was made (after the commit or rollback: its
+        close rolls back what it thinks open, and closes the driver connection)."""
+        view, self._view = self._view, None
+        if view is not None:
+            view.close()
 
     def overlap_inserts(self) -> None:
         """From now on, `insert_many` queues its rows on a worker thread and returns (see
         `ledger.persistence.background`); an error surfaces at the next use of the
         connection, at the latest before commit."""
-        if self.background is None and self.database.background_inserts_work(self._connection):
+        if self.background is None and self.database.background_inserts_work(self._driver):
             from ledger.persistence.background import BackgroundInserts
 
-            driver = self._connection.connection.dbapi_connection
-            integrity_error = self._connection.dialect.loaded_dbapi.IntegrityError
-            self.background = BackgroundInserts(driver, self.database.is_sqlite, integrity_error)
+            integrity_error = self.database.driver_module.IntegrityError
+            self.background = BackgroundInserts(
+                self._driver, self.database.is_sqlite, integrity_error
+            )
 
     def end_background(self, *, settle: bool) -> None:
         """Stop the worker: after waiting for its inserts (raising their error) if `settle`;
@@ -175,7 +200,7 @@ class WriteTransaction:
         else:
             background.close()
 
-    def defer(self, table: sa.Table, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
+    def defer(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
         """Queue a row to insert with others of its table (before commit at the latest)."""
         self.deferred.setdefault((table, columns), []).append(row)
 
@@ -206,14 +231,15 @@ class WriteTransaction:
             return []
         if self.database.is_sqlite:
             sql = sql.format(in_values=f"IN ({', '.join('?' * len(values))})")
-            return _on_driver(self.connection, True, sql, values, list)
+            return run_on_driver(self.driver, True, sql, values, list)
         sql = sql.format(in_values="= ANY(?)")
-        conn = self.connection
+        driver = self.driver
         if self._seqscan is None:
-            self._seqscan = _on_driver(conn, False, _SEQSCAN, (), _scalar)
-        _on_driver(conn, False, _SET_SEQSCAN, ("off",), list)
-        rows = _on_driver(conn, False, sql, (values,), list, unprepared=True)
-        _on_driver(conn, False, _SET_SEQSCAN, (self._seqscan,), list)  # (a failure ends the tx)
+            self._seqscan = run_on_driver(driver, False, _SEQSCAN, (), _scalar)
+        run_on_driver(driver, False, _SET_SEQSCAN, ("off",), list)
+        rows = run_on_driver(driver, False, sql, (values,), list, unprepared=True)
+        # (A failure of this ends the transaction.)
+        run_on_driver(driver, False, _SET_SEQSCAN, (self._seqscan,), list)
         return rows
 
     def execute_later(self, sql: str, params: tuple[Any, ...]) -> None:
@@ -225,37 +251,44 @@ class WriteTransaction:
         style = "qmark" if self.database.is_sqlite else "pyformat"
         self.background.submit_statement(sqlite_reads.for_driver(sql, style), params)
 
-    def execute_on_driver(self, sql: str, params: tuple[Any, ...]) -> int:
+    def execute_on_driver(self, sql: str, params: Sequence[Any]) -> int:
         """One write statement (`?` marks) on the driver; returns the rows it changed."""
-        return _on_driver(self.connection, self.database.is_sqlite, sql, params, _rowcount)
+        return run_on_driver(self.driver, self.database.is_sqlite, sql, params, _rowcount)
 
-    def insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One write statement (`?` marks) for each of `rows`, on the driver."""
         if rows:
-            self.connection.execute(table.insert(), rows)
+            style = "qmark" if self.database.is_sqlite else "pyformat"
+            cursor = self.driver.cursor()
+            try:
+                cursor.executemany(sqlite_reads.for_driver(sql, style), rows)
+            finally:
+                cursor.close()
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """The rows of one statement (`?` marks), in the transaction."""
+        return run_on_driver(self.driver, self.database.is_sqlite, sql, params, list)
 
     def insert_many(
-        self, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
     ) -> None:
         """Bulk insert on the driver's own executemany: the hot path of an import.
 
-        SQLAlchemy's per-row type processing costs more than SQLite's insert itself here;
-        the only conversion our hot columns need is a UUID's storage form, which the
-        driver does (`_sqlite_uuid`, registered with the SQLite engine; psycopg knows UUIDs).
+        The only conversion our hot columns need is a UUID's storage form, which the
+        driver does (`_sqlite_uuid`, registered for SQLite; psycopg knows UUIDs).
         """
         if not rows:
             return
-        if self.background is not None and self.background.submit(table.name, columns, rows):
+        if self.background is not None and self.background.submit(table, columns, rows):
             return
-        connection = self.connection
-        dbapi = connection.dialect.loaded_dbapi
-        driver = connection.connection.dbapi_connection
+        driver = self.driver
         try:
-            bulk_insert(driver, self.database.is_sqlite, table.name, columns, rows)
-        except dbapi.IntegrityError as error:
+            bulk_insert(driver, self.database.is_sqlite, table, columns, rows)
+        except self.database.driver_module.IntegrityError as error:
             # Imported here: a query reads without loading eventsourcing.
             from eventsourcing.persistence import IntegrityError
 
-            raise IntegrityError(f"{table.name}: {first_line(error)}") from None
+            raise IntegrityError(f"{table}: {first_line(error)}") from None
 
 
 class Database:
@@ -299,6 +332,13 @@ class Database:
         # for the writer's lock: the CLI says so, rather than sit there silently.
         self.on_lock_wait: Callable[[], None] | None = None
         self._written: list[str] | None = None  # `_written_tables`
+        # A PostgreSQL URL as libpq reads it (every PostgreSQL URL the ledger takes is one).
+        self._postgres_uri = postgres_uri
+        # The driver connection of the last write, kept for the next one (`_write_driver`).
+        self._idle: tuple[int, Any] | None = None
+        # SQLAlchemy over a write's driver connection (`view_of`), made on first use.
+        self._view_engine: Engine | None = None
+        self._handed: list[Any] = []
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -320,7 +360,7 @@ class Database:
             self._engine = self._create_engine()
         return self._engine
 
-    def background_inserts_work(self, connection: Connection) -> bool:
+    def background_inserts_work(self, driver: Any) -> bool:
         """Whether an import may queue its inserts on a worker thread: with two cores or
         more to run it on (on one, the overlap gains nothing and SQLite's JSON statement
         costs more than its executemany); SQLite's need its JSON functions, built in since
@@ -332,7 +372,7 @@ class Database:
                 self._background_ok = True
             else:
                 try:
-                    connection.exec_driver_sql("SELECT json_extract('[1]', '$[0]')").close()
+                    driver.execute("SELECT json_extract('[1]', '$[0]')").close()
                     self._background_ok = True
                 except Exception:  # no JSON functions: insert in turn
                     self._background_ok = False
@@ -364,33 +404,17 @@ class Database:
             # A UUID's SQLite storage form, as SQLAlchemy's Uuid type stores it (32 hex
             # digits), for the raw inserts of `insert_many`: the driver converts each value
             # as it binds it, no copy of every row. (SQLAlchemy binds strings, not UUIDs.)
-            sqlite3.register_adapter(UUID, _sqlite_uuid)
 
             @sa_event.listens_for(engine, "connect")
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
                 # Let SQLAlchemy, not pysqlite, decide where transactions begin.
-                dbapi_connection.isolation_level = None
-                cursor = dbapi_connection.cursor()
-                _enter_wal(cursor)
-                for pragma in (
-                    "synchronous=NORMAL",
-                    f"busy_timeout={WRITE_LOCK_WAIT * 1000}",
-                    "secure_delete=ON",
-                    "foreign_keys=ON",
-                    # 64 MiB of page cache (the default is 2 MiB): a large import's index
-                    # pages stay in memory instead of spilling to the WAL again and again
-                    # (at 300k facts it halved the inserts' time). An upper bound, not an
-                    # allocation: memory stays flat in the size of the feed.
-                    "cache_size=-65536",
-                ):
-                    cursor.execute(f"PRAGMA {pragma}")
-                cursor.close()
+                _prepare_sqlite(dbapi_connection)
 
             @sa_event.listens_for(engine, "begin")
             def _on_begin(conn: Connection) -> None:
                 mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
                 if mode == "IMMEDIATE":
-                    _begin_immediate(conn)
+                    _begin_immediate(conn.connection.dbapi_connection)
                 else:
                     conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -404,8 +428,111 @@ class Database:
     def dispose(self) -> None:
         if self._reads is not None:
             self._reads.close()
+        idle, self._idle = self._idle, None
+        if idle is not None and idle[0] == os.getpid():
+            idle[1].close()
+        if self._view_engine is not None:
+            self._view_engine.dispose()
         if self._engine is not None:
             self._engine.dispose()
+
+    # -- the driver --------------------------------------------------------------------------
+
+    @property
+    def driver_module(self) -> Any:
+        """The DBAPI module of the ledger's driver (its `IntegrityError`, `OperationalError`)."""
+        if self.is_sqlite:
+            return sqlite3
+        import psycopg
+
+        return psycopg
+
+    @property
+    def name(self) -> str:
+        """The URL as messages show it (without a password)."""
+        if self._sqlite_file is not None:
+            return self._raw_url  # a plain sqlite:/// URL: no password in it
+        return safe_url(self.url)
+
+    def _open_driver(self) -> Any:
+        """A new driver connection, as a write (and SQLAlchemy's engine) uses one: SQLite's
+        in WAL mode with the ledger's pragmas, in autocommit (transactions are begun
+        explicitly); psycopg's in a transaction from its first statement."""
+        try:
+            if self.is_sqlite:
+                path = self.sqlite_path
+                # Not tied to its thread: an import's inserts run on a worker thread, one at a
+                # time with the import's own statements (see `ledger.persistence.background`).
+                driver = sqlite3.connect(
+                    ":memory:" if path is None else path,
+                    timeout=WRITE_LOCK_WAIT,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                try:
+                    _prepare_sqlite(driver)
+                except BaseException:
+                    driver.close()
+                    raise
+                return driver
+            import psycopg
+
+            assert self._postgres_uri is not None
+            return psycopg.connect(self._postgres_uri, **postgres_reads.CONNECT_ARGS)
+        except self.driver_module.Error as error:
+            if sqlite_reads.is_damaged(error):
+                raise DamagedDatabaseError(self.name) from None
+            failure = first_line(error) if self.is_sqlite else connect_failure(self.url, error)
+            hint = sqlite_reads.read_only_hint(self.sqlite_path, error)
+            raise DatabaseUnavailableError(
+                f"cannot connect to {self.name}: {failure}{hint}"
+            ) from None
+
+    def _write_driver(self) -> Any:
+        """A driver connection for a write: the last write's, if it is still open and of this
+        process, else a new one."""
+        idle, self._idle = self._idle, None
+        if idle is not None and idle[0] == os.getpid():
+            driver = idle[1]
+            if not _closed(driver):
+                return driver
+        return self._open_driver()
+
+    @contextmanager
+    def driver_connection(self) -> Iterator[Any]:
+        """A driver connection of its own (not the ambient write's), closed after; its
+        failures as a write's are (`_failures`)."""
+        driver = self._open_driver()
+        try:
+            with self._failures():
+                yield driver
+        finally:
+            _close_quietly(driver)
+
+    def view_of(self, driver: Any) -> Connection:
+        """SQLAlchemy's view of a write's driver connection, in the write's transaction: a
+        Connection of an engine whose pool hands it over (`_hand_over`). Its dialect asks
+        its questions of the server once per process, on a connection of its own (and ends
+        with a rollback, which must not reach a write). Closing the view closes `driver`."""
+        if self._view_engine is None:
+            import sqlalchemy as sa
+
+            engine = sa.create_engine(
+                self.url,
+                creator=self._hand_over,
+                poolclass=sa.pool.NullPool,
+                pool_reset_on_return=None,
+            )
+            engine.connect().close()
+            self._view_engine = engine
+        self._handed.append(driver)
+        try:
+            return self._view_engine.connect()
+        finally:
+            self._handed.clear()
+
+    def _hand_over(self) -> Any:
+        return self._handed.pop() if self._handed else self._open_driver()
 
     @classmethod
     def dispose_all(cls) -> None:
@@ -448,98 +575,133 @@ class Database:
 
     @contextmanager
     def writing(self) -> Iterator[WriteTransaction]:
-        """Join the ambient write transaction, or begin one holding the writer's lock."""
+        """Join the ambient write transaction, or begin one holding the writer's lock.
+
+        The write runs on a driver connection of its own (`_write_driver`), not through
+        SQLAlchemy: a command that records one fact runs its few statements without loading
+        it (see `WriteTransaction`)."""
         existing = self.current
         if existing is not None:
             yield existing
             return
-        import sqlalchemy as sa
-
-        from ledger.persistence import tables
-
-        with self.connect() as base:
-            conn = base.execution_options(sqlite_begin="IMMEDIATE")
-            with self._lock_wait_notice(), self._lock_timeout():
-                trans = conn.begin()
+        with self._lock_wait_notice(), self._lock_timeout():
+            driver = self._write_driver()
+            try:
+                self._begin_write(driver)
+            except BaseException:
+                driver.close()
+                raise
+        tx: WriteTransaction | None = None  # none yet if the head read fails
+        done = False  # committed, or rolled back as asked (`discard`)
+        try:
+            with self._failures():
                 try:
-                    if not self.is_sqlite:
-                        # Not forever: a session left holding it (or maintenance that takes
-                        # the table, such as a VACUUM FULL) would stop every write unseen.
-                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}s'")
-                        conn.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
-                        # The other tables a write changes, in the mode its changes take
-                        # anyway (readers and other writers' modes do not conflict with it):
-                        # a session holding one of them (`LOCK TABLE`, a `VACUUM FULL`)
-                        # is waited for here, told of and given up on, not mid-write unseen.
-                        written = self._written_tables(conn)
-                        if written:
-                            names = ", ".join(written)
-                            conn.exec_driver_sql(f"LOCK TABLE {names} IN ROW EXCLUSIVE MODE")
-                        conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+                    head = run_on_driver(driver, self.is_sqlite, _HEAD, (), _scalar)
+                    first_id = (head or 0) + 1
+                    tx = WriteTransaction(self, driver, first_id)
+                    token = _ambient.set(tx)
+                    try:
+                        yield tx
+                    finally:
+                        _ambient.reset(token)
                 except BaseException:
-                    trans.rollback()
+                    if tx is not None:
+                        tx.end_background(settle=False)
+                    driver.rollback()
                     raise
-            tx: WriteTransaction | None = None  # none yet if the head read fails
-            try:
-                head = conn.execute(sa.select(sa.func.max(tables.events.c.notification_id)))
-                first_id = (head.scalar() or 0) + 1
-                tx = WriteTransaction(self, conn, first_id)
-                token = _ambient.set(tx)
-                try:
-                    yield tx
-                finally:
-                    _ambient.reset(token)
-            except BaseException:
-                if tx is not None:
+                if tx.discard:
                     tx.end_background(settle=False)
-                trans.rollback()
-                raise
-            if tx.discard:
-                tx.end_background(settle=False)
-                trans.rollback()
-                return
-            try:
-                tx.flush_deferred()
-                for callback in tx.before_commit:
-                    callback()
-                tx.end_background(settle=True)
-                if not self.is_sqlite and tx.next_notification_id > first_id:
-                    # Wakes `projections follow`; PostgreSQL delivers it only on commit.
-                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
-            except BaseException:
-                tx.end_background(settle=False)
-                trans.rollback()
-                raise
-            trans.commit()
-            Database.commits += 1
+                    driver.rollback()
+                    done = True
+                    return
+                try:
+                    tx.flush_deferred()
+                    for callback in tx.before_commit:
+                        callback()
+                    tx.end_background(settle=True)
+                    if not self.is_sqlite and tx.next_notification_id > first_id:
+                        # Wakes `projections follow`; PostgreSQL delivers it only on commit.
+                        run_on_driver(driver, False, f"NOTIFY {NOTIFY_CHANNEL}", (), _rowcount)
+                except BaseException:
+                    tx.end_background(settle=False)
+                    driver.rollback()
+                    raise
+                driver.commit()
+                Database.commits += 1
+                done = True
+        finally:
+            if tx is not None and tx._view is not None:
+                tx.close_view()  # (closes the driver connection with it)
+            elif done:  # kept for the next write of this process
+                self._idle = (os.getpid(), driver)
+            else:
+                _close_quietly(driver)
         for callback in tx.after_commit:
             callback()
 
-    def _written_tables(self, conn: Connection) -> list[str]:
+    def _begin_write(self, driver: Any) -> None:
+        """Take the writer's lock on `driver`: SQLite's `BEGIN IMMEDIATE`; on PostgreSQL the
+        event table in EXCLUSIVE mode and the other written tables as a write takes them."""
+        if self.is_sqlite:
+            _begin_immediate(driver)
+            return
+        try:
+            # Not forever: a session left holding it (or maintenance that takes the table,
+            # such as a VACUUM FULL) would stop every write unseen.
+            execute = driver.execute
+            execute(f"SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}s'")
+            execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+            # The other tables a write changes, in the mode its changes take anyway (readers
+            # and other writers' modes do not conflict with it): a session holding one of
+            # them (`LOCK TABLE`, a `VACUUM FULL`) is waited for here, told of and given up
+            # on, not mid-write unseen.
+            written = self._written_tables(driver)
+            if written:
+                execute(f"LOCK TABLE {', '.join(written)} IN ROW EXCLUSIVE MODE")
+            execute("SET LOCAL lock_timeout = DEFAULT")
+        except BaseException:
+            _close_quietly(driver)
+            raise
+
+    def _written_tables(self, driver: Any) -> list[str]:
         """Those of `WRITTEN_TABLES` this PostgreSQL schema has (an older revision's may
         lack some), found once per process."""
         if self._written is None:
-            found = conn.exec_driver_sql(
-                "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') "
-                "AND relnamespace = current_schema()::regnamespace AND relname = ANY(%(names)s)",
-                {"names": list(WRITTEN_TABLES)},
-            ).scalars()
-            self._written = sorted(str(name) for name in found)
+            found = run_on_driver(driver, False, _WRITTEN_TABLES, (list(WRITTEN_TABLES),), list)
+            self._written = sorted(str(name) for (name,) in found)
         return self._written
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """The server gone (or SQLite giving up on a lock) in the middle of a command: one
+        line for the user, not a traceback; an uncommitted write was rolled back. (As the
+        driver raises it, or wrapped by SQLAlchemy for a statement built with it.)"""
+        try:
+            yield
+        except Exception as error:
+            driver_error = getattr(error, "orig", None) or error
+            if not isinstance(driver_error, self.driver_module.OperationalError):
+                raise
+            raise DatabaseUnavailableError(
+                f"the database {self.name} failed: {first_line(driver_error)}"
+            ) from None
 
     @contextmanager
     def _lock_timeout(self) -> Iterator[None]:
         """The writer's lock not had within `WRITE_LOCK_WAIT`: one clear error, exit 1."""
-        import sqlalchemy as sa
-
         try:
             yield
-        except sa.exc.OperationalError as error:
-            text = str(error.orig)
-            if "database is locked" not in text and "lock timeout" not in text:
+        except Exception as error:
+            driver_error = getattr(error, "orig", None) or error
+            if not isinstance(driver_error, self.driver_module.OperationalError):
                 raise
+            text = str(driver_error)
+            if "database is locked" not in text and "lock timeout" not in text:
+                raise DatabaseUnavailableError(
+                    f"the database {self.name} failed: {first_line(driver_error)}"
+                ) from None
             raise DatabaseUnavailableError(
-                f"waited {WRITE_LOCK_WAIT} s for the write lock of {safe_url(self.url)}: "
+                f"waited {WRITE_LOCK_WAIT} s for the write lock of {self.name}: "
                 "another session holds it (a command or an import still writing, a "
                 "transaction left open, or on PostgreSQL a session or maintenance that "
                 "holds one of the ledger's tables); nothing was recorded"
@@ -600,10 +762,13 @@ class Database:
         loaded); inside a write, on the write's connection; for any other URL as
         `reading_statement()` reads.
         """
-        if self._reads is not None and self.current is None:
+        tx = self.current
+        if tx is not None:
+            return tx.fetch(sql, params)
+        if self._reads is not None:
             return self._reads.fetch(sql, params)
         with self.reading_statement() as conn:
-            return _on_driver(conn, self.is_sqlite, sql, params, list)
+            return fetch_rows(conn, sql, params)
 
     def set_meta(self, name: str, value: str) -> None:
         """Keep one named value in `ledger_meta` (replacing any), in a write of its own."""
@@ -689,8 +854,8 @@ def _refuse_unknown(revision: str | None) -> None:
 _R = TypeVar("_R")
 
 
-def _on_driver(
-    conn: Connection,
+def run_on_driver(
+    driver: Any,
     is_sqlite: bool,
     sql: str,
     params: Sequence[Any],
@@ -698,10 +863,10 @@ def _on_driver(
     *,
     unprepared: bool = False,
 ) -> _R:
-    """Run one statement (`?` marks) on the connection's driver cursor; `result` reads the
+    """Run one statement (`?` marks) on a driver connection's cursor; `result` reads the
     cursor (`list`: its rows) before it is closed. `unprepared`: psycopg plans it afresh
     (never as a prepared statement's generic plan)."""
-    cursor: Any = conn.connection.cursor()
+    cursor: Any = driver.cursor()
     options = {"prepare": False} if unprepared else {}
     try:
         sql = sqlite_reads.for_driver(sql, "qmark" if is_sqlite else "pyformat")
@@ -712,8 +877,9 @@ def _on_driver(
 
 
 def fetch_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    """The rows of one small statement (`?` marks) on `conn`'s driver cursor."""
-    return _on_driver(conn, conn.dialect.name == "sqlite", sql, params, list)
+    """The rows of one small statement (`?` marks) on `conn`'s driver connection."""
+    driver = conn.connection.dbapi_connection
+    return run_on_driver(driver, conn.dialect.name == "sqlite", sql, params, list)
 
 
 def stream_rows(
@@ -741,6 +907,11 @@ def _scalar(cursor: Any) -> Any:
     return cursor.fetchone()[0]
 
 
+_HEAD = "SELECT max(notification_id) FROM ledger_events"
+_WRITTEN_TABLES = (
+    "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') "
+    "AND relnamespace = current_schema()::regnamespace AND relname = ANY(?)"
+)
 _SEQSCAN = "SELECT current_setting('enable_seqscan')"
 _SET_SEQSCAN = "SELECT set_config('enable_seqscan', ?, true)"  # true: until the transaction ends
 
@@ -804,26 +975,66 @@ def _enter_wal(cursor: sqlite3.Cursor) -> None:
         time.sleep(_LOCK_STEP_MS / 1000 / 10)
 
 
-def _begin_immediate(conn: Connection) -> None:
-    """SQLite's write lock (`BEGIN IMMEDIATE`), waited for `WRITE_LOCK_WAIT` in steps of
-    `_LOCK_STEP_MS`: SQLite's own busy wait runs in C, where Ctrl-C and SIGTERM are not seen
-    until it ends (a write waiting on another's lock ignored them for up to two minutes)."""
-    import sqlalchemy as sa
-
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
+def _begin_immediate(driver: Any) -> None:
+    """SQLite's write lock (`BEGIN IMMEDIATE`) on a driver connection, waited for
+    `WRITE_LOCK_WAIT` in steps of `_LOCK_STEP_MS`: SQLite's own busy wait runs in C, where
+    Ctrl-C and SIGTERM are not seen until it ends (a write waiting on another's lock ignored
+    them for up to two minutes)."""
     deadline = time.monotonic() + WRITE_LOCK_WAIT
     driver.execute(f"PRAGMA busy_timeout = {_LOCK_STEP_MS}")
     try:
         while True:
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                driver.execute("BEGIN IMMEDIATE")
                 return
-            except sa.exc.OperationalError as error:
-                if "database is locked" not in str(error.orig) or time.monotonic() > deadline:
+            except sqlite3.OperationalError as error:
+                if "database is locked" not in str(error) or time.monotonic() > deadline:
                     raise
     finally:
         driver.execute(f"PRAGMA busy_timeout = {WRITE_LOCK_WAIT * 1000}")
+
+
+def _prepare_sqlite(driver: sqlite3.Connection) -> None:
+    """A new SQLite connection as the ledger uses every one: transactions begun explicitly
+    (not by pysqlite), WAL mode, the ledger's pragmas; a UUID bound as its storage form."""
+    # A UUID's SQLite storage form, as SQLAlchemy's Uuid type stores it (32 hex digits), for
+    # the statements run on the driver: it converts each value as it binds it.
+    sqlite3.register_adapter(UUID, _sqlite_uuid)
+    driver.isolation_level = None
+    cursor = driver.cursor()
+    try:
+        _enter_wal(cursor)
+        for pragma in (
+            "synchronous=NORMAL",
+            f"busy_timeout={WRITE_LOCK_WAIT * 1000}",
+            "secure_delete=ON",
+            "foreign_keys=ON",
+            # 64 MiB of page cache (the default is 2 MiB): a large import's index pages stay
+            # in memory instead of spilling to the WAL again and again (at 300k facts it
+            # halved the inserts' time). An upper bound, not an allocation: memory stays
+            # flat in the size of the feed.
+            "cache_size=-65536",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+def _closed(driver: Any) -> bool:
+    """Whether a driver connection is closed (or broken, for psycopg's)."""
+    if isinstance(driver, sqlite3.Connection):
+        try:
+            driver.total_changes  # noqa: B018 (raises once closed)
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+    return bool(driver.closed or driver.broken)
+
+
+def _close_quietly(driver: Any) -> None:
+    """Close a driver connection after a failure (its own error would hide the first)."""
+    with contextlib.suppress(Exception):  # (already gone)
+        driver.close()
 
 
 def _usable_cores() -> int:

@@ -54,8 +54,8 @@ def store_export(
     identified: bool,
     customers: int,
 ) -> None:
-    tx.insert(
-        _X,
+    tx.connection.execute(
+        _X.insert(),
         [
             {
                 "export_id": export_id,
@@ -241,7 +241,7 @@ def record_export_fact(
     """Index the export's event under its fact id, like a fact: recorded once for all time,
     and provable (`prove FACT_ID`)."""
     tx.insert_many(
-        tables.facts,
+        tables.facts.name,
         ("fact_id", "notification_id", "fact_type", "originator_id"),
         [(fact_id, notification_id, EXPORT_FACT_TYPE, originator_id)],
     )

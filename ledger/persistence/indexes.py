@@ -5,29 +5,56 @@ whose an order is, which acquirers there are. SQL lives here, not in the applica
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
+from functools import cache
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from ledger.persistence import tables
 from ledger.persistence.database import WriteTransaction
 
-_F, _C, _O = tables.facts, tables.customers, tables.orders
+if TYPE_CHECKING:
+    # The lookups of a write run on the driver (`WriteTransaction.select_in`); the others
+    # build their statements with SQLAlchemy, imported where they do.
+    from sqlalchemy.engine import Connection
 
-_SELECT_ORDER_CUSTOMER = (
-    sa.select(_C.c.customer_ref)
-    .select_from(_O.join(_C, _O.c.customer_id == _C.c.customer_id))
-    .where(_O.c.order_ref == sa.bindparam("order_ref"))
-)
-_SELECT_CUSTOMER_REFS = sa.select(_C.c.customer_ref).order_by(_C.c.notification_id)
-_SELECT_INITIATING = (
-    sa.select(_F.c.originator_id)
-    # As the partial index says it (`tables.INITIATIONS_ONLY`), for the index to serve it.
-    .where(sa.text(tables.INITIATIONS_ONLY), _F.c.notification_id <= sa.bindparam("upto"))
-    .distinct()
-    .order_by(_F.c.originator_id)
-)
+
+@cache  # built once, on first use
+def _select_order_customer() -> Any:
+    import sqlalchemy as sa
+
+    from ledger.persistence import tables
+
+    _C, _O = tables.customers, tables.orders
+    return (
+        sa.select(_C.c.customer_ref)
+        .select_from(_O.join(_C, _O.c.customer_id == _C.c.customer_id))
+        .where(_O.c.order_ref == sa.bindparam("order_ref"))
+    )
+
+
+@cache  # built once, on first use
+def _select_customer_refs() -> Any:
+    import sqlalchemy as sa
+
+    from ledger.persistence import tables
+
+    _C = tables.customers
+    return sa.select(_C.c.customer_ref).order_by(_C.c.notification_id)
+
+
+@cache  # built once, on first use
+def _select_initiating() -> Any:
+    import sqlalchemy as sa
+
+    from ledger.persistence import tables
+
+    _F = tables.facts
+    return (
+        sa.select(_F.c.originator_id)
+        # As the partial index says it (`tables.INITIATIONS_ONLY`), for the index to serve it.
+        .where(sa.text(tables.INITIATIONS_ONLY), _F.c.notification_id <= sa.bindparam("upto"))
+        .distinct()
+        .order_by(_F.c.originator_id)
+    )
 
 
 def recorded_fact_ids(tx: WriteTransaction, ids: Collection[str]) -> set[str]:
@@ -54,7 +81,7 @@ def _uuid(value: UUID | str) -> UUID:
 
 
 def customer_ref_of_order(conn: Connection, order_ref: str) -> str | None:
-    value = conn.execute(_SELECT_ORDER_CUSTOMER, {"order_ref": order_ref}).scalar()
+    value = conn.execute(_select_order_customer(), {"order_ref": order_ref}).scalar()
     return None if value is None else str(value)
 
 
@@ -63,11 +90,11 @@ def customer_refs(conn: Connection) -> Iterator[str]:
     # Streamed by the statement's option: on the connection, it would stay set on a write
     # transaction's (SQLAlchemy 2 sets a connection's options in place), and every later
     # statement of that write would run through a server-side cursor on PostgreSQL.
-    for row in conn.execute(_SELECT_CUSTOMER_REFS.execution_options(yield_per=5000)):
+    for row in conn.execute(_select_customer_refs().execution_options(yield_per=5000)):
         yield str(row[0])
 
 
 def initiating_acquirers(conn: Connection, upto: int | None = None) -> list[UUID]:
     """The acquirers' streams with a `transfer.initiated` fact (recorded by event `upto`)."""
     limit = upto if upto is not None else 2**63 - 1
-    return [row[0] for row in conn.execute(_SELECT_INITIATING, {"upto": limit})]
+    return [row[0] for row in conn.execute(_select_initiating(), {"upto": limit})]

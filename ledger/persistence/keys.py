@@ -26,31 +26,35 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from ledger.crypto import DataKey, SealError, key_check, new_key, unwrap_key, wrap_key
 from ledger.errors import DatabaseUnavailableError, DataKeyAlteredError, MasterKeyError
-from ledger.persistence import tables
 from ledger.persistence.database import (
     WRITE_LOCK_WAIT,
     Database,
     WriteTransaction,
+    fetch_rows,
     master_key_path,
     signals_held,
 )
-from ledger.persistence.export_store import rewrap_export_secrets
+from ledger.persistence.sqlite_reads import SELECT_META
 from ledger.privacy import normalise_email
+
+if TYPE_CHECKING:
+    # SQLAlchemy only where a statement is built with it (a rotation, the suppression
+    # query): the write of one fact runs its statements on the driver, without it.
+    from sqlalchemy.engine import Connection
 
 MASTER_KEY_ENV = "CONSENT_LEDGER_MASTER_KEY"
 _CHECK = "master_key_check"
 _SHRED_WAIT = 5.0  # seconds a clean-up of old key bytes waits for readers to finish
-_K = tables.data_keys
-_SELECT_KEY = f"SELECT wrapped_key FROM {_K.name} WHERE customer_id = ?"
+_KEYS = "ledger_data_keys"
 _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
-_S = tables.suppressions
+_SELECT_KEY = f"SELECT wrapped_key FROM {_KEYS} WHERE customer_id = ?"
+_SUPPRESSIONS = "ledger_suppressions"
+_INSERT_META = "INSERT INTO ledger_meta (name, value) VALUES (?, ?)"
 _SUPPRESSION_KEY = "suppression_key"
 _SUPPRESSION_CONTEXT = b"suppression-list"
 _PENDING_SUPPRESSIONS = "suppressions"
@@ -59,12 +63,23 @@ _ROTATE_BATCH = 5000
 
 
 def _now_text(database: Database) -> datetime | str:
-    # Raw inserts bypass SQLAlchemy's types: give SQLite the text form its DateTime reads.
-    now = datetime.now(UTC)
+    return _stored_time(database, datetime.now(UTC))
+
+
+def _stored_time(database: Database, moment: datetime) -> datetime | str:
+    # Raw statements bypass SQLAlchemy's types: give SQLite the text form its DateTime
+    # writes and reads, "%Y-%m-%d %H:%M:%S.%f" (the wall time, any offset left out, as it
+    # does; isoformat: ~10x strftime's speed). psycopg binds a datetime as it is.
     if not database.is_sqlite:
-        return now
-    # SQLAlchemy's SQLite storage form, "%Y-%m-%d %H:%M:%S.%f" (isoformat: ~10x strftime's speed)
-    return now.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return moment
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _read_time(value: datetime | str | None) -> datetime | None:
+    """A stored time as SQLAlchemy's DateTime reads it back (SQLite: naive, from its text)."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
 
 
 def decode_master_key(text: str, source: str) -> bytes:
@@ -220,8 +235,7 @@ class KeyStore:
     # -- the master key's fingerprint ------------------------------------------------------
 
     def _stored_check(self) -> str | None:
-        with self.database.reading() as conn:
-            return _meta_value(conn, _CHECK)
+        return _meta_in(self.database.fetch_on_driver(SELECT_META, (_CHECK,)))
 
     def _check(self, master: bytes, source: str) -> None:
         """Refuse a master key that is not the one this ledger's data keys are wrapped with."""
@@ -239,7 +253,7 @@ class KeyStore:
         if self._checked_tx is tx:
             return
         master, source = self._load()
-        stored = _meta_value(tx.connection, _CHECK)
+        stored = _meta_in(tx.fetch(SELECT_META, (_CHECK,)))
         if stored is not None and stored != key_check(master):
             raise MasterKeyError(
                 f"the master key from {source} is no longer this ledger's master key "
@@ -256,18 +270,15 @@ class KeyStore:
         from ledger.persistence.sqlite_reads import LOG_KEY_NAME
 
         with database.writing() as tx:
-            if _meta_value(tx.connection, LOG_KEY_NAME) is None:
+            if _meta_in(tx.fetch(SELECT_META, (LOG_KEY_NAME,))) is None:
                 value = base64.b64encode(os.urandom(32)).decode()
-                tx.insert(tables.meta, [{"name": LOG_KEY_NAME, "value": value}])
+                tx.execute_on_driver(_INSERT_META, (LOG_KEY_NAME, value))
 
     def record_master_key(self) -> None:
         """Store the fingerprint on a new ledger (called by `db upgrade`)."""
         with self.database.writing() as tx:
-            exists = tx.connection.execute(
-                sa.select(tables.meta.c.value).where(tables.meta.c.name == _CHECK)
-            ).scalar()
-            if exists is None:
-                tx.insert(tables.meta, [{"name": _CHECK, "value": key_check(self._master)}])
+            if _meta_in(tx.fetch(SELECT_META, (_CHECK,))) is None:
+                tx.execute_on_driver(_INSERT_META, (_CHECK, key_check(self._master)))
         self._suppression_hmac_key()
 
     # -- data keys ---------------------------------------------------------------------------
@@ -278,7 +289,7 @@ class KeyStore:
         wrapped = wrap_key(self._master, raw, customer_id.bytes)
         with self.database.writing() as tx:
             self._check_writer(tx)
-            tx.defer(_K, _KEY_COLUMNS, (customer_id, wrapped, _now_text(self.database)))
+            tx.defer(_KEYS, _KEY_COLUMNS, (customer_id, wrapped, _now_text(self.database)))
         key = DataKey(raw, customer_id.bytes)
         self._remember(customer_id, key)
         return key
@@ -325,7 +336,7 @@ class KeyStore:
             # On the driver: an import may erase thousands of customers, and SQLAlchemy's
             # update statement cost ~1 ms each. The same values its DateTime would bind.
             tx.execute_later(
-                f"UPDATE {_K.name} SET wrapped_key = NULL, destroyed_at = ? "
+                f"UPDATE {_KEYS} SET wrapped_key = NULL, destroyed_at = ? "
                 "WHERE customer_id = ? AND wrapped_key IS NOT NULL",
                 (_now_text(self.database), customer_id),
             )
@@ -352,38 +363,38 @@ class KeyStore:
         """
         try:
             return self._shred()
-        except (sa.exc.SQLAlchemyError, DatabaseUnavailableError):
+        except (self.database.driver_module.Error, DatabaseUnavailableError):
             # A lock timeout, a full disk (the checkpoint), the server gone: the write is
             # committed anyway, and its command succeeded; the bytes wait for `keys shred`.
             return False
 
     def _shred(self) -> bool:
-        with self.database.connect() as conn:
+        with self.database.driver_connection() as driver:
             if self.database.is_sqlite:
-                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(_SHRED_WAIT * 1000)}")
+                driver.execute(f"PRAGMA busy_timeout = {int(_SHRED_WAIT * 1000)}")
                 try:
-                    row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                    row = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 finally:
-                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {WRITE_LOCK_WAIT * 1000}")
+                    driver.execute(f"PRAGMA busy_timeout = {WRITE_LOCK_WAIT * 1000}")
                 return row is not None and row[0] == 0
-            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            driver.autocommit = True
             # VACUUM waits for its lock on the table without end: a session holding it (a
             # `LOCK TABLE`, an index build) would hold a committed erasure's command with it.
-            auto.exec_driver_sql(f"SET lock_timeout = {int(_SHRED_WAIT * 1000)}")
+            driver.execute(f"SET lock_timeout = {int(_SHRED_WAIT * 1000)}")
             try:
                 # A plain VACUUM prunes a dead row version but leaves its bytes in the page's
                 # free space, readable in the table's file (a wrapped key under the current
                 # master key): VACUUM FULL writes the live rows to a new file and empties the
                 # old one. The plain VACUUM after it counts what a reader's snapshot kept.
-                auto.exec_driver_sql(f"VACUUM FULL {_K.name}")
-                auto.exec_driver_sql(f"VACUUM {_K.name}")
+                driver.execute(f"VACUUM FULL {_KEYS}")
+                driver.execute(f"VACUUM {_KEYS}")
             finally:
-                auto.exec_driver_sql("RESET lock_timeout")
-            dead = auto.exec_driver_sql(
+                driver.execute("RESET lock_timeout")
+            dead = driver.execute(
                 "SELECT n_dead_tup FROM pg_stat_user_tables "
-                f"WHERE relid = CAST('{_K.name}' AS regclass)"
-            ).scalar()
-            return not dead
+                f"WHERE relid = CAST('{_KEYS}' AS regclass)"
+            ).fetchone()
+            return not (dead and dead[0])
 
     def forget_cache(self) -> None:
         self._cache.clear()
@@ -401,16 +412,15 @@ class KeyStore:
         rotating the master key keeps every stored hash valid."""
         if self._suppression_key is not None:
             return self._suppression_key
-        with self.database.reading() as conn:
-            stored = _meta_value(conn, _SUPPRESSION_KEY)
+        stored = _meta_in(self.database.fetch_on_driver(SELECT_META, (_SUPPRESSION_KEY,)))
         if stored is None:
             with self.database.writing() as tx:
                 self._check_writer(tx)
-                stored = _meta_value(tx.connection, _SUPPRESSION_KEY)
+                stored = _meta_in(tx.fetch(SELECT_META, (_SUPPRESSION_KEY,)))
                 if stored is None:
                     wrapped = wrap_key(self._master, new_key(), _SUPPRESSION_CONTEXT)
                     stored = base64.b64encode(wrapped).decode("ascii")
-                    tx.insert(tables.meta, [{"name": _SUPPRESSION_KEY, "value": stored}])
+                    tx.execute_on_driver(_INSERT_META, (_SUPPRESSION_KEY, stored))
         try:
             key = unwrap_key(self._master, base64.b64decode(stored), _SUPPRESSION_CONTEXT)
         except SealError:
@@ -456,11 +466,10 @@ class KeyStore:
         """The email's hash and, per suppressed marketing channel, since when (None: withheld,
         as its owner was erased)."""
         digest = self.email_hash(email)
-        with self.database.reading() as conn:
-            rows = conn.execute(
-                sa.select(_S.c.channel, _S.c.since).where(_S.c.email_hash == digest)
-            ).all()
-        return digest, {str(row.channel): _maybe_aware(row.since) for row in rows}
+        rows = self.database.fetch_on_driver(
+            f"SELECT channel, since FROM {_SUPPRESSIONS} WHERE email_hash = ?", (digest,)
+        )
+        return digest, {str(channel): _maybe_aware(_read_time(t)) for channel, t in rows}
 
     # -- rotation ------------------------------------------------------------------------------
 
@@ -529,6 +538,9 @@ class KeyStore:
                 with self.database.writing() as tx:
                     self._check_writer(tx)
                     count = self._rewrap(tx, old_master, master)
+                    from ledger.persistence import tables
+                    from ledger.persistence.export_store import rewrap_export_secrets
+
                     conn = tx.connection
                     rewrap_export_secrets(conn, old_master, master)
                     wrapped = base64.b64decode(_meta_value(conn, _SUPPRESSION_KEY) or "")
@@ -631,6 +643,11 @@ class KeyStore:
         return pending if waiting is not None and self._holds(waiting) else None
 
     def _rewrap(self, tx: WriteTransaction, old: bytes, new: bytes) -> int:
+        import sqlalchemy as sa
+
+        from ledger.persistence import tables
+
+        _K = tables.data_keys
         conn = tx.connection
         update = (
             _K.update()
@@ -718,14 +735,16 @@ _SuppressionChange = tuple[str, str, datetime | None, bool | None]
 def _apply_suppressions(tx: WriteTransaction, changes: list[_SuppressionChange]) -> None:
     """Apply queued changes in order. A suppression whose time is withheld (None) holds
     until a consent lifts it; a later withdrawal keeps it withheld."""
-    conn = tx.connection
     hashes = sorted({change[0] for change in changes})
     stored: dict[tuple[str, str], datetime | None] = {}
     for start in range(0, len(hashes), 500):
-        query = sa.select(_S.c.email_hash, _S.c.channel, _S.c.since).where(
-            _S.c.email_hash.in_(hashes[start : start + 500])
+        chunk = hashes[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        rows = tx.fetch(
+            f"SELECT email_hash, channel, since FROM {_SUPPRESSIONS} WHERE email_hash IN ({marks})",
+            chunk,
         )
-        stored.update({(r[0], r[1]): _maybe_aware(r[2]) for r in conn.execute(query)})
+        stored.update({(r[0], r[1]): _maybe_aware(_read_time(r[2])) for r in rows})
     state = dict(stored)
     for digest, channel, at, suppressed in changes:
         if suppressed is None:
@@ -739,24 +758,24 @@ def _apply_suppressions(tx: WriteTransaction, changes: list[_SuppressionChange])
             state[(digest, channel)] = at
         elif not suppressed and held and (since is None or since < at):
             del state[(digest, channel)]
-    gone = [{"h": h, "c": c} for (h, c) in stored if (h, c) not in state]
-    new = [
-        {"email_hash": h, "channel": c, "since": t}
-        for (h, c), t in state.items()
-        if (h, c) not in stored
-    ]
+    database = tx.database
+
+    def time_of(moment: datetime | None) -> datetime | str | None:
+        return None if moment is None else _stored_time(database, moment)
+
+    gone = [(h, c) for (h, c) in stored if (h, c) not in state]
+    new = [(h, c, time_of(t)) for (h, c), t in state.items() if (h, c) not in stored]
     moved = [
-        {"h": h, "c": c, "t": t}
+        (time_of(t), h, c)
         for (h, c), t in state.items()
         if (h, c) in stored and stored[(h, c)] != t
     ]
-    match = (_S.c.email_hash == sa.bindparam("h"), _S.c.channel == sa.bindparam("c"))
-    if gone:
-        conn.execute(_S.delete().where(*match), gone)
-    if moved:
-        conn.execute(_S.update().where(*match).values(since=sa.bindparam("t")), moved)
-    if new:
-        conn.execute(_S.insert(), new)
+    match = "WHERE email_hash = ? AND channel = ?"
+    tx.execute_many(f"DELETE FROM {_SUPPRESSIONS} {match}", gone)
+    tx.execute_many(f"UPDATE {_SUPPRESSIONS} SET since = ? {match}", moved)
+    tx.execute_many(
+        f"INSERT INTO {_SUPPRESSIONS} (email_hash, channel, since) VALUES (?, ?, ?)", new
+    )
     changes.clear()
 
 
@@ -765,8 +784,12 @@ def email_hash(key: bytes, email: str) -> str:
 
 
 def _meta_value(conn: Connection, name: str) -> str | None:
-    value = conn.execute(sa.select(tables.meta.c.value).where(tables.meta.c.name == name)).scalar()
-    return None if value is None else str(value)
+    return _meta_in(fetch_rows(conn, SELECT_META, (name,)))
+
+
+def _meta_in(rows: list[Any]) -> str | None:
+    """The value of `SELECT_META`'s rows (None: no such row)."""
+    return None if not rows or rows[0][0] is None else str(rows[0][0])
 
 
 def _maybe_aware(moment: datetime | None) -> datetime | None:

@@ -11,34 +11,35 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
-import sqlalchemy as sa
 from eventsourcing.persistence import StoredEvent
 
 from ledger.iterables import batched
-from ledger.persistence import tables
 from ledger.persistence.database import Database
 
-_E = tables.events
-_DETAILS_TOPICS = [
+_DETAILS_TOPICS = tuple(
     f"ledger.domainmodel:Customer.{name}" for name in ("Registered", "DetailsUpdated")
-]
+)
+# On the driver (`?` marks): a write of one fact reads these without SQLAlchemy.
 _SELECT_DETAILS = (
-    sa.select(_E.c.originator_version, _E.c.topic, _E.c.state)
-    .where(
-        _E.c.originator_id == sa.bindparam("originator_id"),
-        _E.c.topic.in_(sa.bindparam("topics", expanding=True)),
-    )
-    .order_by(_E.c.originator_version)
+    "SELECT originator_version, topic, state FROM ledger_events "
+    f"WHERE originator_id = ? AND topic IN ({', '.join('?' for _ in _DETAILS_TOPICS)}) "
+    "ORDER BY originator_version"
 )
 
 
 def details_events(database: Database, customer_id: UUID) -> list[StoredEvent]:
     """The customer's saved registration and details updates (in the ambient write, if any)."""
-    with database.reading() as conn:
-        rows = conn.execute(
-            _SELECT_DETAILS, {"originator_id": customer_id, "topics": _DETAILS_TOPICS}
-        ).all()
-    return [StoredEvent(customer_id, row[0], row[1], row[2]) for row in rows]
+    ident = customer_id.hex if database.is_sqlite else customer_id
+    rows = database.fetch_on_driver(_SELECT_DETAILS, (ident, *_DETAILS_TOPICS))
+    return [
+        StoredEvent(customer_id, version, topic, _bytes(state)) for version, topic, state in rows
+    ]
+
+
+def _bytes(state: Any) -> Any:
+    """A stored event's state as SQLAlchemy gave it: PostgreSQL's bytea may come back as a
+    memoryview."""
+    return bytes(state) if isinstance(state, memoryview) else state
 
 
 def streams_with_facts(
@@ -48,6 +49,11 @@ def streams_with_facts(
     query (ordered by customer, then version): no query per customer. Given `among`
     (customer streams), those streams instead, whatever their facts (the fact index has no
     index by stream to tell): a query per 500, ordered alike."""
+    import sqlalchemy as sa
+
+    from ledger.persistence import tables
+
+    _E = tables.events
     having = (
         sa.select(tables.facts.c.originator_id)
         .where(tables.facts.c.fact_type.in_(list(fact_types)))
@@ -79,6 +85,10 @@ def streams_with_facts(
 
 
 def fact_recorded(database: Database, fact_id: str) -> bool:
+    import sqlalchemy as sa
+
+    from ledger.persistence import tables
+
     with database.reading() as conn:
         found = conn.execute(
             sa.select(tables.facts.c.fact_id).where(tables.facts.c.fact_id == fact_id)

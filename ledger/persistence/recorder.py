@@ -112,10 +112,11 @@ _EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "top
 
 
 def seal_inserted(tx: WriteTransaction, rows: list[tuple[Any, ...]]) -> None:
-    """`seals.seal_inserted`, imported on first write (it loads SQLAlchemy; reads do not)."""
-    from ledger.persistence import seals
+    """`sealing.seal_inserted`, imported on first write (it loads cryptography; reads do
+    not)."""
+    from ledger.persistence import sealing
 
-    seals.seal_inserted(tx, rows)
+    sealing.seal_inserted(tx, rows)
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -157,12 +158,10 @@ class LedgerRecorder(ApplicationRecorder):
     def insert_rows(self, rows: Sequence[tuple[Any, Any, str, bytes]]) -> int:
         """Stored events as (originator id, version, topic, state) rows, recorded and sealed
         in order in the ambient write; returns the first one's notification id."""
-        from ledger.persistence.tables import events as _E
-
         with self.database.writing() as tx:
             first = tx.next_notification_id
             numbered = [(position, *row) for position, row in enumerate(rows, first)]
-            tx.insert_many(_E, _EVENT_COLUMNS, numbered)
+            tx.insert_many("ledger_events", _EVENT_COLUMNS, numbered)
             seal_inserted(tx, numbered)
             tx.next_notification_id = first + len(numbered)
             return first

@@ -24,7 +24,6 @@ from __future__ import annotations
 import binascii
 import contextlib
 import gc
-import hashlib
 import hmac
 import multiprocessing
 import os
@@ -33,10 +32,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
-from uuid import UUID
+from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
@@ -57,11 +54,9 @@ from ledger.errors import (
     WorkerLostError,
 )
 from ledger.integrity import Checkpoint, Frontier, LogAudit, LogAuditor, Problem
-from ledger.iterables import batched
 from ledger.persistence import tables
 from ledger.persistence.database import (
     Database,
-    WriteTransaction,
     default_key_dir,
     fetch_rows,
     signals_held,
@@ -78,9 +73,23 @@ from ledger.persistence.index_audit import (
     facts_of_another_kind,
 )
 from ledger.persistence.keys import write_key_file
-from ledger.persistence.sqlite_reads import checkpoint_time
+from ledger.persistence.sealing import (
+    SIGNING_KEY_ID,
+    Fetch,
+    _foreign_key_message,
+    _missing_key_message,
+    _nodes_from,
+    latest_key_id,
+    load_frontier,
+    load_signing_key,
+    seal_inserted,
+    seal_pending,
+    signing_key_path,
+    stored_size,
+)
 
-SIGNING_KEY_FILE = "signing.key"
+__all__ = ["load_signing_key", "seal_inserted", "seal_pending", "signing_key_path"]
+
 PUBLIC_KEY_FILE = "signing.pub"
 _BATCH = 20_000
 # Rows fetched at once from SQLite or a worker's result: a few hundred stay in the CPU's
@@ -89,7 +98,6 @@ _BATCH = 20_000
 _SMALL_BATCH = 256
 _MMAP_SIZE = 1 << 30  # a worker's SQLite reads map the file instead of copying each page
 _LISTED = 50  # altered events named one by one; beyond this, counted
-_FIRST_STORED_LEVEL = 4  # leaves, then complete nodes of 16 leaves and up
 _BLOCK_LEVEL = 15  # parallel verification hashes blocks of 32,768 events
 _MAX_WORKERS = 4  # verification processes by default: one per CPU, at most this
 
@@ -114,9 +122,6 @@ checkpoints = sa.Table(
 
 _N = tree_nodes
 _C = checkpoints
-_NODE_COLUMNS = ("level", "idx", "hash")
-_CHECKPOINT_COLUMNS = ("tree_size", "root_hash", "signed_at", "key_id", "signature")
-_ATTACHMENT = "integrity.sealer"
 
 
 class HasDatabase(Protocol):
@@ -127,10 +132,6 @@ class HasDatabase(Protocol):
 
 
 # -- keys ------------------------------------------------------------------------------------
-
-
-def signing_key_path(database: Database) -> Path:
-    return default_key_dir(database) / SIGNING_KEY_FILE
 
 
 def public_key_path(database: Database) -> Path:
@@ -178,35 +179,10 @@ def create_signing_key(database: Database) -> bool:
     return True
 
 
-# The id of the key a ledger signs with, kept when `db upgrade` makes the key pair: another
-# machine's `db upgrade` must not make a second one before the first checkpoint is signed.
-SIGNING_KEY_ID = "signing_key_id"
-
-
 def _latest_key_id(database: Database) -> str | None:
     """The key id of the ledger's latest checkpoint, else the one kept when its key pair was
     made; None for a ledger that has neither."""
-    with database.reading() as conn:
-        return _latest_key_id_on(conn)
-
-
-def _latest_key_id_on(conn: Connection) -> str | None:
-    row = conn.execute(sa.select(_C.c.key_id).order_by(_C.c.tree_size.desc()).limit(1)).first()
-    if row is not None:
-        return str(row[0])
-    kept = conn.execute(
-        sa.select(tables.meta.c.value).where(tables.meta.c.name == SIGNING_KEY_ID)
-    ).scalar()
-    return None if kept is None else str(kept)
-
-
-def _missing_key_message(path: Path, signed_by: str) -> str:
-    return (
-        f"no signing key at {path}, and this ledger signs with key {signed_by}: "
-        "copy its signing.key and signing.pub into that folder from where the ledger was "
-        "created (or set CONSENT_LEDGER_KEY_DIR to that folder); a new key would make every "
-        "checkpoint signed from now on fail verify"
-    )
+    return latest_key_id(database.fetch_on_driver)
 
 
 def _write_public_key(path: Path, key: Ed25519PublicKey) -> None:
@@ -214,26 +190,6 @@ def _write_public_key(path: Path, key: Ed25519PublicKey) -> None:
     pending = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     pending.write_text(integrity.public_key_pem(key))
     os.replace(pending, path)
-
-
-def load_signing_key(database: Database) -> Ed25519PrivateKey:
-    path = signing_key_path(database)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise ConfigurationError(
-            f"no signing key at {path}: recording needs it "
-            "(run 'consent-ledger db upgrade' to create one for a new ledger)"
-        ) from None
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot read the signing key {path}: {error.strerror or error}"
-        ) from None
-    except ValueError as error:
-        raise ConfigurationError(f"cannot read the signing key {path}: {error}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigurationError(f"the signing key {path} is not an Ed25519 key")
-    return key
 
 
 def load_public_key(database: Database, path: Path | None = None) -> Ed25519PublicKey:
@@ -249,214 +205,16 @@ def load_public_key(database: Database, path: Path | None = None) -> Ed25519Publ
         raise ConfigurationError(f"cannot read the public key {path}: {error}") from None
 
 
-# -- sealing the write path ------------------------------------------------------------------
-
-
-def _now() -> str:
-    return checkpoint_time(datetime.now(UTC))
-
-
-def _uuid_bytes(value: Any) -> bytes:
-    if isinstance(value, UUID):
-        return value.bytes
-    if isinstance(value, bytes):
-        return value
-    return UUID(str(value)).bytes
-
-
-def _text_bytes(value: Any) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-class _TopicBytes(dict[str, bytes]):
-    """A topic's UTF-8 bytes, encoded once: an import has a few dozen topics."""
-
-    def __missing__(self, topic: str) -> bytes:
-        value = self[topic] = topic.encode()
-        return value
-
-
-_TOPIC_BYTES = _TopicBytes()
-_SEAL_BATCH = 4096  # rows hashed at a time (a catch-up of old events streams through)
-
-
-def _originator_bytes(value: Any) -> bytes:
-    return value.bytes if type(value) is UUID else _uuid_bytes(value)
-
-
-def _topic_bytes(value: Any) -> bytes:
-    return _TOPIC_BYTES[value] if type(value) is str else _text_bytes(value)
-
-
-class Sealer:
-    """The tree of one write transaction: extended as events are inserted, signed before
-    the transaction commits."""
-
-    def __init__(self, tx: WriteTransaction) -> None:
-        self.tx = tx
-        conn = tx.connection
-        self.key = _ledgers_signing_key(tx.database, conn)
-        size = _stored_size(conn)
-        self.frontier = _load_frontier(conn, size)
-        self.first = size
-        recorded = tx.next_notification_id - 1
-        if size > recorded:
-            raise IntegrityFailure(
-                f"the event log has {recorded} events but its seals cover {size}: "
-                "events were removed; run 'consent-ledger verify'"
-            )
-        if size < recorded:  # events recorded before sealing existed: seal them now
-            self.add(_event_rows(conn, tx.database, size + 1, recorded))
-
-    def add(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Event rows (notification id, originator id, version, topic, state) just inserted.
-
-        Stores each leaf hash and the complete nodes from level `_FIRST_STORED_LEVEL` up
-        (1.07 rows per event instead of 2; the levels between are rehashed from at most
-        2**(_FIRST_STORED_LEVEL - 1) leaves when a proof needs them)."""
-        for batch in batched(rows, _SEAL_BATCH):
-            self._add_batch(batch)
-
-    def _add_batch(self, batch: list[Sequence[Any]]) -> None:
-        frontier = self.frontier
-        stack, size = frontier.hashes, frontier.size
-        rows = cast("list[tuple[int, Any, int, Any, bytes]]", batch)
-        if not integrity.ids_follow(rows, size + 1):
-            for offset, row in enumerate(rows):
-                if row[0] != size + 1 + offset:
-                    raise IntegrityFailure(
-                        f"event {row[0]} does not follow the sealed log of {size + offset} events"
-                    )
-        topics = _TOPIC_BYTES
-        try:  # rows as the recorder gives them (UUIDs, text topics), without a call per row
-            ready = [(p, o.int.to_bytes(16), v, topics[t], s) for p, o, v, t, s in rows]
-        except (AttributeError, TypeError):
-            ready = [(p, _originator_bytes(o), v, _topic_bytes(t), s) for p, o, v, t, s in rows]
-        leaves = integrity.event_leaf_hashes(ready, None)
-        nodes = [(0, index, leaf) for index, leaf in enumerate(leaves, size)]
-        # `integrity.node_hash`, inline.
-        sha, prefix, first_stored = hashlib.sha256, integrity.NODE_PREFIX, _FIRST_STORED_LEVEL
-        for leaf in leaves:
-            stack.append(leaf)
-            size += 1
-            done, level = size, 0
-            while not done & 1:
-                right = stack.pop()
-                merged = sha(prefix + stack.pop() + right).digest()
-                stack.append(merged)
-                done >>= 1
-                level += 1
-                if level >= first_stored:
-                    nodes.append((level, (size - 1) >> level, merged))
-        frontier.size = size
-        self.tx.insert_many(_N, _NODE_COLUMNS, nodes)
-
-    def sign(self) -> None:
-        if self.frontier.size == self.first:
-            return
-        checkpoint = integrity.sign_checkpoint(
-            self.key, self.frontier.size, self.frontier.root(), _now()
-        )
-        self.tx.insert_many(_C, _CHECKPOINT_COLUMNS, [_checkpoint_row(checkpoint)])
-
-
-_KEYS: WeakKeyDictionary[Database, Ed25519PrivateKey] = WeakKeyDictionary()
-
-
-def _signing_key(database: Database) -> Ed25519PrivateKey:
-    key = _KEYS.get(database)
-    if key is None:
-        key = _KEYS[database] = load_signing_key(database)
-    return key
-
-
-def _ledgers_signing_key(database: Database, conn: Connection) -> Ed25519PrivateKey:
-    """The key folder's signing key, if it is the one this ledger's checkpoints are signed
-    by (checked in each write, under the writer's lock: one indexed read). A key of another
-    ledger, or one made anew on another machine, would sign checkpoints that never verify."""
-    signed_by = _latest_key_id_on(conn)
-    try:
-        key = _signing_key(database)
-    except ConfigurationError:
-        if signed_by is None or os.path.lexists(signing_key_path(database)):
-            raise  # (there, but unreadable: not to be copied in from elsewhere)
-        raise ConfigurationError(
-            _missing_key_message(signing_key_path(database), signed_by)
-        ) from None
-    if signed_by is not None and integrity.key_id(key.public_key()) != signed_by:
-        raise ConfigurationError(_foreign_key_message(database, key, signed_by))
-    return key
-
-
-def _foreign_key_message(database: Database, key: Ed25519PrivateKey, signed_by: str) -> str:
-    return (
-        f"the signing key at {signing_key_path(database)} (key "
-        f"{integrity.key_id(key.public_key())}) is not this ledger's, which signs with "
-        f"key {signed_by}; use that key's signing.key (CONSENT_LEDGER_KEY_DIR "
-        "names the folder), as checkpoints signed by another never verify"
-    )
-
-
-def seal_inserted(tx: WriteTransaction, rows: Sequence[Sequence[Any]]) -> None:
-    """Extend the tree with events just inserted in `tx`; sign when `tx` is about to commit.
-    Called by the recorder for every batch of events it inserts."""
-    sealer = tx.attachments.get(_ATTACHMENT)
-    if sealer is None:
-        sealer = tx.attachments[_ATTACHMENT] = Sealer(tx)
-        tx.before_commit.append(sealer.sign)
-    sealer.add(rows)
-
-
-def seal_pending(database: Database) -> int:
-    """Seal any events recorded before sealing existed (`db upgrade`). Returns how many."""
-    with database.writing() as tx:
-        size = _stored_size(tx.connection)
-        if tx.next_notification_id - 1 <= size:
-            return 0
-        sealer = Sealer(tx)
-        sealer.sign()
-        return sealer.frontier.size - size
-
-
-def _checkpoint_row(checkpoint: Checkpoint) -> tuple[Any, ...]:
-    return (
-        checkpoint.tree_size,
-        checkpoint.root_hash,
-        checkpoint.time,
-        checkpoint.key_id,
-        checkpoint.signature,
-    )
-
-
 # -- reading ---------------------------------------------------------------------------------
 
 
 def _stored_size(conn: Connection) -> int:
-    last = conn.execute(sa.select(sa.func.max(_N.c.idx)).where(_N.c.level == 0)).scalar()
-    return 0 if last is None else int(last) + 1
+    return stored_size(lambda sql, params: fetch_rows(conn, sql, params))
 
 
-def _stored_for(wanted: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-    """The stored nodes that give `wanted`: itself, or the leaves under an unstored level."""
-    stored: set[tuple[int, int]] = set()
-    for level, index in wanted:
-        if level == 0 or level >= _FIRST_STORED_LEVEL:
-            stored.add((level, index))
-        else:
-            stored.update((0, leaf) for leaf in range(index << level, (index + 1) << level))
-    return stored
-
-
-Fetch = Callable[[str, tuple[Any, ...]], Sequence[Any]]
-_NODE_POINT = "SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? AND idx = ?"
-_NODE_RANGE = (
-    "SELECT level, idx, hash FROM ledger_tree_nodes WHERE level = ? AND idx BETWEEN ? AND ?"
-)
-_NODE_RUNS = (  # PostgreSQL: the runs as three arrays (levels, firsts, lasts)
-    "SELECT n.level, n.idx, n.hash FROM unnest(?::smallint[], ?::bigint[], ?::bigint[]) "
-    "AS r(level, first, last) JOIN ledger_tree_nodes n "
-    "ON n.level = r.level AND n.idx BETWEEN r.first AND r.last"
-)
+def _load_frontier(conn: Connection, size: int) -> Frontier:
+    fetch: Fetch = lambda sql, params: fetch_rows(conn, sql, params)  # noqa: E731
+    return load_frontier(fetch, size, postgres=conn.dialect.name == "postgresql")
 
 
 def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integrity.NodeSource:
@@ -468,53 +226,6 @@ def _fetch_nodes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> integri
     )
 
 
-def _nodes_from(
-    fetch: Fetch, wanted: Iterable[tuple[int, int]], *, postgres: bool = False
-) -> integrity.NodeSource:
-    """The nodes in `wanted` (and below, to the stored levels) in one statement run by `fetch`
-    (`?` marks), as a `NodeSource` that rehashes the levels not stored."""
-    needed = _stored_for(wanted)
-    found: dict[tuple[int, int], bytes] = {}
-    if needed:
-        # One indexed range per run of consecutive nodes of a level (the leaves under a
-        # level not stored are such a run), in one raw statement: a row-value or long IN
-        # list makes SQLite scan or sort, and building this in SQLAlchemy costs more than
-        # running it. The text depends only on the shape of the path, so the driver's
-        # statement cache serves most proofs of a tree size.
-        runs: list[list[int]] = []
-        for level, index in sorted(needed):
-            run = runs[-1] if runs else None
-            if run is not None and run[0] == level and run[2] == index - 1:
-                run[2] = index
-            else:
-                runs.append([level, index, index])
-        if postgres:  # one text for every proof: prepared once, never planned again
-            sql = _NODE_RUNS
-            params: tuple[Any, ...] = tuple(list(column) for column in zip(*runs, strict=True))
-        else:
-            sql = " UNION ALL ".join(
-                _NODE_RANGE if first != last else _NODE_POINT for _, first, last in runs
-            )
-            params = tuple(
-                value
-                for level, first, last in runs
-                for value in ((level, first, last) if first != last else (level, first))
-            )
-        # Both drivers give ints and bytes (a PostgreSQL bytea in either format).
-        found = {(level, idx): digest for level, idx, digest in fetch(sql, params)}
-
-    def node(level: int, index: int) -> bytes:
-        digest = found.get((level, index))
-        if digest is None:
-            if not 0 < level < _FIRST_STORED_LEVEL:
-                raise IntegrityFailure(f"the seal node ({level}, {index}) is missing")
-            left, right = node(level - 1, 2 * index), node(level - 1, 2 * index + 1)
-            digest = found[level, index] = integrity.node_hash(left, right)  # kept: reused
-        return digest
-
-    return node
-
-
 def _proof_path(
     fetch: Fetch, ranges: Sequence[tuple[int, int]], *, postgres: bool = False
 ) -> list[bytes]:
@@ -524,10 +235,6 @@ def _proof_path(
     return [
         integrity.fold_subtrees([node(level, index) for level, index in each]) for each in nodes
     ]
-
-
-def _load_frontier(conn: Connection, size: int) -> Frontier:
-    return Frontier.load(size, _fetch_nodes(conn, integrity.frontier_nodes(size)))
 
 
 _LATEST_CHECKPOINT = (

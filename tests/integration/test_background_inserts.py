@@ -35,8 +35,8 @@ def test_queued_inserts_are_seen_by_the_next_statement_and_committed(ledger: Any
     with ledger.database.writing() as tx:
         tx.overlap_inserts()
         assert tx.background is not None
-        tx.insert_many(tables.meta, _META, [("bg-1", "one"), ("bg-2", "two")])
-        tx.insert_many(tables.meta, _META, [("bg-3", "three")])
+        tx.insert_many("ledger_meta", _META, [("bg-1", "one"), ("bg-2", "two")])
+        tx.insert_many("ledger_meta", _META, [("bg-3", "three")])
         inside = tx.connection.execute(
             sa.select(tables.meta.c.value).where(tables.meta.c.name.like("bg-%"))
         )
@@ -47,20 +47,20 @@ def test_queued_inserts_are_seen_by_the_next_statement_and_committed(ledger: Any
 def test_a_queued_insert_that_breaks_a_constraint_fails_the_transaction(ledger: Any) -> None:
     with pytest.raises(IntegrityError, match="ledger_meta"), ledger.database.writing() as tx:
         tx.overlap_inserts()
-        tx.insert_many(tables.meta, _META, [("bg-1", "one")])
-        tx.insert_many(tables.meta, _META, [("bg-1", "again")])  # queued: no error yet
+        tx.insert_many("ledger_meta", _META, [("bg-1", "one")])
+        tx.insert_many("ledger_meta", _META, [("bg-1", "again")])  # queued: no error yet
     assert _names(ledger) == []
 
 
 def test_a_queued_insert_fails_before_commit_even_with_nothing_after_it(ledger: Any) -> None:
     with pytest.raises(IntegrityError), ledger.database.writing() as tx:
         tx.overlap_inserts()
-        tx.insert_many(tables.meta, _META, [("bg-1", "one"), ("bg-1", "again")])
+        tx.insert_many("ledger_meta", _META, [("bg-1", "one"), ("bg-1", "again")])
     assert _names(ledger) == []
     # The database is usable afterwards: the worker has stopped and released it.
     with ledger.database.writing() as tx:
         tx.overlap_inserts()
-        tx.insert_many(tables.meta, _META, [("bg-1", "one")])
+        tx.insert_many("ledger_meta", _META, [("bg-1", "one")])
     assert _names(ledger) == ["bg-1"]
 
 
@@ -69,7 +69,7 @@ def test_with_one_core_inserts_run_in_turn(ledger: Any, monkeypatch: pytest.Monk
     with ledger.database.writing() as tx:
         tx.overlap_inserts()
         assert tx.background is None
-        tx.insert_many(tables.meta, _META, [("bg-1", "one")])
+        tx.insert_many("ledger_meta", _META, [("bg-1", "one")])
     assert _names(ledger) == ["bg-1"]
 
 
@@ -105,7 +105,7 @@ def test_the_switch_interval_is_short_while_the_worker_runs_and_restored_after(
     with outcome, ledger.database.writing() as tx:
         tx.overlap_inserts()
         during.append(sys.getswitchinterval())
-        tx.insert_many(tables.meta, _META, [("bg-1", "one")] * (2 if fails else 1))
+        tx.insert_many("ledger_meta", _META, [("bg-1", "one")] * (2 if fails else 1))
     assert sys.getswitchinterval() == before
     expected = _SWITCH_INTERVAL if ledger.database.is_sqlite else before
     assert during == [pytest.approx(expected)]
@@ -130,5 +130,5 @@ def test_a_failure_before_the_transaction_is_set_up_is_raised_as_itself(
         pass
     monkeypatch.undo()
     with ledger.database.writing() as tx:  # the database is usable afterwards
-        tx.insert_many(tables.meta, _META, [("bg-after", "ok")])
+        tx.insert_many("ledger_meta", _META, [("bg-after", "ok")])
     assert _names(ledger) == ["bg-after"]
