@@ -419,8 +419,14 @@ class ConsentLedger(Application[UUID]):
     def transfers_initiated(self, upto: int | None = None) -> Initiations:
         """Each acquirer's transfer initiations, (business time, position in the log), as
         the rules' `InitiationCheck` (the acquirers found in the fact index, not by a scan of
-        every event); only those recorded by event `upto`, if given."""
-        return self.read_models.initiations(upto)
+        every event); only those recorded by event `upto`, if given. In a write, read on
+        its connection (a disclosure's preventive check: no SQLAlchemy)."""
+        from projections import replay
+
+        sqlite = self.database.is_sqlite
+        with self.database.snapshot() as fetch:
+            head = replay.head(fetch) if upto is None else upto
+            return replay.initiations(fetch, sqlite, self.mapper, head)
 
     @cached_property
     def read_models(self) -> ReadModels:

@@ -28,11 +28,10 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from eventsourcing.persistence import StoredEvent
 from sqlalchemy.engine import Connection
 
 from ledger import privacy, views
-from ledger.domainmodel import Acquirer, Customer, FactEvent
+from ledger.domainmodel import Customer
 from ledger.errors import (
     DatabaseUnavailableError,
     InputError,
@@ -43,17 +42,16 @@ from ledger.errors import (
 )
 from ledger.feed import iso, unknown_value
 from ledger.iterables import batched
-from ledger.persistence import export_store, indexes
+from ledger.persistence import export_store
 from ledger.persistence import tables as ledger_tables
-from ledger.persistence.database import NOTIFY_CHANNEL, first_line
+from ledger.persistence.database import NOTIFY_CHANNEL, fetch_rows, first_line
 from ledger.persistence.recorder import (
     LedgerMapper,
     LedgerTranscoder,
     misshapen_event,
-    resolve_stored_topic,
 )
 from ledger.rules import Initiations, Violation
-from projections import parallel
+from projections import parallel, replay
 from projections.base import (
     STREAMS_PER_BATCH,
     DigestWriter,
@@ -75,6 +73,7 @@ from projections.fold import Folder, Stream
 from projections.order_status import OrderStatus, order_totals
 from projections.parallel import Workers, worker_count
 from projections.recipient_registry import RecipientRegistry, registry
+from projections.replay import Replayed
 from projections.violations import (
     Violations,
     audit_order,
@@ -106,7 +105,6 @@ _STREAM_COLUMNS = (
     _E.c.state,
     _E.c.notification_id,  # recording order across streams (`ledger.rules.Initiations`)
 )
-_UNSEEN: Any = object()
 _FETCH = 10_000
 _REBUILD_CACHE_KIB = 256 * 1024
 
@@ -187,24 +185,6 @@ def disagreements(ours: Iterable[Violation], theirs: Iterable[Violation]) -> int
 
     mine, other = keys(ours), keys(theirs)
     return (mine - other).total() + (other - mine).total()
-
-
-@dataclass
-class Replayed:
-    """One aggregate replayed from its events (recording order), with its fact events."""
-
-    id: UUID
-    aggregate: Customer | Acquirer
-    events: list[FactEvent]
-    positions: list[int]  # each event's position in the log
-
-    def initiations(self) -> list[tuple[datetime, int]]:
-        """An acquirer's transfer initiations: (business time, position in the log)."""
-        return [
-            (event.at, position)
-            for event, position in zip(self.events, self.positions, strict=True)
-            if isinstance(event, Acquirer.TransferInitiated)
-        ]
 
 
 @dataclass
@@ -390,21 +370,8 @@ class ReadModels:
                     )
         return audit_order(found)
 
-    def initiations(self, upto: int | None = None) -> Initiations:
-        """Each acquirer's transfer initiations recorded so far (by event `upto`, if given),
-        with their positions."""
-        with self.database.reading() as conn:
-            return self._initiations(conn, self._head(conn) if upto is None else upto)
-
     def _initiations(self, conn: Connection, head: int) -> Initiations:
-        return Initiations(
-            (
-                (s.aggregate.name, s.initiations())
-                for s in self._load(conn, self._acquirer_ids(conn, head), head)
-                if isinstance(s.aggregate, Acquirer)
-            ),
-            stream_ordered_until=_stream_ordered_until(conn),
-        )
+        return replay.initiations(_fetch(conn), self.database.is_sqlite, self.mapper, head)
 
     def recipients(self, kind: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         """The recipient registry (SPEC §1), by kind then name, with each recipient's counts
@@ -940,7 +907,7 @@ class ReadModels:
                 stamps=any(t.model.uses_stamps for t in targets),
             )
             acquirers = self._folded(folder, conn, acquirer_ids, head)
-            ordered = _stream_ordered_until(conn)
+            ordered = replay.stream_ordered_until(_fetch(conn))
             writers = {id(t): writer(conn, t.slot) for t in targets}
             extra: set[UUID] = set()
             dropped: list[sa.Index] = []
@@ -999,7 +966,7 @@ class ReadModels:
         return changed, acquirers
 
     def _acquirer_ids(self, conn: Connection, head: int) -> set[UUID]:
-        return set(indexes.initiating_acquirers(conn, head))
+        return set(replay.initiating_acquirers(_fetch(conn), head))
 
     def _folded(
         self, folder: Folder, conn: Connection, ids: Iterable[UUID], head: int
@@ -1013,12 +980,7 @@ class ReadModels:
             yield list(folder.fold(self._stream_rows(conn, chunk, head)))
 
     def _stream_rows(self, conn: Connection, ids: list[UUID], head: int) -> Any:
-        query = (
-            sa.select(*_STREAM_COLUMNS)
-            .where(_E.c.originator_id.in_(ids), _E.c.notification_id <= head)
-            .order_by(_E.c.originator_id, _E.c.originator_version)
-        )
-        return conn.execute(query)
+        return replay.stream_rows(_fetch(conn), self.database.is_sqlite, ids, head)
 
     def _scan(
         self, folder: Folder, conn: Connection, head: int, *, skip: set[UUID]
@@ -1057,10 +1019,7 @@ class ReadModels:
     # -- direct folds on domain objects (Art. 19 now, and the ledger as known at a time) --
 
     def _load(self, conn: Connection, ids: Iterable[UUID], head: int) -> list[Replayed]:
-        found: list[Replayed] = []
-        for chunk in batched(sorted(ids), 500):
-            found.extend(self._replay(self._stream_rows(conn, chunk, head)))
-        return found
+        return replay.load(_fetch(conn), self.database.is_sqlite, self.mapper, ids, head)
 
     def _scan_replayed(self, conn: Connection, head: int) -> Iterator[Replayed]:
         query = (
@@ -1073,54 +1032,7 @@ class ReadModels:
 
     def _replay(self, rows: Iterable[Any]) -> Iterator[Replayed]:
         """Rows ordered by stream then version -> one replayed aggregate per stream."""
-        to_domain_event = self._decoder()
-        current: Any = None
-        ident = UUID(int=0)
-        aggregate: Any = None
-        events: list[FactEvent] = []
-        positions: list[int] = []
-        for raw_id, version, topic, state, position in rows:
-            if raw_id != current:
-                if aggregate is not None:
-                    yield Replayed(ident, aggregate, events, positions)
-                current, aggregate, events, positions = raw_id, None, [], []
-                ident = raw_id if isinstance(raw_id, UUID) else UUID(hex=raw_id)
-            event: Any = to_domain_event(ident, version, topic, state)
-            aggregate = event.mutate(aggregate)
-            if isinstance(event, FactEvent):
-                events.append(event)
-                positions.append(position)
-        if aggregate is not None:
-            yield Replayed(ident, aggregate, events, positions)
-
-    def _decoder(self) -> Callable[[UUID, int, str, bytes], Any]:
-        """The mapper's `to_domain_event` without its per-event generality: the ledger's
-        transcoder, topics resolved once, no cipher or compressor (else: the mapper itself)."""
-        mapper = self.mapper
-        if mapper.cipher is not None or mapper.compressor is not None:
-            return lambda i, v, t, s: mapper.to_domain_event(StoredEvent(i, v, t, s))
-        decode = mapper.transcoder.decode
-        classes: dict[str, type[Any] | None] = {}
-
-        def to_domain_event(ident: UUID, version: int, topic: str, state: bytes) -> Any:
-            cls = classes.get(topic, _UNSEEN)
-            if cls is _UNSEEN:
-                resolved = resolve_stored_topic(topic, f" (stream {ident}, version {version})")
-                cls = classes[topic] = (
-                    None if getattr(resolved, "class_version", 1) > 1 else resolved
-                )
-            if cls is None:  # upcasting needed: the library's path
-                return mapper.to_domain_event(StoredEvent(ident, version, topic, state))
-            event_state = decode(state)
-            if "class_version" in event_state:
-                return mapper.to_domain_event(StoredEvent(ident, version, topic, state))
-            event_state["originator_id"] = ident
-            event_state["originator_version"] = version
-            event = object.__new__(cls)
-            object.__setattr__(event, "__dict__", event_state)
-            return event
-
-        return to_domain_event
+        return replay.replay(rows, replay.decoder(self.mapper))
 
     # -- transactions and tracking ---------------------------------------------------------
 
@@ -1255,14 +1167,9 @@ def _other(slot: str) -> str:
     return "b" if slot == "a" else "a"
 
 
-def _stream_ordered_until(conn: Connection) -> int:
-    """`ledger.rules.Initiations.stream_ordered_until` of this ledger (its meta)."""
-    from ledger.persistence import sqlite_reads as reads
-    from ledger.persistence.database import fetch_rows
-
-    return reads.stream_ordered_until(
-        fetch_rows(conn, reads.SELECT_META, (reads.STREAM_ORDERED_NAME,))
-    )
+def _fetch(conn: Connection) -> replay.Fetch:
+    """The rows of one statement (`?` marks) on `conn`'s driver connection."""
+    return lambda sql, params: fetch_rows(conn, sql, params)
 
 
 RETRY_LONGEST = 30.0  # seconds: the longest wait of `follow` before trying again

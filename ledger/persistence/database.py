@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -339,6 +340,8 @@ class Database:
         # SQLAlchemy over a write's driver connection (`view_of`), made on first use.
         self._view_engine: Engine | None = None
         self._handed: list[Any] = []
+        # Threads of one process may write through one Database (each its own transaction).
+        self._driver_lock = threading.Lock()
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
@@ -428,9 +431,10 @@ class Database:
     def dispose(self) -> None:
         if self._reads is not None:
             self._reads.close()
-        idle, self._idle = self._idle, None
+        with self._driver_lock:
+            idle, self._idle = self._idle, None
         if idle is not None and idle[0] == os.getpid():
-            idle[1].close()
+            _close_quietly(idle[1])
         if self._view_engine is not None:
             self._view_engine.dispose()
         if self._engine is not None:
@@ -491,7 +495,8 @@ class Database:
     def _write_driver(self) -> Any:
         """A driver connection for a write: the last write's, if it is still open and of this
         process, else a new one."""
-        idle, self._idle = self._idle, None
+        with self._driver_lock:
+            idle, self._idle = self._idle, None
         if idle is not None and idle[0] == os.getpid():
             driver = idle[1]
             if not _closed(driver):
@@ -514,22 +519,23 @@ class Database:
         Connection of an engine whose pool hands it over (`_hand_over`). Its dialect asks
         its questions of the server once per process, on a connection of its own (and ends
         with a rollback, which must not reach a write). Closing the view closes `driver`."""
-        if self._view_engine is None:
-            import sqlalchemy as sa
+        import sqlalchemy as sa
 
-            engine = sa.create_engine(
-                self.url,
-                creator=self._hand_over,
-                poolclass=sa.pool.NullPool,
-                pool_reset_on_return=None,
-            )
-            engine.connect().close()
-            self._view_engine = engine
-        self._handed.append(driver)
-        try:
-            return self._view_engine.connect()
-        finally:
-            self._handed.clear()
+        with self._driver_lock:
+            if self._view_engine is None:
+                engine = sa.create_engine(
+                    self.url,
+                    creator=self._hand_over,
+                    poolclass=sa.pool.NullPool,
+                    pool_reset_on_return=None,
+                )
+                engine.connect().close()
+                self._view_engine = engine
+            self._handed.append(driver)
+            try:
+                return self._view_engine.connect()
+            finally:
+                self._handed.clear()
 
     def _hand_over(self) -> Any:
         return self._handed.pop() if self._handed else self._open_driver()
@@ -633,7 +639,10 @@ class Database:
             if tx is not None and tx._view is not None:
                 tx.close_view()  # (closes the driver connection with it)
             elif done:  # kept for the next write of this process
-                self._idle = (os.getpid(), driver)
+                with self._driver_lock:
+                    idle, self._idle = self._idle, (os.getpid(), driver)
+                if idle is not None and idle[0] == os.getpid():  # (another thread's)
+                    _close_quietly(idle[1])
             else:
                 _close_quietly(driver)
         for callback in tx.after_commit:
@@ -739,6 +748,17 @@ class Database:
             else:
                 with conn.execution_options(isolation_level="REPEATABLE READ").begin():
                     yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, tuple[Any, ...]], list[Any]]]:
+        """Statements (`?` marks) -> their rows, all read in one snapshot: the ambient
+        write's (on its driver connection), else `reading()`'s."""
+        tx = self.current
+        if tx is not None:
+            yield tx.fetch
+            return
+        with self.reading() as conn:
+            yield lambda sql, params: fetch_rows(conn, sql, params)
 
     @contextmanager
     def reading_statement(self) -> Iterator[Connection]:

@@ -1,5 +1,5 @@
 """The ledger's index queries: which fact ids are recorded, which customers and orders exist,
-whose an order is, which acquirers there are. SQL lives here, not in the application service.
+whose an order is. SQL lives here, not in the application service.
 """
 
 from __future__ import annotations
@@ -41,22 +41,6 @@ def _select_customer_refs() -> Any:
     return sa.select(_C.c.customer_ref).order_by(_C.c.notification_id)
 
 
-@cache  # built once, on first use
-def _select_initiating() -> Any:
-    import sqlalchemy as sa
-
-    from ledger.persistence import tables
-
-    _F = tables.facts
-    return (
-        sa.select(_F.c.originator_id)
-        # As the partial index says it (`tables.INITIATIONS_ONLY`), for the index to serve it.
-        .where(sa.text(tables.INITIATIONS_ONLY), _F.c.notification_id <= sa.bindparam("upto"))
-        .distinct()
-        .order_by(_F.c.originator_id)
-    )
-
-
 def recorded_fact_ids(tx: WriteTransaction, ids: Collection[str]) -> set[str]:
     """Those of `ids` already recorded (the idempotency check of an import chunk)."""
     sql = "SELECT fact_id FROM ledger_facts WHERE fact_id {in_values}"
@@ -92,9 +76,3 @@ def customer_refs(conn: Connection) -> Iterator[str]:
     # statement of that write would run through a server-side cursor on PostgreSQL.
     for row in conn.execute(_select_customer_refs().execution_options(yield_per=5000)):
         yield str(row[0])
-
-
-def initiating_acquirers(conn: Connection, upto: int | None = None) -> list[UUID]:
-    """The acquirers' streams with a `transfer.initiated` fact (recorded by event `upto`)."""
-    limit = upto if upto is not None else 2**63 - 1
-    return [row[0] for row in conn.execute(_select_initiating(), {"upto": limit})]

@@ -136,6 +136,11 @@ def stream_ordered_until(rows: list[Any]) -> int:
     )
 
 
+# The transfer initiations only: what every preventive check reads. Migration 0008 makes a
+# partial index of them (`ix_ledger_facts_initiations`, with this condition); a query uses it
+# only if its own condition is this text exactly (a literal, not a parameter).
+INITIATIONS_ONLY = "fact_type = 'transfer.initiated'"
+
 SELECT_RECORDED_FACT = (
     "SELECT f.fact_type, e.state, f.originator_id FROM ledger_facts f JOIN ledger_events e "
     "ON e.notification_id = f.notification_id WHERE f.fact_id = ?"

@@ -52,12 +52,10 @@ facts = Table(
     Column("fact_type", String(40), nullable=False),
     Column("originator_id", Uuid(), nullable=False),
 )
-# The transfer initiations only: what every preventive check reads. Migration 0008 makes a
-# partial index of them (`ix_ledger_facts_initiations`, with this condition); a query uses it
-# only if its own condition is this text exactly (a literal, not a parameter). The index is
-# not declared here: its PostgreSQL option would load SQLAlchemy's whole PostgreSQL dialect
-# (asyncpg's included) into every SQLite command that writes, 70-80 ms of each one's start.
-INITIATIONS_ONLY = "fact_type = 'transfer.initiated'"
+# The transfer initiations only (`sqlite_reads.INITIATIONS_ONLY`, what every preventive check
+# reads). Migration 0008's partial index of them is not declared here: its PostgreSQL option
+# would load SQLAlchemy's whole PostgreSQL dialect (asyncpg's included) into every SQLite
+# command that uses these models, 70-80 ms of each one's start.
 # The transfer disclosures and rectifications only: what is read, from event 0, for the
 # customers an identified export made as of a time may have given details a rectification
 # changed (`export_store.rectified_after_disclosing`). Migration 0013's partial index

@@ -24,7 +24,7 @@ branch_labels = None
 depends_on = None
 
 INDEX = "ix_ledger_facts_initiations"
-PREDICATE = "fact_type = 'transfer.initiated'"  # ledger.persistence.tables.INITIATIONS_ONLY
+PREDICATE = "fact_type = 'transfer.initiated'"  # ledger.persistence.sqlite_reads.INITIATIONS_ONLY
 
 
 def upgrade() -> None:

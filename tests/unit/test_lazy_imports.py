@@ -124,6 +124,7 @@ ONE_FACT = (
     '"channel": "email", "method": "web", "policy_version": "2024-01"}'
 )
 POLICY = ["--policy-version", "2024-01"]
+NAME = ["--categories", "name"]
 
 
 @pytest.mark.parametrize(
@@ -133,6 +134,7 @@ POLICY = ["--policy-version", "2024-01"]
         ["consent", "give", "C100", "marketing", "post", "--method", "call", *POLICY, "--json"],
         ["consent", "withdraw", "C100", "marketing", "email", "--method", "call", "--json"],
         ["customer", "erase", "C100", "--json"],
+        ["disclose", "acquirer", "Northwind Retail Group", "--customer", "C100", *NAME, "--json"],
     ],
 )
 def test_a_write_of_one_fact_on_sqlite_never_loads_sqlalchemy(
@@ -140,7 +142,9 @@ def test_a_write_of_one_fact_on_sqlite_never_loads_sqlalchemy(
 ) -> None:
     """A command that records one fact runs its statements on the driver (`Database.writing`):
     SQLAlchemy (with asyncio and importlib.metadata) was most of such a command's start-up.
-    (Only a new or old ledger's schema is made or migrated with it, by Alembic.)"""
+    (Only a new or old ledger's schema is made or migrated with it, by Alembic.) A
+    disclosure to an acquirer is judged against the transfer initiations, read on the
+    write's connection too (`projections.replay`)."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = open_ledger(url)
     ledger.import_lines(feed_small.read_bytes().splitlines())

@@ -312,18 +312,19 @@ def test_every_preventive_check_reads_the_initiations_off_their_partial_index(
     whole fact index. (Its condition must stay the index's text: as a bound parameter,
     SQLite would not use the index.)"""
     from ledger.persistence.database import normalise_url
-    from ledger.persistence.indexes import _SELECT_INITIATING
+    from ledger.persistence.sqlite_reads import for_driver
+    from projections.replay import _INITIATING
 
     assert run(ledger_url, "db", "upgrade").exit_code == 0
     engine = sa.create_engine(normalise_url(ledger_url))
     try:
         with engine.connect() as conn:
-            sql = str(_SELECT_INITIATING.compile(dialect=conn.dialect))
             if conn.dialect.name == "sqlite":
-                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (100,)).all()
+                sql = f"EXPLAIN QUERY PLAN {_INITIATING}"
             else:  # (an empty table: seq scans off, or the planner rightly takes one)
                 conn.exec_driver_sql("SET enable_seqscan = off")
-                plan = conn.exec_driver_sql(f"EXPLAIN {sql}", {"upto": 100}).all()
+                sql = f"EXPLAIN {for_driver(_INITIATING, 'format')}"
+            plan = conn.exec_driver_sql(sql, (100,)).all()
     finally:
         engine.dispose()
     assert "ix_ledger_facts_initiations" in " ".join(str(row) for row in plan), plan
