@@ -48,7 +48,8 @@ def _first_line(error: BaseException | None) -> str:
 
 
 def _is_database_error(error: Exception) -> bool:
-    """A driver error SQLAlchemy raised, e.g. the server went away mid-command.
+    """A driver error (as the driver raised it, or SQLAlchemy), e.g. the server went away
+    mid-command.
 
     Checked without importing SQLAlchemy: a command that never loaded it (the SQLite
     queries) cannot have raised one, and importing it would cost most of such a command.
@@ -56,9 +57,13 @@ def _is_database_error(error: Exception) -> bool:
     exc = sys.modules.get("sqlalchemy.exc")
     if exc is not None and isinstance(error, exc.DBAPIError):
         return True
-    # psycopg's own (the PostgreSQL reads that bypass SQLAlchemy: `postgres_reads`, exports)
+    # The drivers' own: the writes, which run on the driver (`Database.writing`), and the
+    # reads that bypass SQLAlchemy (`sqlite_reads`, `postgres_reads`, exports).
     psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(error, psycopg.Error)
+    if psycopg is not None and isinstance(error, psycopg.Error):
+        return True
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(error, sqlite3.Error)
 
 
 def _is_damaged(error: Exception) -> bool:

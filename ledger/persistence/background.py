@@ -5,7 +5,7 @@ work (insert a chunk's rows, update their indexes). Done in turn, the one waits 
 on PostgreSQL the client sat idle for a third of a 1M-fact import while the server inserted.
 Here a chunk's inserts are handed to one worker thread, in order, and the import goes on with
 the next chunk; anything else that uses the transaction's connection first waits for the
-queued inserts (`WriteTransaction.connection` does that), so every statement still runs in
+queued inserts (`WriteTransaction.driver` does that), so every statement still runs in
 recording order on the one connection, inside the one transaction. Measured on two cores
 (`benchmarks/bench_import.py`): ~9 % faster for ~20 % more CPU on SQLite at 1M facts; on
 PostgreSQL ~9 % faster at 200k, and within the noise at 1M, where the local server needs the

@@ -1,4 +1,4 @@
-"""The database: one SQLAlchemy engine, write transactions under the writer's lock, snapshots.
+"""The database: write transactions under the writer's lock, on the driver; snapshots.
 
 Writes are serialised: SQLite takes its write lock at `BEGIN IMMEDIATE`, PostgreSQL takes an
 EXCLUSIVE lock on the event table. Under that lock the next notification id is read once and
@@ -9,6 +9,10 @@ WAL mode and PostgreSQL both give a reader a consistent snapshot of committed tr
 A write transaction is ambient (a context variable): everything that writes or reads inside
 `Database.writing()` (the event recorder, the key store, the indexes) joins the same
 connection, so one import is one atomic transaction and sees its own uncommitted events.
+That connection is the driver's own (sqlite3's or psycopg's): a write runs its statements
+without SQLAlchemy, which is loaded only for a statement built with it (`WriteTransaction.
+connection`), for the reads outside a write that are not the driver's (`reading()`), and
+for schema upgrades (Alembic).
 """
 
 from __future__ import annotations
@@ -590,7 +594,7 @@ class Database:
         if existing is not None:
             yield existing
             return
-        with self._lock_wait_notice(), self._lock_timeout():
+        with self._lock_wait_notice(), self._failures(locking=True):
             driver = self._write_driver()
             try:
                 self._begin_write(driver)
@@ -681,33 +685,22 @@ class Database:
         return self._written
 
     @contextmanager
-    def _failures(self) -> Iterator[None]:
+    def _failures(self, *, locking: bool = False) -> Iterator[None]:
         """The server gone (or SQLite giving up on a lock) in the middle of a command: one
         line for the user, not a traceback; an uncommitted write was rolled back. (As the
-        driver raises it, or wrapped by SQLAlchemy for a statement built with it.)"""
+        driver raises it, or wrapped by SQLAlchemy for a statement built with it.)
+        `locking`: while the writer's lock is taken, not had within `WRITE_LOCK_WAIT` is
+        said so (exit 1)."""
         try:
             yield
         except Exception as error:
-            driver_error = getattr(error, "orig", None) or error
-            if not isinstance(driver_error, self.driver_module.OperationalError):
+            failure = self._operational(error)
+            if failure is None:
                 raise
-            raise DatabaseUnavailableError(
-                f"the database {self.name} failed: {first_line(driver_error)}"
-            ) from None
-
-    @contextmanager
-    def _lock_timeout(self) -> Iterator[None]:
-        """The writer's lock not had within `WRITE_LOCK_WAIT`: one clear error, exit 1."""
-        try:
-            yield
-        except Exception as error:
-            driver_error = getattr(error, "orig", None) or error
-            if not isinstance(driver_error, self.driver_module.OperationalError):
-                raise
-            text = str(driver_error)
-            if "database is locked" not in text and "lock timeout" not in text:
+            text = str(failure)
+            if not locking or ("database is locked" not in text and "lock timeout" not in text):
                 raise DatabaseUnavailableError(
-                    f"the database {self.name} failed: {first_line(driver_error)}"
+                    f"the database {self.name} failed: {first_line(failure)}"
                 ) from None
             raise DatabaseUnavailableError(
                 f"waited {WRITE_LOCK_WAIT} s for the write lock of {self.name}: "
@@ -715,6 +708,12 @@ class Database:
                 "transaction left open, or on PostgreSQL a session or maintenance that "
                 "holds one of the ledger's tables); nothing was recorded"
             ) from None
+
+    def _operational(self, error: Exception) -> BaseException | None:
+        """The driver's OperationalError that `error` is (or SQLAlchemy wraps), if it is one."""
+        driver_error = getattr(error, "orig", None) or error
+        operational = isinstance(driver_error, self.driver_module.OperationalError)
+        return driver_error if operational else None
 
     @contextmanager
     def _lock_wait_notice(self) -> Iterator[None]:
@@ -839,7 +838,7 @@ class Database:
             # upgrades of a new database both create its tables, and one fails on a
             # duplicate key of the catalogue).
             conn = base.execution_options(sqlite_begin="IMMEDIATE")
-            with self._lock_wait_notice(), self._lock_timeout():
+            with self._lock_wait_notice(), self._failures(locking=True):
                 trans = conn.begin()
                 if not self.is_sqlite:
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")

@@ -40,6 +40,23 @@ def imported_after(code: str) -> set[str]:
     return run_probe(code)[1]
 
 
+def _small_ledger(tmp_path: Path, feed: Path) -> str:
+    """The URL of an SQLite ledger of the small feed in `tmp_path`."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = open_ledger(url)
+    ledger.import_lines(feed.read_bytes().splitlines())
+    ledger.database.dispose()
+    return url
+
+
+def _command(url: str, command: list[str]) -> str:
+    """A probe's code that runs `command` on the ledger at `url`, as the console does."""
+    return f"""
+from cli.main import cli
+cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mode=False)
+"""
+
+
 def test_importing_the_cli_imports_no_database_or_domain_code() -> None:
     assert imported_after("import cli.main") == set()
 
@@ -73,15 +90,7 @@ def test_the_probe_sees_a_heavy_import() -> None:
 def test_a_query_on_sqlite_never_loads_sqlalchemy(
     tmp_path: Path, feed_small: Path, command: list[str]
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    ledger = open_ledger(url)
-    ledger.import_lines(feed_small.read_bytes().splitlines())
-    ledger.database.dispose()
-    run = f"""
-from cli.main import cli
-cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mode=False)
-"""
-    printed, loaded = run_probe(run)
+    printed, loaded = run_probe(_command(_small_ledger(tmp_path, feed_small), command))
     assert json.loads(printed)["customer"] == "C100"  # the query ran and answered
     # Answered from stored facts: no eventsourcing, application, domain model or asyncio.
     assert not loaded & {"eventsourcing", "ledger.application", "ledger.domainmodel", "asyncio"}
@@ -109,11 +118,7 @@ def test_a_write_on_sqlite_never_loads_the_postgresql_dialect(
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     open_ledger(url).database.dispose()
     command = [str(feed_small) if part == "FEED" else part for part in command]
-    run = f"""
-from cli.main import cli
-cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mode=False)
-"""
-    printed, loaded = run_probe(run, ("ledger.application", *POSTGRESQL))
+    printed, loaded = run_probe(_command(url, command), ("ledger.application", *POSTGRESQL))
     assert json.loads(printed)  # the command wrote and answered
     assert "ledger.application" in loaded  # the probe sees what a write loads
     assert not loaded & set(POSTGRESQL)
@@ -145,20 +150,13 @@ def test_a_write_of_one_fact_on_sqlite_never_loads_sqlalchemy(
     (Only a new or old ledger's schema is made or migrated with it, by Alembic.) A
     disclosure to an acquirer is judged against the transfer initiations, read on the
     write's connection too (`projections.replay`)."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    ledger = open_ledger(url)
-    ledger.import_lines(feed_small.read_bytes().splitlines())
-    ledger.database.dispose()
-    run = f"""
-from cli.main import cli
-cli.main({["--db", url, *command]!r}, prog_name="consent-ledger", standalone_mode=False)
-"""
-    printed, loaded = run_probe(run)
+    printed, loaded = run_probe(_command(_small_ledger(tmp_path, feed_small), command))
     assert json.loads(printed)  # the command wrote and answered
     assert {"ledger.application", "eventsourcing", "cryptography"} <= loaded  # it wrote
     assert "sqlalchemy" not in loaded
     assert "alembic" not in loaded
     assert "asyncio" not in loaded
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
     assert open_ledger(url).customer("C100").erased == (command[0] == "customer")
 
 
