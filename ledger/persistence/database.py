@@ -599,7 +599,7 @@ class Database:
             try:
                 self._begin_write(driver)
             except BaseException:
-                driver.close()
+                _close_quietly(driver)
                 raise
         tx: WriteTransaction | None = None  # none yet if the head read fails
         done = False  # committed, or rolled back as asked (`discard`)
@@ -658,23 +658,19 @@ class Database:
         if self.is_sqlite:
             _begin_immediate(driver)
             return
-        try:
-            # Not forever: a session left holding it (or maintenance that takes the table,
-            # such as a VACUUM FULL) would stop every write unseen.
-            execute = driver.execute
-            execute(f"SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}s'")
-            execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
-            # The other tables a write changes, in the mode its changes take anyway (readers
-            # and other writers' modes do not conflict with it): a session holding one of
-            # them (`LOCK TABLE`, a `VACUUM FULL`) is waited for here, told of and given up
-            # on, not mid-write unseen.
-            written = self._written_tables(driver)
-            if written:
-                execute(f"LOCK TABLE {', '.join(written)} IN ROW EXCLUSIVE MODE")
-            execute("SET LOCAL lock_timeout = DEFAULT")
-        except BaseException:
-            _close_quietly(driver)
-            raise
+        # Not forever: a session left holding it (or maintenance that takes the table, such
+        # as a VACUUM FULL) would stop every write unseen.
+        execute = driver.execute
+        execute(f"SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}s'")
+        execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+        # The other tables a write changes, in the mode its changes take anyway (readers and
+        # other writers' modes do not conflict with it): a session holding one of them
+        # (`LOCK TABLE`, a `VACUUM FULL`) is waited for here, told of and given up on, not
+        # mid-write unseen.
+        written = self._written_tables(driver)
+        if written:
+            execute(f"LOCK TABLE {', '.join(written)} IN ROW EXCLUSIVE MODE")
+        execute("SET LOCAL lock_timeout = DEFAULT")
 
     def _written_tables(self, driver: Any) -> list[str]:
         """Those of `WRITTEN_TABLES` this PostgreSQL schema has (an older revision's may

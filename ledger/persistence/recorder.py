@@ -1,4 +1,4 @@
-"""eventsourcing's persistence interface over our SQLAlchemy database.
+"""eventsourcing's persistence interface over our database.
 
 `LedgerRecorder` is an `ApplicationRecorder` (events by stream, notifications in recording
 order) that writes inside the ambient write transaction of `Database`, so an application's
