@@ -214,9 +214,10 @@ class WriteTransaction:
             self.insert_many(table, columns, rows)
         self.deferred.clear()
 
-    def select_in(self, sql: str, values: list[Any]) -> list[Any]:
+    def select_in(self, sql: str, values: list[Any], *, binary: bool = False) -> list[Any]:
         """The rows of `sql` whose `{in_values}` is the list `values`, run on the driver: an
         import's per-chunk lookups, without SQLAlchemy compiling a 2,000-value IN list.
+        (`binary`: PostgreSQL's results in binary, `run_on_driver`.)
 
         SQLite gets `IN (?, ?, ...)`. PostgreSQL gets `= ANY(%s)`, one array parameter, planned
         for each call (never prepared): a generic plan is made from the statistics of tables
@@ -242,7 +243,7 @@ class WriteTransaction:
         if self._seqscan is None:
             self._seqscan = run_on_driver(driver, False, _SEQSCAN, (), _scalar)
         run_on_driver(driver, False, _SET_SEQSCAN, ("off",), list)
-        rows = run_on_driver(driver, False, sql, (values,), list, unprepared=True)
+        rows = run_on_driver(driver, False, sql, (values,), list, unprepared=True, binary=binary)
         # (A failure of this ends the transaction.)
         run_on_driver(driver, False, _SET_SEQSCAN, (self._seqscan,), list)
         return rows
@@ -877,11 +878,13 @@ def run_on_driver(
     result: Callable[[Any], _R],
     *,
     unprepared: bool = False,
+    binary: bool = False,
 ) -> _R:
     """Run one statement (`?` marks) on a driver connection's cursor; `result` reads the
     cursor (`list`: its rows) before it is closed. `unprepared`: psycopg plans it afresh
-    (never as a prepared statement's generic plan)."""
-    cursor: Any = driver.cursor()
+    (never as a prepared statement's generic plan). `binary`: psycopg's results in binary
+    (a bytea as is, not as hex text to decode; a uuid as a UUID)."""
+    cursor: Any = driver.cursor(binary=True) if binary and not is_sqlite else driver.cursor()
     options = {"prepare": False} if unprepared else {}
     try:
         sql = sqlite_reads.for_driver(sql, "qmark" if is_sqlite else "pyformat")

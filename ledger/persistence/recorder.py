@@ -208,7 +208,7 @@ class LedgerRecorder(ApplicationRecorder):
         raw: Any = None  # the stream id of the row before, as the driver gave it
         events: list[StoredEvent] = []
         for originator_id, version, topic, state in tx.select_in(
-            sqlite_reads.SELECT_STREAMS, values
+            sqlite_reads.SELECT_STREAMS, values, binary=True
         ):
             if originator_id != raw:  # a stream's first row (they come stream by stream)
                 raw, ident = originator_id, _stream_id(originator_id)
