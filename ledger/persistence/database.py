@@ -1115,8 +1115,11 @@ def default_key_dir(database: Database) -> Path:
     import hashlib
 
     # As first written (a query string's password was not hidden then): the folder of an
-    # existing ledger's keys must not move.
-    rendered = database.url.render_as_string(hide_password=True)
+    # existing ledger's keys must not move. (A plain URL's rendering is known without
+    # SQLAlchemy: `postgres_reads.rendered_url`.)
+    rendered = postgres_reads.rendered_url(database._raw_url)
+    if rendered is None:
+        rendered = database.url.render_as_string(hide_password=True)
     ident = hashlib.sha256(rendered.encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
     return base / "consent-ledger" / "keys" / ident

@@ -16,6 +16,7 @@ without its password, as `Database` does.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import DatabaseUnavailableError
@@ -43,6 +44,27 @@ def plain_postgres_url(url: str) -> str | None:
         if url.startswith(scheme):
             return "postgresql://" + url[len(scheme) :]
     return None
+
+
+# A PostgreSQL URL of letters, digits and `_.-` only: user, password, host, port, database.
+_PLAIN = re.compile(
+    r"(?:postgresql|postgres|postgresql\+psycopg)://"
+    r"(?:(?P<user>[A-Za-z0-9_.-]+)(?P<password>:[A-Za-z0-9_.-]+)?@)?"
+    r"(?P<host>[A-Za-z0-9_.-]+)(?P<port>:[1-9][0-9]{0,4})?/(?P<database>[A-Za-z0-9_.-]+)"
+)
+
+
+def rendered_url(url: str) -> str | None:
+    """A plain URL (`_PLAIN`) as SQLAlchemy renders it, password hidden (`normalise_url`,
+    then `URL.render_as_string()`): what names a PostgreSQL ledger's key folder
+    (`database.default_key_dir`), known without loading SQLAlchemy for a one-fact write.
+    None for any other URL, which only SQLAlchemy renders (a test holds the two together)."""
+    found = _PLAIN.fullmatch(url)
+    if found is None:
+        return None
+    user, port = found["user"], found["port"] or ""
+    credentials = f"{user}{':***' if found['password'] else ''}@" if user else ""
+    return f"postgresql+psycopg://{credentials}{found['host']}{port}/{found['database']}"
 
 
 class Readers(PerThread["psycopg.Connection[Any]"]):

@@ -7,9 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
-from ledger.persistence.database import Database, default_key_dir, safe_url
+from ledger.persistence.database import Database, default_key_dir, normalise_url, safe_url
+from ledger.persistence.postgres_reads import rendered_url
 from tests.cli_helpers import error_line, run
 
 SECRET = "S3cretQ"
@@ -121,3 +124,42 @@ def test_a_ledger_on_read_only_ground_is_explained(
     assert read_only_hint(path, sqlite3.OperationalError("database is locked")) == ""
     writable[tmp_path] = True
     assert read_only_hint(path, refused) == ""
+
+
+_PART = st.text("abcXYZ019_.-", min_size=1, max_size=12)
+
+
+@given(
+    scheme=st.sampled_from(["postgresql", "postgres", "postgresql+psycopg"]),
+    user=st.none() | _PART,
+    password=st.none() | _PART,
+    host=_PART,
+    port=st.none() | st.integers(1, 99999),
+    database=_PART,
+)
+def test_a_plain_url_is_rendered_as_sqlalchemy_renders_it(
+    scheme: str, user: str | None, password: str | None, host: str, port: int | None, database: str
+) -> None:
+    """The key folder of a PostgreSQL ledger is named from its URL as SQLAlchemy renders it;
+    a plain URL's rendering is made without loading SQLAlchemy, and must be the same."""
+    credentials = f"{user}{f':{password}' if password else ''}@" if user else ""
+    url = f"{scheme}://{credentials}{host}{f':{port}' if port else ''}/{database}"
+    expected = normalise_url(url).render_as_string(hide_password=True)
+    assert rendered_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h/db?sslmode=require",
+        "postgresql://u%40x@h/db",
+        "postgresql://u:p%2Fq@h/db",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql://u@h:05432/db",
+        "postgresql://u@h/",
+        "postgresql+psycopg2://u@h/db",
+        "sqlite:///ledger.db",
+    ],
+)
+def test_any_other_url_is_left_to_sqlalchemy_to_render(url: str) -> None:
+    assert rendered_url(url) is None

@@ -150,9 +150,8 @@ def test_a_write_of_one_fact_never_loads_sqlalchemy(
     SQLAlchemy (with asyncio and importlib.metadata) was most of such a command's start-up.
     (Only a new or old ledger's schema is made or migrated with it, by Alembic.) A
     disclosure to an acquirer is judged against the transfer initiations, read on the
-    write's connection too (`projections.replay`). On PostgreSQL with the key folder given
-    (CONSENT_LEDGER_KEY_DIR, as these tests give it): without it, the folder's name is made
-    from the URL as SQLAlchemy renders it, which loads it."""
+    write's connection too (`projections.replay`). (On PostgreSQL with the key folder given,
+    CONSENT_LEDGER_KEY_DIR, as these tests give it; without it, see the next test.)"""
     ledger.import_lines(feed_small.read_bytes().splitlines())
     ledger.database.dispose()
     printed, loaded = run_probe(_command(ledger_url, command))
@@ -163,6 +162,26 @@ def test_a_write_of_one_fact_never_loads_sqlalchemy(
     if ledger.database.is_sqlite:  # (psycopg imports asyncio itself)
         assert "asyncio" not in loaded
     assert open_ledger(ledger_url).customer("C100").erased == (command[0] == "customer")
+
+
+@pytest.mark.parametrize(
+    ("url", "sqlalchemy"),
+    [("postgresql://ledger:secret@db.example:5432/shop", False), ("postgresql://h/db?x=1", True)],
+)
+def test_a_plain_postgresql_urls_key_folder_is_found_without_sqlalchemy(
+    url: str, sqlalchemy: bool
+) -> None:
+    """Without CONSENT_LEDGER_KEY_DIR, a PostgreSQL ledger's key folder is named from its URL
+    as SQLAlchemy renders it: for a plain URL that rendering is made without it
+    (`postgres_reads.rendered_url`), so a one-fact write still loads no SQLAlchemy."""
+    printed, loaded = run_probe(
+        "import os\n"
+        "os.environ.pop('CONSENT_LEDGER_KEY_DIR', None)\n"
+        "from ledger.persistence.database import Database, default_key_dir\n"
+        f"print(default_key_dir(Database({url!r})).name)"
+    )
+    assert len(printed.strip()) == 16
+    assert ("sqlalchemy" in loaded) == sqlalchemy
 
 
 @pytest.mark.parametrize(
