@@ -1181,8 +1181,9 @@ class Recording:
 
     def _load_customers(self, idents: Iterable[UUID]) -> None:
         """The recorded customers a chunk names that are not in memory, read in one
-        statement before its facts are applied (its facts would read them one by one: 12
-        times slower for a file of facts about customers recorded before it). Those the
+        statement before its facts are applied. Its facts would read them one by one, each
+        read waiting for the inserts queued on the worker thread: a file of facts about
+        customers recorded before it took twice as long (`bench_incremental.py`). Those the
         previous chunk changed are in memory (a changed aggregate is kept until saved)."""
         wanted = [ident for ident in idents if ident not in self.customers]
         if not wanted:
