@@ -56,10 +56,14 @@ _MASK = (1 << 64) - 1
 
 # Stream ids are compared as `verify` reads an event's (`seals._EVENT_SQL`): on SQLite its 32
 # hex digits as bytes, on PostgreSQL its 16 bytes; the index rows are read in the same form.
+# On SQLite only an id kept as text: a blob of the same digits (SQLite keeps any type in any
+# column) would cast to the same bytes, yet no lookup by the id finds it and the ledger's
+# reads of the row fail; it reads as no id, which no event has.
+_SQLITE_ID = "CASE typeof(customer_id) WHEN 'text' THEN CAST(customer_id AS BLOB) END"
 _INDEX_SQL = {
     "sqlite": (
-        "SELECT notification_id, CAST(customer_id AS BLOB), customer_ref FROM ledger_customers",
-        "SELECT order_ref, CAST(customer_id AS BLOB) FROM ledger_orders",
+        f"SELECT notification_id, {_SQLITE_ID}, customer_ref FROM ledger_customers",
+        f"SELECT order_ref, {_SQLITE_ID} FROM ledger_orders",
     ),
     "postgresql": (
         "SELECT notification_id, uuid_send(customer_id), customer_ref FROM ledger_customers",

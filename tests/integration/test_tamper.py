@@ -395,6 +395,18 @@ def test_an_order_moved_to_another_customer_in_the_index_is_caught(recorded: Any
     assert kind == "index_altered"
 
 
+@pytest.mark.parametrize("table", ["ledger_orders", "ledger_customers"])
+def test_an_index_rows_stream_id_rewritten_as_a_blob_is_caught(recorded: Any, table: str) -> None:
+    """SQLite keeps a blob in a text column: a stream id rewritten as a blob of its own 32
+    digits reads as the same bytes under `CAST(... AS BLOB)`, yet no lookup by the id finds
+    it, and the ledger's own reads of the row fail (an import naming the order or customer
+    stopped with an unexpected TypeError, whose message sends the user to `verify`)."""
+    if not recorded.database.is_sqlite:
+        pytest.skip("SQLite keeps any type in any column")
+    tamper(recorded, (f"UPDATE {table} SET customer_id = CAST(customer_id AS BLOB)", {}))
+    assert "index_altered" in {kind for kind, _ in index_kinds(recorded)}
+
+
 def _fact_row(app: Any, fact_id: str) -> int:
     with app.database.engine.connect() as conn:
         query = "SELECT notification_id FROM ledger_facts WHERE fact_id = :f"
