@@ -796,6 +796,10 @@ class Recording:
         # Facts released by a registration or an order's placing, to apply by line number.
         self.released: list[tuple[int, str, Fact]] = []
         self.releasing = False
+        # Whether the fact being applied is one that waited, was held or copies one that
+        # waited (`_later`): the lookups of the chunk it is applied in cover only that
+        # chunk's lines, not its own.
+        self.later = False
         # By acquirer: the lines of its transfer facts that wait for their customer, and
         # its transfer facts held behind an earlier one that waits (`_behind`).
         self.transfer_waits: dict[str, set[int]] = {}
@@ -909,7 +913,7 @@ class Recording:
         try:
             while self.released:
                 number, _, fact = heapq.heappop(self.released)
-                recorded = self._attempt(number, fact)
+                recorded = self._later(number, fact)
                 if fact.id not in self.waiting_ids:  # not held again
                     self._settle_copies(fact.id, recorded)
         finally:
@@ -974,7 +978,20 @@ class Recording:
             if recorded:
                 self.summary.duplicates += 1
             else:
-                recorded = self._attempt(number, copy)
+                recorded = self._later(number, copy)
+
+    def _later(self, number: int, fact: Fact) -> bool:
+        """`_attempt` of a fact of an earlier line than the chunk's, perhaps of an earlier
+        chunk: the customers and orders that chunk knew (`_prefetch`) are not in this one's,
+        and the customer it read may have left memory since (`_remember`). So what it names
+        and this chunk's lookups miss is looked up on its own (`_load_customer`,
+        `_order_owner`); else a fact held behind another, naming a customer recorded by an
+        earlier file, was refused as naming a customer never seen."""
+        outer, self.later = self.later, True
+        try:
+            return self._attempt(number, fact)
+        finally:
+            self.later = outer
 
     def _unreleased(self) -> None:
         """The end of the file: what still waits names a customer or order never seen."""
@@ -1162,14 +1179,19 @@ class Recording:
         return customer
 
     def _order_owner(self, order: str) -> UUID | None:
-        return self.new_orders.get(order) or self.order_owners.get(order)
+        owner = self.new_orders.get(order) or self.order_owners.get(order)
+        if owner is None and self.later:
+            from ledger.persistence import indexes
+
+            owner = indexes.order_owners(self.tx, [order]).get(order)
+        return owner
 
     def _load_customer(self, ident: UUID) -> Customer | None:
         cached = self.customers.get(ident)
         if cached is not None:
             self.customers.move_to_end(ident)
             return cached
-        if ident not in self.known_customers:
+        if ident not in self.known_customers and not self.later:
             return None
         try:
             aggregate: Any = self.app.repository.get(ident, projector_func=replay)

@@ -17,7 +17,7 @@ from ledger.application import CHUNK
 from ledger.errors import InvalidFeedError
 from ledger.feed import SCHEMAS
 from ledger.samplefeed import generate_lines
-from tests.examples import ENUM_FIELDS, PERSONAL_VALUES, at, jsonl, line, story
+from tests.examples import ENUM_FIELDS, PERSONAL_VALUES, at, jsonl, line, registered, story
 
 
 def count(ledger: Any, table: str = "ledger_events") -> int:
@@ -628,3 +628,51 @@ def test_a_second_registration_or_order_in_a_later_chunk_is_refused(
         (len(objs), f"order {placed['order']!r} is already placed"),
     ]
     assert count(ledger) == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_a_fact_held_behind_a_waiting_one_finds_its_customer_recorded_before_the_file(
+    ledger: Any, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer disclosure held behind an earlier one of its acquirer's (which waits for its
+    customer's registration, later in the file) is applied when that one is, chunks later:
+    its own customer, recorded by an earlier file, is still known then. A chunk only knows
+    the customers its own lines name, and the customer read with the chunk that held the
+    fact may have left memory since (a large feed reads more customers than it keeps):
+    the fact waited for a registration that never came, and was refused at the end."""
+    earlier = ["hC1", "hC3", "hC4", "hC5", "hC6"]
+    import_objs(ledger, [registered(ref, 0) for ref in earlier])
+    monkeypatch.setattr("ledger.application.CHUNK", chunk)
+    monkeypatch.setattr("ledger.application._CUSTOMER_CACHE", 3)  # (20,000 in use)
+    facts = [
+        line("transfer.initiated", "h-i", 1, acquirer="Acme"),
+        line("transfer.disclosure", "h-d2", 2, customer="hC2", acquirer="Acme"),  # waits
+        line("transfer.disclosure", "h-d1", 3, customer="hC1", acquirer="Acme"),  # held
+        *(
+            line("subject.access_requested", f"h-a{n}", 4, customer=ref)
+            for n, ref in enumerate(earlier[1:])
+        ),
+        registered("hC2", 5),  # releases h-d2, then h-d1
+    ]
+    summary = import_objs(ledger, facts)
+    assert (summary.accepted, summary.rejected) == (len(facts), 0), summary.errors
+    assert [e.fact_id for e in ledger.customer_events("hC1")] == ["hC1-r", "h-d1"]
+
+
+def test_a_later_copy_of_a_refused_line_finds_its_order_placed_by_an_earlier_file(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line with the id of one that waited and was refused is a fact of its own, judged
+    at the end of the file: its order, placed by an earlier file, is no later chunk's to
+    know (it was refused too, as naming an order never seen)."""
+    import_objs(
+        ledger, [registered("kC1", 0), line("order.placed", "k-o", 1, customer="kC1", order="kO1")]
+    )
+    monkeypatch.setattr("ledger.application.CHUNK", 1)
+    facts = [
+        line("subject.access_requested", "k-same", 2, customer="kC9"),  # never registered
+        line("order.dispatched", "k-same", 3, order="kO1"),  # its id again: judged at the end
+        line("subject.access_requested", "k-a", 4, customer="kC1"),
+    ]
+    error = refused(ledger, jsonl(facts).splitlines(keepends=True))
+    assert [(e.line, e.reason) for e in error.errors] == [(1, "unknown customer 'kC9'")]
