@@ -407,6 +407,30 @@ def test_an_index_rows_stream_id_rewritten_as_a_blob_is_caught(recorded: Any, ta
     assert "index_altered" in {kind for kind, _ in index_kinds(recorded)}
 
 
+@pytest.mark.parametrize("column", ["originator_id", "topic"])
+def test_an_events_stream_id_or_topic_rewritten_as_a_blob_is_caught(
+    recorded: Any, column: str
+) -> None:
+    """SQLite keeps a blob in a text column: an event's stream id (or topic) rewritten as a
+    blob of its own text cast to the same bytes, so the tree verified, while every read by
+    the stream missed the event (`customer trail` said an event of the stream is missing,
+    and sent the user to `verify`, which said nothing). It is an altered event."""
+    if not recorded.database.is_sqlite:
+        pytest.skip("SQLite keeps any type in any column")
+    position = _fact_row(recorded, "s-0011")  # C100's disclosure to Offspring
+    tamper(
+        recorded,
+        (
+            f"UPDATE ledger_events SET {column} = CAST({column} AS BLOB) "
+            "WHERE notification_id = :p",
+            {"p": position},
+        ),
+    )
+    found = problems(recorded)
+    assert ("event_altered", position) in found
+    assert found == problems(recorded, workers=2, block_level=2)  # the workers agree
+
+
 def _fact_row(app: Any, fact_id: str) -> int:
     with app.database.engine.connect() as conn:
         query = "SELECT notification_id FROM ledger_facts WHERE fact_id = :f"
