@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.iterables import batched
 from ledger.persistence.database import bulk_insert
+from ledger.persistence.index_audit import row_hash
 
 if TYPE_CHECKING:
     from projections.fold import Stream
@@ -154,11 +155,11 @@ class Writer:
 
 
 def row_sum(rows: Iterable[Sequence[Any]]) -> int:
-    """The sum of a hash of each row's text (`repr` of its values as a tuple): Python's
-    `hash` of a string is SipHash, keyed by a secret random to each process, so no one can
-    make other rows sum the same in advance; a repeated row counts each time. A multiset's
-    digest, which the read-model check compares (`ReadModels.check`)."""
-    return sum(hash(repr(row if type(row) is tuple else tuple(row))) for row in rows)
+    """The sum of a hash of each row's text (`repr` of its values as a tuple), keyed by a
+    secret random to each process (`index_audit.row_hash`), so no one can make other rows
+    sum the same in advance; a repeated row counts each time. A multiset's digest, which
+    the read-model check compares (`ReadModels.check`)."""
+    return sum(row_hash(repr(row if type(row) is tuple else tuple(row))) for row in rows)
 
 
 class DigestWriter(Writer):

@@ -35,7 +35,10 @@ identifiers, never personal data).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -72,20 +75,41 @@ _INDEX_SQL = {
 }
 
 
+def _row_hash() -> Callable[[str], int]:
+    """The hash the digests sum, of a row as one text: Python's `hash`, SipHash keyed by a
+    secret random to each run (which forked processes share), so no one can make altered
+    rows sum the same in advance. Unless PYTHONHASHSEED fixes that key (some deployments
+    set it, for runs that repeat): then a BLAKE2b keyed by 16 random bytes of this run,
+    slower, but keyed as the digests' check needs."""
+    seed = os.environ.get("PYTHONHASHSEED", "random")
+    if sys.flags.ignore_environment or seed == "random":
+        return hash
+    key, blake2b = os.urandom(16), hashlib.blake2b
+
+    def keyed(text: str) -> int:
+        digest = blake2b(text.encode(errors="surrogatepass"), digest_size=8, key=key)
+        return int.from_bytes(digest.digest(), "little", signed=True)
+
+    return keyed
+
+
+row_hash = _row_hash()
+
+
 class RowDigest:
-    """How many rows, and the sum of a hash of each one's values joined as one string:
-    Python's `hash` of a string is SipHash, keyed by a secret random to each run of `verify`
-    (which its forked processes share), so no one can make altered rows sum to the same
-    digest in advance. (A hash of the tuple would not do: a tuple's hash is not a keyed
-    function of its items together, and two rows' values swapped summed to the same digest
-    about half the time.) Equal counts and digests: the same rows, in any order."""
+    """How many rows, and the sum of a hash of each one's values joined as one string
+    (`row_hash`: keyed by a secret random to each run of `verify`, which its forked
+    processes share), so no one can make altered rows sum to the same digest in advance.
+    (A hash of the tuple would not do: a tuple's hash is not a keyed function of its items
+    together, and two rows' values swapped summed to the same digest about half the time.)
+    Equal counts and digests: the same rows, in any order."""
 
     def __init__(self) -> None:
         self.count = 0
         self.digest = 0
 
     def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        hashes = [hash("\x1f".join(map(repr, row))) for row in rows]
+        hashes = [row_hash("\x1f".join(map(repr, row))) for row in rows]
         self.count += len(hashes)
         self.digest = (self.digest + sum(hashes)) & _MASK
 
@@ -115,7 +139,7 @@ class FactDigest(RowDigest):
     def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Facts as (position, fact id), each hashed as one string (as `RowDigest` joins
         them, written out: it runs on every fact)."""
-        hashes = [hash(f"{p!r}\x1f{f!r}") for p, f in rows]
+        hashes = [row_hash(f"{p!r}\x1f{f!r}") for p, f in rows]
         self.count += len(hashes)
         self.digest = (self.digest + sum(hashes)) & _MASK
 

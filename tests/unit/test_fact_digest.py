@@ -3,6 +3,9 @@ reading of an event's fact id agrees with decoding the state, whatever the id ho
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -57,3 +60,27 @@ def test_the_digest_sees_every_swap_of_two_fact_ids() -> None:
         swapped = FactDigest()
         swapped.add([*rows[:i], (p, g), (q, f), *rows[i + 2 :]])
         assert not whole.same(swapped), i
+
+
+@pytest.mark.parametrize("seed", [None, "0", "12345"])
+def test_the_digests_hash_is_keyed_anew_each_run_even_with_the_hash_seed_fixed(
+    seed: str | None,
+) -> None:
+    """The digests sum Python's `hash`, SipHash keyed anew each run; with PYTHONHASHSEED
+    fixed (as some deployments run) that key is known, and anyone could make altered rows
+    sum the same in advance: then a BLAKE2b keyed by this run's random bytes is summed."""
+    code = (
+        "from ledger.persistence.index_audit import row_hash\n"
+        "print(row_hash is hash, row_hash('7\\x1f\\'s-0001\\''))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    if seed is not None:
+        env["PYTHONHASHSEED"] = seed
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs[0][0] == str(seed is None)  # Python's own hash where its key is random
+    assert runs[0][1] != runs[1][1]  # a new key each run, either way
