@@ -498,15 +498,33 @@ class Database:
             ) from None
 
     def _write_driver(self) -> Any:
-        """A driver connection for a write: the last write's, if it is still open and of this
-        process, else a new one."""
+        """A driver connection for a write, holding the writer's lock (`_begin_write`): the
+        last write's, if it is still open and of this process, else a new one."""
         with self._driver_lock:
             idle, self._idle = self._idle, None
-        if idle is not None and idle[0] == os.getpid():
+        if idle is not None and idle[0] == os.getpid() and not _closed(idle[1]):
             driver = idle[1]
-            if not _closed(driver):
+            try:
+                self._begin_write(driver)
                 return driver
-        return self._open_driver()
+            except Exception as error:
+                # Ended by the server while it was idle (an administrator, an idle timeout,
+                # a restart): nothing was begun on it, so the write goes ahead on a new one
+                # rather than fail once. (A lock not had is no such failure: raised.)
+                lost = self._operational(error) is not None and _closed(driver)
+                _close_quietly(driver)
+                if not lost:
+                    raise
+            except BaseException:
+                _close_quietly(driver)
+                raise
+        driver = self._open_driver()
+        try:
+            self._begin_write(driver)
+        except BaseException:
+            _close_quietly(driver)
+            raise
+        return driver
 
     @contextmanager
     def driver_connection(self) -> Iterator[Any]:
@@ -597,11 +615,6 @@ class Database:
             return
         with self._lock_wait_notice(), self._failures(locking=True):
             driver = self._write_driver()
-            try:
-                self._begin_write(driver)
-            except BaseException:
-                _close_quietly(driver)
-                raise
         tx: WriteTransaction | None = None  # none yet if the head read fails
         done = False  # committed, or rolled back as asked (`discard`)
         try:

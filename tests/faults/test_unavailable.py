@@ -109,3 +109,32 @@ def test_the_server_going_away_in_the_middle_of_an_import(
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     _refused_in_one_line(result, "postgresql+psycopg://postgres:***@")
     assert recorded_ids(ledger_url) == []
+
+
+def test_a_write_after_the_server_ended_the_idle_write_connection_goes_ahead() -> None:
+    """A process's next write reuses its last write's connection: ended by the server
+    meanwhile (an administrator's pg_terminate_backend, an idle timeout, a restart), that
+    write goes ahead on a new connection, not refused once."""
+    from ledger.config import open_ledger, upgrade
+    from ledger.persistence.database import Database
+    from tests.conftest import postgres_schema
+    from tests.examples import jsonl, line
+
+    if postgres_server() is None:
+        pytest.skip("needs CONSENT_LEDGER_TEST_POSTGRES")
+    with postgres_schema() as url:
+        upgrade(Database(url))
+        app = open_ledger(url)
+        try:
+            registered = jsonl([line("customer.registered", "reg", 0)])
+            app.import_lines(registered.splitlines(keepends=True))
+            app.record_fact(line("consent.given", "g", 1))
+            idle = app.database._idle
+            assert idle is not None  # kept for the next write
+            with app.database.engine.connect() as admin:
+                pid = idle[1].info.backend_pid
+                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            fact, fresh = app.record_fact(line("consent.withdrawn", "w", 2))
+            assert fresh and fact.id == "w"
+        finally:
+            app.database.dispose()
