@@ -631,7 +631,7 @@ class Database:
                 except BaseException:
                     if tx is not None:
                         tx.end_background(settle=False)
-                    driver.rollback()
+                    _rollback_quietly(driver)
                     raise
                 if tx.discard:
                     tx.end_background(settle=False)
@@ -648,7 +648,7 @@ class Database:
                         run_on_driver(driver, False, f"NOTIFY {NOTIFY_CHANNEL}", (), _rowcount)
                 except BaseException:
                     tx.end_background(settle=False)
-                    driver.rollback()
+                    _rollback_quietly(driver)
                     raise
                 driver.commit()
                 Database.commits += 1
@@ -1066,6 +1066,14 @@ def _close_quietly(driver: Any) -> None:
     """Close a driver connection after a failure (its own error would hide the first)."""
     with contextlib.suppress(Exception):  # (already gone)
         driver.close()
+
+
+def _rollback_quietly(driver: Any) -> None:
+    """Roll back a write that failed: on a connection the server ended, the rollback's own
+    error ("the connection is lost") would hide the failure's reason. (Not kept for the next
+    write: the connection is closed after.)"""
+    with contextlib.suppress(Exception):
+        driver.rollback()
 
 
 def _usable_cores() -> int:

@@ -138,3 +138,35 @@ def test_a_write_after_the_server_ended_the_idle_write_connection_goes_ahead() -
             assert fresh and fact.id == "w"
         finally:
             app.database.dispose()
+
+
+@pytest.mark.parametrize("through_sqlalchemy", [False, True], ids=["driver", "view"])
+def test_a_write_whose_connection_the_server_ends_says_why(through_sqlalchemy: bool) -> None:
+    """The server ending a write's connection mid-write (as for a key rotation's statements
+    through SQLAlchemy's view) is told with the server's reason, not hidden by the rollback
+    that follows it on the lost connection ("the connection is lost")."""
+    from ledger.config import open_ledger, upgrade
+    from ledger.errors import DatabaseUnavailableError
+    from ledger.persistence.database import Database
+    from tests.conftest import postgres_schema
+
+    if postgres_server() is None:
+        pytest.skip("needs CONSENT_LEDGER_TEST_POSTGRES")
+    with postgres_schema() as url:
+        upgrade(Database(url))
+        app = open_ledger(url)
+        try:
+            with pytest.raises(DatabaseUnavailableError) as caught, app.database.writing() as tx:
+                with app.database.engine.connect() as admin:
+                    pid = tx.driver.info.backend_pid
+                    admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                if through_sqlalchemy:
+                    tx.connection.execute(sa.text("SELECT 1"))
+                else:
+                    tx.fetch("SELECT 1", ())
+            assert "terminating connection due to administrator command" in str(caught.value)
+            assert "\n" not in str(caught.value)
+            fact = {"type": "transfer.initiated", "id": "t", "acquirer": "Acme", "scope": "all"}
+            assert app.record_fact(fact)[1]  # and the next write goes ahead
+        finally:
+            app.database.dispose()
