@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +113,12 @@ def test_the_server_going_away_in_the_middle_of_an_import(
     assert recorded_ids(ledger_url) == []
 
 
-def test_a_write_after_the_server_ended_the_idle_write_connection_goes_ahead() -> None:
-    """A process's next write reuses its last write's connection: ended by the server
-    meanwhile (an administrator's pg_terminate_backend, an idle timeout, a restart), that
-    write goes ahead on a new connection, not refused once."""
+@contextmanager
+def _postgres_ledger() -> Iterator[Any]:
+    """A new ledger in a schema of its own on the test server (skipped without one)."""
     from ledger.config import open_ledger, upgrade
     from ledger.persistence.database import Database
     from tests.conftest import postgres_schema
-    from tests.examples import jsonl, line
 
     if postgres_server() is None:
         pytest.skip("needs CONSENT_LEDGER_TEST_POSTGRES")
@@ -126,18 +126,33 @@ def test_a_write_after_the_server_ended_the_idle_write_connection_goes_ahead() -
         upgrade(Database(url))
         app = open_ledger(url)
         try:
-            registered = jsonl([line("customer.registered", "reg", 0)])
-            app.import_lines(registered.splitlines(keepends=True))
-            app.record_fact(line("consent.given", "g", 1))
-            idle = app.database._idle
-            assert idle is not None  # kept for the next write
-            with app.database.engine.connect() as admin:
-                pid = idle[1].info.backend_pid
-                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            fact, fresh = app.record_fact(line("consent.withdrawn", "w", 2))
-            assert fresh and fact.id == "w"
+            yield app
         finally:
             app.database.dispose()
+
+
+def _end_connection(app: Any, driver: Any) -> None:
+    """The server ends `driver`'s connection, as an administrator's pg_terminate_backend."""
+    with app.database.engine.connect() as admin:
+        pid = driver.info.backend_pid
+        admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+def test_a_write_after_the_server_ended_the_idle_write_connection_goes_ahead() -> None:
+    """A process's next write reuses its last write's connection: ended by the server
+    meanwhile (an administrator's pg_terminate_backend, an idle timeout, a restart), that
+    write goes ahead on a new connection, not refused once."""
+    from tests.examples import jsonl, line
+
+    with _postgres_ledger() as app:
+        registered = jsonl([line("customer.registered", "reg", 0)])
+        app.import_lines(registered.splitlines(keepends=True))
+        app.record_fact(line("consent.given", "g", 1))
+        idle = app.database._idle
+        assert idle is not None  # kept for the next write
+        _end_connection(app, idle[1])
+        fact, fresh = app.record_fact(line("consent.withdrawn", "w", 2))
+        assert fresh and fact.id == "w"
 
 
 @pytest.mark.parametrize("through_sqlalchemy", [False, True], ids=["driver", "view"])
@@ -145,28 +160,16 @@ def test_a_write_whose_connection_the_server_ends_says_why(through_sqlalchemy: b
     """The server ending a write's connection mid-write (as for a key rotation's statements
     through SQLAlchemy's view) is told with the server's reason, not hidden by the rollback
     that follows it on the lost connection ("the connection is lost")."""
-    from ledger.config import open_ledger, upgrade
     from ledger.errors import DatabaseUnavailableError
-    from ledger.persistence.database import Database
-    from tests.conftest import postgres_schema
 
-    if postgres_server() is None:
-        pytest.skip("needs CONSENT_LEDGER_TEST_POSTGRES")
-    with postgres_schema() as url:
-        upgrade(Database(url))
-        app = open_ledger(url)
-        try:
-            with pytest.raises(DatabaseUnavailableError) as caught, app.database.writing() as tx:
-                with app.database.engine.connect() as admin:
-                    pid = tx.driver.info.backend_pid
-                    admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-                if through_sqlalchemy:
-                    tx.connection.execute(sa.text("SELECT 1"))
-                else:
-                    tx.fetch("SELECT 1", ())
-            assert "terminating connection due to administrator command" in str(caught.value)
-            assert "\n" not in str(caught.value)
-            fact = {"type": "transfer.initiated", "id": "t", "acquirer": "Acme", "scope": "all"}
-            assert app.record_fact(fact)[1]  # and the next write goes ahead
-        finally:
-            app.database.dispose()
+    with _postgres_ledger() as app:
+        with pytest.raises(DatabaseUnavailableError) as caught, app.database.writing() as tx:
+            _end_connection(app, tx.driver)
+            if through_sqlalchemy:
+                tx.connection.execute(sa.text("SELECT 1"))
+            else:
+                tx.fetch("SELECT 1", ())
+        assert "terminating connection due to administrator command" in str(caught.value)
+        assert "\n" not in str(caught.value)
+        fact = {"type": "transfer.initiated", "id": "t", "acquirer": "Acme", "scope": "all"}
+        assert app.record_fact(fact)[1]  # and the next write goes ahead
