@@ -109,7 +109,9 @@ class RowDigest:
         self.digest = 0
 
     def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        hashes = [row_hash("\x1f".join(map(repr, row))) for row in rows]
+        self._take([row_hash("\x1f".join(map(repr, row))) for row in rows])
+
+    def _take(self, hashes: list[int]) -> None:
         self.count += len(hashes)
         self.digest = (self.digest + sum(hashes)) & _MASK
 
@@ -121,15 +123,10 @@ class RowDigest:
     def same(self, other: RowDigest) -> bool:
         return (self.count, self.digest) == (other.count, other.digest)
 
-    def read(
-        self,
-        conn: Connection,
-        sql: str,
-        row: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
-    ) -> None:
-        """The rows of `sql` (each as `row` gives it), streamed (`stream_rows`)."""
+    def read(self, conn: Connection, sql: str) -> None:
+        """The rows of `sql`, streamed (`stream_rows`)."""
         for rows in stream_rows(conn, sql):
-            self.add(rows if row is None else map(row, rows))
+            self.add(rows)
 
 
 class FactDigest(RowDigest):
@@ -139,9 +136,7 @@ class FactDigest(RowDigest):
     def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Facts as (position, fact id), each hashed as one string (as `RowDigest` joins
         them, written out: it runs on every fact)."""
-        hashes = [row_hash(f"{p!r}\x1f{f!r}") for p, f in rows]
-        self.count += len(hashes)
-        self.digest = (self.digest + sum(hashes)) & _MASK
+        self._take([row_hash(f"{p!r}\x1f{f!r}") for p, f in rows])
 
     def add_events(self, batch: Sequence[tuple[Any, ...]]) -> None:
         """The facts recorded by event rows (position, originator, version, topic, state)."""
@@ -327,7 +322,7 @@ class IndexDigests:
     def read(self, conn: Connection) -> None:
         customers, orders = _INDEX_SQL[conn.dialect.name]
         self.customers.read(conn, customers)
-        self.orders.read(conn, orders, _placing)
+        self.orders.read(conn, orders)
 
     def agree(self, found: Indexed) -> bool:
         """Whether the events' registrations and placings are the index rows: one row per
