@@ -51,7 +51,12 @@ from ledger.feed import Fact, iso, parse_line, validate
 from ledger.free_text import fields_shaped_like_personal_data
 from ledger.iterables import batched
 from ledger.persistence.database import Database, WriteTransaction
-from ledger.persistence.recorder import LedgerEventStore, LedgerInfrastructure, LedgerRecorder
+from ledger.persistence.recorder import (
+    EventDecoder,
+    LedgerEventStore,
+    LedgerInfrastructure,
+    LedgerRecorder,
+)
 from ledger.rules import (
     JUDGED_TYPES,
     InitiationCheck,
@@ -116,6 +121,7 @@ class ConsentLedger(Application[UUID]):
     def __init__(self, database: Database, keys: KeyStore | None = None) -> None:
         self.database = database
         self._keys = keys
+        self._decoder: EventDecoder | None = None
         super().__init__(env={})
 
     @property
@@ -129,6 +135,13 @@ class ConsentLedger(Application[UUID]):
 
     def construct_factory(self, env: Any) -> InfrastructureFactory[Any]:
         return LedgerInfrastructure(env, self.database)
+
+    @property
+    def decoder(self) -> EventDecoder:
+        """Stored rows to this ledger's events, without the library mapper's overheads."""
+        if self._decoder is None:
+            self._decoder = EventDecoder(self.mapper)
+        return self._decoder
 
     @property
     def ledger_events(self) -> LedgerEventStore:
@@ -1210,9 +1223,9 @@ class Recording:
         wanted = [ident for ident in idents if ident not in self.customers]
         if not wanted:
             return
-        to_event = self.app.mapper.to_domain_event
-        for events in self.app.ledger_recorder.select_streams(wanted).values():
-            aggregate = replay(None, map(to_event, events))
+        decode = self.app.decoder.stream
+        for ident, rows in self.app.ledger_recorder.select_streams(wanted).items():
+            aggregate = replay(None, decode(ident, rows))
             if isinstance(aggregate, Customer):  # (else `_load_customer` says what is wrong)
                 self._remember(aggregate)
 

@@ -58,7 +58,6 @@ from uuid import UUID, uuid4
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import Mapper, StoredEvent
 
 from ledger import manifest as manifests
 from ledger import privacy, temporaries
@@ -86,7 +85,7 @@ from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.database import signals_held
 from ledger.persistence.keys import load_master_key
-from ledger.persistence.recorder import resolve_stored_topic
+from ledger.persistence.recorder import EventDecoder
 from ledger.persistence.stored_state import aware_time
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
 from ledger.views import decoded_exports, export_held, export_read, export_rows, exports_of
@@ -1274,66 +1273,6 @@ class Exporter:
                 with open(self.disclosure_feed, "rb") as lines:
                     app.import_lines(lines)
             held.enter_context(signals_held())  # until the caller has published the folder
-
-
-class EventDecoder:
-    """The library mapper's `to_domain_event`, minus what the ledger never uses on this path
-    (ciphers, compression, id conversion, `StoredEvent`s): a tenth of an export's time at a
-    million events. An event whose class has a `class_version` (or whose state carries
-    one) goes through the mapper, so upcasting is never skipped."""
-
-    def __init__(self, mapper: Mapper[UUID]) -> None:
-        self.mapper = mapper
-        self.classes: dict[str, tuple[type, bool]] = {}
-
-    def __call__(self, stored: StoredEvent) -> Any:
-        return self.decode(
-            stored.originator_id, stored.originator_version, stored.topic, stored.state
-        )
-
-    def decode(self, originator_id: UUID | str, version: int, topic: str, data: bytes) -> Any:
-        return self.stream(originator_id, [(None, version, topic, data, 0)])[0]
-
-    def stream(self, originator_id: UUID | str, rows: list[export_store.EventRow]) -> list[Any]:
-        """Decode one stream's rows of `export_store.customer_event_rows` (one loop: this
-        runs for every event an export reads)."""
-        classes = self.classes
-        loads = orjson.loads
-        parse = aware_time
-        new = object.__new__
-        set_dict = object.__setattr__
-        events: list[Any] = []
-        for _, version, topic, data, _position in rows:
-            plan = classes.get(topic)
-            if plan is None:
-                cls = resolve_stored_topic(topic, f" (stream {originator_id}, version {version})")
-                plan = classes[topic] = (cls, getattr(cls, "class_version", 1) != 1)
-            cls, versioned = plan
-            # The typed fields, as the ledger's transcoder decodes them (tested equal); a
-            # state it cannot have written is unreadable, as there.
-            try:
-                state = loads(data)
-                if versioned or "class_version" in state:
-                    stored = StoredEvent(originator_id, version, topic, bytes(data))
-                    events.append(self.mapper.to_domain_event(stored))
-                    continue
-                at = state.get("at")
-                if at is not None:
-                    state["at"] = parse(at)
-                stamp = state.get("timestamp")
-                if stamp is not None:
-                    state["timestamp"] = parse(stamp)
-                if "total" in state:
-                    state["total"] = Decimal(state["total"])
-            except (ValueError, TypeError, AttributeError, ArithmeticError):
-                where = f" (stream {originator_id}, version {version})"
-                raise UnreadableEventError(where) from None
-            state["originator_id"] = originator_id
-            state["originator_version"] = version
-            event: Any = new(cls)
-            set_dict(event, "__dict__", state)
-            events.append(event)
-        return events
 
 
 def _rank_ranges(customers: int, parts: int) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
@@ -38,7 +38,7 @@ from ledger.persistence import sqlite_reads
 from ledger.persistence.database import Database, WriteTransaction
 from ledger.persistence.stored_state import DATETIME_FIELDS as DATETIME_FIELDS
 from ledger.persistence.stored_state import DECIMAL_FIELDS as DECIMAL_FIELDS
-from ledger.persistence.stored_state import decode_state, misshapen
+from ledger.persistence.stored_state import aware_time, decode_state, misshapen
 
 
 def _default(obj: Any) -> Any:
@@ -106,6 +106,68 @@ def misshapen_event(database: Database, head: int | None = None) -> str | None:
     except Exception:  # (the database failing as well: the command's own error stands)
         return None
     return None
+
+
+class EventDecoder:
+    """Stored rows straight to the ledger's events: the library mapper's `to_domain_event`
+    less what the ledger never uses (ciphers, compression, id conversion, a `StoredEvent`
+    for each row), as strict as `decode_state` (tested equal to the mapper). A tenth of an
+    export's time at a million events; a third of reading a chunk's recorded customers back
+    in an import. An event whose class has a `class_version` (or whose state carries one)
+    goes through the mapper, so upcasting is never skipped."""
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        self.mapper = mapper
+        self.classes: dict[str, tuple[type, bool]] = {}
+
+    def __call__(self, stored: StoredEvent) -> Any:
+        row = (None, stored.originator_version, stored.topic, stored.state)
+        return self.stream(stored.originator_id, [row])[0]
+
+    def stream(self, originator_id: Any, rows: Iterable[Sequence[Any]]) -> list[Any]:
+        """One stream's events from its rows in version order, each row (stream id,
+        version, topic, state, ...) as the driver gives it (the stream id is not read: it
+        is `originator_id`). One loop: this runs for every event an export reads."""
+        classes = self.classes
+        loads = orjson.loads
+        parse = aware_time
+        new = object.__new__
+        set_dict = object.__setattr__
+        events: list[Any] = []
+        for row in rows:
+            version, topic, data = row[1], row[2], row[3]
+            plan = classes.get(topic)
+            if plan is None:
+                cls = resolve_stored_topic(topic, f" (stream {originator_id}, version {version})")
+                plan = classes[topic] = (cls, getattr(cls, "class_version", 1) != 1)
+            cls, versioned = plan
+            try:
+                if type(data) is str:  # (SQLite text: the ledger stores a state as a blob)
+                    raise TypeError("text")
+                state = loads(data)
+                if type(state) is not dict:
+                    raise TypeError("not an object")
+                if versioned or "class_version" in state:
+                    stored = StoredEvent(originator_id, version, topic, bytes(data))
+                    events.append(self.mapper.to_domain_event(stored))
+                    continue
+                if "at" in state:
+                    state["at"] = parse(state["at"])
+                if "timestamp" in state:
+                    state["timestamp"] = parse(state["timestamp"])
+                if "total" in state:
+                    if type(state["total"]) is not str:  # (the ledger writes a total as text)
+                        raise TypeError("not text")
+                    state["total"] = Decimal(state["total"])
+            except (ValueError, TypeError, ArithmeticError):
+                where = f" (stream {originator_id}, version {version})"
+                raise UnreadableEventError(where) from None
+            state["originator_id"] = originator_id
+            state["originator_version"] = version
+            event: Any = new(cls)
+            set_dict(event, "__dict__", state)
+            events.append(event)
+        return events
 
 
 _EVENT_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")
@@ -197,23 +259,22 @@ class LedgerRecorder(ApplicationRecorder):
         with self.database.reading() as conn:
             return [_stored(row) for row in conn.execute(query)]
 
-    def select_streams(self, ids: Collection[UUID]) -> dict[UUID, list[StoredEvent]]:
-        """The events of each stream of `ids` that has any, in version order: one statement
-        on the ambient write's connection (an import's chunk reads the customers it names
-        at once, not one by one as its facts come)."""
+    def select_streams(self, ids: Collection[UUID]) -> dict[UUID, list[tuple[Any, ...]]]:
+        """The rows (stream id, version, topic, state) of each stream of `ids` that has
+        any, in version order, as the driver gives them (`EventDecoder.stream` reads them):
+        one statement on the ambient write's connection (an import's chunk reads the
+        customers it names at once, not one by one as its facts come)."""
         tx = self.database.current
         assert tx is not None, "select_streams reads inside a write"
         values: list[Any] = [i.hex for i in ids] if self.database.is_sqlite else list(ids)
-        streams: dict[UUID, list[StoredEvent]] = {}
+        streams: dict[UUID, list[tuple[Any, ...]]] = {}
         raw: Any = None  # the stream id of the row before, as the driver gave it
-        events: list[StoredEvent] = []
-        for originator_id, version, topic, state in tx.select_in(
-            sqlite_reads.SELECT_STREAMS, values, binary=True
-        ):
-            if originator_id != raw:  # a stream's first row (they come stream by stream)
-                raw, ident = originator_id, _stream_id(originator_id)
-                events = streams[ident] = []
-            events.append(StoredEvent(ident, version, topic, _state(state)))
+        rows: list[tuple[Any, ...]] = []
+        for row in tx.select_in(sqlite_reads.SELECT_STREAMS, values, binary=True):
+            if row[0] != raw:  # a stream's first row (they come stream by stream)
+                raw = row[0]
+                rows = streams[_stream_id(raw)] = []
+            rows.append(row)
         return streams
 
     def select_notifications(

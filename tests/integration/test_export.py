@@ -430,8 +430,8 @@ def test_the_export_decoder_rebuilds_exactly_what_the_mapper_does(
 ) -> None:
     from eventsourcing.persistence import StoredEvent
 
-    from ledger.exports import EventDecoder
     from ledger.persistence.export_store import customer_event_rows
+    from ledger.persistence.recorder import EventDecoder
 
     _load(ledger, feed_small, customers=5)
     decode = EventDecoder(ledger.mapper)
