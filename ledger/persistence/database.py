@@ -617,54 +617,60 @@ class Database:
             driver = self._write_driver()
         tx: WriteTransaction | None = None  # none yet if the head read fails
         done = False  # committed, or rolled back as asked (`discard`)
-        try:
-            with self._failures():
-                try:
-                    head = run_on_driver(driver, self.is_sqlite, _HEAD, (), _scalar)
-                    first_id = (head or 0) + 1
-                    tx = WriteTransaction(self, driver, first_id)
-                    token = _ambient.set(tx)
+        held = contextlib.ExitStack()  # signals, once the commit begins
+        with held:
+            try:
+                with self._failures():
                     try:
-                        yield tx
-                    finally:
-                        _ambient.reset(token)
-                except BaseException:
-                    if tx is not None:
+                        head = run_on_driver(driver, self.is_sqlite, _HEAD, (), _scalar)
+                        first_id = (head or 0) + 1
+                        tx = WriteTransaction(self, driver, first_id)
+                        token = _ambient.set(tx)
+                        try:
+                            yield tx
+                        finally:
+                            _ambient.reset(token)
+                    except BaseException:
+                        if tx is not None:
+                            tx.end_background(settle=False)
+                        _rollback_quietly(driver)
+                        raise
+                    if tx.discard:
                         tx.end_background(settle=False)
-                    _rollback_quietly(driver)
-                    raise
-                if tx.discard:
-                    tx.end_background(settle=False)
-                    driver.rollback()
+                        driver.rollback()
+                        done = True
+                        return
+                    try:
+                        tx.flush_deferred()
+                        for callback in tx.before_commit:
+                            callback()
+                        tx.end_background(settle=True)
+                        if not self.is_sqlite and tx.next_notification_id > first_id:
+                            # Wakes `projections follow`; PostgreSQL delivers it only on commit.
+                            run_on_driver(driver, False, f"NOTIFY {NOTIFY_CHANNEL}", (), _rowcount)
+                    except BaseException:
+                        tx.end_background(settle=False)
+                        _rollback_quietly(driver)
+                        raise
+                    # Ctrl-C or SIGTERM is held from here to the end of what completes the
+                    # commit (an erasure's clean-up of old key bytes): a signal just after
+                    # the commit would skip it, and the command's count of its commits.
+                    held.enter_context(signals_held())
+                    driver.commit()
+                    Database.commits += 1
                     done = True
-                    return
-                try:
-                    tx.flush_deferred()
-                    for callback in tx.before_commit:
-                        callback()
-                    tx.end_background(settle=True)
-                    if not self.is_sqlite and tx.next_notification_id > first_id:
-                        # Wakes `projections follow`; PostgreSQL delivers it only on commit.
-                        run_on_driver(driver, False, f"NOTIFY {NOTIFY_CHANNEL}", (), _rowcount)
-                except BaseException:
-                    tx.end_background(settle=False)
-                    _rollback_quietly(driver)
-                    raise
-                driver.commit()
-                Database.commits += 1
-                done = True
-        finally:
-            if tx is not None and tx._view is not None:
-                tx.close_view()  # (closes the driver connection with it)
-            elif done:  # kept for the next write of this process
-                with self._driver_lock:
-                    idle, self._idle = self._idle, (os.getpid(), driver)
-                if idle is not None and idle[0] == os.getpid():  # (another thread's)
-                    _close_quietly(idle[1])
-            else:
-                _close_quietly(driver)
-        for callback in tx.after_commit:
-            callback()
+            finally:
+                if tx is not None and tx._view is not None:
+                    tx.close_view()  # (closes the driver connection with it)
+                elif done:  # kept for the next write of this process
+                    with self._driver_lock:
+                        idle, self._idle = self._idle, (os.getpid(), driver)
+                    if idle is not None and idle[0] == os.getpid():  # (another thread's)
+                        _close_quietly(idle[1])
+                else:
+                    _close_quietly(driver)
+            for callback in tx.after_commit:
+                callback()
 
     def _begin_write(self, driver: Any) -> None:
         """Take the writer's lock on `driver`: SQLite's `BEGIN IMMEDIATE`; on PostgreSQL the

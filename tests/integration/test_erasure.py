@@ -348,3 +348,47 @@ def test_a_clean_up_failing_after_the_commit_does_not_fail_the_erasure(
     assert "run 'consent-ledger keys shred' once that ends" in erased.stderr
     monkeypatch.undo()
     assert run_json(ledger_url, "keys", "shred") == {"shredded": True}
+
+
+def test_a_signal_just_after_the_commit_waits_for_what_completes_it(
+    ledger: Any, ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM) landing the moment an erasure's write commits skipped the clean-up
+    of the old key bytes that runs after the commit (and the command's count of its commits):
+    the bytes stayed, and nothing said so. The signal now waits for both, then interrupts."""
+    import os
+    import signal
+
+    from ledger.persistence.database import Database
+    from ledger.persistence.keys import KeyStore
+
+    class SignalAfterCommit:
+        """The write's driver connection, which sends this process SIGINT as its commit
+        returns (once)."""
+
+        def __init__(self, driver: Any) -> None:
+            self._driver = driver
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._driver, name)
+
+        def commit(self) -> None:
+            self._driver.commit()
+            monkeypatch.setattr(Database, "_write_driver", unwrapped)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    unwrapped = Database._write_driver
+    cleaned: list[bool] = []
+    shred = KeyStore.shred
+    ledger.import_lines(feed_small.read_bytes().splitlines())
+    monkeypatch.setattr(KeyStore, "shred", lambda keys: cleaned.append(shred(keys)) or True)
+    monkeypatch.setattr(
+        Database, "_write_driver", lambda database: SignalAfterCommit(unwrapped(database))
+    )
+    commits = Database.commits
+    with pytest.raises(KeyboardInterrupt):
+        ledger.erase("C100")
+    # Then the erasure is committed, its clean-up ran, and the commit was counted
+    assert _wrapped_key(ledger_url, "C100") is None
+    assert cleaned == [True]
+    assert Database.commits == commits + 1
