@@ -100,18 +100,24 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
             ) from None
 
     def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        """The rows of one statement (`?` marks)."""
+        """The rows of one statement (`?` marks). A connection the server ended while it
+        was held (an administrator, an idle timeout, a restart) is opened again and the
+        statement read again, once: a read in autocommit changes nothing."""
         import psycopg
 
-        conn = self.connection()
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(for_driver(sql, "pyformat"), params)
-                return list(cursor.fetchall())
-        except psycopg.Error as error:  # e.g. the server went away
-            raise DatabaseUnavailableError(
-                f"the database {self._safe()} failed: {first_line(error)}"
-            ) from None
+        for attempt in (1, 2):
+            conn = self.connection()
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(for_driver(sql, "pyformat"), params)
+                    return list(cursor.fetchall())
+            except psycopg.Error as error:  # e.g. the server went away
+                if attempt == 1 and isinstance(error, psycopg.OperationalError) and conn.closed:
+                    continue
+                raise DatabaseUnavailableError(
+                    f"the database {self._safe()} failed: {first_line(error)}"
+                ) from None
+        raise AssertionError("unreachable")  # (the second attempt returns or raises)
 
     def table_names(self) -> list[str]:
         return [name for (name,) in self.fetch(_TABLE_NAMES)]

@@ -155,6 +155,19 @@ def test_a_write_after_the_server_ended_the_idle_write_connection_goes_ahead() -
         assert fresh and fact.id == "w"
 
 
+def test_a_read_after_the_server_ended_the_read_connection_is_answered() -> None:
+    """The reads outside a write run on a connection of their own, kept by the process
+    (`postgres_reads`): ended by the server meanwhile, the next read is answered on a new
+    one, not refused once ("the database failed: terminating connection ...")."""
+    with _postgres_ledger() as app:
+        count = "SELECT count(*) FROM ledger_events"
+        before = app.database.fetch_on_driver(count, ())
+        first = app.database._reads.connection()
+        _end_connection(app, first)
+        assert app.database.fetch_on_driver(count, ()) == before == [(0,)]
+        assert app.database._reads.connection() is not first
+
+
 @pytest.mark.parametrize("through_sqlalchemy", [False, True], ids=["driver", "view"])
 def test_a_write_whose_connection_the_server_ends_says_why(through_sqlalchemy: bool) -> None:
     """The server ending a write's connection mid-write (as for a key rotation's statements
