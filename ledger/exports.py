@@ -85,7 +85,6 @@ from ledger.integrity import public_key_pem
 from ledger.persistence import export_store, seals
 from ledger.persistence.database import signals_held
 from ledger.persistence.keys import load_master_key
-from ledger.persistence.recorder import EventDecoder
 from ledger.persistence.stored_state import aware_time
 from ledger.rules import JUDGED_TYPES, RULED_TYPES, Initiations, Judged, broken_rules
 from ledger.views import decoded_exports, export_held, export_read, export_rows, exports_of
@@ -951,7 +950,7 @@ class Exporter:
             # It names customers (their references): the owner's alone, as the export is.
             descriptor = os.open(self.disclosure_feed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             feed = os.fdopen(descriptor, "wb")
-        decode = EventDecoder(self.app.mapper).stream
+        decode = self.app.decoder.stream
         registered = Customer.Registered
         write_customer = writers["customers"].write
         tables = [
