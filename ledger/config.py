@@ -55,24 +55,42 @@ class UpgradeResult:
 
 def upgrade(database: Database) -> UpgradeResult:
     """Create or migrate the schema and the keys a new ledger needs."""
+    before, after = database.upgrade()
+    return UpgradeResult(before, after, make_keys(database, upgraded=(before, after)))
+
+
+def make_keys(database: Database, *, upgraded: tuple[str | None, str] | None = None) -> str:
+    """Make the keys a ledger at the current schema needs, those it lacks (`db upgrade`, a
+    new SQLite ledger's first command): the master key (its file, unless the environment
+    gives it) and its fingerprint, the suppression list's key, the log pseudonyms' key, the
+    signing key pair; and seal any events recorded before sealing existed. Where the master
+    key comes from (never the key).
+
+    One write: another command sees all of these keys or none (a command that starts while
+    the first command on a new file makes them waits for the writer's lock, then finds them
+    all). Each is made only if missing, and a key file that exists is the ledger's (another
+    command, or one cut off before its commit, made it), so running this again, or in two
+    processes at once, makes nothing twice. `upgraded`: the migrations just committed (from,
+    to), which a master key error names."""
     from ledger.persistence.keys import KeyStore
     from ledger.persistence.seals import create_signing_key, seal_pending
 
-    before, after = database.upgrade()
-    try:
+    with database.writing():
         keys = KeyStore(database, create=True)
-        keys.record_master_key()
-    except MasterKeyError as error:
-        if before == after:
-            raise
-        # The migrations are committed: say so, or the error reads as if nothing was done.
-        raise MasterKeyError(
-            f"the schema was upgraded from {before or 'nothing'} to {after}, but {error}"
-        ) from None
-    KeyStore.create_log_key(database)
-    create_signing_key(database)
-    seal_pending(database)
-    return UpgradeResult(before, after, keys.source)
+        try:
+            keys.record_master_key()
+        except MasterKeyError as error:
+            if upgraded is None or upgraded[0] == upgraded[1]:
+                raise
+            # The migrations are committed: say so, or the error reads as if nothing was done.
+            before, after = upgraded
+            raise MasterKeyError(
+                f"the schema was upgraded from {before or 'nothing'} to {after}, but {error}"
+            ) from None
+        KeyStore.create_log_key(database)
+        create_signing_key(database)
+        seal_pending(database)
+    return keys.source
 
 
 def no_ledger_file(path: Path) -> bool:

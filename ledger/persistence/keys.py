@@ -39,7 +39,7 @@ from ledger.persistence.database import (
     master_key_path,
     signals_held,
 )
-from ledger.persistence.sqlite_reads import SELECT_META
+from ledger.persistence.sqlite_reads import MASTER_KEY_CHECK_NAME, SELECT_META
 from ledger.privacy import normalise_email
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 MASTER_KEY_ENV = "CONSENT_LEDGER_MASTER_KEY"
-_CHECK = "master_key_check"
+_CHECK = MASTER_KEY_CHECK_NAME
 _SHRED_WAIT = 5.0  # seconds a clean-up of old key bytes waits for readers to finish
 _KEYS = "ledger_data_keys"
 _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
@@ -275,7 +275,8 @@ class KeyStore:
                 tx.execute_on_driver(_INSERT_META, (LOG_KEY_NAME, value))
 
     def record_master_key(self) -> None:
-        """Store the fingerprint on a new ledger (called by `db upgrade`)."""
+        """Store the fingerprint on a new ledger (`config.make_keys`, in the write that makes
+        the ledger's other keys)."""
         with self.database.writing() as tx:
             if _meta_in(tx.fetch(SELECT_META, (_CHECK,))) is None:
                 tx.execute_on_driver(_INSERT_META, (_CHECK, key_check(self._master)))

@@ -113,6 +113,9 @@ SELECT_CUSTOMER_INDEXED = "SELECT 1 FROM ledger_customers WHERE customer_ref = ?
 # The key of the customer pseudonyms in logs (`cli.logs.hashed`): random, made by `db
 # upgrade` (`keys.create_log_key`), base64 in `ledger_meta`.
 LOG_KEY_NAME = "log_pseudonym_key"
+# The master key's fingerprint (`keys.KeyStore`), recorded with the other keys a new ledger
+# needs (`config.make_keys`).
+MASTER_KEY_CHECK_NAME = "master_key_check"
 SELECT_META = "SELECT value FROM ledger_meta WHERE name = ?"
 # The last position recorded before migration 0006: up to it, an import stored a chunk's
 # events stream by stream, so two positions in one import do not give the order of its lines

@@ -383,6 +383,57 @@ def test_upgrades_started_together_on_a_new_database_run_one_after_the_other(
     ]
 
 
+def test_db_upgrades_started_together_make_one_set_of_keys(ledger_url: str, tmp_path: Path) -> None:
+    """Several `db upgrade`s of a new database at once (as deployments start them): each
+    succeeds, and the keys are made once, the same for all (each made only if missing, in
+    one write under the writer's lock). Another upgrade after them changes nothing."""
+    import base64
+    import threading
+
+    from ledger.config import UpgradeResult, upgrade
+    from ledger.crypto import key_check
+    from ledger.persistence import sqlite_reads as reads
+
+    results: list[UpgradeResult | BaseException] = []
+
+    def one() -> None:
+        database = Database(ledger_url)
+        try:
+            results.append(upgrade(database))
+        except BaseException as error:  # (reported below)
+            results.append(error)
+        finally:
+            database.dispose()
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(isinstance(r, UpgradeResult) for r in results), results
+    master = tmp_path / "keys" / "master.key"
+    database = Database(ledger_url)
+    try:
+        meta = dict(database.fetch_on_driver("SELECT name, value FROM ledger_meta", ()))
+    finally:
+        database.dispose()
+    assert meta[reads.MASTER_KEY_CHECK_NAME] == key_check(base64.b64decode(master.read_text()))
+    assert reads.LOG_KEY_NAME in meta
+    assert sorted(p.name for p in master.parent.iterdir()) == [
+        "master.key",
+        "signing.key",
+        "signing.pub",
+    ]
+    again = run_json(ledger_url, "db", "upgrade")
+    assert (again["from"], again["to"], again["master_key"]) == (
+        SCHEMA_HEAD,
+        SCHEMA_HEAD,
+        str(master),
+    )
+    befores = sorted(str(r.before) for r in results if isinstance(r, UpgradeResult))
+    assert befores == [SCHEMA_HEAD, SCHEMA_HEAD, "None"]
+
+
 def test_0009_rebuilds_an_order_status_model_built_in_recording_order(
     tmp_path: Path, feed_small: Path
 ) -> None:
