@@ -93,6 +93,21 @@ def make_keys(database: Database, *, upgraded: tuple[str | None, str] | None = N
     return keys.source
 
 
+def keys_unmade(database: Database) -> bool:
+    """Whether a ledger at the current schema never had its keys made: no master key
+    fingerprint (`make_keys` records it with the others), and nothing recorded. Such is a new
+    SQLite file whose first command committed its migrations and was cut off (kill -9, power
+    loss) before its keys, or is making them now. One indexed read of `ledger_meta`, on the
+    driver (a query loads no SQLAlchemy for it); a ledger that has recorded anything is left
+    as it is (its master key is never replaced by a new one)."""
+    from ledger.persistence import sqlite_reads as reads
+
+    rows = database.fetch_on_driver(reads.SELECT_META, (reads.MASTER_KEY_CHECK_NAME,))
+    if rows and rows[0][0] is not None:
+        return False
+    return not database.fetch_on_driver(reads.SELECT_ANY_EVENT, ())
+
+
 def no_ledger_file(path: Path) -> bool:
     """An SQLite ledger's file that does not exist yet, or is empty: no ledger either way."""
     return not path.exists() or path.stat().st_size == 0
@@ -106,8 +121,9 @@ def open_database(
     create: bool = True,
 ) -> Database:
     """The database at `url`. A brand-new SQLite file is created on first use (unless not
-    `create`: then a missing file is `LedgerNotFoundError`); any other database must be at
-    the current schema (else: run `consent-ledger db upgrade`).
+    `create`: then a missing file is `LedgerNotFoundError`), and one whose first command was
+    cut off between its schema and its keys gets its keys (`keys_unmade`); any other
+    database must be at the current schema (else: run `consent-ledger db upgrade`).
     `on_lock_wait`: see `Database.on_lock_wait`."""
     database = Database(url)
     path = database.sqlite_path
@@ -121,6 +137,10 @@ def open_database(
         upgrade(database)
     else:
         database.require_current_schema()
+        if auto_upgrade and database.is_sqlite and keys_unmade(database):
+            # The first command's migrations are committed, its keys not (yet): make them
+            # as it does (the same write; it may be making them now: then waited for).
+            make_keys(database)
     return database
 
 

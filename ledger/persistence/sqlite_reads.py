@@ -114,9 +114,11 @@ SELECT_CUSTOMER_INDEXED = "SELECT 1 FROM ledger_customers WHERE customer_ref = ?
 # upgrade` (`keys.create_log_key`), base64 in `ledger_meta`.
 LOG_KEY_NAME = "log_pseudonym_key"
 # The master key's fingerprint (`keys.KeyStore`), recorded with the other keys a new ledger
-# needs (`config.make_keys`).
+# needs: a ledger without it has never had its keys made (`config.keys_unmade`).
 MASTER_KEY_CHECK_NAME = "master_key_check"
 SELECT_META = "SELECT value FROM ledger_meta WHERE name = ?"
+# Whether the ledger has recorded anything.
+SELECT_ANY_EVENT = "SELECT 1 FROM ledger_events LIMIT 1"
 # The last position recorded before migration 0006: up to it, an import stored a chunk's
 # events stream by stream, so two positions in one import do not give the order of its lines
 # (`ledger.rules.Initiations`).

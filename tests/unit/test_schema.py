@@ -434,6 +434,29 @@ def test_db_upgrades_started_together_make_one_set_of_keys(ledger_url: str, tmp_
     assert befores == [SCHEMA_HEAD, SCHEMA_HEAD, "None"]
 
 
+def test_a_ledger_that_has_recorded_never_gets_a_new_master_key_when_opened(
+    tmp_path: Path, feed_small: Path
+) -> None:
+    """A command opening an SQLite ledger without a master key fingerprint makes the keys
+    (a first command was cut off before them) only if it has recorded nothing: one with
+    data whose fingerprint row is gone and whose key file is lost stays an error, and no
+    new master key is made (a new one would open none of its data keys)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert run_json(url, "import", str(feed_small))["accepted"] == 26
+    database = Database(url)
+    try:
+        with database.writing() as tx:
+            tx.execute_on_driver("DELETE FROM ledger_meta WHERE name = 'master_key_check'", ())
+    finally:
+        database.dispose()
+    master = tmp_path / "keys" / "master.key"
+    master.rename(tmp_path / "lost.key")
+    result = run(url, "customer", "show", "C100", "--json")
+    assert result.exit_code == 1
+    assert error_line(result).startswith("Error: no master key")
+    assert not master.exists()
+
+
 def test_0009_rebuilds_an_order_status_model_built_in_recording_order(
     tmp_path: Path, feed_small: Path
 ) -> None:
