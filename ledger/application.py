@@ -161,8 +161,17 @@ class ConsentLedger(Application[UUID]):
         *,
         dry_run: bool = False,
         progress: Callable[[int], None] | None = None,
+        heads: dict[UUID, tuple[str, int]] | None = None,
     ) -> ImportSummary:
-        """Record a feed: all its facts or none. Raises `InvalidFeedError` if any line is bad."""
+        """Record a feed: all its facts or none. Raises `InvalidFeedError` if any line is bad.
+
+        `heads`: recorded customers' references and stream versions, by stream id, each the
+        version of its stream's last event as the caller knows it to be under this write's
+        lock (an identified export that read the streams at the position the ledger's head
+        is still at, `exports`). Such a customer is not read back but known by its head
+        (`Customer.at_head`); every fact of the file about it must be one of
+        `HEAD_ONLY_FACTS`. Each is taken from the mapping once the recording has the
+        customer in hand."""
         summary = ImportSummary(dry_run=dry_run)
 
         def parsed() -> Iterator[tuple[int, Fact | InvalidFactError]]:
@@ -186,7 +195,7 @@ class ConsentLedger(Application[UUID]):
                     item = InvalidFactError(error.reason, number)
                 yield number, item
 
-        self._record_items(parsed(), summary, preventive=False, dry_run=dry_run)
+        self._record_items(parsed(), summary, preventive=False, dry_run=dry_run, heads=heads)
         if summary.errors:
             raise InvalidFeedError(summary.errors, summary.accepted, summary.duplicates)
         return summary
@@ -261,6 +270,7 @@ class ConsentLedger(Application[UUID]):
         *,
         preventive: bool,
         dry_run: bool,
+        heads: dict[UUID, tuple[str, int]] | None = None,
     ) -> None:
         try:
             for _attempt in range(3):
@@ -268,7 +278,10 @@ class ConsentLedger(Application[UUID]):
                     with self.database.writing() as tx, _fewer_collections():
                         if not preventive:  # a file: insert each chunk while the next is made
                             tx.overlap_inserts()
-                        Recording(self, tx, summary, preventive=preventive).run(items)
+                        recording = Recording(self, tx, summary, preventive=preventive)
+                        if heads:
+                            recording.heads = heads
+                        recording.run(items)
                         tx.discard = dry_run or bool(summary.errors)
                     return
                 except IntegrityError as error:
@@ -823,6 +836,11 @@ class Recording:
         # Email histories of customers registered or read back in this recording (`_emails`):
         # the suppression list needs the email at a withdrawal without re-reading the stream.
         self.emails: OrderedDict[UUID, privacy.EmailHistory] = OrderedDict()
+        # Recorded customers known by their stream's head, not read back
+        # (`ConsentLedger.import_lines`' `heads`): each taken out once the recording has the
+        # customer in hand by any way (`_remember`), so that one forgotten once saved is
+        # read back as any other, never known by a head it has passed.
+        self.heads: dict[UUID, tuple[str, int]] = {}
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -1221,6 +1239,16 @@ class Recording:
         customers recorded before it took twice as long (`bench_incremental.py`). Those the
         previous chunk changed are in memory (a changed aggregate is kept until saved)."""
         wanted = [ident for ident in idents if ident not in self.customers]
+        heads = self.heads
+        if heads:
+            read = []
+            for ident in wanted:
+                head = heads.pop(ident, None)
+                if head is None:
+                    read.append(ident)
+                else:
+                    self._remember(Customer.at_head(ident, *head))
+            wanted = read
         if not wanted:
             return
         decode = self.app.decoder.stream
@@ -1230,6 +1258,8 @@ class Recording:
                 self._remember(aggregate)
 
     def _remember(self, customer: Customer) -> None:
+        if self.heads:  # known in this recording now: its head may be passed
+            self.heads.pop(customer.id, None)
         self.customers[customer.id] = customer
         if len(self.customers) > _CUSTOMER_CACHE:
             # Only evict what has been saved: a dirty aggregate holds unsaved events.

@@ -330,6 +330,9 @@ class Customer(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             pass
 
+    # True for a customer known by its stream's head alone (`at_head`).
+    _head_only = False
+
     def __init__(self, ref: str, fact_id: str, at: datetime, sealed: str | None) -> None:
         self.ref = ref
         self.registered_at = at
@@ -371,6 +374,21 @@ class Customer(Aggregate):
     # -- commands ----------------------------------------------------------------------------
 
     @classmethod
+    def at_head(cls, ident: UUID, ref: str, version: int) -> Customer:
+        """The customer whose stream's last event is its `version`th, known by that alone:
+        it records only `HEAD_ONLY_FACTS`, whose events read nothing of the customer but
+        its id and version (`record` makes no check of the customer for them, and their
+        `apply` changes nothing), so the event is the one the replayed customer makes. It
+        has no other state: any read of it raises. For a caller that has just read the
+        stream up to the ledger's head, under the writer's lock (an identified export's own
+        disclosures, `ConsentLedger.import_lines`' `heads`)."""
+        customer = cls.__new__(cls)
+        customer.__base_init__(ident, version, cls.Event.create_timestamp())
+        customer.ref = ref
+        customer._head_only = True
+        return customer
+
+    @classmethod
     def register(cls, fact: Fact, sealed: str | None) -> Customer:
         ref = fact.customer
         assert ref is not None
@@ -387,7 +405,9 @@ class Customer(Aggregate):
         """Record one fact about this customer (any type but `customer.registered`)."""
         if fact.type == "customer.registered":
             raise InvalidFactError(f"customer {self.ref!r} is already registered")
-        if self.erased and fact.type == "customer.updated":
+        if self._head_only and fact.type not in HEAD_ONLY_FACTS:
+            raise AssertionError(f"{fact.type} recorded for customer {self.ref!r} at its head")
+        if fact.type == "customer.updated" and self.erased:
             # SPEC §2: invalid, as there is no key left to seal the details with. Every other
             # fact is recorded, a consent given after the erasure or reported late included.
             raise CustomerErasedError(self.ref, "a details update")
@@ -563,6 +583,11 @@ EVENT_FOR_FACT: dict[str, type[FactEvent]] = {
     if isinstance(klass, type) and issubclass(klass, FactEvent) and klass.FACT_TYPE
 }
 EVENT_FOR_FACT[Acquirer.TransferInitiated.FACT_TYPE] = Acquirer.TransferInitiated
+
+# The facts a customer known by its head alone records (`Customer.at_head`): `record`
+# checks nothing of the customer for them (no order named, not a details update) and their
+# events' `apply` changes nothing, so their event is made of the customer's id and version.
+HEAD_ONLY_FACTS = frozenset({"transfer.disclosure"})
 
 # Precomputed per class: an event needs exactly the class's fields.
 _FIELDS_CACHE = {klass: _event_fields(klass) for klass in EVENT_FOR_FACT.values()}
