@@ -734,6 +734,9 @@ class Exporter:
         # The exports recorded before this one, (position, stored state): an erasure of a
         # customer one held calls for notifying its acquirer (`privacy.notifications`).
         self.recorded_exports: list[tuple[int, Any]] = []
+        # Each customer given a disclosure line (`_disclosure_line`): its reference and its
+        # stream's version as read, at the export's tree size (`_record`).
+        self.heads: dict[UUID, tuple[str, int]] = {}
         out = request.out
         # Named with this process's id: a later export removes what a killed one left.
         mark = f"{self.export_id.hex[:12]}-{temporaries.process_mark()}"
@@ -973,6 +976,7 @@ class Exporter:
                     write(table(rows))
                 if feed is not None and rows.personal:
                     feed.write(self._disclosure_line(customer, rows))
+                    self.heads[ident] = (customer.ref, stored[-1][1])
         finally:
             for writer in writers.values():
                 writer.close()
@@ -1236,6 +1240,11 @@ class Exporter:
         wrapped = export_store.wrap_secret(master, self.export_id, self.secret)
         request = self.request
         with app.database.writing() as tx:
+            # Nothing recorded since the events the export read (the writer's lock held from
+            # here to the commit): each customer it names is still at the version it read,
+            # and its disclosure is recorded without reading its stream back. Else they are
+            # read back, as any import's customers.
+            unchanged = tx.next_notification_id == upto + 1
             if request.identified and export_store.erased_after(app.database, upto):
                 raise ConcurrencyError(
                     "customers were erased while the export ran; run the export again"
@@ -1270,7 +1279,7 @@ class Exporter:
                     )
             if request.identified and self.summary.identified:
                 with open(self.disclosure_feed, "rb") as lines:
-                    app.import_lines(lines)
+                    app.import_lines(lines, heads=self.heads if unchanged else None)
             held.enter_context(signals_held())  # until the caller has published the folder
 
 
