@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ledger.domainmodel import (
     EVENT_FOR_FACT,
+    HEAD_ONLY_FACTS,
     Acquirer,
     Customer,
     DisclosureEvent,
@@ -87,6 +88,50 @@ def test_every_customer_fact_becomes_one_event_with_its_fact_id_and_time(fact_ty
             continue
         expected = Decimal(value) if name == "total" else changes.get(name, value)
         assert public.get(name, getattr(event, name, None)) == expected, name
+
+
+@pytest.mark.parametrize("erased", [False, True])
+@pytest.mark.parametrize("fact_type", sorted(HEAD_ONLY_FACTS))
+def test_a_customer_known_by_its_head_records_the_event_its_replayed_state_records(
+    fact_type: str, erased: bool
+) -> None:
+    customer = with_order(registered_customer())
+    record(customer, "customer.updated", "u", 2)
+    record(customer, "consent.given", "g", 3)
+    record(customer, "order.dispatched", "d", 4)
+    if erased:
+        record(customer, "subject.erased", "x", 5)
+    customer.collect_events()
+    head = Customer.at_head(customer.id, customer.ref, customer.version)
+    fact = validate(line(fact_type, "h", 9, customer="C1"))
+    customer.record(fact, None)
+    head.record(fact, None)
+    [made] = head.collect_events()
+    [replayed] = customer.collect_events()
+    assert type(made) is type(replayed)
+    assert made.__dict__.keys() == replayed.__dict__.keys()
+    assert {**made.__dict__, "timestamp": None} == {**replayed.__dict__, "timestamp": None}
+    assert head.version == customer.version
+
+
+@pytest.mark.parametrize(
+    "fact_type",
+    sorted(
+        t
+        for t in EXAMPLES
+        if t not in HEAD_ONLY_FACTS and t not in ("customer.registered", "transfer.initiated")
+    ),
+)
+def test_a_customer_known_by_its_head_records_no_fact_that_reads_its_state(
+    fact_type: str,
+) -> None:
+    head = Customer.at_head(customer_id("C1"), "C1", 3)
+    with pytest.raises(AssertionError, match="at its head"):
+        head.record(validate(line(fact_type, "f", 9)), None)
+    assert (head.version, head.pending_events) == (3, [])
+    for state in ("erased", "erased_at", "orders", "consents", "registered_at"):
+        with pytest.raises(AttributeError):
+            getattr(head, state)
 
 
 @pytest.mark.parametrize("fact_type", sorted(DISCLOSURES))
