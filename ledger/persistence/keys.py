@@ -52,6 +52,7 @@ _CHECK = MASTER_KEY_CHECK_NAME
 _SHRED_WAIT = 5.0  # seconds a clean-up of old key bytes waits for readers to finish
 _KEYS = "ledger_data_keys"
 _KEY_COLUMNS = ("customer_id", "wrapped_key", "created_at")
+_ANY_KEY = f"SELECT 1 FROM {_KEYS} LIMIT 1"
 _SELECT_KEY = f"SELECT wrapped_key FROM {_KEYS} WHERE customer_id = ?"
 _SUPPRESSIONS = "ledger_suppressions"
 _INSERT_META = "INSERT INTO ledger_meta (name, value) VALUES (?, ?)"
@@ -198,7 +199,7 @@ class KeyStore:
         if self._loaded is None:
             # A key file is only ever created for a ledger that has no master key yet: a
             # lost key file must stay an error, not be silently replaced by a new key.
-            in_use = self._stored_check() is not None
+            in_use = self._stored_check() is not None or self._keeps_wrapped_keys()
             create = self._create and not in_use
             try:
                 loaded = load_master_key(self.database, create=create, in_use=in_use)
@@ -236,6 +237,13 @@ class KeyStore:
 
     def _stored_check(self) -> str | None:
         return _meta_in(self.database.fetch_on_driver(SELECT_META, (_CHECK,)))
+
+    def _keeps_wrapped_keys(self) -> bool:
+        """Whether the ledger keeps keys wrapped by a master key (its suppression key, a
+        customer's data key) though its fingerprint is gone: a master key is in use, and a
+        new one would open none of them (`db upgrade` made one). Read only then."""
+        fetch = self.database.fetch_on_driver
+        return bool(fetch(SELECT_META, (_SUPPRESSION_KEY,)) or fetch(_ANY_KEY, ()))
 
     def _check(self, master: bytes, source: str) -> None:
         """Refuse a master key that is not the one this ledger's data keys are wrapped with."""

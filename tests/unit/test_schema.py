@@ -457,6 +457,33 @@ def test_a_ledger_that_has_recorded_never_gets_a_new_master_key_when_opened(
     assert not master.exists()
 
 
+def test_db_upgrade_of_a_ledger_that_has_recorded_never_makes_a_new_master_key(
+    tmp_path: Path, feed_small: Path
+) -> None:
+    """`db upgrade` (which the 'no master key' error suggests) on a ledger with data whose
+    fingerprint row is gone and whose key file is lost made a new master key file: it
+    opened none of the data keys, and every command after named that new file as the
+    wrong key ('does not open this ledger's data keys') instead of the lost one to
+    restore."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert run_json(url, "import", str(feed_small))["accepted"] == 26
+    database = Database(url)
+    try:
+        with database.writing() as tx:
+            tx.execute_on_driver("DELETE FROM ledger_meta WHERE name = 'master_key_check'", ())
+    finally:
+        database.dispose()
+    master = tmp_path / "keys" / "master.key"
+    master.rename(tmp_path / "lost.key")
+    result = run(url, "db", "upgrade", "--json")
+    assert result.exit_code == 1
+    assert error_line(result).startswith("Error: no master key: this ledger's data keys")
+    assert not master.exists()
+    # And once the lost key is back, the ledger opens with it
+    (tmp_path / "lost.key").rename(master)
+    assert run_json(url, "customer", "show", "C100", "--json")["customer"] == "C100"
+
+
 def test_0009_rebuilds_an_order_status_model_built_in_recording_order(
     tmp_path: Path, feed_small: Path
 ) -> None:
