@@ -41,7 +41,7 @@ from uuid import UUID
 
 import orjson
 
-from ledger.persistence.database import bulk_insert
+from ledger.persistence.database import bulk_insert, signals_held
 
 
 class BackgroundInserts:
@@ -52,6 +52,8 @@ class BackgroundInserts:
         self._is_sqlite = is_sqlite
         self._integrity_error = integrity_error
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="consent-ledger-insert")
+        with signals_held():  # its one thread started now, never to take Ctrl-C or SIGTERM
+            self._executor.submit(_nothing).result()  # (see `database.signals_held`)
         self._pending: list[Future[None]] = []
         self._interval: float | None = None
         if is_sqlite:
@@ -228,3 +230,7 @@ def _kind(classes: set[type]) -> str | None:
 
 _UUID_INT = attrgetter("int")
 _HEX_OF_INT = "%032x".__mod__  # what `UUID.hex` returns for its `int`
+
+
+def _nothing() -> None:
+    """What starts the worker's thread."""

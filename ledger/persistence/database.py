@@ -743,7 +743,8 @@ class Database:
 
         timer = threading.Timer(LOCK_NOTICE_AFTER, callback)
         timer.daemon = True
-        timer.start()
+        with signals_held():  # its thread never takes Ctrl-C or SIGTERM (`signals_held`)
+            timer.start()
         try:
             yield
         finally:
@@ -977,7 +978,14 @@ def bulk_insert(
 def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM held off (delivered when the block ends), in the main thread of a
     POSIX process; elsewhere nothing is held. For what must not be cut between a commit and
-    what completes it (a key file's swap, a pack put in place)."""
+    what completes it (a key file's swap, a pack put in place).
+
+    The kernel gives a signal sent to the process to any thread that does not block it, so
+    a thread the ledger starts (the lock-wait notice's, the background inserts' worker) is
+    started inside this, and blocks both for its whole life (a thread inherits the mask of
+    the thread that starts it): while such a thread lived (it outlives its `cancel` or
+    `shutdown` until it gets the GIL), a signal as a write committed was handled at once, in
+    the hold, and what completes the commit was skipped."""
     import signal
     import threading
 

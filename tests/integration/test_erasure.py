@@ -392,3 +392,51 @@ def test_a_signal_just_after_the_commit_waits_for_what_completes_it(
     assert _wrapped_key(ledger_url, "C100") is None
     assert cleaned == [True]
     assert Database.commits == commits + 1
+
+
+def test_a_signal_as_a_write_commits_waits_though_the_ledger_has_started_threads(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold blocks Ctrl-C and SIGTERM in the thread that commits; the kernel gives a
+    signal sent to the process to any thread that does not block it. The thread of the
+    lock-wait notice (which every CLI write starts: `on_lock_wait`) was such a thread until
+    it had ended, well into the write: the signal was handled at once, in the hold, and
+    what completes the commit was skipped (in many of these writes)."""
+    import functools
+    import os
+    import signal
+    import time
+
+    from ledger.persistence.database import Database
+
+    class SignalAfterCommit:
+        def __init__(self, driver: Any) -> None:
+            self._driver = driver
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._driver, name)
+
+        def commit(self) -> None:
+            self._driver.commit()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    unwrapped = Database._write_driver
+    monkeypatch.setattr(Database, "_write_driver", lambda db: SignalAfterCommit(unwrapped(db)))
+    database = ledger.database
+    database.on_lock_wait = lambda: None  # as the CLI's commands have it (`say_waiting`)
+    completed: list[int] = []
+
+    def clean_up(attempt: int) -> None:  # (as long as an erasure's checkpoint takes)
+        time.sleep(0.002)
+        completed.append(attempt)
+
+    for attempt in range(40):
+        idle, database._idle = database._idle, None  # (each write's connection wrapped)
+        if idle is not None:
+            idle[1]._driver.close()
+        with pytest.raises(KeyboardInterrupt), database.writing() as tx:
+            tx.execute_on_driver(
+                "INSERT INTO ledger_meta (name, value) VALUES (?, ?)", (f"probe{attempt}", "")
+            )
+            tx.after_commit.append(functools.partial(clean_up, attempt))
+    assert completed == list(range(40))

@@ -81,3 +81,33 @@ def test_a_value_it_cannot_carry_leaves_the_rows_to_executemany(value: Any) -> N
 def test_a_column_of_mixed_kinds_is_left_to_executemany() -> None:
     assert json_insert("t", ("payload",), [(b"bytes",), ("text",)]) is None
     assert json_insert("t", ("ident",), [(uuid.uuid4(),), (b"bytes",)]) is None
+
+
+def test_the_worker_never_takes_ctrl_c_or_sigterm() -> None:
+    """The worker thread blocks SIGINT and SIGTERM from its start: a signal sent to the
+    process as a write commits (which holds them in the main thread, `signals_held`) waits
+    for the commit and what completes it, not taken by the worker, which the kernel may
+    pick while it lives (its thread outlives `shutdown` by a moment)."""
+    import signal
+
+    from ledger.persistence.background import BackgroundInserts
+
+    class Driver:
+        masks: list[set[int]] = []
+
+        def execute(self, sql: str, params: Any) -> Any:
+            self.masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+            return self
+
+        def close(self) -> None:
+            pass
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    inserts = BackgroundInserts(Driver(), True, sqlite3.IntegrityError)
+    try:
+        inserts.submit_statement("SELECT 1", ())
+        inserts.settle()
+    finally:
+        inserts.close()
+    assert Driver.masks and {signal.SIGINT, signal.SIGTERM} <= Driver.masks[0]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
