@@ -910,14 +910,17 @@ class Exporter:
                 self.app.database, upto, order_secret=self.secret
             )
             rows = self._write_part(scan, self.staging, header=True, progress=self.progress)
-        # Hashed side by side: hashlib lets go of the GIL while it hashes a block.
+        # Hashed side by side: hashlib lets go of the GIL while it hashes a block. Its
+        # threads are started with Ctrl-C and SIGTERM blocked, for life: a signal given to
+        # one of them is handled at once, though the export's commit holds it off
+        # (`database.signals_held`).
         with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
-            return list(
-                pool.map(
-                    lambda name: manifests.file_entry(self.staging, names[name], rows[name]),
-                    columns,
-                )
-            )
+            with signals_held():
+                hashed = [
+                    pool.submit(manifests.file_entry, self.staging, names[name], rows[name])
+                    for name in columns
+                ]
+            return [entry.result() for entry in hashed]
 
     def _workers(self, customers: int) -> int:
         """How many processes share the scan: one per CPU (up to `MAX_WORKERS`) for a

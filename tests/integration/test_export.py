@@ -693,3 +693,27 @@ def test_the_transfer_initiations_found_in_the_fact_index_are_every_acquirers(
     assert ledger.transfers_initiated(position - 1).by_acquirer == {}
     earlier = ledger.transfers_initiated(position).by_acquirer
     assert [found for found in earlier.values()] == [[(first, position)]]
+
+
+def test_the_files_hashing_threads_never_take_ctrl_c_or_sigterm(
+    ledger: Any, feed_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel gives a process's signal to any thread that does not block it, and Python
+    then handles it at once, though the export's commit holds it off until the folder is in
+    place: the threads that hash the export's files block both for their whole life."""
+    import threading
+
+    from ledger import manifest
+
+    masks: list[set[signal.Signals]] = []
+    file_entry = manifest.file_entry
+
+    def noted(*args: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return file_entry(*args)
+
+    _load(ledger, feed_small)
+    monkeypatch.setattr(manifest, "file_entry", noted)
+    _export(ledger, tmp_path / "dd")
+    assert masks and all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
