@@ -8,7 +8,10 @@ remain and still verify. New consents and detail updates are refused, withdrawal
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -350,32 +353,35 @@ def test_a_clean_up_failing_after_the_commit_does_not_fail_the_erasure(
     assert run_json(ledger_url, "keys", "shred") == {"shredded": True}
 
 
+class _SignalAfterCommit:
+    """A write's driver connection that sends this process SIGINT as its commit returns
+    (after `then`, if given)."""
+
+    def __init__(self, driver: Any, then: Callable[[], None] | None = None) -> None:
+        self._driver = driver
+        self._then = then
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    def commit(self) -> None:
+        self._driver.commit()
+        if self._then is not None:
+            self._then()
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_a_signal_just_after_the_commit_waits_for_what_completes_it(
     ledger: Any, ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C (or SIGTERM) landing the moment an erasure's write commits skipped the clean-up
     of the old key bytes that runs after the commit (and the command's count of its commits):
     the bytes stayed, and nothing said so. The signal now waits for both, then interrupts."""
-    import os
-    import signal
-
     from ledger.persistence.database import Database
     from ledger.persistence.keys import KeyStore
 
-    class SignalAfterCommit:
-        """The write's driver connection, which sends this process SIGINT as its commit
-        returns (once)."""
-
-        def __init__(self, driver: Any) -> None:
-            self._driver = driver
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._driver, name)
-
-        def commit(self) -> None:
-            self._driver.commit()
-            monkeypatch.setattr(Database, "_write_driver", unwrapped)
-            os.kill(os.getpid(), signal.SIGINT)
+    def once() -> None:
+        monkeypatch.setattr(Database, "_write_driver", unwrapped)
 
     unwrapped = Database._write_driver
     cleaned: list[bool] = []
@@ -383,7 +389,7 @@ def test_a_signal_just_after_the_commit_waits_for_what_completes_it(
     ledger.import_lines(feed_small.read_bytes().splitlines())
     monkeypatch.setattr(KeyStore, "shred", lambda keys: cleaned.append(shred(keys)) or True)
     monkeypatch.setattr(
-        Database, "_write_driver", lambda database: SignalAfterCommit(unwrapped(database))
+        Database, "_write_driver", lambda database: _SignalAfterCommit(unwrapped(database), once)
     )
     commits = Database.commits
     with pytest.raises(KeyboardInterrupt):
@@ -403,25 +409,12 @@ def test_a_signal_as_a_write_commits_waits_though_the_ledger_has_started_threads
     it had ended, well into the write: the signal was handled at once, in the hold, and
     what completes the commit was skipped (in many of these writes)."""
     import functools
-    import os
-    import signal
     import time
 
     from ledger.persistence.database import Database
 
-    class SignalAfterCommit:
-        def __init__(self, driver: Any) -> None:
-            self._driver = driver
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._driver, name)
-
-        def commit(self) -> None:
-            self._driver.commit()
-            os.kill(os.getpid(), signal.SIGINT)
-
     unwrapped = Database._write_driver
-    monkeypatch.setattr(Database, "_write_driver", lambda db: SignalAfterCommit(unwrapped(db)))
+    monkeypatch.setattr(Database, "_write_driver", lambda db: _SignalAfterCommit(unwrapped(db)))
     database = ledger.database
     database.on_lock_wait = lambda: None  # as the CLI's commands have it (`say_waiting`)
     completed: list[int] = []

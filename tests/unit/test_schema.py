@@ -4,6 +4,7 @@ migrates it, and commands refuse an out-of-date schema, naming the command that 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -351,30 +352,37 @@ def test_each_trail_reads_the_exports_off_their_partial_index(ledger_url: str) -
     assert "ix_ledger_facts_exports" in " ".join(str(row) for row in plan), plan
 
 
+def _three_at_once(url: str, work: Callable[[Database], Any]) -> list[Any]:
+    """What `work` returned (or raised) for each of three threads running it at once, each
+    on a `Database` of its own for `url`."""
+    import threading
+
+    results: list[Any] = []
+
+    def one() -> None:
+        database = Database(url)
+        try:
+            results.append(work(database))
+        except BaseException as error:  # (reported by the caller)
+            results.append(error)
+        finally:
+            database.dispose()
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
 def test_upgrades_started_together_on_a_new_database_run_one_after_the_other(
     ledger_url: str,
 ) -> None:
     """Deployments often run `db upgrade` on several machines at once: on a new PostgreSQL
     database two of them used to create the same tables, and one failed on a duplicate key
     of the catalogue. They now take turns; the later ones find the schema at the head."""
-    import threading
-
-    results: list[tuple[str | None, str] | BaseException] = []
-
-    def upgrade() -> None:
-        database = Database(ledger_url)
-        try:
-            results.append(database.upgrade())
-        except BaseException as error:  # (reported below)
-            results.append(error)
-        finally:
-            database.dispose()
-
-    threads = [threading.Thread(target=upgrade) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    results = _three_at_once(ledger_url, Database.upgrade)
     assert all(isinstance(r, tuple) for r in results), results
     assert sorted(str(r[0]) for r in results if isinstance(r, tuple)) == [  # type: ignore[index]
         SCHEMA_HEAD,
@@ -388,28 +396,12 @@ def test_db_upgrades_started_together_make_one_set_of_keys(ledger_url: str, tmp_
     succeeds, and the keys are made once, the same for all (each made only if missing, in
     one write under the writer's lock). Another upgrade after them changes nothing."""
     import base64
-    import threading
 
     from ledger.config import UpgradeResult, upgrade
     from ledger.crypto import key_check
     from ledger.persistence import sqlite_reads as reads
 
-    results: list[UpgradeResult | BaseException] = []
-
-    def one() -> None:
-        database = Database(ledger_url)
-        try:
-            results.append(upgrade(database))
-        except BaseException as error:  # (reported below)
-            results.append(error)
-        finally:
-            database.dispose()
-
-    threads = [threading.Thread(target=one) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    results = _three_at_once(ledger_url, upgrade)
     assert all(isinstance(r, UpgradeResult) for r in results), results
     master = tmp_path / "keys" / "master.key"
     database = Database(ledger_url)
@@ -434,15 +426,11 @@ def test_db_upgrades_started_together_make_one_set_of_keys(ledger_url: str, tmp_
     assert befores == [SCHEMA_HEAD, SCHEMA_HEAD, "None"]
 
 
-def test_a_ledger_that_has_recorded_never_gets_a_new_master_key_when_opened(
-    tmp_path: Path, feed_small: Path
-) -> None:
-    """A command opening an SQLite ledger without a master key fingerprint makes the keys
-    (a first command was cut off before them) only if it has recorded nothing: one with
-    data whose fingerprint row is gone and whose key file is lost stays an error, and no
-    new master key is made (a new one would open none of its data keys)."""
+def _recorded_with_its_master_key_lost(tmp_path: Path, feed: Path) -> tuple[str, Path]:
+    """An SQLite ledger that has recorded `feed`, its master key fingerprint row deleted and
+    its key file moved to `lost.key` beside it: its URL, and where its key file was."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    assert run_json(url, "import", str(feed_small))["accepted"] == 26
+    assert run_json(url, "import", str(feed))["accepted"] == 26
     database = Database(url)
     try:
         with database.writing() as tx:
@@ -451,6 +439,17 @@ def test_a_ledger_that_has_recorded_never_gets_a_new_master_key_when_opened(
         database.dispose()
     master = tmp_path / "keys" / "master.key"
     master.rename(tmp_path / "lost.key")
+    return url, master
+
+
+def test_a_ledger_that_has_recorded_never_gets_a_new_master_key_when_opened(
+    tmp_path: Path, feed_small: Path
+) -> None:
+    """A command opening an SQLite ledger without a master key fingerprint makes the keys
+    (a first command was cut off before them) only if it has recorded nothing: one with
+    data whose fingerprint row is gone and whose key file is lost stays an error, and no
+    new master key is made (a new one would open none of its data keys)."""
+    url, master = _recorded_with_its_master_key_lost(tmp_path, feed_small)
     result = run(url, "customer", "show", "C100", "--json")
     assert result.exit_code == 1
     assert error_line(result).startswith("Error: no master key")
@@ -465,16 +464,7 @@ def test_db_upgrade_of_a_ledger_that_has_recorded_never_makes_a_new_master_key(
     opened none of the data keys, and every command after named that new file as the
     wrong key ('does not open this ledger's data keys') instead of the lost one to
     restore."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    assert run_json(url, "import", str(feed_small))["accepted"] == 26
-    database = Database(url)
-    try:
-        with database.writing() as tx:
-            tx.execute_on_driver("DELETE FROM ledger_meta WHERE name = 'master_key_check'", ())
-    finally:
-        database.dispose()
-    master = tmp_path / "keys" / "master.key"
-    master.rename(tmp_path / "lost.key")
+    url, master = _recorded_with_its_master_key_lost(tmp_path, feed_small)
     result = run(url, "db", "upgrade", "--json")
     assert result.exit_code == 1
     assert error_line(result).startswith("Error: no master key: this ledger's data keys")
