@@ -282,11 +282,14 @@ class LedgerContext:
         from ledger.domainmodel import customer_id  # (only on this path: not a query's cost)
         from ledger.persistence import sqlite_reads as reads
 
-        fetch = self.database.fetch_on_driver
-        if fetch(reads.SELECT_CUSTOMER_INDEXED, (ref,)):
-            return  # named, but with nothing recorded by the --known-at time asked for
         ident = customer_id(ref)
-        if fetch(reads.SELECT_STREAM_EXISTS, (ident.hex if self.database.is_sqlite else ident,)):
+        params = (ref, ident.hex if self.database.is_sqlite else ident)
+        [(indexed, stream)] = self.database.fetch_on_driver(
+            reads.SELECT_CUSTOMER_INDEXED_AND_STREAM, params
+        )
+        # Indexed: named, but with nothing recorded by the --known-at time asked for (or
+        # recorded since the stream was read: a new customer's first import).
+        if stream and not indexed:
             raise IntegrityFailure(
                 f"the customer index has no row for customer {ref!r}, whose events are in the "
                 "ledger: it was altered outside consent-ledger; 'consent-ledger verify' names "

@@ -106,10 +106,15 @@ SELECT_LAST_VERSION = (
     "SELECT coalesce(max(originator_version), 0) FROM ledger_events "
     "WHERE originator_id = ? AND notification_id <= ?"
 )
-# Whether a stream has any event (SQLite: the id's 32 hex digits): a customer's, when the
-# customer index has no row for their reference.
-SELECT_STREAM_EXISTS = "SELECT 1 FROM ledger_events WHERE originator_id = ? LIMIT 1"
-SELECT_CUSTOMER_INDEXED = "SELECT 1 FROM ledger_customers WHERE customer_ref = ?"
+# For a customer reference whose stream read found nothing: whether the customer index has
+# a row for it, and whether the customer's stream (SQLite: the id's 32 hex digits) has any
+# event. One statement, so one snapshot: two would each see the log as it stood then (a
+# PostgreSQL read is in autocommit), and an import committed between them would show a new
+# customer's events without its index row, as if the index had been altered.
+SELECT_CUSTOMER_INDEXED_AND_STREAM = (
+    "SELECT EXISTS (SELECT 1 FROM ledger_customers WHERE customer_ref = ?), "
+    "EXISTS (SELECT 1 FROM ledger_events WHERE originator_id = ?)"
+)
 # The key of the customer pseudonyms in logs (`cli.logs.hashed`): random, made by `db
 # upgrade` (`keys.create_log_key`), base64 in `ledger_meta`.
 LOG_KEY_NAME = "log_pseudonym_key"

@@ -22,7 +22,7 @@ from ledger.errors import CustomerNotFoundError
 from ledger.persistence import tables
 from ledger.vocabulary import DISCLOSURES
 from tests.cli_helpers import run
-from tests.faults.support import customer_of, feed_lines, fork_commands, write_feed
+from tests.faults.support import customer_of, fact_id, feed_lines, fork_commands, write_feed
 
 FILES = 8
 
@@ -96,3 +96,49 @@ def test_queries_during_an_import_never_fail_and_see_a_prefix_of_the_log(
     with ledger.database.reading() as conn:
         held = conn.execute(sa.select(sa.func.count()).select_from(tables.facts)).scalar()
     assert held == len(lines)
+
+
+def test_a_customer_recorded_between_the_reads_of_a_trail_is_not_an_altered_index(
+    ledger: Any, ledger_url: str, monkeypatch: Any
+) -> None:
+    # A trail of a customer the ledger does not hold reads their stream, then asks whether the
+    # customer index names them and whether their stream has events (an index row deleted
+    # outside consent-ledger). A new customer's import may commit between any two of those.
+    from ledger.persistence.database import Database
+
+    registrations = [
+        line for line in feed_lines(12, prefix="n-") if b'"customer.registered"' in line
+    ]
+    real = Database.fetch_on_driver
+    statements: list[str] = []
+    commit_after: list[int] = []
+
+    def fetching(self: Database, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        rows = real(self, sql, params)
+        if self is ledger.database:
+            return rows  # the import's own
+        statements.append(sql)
+        if commit_after and len(statements) == commit_after[0]:
+            ledger.import_lines([registrations[len(commit_after)]])
+            commit_after.clear()
+        return rows
+
+    monkeypatch.setattr(Database, "fetch_on_driver", fetching)
+    ledger.import_lines([registrations[0]])  # the ledger is not empty
+    # Given the statements of a trail of a customer not in the ledger
+    assert run(ledger_url, "customer", "trail", "n-C0000011").exit_code == 1
+    reads = len(statements)
+    assert 2 <= reads < len(registrations), statements
+    for after in range(1, reads + 1):
+        # When that customer's first import commits after the trail's statement `after`
+        ref = customer_of(fact_id(registrations[after]))
+        statements.clear()
+        commit_after[:] = [after] * after  # (whose length picks the registration)
+        answer = run(ledger_url, "customer", "trail", str(ref), "--json")
+        # Then the answer is the ledger as it stood at some moment: the customer, or not yet
+        assert not commit_after, f"statement {after} of {len(statements)} was not run"
+        if answer.exit_code == 1:
+            assert f"customer {ref!r} is not in the ledger" in answer.stderr, answer.stderr
+        else:
+            assert answer.exit_code == 0, (after, answer.stderr)
+            assert orjson.loads(answer.stdout)["customer"] == ref
