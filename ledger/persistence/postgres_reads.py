@@ -39,10 +39,16 @@ _REVISION = "SELECT version_num FROM alembic_version"
 
 
 def plain_postgres_url(url: str) -> str | None:
-    """The libpq URI of a PostgreSQL URL on psycopg; None for any other URL."""
+    """The libpq URI of a PostgreSQL URL on psycopg; None for any other URL.
+
+    A `+` in the query is a space to SQLAlchemy (as in a form) but a plus to libpq: it is
+    given to libpq as `%20`, so that both read `options=-c a=1+-c b=2` as the same two
+    settings (else a read would set a search path of "s+-c ...", and find no ledger)."""
     for scheme in _SCHEMES:
         if url.startswith(scheme):
-            return "postgresql://" + url[len(scheme) :]
+            rest = url[len(scheme) :]
+            head, mark, query = rest.partition("?")
+            return "postgresql://" + head + mark + query.replace("+", "%20")
     return None
 
 

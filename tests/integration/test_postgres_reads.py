@@ -27,6 +27,11 @@ from ledger.persistence.postgres_reads import Readers, plain_postgres_url
             "postgresql://u@h/db?options=-csearch_path%3Ds",
         ),
         ("postgresql+psycopg://h/db", "postgresql://h/db"),
+        # a space in the query, as SQLAlchemy reads a `+` there (a password keeps its `+`)
+        (
+            "postgresql://u:a+b@h/db?options=-csearch_path%3Ds+-cstatement_timeout%3D9",
+            "postgresql://u:a+b@h/db?options=-csearch_path%3Ds%20-cstatement_timeout%3D9",
+        ),
     ],
 )
 def test_a_psycopg_url_is_read_on_the_driver(url: str, uri: str) -> None:
@@ -91,6 +96,28 @@ print("@@", *(m for m in ("sqlalchemy", "eventsourcing") if m in sys.modules))
     printed, _, loaded = done.stdout.rpartition("@@")
     assert json.loads(printed)["customer"] == "C100"
     assert loaded.split() == []
+
+
+def test_options_joined_by_a_plus_are_read_alike_by_queries_and_writes(
+    postgres_url: str, feed_small: Path
+) -> None:
+    # Given the test's URL with a second setting joined as a form joins words: `+`
+    url = postgres_url + "+-cstatement_timeout%3D60000"
+    assert "%3Dt_" in url and "search_path" in url
+    from tests.cli_helpers import run
+
+    # When the ledger is made, a feed imported and a customer asked about, by that URL
+    assert run(url, "db", "upgrade").exit_code == 0
+    assert run(url, "import", str(feed_small)).exit_code == 0
+    answer = run(url, "customer", "trail", "C100", "--json")
+    # Then the query read the ledger the writes made (the schema of the search path)
+    assert answer.exit_code == 0, answer.stderr
+    assert json.loads(answer.stdout)["customer"] == "C100"
+    database = Database(url)
+    try:
+        assert database.fetch_on_driver("SHOW statement_timeout", ()) == [("1min",)]
+    finally:
+        database.dispose()
 
 
 def test_a_server_that_goes_away_is_one_error_without_the_password(postgres_url: str) -> None:
