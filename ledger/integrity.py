@@ -47,6 +47,10 @@ _sha256 = hashlib.sha256
 _HEAD = struct.Struct(">Q16sQI")
 _LEAF_HEAD = struct.Struct(">xQ16sQI")  # the same, after the leaf prefix 0x00 (a pad byte)
 _LEN = struct.Struct(">I")
+# A leaf's bytes before its topic, after the leaf prefix (a pad byte): for a writer that
+# keeps each topic's length and bytes made once (`topic_part`).
+LEAF_HEAD_BEFORE_TOPIC = struct.Struct(">xQ16sQ")
+LENGTH = _LEN
 _FIRST_ID = operator.itemgetter(0)
 _LEVELLED = 1 << 14  # leaves added to the tree at once by `LogAuditor.add_batches`
 
@@ -76,6 +80,12 @@ def leaf_bytes(
 
 def leaf_hash(data: bytes) -> bytes:
     return _sha256(LEAF_PREFIX + data).digest()
+
+
+def topic_part(topic: bytes) -> bytes:
+    """A topic as `leaf_bytes` holds it (its length, then its bytes): for a leaf made as
+    `LEAF_HEAD_BEFORE_TOPIC` + topic part + `LENGTH` of the state + state."""
+    return _LEN.pack(len(topic)) + topic
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
