@@ -403,39 +403,52 @@ class Customer(Aggregate):
 
     def record(self, fact: Fact, sealed: str | None) -> None:
         """Record one fact about this customer (any type but `customer.registered`)."""
-        if fact.type == "customer.registered":
+        kind = fact.type
+        if kind == "customer.registered":
             raise InvalidFactError(f"customer {self.ref!r} is already registered")
-        if self._head_only and fact.type not in HEAD_ONLY_FACTS:
-            raise AssertionError(f"{fact.type} recorded for customer {self.ref!r} at its head")
-        if fact.type == "customer.updated" and self.erased:
+        if self._head_only and kind not in HEAD_ONLY_FACTS:
+            raise AssertionError(f"{kind} recorded for customer {self.ref!r} at its head")
+        if kind == "customer.updated" and self.erased:
             # SPEC §2: invalid, as there is no key left to seal the details with. Every other
             # fact is recorded, a consent given after the erasure or reported late included.
             raise CustomerErasedError(self.ref, "a details update")
         order_ref = fact.order
-        if order_ref is not None and fact.type != "order.placed" and order_ref not in self.orders:
-            raise InvalidFactError(f"order {order_ref!r} does not belong to customer {self.ref!r}")
-        if fact.type == "order.placed" and order_ref in self.orders:
-            raise InvalidFactError(f"order {order_ref!r} is already placed")
-        event_class = EVENT_FOR_FACT[fact.type]
+        if order_ref is not None:
+            if kind != "order.placed":
+                if order_ref not in self.orders:
+                    raise InvalidFactError(
+                        f"order {order_ref!r} does not belong to customer {self.ref!r}"
+                    )
+            elif order_ref in self.orders:
+                raise InvalidFactError(f"order {order_ref!r} is already placed")
+        event_class, names, rule = _RECORDED[kind]
         data = fact.data
-        kwargs: dict[str, Any] = {"fact_id": fact.id, "at": fact.at, "sealed": sealed}
-        for name in _FIELDS_CACHE[event_class]:
-            kwargs[name] = data.get(name)
-        if fact.type == "customer.updated":
-            kwargs["fields_updated"] = sorted(k for k in data if k != "customer")
-        elif fact.type == "order.placed":
-            kwargs["total"] = Decimal(data["total"])
-        rule = DISCLOSURES.get(fact.type)
+        # The event's state as `_trigger` makes it, built in one dict: its fields are its
+        # class's (`_FIELDS_CACHE`), so `_trigger`'s check of them is not repeated per fact.
+        version = self._version + 1
+        timestamp = event_class.create_timestamp()
+        state: dict[str, Any] = {
+            "originator_id": self._id,
+            "originator_version": version,
+            "timestamp": timestamp,
+            "fact_id": fact.id,
+            "at": fact.at,
+            "sealed": sealed,
+        }
+        for name in names:
+            state[name] = data.get(name)
+        if kind == "customer.updated":
+            state["fields_updated"] = sorted(k for k in data if k != "customer")
+        elif kind == "order.placed":
+            state["total"] = Decimal(data["total"])
         if rule is not None:
             categories = rule.categories
-            kwargs.update(
-                recipient=data[rule.recipient_field],
-                recipient_kind=rule.recipient_kind,
-                categories=list(categories) if categories is not None else data["categories"],
-                purpose=rule.purpose,
-                basis=rule.basis,
-            )
-        _trigger(self, event_class, kwargs)
+            state["recipient"] = data[rule.recipient_field]
+            state["recipient_kind"] = rule.recipient_kind
+            state["categories"] = list(categories) if categories is not None else data["categories"]
+            state["purpose"] = rule.purpose
+            state["basis"] = rule.basis
+        _triggered(self, event_class, state)
 
     def record_notification(
         self, recipient: str, regarding: list[str], fact_id: str, at: datetime
@@ -552,21 +565,25 @@ def _trigger(aggregate: Aggregate, event_class: type[FactEvent], fields: dict[st
     if fields.keys() != _FIELD_NAMES[event_class]:
         wrong = sorted(fields.keys() ^ _FIELD_NAMES[event_class])
         raise TypeError(f"Can't construct event {event_class.__qualname__}: fields {wrong}")
-    version = aggregate._version + 1
-    timestamp = event_class.create_timestamp()
     state = {
         "originator_id": aggregate._id,
-        "originator_version": version,
-        "timestamp": timestamp,
+        "originator_version": aggregate._version + 1,
+        "timestamp": event_class.create_timestamp(),
         **fields,
     }
+    _triggered(aggregate, event_class, state)
+
+
+def _triggered(aggregate: Aggregate, event_class: type[FactEvent], state: dict[str, Any]) -> None:
+    """The rest of `_trigger`: the event of `state` (every field of `event_class`, the
+    aggregate's id and next version among them) made, applied and pending."""
     new_event = object.__new__(event_class)
     object.__setattr__(new_event, "__dict__", state)
     # What `mutate` does, less its checks that the event is this aggregate's next one (it
     # is: made here from the aggregate's id and version): apply, then version and time.
     new_event.apply(aggregate)
-    aggregate._version = version
-    aggregate._modified_on = timestamp
+    aggregate._version = state["originator_version"]
+    aggregate._modified_on = state["timestamp"]
     aggregate._pending_events.append(new_event)
 
 
@@ -594,6 +611,21 @@ _FIELDS_CACHE = {klass: _event_fields(klass) for klass in EVENT_FOR_FACT.values(
 _FIELD_NAMES = {
     klass: frozenset({"fact_id", "at", "sealed", *names}) for klass, names in _FIELDS_CACHE.items()
 }
+# What `Customer.record` makes of each fact type: its event class, the fields it fills in from
+# the fact's data (in class order), and the disclosure it is, if any.
+_RECORDED = {
+    kind: (klass, _FIELDS_CACHE[klass], DISCLOSURES.get(kind))
+    for kind, klass in EVENT_FOR_FACT.items()
+}
+# (`record` fills in a disclosure's fields, a details update's and an order's total itself:
+# each must be a field of its class, as `_trigger` would check.)
+if any(
+    (rule is not None and not _DISCLOSURE_FIELDS.issubset(names))
+    or (klass is Customer.DetailsUpdated and "fields_updated" not in names)
+    or (klass is Customer.OrderPlaced and "total" not in names)
+    for klass, names, rule in _RECORDED.values()
+):
+    raise TypeError("Customer.record fills in a field its event class does not have")
 # `_trigger` does what the library's `mutate` does: no class it triggers may override that.
 if any(
     klass.mutate is not CanMutateAggregate.mutate
