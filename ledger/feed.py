@@ -56,6 +56,10 @@ class Fact(NamedTuple):
         return {"id": self.id, "type": self.type, "at": iso(self.at), **self.data, **self.extra}
 
 
+# A named tuple's own `__new__` is a Python function around this (~160 ns a fact).
+_new_fact: Callable[[type[Fact], tuple[Any, ...]], Fact] = tuple.__new__
+
+
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the one format the ledger prints."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -377,7 +381,8 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
         purpose, channel = data["purpose"], data["channel"]
         if channel not in PURPOSE_CHANNELS[purpose]:
             raise InvalidFactError(f"purpose {purpose!r} has no channel {channel!r}")
-    return Fact(fact_id, str(fact_type), at, data, extra, data.get("customer"), data.get("order"))
+    fields = (fact_id, str(fact_type), at, data, extra, data.get("customer"), data.get("order"))
+    return _new_fact(Fact, fields)  # `Fact(*fields)`, without its `__new__` in Python
 
 
 def _too_deep(value: Any) -> bool:
