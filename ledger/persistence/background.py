@@ -35,7 +35,6 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
-from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -139,7 +138,8 @@ def json_insert(
     """One SQLite statement inserting `rows`, and its parameters; None for a value it cannot
     carry (anything but int, str, bytes, UUID and None, or a column of mixed kinds).
 
-    A UUID is stored as its 32 hex digits, as our engine's adapter stores it; bytes come back
+    A UUID is stored as its 32 hex digits, as our engine's adapter stores it (its text as
+    orjson writes it, dashes taken out by SQLite, on the worker's thread); bytes come back
     as a BLOB of the same bytes; text and integers as themselves.
     """
     # The rows column by column, once (a comprehension per column and value was slower).
@@ -164,11 +164,14 @@ def json_insert(
                 f"json_extract(value, '$[{position + 1}]'))"
             )
             position += 2
+        elif kind == "uuid":  # orjson writes a UUID in C, with its dashes: taken out here
+            exprs.append(f"replace(json_extract(value, '$[{position}]'), '-', '')")
+            position += 1
         else:
             exprs.append(f"json_extract(value, '$[{position}]')")
             position += 1
     sql = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(exprs)} FROM json_each(?1)"
-    if all(kind == "plain" for kind in kinds):
+    if "bytes" not in kinds:
         return _encoded(sql, rows)
     # Column by column (a comprehension each), then back to rows: several times faster
     # than a Python loop over every value.
@@ -176,12 +179,8 @@ def json_insert(
     blobs: list[bytes] = []
     offset = 1  # substr counts from 1
     for kind, values, nones in zip(kinds, by_column, with_none, strict=True):
-        if kind == "plain":
+        if kind != "bytes":
             columns_out.append(values)
-        elif kind == "uuid" and nones:
-            columns_out.append([None if v is None else v.hex for v in values])
-        elif kind == "uuid":  # `UUID.hex` of each, without a Python call per value
-            columns_out.append(list(map(_HEX_OF_INT, map(_UUID_INT, values))))
         elif nones:
             lengths = [None if v is None else len(v) for v in values]
             starts: list[int | None] = []
@@ -197,8 +196,8 @@ def json_insert(
             columns_out.extend((starts_at, sizes))
             blobs.extend(values)
     statement = _encoded(sql, list(zip(*columns_out, strict=True)))
-    if statement is None or "bytes" not in kinds:
-        return statement
+    if statement is None:
+        return None
     # A blob even when every value is empty or None: one byte that no offset reaches.
     return sql, (statement[1][0], b"".join(blobs) or b"\0")
 
@@ -226,10 +225,6 @@ def _kind(classes: set[type]) -> str | None:
     if classes == {UUID}:
         return "uuid"
     return None
-
-
-_UUID_INT = attrgetter("int")
-_HEX_OF_INT = "%032x".__mod__  # what `UUID.hex` returns for its `int`
 
 
 def _nothing() -> None:
