@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
+from hashlib import sha1
 from operator import itemgetter
 from typing import Any, ClassVar, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, CanMutateAggregate
+from eventsourcing.utils import get_topic
 
 from ledger.errors import CustomerErasedError, InvalidFactError
 from ledger.feed import Fact
@@ -38,13 +40,22 @@ from ledger.vocabulary import DISCLOSURES
 _NAMESPACE = uuid5(NAMESPACE_URL, "https://consent-ledger.invalid/ids")
 
 
+_NAMESPACE_BYTES = _NAMESPACE.bytes
+
+
+def _uuid5(name: str) -> UUID:
+    """`uuid5(_NAMESPACE, name)`, as it computes it, less its import and namespace bytes
+    made anew for each call (~1.8 us of its 4.5 on a slow day)."""
+    return UUID(bytes=sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16], version=5)
+
+
 @lru_cache(maxsize=65536)
 def customer_id(ref: str) -> UUID:
-    return uuid5(_NAMESPACE, "customer/" + ref)
+    return _uuid5("customer/" + ref)
 
 
 def acquirer_id(name: str) -> UUID:
-    return uuid5(_NAMESPACE, "acquirer/" + name)
+    return _uuid5("acquirer/" + name)
 
 
 def replay(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -334,6 +345,9 @@ class Customer(Aggregate):
     _head_only = False
 
     def __init__(self, ref: str, fact_id: str, at: datetime, sealed: str | None) -> None:
+        self._set_up(ref, at)
+
+    def _set_up(self, ref: str, at: datetime) -> None:
         self.ref = ref
         self.registered_at = at
         self.erased = False
@@ -390,16 +404,36 @@ class Customer(Aggregate):
 
     @classmethod
     def register(cls, fact: Fact, sealed: str | None) -> Customer:
+        """The library's `_create` of a `Registered` event, as `_trigger` makes an event:
+        its `__dict__` set at once, in the order of the event class's fields (the order its
+        frozen `__init__` would set them in, and its state is stored in), and the customer
+        made as the event's `mutate` makes it. The library's way took ~10 us a customer
+        (inspecting `__init__`'s parameters, and that frozen `__init__`) where this takes
+        ~3; the same event, field for field and in order, and the same customer."""
         ref = fact.customer
         assert ref is not None
-        return cls._create(
-            cls.Registered,
-            id=customer_id(ref),
-            ref=ref,
-            fact_id=fact.id,
-            at=fact.at,
-            sealed=sealed,
-        )
+        ident = customer_id(ref)
+        registered = cls.Registered
+        version = cls.INITIAL_VERSION
+        timestamp = registered.create_timestamp()
+        state = {
+            "originator_id": ident,
+            "originator_version": version,
+            "timestamp": timestamp,
+            "originator_topic": _CUSTOMER_TOPIC,
+            "fact_id": fact.id,
+            "at": fact.at,
+            "sealed": sealed,
+            "ref": ref,
+        }
+        event = object.__new__(registered)
+        object.__setattr__(event, "__dict__", state)
+        customer = cls.__new__(cls)
+        customer.__base_init__(ident, version, timestamp)
+        customer._set_up(ref, fact.at)
+        event.apply(customer)
+        customer._pending_events.append(event)
+        return customer
 
     def record(self, fact: Fact, sealed: str | None) -> None:
         """Record one fact about this customer (any type but `customer.registered`)."""
@@ -611,6 +645,7 @@ _FIELDS_CACHE = {klass: _event_fields(klass) for klass in EVENT_FOR_FACT.values(
 _FIELD_NAMES = {
     klass: frozenset({"fact_id", "at", "sealed", *names}) for klass, names in _FIELDS_CACHE.items()
 }
+_CUSTOMER_TOPIC = get_topic(Customer)
 # What `Customer.record` makes of each fact type: its event class, the fields it fills in from
 # the fact's data (in class order), and the disclosure it is, if any.
 _RECORDED = {
