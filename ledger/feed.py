@@ -277,6 +277,12 @@ FACT_TYPES: Final = frozenset(SCHEMAS)
 _WORDS.update(FACT_TYPES)
 # One lookup per field: every field's validator, required or optional.
 _CHECKS: Final = {kind: {**optional, **required} for kind, (required, optional) in SCHEMAS.items()}
+# By type, what `_validate` needs of it in one lookup: its required fields' names, its
+# optional fields, every field's validator, and whether it is a consent fact.
+_PLANS: Final = {
+    kind: (required.keys(), optional, _CHECKS[kind], kind.startswith("consent."))
+    for kind, (required, optional) in SCHEMAS.items()
+}
 _ENVELOPE: Final = frozenset({"id", "type", "at"})
 _FIELD_NAMES: Final = _ENVELOPE.union(*(checks.keys() for checks in _CHECKS.values()))
 
@@ -343,24 +349,23 @@ def _personal_words(obj: Mapping[str, Any]) -> set[str]:
 
 
 def _validate(obj: Mapping[str, Any]) -> Fact:
-    fact_id = obj.get("id")
     if "id" not in obj:
         raise InvalidFactError("missing required field 'id'")
-    fact_id = _text("id", fact_id)
+    fact_id = _text("id", obj["id"])
     if "type" not in obj:
         raise InvalidFactError("missing required field 'type'")
     fact_type = obj["type"]
-    if not isinstance(fact_type, str) or fact_type not in SCHEMAS:
+    plan = _PLANS.get(fact_type) if isinstance(fact_type, str) else None
+    if plan is None:
         hint = f"none of the feed's {len(SCHEMAS)} types"
         raise InvalidFactError(unknown_value("type", fact_type, SCHEMAS, hint=hint))
     if "at" not in obj:
         raise InvalidFactError("missing required field 'at'")
     at = parse_time(obj["at"])
-    required, optional = SCHEMAS[fact_type]
-    if not required.keys() <= obj.keys():
+    required, optional, checks, consent = plan
+    if not required <= obj.keys():
         missing = [name for name in required if name not in obj]
         raise InvalidFactError(f"{fact_type} lacks required field {', '.join(map(repr, missing))}")
-    checks = _CHECKS[fact_type]
     data: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for name, value in obj.items():
@@ -377,7 +382,7 @@ def _validate(obj: Mapping[str, Any]) -> Fact:
             extra[name] = value
     if fact_type == "customer.updated" and len(data) == 1:
         raise InvalidFactError("customer.updated names none of name, email, phone, address")
-    if fact_type.startswith("consent."):
+    if consent:
         purpose, channel = data["purpose"], data["channel"]
         if channel not in PURPOSE_CHANNELS[purpose]:
             raise InvalidFactError(f"purpose {purpose!r} has no channel {channel!r}")
