@@ -308,11 +308,18 @@ class KeyStore:
     def create(self, customer_id: UUID) -> DataKey:
         """A new data key for a new customer, stored in the ambient write transaction."""
         raw = new_key()
-        wrapped = wrap_key(self._master, raw, customer_id.bytes)
-        with self.database.writing() as tx:
+        context = customer_id.bytes
+        wrapped = wrap_key(self._master, raw, context)
+        row = (customer_id, wrapped, _now_text(self.database))
+        tx = self.database.current  # (joined without `writing()`'s context: once a customer)
+        if tx is None:
+            with self.database.writing() as tx:
+                self._check_writer(tx)
+                tx.defer(_KEYS, _KEY_COLUMNS, row)
+        else:
             self._check_writer(tx)
-            tx.defer(_KEYS, _KEY_COLUMNS, (customer_id, wrapped, _now_text(self.database)))
-        key = DataKey(raw, customer_id.bytes)
+            tx.defer(_KEYS, _KEY_COLUMNS, row)
+        key = DataKey(raw, context)
         self._remember(customer_id, key)
         return key
 
@@ -474,15 +481,12 @@ class KeyStore:
             self._queue_suppression((self.email_hash(email), "", None, None))
 
     def _queue_suppression(self, change: _SuppressionChange) -> None:
-        with self.database.writing() as tx:
-            pending = tx.attachments.get(_PENDING_SUPPRESSIONS)
-            if pending is None:
-                pending = tx.attachments[_PENDING_SUPPRESSIONS] = []
-                tx.before_commit.append(lambda: _apply_suppressions(tx, pending))
-            pending.append(change)
-            if len(pending) >= _SUPPRESSION_BATCH:
-                _apply_suppressions(tx, pending)  # in order, as at the commit
-                pending.clear()
+        tx = self.database.current  # (joined without `writing()`'s context: once a change)
+        if tx is None:
+            with self.database.writing() as tx:
+                _queue_suppression_in(tx, change)
+        else:
+            _queue_suppression_in(tx, change)
 
     def suppression(self, email: str) -> tuple[str, dict[str, datetime | None]]:
         """The email's hash and, per suppressed marketing channel, since when (None: withheld,
@@ -799,6 +803,17 @@ def _apply_suppressions(tx: WriteTransaction, changes: list[_SuppressionChange])
         f"INSERT INTO {_SUPPRESSIONS} (email_hash, channel, since) VALUES (?, ?, ?)", new
     )
     changes.clear()
+
+
+def _queue_suppression_in(tx: WriteTransaction, change: _SuppressionChange) -> None:
+    pending = tx.attachments.get(_PENDING_SUPPRESSIONS)
+    if pending is None:
+        pending = tx.attachments[_PENDING_SUPPRESSIONS] = []
+        tx.before_commit.append(lambda: _apply_suppressions(tx, pending))
+    pending.append(change)
+    if len(pending) >= _SUPPRESSION_BATCH:
+        _apply_suppressions(tx, pending)  # in order, as at the commit
+        pending.clear()
 
 
 def email_hash(key: bytes, email: str) -> str:
