@@ -108,13 +108,6 @@ class _TopicBytes(dict[str, bytes]):
         return value
 
 
-try:  # CPython's own SHA-256 (3.11): for a node's 65 bytes ~200 ns less than OpenSSL's, whose
-    # set-up for each hash costs more than that of hashing two blocks (the same digests)
-    from _sha256 import sha256 as _NODE_SHA256  # type: ignore[import-not-found]
-except ImportError:  # (3.12 and later name it otherwise: OpenSSL's, as for the leaves)
-    _NODE_SHA256 = hashlib.sha256
-
-
 class _TopicParts(dict[str, bytes]):
     """A topic's length and UTF-8 bytes as a leaf holds them (`integrity.topic_part`)."""
 
@@ -191,14 +184,14 @@ class Sealer:
             leaves = integrity.event_leaf_hashes(ready, None)
         nodes = [(0, index, leaf) for index, leaf in enumerate(leaves, size)]
         # `integrity.node_hash`, inline.
-        node_sha, prefix, first_stored = _NODE_SHA256, integrity.NODE_PREFIX, _FIRST_STORED_LEVEL
+        prefix, first_stored = integrity.NODE_PREFIX, _FIRST_STORED_LEVEL
         for leaf in leaves:
             stack.append(leaf)
             size += 1
             done, level = size, 0
             while not done & 1:
                 right = stack.pop()
-                merged = node_sha(prefix + stack.pop() + right).digest()
+                merged = sha(prefix + stack.pop() + right).digest()
                 stack.append(merged)
                 done >>= 1
                 level += 1
