@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +353,18 @@ def test_a_clean_up_failing_after_the_commit_does_not_fail_the_erasure(
     assert run_json(ledger_url, "keys", "shred") == {"shredded": True}
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in this process, as in a terminal: a test run started
+    in the background (`cmd &` in a script, as CI starts its two runs) ignores SIGINT, and
+    Python keeps an ignored SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _SignalAfterCommit:
     """A write's driver connection that sends this process SIGINT as its commit returns
     (after `then`, if given)."""
@@ -371,6 +383,7 @@ class _SignalAfterCommit:
         os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.usefixtures("interruptible")
 def test_a_signal_just_after_the_commit_waits_for_what_completes_it(
     ledger: Any, ledger_url: str, feed_small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -400,6 +413,7 @@ def test_a_signal_just_after_the_commit_waits_for_what_completes_it(
     assert Database.commits == commits + 1
 
 
+@pytest.mark.usefixtures("interruptible")
 def test_a_signal_as_a_write_commits_waits_though_the_ledger_has_started_threads(
     ledger: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
