@@ -348,6 +348,8 @@ class Database:
         # Threads of one process may write through one Database (each its own transaction).
         self._driver_lock = threading.Lock()
         self._reads: sqlite_reads.Readers | postgres_reads.Readers | None = None
+        # Per thread: the connection of `one_snapshot()` where there are no `_reads`.
+        self._pinned = threading.local()
         if path is not None:
             self._reads = sqlite_reads.Readers(path, url)
         elif postgres_uri is not None:
@@ -791,18 +793,50 @@ class Database:
         with self.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
+    @contextmanager
+    def one_snapshot(self) -> Iterator[None]:
+        """Every read of this thread through `fetch_on_driver` inside the block sees one
+        snapshot (the ambient write's, if there is one): for an answer read in several
+        statements. Each would otherwise see the log as committed when it ran (a read
+        outside a write is in autocommit), and a write committed between two of them
+        would mix two moments in one answer (a trail's exports with a stream read before
+        the last of them, a customer's stream with their key destroyed since).
+
+        On the driver as `fetch_on_driver` reads (SQLite: one read transaction; PostgreSQL:
+        one REPEATABLE READ transaction, two round trips more), so a query that never loaded
+        SQLAlchemy still does not; for any other URL, in `reading()`'s transaction."""
+        if self.current is not None:
+            yield
+            return
+        if self._reads is not None:
+            with self._reads.snapshot():
+                yield
+            return
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self.reading() as conn:
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
+
     def fetch_on_driver(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one read statement (`?` marks), run on the driver itself.
 
         Outside a write, through `sqlite_reads` or `postgres_reads` (no SQLAlchemy is
         loaded); inside a write, on the write's connection; for any other URL as
-        `reading_statement()` reads.
+        `reading_statement()` reads (or in `one_snapshot()`'s transaction).
         """
         tx = self.current
         if tx is not None:
             return tx.fetch(sql, params)
         if self._reads is not None:
             return self._reads.fetch(sql, params)
+        pinned = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            return fetch_rows(pinned, sql, params)
         with self.reading_statement() as conn:
             return fetch_rows(conn, sql, params)
 

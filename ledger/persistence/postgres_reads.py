@@ -105,10 +105,24 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
                 f"cannot connect to {self._safe()}: {self._connect_failure(error)}"
             ) from None
 
-    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    def _begin(self) -> psycopg.Connection[Any]:
+        # One round trip: the snapshot is taken at the first read and kept to the end.
+        self.fetch("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", fetched=False)
+        return self.connection()  # (the one it ran on: opened again if the server ended one)
+
+    def _end(self, conn: psycopg.Connection[Any]) -> None:
+        import psycopg
+
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error:  # (nothing was written) not used again: it may be in the block
+            self.discard(conn)
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = (), *, fetched: bool = True) -> list[Any]:
         """The rows of one statement (`?` marks). A connection the server ended while it
         was held (an administrator, an idle timeout, a restart) is opened again and the
-        statement read again, once: a read in autocommit changes nothing."""
+        statement read again, once: a read in autocommit changes nothing (but not inside a
+        `snapshot()`, whose reads are all on the one connection)."""
         import psycopg
 
         for attempt in (1, 2):
@@ -116,9 +130,10 @@ class Readers(PerThread["psycopg.Connection[Any]"]):
             try:
                 with conn.cursor() as cursor:
                     cursor.execute(for_driver(sql, "pyformat"), params)
-                    return list(cursor.fetchall())
+                    return list(cursor.fetchall()) if fetched else []
             except psycopg.Error as error:  # e.g. the server went away
-                if attempt == 1 and isinstance(error, psycopg.OperationalError) and conn.closed:
+                lost = isinstance(error, psycopg.OperationalError) and conn.closed
+                if attempt == 1 and lost and not self.in_snapshot:
                     continue
                 raise DatabaseUnavailableError(
                     f"the database {self._safe()} failed: {first_line(error)}"

@@ -7,8 +7,11 @@ each thread of each process opens its own, and `close()` closes this process's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 _C = TypeVar("_C")
@@ -30,6 +33,9 @@ class PerThread(Generic[_C]):
         return True
 
     def connection(self) -> _C:
+        pinned: _C | None = getattr(self._local, "pinned", None)
+        if pinned is not None:  # inside `snapshot()`: its connection, whatever became of it
+            return pinned
         held: tuple[int, _C] | None = getattr(self._local, "held", None)
         if held is not None and held[0] == os.getpid() and self._usable(held[1]):
             return held[1]
@@ -39,6 +45,41 @@ class PerThread(Generic[_C]):
         with self._lock:
             self._opened.append(held)
         return conn
+
+    @property
+    def in_snapshot(self) -> bool:
+        """Whether this thread's reads are inside `snapshot()`."""
+        return getattr(self._local, "pinned", None) is not None
+
+    def _begin(self) -> _C:
+        """Begin a transaction that reads one snapshot on this thread's connection (in
+        autocommit until then); that connection."""
+        raise NotImplementedError
+
+    def _end(self, conn: _C) -> None:
+        """End `_begin`'s transaction (nothing was written in it)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read of this thread inside the block (`fetch`) sees one snapshot: they run
+        in one transaction on one connection (nested blocks join the outer one)."""
+        if self.in_snapshot:
+            yield
+            return
+        conn = self._begin()
+        self._local.pinned = conn
+        try:
+            yield
+        finally:
+            self._local.pinned = None
+            self._end(conn)
+
+    def discard(self, conn: _C) -> None:
+        """Close this thread's connection `conn`: the next read opens another."""
+        self._local.held = None
+        with contextlib.suppress(Exception):  # (broken already: closed is all that is asked)
+            conn.close()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Close this process's connections (of every thread); a later read reopens."""

@@ -231,9 +231,26 @@ class Readers(PerThread[sqlite3.Connection]):
             ) from None
         return conn
 
-    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    def _begin(self) -> sqlite3.Connection:
+        # Deferred: the snapshot is the one the first read takes (WAL mode), kept to the end.
+        conn = self.connection()
+        self._run(conn.execute, "BEGIN")
+        return conn
+
+    def _end(self, conn: sqlite3.Connection) -> None:
         try:
-            return self.connection().execute(sql, params).fetchall()
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.Error:  # (nothing was written) not used again: it may keep the snapshot
+            self.discard(conn)
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        rows: list[Any] = self._run(lambda: self.connection().execute(sql, params).fetchall())
+        return rows
+
+    def _run(self, call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return call(*args)
         except sqlite3.Error as error:  # e.g. locked beyond the timeout
             if is_damaged(error):
                 raise DamagedDatabaseError(self.url) from None
