@@ -13,7 +13,7 @@ import gc
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -575,7 +575,10 @@ class ConsentLedger(Application[UUID]):
         `deliver` hands the pack over (writes its files) inside the transaction that records
         the request: if it fails, the request is not recorded as served."""
         self.customer_with_events(ref)  # an unknown customer is an error before anything else
-        with self.database.writing() if record_request else nullcontext():
+        # Read in one snapshot (the write's, if the request is recorded): an erasure
+        # committed between the stream's read and the key's, or an export between the
+        # stream's and the exports', would mix two moments in the pack.
+        with self.database.writing() if record_request else self.database.one_snapshot():
             if record_request:
                 self.record_fact({"type": "subject.access_requested", "customer": ref})
             customer, events = self.customer_with_events(ref)

@@ -20,9 +20,11 @@ def customer() -> None:
 def customer_document(ledger: Any, ref: str) -> dict[str, Any]:
     from ledger import views
 
-    aggregate = ledger.customer(ref)
-    events = ledger.customer_events(ref)
-    details = ledger.personal_data(aggregate, events)
+    # One snapshot: an erasure committed between the stream's read and the key's would show
+    # a customer not erased whose key is gone (as if the key row had been deleted).
+    with ledger.database.one_snapshot():
+        aggregate, events = ledger.customer_with_events(ref)
+        details = ledger.personal_data(aggregate, events)
     return {
         "customer": ref,
         "erased": aggregate.erased,

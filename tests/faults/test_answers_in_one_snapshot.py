@@ -9,12 +9,15 @@ each statement of the command in turn, and holds the answer to one of the two mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.examples import registered
+from tests.cli_helpers import run
+from tests.examples import line, registered
 
 
 def test_every_read_of_one_snapshot_sees_the_ledger_as_it_stood_at_the_first(
@@ -45,3 +48,135 @@ def test_every_read_of_one_snapshot_sees_the_ledger_as_it_stood_at_the_first(
             assert database.fetch_on_driver(count, ()) > [(after,)]
         finally:
             database.dispose()
+
+
+class Between:
+    """`Database.fetch_on_driver` with a write committed after the command's statement
+    number `after` (none while `after` is 0); the writes' own statements pass through."""
+
+    def __init__(self, monkeypatch: Any, write: Callable[[], None]) -> None:
+        from ledger.persistence.database import Database
+
+        real = Database.fetch_on_driver
+        self.statements: list[str] = []
+        self.after = 0
+        self.written = False
+        writing = [False]
+
+        def fetching(database: Database, sql: str, params: tuple[Any, ...]) -> list[Any]:
+            rows = real(database, sql, params)
+            if writing[0]:
+                return rows  # the write's own
+            self.statements.append(sql)
+            if len(self.statements) == self.after:
+                writing[0] = True
+                try:
+                    write()
+                finally:
+                    writing[0] = False
+                self.written = True
+            return rows
+
+        monkeypatch.setattr(Database, "fetch_on_driver", fetching)
+
+    def reads(self, command: Callable[[], Any]) -> int:
+        """How many statements `command` reads, nothing committed meanwhile."""
+        self.after, self.written = 0, False
+        self.statements.clear()
+        command()
+        return len(self.statements)
+
+    def commit_after(self, after: int, command: Callable[[], Any]) -> Any:
+        self.after, self.written = after, False
+        self.statements.clear()
+        answer = command()
+        assert self.written, f"statement {after} of {len(self.statements)} was not run"
+        return answer
+
+
+def test_customer_show_of_a_customer_erased_meanwhile_is_before_or_after_the_erasure(
+    ledger: Any, ledger_url: str, monkeypatch: Any
+) -> None:
+    import ledger.persistence.keys as keys
+
+    monkeypatch.setattr(keys, "_SHRED_WAIT", 0.2)  # (a reader's snapshot may hold it back)
+    refs = [f"C{n}" for n in range(1, 20)]
+    ledger.import_lines(orjson.dumps(registered(ref, n)) for n, ref in enumerate(refs))
+    erasing = iter(refs[1:])
+    erased: list[str] = []
+
+    def erase() -> None:
+        erased.append(next(erasing))
+        ledger.erase(erased[-1])
+
+    between = Between(monkeypatch, erase)
+
+    def show(ref: str) -> Any:
+        return run(ledger_url, "customer", "show", ref, "--json")
+
+    reads = between.reads(lambda: show(refs[0]))
+    assert 2 <= reads < len(refs), between.statements
+    for after in range(1, reads + 1):
+        ref = refs[after]
+        answer = between.commit_after(after, lambda ref=ref: show(ref))  # type: ignore[misc]
+        assert erased[-1] == ref
+        # Then the customer as they stood before the erasure (details), or after (none)
+        assert answer.exit_code == 0, (after, answer.stderr)
+        document = orjson.loads(answer.stdout)
+        assert (document["details"] is None) == document["erased"], (after, document)
+
+
+def test_an_access_pack_of_a_customer_erased_meanwhile_is_before_or_after_the_erasure(
+    ledger: Any, ledger_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # The pack written without recording the request (`--no-record`): read outside a write
+    import ledger.persistence.keys as keys
+
+    monkeypatch.setattr(keys, "_SHRED_WAIT", 0.2)  # (a reader's snapshot may hold it back)
+    refs = [f"C{n}" for n in range(1, 20)]
+    ledger.import_lines(orjson.dumps(registered(ref, n)) for n, ref in enumerate(refs))
+    erasing = iter(refs[1:])
+    between = Between(monkeypatch, lambda: ledger.erase(next(erasing)))
+    out = tmp_path / "pack.json"
+
+    def pack(ref: str) -> Any:
+        answer = run(ledger_url, "customer", "access-export", ref, "--out", str(out), "--no-record")
+        return answer, (orjson.loads(out.read_bytes()) if answer.exit_code == 0 else None)
+
+    reads = between.reads(lambda: pack(refs[0]))
+    assert 2 <= reads < len(refs), between.statements
+    for after in range(1, reads + 1):
+        answer, document = between.commit_after(after, lambda ref=refs[after]: pack(ref))  # type: ignore[misc]
+        # Then the customer as they stood before the erasure (details), or after (none)
+        assert answer.exit_code == 0, (after, answer.stderr)
+        assert (document["personal_data"] is None) == document["erased"], (after, document)
+
+
+def test_order_show_of_an_order_dispatched_meanwhile_gives_the_status_of_its_facts(
+    ledger: Any, ledger_url: str, monkeypatch: Any
+) -> None:
+    refs = [f"C{n}" for n in range(1, 8)]
+    facts = [registered(ref, n) for n, ref in enumerate(refs)]
+    facts += [line("order.placed", f"{ref}-o", 10, customer=ref, order=f"O-{ref}") for ref in refs]
+    assert ledger.import_lines(orjson.dumps(f) for f in facts).accepted == len(facts)
+    dispatching = iter(refs[1:])
+
+    def dispatch() -> None:
+        ref = next(dispatching)
+        fact = line("order.dispatched", f"{ref}-s", 20, order=f"O-{ref}")
+        assert ledger.import_lines([orjson.dumps(fact)]).accepted == 1
+
+    between = Between(monkeypatch, dispatch)
+
+    def show(ref: str) -> dict[str, Any]:
+        answer = run(ledger_url, "order", "show", f"O-{ref}", "--json")
+        assert answer.exit_code == 0, answer.stderr
+        document: dict[str, Any] = orjson.loads(answer.stdout)
+        return document
+
+    reads = between.reads(lambda: show(refs[0]))
+    for after in range(1, reads + 1):
+        document = between.commit_after(after, lambda ref=refs[after]: show(ref))  # type: ignore[misc]
+        # Then the order as it stood before the dispatch, or after: its status and its facts
+        dispatched = any(fact["type"] == "order.dispatched" for fact in document["facts"])
+        assert document["status"] == ("dispatched" if dispatched else "placed"), (after, document)
