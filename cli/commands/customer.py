@@ -89,11 +89,8 @@ def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> N
     those made by --as-of, as recorded now or by --known-at."""
     from ledger import views
 
-    erased = None
-    if known_at is not None:  # the erasure is today's truth, whenever it was recorded
-        erased = any(views.event_name(e) == "Customer.Erased" for e in context.customer_facts(ref))
-    facts = context.customer_facts(ref, known_at)
-    rows = views.trail_rows(facts, as_of, erased, context.customer_exports(ref, known_at))
+    erased, facts, exports = _trail_reads(context, ref, known_at)
+    rows = views.trail_rows(facts, as_of, erased, exports)
     logs.summarise(customer=logs.hashed(ref), disclosures=len(rows))
     if as_json:
         emit_json({"customer": ref, "disclosures": rows})
@@ -118,6 +115,38 @@ def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> N
             empty="(no disclosures)",
         )
     )
+
+
+def _trail_reads(context: Any, ref: str, known_at: Any) -> tuple[bool | None, list[Any], list[Any]]:
+    """What a trail is made of, as the log stood at one moment: whether the customer is
+    erased now (None: read from the facts), their facts (by `known_at`) and the exports that
+    may hold them (`views.trail_rows`).
+
+    Each read is a statement of its own, which sees the log as committed when it ran: a
+    write committed between two of them (a disclosure then an export, an erasure) would mix
+    two moments in the answer. Without `known_at`, the exports (none, mostly) are read after
+    the facts; with none, they were none when the facts were read too. Else their read ends
+    with the position of each of the customer's events: if the customer has no event since
+    the facts were read, those facts are theirs as the exports were read. Any other case is
+    read again, all in one snapshot (two round trips more on PostgreSQL)."""
+    from ledger import views
+
+    if known_at is None:
+        facts = context.customer_facts(ref)
+        exports = context.customer_exports(ref)
+        last = max((e.originator_version for e in facts), default=0)
+        if not exports or max(exports[0][3], default=0) == last:
+            return None, facts, exports
+    with context.database.one_snapshot():
+        erased = None
+        if known_at is not None:  # the erasure is today's truth, whenever it was recorded
+            now = context.customer_facts(ref)
+            erased = any(views.event_name(e) == "Customer.Erased" for e in now)
+        return (
+            erased,
+            context.customer_facts(ref, known_at),
+            context.customer_exports(ref, known_at),
+        )
 
 
 @customer.command("erase")

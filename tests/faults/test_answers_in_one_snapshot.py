@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ledger.exports import ExportRequest, export_due_diligence
 from tests.cli_helpers import run
 from tests.examples import line, registered
 
@@ -150,6 +151,94 @@ def test_an_access_pack_of_a_customer_erased_meanwhile_is_before_or_after_the_er
         # Then the customer as they stood before the erasure (details), or after (none)
         assert answer.exit_code == 0, (after, answer.stderr)
         assert (document["personal_data"] is None) == document["erased"], (after, document)
+
+
+ACQUIRER = "Contoso Holdings"
+
+
+def test_a_trail_never_lists_an_export_without_the_disclosure_recorded_before_it(
+    ledger: Any, ledger_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # C1 is registered; then, between two statements of a trail of C1, a disclosure of C1
+    # and a due-diligence export (which holds C1) commit, one after the other.
+    ledger.import_lines([orjson.dumps(registered("C1", 0))])
+    exports = iter(range(100))
+
+    def disclose_then_export() -> None:
+        n = next(exports)
+        fact = line("affiliate.disclosure", f"C1-d{n}", 10 + n, customer="C1")
+        assert ledger.import_lines([orjson.dumps(fact)]).accepted == 1
+        export_due_diligence(ledger, ExportRequest(acquirer=ACQUIRER, out=tmp_path / f"dd{n}"))
+
+    between = Between(monkeypatch, disclose_then_export)
+
+    def trail() -> list[dict[str, Any]]:
+        answer = run(ledger_url, "customer", "trail", "C1", "--json")
+        assert answer.exit_code == 0, answer.stderr
+        rows: list[dict[str, Any]] = orjson.loads(answer.stdout)["disclosures"]
+        return rows
+
+    reads = between.reads(trail)
+    for after in range(1, reads + 1):
+        before = [row["fact_id"] for row in trail()]
+        shown = [row["fact_id"] for row in between.commit_after(after, trail)]
+        # Then the trail is C1's as it stood before that write, or after it: never an export
+        # that held C1 listed without the disclosure of C1 recorded before it.
+        assert set(before) <= set(shown), (after, before, shown)
+        new = sorted(set(shown) - set(before))
+        if new:
+            assert len(new) == 2 and new[0] == f"C1-d{after - 1}", (after, before, shown)
+            assert new[1].startswith("export-"), (after, before, shown)
+
+
+def test_a_trail_known_at_a_later_time_withholds_once_erased_meanwhile(
+    ledger: Any, ledger_url: str, monkeypatch: Any
+) -> None:
+    # Each customer's data went to a recipient named like an email address (withheld from
+    # their trail once they are erased, whatever time the trail is asked for)
+    import ledger.persistence.keys as keys
+
+    monkeypatch.setattr(keys, "_SHRED_WAIT", 0.2)  # (a reader's snapshot may hold it back)
+    refs = [f"C{n}" for n in range(1, 12)]
+    facts = [registered(ref, n) for n, ref in enumerate(refs)]
+    facts += [_disclosure(ref, "d1", 20) for ref in refs]
+    assert ledger.import_lines(orjson.dumps(f) for f in facts).accepted == len(facts)
+    erasing = iter(refs[1:])
+
+    def disclose_then_erase() -> None:
+        # Another disclosure of the customer, then their erasure, in one import
+        ref = next(erasing)
+        erasure = line("subject.erased", f"{ref}-x", 40, customer=ref)
+        more = [_disclosure(ref, "d2", 30), erasure]
+        assert ledger.import_lines(orjson.dumps(f) for f in more).accepted == 2
+
+    between = Between(monkeypatch, disclose_then_erase)
+
+    def trail(ref: str) -> list[dict[str, Any]]:
+        # As known at the end of a day to come: everything recorded by the time it answers
+        answer = run(ledger_url, "customer", "trail", ref, "--known-at", "2999-01-01", "--json")
+        assert answer.exit_code == 0, answer.stderr
+        rows: list[dict[str, Any]] = orjson.loads(answer.stdout)["disclosures"]
+        return rows
+
+    reads = between.reads(lambda: trail(refs[0]))
+    for after in range(1, reads + 1):
+        ref = refs[after]
+        rows = between.commit_after(after, lambda ref=ref: trail(ref))  # type: ignore[misc]
+        # Then the trail is before the import (one disclosure, named), or after it (both,
+        # the customer erased: the names withheld)
+        shown = [(row["fact_id"], row["recipient"] == EMAIL) for row in rows]
+        assert shown in ([(f"{ref}-d1", True)], [(f"{ref}-d1", False), (f"{ref}-d2", False)]), (
+            after,
+            shown,
+        )
+
+
+EMAIL = "ann@example.org"
+
+
+def _disclosure(ref: str, name: str, minutes: int) -> dict[str, Any]:
+    return line("affiliate.disclosure", f"{ref}-{name}", minutes, customer=ref, affiliate=EMAIL)
 
 
 def test_order_show_of_an_order_dispatched_meanwhile_gives_the_status_of_its_facts(
