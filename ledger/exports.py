@@ -1389,11 +1389,15 @@ def reidentify(app: ConsentLedger, export_id: str, alias: str) -> str:
     raise InputError(f"no customer of this ledger has pseudonym {alias!r} in export {export_id}")
 
 
-def customers_held(app: ConsentLedger) -> dict[str, int]:
-    """For each acquirer that received due-diligence exports, how many distinct customers
-    they held between them (`ledger.views.export_held`, as the customers' trails list
-    them). A registration time the ledger cannot have written is an `UnreadableEventError`;
-    an export missing from the fact index, an `IntegrityFailure`."""
+def _exported(
+    app: ConsentLedger, upto: int | None
+) -> list[tuple[Acquirer.DueDiligenceExported, int]]:
+    """Every due-diligence export recorded (by event `upto`, if given), with its position in
+    the log. An export missing from the fact index is an `IntegrityFailure`.
+
+    Bounded by a position read before (a read model's), what this reads is the same
+    whenever it is read: the log up to there is whole and never changes. Unbounded, it is
+    the log as each of its statements finds it."""
     exported = [
         event
         for stream in export_store.exporting_streams(app.database)
@@ -1401,19 +1405,32 @@ def customers_held(app: ConsentLedger) -> dict[str, int]:
         if isinstance(event, Acquirer.DueDiligenceExported)
     ]
     if not exported:
-        return {}
+        return []
     positions = export_store.fact_positions(app.database, [e.fact_id for e in exported])
-    plans: dict[str, list[tuple[int, int | None, datetime | None]]] = {}
+    found = []
     for event in exported:
         if event.fact_id not in positions:
             raise IntegrityFailure(
                 f"the fact index has no row for {event.fact_id}: it was altered outside "
                 "consent-ledger; 'consent-ledger verify' names what changed"
             )
+        if upto is None or positions[event.fact_id] <= upto:
+            found.append((event, positions[event.fact_id]))
+    return found
+
+
+def customers_held(app: ConsentLedger, upto: int | None = None) -> dict[str, int]:
+    """For each acquirer that received due-diligence exports (recorded by event `upto`, if
+    given), how many distinct customers they held between them (`ledger.views.export_held`,
+    as the customers' trails list them). A registration time the ledger cannot have written
+    is an `UnreadableEventError`; an export missing from the fact index, an
+    `IntegrityFailure`."""
+    plans: dict[str, list[tuple[int, int | None, datetime | None]]] = {}
+    for event, position in _exported(app, upto):
         as_of = aware_time(event.as_of) if event.as_of is not None else None
-        plans.setdefault(event.recipient, []).append(
-            (positions[event.fact_id], event.tree_size, as_of)
-        )
+        plans.setdefault(event.recipient, []).append((position, event.tree_size, as_of))
+    if not plans:
+        return {}
     dated = any(as_of is not None for plan in plans.values() for *_, as_of in plan)
     last = max(export_read(*export[:2]) for plan in plans.values() for export in plan)
     customers = []
@@ -1432,33 +1449,33 @@ def customers_held(app: ConsentLedger) -> dict[str, int]:
     }
 
 
-def recorded_exports(app: ConsentLedger) -> list[dict[str, Any]]:
-    """Every due-diligence export recorded, oldest first, as the disclosure it is (for the
-    auditor's report): when, to whom, what, how many customers, the manifest's hash."""
+def recorded_exports(app: ConsentLedger, upto: int | None = None) -> list[dict[str, Any]]:
+    """Every due-diligence export recorded (by event `upto`, if given: a read model's
+    position, for a registry that counts the exports it lists as of there), oldest first,
+    as the disclosure it is (for the auditor's report): when, to whom, what, how many
+    customers, the manifest's hash."""
     found = []
-    for stream in export_store.exporting_streams(app.database):
-        for event in app.events.get(stream):
-            if isinstance(event, Acquirer.DueDiligenceExported):
-                found.append(
-                    (
-                        event.at,
-                        event.fact_id,
-                        {
-                            "at": iso(event.at),
-                            "fact_id": event.fact_id,
-                            "export_id": event.export_id,
-                            "recipient": event.recipient,
-                            "recipient_kind": event.recipient_kind,
-                            "purpose": event.purpose,
-                            "basis": event.basis,
-                            "categories": list(event.categories),
-                            "customers": event.customers,
-                            "identified": event.identified,
-                            "as_of": event.as_of,
-                            "format": event.export_format,
-                            "manifest_sha256": event.manifest_sha256,
-                        },
-                    )
-                )
+    for event, _position in _exported(app, upto):
+        found.append(
+            (
+                event.at,
+                event.fact_id,
+                {
+                    "at": iso(event.at),
+                    "fact_id": event.fact_id,
+                    "export_id": event.export_id,
+                    "recipient": event.recipient,
+                    "recipient_kind": event.recipient_kind,
+                    "purpose": event.purpose,
+                    "basis": event.basis,
+                    "categories": list(event.categories),
+                    "customers": event.customers,
+                    "identified": event.identified,
+                    "as_of": event.as_of,
+                    "format": event.export_format,
+                    "manifest_sha256": event.manifest_sha256,
+                },
+            )
+        )
     found.sort(key=lambda item: (item[0], item[1]))  # by time, not by its text
     return [row for _, _, row in found]

@@ -140,13 +140,15 @@ def list_recipients(ledger: Any, kind: str | None, as_json: bool) -> None:
     kind then name: how many disclosures on customers' trails and of how many customers,
     how many due-diligence exports (to an acquirer) and how many customers they held, the
     first and the last, and the categories, purposes and bases. From the recipient registry
-    read model, brought up to the head of the log first, and the exports recorded."""
+    read model, brought up to the head of the log first, and the exports recorded by then."""
     from ledger.exports import customers_held, recorded_exports
     from ledger.reports import with_exports
 
     position, rows = ledger.read_models.recipients(kind)
-    exports = [e for e in recorded_exports(ledger) if kind in (None, e["recipient_kind"])]
-    rows = with_exports(rows, exports, customers_held(ledger) if exports else None)
+    # The exports recorded by the registry's position: read after it, they could hold one
+    # recorded since (listed beyond it, or its customers counted though it is not listed).
+    exports = [e for e in recorded_exports(ledger, position) if kind in (None, e["recipient_kind"])]
+    rows = with_exports(rows, exports, customers_held(ledger, position) if exports else None)
     logs.summarise(rows=len(rows))
     if as_json:
         emit_json({"position": position, "recipients": rows})

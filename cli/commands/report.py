@@ -45,7 +45,6 @@ def report_command(context: Any, out: Path, trust: bool, as_json: bool) -> None:
     written whatever it finds; exit 4 if the ledger does not verify or a read model
     disagrees with the events (the report says which, first)."""
     check_writable(out, keep_off=own_files(context.database))  # before building it
-    from ledger.exports import customers_held, recorded_exports
     from ledger.reports import auditor_report, to_html
 
     def step(what: str) -> None:
@@ -54,8 +53,7 @@ def report_command(context: Any, out: Path, trust: bool, as_json: bool) -> None:
 
     now = datetime.now(UTC)
     figures, integrity = context.ledger.audited_figures(now, step, compare=not trust)
-    exports = recorded_exports(context.ledger)
-    held = customers_held(context.ledger)
+    exports, held = _exports_of_registry(context.ledger, figures)
     document = auditor_report(figures, now, exports, integrity=integrity, held=held)
     put_file(out, to_html(document).encode())
     violations = len(figures.violations)
@@ -98,6 +96,19 @@ def report_command(context: Any, out: Path, trust: bool, as_json: bool) -> None:
         )
 
 
+def _exports_of_registry(ledger: Any, figures: Any) -> tuple[list[Any], dict[str, int]]:
+    """The due-diligence exports, and the customers each acquirer's held, that the
+    recipient registry of `figures` counts with its own rows (`reports.with_exports`): those
+    recorded by the registry's position. Read after it, each statement may find exports
+    recorded since (an export listed beyond the registry's event, the customers held counted
+    of exports not listed)."""
+    from ledger.exports import customers_held, recorded_exports
+    from projections.recipient_registry import RecipientRegistry
+
+    upto = figures.positions[RecipientRegistry.name]
+    return recorded_exports(ledger, upto), customers_held(ledger, upto)
+
+
 @click.group("report")
 def report() -> None:
     """Reports for the data protection officer."""
@@ -123,12 +134,10 @@ def processing(context: Any, fmt: str, out: Path | None) -> None:
     recipients by kind and by name with counts, lawful bases, transfers."""
     if out is not None:
         check_writable(out, keep_off=own_files(context.database))
-    from ledger.exports import customers_held, recorded_exports
     from ledger.reports import processing_records, to_html, to_markdown
 
     figures = context.ledger.read_models.figures(with_violations=False)
-    exports = recorded_exports(context.ledger)
-    held = customers_held(context.ledger)
+    exports, held = _exports_of_registry(context.ledger, figures)
     document = processing_records(figures, datetime.now(UTC), exports, held)
     text = to_html(document) if fmt == "html" else to_markdown(document)
     logs.log.info("report.processing", format=fmt, recipients=len(figures.recipients))

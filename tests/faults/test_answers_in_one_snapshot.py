@@ -269,3 +269,49 @@ def test_order_show_of_an_order_dispatched_meanwhile_gives_the_status_of_its_fac
         # Then the order as it stood before the dispatch, or after: its status and its facts
         dispatched = any(fact["type"] == "order.dispatched" for fact in document["facts"])
         assert document["status"] == ("dispatched" if dispatched else "placed"), (after, document)
+
+
+def test_the_recipient_registry_counts_the_exports_it_lists_as_of_its_position(
+    ledger: Any, ledger_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # C0 is registered and exported; then, between two statements of `recipients list`, one
+    # more customer is registered and another export (which holds both) commits.
+    ledger.import_lines([orjson.dumps(registered("C0", 0))])
+    export_due_diligence(ledger, ExportRequest(acquirer=ACQUIRER, out=tmp_path / "dd"))
+    positions = [
+        ledger.database.fetch_on_driver("SELECT max(notification_id) FROM ledger_events", ())[0][0]
+    ]
+    customers = iter(range(1, 100))
+
+    def register_then_export() -> None:
+        n = next(customers)
+        assert ledger.import_lines([orjson.dumps(registered(f"C{n}", n))]).accepted == 1
+        export_due_diligence(ledger, ExportRequest(acquirer=ACQUIRER, out=tmp_path / f"dd{n}"))
+        positions.append(
+            ledger.database.fetch_on_driver("SELECT max(notification_id) FROM ledger_events", ())[
+                0
+            ][0]
+        )
+
+    between = Between(monkeypatch, register_then_export)
+
+    def registry() -> dict[str, Any]:
+        answer = run(ledger_url, "recipients", "list", "--json")
+        assert answer.exit_code == 0, answer.stderr
+        document: dict[str, Any] = orjson.loads(answer.stdout)
+        return document
+
+    reads = between.reads(registry)
+    for after in range(1, reads + 1):
+        document = between.commit_after(after, registry)
+        # Then the exports listed are those recorded by the registry's position, and the
+        # customers they held are counted of those exports: the n-th held n customers
+        (row,) = [r for r in document["recipients"] if r["recipient"] == ACQUIRER]
+        exports = row["exports"]
+        assert row["exported_customers"] == exports, (after, row)
+        assert positions[exports - 1] <= document["position"], (after, positions, document)
+        assert exports == len(positions) or positions[exports] > document["position"], (
+            after,
+            positions,
+            document,
+        )
