@@ -73,6 +73,7 @@ from ledger.domainmodel import (
 from ledger.errors import (
     ConcurrencyError,
     ConfigurationError,
+    DataKeyMissingError,
     InputError,
     IntegrityFailure,
     RuleViolationError,
@@ -795,6 +796,7 @@ class Exporter:
         checkpoint = seals.checkpoint_by_size(self.app, verified.events)
         checkpoint["public_key"] = public_key_pem(signing_key.public_key())
         # As of the verified events the export reads, not of whatever is recorded meanwhile.
+        self.read_upto = verified.events
         self.initiations = self.app.transfers_initiated(verified.events)
         with self.app.database.reading() as conn:
             self.recorded_exports = decoded_exports(
@@ -909,7 +911,10 @@ class Exporter:
             scan = export_store.customer_event_rows(
                 self.app.database, upto, order_secret=self.secret
             )
-            rows = self._write_part(scan, self.staging, header=True, progress=self.progress)
+            # Closed however the writing ends: a scan left open on a failure (a customer
+            # erased meanwhile) kept its read transaction open until collected.
+            with contextlib.closing(scan):
+                rows = self._write_part(scan, self.staging, header=True, progress=self.progress)
         # Hashed side by side: hashlib lets go of the GIL while it hashes a block. Its
         # threads are started with Ctrl-C and SIGTERM blocked, for life: a signal given to
         # one of them is handled at once, though the export's commit holds it off
@@ -1110,10 +1115,21 @@ class Exporter:
             held = [holding for holding in held if holding[0] <= as_of]
         personal = None
         if self.request.identified and not customer.erased:
-            personal = self.app.personal_data(customer, events)
+            personal = self._personal_data(customer, events)
         rows = customer_rows(customer, events, self.pseudonyms, as_of, personal, held, positions)
         self._count(customer, events, positions, rows, every)
         return rows
+
+    def _personal_data(self, customer: Customer, events: list[FactEvent]) -> dict[str, Any] | None:
+        """The customer's details, opened with their key (read now, not in the events'
+        snapshot): a key gone though no erasure is among the events read is a customer
+        erased since, as the export's record refuses them, not a key row deleted."""
+        try:
+            return self.app.personal_data(customer, events)
+        except DataKeyMissingError:
+            if customer.id in export_store.erased_after(self.app.database, self.read_upto):
+                raise ConcurrencyError(_ERASED_MEANWHILE) from None
+            raise
 
     def _held(
         self, events: list[FactEvent], positions: list[int]
@@ -1249,9 +1265,7 @@ class Exporter:
             # read back, as any import's customers.
             unchanged = tx.next_notification_id == upto + 1
             if request.identified and export_store.erased_after(app.database, upto):
-                raise ConcurrencyError(
-                    "customers were erased while the export ran; run the export again"
-                )
+                raise ConcurrencyError(_ERASED_MEANWHILE)
             export_store.store_export(
                 tx,
                 export_id=self.export_id,
@@ -1284,6 +1298,9 @@ class Exporter:
                 with open(self.disclosure_feed, "rb") as lines:
                     app.import_lines(lines, heads=self.heads if unchanged else None)
             held.enter_context(signals_held())  # until the caller has published the folder
+
+
+_ERASED_MEANWHILE = "customers were erased while the export ran; run the export again"
 
 
 def _rank_ranges(customers: int, parts: int) -> list[tuple[int, int]]:

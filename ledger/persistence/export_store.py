@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -272,7 +272,7 @@ EventRow = tuple[Any, int, str, bytes, int]  # stream id, version, topic, state,
 
 def customer_event_rows(
     database: Database, upto: int, *, order_secret: bytes, ranks: tuple[int, int] | None = None
-) -> Iterator[tuple[UUID, list[EventRow]]]:
+) -> Generator[tuple[UUID, list[EventRow]], None, None]:
     """Each customer registered by event `upto`, with its rows (events 1..`upto`), over the
     database's own connection, in the order `order_secret` keys (`_ordered_ids`); `ranks`:
     only the customers from rank `start` (0-based) before `stop` in that order."""

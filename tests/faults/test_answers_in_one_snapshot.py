@@ -52,7 +52,7 @@ def test_every_read_of_one_snapshot_sees_the_ledger_as_it_stood_at_the_first(
 
 
 class Between:
-    """`Database.fetch_on_driver` with a write committed after the command's statement
+    """`Database.fetch_on_driver` with a write committed after the command's read statement
     number `after` (none while `after` is 0); the writes' own statements pass through."""
 
     def __init__(self, monkeypatch: Any, write: Callable[[], None]) -> None:
@@ -66,8 +66,10 @@ class Between:
 
         def fetching(database: Database, sql: str, params: tuple[Any, ...]) -> list[Any]:
             rows = real(database, sql, params)
-            if writing[0]:
-                return rows  # the write's own
+            if writing[0] or database.current is not None:
+                # The write's own; or the command's, under the writer's lock (which a write
+                # committing there would wait for: after it, as after a later read)
+                return rows
             self.statements.append(sql)
             if len(self.statements) == self.after:
                 writing[0] = True
@@ -315,3 +317,36 @@ def test_the_recipient_registry_counts_the_exports_it_lists_as_of_its_position(
             positions,
             document,
         )
+
+
+def test_an_identified_export_while_a_customer_is_erased_is_made_or_refused_not_failed(
+    ledger: Any, ledger_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # An identified export reads the customers as of the events it verified, then opens each
+    # one's personal data with their key: a customer erased meanwhile has no key any more.
+    import ledger.persistence.keys as keys
+
+    monkeypatch.setattr(keys, "_SHRED_WAIT", 0.2)  # (a reader's snapshot may hold it back)
+    refs = [f"C{n:02d}" for n in range(60)]
+    facts = [line("transfer.initiated", "t-1", 0, acquirer=ACQUIRER)]
+    facts += [registered(ref, n + 1) for n, ref in enumerate(refs)]
+    assert ledger.import_lines(orjson.dumps(f) for f in facts).accepted == len(facts)
+    erasing = iter(reversed(refs))  # the last registered first: their keys are read last
+    between = Between(monkeypatch, lambda: ledger.erase(next(erasing)))
+    folders = iter(range(1000))
+
+    def export() -> Any:
+        out = tmp_path / f"dd{next(folders)}"
+        return run(
+            ledger_url, "export", "due-diligence", "--acquirer", ACQUIRER, "--out", str(out),
+            "--identified", "--json",
+        )  # fmt: skip
+
+    reads = between.reads(export)  # (a key read for each customer, among others)
+    for after in (1, 2, 3, 4, 5, reads // 2):
+        answer = between.commit_after(after, export)
+        # Then the export is made (of the ledger before the erasure), or refused as one that
+        # ran while a customer was erased: run it again. Never an altered key (exit 4).
+        if answer.exit_code != 0:
+            assert answer.exit_code == 1, (after, answer.stderr)
+            assert "erased while the export ran" in answer.stderr, (after, answer.stderr)
