@@ -373,10 +373,17 @@ def _cell(value: Any) -> str:
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    from ledger.persistence.database import signals_held
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Loaded with Ctrl-C and SIGTERM blocked: numpy, which matplotlib loads, starts
+    # OpenBLAS's threads as it loads, and they keep the mask they start with. A thread of the
+    # process that does not block them takes a signal that a write holds off between its
+    # commit and what completes it (`signals_held`): handled at once, it cut that short.
+    with signals_held():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     return plt
 
@@ -463,9 +470,9 @@ def consent_chart(
 ) -> str:
     """Consent given and withdrawn per month, one panel per purpose, a line per channel and
     status, over `months` (default: every month from the first to the last with data)."""
+    plt = _pyplot()  # (first: it loads matplotlib, and numpy, as they must be loaded)
     import matplotlib
 
-    plt = _pyplot()
     months = all_months(by_month) if months is None else months
     series: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
     for month, purpose, channel, status, count in by_month:
@@ -501,9 +508,9 @@ def consent_chart(
 def disclosure_chart(by_month: list[tuple[str, str, int]], months: list[str] | None = None) -> str:
     """Disclosures per recipient kind per month, stacked, over `months` (default: every month
     from the first to the last with data)."""
+    plt = _pyplot()  # (first: it loads matplotlib, and numpy, as they must be loaded)
     import matplotlib
 
-    plt = _pyplot()
     months = all_months(by_month) if months is None else months
     counts = {(m, k): n for m, k, n in by_month}
     kinds = sorted(RECIPIENT_KINDS | {k for _, k, _ in by_month})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,6 +155,41 @@ def test_audit_report_is_one_self_contained_html_file(url: str, tmp_path: Path) 
         assert expected in page
     for secret in PERSONAL:
         assert secret not in page
+
+
+def test_a_report_leaves_no_thread_that_would_take_ctrl_c_from_a_write(
+    url: str, tmp_path: Path
+) -> None:
+    """Making a report's charts loads numpy, whose OpenBLAS starts threads that live as long
+    as the process. Each must block SIGINT and SIGTERM, as the ledger's own threads do: a
+    thread that does not takes a signal that a write holds off between its commit and what
+    completes it (`signals_held`), and it was handled at once. In a fresh process, as a
+    command's (numpy loads once per process)."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to read each thread's signal mask")
+    probe = f"""
+import os, signal
+from tests.cli_helpers import run
+done = run({url!r}, "audit", "report", "--out", {str(tmp_path / "r.html")!r})
+assert done.exit_code == 0, done.stderr
+held = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+main = str(os.getpid())
+for task in os.listdir("/proc/self/task"):
+    status = open(f"/proc/self/task/{{task}}/status").read()
+    blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+    print(task == main, blocked & held == held)
+"""
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    threads = [
+        line.split() for line in done.stdout.splitlines() if line.startswith(("True", "False"))
+    ]
+    others = [blocks for is_main, blocks in threads if is_main == "False"]
+    assert others, "the report started no thread: nothing to check (numpy not loaded?)"
+    assert all(blocks == "True" for blocks in others), threads
 
 
 def test_report_processing_markdown_and_html(url: str, tmp_path: Path) -> None:
