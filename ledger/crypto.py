@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import threading
 from functools import lru_cache
 from typing import Any, Final
 
@@ -26,8 +27,44 @@ class SealError(Exception):
     """A sealed value does not open with the key given (wrong key or altered bytes)."""
 
 
+# Keys and nonces are cut from a few KiB of `os.urandom` at a time, not a call each. Each
+# `os.urandom` gives up Python's GIL for its system call, and taking it back waits for
+# whichever thread took it meanwhile: during an import, the thread inserting the previous
+# chunk (`ledger/persistence/background.py`). Three such calls per new customer (its key,
+# the key's wrapping, its sealed details) cost the import's thread ~6 % of its time at 100k
+# facts (`benchmarks/bench_import.py`). The bytes are the kernel's all the same, each handed
+# out once: the pool is per thread (no two threads can take the same bytes), and a forked
+# child starts with none of its parent's (it would hand out the same nonces and keys).
+_POOL_BYTES: Final = 4096
+
+
+class _RandomPool(threading.local):
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.buffer = b""
+        self.at = 0
+
+    def take(self, size: int) -> bytes:
+        at = self.at
+        if at + size > len(self.buffer):
+            self.buffer, at = os.urandom(max(_POOL_BYTES, size)), 0
+        self.at = at + size
+        return self.buffer[at : at + size]
+
+
+_random = _RandomPool()
+os.register_at_fork(after_in_child=_random.clear)
+
+
+def random_bytes(size: int) -> bytes:
+    """`size` bytes from the kernel's random source (`os.urandom`), taken in bulk."""
+    return _random.take(size)
+
+
 def new_key() -> bytes:
-    return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+    return random_bytes(KEY_BYTES)
 
 
 @lru_cache(maxsize=4)
@@ -37,7 +74,7 @@ def _wrapping(key: bytes) -> AESGCM:
 
 
 def _seal_bytes(key: bytes, plaintext: bytes, context: bytes) -> bytes:
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = random_bytes(NONCE_BYTES)
     return nonce + _wrapping(key).encrypt(nonce, plaintext, context)
 
 
@@ -58,7 +95,7 @@ class DataKey:
         self._context = context
 
     def seal(self, payload: dict[str, Any]) -> str:
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = random_bytes(NONCE_BYTES)
         blob = nonce + self._aead.encrypt(nonce, orjson.dumps(payload), self._context)
         return base64.b64encode(blob).decode("ascii")
 
