@@ -644,9 +644,12 @@ class Database:
                         return
                     try:
                         tx.flush_deferred()
+                        # The queued inserts first: a checkpoint is signed by a callback,
+                        # and its time should be as close to the commit as it can be (it
+                        # says when the write became known: `sqlite_reads.SELECT_KNOWN_SIZE`).
+                        tx.end_background(settle=True)
                         for callback in tx.before_commit:
                             callback()
-                        tx.end_background(settle=True)
                         if not self.is_sqlite and tx.next_notification_id > first_id:
                             # Wakes `projections follow`; PostgreSQL delivers it only on commit.
                             run_on_driver(driver, False, f"NOTIFY {NOTIFY_CHANNEL}", (), _rowcount)

@@ -132,3 +132,32 @@ def test_a_failure_before_the_transaction_is_set_up_is_raised_as_itself(
     with ledger.database.writing() as tx:  # the database is usable afterwards
         tx.insert_many("ledger_meta", _META, [("bg-after", "ok")])
     assert _names(ledger) == ["bg-after"]
+
+
+def test_a_write_is_signed_after_its_queued_inserts_as_the_last_step_before_commit(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's `signed_at` is when `--known-at` counts the write as known: it must
+    come after the write's inserts, not before the wait for them (a large import's last
+    chunks and commit took up to a second after it was signed)."""
+    import time
+    from datetime import UTC, datetime
+
+    from ledger.persistence import background
+    from ledger.persistence.sqlite_reads import checkpoint_time
+
+    settled: list[str] = []
+    settle = background.BackgroundInserts.settle
+
+    def slow_settle(self: background.BackgroundInserts) -> None:
+        settle(self)
+        time.sleep(0.02)  # the last inserts, taking their time
+        settled.append(checkpoint_time(datetime.now(UTC)))
+
+    monkeypatch.setattr(background.BackgroundInserts, "settle", slow_settle)
+    summary = ledger.import_lines(jsonl(story()).splitlines(keepends=True))
+    assert summary.accepted == len(story())
+    with ledger.database.reading() as conn:
+        signed = conn.execute(sa.text("SELECT max(signed_at) FROM ledger_checkpoints")).scalar()
+    assert settled, "the import queued no insert on the worker"
+    assert signed > max(settled)
