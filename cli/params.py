@@ -66,6 +66,14 @@ class Moment(click.ParamType):  # type: ignore[type-arg]
 
 MOMENT = Moment()
 
+# `--known-at`, the same on every query that answers as the ledger stood at a recorded time.
+known_at_option = click.option(
+    "--known-at",
+    "known_at",
+    type=MOMENT,
+    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
+)
+
 
 class Choice(click.Choice):  # type: ignore[type-arg]
     """click's `Choice`, whose refusal names the choices but does not repeat the value given

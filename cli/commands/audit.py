@@ -9,7 +9,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, table
-from cli.params import MOMENT, pass_ledger
+from cli.params import MOMENT, known_at_option, pass_ledger
 from ledger.feed import iso
 
 
@@ -22,12 +22,7 @@ def audit() -> None:
 @click.option(
     "--as-of", "as_of", type=MOMENT, help="Judge only facts at or before this business time."
 )
-@click.option(
-    "--known-at",
-    "known_at",
-    type=MOMENT,
-    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
-)
+@known_at_option
 @json_option
 @pass_ledger
 def check(ledger: Any, as_of: Any, known_at: Any, as_json: bool) -> None:

@@ -8,7 +8,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, table
-from cli.params import MOMENT, Choice, pass_context, pass_ledger
+from cli.params import MOMENT, Choice, known_at_option, pass_context, pass_ledger
 from ledger.feed import iso
 from ledger.vocabulary import CONSENT_CHANNELS, PURPOSES
 
@@ -26,12 +26,7 @@ def consent() -> None:
     type=MOMENT,
     help="Business time to answer for (a date means the end of that day, UTC).",
 )
-@click.option(
-    "--known-at",
-    "known_at",
-    type=MOMENT,
-    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
-)
+@known_at_option
 @json_option
 @pass_context
 def show(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:

@@ -8,7 +8,7 @@ import click
 
 from cli import logs
 from cli.output import emit_json, json_option, table
-from cli.params import MOMENT, pass_context, pass_ledger
+from cli.params import MOMENT, known_at_option, pass_context, pass_ledger
 from ledger.feed import iso
 
 
@@ -75,12 +75,7 @@ def show(ledger: Any, ref: str, as_json: bool) -> None:
     help="Only the disclosures made at or before this business time (a date means the end "
     "of that day, UTC).",
 )
-@click.option(
-    "--known-at",
-    "known_at",
-    type=MOMENT,
-    help="Answer as the ledger knew it at this recorded time (only facts recorded by then).",
-)
+@known_at_option
 @json_option
 @pass_context
 def trail(context: Any, ref: str, as_of: Any, known_at: Any, as_json: bool) -> None:
