@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from itertools import pairwise
 from multiprocessing.connection import Connection, wait
 from operator import attrgetter, itemgetter
@@ -95,6 +95,12 @@ FORMATS = ("jsonl", "csv", "parquet")
 SECRET_BYTES = 32
 PSEUDONYM_HEX = 32  # 128 bits: no collision in any customer base, short enough to read
 SUMMARY_NAME = "summary.json"
+# The summary's order totals per currency are added in this context, not Decimal's default
+# (28 digits, exponents to 999999), which rounded a sum of 29 digits or more (the feed takes a
+# total of 40 characters; an earlier version recorded any decimal string, events are forever)
+# and failed the export with Overflow on a total such as "1E+999999999", which the feed takes:
+# exact to 100 digits, beyond them rounded, never an error on a total the ledger holds.
+TOTALS_CONTEXT = Context(prec=100, Emax=MAX_EMAX, Emin=MIN_EMIN)
 # A large export's scan is shared by one process per CPU, at most this many.
 MAX_WORKERS = 4
 PARALLEL_MIN_CUSTOMERS = 2000  # below this, starting processes costs more than it saves
@@ -373,7 +379,7 @@ class Summary:
         self.disclosed_customers.update(other.disclosed_customers)
         self.orders.update(other.orders)
         for currency, total in other.totals.items():
-            self.totals[currency] = self.totals.get(currency, Decimal(0)) + total
+            self.totals[currency] = TOTALS_CONTEXT.add(self.totals.get(currency, Decimal(0)), total)
 
     def to_json(self) -> dict[str, Any]:
         def rate(count: int) -> float:
@@ -1181,8 +1187,8 @@ class Exporter:
         for order in rows.orders:
             summary.orders[order["status"]] += 1
             currency = order["currency"]
-            summary.totals[currency] = summary.totals.get(currency, Decimal(0)) + Decimal(
-                order["total"]
+            summary.totals[currency] = TOTALS_CONTEXT.add(
+                summary.totals.get(currency, Decimal(0)), Decimal(order["total"])
             )
         if rows.orders:
             self.categories.add("order_details")

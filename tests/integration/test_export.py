@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -717,3 +718,32 @@ def test_the_files_hashing_threads_never_take_ctrl_c_or_sigterm(
     monkeypatch.setattr(manifest, "file_entry", noted)
     _export(ledger, tmp_path / "dd")
     assert masks and all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
+
+
+def test_the_summary_adds_every_total_the_feed_takes_exactly_and_without_failing(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """Order totals were added in Decimal's default context (28 digits, exponents to 999999):
+    a sum of 29 digits or more was rounded ("1.234567890123456789012345679E+36") and a total
+    such as "1E+999999999", which the feed takes, failed every export after with Overflow."""
+    orders = {
+        "O1": ("1234567890123456789012345678901234567.89", "GBP"),  # 40 characters
+        "O2": ("0.01", "GBP"),
+        "O3": ("1E+30", "EUR"),
+        "O4": ("0.50", "EUR"),
+        "O5": ("1E+999999999", "USD"),
+        "O6": ("2E+999999999", "USD"),
+    }
+    facts = [line("customer.registered", "r", 0)] + [
+        line("order.placed", f"p-{ref}", 1, order=ref, total=total, currency=currency)
+        for ref, (total, currency) in orders.items()
+    ]
+    ledger.import_lines(orjson.dumps(f) for f in facts)
+    _export(ledger, tmp_path / "out")
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    totals = summary["orders"]["totals"]
+    assert (totals["GBP"], totals["EUR"]) == (
+        "1234567890123456789012345678901234567.90",
+        "1000000000000000000000000000000.50",
+    )
+    assert Decimal(totals["USD"]) == Decimal("3E+999999999")

@@ -258,3 +258,19 @@ def test_a_ledger_at_0007_with_every_later_migrations_data_upgrades_and_answers(
     _import(url, _tie("new"), tmp_path / "tie.jsonl")
     assert _transfer_violations(url) == ["x-0005", "new-d"]
     assert run_json(url, "verify")["ok"] is True
+
+
+def test_an_export_of_a_ledger_at_0007_adds_its_47_character_total_exactly(
+    tmp_path: Path,
+) -> None:
+    """952619b recorded O503's total of 47 characters (its currency "GBP\\n", alone in it);
+    an export's summary added it in Decimal's default context (28 digits) and said
+    1.234567890123456789012345679E+43, as 952619b's own export did (`export-by-952619b/`)."""
+    url = _legacy_ledger("at-0007-by-952619b.db", tmp_path, "keys-952619b")
+    run_json(url, "db", "upgrade")
+    out = tmp_path / "export"
+    run_json(
+        url, "export", "due-diligence", "--acquirer", "Northwind Retail Group", "--out", str(out)
+    )
+    totals = orjson.loads((out / "summary.json").read_bytes())["orders"]["totals"]
+    assert totals["GBP\n"] == "12345678901234567890123456789012345678901234.50"
