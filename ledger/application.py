@@ -324,6 +324,12 @@ class ConsentLedger(Application[UUID]):
                 self._refuse_another_fact(*_command_fact(fact))  # only a retry of it
             erased_at = customer.erased_at if customer is not None else None
             if erased_at is not None and (at is None or at >= erased_at):
+                assert customer is not None
+                if self.keys.whole(customer.id):
+                    # Erased, yet their key is whole: put back (as from a backup; verify
+                    # names it), or never destroyed by the first version's feed erasures.
+                    # Nothing is recorded, but the key is destroyed as the erasure said.
+                    self.keys.destroy(customer.id)
                 erasures = (e for e in events if isinstance(e, Customer.Erased))
                 return min(erasures, key=lambda e: e.at).fact_id, False
             recorded, fresh = self.record_fact(fact)

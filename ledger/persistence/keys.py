@@ -342,6 +342,13 @@ class KeyStore:
         self._remember(customer_id, key)
         return key
 
+    def whole(self, customer_id: UUID) -> bool:
+        """Whether the customer's wrapped key is stored, not destroyed (read as stored, not
+        unwrapped: a key put back under another master key is whole all the same)."""
+        param = customer_id.hex if self.database.is_sqlite else customer_id
+        rows = self.database.fetch_on_driver(_SELECT_KEY, (param,))
+        return bool(rows) and rows[0][0] is not None
+
     def destroy(self, customer_id: UUID) -> None:
         """Crypto-shred: overwrite the wrapped key (in the ambient write, in order with an
         import's queued inserts)."""

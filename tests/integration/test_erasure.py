@@ -105,6 +105,37 @@ def test_erasure_hides_the_details_and_keeps_the_history(
         app.database.dispose()
 
 
+def test_a_key_put_back_after_the_erasure_is_destroyed_by_erasing_again(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """An erased customer's key whole again (put back from a backup, or never destroyed by
+    the first version's feed erasures): verify names it, and `customer erase` destroys it,
+    recording nothing. Before, it recorded nothing, destroyed nothing and yet said
+    "their personal data is gone", while customer show still showed it."""
+    _prepare(ledger_url, feed_small)
+    wrapped = _wrapped_key(ledger_url, "C100")
+    assert wrapped is not None
+    assert run_json(ledger_url, "customer", "erase", "C100")["recorded"] is True
+    engine = sa.create_engine(normalise_url(ledger_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(tables.data_keys)
+                .where(tables.data_keys.c.customer_id == customer_id("C100"))
+                .values(wrapped_key=wrapped, destroyed_at=None)
+            )
+    finally:
+        engine.dispose()
+    problems = run_json(ledger_url, "verify", code=4)["problems"]
+    assert [(p["kind"], "'C100'" in p["message"]) for p in problems] == [("key_altered", True)]
+
+    again = run_json(ledger_url, "customer", "erase", "C100")
+    assert (again["recorded"], again["shredded"]) == (False, True)
+    assert _wrapped_key(ledger_url, "C100") is None
+    assert run_json(ledger_url, "customer", "show", "C100")["details"] is None
+    assert run_json(ledger_url, "verify")["ok"] is True
+
+
 def test_after_erasure_updates_are_refused_consents_and_withdrawals_recorded(
     ledger_url: str, feed_small: Path
 ) -> None:
