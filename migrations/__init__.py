@@ -20,9 +20,42 @@ def alembic_config() -> Config:
 
 
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
+    restamp_placeholders(connection)
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
+
+
+# The first version (6d6c7e8) shipped 0002-0005 as empty placeholders: a ledger it wrote is
+# stamped 0005 with none of their tables, and 0006 failed on it ('unexpected
+# NoSuchTableError'). A table each of them creates, in order, tells how far it really is.
+_PLACEHOLDER_TABLES = (
+    ("0002", "rm_tracking"),
+    ("0003", "ledger_checkpoints"),
+    ("0004", "ledger_suppressions"),
+    ("0005", "ledger_export_secrets"),
+)
+
+
+def restamp_placeholders(connection: Connection) -> None:
+    """Stamp a ledger at 0002-0005 back to the last of them whose table it has (0001 if
+    none), so that the revisions the first version left empty run for real: a ledger that
+    version wrote is then upgraded like any other."""
+    inspector = sa.inspect(connection)
+    if not inspector.has_table("alembic_version"):
+        return
+    stamped = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    if stamped is None or not ("0002" <= str(stamped) <= "0005"):
+        return
+    actual = "0001"
+    for revision, table in _PLACEHOLDER_TABLES:
+        if revision > str(stamped) or not inspector.has_table(table):
+            break
+        actual = revision
+    if actual != stamped:
+        connection.execute(
+            sa.text("UPDATE alembic_version SET version_num = :actual"), {"actual": actual}
+        )
 
 
 def head_revision() -> str | None:

@@ -274,3 +274,23 @@ def test_an_export_of_a_ledger_at_0007_adds_its_47_character_total_exactly(
     )
     totals = orjson.loads((out / "summary.json").read_bytes())["orders"]["totals"]
     assert totals["GBP\n"] == "12345678901234567890123456789012345678901234.50"
+
+
+def test_a_ledger_the_first_version_wrote_upgrades_though_its_0002_to_0005_were_empty(
+    tmp_path: Path,
+) -> None:
+    """6d6c7e8 shipped migrations 0002-0005 as placeholders: its ledger is stamped 0005 with
+    none of their tables, and 0006 failed on it ('unexpected NoSuchTableError'). They now
+    run for real. That version's feed erasures left the data key whole (C101, erased by
+    feed-small's s-0025): verify says so, and erasing again destroys it."""
+    url = _legacy_ledger("at-0005-by-6d6c7e8.db", tmp_path, "keys-6d6c7e8")
+    document = run_json(url, "db", "upgrade")
+    assert (document["from"], document["to"]) == ("0005", SCHEMA_HEAD)
+    assert run_json(url, "customer", "show", "C100")["details"]["name"] == "Ada Lovelace"
+    assert run_json(url, "customer", "show", "C103")["details"] is None  # erased by command
+    problems = run_json(url, "verify", code=4)["problems"]
+    assert [(p["kind"], "'C101'" in p["message"]) for p in problems] == [("key_altered", True)]
+    assert run(url, "customer", "erase", "C101").exit_code == 0
+    assert run_json(url, "customer", "show", "C101")["details"] is None
+    assert run_json(url, "verify")["ok"] is True
+    assert run_json(url, "projections", "status")["projections"]
