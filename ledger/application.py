@@ -323,8 +323,7 @@ class ConsentLedger(Application[UUID]):
                 fact["id"] = fact_id
                 self._refuse_another_fact(*_command_fact(fact))  # only a retry of it
             erased_at = customer.erased_at if customer is not None else None
-            if erased_at is not None and (at is None or at >= erased_at):
-                assert customer is not None
+            if customer is not None and erased_at is not None and (at is None or at >= erased_at):
                 if self.keys.whole(customer.id):
                     # Erased, yet their key is whole: put back (as from a backup; verify
                     # names it), or never destroyed by the first version's feed erasures.
@@ -417,12 +416,14 @@ class ConsentLedger(Application[UUID]):
 
     def personal_data(self, customer: Customer, events: list[FactEvent]) -> dict[str, Any] | None:
         """The customer's current details, or None once erased (their key destroyed). A key
-        gone with no erasure recorded is a `DataKeyMissingError`, not an erasure."""
+        gone with no erasure recorded is a `DataKeyMissingError`, not an erasure. An erased
+        customer's key whole again (put back from a backup: `verify` names it, and `customer
+        erase` destroys it) is not opened: no command shows an erased customer's data."""
+        if customer.erased:
+            return None
         key = self.keys.get(customer.id)
         if key is None:
-            if not customer.erased:
-                raise DataKeyMissingError(customer.ref)
-            return None
+            raise DataKeyMissingError(customer.ref)
         details: dict[str, Any] = {}
         ordered = sorted(
             (e for e in events if isinstance(e, (Customer.Registered, Customer.DetailsUpdated))),
@@ -442,6 +443,8 @@ class ConsentLedger(Application[UUID]):
         Transfer initiations recorded before they were sealed keep them in `extra`."""
         if not event.sealed:
             return dict(getattr(event, "extra", {}))
+        if isinstance(aggregate, Customer) and aggregate.erased:
+            return None  # (as `personal_data`: not opened with a key whole again)
         key = self.keys.get(aggregate.id)
         if key is None:
             return None

@@ -106,7 +106,7 @@ def test_erasure_hides_the_details_and_keeps_the_history(
 
 
 def test_a_key_put_back_after_the_erasure_is_destroyed_by_erasing_again(
-    ledger_url: str, feed_small: Path
+    ledger_url: str, feed_small: Path, tmp_path: Path
 ) -> None:
     """An erased customer's key whole again (put back from a backup, or never destroyed by
     the first version's feed erasures): verify names it, and `customer erase` destroys it,
@@ -128,6 +128,12 @@ def test_a_key_put_back_after_the_erasure_is_destroyed_by_erasing_again(
         engine.dispose()
     problems = run_json(ledger_url, "verify", code=4)["problems"]
     assert [(p["kind"], "'C100'" in p["message"]) for p in problems] == [("key_altered", True)]
+    # Meanwhile no command opens the erased customer's data with that key (SPEC §4).
+    shown = run_json(ledger_url, "customer", "show", "C100")
+    assert (shown["erased"], shown["details"]) == (True, None)
+    pack = tmp_path / "pack.json"
+    assert run(ledger_url, "customer", "access-export", "C100", "--out", str(pack)).exit_code == 0
+    assert found_in(pack.read_bytes(), feed_values(feed_small, {"C100"})) == []
 
     again = run_json(ledger_url, "customer", "erase", "C100")
     assert (again["recorded"], again["shredded"]) == (False, True)
