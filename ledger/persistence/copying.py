@@ -119,6 +119,8 @@ def copy_ledger(
             f"{safe_url(target.url)} is an in-memory database: the copy would be gone when "
             "the command ends (and its keys left behind); give a new SQLite file"
         )
+    if not target.is_sqlite:
+        target.refuse_unless_utf8()  # as `db upgrade`
     path = target.sqlite_path
     if path is not None:
         for own in own_files(source):  # its file, journals and key folder

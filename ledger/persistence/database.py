@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from uuid import UUID
 
 from ledger.errors import (
+    ConfigurationError,
     DamagedDatabaseError,
     DatabaseUnavailableError,
     SchemaOutOfDateError,
@@ -883,6 +884,8 @@ class Database:
         """Create or migrate every table (Alembic, sharing our connection)."""
         from migrations import upgrade_connection
 
+        if not self.is_sqlite:
+            self.refuse_unless_utf8()
         before = self.schema_revision()
         _refuse_unknown(before)
         with self.connect() as base:
@@ -903,6 +906,19 @@ class Database:
         if before != SCHEMA_HEAD:
             Database.commits += 1
         return before, SCHEMA_HEAD
+
+    def refuse_unless_utf8(self) -> None:
+        """A PostgreSQL database whose encoding is not UTF8 cannot hold what a feed may
+        name (SQLite holds any text): in LATIN1 an import naming a customer "Ω" failed as an
+        unexpected UnicodeEncodeError, in SQL_ASCII `db upgrade` itself as a TypeError. Asked
+        on the driver (in SQL_ASCII the answer comes as bytes)."""
+        [(found,)] = self.fetch_on_driver("SHOW server_encoding", ())
+        encoding = found.decode() if isinstance(found, bytes) else str(found)
+        if encoding.upper() not in ("UTF8", "UTF-8"):
+            raise ConfigurationError(
+                f"the PostgreSQL database {self.name} is encoded in {encoding}; the "
+                "ledger needs UTF8: create the database with ENCODING 'UTF8'"
+            )
 
 
 _UPGRADE_LOCK = 0x636F6E73656E74  # PostgreSQL advisory lock key of `db upgrade` ("consent")

@@ -1,0 +1,66 @@
+"""A PostgreSQL database not encoded in UTF8 is refused by `db upgrade` and `db copy`,
+clearly: SQLite holds any text a feed may name, and such a database could not (an import
+naming a customer "Ω" failed in LATIN1 as an unexpected UnicodeEncodeError, as did a copy of
+a ledger naming one; in SQL_ASCII `db upgrade` itself failed as an unexpected TypeError)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from tests.cli_helpers import error_line, run
+from tests.conftest import postgres_server
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(params=["LATIN1", "SQL_ASCII"])
+def database_in(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new database of the test server in the encoding, dropped afterwards."""
+    server = postgres_server()
+    if server is None:
+        pytest.skip("needs the PostgreSQL server (CONSENT_LEDGER_TEST_POSTGRES)")
+    url = sa.engine.make_url(server).set(drivername="postgresql+psycopg")
+    name = f"t_enc_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"CREATE DATABASE {name} ENCODING '{request.param}' LC_COLLATE 'C' "
+                "LC_CTYPE 'C' TEMPLATE template0"
+            )
+    except sa.exc.ProgrammingError as error:  # a server user without CREATEDB
+        admin.dispose()
+        pytest.skip(f"cannot create a database on the test server: {error.orig}")
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
+
+
+@pytest.mark.parametrize("command", ["upgrade", "copy"])
+def test_db_upgrade_and_copy_refuse_a_database_not_in_utf8(
+    database_in: str, command: str, tmp_path: Path
+) -> None:
+    if command == "upgrade":
+        result = run(database_in, "db", "upgrade")
+    else:
+        source = f"sqlite:///{tmp_path / 'ledger.db'}"
+        assert run(source, "db", "upgrade").exit_code == 0
+        result = run(source, "db", "copy", database_in)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "encoded in" in line and "the ledger needs UTF8" in line
+    assert "unexpected" not in line
+    # (on psycopg itself: SQLAlchemy's dialect cannot start on an SQL_ASCII database)
+    uri = sa.engine.make_url(database_in).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(uri) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)  # nothing created
