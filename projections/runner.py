@@ -45,6 +45,7 @@ from ledger.iterables import batched
 from ledger.persistence import export_store
 from ledger.persistence import tables as ledger_tables
 from ledger.persistence.database import NOTIFY_CHANNEL, fetch_rows, first_line
+from ledger.persistence.postgres_reads import CONNECT_ARGS
 from ledger.persistence.recorder import (
     LedgerMapper,
     LedgerTranscoder,
@@ -809,7 +810,7 @@ class ReadModels:
 
         url = self.database.url.set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
-        connection = psycopg.connect(dsn, autocommit=True, application_name="consent-ledger")
+        connection = psycopg.connect(dsn, autocommit=True, **CONNECT_ARGS)
         connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return connection
 

@@ -433,7 +433,7 @@ class Database:
         return sa.create_engine(
             self.url,
             pool_pre_ping=False,
-            connect_args={"connect_timeout": 10, "application_name": "consent-ledger"},
+            connect_args=dict(postgres_reads.CONNECT_ARGS),
         )
 
     def dispose(self) -> None:

@@ -28,6 +28,7 @@ from ledger.errors import MasterKeyError
 from ledger.iterables import batched
 from ledger.persistence import tables
 from ledger.persistence.database import Database, WriteTransaction
+from ledger.persistence.postgres_reads import CONNECT_ARGS
 from ledger.persistence.sqlite_reads import EXPORT_FACT_TYPE as EXPORT_FACT_TYPE
 from ledger.persistence.sqlite_reads import EXPORTS_ONLY
 from ledger.persistence.stored_state import decode_state
@@ -297,7 +298,7 @@ def worker_event_rows(
         import psycopg
 
         url = database.url.set(drivername="postgresql")
-        raw = psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=10)
+        raw = psycopg.connect(url.render_as_string(hide_password=False), **CONNECT_ARGS)
     try:
         yield from _scan(raw, database.is_sqlite, upto, order_secret, ranks)
     finally:

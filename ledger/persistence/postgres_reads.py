@@ -28,7 +28,15 @@ if TYPE_CHECKING:
 
 # The URLs that name psycopg, as `database.normalise_url` reads them.
 _SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
-CONNECT_ARGS: dict[str, Any] = {"connect_timeout": 10, "application_name": "consent-ledger"}
+# The client encoding is UTF8 whatever the environment says: libpq takes PGCLIENTENCODING
+# (LATIN1, say) as its default, and then a reference such as "Ω" failed to encode (an
+# unexpected error), an answer holding one failed on the server, and in SQL_ASCII every text
+# came back as bytes (the schema "b'0013'" unknown). The database itself is UTF8 (`db upgrade`).
+CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "application_name": "consent-ledger",
+    "client_encoding": "utf8",
+}
 
 _TABLE_NAMES = (
     "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "

@@ -8,15 +8,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from tests.cli_helpers import error_line, run
+from tests.cli_helpers import error_line, run, run_json
 from tests.conftest import postgres_server
-
-pytestmark = pytest.mark.postgres
+from tests.examples import jsonl, line, registered
 
 
 @pytest.fixture(params=["LATIN1", "SQL_ASCII"])
@@ -45,6 +45,7 @@ def database_in(request: pytest.FixtureRequest) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("command", ["upgrade", "copy"])
 def test_db_upgrade_and_copy_refuse_a_database_not_in_utf8(
     database_in: str, command: str, tmp_path: Path
@@ -64,3 +65,33 @@ def test_db_upgrade_and_copy_refuse_a_database_not_in_utf8(
     with psycopg.connect(uri) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert tables.fetchone() == (0,)  # nothing created
+
+
+def test_a_client_encoding_in_the_environment_changes_no_answer(
+    ledger: Any, ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq takes PGCLIENTENCODING as its default: set to LATIN1, a reference "Ω" failed to
+    encode (an unexpected UnicodeEncodeError) and an answer holding one failed on the server;
+    set to SQL_ASCII, every text came back as bytes. The ledger's connections speak UTF8."""
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(
+        jsonl(
+            [
+                registered("Ω", 0),
+                line("affiliate.disclosure", "Ω-a", 1, customer="Ω", affiliate="Ωmega"),
+            ]
+        )
+    )
+    assert run_json(ledger_url, "import", str(feed))["accepted"] == 2
+    expected = [
+        run_json(ledger_url, "customer", "trail", "Ω"),
+        run_json(ledger_url, "audit", "check"),
+        run_json(ledger_url, "recipients", "list"),
+    ]
+    for encoding in ("LATIN1", "SQL_ASCII"):
+        monkeypatch.setenv("PGCLIENTENCODING", encoding)
+        assert [
+            run_json(ledger_url, "customer", "trail", "Ω"),
+            run_json(ledger_url, "audit", "check"),
+            run_json(ledger_url, "recipients", "list"),
+        ] == expected
