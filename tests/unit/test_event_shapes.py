@@ -23,6 +23,9 @@ from tests.event_shapes import ShapeChangedError, class_version, merged, shape
 LOCKED = event_shapes.load()
 CLASSES = event_shapes.event_classes()
 LEGACY = sorted((Path(__file__).parents[1] / "data" / "legacy").glob("*.db"))
+# The first version's ledger (tests/data/legacy/README.md): the sample feed's 37 events and
+# no due-diligence export, which each later fixture made at its events' version 1.
+FIRST_VERSION = "at-0005-by-6d6c7e8.db"
 _ADVICE = (
     "a recorded event class keeps its fields for ever: give it a new class_version and an "
     "upcaster from the last (then `python -m tests.event_shapes` records the new shape)"
@@ -108,7 +111,8 @@ def test_older_versions_of_events_read_back_with_the_current_fields(path: Path) 
             current = LOCKED[topic][str(class_version(versioned[topic]))]
             assert set(event.__dict__) == set(current)
             read += 1
-    assert read >= 1  # (each legacy ledger made a due-diligence export at version 1)
+    # (each legacy ledger but the first version's made a due-diligence export at version 1)
+    assert read >= (0 if path.name == FIRST_VERSION else 1)
 
 
 @pytest.mark.parametrize("path", LEGACY, ids=lambda p: p.name)
@@ -118,7 +122,7 @@ def test_events_recorded_by_earlier_versions_have_exactly_the_locked_fields(path
     uri = f"file:{path}?mode=ro&immutable=1"
     with sqlite3.connect(uri, uri=True) as conn:
         rows = conn.execute("SELECT topic, state FROM ledger_events").fetchall()
-    assert len(rows) > 40
+    assert len(rows) > (30 if path.name == FIRST_VERSION else 40)
     topics = set()
     for topic, state in rows:
         stored = orjson.loads(state)
