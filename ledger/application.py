@@ -241,6 +241,14 @@ class ConsentLedger(Application[UUID]):
         if not self._seals_the_same(fact, state.get("sealed"), originator):
             raise DuplicateFactError(fact.id, fact_type)
 
+    def _erased(self, originator: UUID) -> bool:
+        """Whether the stream is an erased customer's (an acquirer's never is)."""
+        try:
+            aggregate: Any = self.repository.get(originator, projector_func=replay)
+        except AggregateNotFoundError:
+            return False
+        return isinstance(aggregate, Customer) and aggregate.erased
+
     def _seals_the_same(self, fact: Fact, sealed: str | None, originator: UUID) -> bool:
         """Whether the fact's personal data and unknown fields are those sealed under its id
         (a retry sends them again; other ones are another fact). True where nothing can be
@@ -252,7 +260,9 @@ class ConsentLedger(Application[UUID]):
         if not given and sealed is None:
             return True
         key = self.keys.get(originator)
-        if key is None:
+        if key is None or self._erased(originator):
+            # (an erased customer's key whole again, put back from a backup, is not opened
+            # either: comparing told a right guess of their details from a wrong one)
             return True
         if sealed is None:
             return False
@@ -1097,9 +1107,14 @@ class Recording:
             # The customer's data key only where the fact needs it (sealing, the Art. 21
             # list, an erasure): one read and unwrap per customer not in the key cache, which
             # an export's disclosures of more customers than it holds missed for every one.
+            # None for an erased customer, even with their key whole again (put back from a
+            # backup): as with it destroyed, their email is not opened to change the Art. 21
+            # list, nor new fields sealed under it (a further erasure destroys it). (A
+            # customer known by its head alone, `Customer.at_head`, has no state to say.)
             key = (
                 self.app.keys.get(customer.id)
-                if fact.extra or marketing or kind in _KEYED
+                if (fact.extra or marketing or kind in _KEYED)
+                and not getattr(customer, "erased", False)
                 else None
             )
             # (`_seal` seals nothing without a key, but refuses a details update then)

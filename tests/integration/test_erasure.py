@@ -484,3 +484,42 @@ def test_a_signal_as_a_write_commits_waits_though_the_ledger_has_started_threads
             )
             tx.after_commit.append(functools.partial(clean_up, attempt))
     assert completed == list(range(40))
+
+
+def test_an_erased_customers_key_whole_again_is_not_opened_by_recording_either(
+    ledger_url: str, feed_small: Path
+) -> None:
+    """With an erased customer's key whole again (put back from a backup, or left whole by
+    the first version's feed erasures), recording answered as if the customer still had
+    data: a marketing consent opened their email history and lifted the Art. 21 suppression
+    of their email (which outlives erasure), and a retried fact id was compared with their
+    sealed details, so `record` told a right guess of an erased email (a duplicate, exit 0)
+    from a wrong one (exit 1). Both now answer as with the key destroyed."""
+    _prepare(ledger_url, feed_small)
+    wrapped = _wrapped_key(ledger_url, "C100")
+    assert run_json(ledger_url, "customer", "erase", "C100")["recorded"] is True
+    engine = sa.create_engine(normalise_url(ledger_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(tables.data_keys)
+                .where(tables.data_keys.c.customer_id == customer_id("C100"))
+                .values(wrapped_key=wrapped, destroyed_at=None)
+            )
+    finally:
+        engine.dispose()
+    suppressed = run_json(ledger_url, "suppression", "check", "ada@example.org")
+    assert (suppressed["suppressed"], suppressed["since"]) == (True, None)
+    give = ("consent", "give", "C100", "marketing", "email", "--method", "phone")
+    assert run(ledger_url, *give, "--policy-version", "2024-01").exit_code == 0
+    # The objection stands: the fresh consent was judged without opening the erased email.
+    assert run_json(ledger_url, "suppression", "check", "ada@example.org") == suppressed
+    # A retry of the registration's id: the same answer whatever details it guesses.
+    registration = orjson.loads(feed_small.read_text().splitlines()[0])
+    answers = [
+        run(ledger_url, "record", orjson.dumps({**registration, "email": email}).decode())
+        for email in ("ada@example.org", "someone.else@example.org")
+    ]
+    assert [a.exit_code for a in answers] == [0, 0]
+    assert run_json(ledger_url, "customer", "erase", "C100")["shredded"] is True
+    assert run_json(ledger_url, "verify")["ok"] is True
