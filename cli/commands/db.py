@@ -28,6 +28,14 @@ def upgrade(obj: object, as_json: bool) -> None:
     database = Database(url)
     database.on_lock_wait = obj.say_waiting  # type: ignore[attr-defined]
     result = run_upgrade(database)
+    encoding = database.server_encoding()
+    if encoding is not None:  # a ledger an earlier version made there (a new one is refused)
+        click.echo(
+            f"Warning: the PostgreSQL database is encoded in {encoding}, which cannot hold "
+            "every text a feed may name; move the ledger into a new database created with "
+            "ENCODING 'UTF8' ('db copy')",
+            err=True,
+        )
     document = {
         "database": safe_url(url),
         "from": result.before,

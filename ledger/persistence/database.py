@@ -884,10 +884,13 @@ class Database:
         """Create or migrate every table (Alembic, sharing our connection)."""
         from migrations import upgrade_connection
 
-        if not self.is_sqlite:
-            self.refuse_unless_utf8()
         before = self.schema_revision()
         _refuse_unknown(before)
+        if not self.is_sqlite and before is None:
+            # A new ledger only: one an earlier version made in such a database (they took
+            # one) is upgraded, warned of (`db upgrade`), so that `db copy`, which wants a
+            # ledger at this schema, can move it into a UTF8 database.
+            self.refuse_unless_utf8()
         with self.connect() as base:
             # Upgrades one after the other (the later ones find it done), not racing: SQLite
             # takes the write lock first (else "database is locked" when a read lock cannot
@@ -907,14 +910,22 @@ class Database:
             Database.commits += 1
         return before, SCHEMA_HEAD
 
+    def server_encoding(self) -> str | None:
+        """A PostgreSQL database's encoding if it is not UTF8 (None: UTF8, or SQLite). Asked
+        on the driver (in SQL_ASCII the answer may come as bytes)."""
+        if self.is_sqlite:
+            return None
+        [(found,)] = self.fetch_on_driver("SHOW server_encoding", ())
+        encoding = found.decode() if isinstance(found, bytes) else str(found)
+        return None if encoding.upper() in ("UTF8", "UTF-8") else encoding
+
     def refuse_unless_utf8(self) -> None:
         """A PostgreSQL database whose encoding is not UTF8 cannot hold what a feed may
         name (SQLite holds any text): in LATIN1 an import naming a customer "Ω" failed as an
         unexpected UnicodeEncodeError, in SQL_ASCII `db upgrade` itself as a TypeError. Asked
         on the driver (in SQL_ASCII the answer comes as bytes)."""
-        [(found,)] = self.fetch_on_driver("SHOW server_encoding", ())
-        encoding = found.decode() if isinstance(found, bytes) else str(found)
-        if encoding.upper() not in ("UTF8", "UTF-8"):
+        encoding = self.server_encoding()
+        if encoding is not None:
             raise ConfigurationError(
                 f"the PostgreSQL database {self.name} is encoded in {encoding}; the "
                 "ledger needs UTF8: create the database with ENCODING 'UTF8'"

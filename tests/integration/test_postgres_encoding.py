@@ -95,3 +95,35 @@ def test_a_client_encoding_in_the_environment_changes_no_answer(
             run_json(ledger_url, "audit", "check"),
             run_json(ledger_url, "recipients", "list"),
         ] == expected
+
+
+@pytest.mark.postgres
+def test_a_ledger_already_in_such_a_database_upgrades_with_a_warning_and_copies_out(
+    database_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any
+) -> None:
+    """A ledger the earlier versions made in a LATIN1 database (they took one) at an older
+    schema was stranded: `db upgrade` refused the database, and every other command, `db
+    copy` too, refused the ledger until it was upgraded. It upgrades, warned on stderr that
+    the ledger belongs in a UTF8 database, and `db copy` moves it into one."""
+    from migrations import upgrade_connection
+
+    if request.node.callspec.params["database_in"] != "LATIN1":
+        pytest.skip("no version made a ledger in SQL_ASCII (its `db upgrade` failed there)")
+    monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(tmp_path / "keys"))
+    engine = sa.create_engine(database_in)
+    try:
+        with engine.begin() as conn:  # the schema an earlier version left
+            upgrade_connection(conn, "0012")
+    finally:
+        engine.dispose()
+    upgraded = run(database_in, "db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.stderr
+    warning = [ln for ln in upgraded.stderr.splitlines() if ln.startswith("Warning: ")]
+    assert len(warning) == 1 and "'db copy'" in warning[0], upgraded.stderr
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(jsonl([registered("C1", 0)]))
+    assert run_json(database_in, "import", str(feed))["accepted"] == 1
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    copied = run(database_in, "db", "copy", target)
+    assert copied.exit_code == 0, copied.stderr
+    assert run_json(target, "customer", "show", "C1")["details"] is not None
