@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DivisionByZero, InvalidOperation
 from itertools import pairwise
 from multiprocessing.connection import Connection, wait
 from operator import attrgetter, itemgetter
@@ -99,8 +99,13 @@ SUMMARY_NAME = "summary.json"
 # (28 digits, exponents to 999999), which rounded a sum of 29 digits or more (the feed takes a
 # total of 40 characters; an earlier version recorded any decimal string, events are forever)
 # and failed the export with Overflow on a total such as "1E+999999999", which the feed takes:
-# exact to 100 digits, beyond them rounded, never an error on a total the ledger holds.
-TOTALS_CONTEXT = Context(prec=100, Emax=MAX_EMAX, Emin=MIN_EMIN)
+# exact to 100 digits, beyond them rounded, never an error on a total the ledger holds. The
+# feed takes totals up to 9E+999999999999999999, Decimal's largest exponent: two of them add
+# up to more than any Decimal, and Overflow failed every export of the ledger ("unexpected
+# Overflow"); such a sum is "Infinity" (Overflow not trapped), the others as they were.
+TOTALS_CONTEXT = Context(
+    prec=100, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation, DivisionByZero]
+)
 # A large export's scan is shared by one process per CPU, at most this many.
 MAX_WORKERS = 4
 PARALLEL_MIN_CUSTOMERS = 2000  # below this, starting processes costs more than it saves

@@ -747,3 +747,22 @@ def test_the_summary_adds_every_total_the_feed_takes_exactly_and_without_failing
         "1000000000000000000000000000000.50",
     )
     assert Decimal(totals["USD"]) == Decimal("3E+999999999")
+
+
+def test_a_summary_total_beyond_any_decimal_is_infinity_not_a_failed_export(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """The feed takes a total up to 9E+999999999999999999 (Decimal's largest exponent, 21
+    characters); two of them in one currency add up to more than any Decimal, and the
+    summary's addition raised Overflow: every export of the ledger failed as "unexpected
+    Overflow ... this is a bug". The sum is "Infinity"; the other currencies' exact."""
+    biggest = "9E+999999999999999999"
+    orders = {"O1": (biggest, "USD"), "O2": (biggest, "USD"), "O3": ("1.50", "GBP")}
+    facts = [line("customer.registered", "r", 0)] + [
+        line("order.placed", f"p-{ref}", 1, order=ref, total=total, currency=currency)
+        for ref, (total, currency) in orders.items()
+    ]
+    assert ledger.import_lines(orjson.dumps(f) for f in facts).accepted == len(facts)
+    _export(ledger, tmp_path / "out")
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["orders"]["totals"] == {"GBP": "1.50", "USD": "Infinity"}
