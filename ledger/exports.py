@@ -96,13 +96,12 @@ SECRET_BYTES = 32
 PSEUDONYM_HEX = 32  # 128 bits: no collision in any customer base, short enough to read
 SUMMARY_NAME = "summary.json"
 # The summary's order totals per currency are added in this context, not Decimal's default
-# (28 digits, exponents to 999999), which rounded a sum of 29 digits or more (the feed takes a
-# total of 40 characters; an earlier version recorded any decimal string, events are forever)
-# and failed the export with Overflow on a total such as "1E+999999999", which the feed takes:
-# exact to 100 digits, beyond them rounded, never an error on a total the ledger holds. The
-# feed takes totals up to 9E+999999999999999999, Decimal's largest exponent: two of them add
-# up to more than any Decimal, and Overflow failed every export of the ledger ("unexpected
-# Overflow"); such a sum is "Infinity" (Overflow not trapped), the others as they were.
+# (28 digits, exponents to 999999), which rounded a sum of 29 digits or more (the feed takes
+# totals of up to 40 digits before and after the point; an earlier version recorded any
+# decimal string, and events are forever): exact to 100 digits, beyond them rounded. Earlier
+# versions took totals such as "1E+999999999" too, up to 9E+999999999999999999 (Decimal's
+# largest exponent): their sums failed the export with Overflow ("unexpected Overflow") on
+# every run; such a sum is "Infinity" (Overflow not trapped), the others as they are.
 TOTALS_CONTEXT = Context(
     prec=100, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation, DivisionByZero]
 )

@@ -171,7 +171,20 @@ def _decimal(name: str, value: Any) -> str:
     # As stored, `str(amount)` may be a few characters longer than the line's text.
     if len(value) > MAX_AMOUNT - 8 and max(len(value), len(str(amount))) > MAX_AMOUNT:
         raise InvalidFactError(f"field {name!r} is longer than {MAX_AMOUNT} characters")
+    if not _written_out_within_limit(amount):
+        raise InvalidFactError(
+            f"field {name!r} has more than {MAX_AMOUNT} digits before or after its point"
+        )
     return value
+
+
+def _written_out_within_limit(amount: Decimal) -> bool:
+    """Whether an amount has at most `MAX_AMOUNT` digits before and after its point, written
+    out: "1E+999999999" is short, but no amount of money, and sums of such totals outgrow
+    any Decimal (an export's summary, `exports.TOTALS_CONTEXT`). Earlier versions took them
+    (and ledgers keep them). A zero is zero, whatever its exponent."""
+    exponent = int(amount.as_tuple().exponent)
+    return not amount or (amount.adjusted() < MAX_AMOUNT and exponent >= -MAX_AMOUNT)
 
 
 def _currency(name: str, value: Any) -> str:
