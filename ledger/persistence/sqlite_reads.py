@@ -48,9 +48,10 @@ SELECT_CUSTOMER_STREAM = (
 # transaction, so the log as known at K is the largest checkpoint signed at or before K
 # (`signed_at` is fixed-width UTC text: it sorts as the time). A write still running at K
 # counts as unknown, all of it, though its events were stamped one by one as it ran. The
-# signing is its last step before COMMIT, after every insert (`Database.writing`): only a
-# write whose commit was under way at K, signed a moment before, is answered as known at K,
-# from when it commits (an answer asked about a K of the last moment may change with it).
+# signing comes after every queued insert, just before COMMIT (`Database.writing`; what may
+# run between them records no event: a change of the Art. 21 list, PostgreSQL's NOTIFY):
+# only a write whose commit was under way at K, signed a moment before, is answered as
+# known at K, from when it commits (an answer about a K of the last moment may change).
 SELECT_KNOWN_SIZE = (
     "SELECT coalesce(max(tree_size), 0) FROM ledger_checkpoints WHERE signed_at <= ?"
 )
