@@ -105,6 +105,23 @@ def test_erasure_hides_the_details_and_keeps_the_history(
         app.database.dispose()
 
 
+def _erase_then_put_the_key_back(url: str, ref: str) -> None:
+    """Erase customer `ref`, then put their wrapped key back, as a restored backup would."""
+    wrapped = _wrapped_key(url, ref)
+    assert wrapped is not None
+    assert run_json(url, "customer", "erase", ref)["recorded"] is True
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(tables.data_keys)
+                .where(tables.data_keys.c.customer_id == customer_id(ref))
+                .values(wrapped_key=wrapped, destroyed_at=None)
+            )
+    finally:
+        engine.dispose()
+
+
 def test_a_key_put_back_after_the_erasure_is_destroyed_by_erasing_again(
     ledger_url: str, feed_small: Path, tmp_path: Path
 ) -> None:
@@ -113,19 +130,7 @@ def test_a_key_put_back_after_the_erasure_is_destroyed_by_erasing_again(
     recording nothing. Before, it recorded nothing, destroyed nothing and yet said
     "their personal data is gone", while customer show still showed it."""
     _prepare(ledger_url, feed_small)
-    wrapped = _wrapped_key(ledger_url, "C100")
-    assert wrapped is not None
-    assert run_json(ledger_url, "customer", "erase", "C100")["recorded"] is True
-    engine = sa.create_engine(normalise_url(ledger_url))
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.update(tables.data_keys)
-                .where(tables.data_keys.c.customer_id == customer_id("C100"))
-                .values(wrapped_key=wrapped, destroyed_at=None)
-            )
-    finally:
-        engine.dispose()
+    _erase_then_put_the_key_back(ledger_url, "C100")
     problems = run_json(ledger_url, "verify", code=4)["problems"]
     assert [(p["kind"], "'C100'" in p["message"]) for p in problems] == [("key_altered", True)]
     # Meanwhile no command opens the erased customer's data with that key (SPEC §4).
@@ -496,18 +501,7 @@ def test_an_erased_customers_key_whole_again_is_not_opened_by_recording_either(
     sealed details, so `record` told a right guess of an erased email (a duplicate, exit 0)
     from a wrong one (exit 1). Both now answer as with the key destroyed."""
     _prepare(ledger_url, feed_small)
-    wrapped = _wrapped_key(ledger_url, "C100")
-    assert run_json(ledger_url, "customer", "erase", "C100")["recorded"] is True
-    engine = sa.create_engine(normalise_url(ledger_url))
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.update(tables.data_keys)
-                .where(tables.data_keys.c.customer_id == customer_id("C100"))
-                .values(wrapped_key=wrapped, destroyed_at=None)
-            )
-    finally:
-        engine.dispose()
+    _erase_then_put_the_key_back(ledger_url, "C100")
     suppressed = run_json(ledger_url, "suppression", "check", "ada@example.org")
     assert (suppressed["suppressed"], suppressed["since"]) == (True, None)
     give = ("consent", "give", "C100", "marketing", "email", "--method", "phone")
