@@ -31,8 +31,8 @@ class SealError(Exception):
 # `os.urandom` gives up Python's GIL for its system call, and taking it back waits for
 # whichever thread took it meanwhile: during an import, the thread inserting the previous
 # chunk (`ledger/persistence/background.py`). Three such calls per new customer (its key,
-# the key's wrapping, its sealed details) cost the import's thread ~6 % of its time at 100k
-# facts (`benchmarks/bench_import.py`). The bytes are the kernel's all the same, each handed
+# the key's wrapping, its sealed details) cost a 100k import ~4 % of its time (in-process,
+# alternated with the code before; README, Performance). The bytes are the kernel's, each handed
 # out once: the pool is per thread (no two threads can take the same bytes), and a forked
 # child starts with none of its parent's (it would hand out the same nonces and keys).
 _POOL_BYTES: Final = 4096
