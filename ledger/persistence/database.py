@@ -922,8 +922,7 @@ class Database:
     def refuse_unless_utf8(self) -> None:
         """A PostgreSQL database whose encoding is not UTF8 cannot hold what a feed may
         name (SQLite holds any text): in LATIN1 an import naming a customer "Ω" failed as an
-        unexpected UnicodeEncodeError, in SQL_ASCII `db upgrade` itself as a TypeError. Asked
-        on the driver (in SQL_ASCII the answer comes as bytes)."""
+        unexpected UnicodeEncodeError, in SQL_ASCII `db upgrade` itself as a TypeError."""
         encoding = self.server_encoding()
         if encoding is not None:
             raise ConfigurationError(

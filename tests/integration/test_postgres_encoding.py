@@ -1,7 +1,9 @@
-"""A PostgreSQL database not encoded in UTF8 is refused by `db upgrade` and `db copy`,
-clearly: SQLite holds any text a feed may name, and such a database could not (an import
-naming a customer "Ω" failed in LATIN1 as an unexpected UnicodeEncodeError, as did a copy of
-a ledger naming one; in SQL_ASCII `db upgrade` itself failed as an unexpected TypeError)."""
+"""A PostgreSQL database not encoded in UTF8 gets no new ledger from `db upgrade`, nor a
+copy from `db copy`, clearly refused: SQLite holds any text a feed may name, and such a
+database could not (an import naming a customer "Ω" failed in LATIN1 as an unexpected
+UnicodeEncodeError, as did a copy of a ledger naming one; in SQL_ASCII `db upgrade` itself
+failed as an unexpected TypeError). A ledger an earlier version made there upgrades, with a
+warning to move it. And the client's encoding in the environment changes no answer."""
 
 from __future__ import annotations
 
@@ -97,9 +99,11 @@ def test_a_client_encoding_in_the_environment_changes_no_answer(
         ] == expected
 
 
+# LATIN1 only: no version made a ledger in SQL_ASCII (its `db upgrade` failed there).
 @pytest.mark.postgres
+@pytest.mark.parametrize("database_in", ["LATIN1"], indirect=True)
 def test_a_ledger_already_in_such_a_database_upgrades_with_a_warning_and_copies_out(
-    database_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any
+    database_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A ledger the earlier versions made in a LATIN1 database (they took one) at an older
     schema was stranded: `db upgrade` refused the database, and every other command, `db
@@ -107,8 +111,6 @@ def test_a_ledger_already_in_such_a_database_upgrades_with_a_warning_and_copies_
     the ledger belongs in a UTF8 database, and `db copy` moves it into one."""
     from migrations import upgrade_connection
 
-    if request.node.callspec.params["database_in"] != "LATIN1":
-        pytest.skip("no version made a ledger in SQL_ASCII (its `db upgrade` failed there)")
     monkeypatch.setenv("CONSENT_LEDGER_KEY_DIR", str(tmp_path / "keys"))
     engine = sa.create_engine(database_in)
     try:
